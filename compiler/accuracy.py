@@ -1,0 +1,226 @@
+"""Accuracy check: run the reference and every artifact on the same inputs, compare, apply gates.
+
+Numeric metrics per output (max/mean absolute error, cosine similarity, SNR in dB) are
+accumulated batch by batch, so evaluation sets of any size stream through. Task metrics (top-1,
+mAP@0.5) are computed for the reference and each artifact against the shipped labels.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from compiler.backends import Runner
+from compiler.data import Batch
+from compiler.recipe import Gate, Task, TensorSpec
+from compiler.tasks import DetectionScorer, decode_detections
+
+
+@dataclass(frozen=True)
+class OutputMetrics:
+    output: str
+    max_abs_error: float
+    mean_abs_error: float
+    cosine: float
+    snr_db: float | None  # None: the outputs are identical (infinite SNR)
+
+
+@dataclass
+class _OutputAccumulator:
+    """Running sums for one output; float64 so long streams do not lose precision."""
+
+    count: int = 0
+    max_abs: float = 0.0
+    sum_abs: float = 0.0
+    dot: float = 0.0
+    ref_sq: float = 0.0
+    out_sq: float = 0.0
+    err_sq: float = 0.0
+
+    def update(self, reference: np.ndarray, output: np.ndarray) -> None:
+        ref = reference.astype(np.float64).ravel()
+        out = output.astype(np.float64).ravel()
+        diff = np.abs(ref - out)
+        self.count += ref.size
+        self.max_abs = max(self.max_abs, float(diff.max(initial=0.0)))
+        self.sum_abs += float(diff.sum())
+        self.dot += float(ref @ out)
+        self.ref_sq += float(ref @ ref)
+        self.out_sq += float(out @ out)
+        self.err_sq += float(diff @ diff)
+
+    def result(self, name: str) -> OutputMetrics:
+        norms = math.sqrt(self.ref_sq) * math.sqrt(self.out_sq)
+        cosine = self.dot / norms if norms > 0 else (1.0 if self.ref_sq == self.out_sq else 0.0)
+        if self.err_sq == 0:
+            snr = None
+        elif self.ref_sq == 0:
+            snr = -math.inf
+        else:
+            snr = 10.0 * math.log10(self.ref_sq / self.err_sq)
+        return OutputMetrics(name, self.max_abs, self.sum_abs / max(self.count, 1), min(cosine, 1.0), snr)
+
+
+@dataclass(frozen=True)
+class TaskMetric:
+    name: str  # top1_accuracy | map50
+    value: float  # percent
+    reference: float  # the reference model's value, percent
+    agreement: float | None = None  # top-1 agreement with the reference, percent (classifiers)
+
+    @property
+    def drop(self) -> float:
+        return self.reference - self.value
+
+
+class _TaskScorer:
+    """Scores one model's outputs against labels (and, for classifiers, the reference's top-1)."""
+
+    def __init__(self, task: Task, output: str) -> None:
+        self.task = task
+        self.output = output
+        self.correct = 0
+        self.agree = 0
+        self.total = 0
+        self.detections = DetectionScorer(task, len(task.classes))
+
+    def update(self, outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], batch: Batch) -> None:
+        values = outputs[self.output]
+        if self.task.type == "classification":
+            predicted = values.reshape(len(values), -1).argmax(axis=1)
+            expected = reference[self.output].reshape(len(values), -1).argmax(axis=1)
+            self.correct += int((predicted == np.asarray(batch.labels)).sum())
+            self.agree += int((predicted == expected).sum())
+            self.total += len(values)
+        elif self.task.type == "detection":
+            for rows, truth in zip(values, batch.labels):
+                self.detections.add(decode_detections(rows, self.task), truth)
+
+    def value(self) -> float:
+        if self.task.type == "classification":
+            return 100.0 * self.correct / max(self.total, 1)
+        return 100.0 * self.detections.mean_ap()
+
+    def agreement(self) -> float | None:
+        return 100.0 * self.agree / max(self.total, 1) if self.task.type == "classification" else None
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    gate: str  # e.g. min_cosine
+    threshold: float
+    observed: float | None
+    passed: bool
+    output: str | None = None  # the output for per-output gates
+
+    def describe(self) -> str:
+        where = f" on output '{self.output}'" if self.output else ""
+        observed = "identical" if self.observed is None else f"{self.observed:.6g}"
+        verdict = "passed" if self.passed else "MISSED"
+        return f"{self.gate}{where}: {observed} vs threshold {self.threshold:g} ({verdict})"
+
+
+@dataclass
+class Evaluation:
+    """What the accuracy check saw for one artifact."""
+
+    outputs: list[OutputMetrics]
+    task: TaskMetric | None
+    samples: int
+    gates: list[GateCheck] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.gates)
+
+
+def _chunks(batch: Batch, inputs: tuple[TensorSpec, ...]) -> Iterator[dict[str, np.ndarray]]:
+    """Split a batch when the model's batch axis is fixed (e.g. shape [1, 3, H, W])."""
+    leading = inputs[0].shape[0]
+    size = leading if isinstance(leading, int) else len(batch)
+    for start in range(0, len(batch), size):
+        yield {name: array[start:start + size] for name, array in batch.inputs.items()}
+
+
+def _run(runner: Runner, batch: Batch, inputs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
+    parts = [runner.infer(feed) for feed in _chunks(batch, inputs)]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+def evaluate(reference: Runner, artifacts: dict[str, Runner], batches: Iterator[Batch], inputs: tuple[TensorSpec, ...],
+             outputs: tuple[str, ...], task: Task) -> dict[str, Evaluation]:
+    """Stream the batches through the reference and every artifact at once."""
+    accumulators = {key: {name: _OutputAccumulator() for name in outputs} for key in artifacts}
+    task_output = task.output or outputs[0]
+    use_task = task.type in ("classification", "detection")
+    reference_scorer = _TaskScorer(task, task_output)
+    scorers = {key: _TaskScorer(task, task_output) for key in artifacts}
+    samples = 0
+    for batch in batches:
+        expected = _run(reference, batch, inputs)
+        samples += len(batch)
+        if use_task:
+            reference_scorer.update(expected, expected, batch)
+        for key, runner in artifacts.items():
+            got = _run(runner, batch, inputs)
+            for name in outputs:
+                accumulators[key][name].update(expected[name], got[name])
+            if use_task:
+                scorers[key].update(got, expected, batch)
+    results = {}
+    for key in artifacts:
+        metric = None
+        if use_task:
+            name = "top1_accuracy" if task.type == "classification" else "map50"
+            metric = TaskMetric(name, scorers[key].value(), reference_scorer.value(), scorers[key].agreement())
+        results[key] = Evaluation([accumulators[key][n].result(n) for n in outputs], metric, samples)
+    return results
+
+
+def reference_task_metric(evaluations: dict[str, Evaluation]) -> float | None:
+    for evaluation in evaluations.values():
+        if evaluation.task is not None:
+            return evaluation.task.reference
+    return None
+
+
+def apply_gates(evaluation: Evaluation, gate: Gate) -> list[GateCheck]:
+    checks: list[GateCheck] = []
+    for metrics in evaluation.outputs:
+        if gate.min_cosine is not None:
+            checks.append(GateCheck("min_cosine", gate.min_cosine, metrics.cosine, metrics.cosine >= gate.min_cosine, metrics.output))
+        if gate.max_abs_error is not None:
+            checks.append(GateCheck("max_abs_error", gate.max_abs_error, metrics.max_abs_error,
+                                    metrics.max_abs_error <= gate.max_abs_error, metrics.output))
+        if gate.max_mean_abs_error is not None:
+            checks.append(GateCheck("max_mean_abs_error", gate.max_mean_abs_error, metrics.mean_abs_error,
+                                    metrics.mean_abs_error <= gate.max_mean_abs_error, metrics.output))
+        if gate.min_snr_db is not None:
+            passed = metrics.snr_db is None or metrics.snr_db >= gate.min_snr_db
+            checks.append(GateCheck("min_snr_db", gate.min_snr_db, metrics.snr_db, passed, metrics.output))
+    if evaluation.task is not None:
+        if gate.max_metric_drop is not None:
+            checks.append(GateCheck("max_metric_drop", gate.max_metric_drop, evaluation.task.drop,
+                                    evaluation.task.drop <= gate.max_metric_drop))
+        if gate.min_metric is not None:
+            checks.append(GateCheck("min_metric", gate.min_metric, evaluation.task.value,
+                                    evaluation.task.value >= gate.min_metric))
+    return checks
+
+
+def measure_latency(runner: Runner, feed: dict[str, np.ndarray], runs: int, warmup: int) -> float | None:
+    """Median wall time of one batch-1 inference, in milliseconds."""
+    if runs <= 0:
+        return None
+    for _ in range(warmup):
+        runner.infer(feed)
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        runner.infer(feed)
+        times.append((time.perf_counter() - started) * 1000.0)
+    return statistics.median(times)

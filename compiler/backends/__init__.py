@@ -1,0 +1,116 @@
+"""Backends: one module per target, registered by name and imported only when used.
+
+A backend turns the simplified ONNX graph (or, for TorchScript, the torch model) into files,
+and gives a `Runner` over those files for the accuracy check and the latency measurement.
+"""
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Callable
+
+import numpy as np
+
+from compiler.errors import BackendUnavailable, InputError
+from compiler.recipe import Target, TensorSpec
+
+
+class Runner(ABC):
+    """Runs one artifact. Use as a context manager: the session lives between enter and exit."""
+
+    def __init__(self, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...]) -> None:
+        self.inputs = inputs
+        self.outputs = outputs
+        self._active = False
+
+    def __enter__(self) -> Runner:
+        self.activate()
+        self._active = True
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        self._active = False
+        self.deactivate()
+
+    def activate(self) -> None:  # load the model, open a session
+        pass
+
+    def deactivate(self) -> None:
+        pass
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Check the feed once here; subclasses only write `infer_impl`."""
+        if not self._active:
+            raise RuntimeError("Runner.infer called outside `with runner:`")
+        expected = {spec.name for spec in self.inputs}
+        if set(feed) != expected:
+            raise InputError(f"feed has inputs {sorted(feed)}, the model takes {sorted(expected)}")
+        result = self.infer_impl(feed)
+        missing = [name for name in self.outputs if name not in result]
+        if missing:
+            raise RuntimeError(f"runner {type(self).__name__} returned no output named {missing}")
+        return {name: np.asarray(result[name]) for name in self.outputs}
+
+    @abstractmethod
+    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ...
+
+
+@dataclass(frozen=True)
+class CompileRequest:
+    """Everything a backend may use: a step sees only these typed inputs."""
+
+    target: Target
+    onnx_model: Path
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[str, ...]
+    out_dir: Path
+    torch_model: Callable[[], Any] | None = None  # lazily built reference model, torch sources only
+
+
+class Backend(ABC):
+    name: str = ""
+
+    @abstractmethod
+    def compile(self, request: CompileRequest) -> list[Path]:
+        """Write the artifact's files into request.out_dir and return them."""
+
+    @abstractmethod
+    def runner(self, files: list[Path], inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...]) -> Runner:
+        ...
+
+    def versions(self) -> dict[str, str]:
+        """Versions of the libraries this backend used, for the manifest."""
+        return {}
+
+
+_REGISTRY: dict[str, str] = {
+    "onnxruntime": "compiler.backends.onnxruntime:OnnxRuntimeBackend",
+    "openvino": "compiler.backends.openvino:OpenVinoBackend",
+    "torchscript": "compiler.backends.torchscript:TorchScriptBackend",
+    "tensorrt": "compiler.backends.tensorrt:TensorRtBackend",
+}
+
+
+def backend_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_backend(name: str) -> Backend:
+    if name not in _REGISTRY:
+        raise BackendUnavailable(f"no backend named '{name}'; known backends: {', '.join(backend_names())}")
+    module_name, _, class_name = _REGISTRY[name].partition(":")
+    module = importlib.import_module(module_name)
+    backend: Backend = getattr(module, class_name)()
+    return backend
+
+
+def require(module: str, backend: str, extra: str) -> Any:
+    """Import an optional dependency or say which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise BackendUnavailable.missing_package(backend, module, extra) from None

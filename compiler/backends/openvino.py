@@ -1,0 +1,55 @@
+"""OpenVINO IR (.xml + .bin) converted from the simplified ONNX graph; FP16 compresses the weights.
+
+The runner pins the CPU plugin's inference precision to f32, so the accuracy check measures the
+artifact itself rather than the plugin's own choice of bf16 on CPUs that have it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from compiler.backends import Backend, CompileRequest, Runner, require
+from compiler.errors import CompileError
+from compiler.recipe import TensorSpec
+
+
+class OpenVinoRunner(Runner):
+    def __init__(self, xml: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...]) -> None:
+        super().__init__(inputs, outputs)
+        self.xml = xml
+        self._request = None
+
+    def activate(self) -> None:
+        ov = require("openvino", "openvino", "openvino")
+        core = ov.Core()
+        compiled = core.compile_model(str(self.xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        self._request = compiled.create_infer_request()
+
+    def deactivate(self) -> None:
+        self._request = None
+
+    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert self._request is not None
+        self._request.infer(feed)
+        return {name: np.array(self._request.get_tensor(name).data) for name in self.outputs}
+
+
+class OpenVinoBackend(Backend):
+    name = "openvino"
+
+    def compile(self, request: CompileRequest) -> list[Path]:
+        ov = require("openvino", self.name, "openvino")
+        xml = request.out_dir / "model.xml"
+        try:
+            model = ov.convert_model(str(request.onnx_model))
+            ov.save_model(model, str(xml), compress_to_fp16=request.target.precision == "fp16")
+        except Exception as exc:
+            raise CompileError(f"OpenVINO could not convert {request.onnx_model.name}: {exc}") from None
+        return [xml, xml.with_suffix(".bin")]
+
+    def runner(self, files: list[Path], inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...]) -> Runner:
+        return OpenVinoRunner(next(f for f in files if f.suffix == ".xml"), inputs, outputs)
+
+    def versions(self) -> dict[str, str]:
+        return {"openvino": require("openvino", self.name, "openvino").__version__}

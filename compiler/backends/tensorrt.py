@@ -1,0 +1,28 @@
+"""TensorRT: not built by this version of modelc.
+
+TensorRT engines need an NVIDIA GPU and NVIDIA's `tensorrt` wheels, which cannot be installed on
+the CPU machines that run modelc's CI. The engine builder layer (strongly typed networks from a
+Q/DQ or FP16 ONNX graph) is planned; until it lands, a tensorrt target stops the build with this
+message instead of producing something half-made.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from compiler.backends import Backend, CompileRequest, Runner
+from compiler.errors import BackendUnavailable
+from compiler.recipe import TensorSpec
+
+MESSAGE = ("tensorrt targets are not built by this version of modelc: engines must be built on a machine "
+           "with an NVIDIA GPU and the tensorrt package from NVIDIA's index; remove the tensorrt target "
+           "from the recipe (the ONNX artifact onnx/model.onnx is the input such a build takes)")
+
+
+class TensorRtBackend(Backend):
+    name = "tensorrt"
+
+    def compile(self, request: CompileRequest) -> list[Path]:
+        raise BackendUnavailable(MESSAGE)
+
+    def runner(self, files: list[Path], inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...]) -> Runner:
+        raise BackendUnavailable(MESSAGE)

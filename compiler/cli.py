@@ -1,0 +1,136 @@
+"""The `modelc` command: parse, call, print, exit code. Thin on purpose."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from compiler import __version__
+from compiler.errors import ModelcError, RecipeError
+
+DEFAULT_STORE = "artifacts"
+
+
+def _stderr(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _fail(error: ModelcError, debug: bool) -> None:
+    if debug:
+        raise error
+    prefix = click.style("error:", fg="red", bold=True)
+    if isinstance(error, RecipeError):
+        for problem in error.problems:
+            click.echo(f"{prefix} {problem}", err=True)
+    else:
+        click.echo(f"{prefix} {error.message}", err=True)
+    sys.exit(error.exit_code)
+
+
+def _guarded(debug: bool, action: Callable[[], Any]) -> Any:
+    try:
+        return action()
+    except ModelcError as error:
+        _fail(error, debug)
+    except KeyboardInterrupt:
+        _stderr("interrupted: nothing was stored")
+        sys.exit(130)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="modelc")
+def main() -> None:
+    """modelc: build, check and store compiled models from a declarative recipe.
+
+    Exit codes: 0 ok, 1 internal error, 2 invalid recipe, 3 unusable input, 4 accuracy gate
+    missed, 5 store refused, 6 backend unavailable here, 7 export/compile failed.
+    """
+
+
+@main.command()
+@click.argument("recipes", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def validate(recipes: tuple[Path, ...], debug: bool) -> None:
+    """Check recipes against the schema and cross-field rules; report every problem."""
+    from compiler.recipe import load_recipe, path_problems
+
+    problems = []
+    for path in recipes:
+        try:
+            load_recipe(path)
+            problems += path_problems(path)
+        except RecipeError as error:
+            problems += error.problems
+        except ModelcError as error:
+            _fail(error, debug)
+    if problems:
+        _fail(RecipeError(problems), debug)
+    for path in recipes:
+        click.echo(f"{path}: ok")
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def plan(recipe: Path, as_json: bool, debug: bool) -> None:
+    """Print the steps a build of RECIPE runs, in order, with their dependencies."""
+    from compiler.plan import make_plan
+    from compiler.recipe import load_recipe
+
+    the_plan = _guarded(debug, lambda: make_plan(load_recipe(recipe)))
+    if as_json:
+        click.echo(json.dumps({"name": the_plan.recipe_name, "version": the_plan.version,
+                               "steps": [{"id": s.id, "kind": s.kind, "depends_on": list(s.depends_on),
+                                          "description": s.description} for s in the_plan.steps]}, indent=2))
+        return
+    click.echo(f"{the_plan.recipe_name} {the_plan.version}")
+    for step in the_plan.steps:
+        after = f"  (after {', '.join(step.depends_on)})" if step.depends_on else ""
+        click.echo(f"  {step.id:<28} {step.description}{after}")
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--store", "store_url", default=lambda: os.environ.get("MODELC_STORE", DEFAULT_STORE), show_default="artifacts",
+              help="Where releases go: a folder or file:// URL (env MODELC_STORE).")
+@click.option("--reports-dir", type=click.Path(path_type=Path), default=Path(".modelc/failed"), show_default=True,
+              help="Where the report of a build that missed a gate is kept.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def build(recipe: Path, store_url: str, reports_dir: Path, debug: bool) -> None:
+    """Build every target of RECIPE, check accuracy, and store the release."""
+    from compiler.build import build as run_build
+    from compiler.recipe import load_recipe
+    from compiler.stores import open_store
+
+    def action() -> Any:
+        loaded = load_recipe(recipe)
+        store = open_store(store_url)
+        return run_build(loaded, store, _stderr, reports_dir)
+
+    result = _guarded(debug, action)
+    if result.created:
+        click.echo(f"stored {result.manifest['name']} {result.manifest['version']} at {result.location}")
+    else:
+        click.echo(f"{result.manifest['name']} {result.manifest['version']} is already stored with identical content "
+                   f"at {result.location}: nothing to do")
+
+
+@main.command(name="ls")
+@click.argument("name", required=False)
+@click.option("--store", "store_url", default=lambda: os.environ.get("MODELC_STORE", DEFAULT_STORE), show_default="artifacts")
+@click.option("--debug", is_flag=True)
+def list_releases(name: str | None, store_url: str, debug: bool) -> None:
+    """List stored releases (NAME VERSION per line)."""
+    from compiler.stores import open_store
+
+    for release, version in _guarded(debug, lambda: open_store(store_url).list(name)):
+        click.echo(f"{release} {version}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""Representative and evaluation data, streamed in batches.
+
+Sources: an image folder (with the recipe's preprocessing, optional labels), a `.npy` file (one
+model input) or a `.npz` file (one array per input name). Nothing is held in memory beyond one
+batch; `.npy` files are memory-mapped. Every sample is checked against the model's declared
+inputs (shape, dtype, finite values) and a problem names the file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from compiler.errors import InputError
+from compiler.preprocess import Placement, Preprocess, preprocess_image
+from compiler.recipe import Dataset, TensorSpec
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+
+
+@dataclass(frozen=True)
+class GroundTruthBox:
+    class_id: int
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+
+@dataclass
+class Batch:
+    """One batch: an array per model input, plus labels and where each sample came from."""
+
+    inputs: dict[str, np.ndarray]
+    sources: list[str]
+    labels: list[Any] = field(default_factory=list)  # class ids, or lists of GroundTruthBox
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+
+class DataReader:
+    """Reads one dataset for one model; `batches()` may be called more than once."""
+
+    def __init__(self, dataset: Dataset, inputs: tuple[TensorSpec, ...], preprocess: Preprocess | None,
+                 class_names: tuple[str, ...] = ()) -> None:
+        self.dataset = dataset
+        self.inputs = inputs
+        self.preprocess = preprocess
+        self.class_names = class_names
+        self._items = self._index()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    # --- indexing ------------------------------------------------------------------------
+
+    def _index(self) -> list[Any]:
+        path = self.dataset.path
+        if not path.exists():
+            raise InputError(f"{path}: the data path does not exist: fix data.*.path in the recipe")
+        if self.dataset.format == "images":
+            items: list[Any] = self._index_images(path)
+        else:
+            items = list(range(self._array_length(path)))
+        if not items:
+            raise InputError(f"{path}: holds no samples ({'no .png/.jpg images' if self.dataset.format == 'images' else 'zero rows'}): "
+                             "add data or point data.*.path at the right folder")
+        if self.dataset.samples is not None:
+            items = items[: self.dataset.samples]
+        return items
+
+    def _index_images(self, folder: Path) -> list[Any]:
+        if not folder.is_dir():
+            raise InputError(f"{folder}: an image dataset must be a folder of images; use format: npy/npz for arrays")
+        if len(self.inputs) != 1:
+            raise InputError(f"{folder}: an image folder feeds exactly one model input, the model has {len(self.inputs)}: "
+                             "use an .npz file with one array per input")
+        if self.preprocess is None:
+            raise InputError(f"{folder}: an image folder needs data.preprocess in the recipe")
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if self.dataset.labels == "folders":
+            names = self.class_names or tuple(sorted({p.parent.name for p in files if p.parent != folder}))
+            index = {name: i for i, name in enumerate(names)}
+            unknown = sorted({p.parent.name for p in files if p.parent.name not in index})
+            if unknown:
+                raise InputError(f"{folder}: class folder(s) {', '.join(unknown)} are not in task.classes "
+                                 f"({', '.join(names)}): add them to task.classes or remove the folders")
+            return [(p, index[p.parent.name]) for p in files]
+        return [(p, None) for p in files]
+
+    def _array_length(self, path: Path) -> int:
+        if self.dataset.format == "npy":
+            if len(self.inputs) != 1:
+                raise InputError(f"{path}: a .npy file feeds one input, the model has {len(self.inputs)}: use .npz")
+            self._arrays = {self.inputs[0].name: self._load_npy(path)}
+        else:
+            self._arrays = self._load_npz(path)
+        lengths = {name: len(array) for name, array in self._arrays.items()}
+        if len(set(lengths.values())) > 1:
+            raise InputError(f"{path}: arrays have different sample counts {lengths}: give every input the same count")
+        return next(iter(lengths.values()))
+
+    @staticmethod
+    def _load_npy(path: Path) -> np.ndarray:
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        except Exception as exc:
+            raise InputError(f"{path}: not a readable .npy file ({exc})") from None
+
+    def _load_npz(self, path: Path) -> dict[str, np.ndarray]:
+        try:
+            archive = np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise InputError(f"{path}: not a readable .npz file ({exc})") from None
+        names = [spec.name for spec in self.inputs]
+        missing = [n for n in names if n not in archive.files]
+        if missing:
+            raise InputError(f"{path}: has arrays {archive.files} but the model inputs are {names}: "
+                             f"add array(s) named {', '.join(missing)}")
+        return {name: archive[name] for name in names}
+
+    # --- reading -------------------------------------------------------------------------
+
+    def batches(self, batch_size: int | None = None) -> Iterator[Batch]:
+        size = batch_size or self.dataset.batch_size
+        for start in range(0, len(self._items), size):
+            yield self._read(self._items[start:start + size])
+
+    def _read(self, items: list[Any]) -> Batch:
+        if self.dataset.format == "images":
+            return self._read_images(items)
+        rows = np.asarray(items)
+        inputs = {name: np.asarray(array[rows[0]:rows[-1] + 1]) for name, array in self._arrays.items()}
+        batch = Batch(inputs=inputs, sources=[f"{self.dataset.path}[{i}]" for i in items])
+        for spec in self.inputs:
+            inputs[spec.name] = self._check(spec, inputs[spec.name], str(self.dataset.path))
+        return batch
+
+    def _read_images(self, items: list[Any]) -> Batch:
+        from PIL import Image, UnidentifiedImageError
+
+        assert self.preprocess is not None
+        spec = self.inputs[0]
+        tensors, sources, labels = [], [], []
+        for path, class_id in items:
+            try:
+                with Image.open(path) as image:
+                    tensor, placement = preprocess_image(image, self.preprocess)
+            except (UnidentifiedImageError, OSError, ValueError) as exc:
+                raise InputError(f"{path}: cannot decode this image ({exc}): replace or remove the file") from None
+            tensors.append(tensor)
+            sources.append(str(path))
+            if self.dataset.labels == "folders":
+                labels.append(class_id)
+            elif self.dataset.labels == "yolo":
+                labels.append(read_yolo_labels(path, placement, image.size))
+        stacked = self._check(spec, np.stack(tensors), str(self.dataset.path))
+        return Batch(inputs={spec.name: stacked}, sources=sources, labels=labels)
+
+    @staticmethod
+    def _check(spec: TensorSpec, array: np.ndarray, where: str) -> np.ndarray:
+        expected = spec.shape[1:]
+        got = array.shape[1:]
+        if len(got) != len(expected) or any(isinstance(e, int) and e != g for e, g in zip(expected, got)):
+            raise InputError(f"{where}: samples for input '{spec.name}' have shape {list(got)} but the model expects "
+                             f"{list(expected)} (after the batch axis): fix the data or data.preprocess")
+        if np.issubdtype(array.dtype, np.floating) != spec.dtype.startswith("float"):
+            raise InputError(f"{where}: samples for input '{spec.name}' are {array.dtype} but the model input is "
+                             f"{spec.dtype}: convert the data")
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            raise InputError(f"{where}: samples for input '{spec.name}' contain NaN or Inf: clean the data")
+        return np.ascontiguousarray(array, dtype=spec.dtype)
+
+
+def read_yolo_labels(image_path: Path, placement: Placement, size: tuple[int, int]) -> list[GroundTruthBox]:
+    """Labels in the YOLO text format beside the image, mapped into model-input pixels."""
+    label_path = image_path.with_suffix(".txt")
+    if not label_path.exists():
+        return []  # an image without objects
+    width, height = size
+    boxes = []
+    for number, line in enumerate(label_path.read_text().splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            class_id = int(parts[0])
+            cx, cy, w, h = (float(v) for v in parts[1:5])
+            if len(parts) != 5:
+                raise ValueError
+        except ValueError:
+            raise InputError(f"{label_path}:{number}: expected 'class cx cy w h' (normalised), got {line!r}") from None
+        x0, y0, x1, y1 = placement.to_input((cx - w / 2) * width, (cy - h / 2) * height,
+                                            (cx + w / 2) * width, (cy + h / 2) * height)
+        boxes.append(GroundTruthBox(class_id, x0, y0, x1, y1))
+    return boxes

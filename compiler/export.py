@@ -1,0 +1,181 @@
+"""torch -> ONNX (either exporter, opset, dynamic axes), onnxsim, and torch -> TorchScript.
+
+Each function takes typed inputs and writes exactly one file; the caller decides where.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from compiler.errors import CompileError, InputError
+from compiler.recipe import ExportOptions, TensorSpec
+
+TORCH_DTYPES = {"float32": "float32", "float16": "float16", "int64": "int64", "int32": "int32", "uint8": "uint8"}
+
+
+def example_inputs(inputs: tuple[TensorSpec, ...], dynamic_size: int = 1, seed: int = 0) -> list[np.ndarray]:
+    """Seeded random arrays of the declared shapes: symbolic dimensions get `dynamic_size`."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for spec in inputs:
+        shape = spec.concrete_shape(dynamic_size)
+        if spec.dtype.startswith("float"):
+            arrays.append(rng.random(shape, dtype=np.float32).astype(spec.dtype))
+        else:
+            arrays.append(rng.integers(0, 2, size=shape).astype(spec.dtype))
+    return arrays
+
+
+def check_model_accepts_inputs(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...]) -> None:
+    """Run the model once on example inputs so a shape mismatch is an input error, not an export crash."""
+    import torch
+
+    tensors = [torch.from_numpy(a) for a in example_inputs(inputs, dynamic_size=2)]
+    declared = ", ".join(f"{s.name}{list(s.shape)}" for s in inputs)
+    try:
+        with torch.no_grad():
+            result = model(*tensors)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"the model does not accept the declared inputs {declared}: {first}; "
+                         "fix model.inputs[].shape to the shape the model expects") from None
+    got = len(result) if isinstance(result, (tuple, list)) else 1
+    if got != len(outputs):
+        raise InputError(f"the model returns {got} output(s) but model.outputs names {len(outputs)} "
+                         f"({', '.join(outputs)}): name each output once")
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporters print progress and deprecation notes; keep the build log readable."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with contextlib.redirect_stdout(io.StringIO()):
+                yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def export_onnx(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...], options: ExportOptions,
+                destination: Path) -> None:
+    """Export with the recipe's exporter; dynamic axes come from symbolic dimensions."""
+    import torch
+
+    example = tuple(torch.from_numpy(a) for a in example_inputs(inputs, dynamic_size=1))
+    names = [spec.name for spec in inputs]
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            if options.exporter == "dynamo":
+                dims: dict[str, Any] = {}
+                dynamic_shapes = {spec.name: {axis: dims.setdefault(name, torch.export.Dim(name))
+                                              for axis, name in spec.dynamic_axes.items()} or None
+                                  for spec in inputs}
+                torch.onnx.export(model, example, str(destination), input_names=names, output_names=list(outputs),
+                                  opset_version=options.opset, dynamo=True, external_data=False, verbose=False,
+                                  dynamic_shapes=dynamic_shapes if any(dynamic_shapes.values()) else None)
+            else:
+                dynamic_axes: dict[str, dict[int, str]] = {spec.name: spec.dynamic_axes for spec in inputs if spec.dynamic_axes}
+                batch_like = next(iter(dynamic_axes.values()), {})
+                if 0 in batch_like:  # outputs share the leading dynamic axis, the common case
+                    dynamic_axes.update({name: {0: batch_like[0]} for name in outputs})
+                torch.onnx.export(model, example, str(destination), input_names=names, output_names=list(outputs),
+                                  opset_version=options.opset, dynamo=False, dynamic_axes=dynamic_axes or None)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+        other = "torchscript" if options.exporter == "dynamo" else "dynamo"
+        raise CompileError(f"torch.onnx.export ({options.exporter} exporter) failed: {first}; "
+                           f"try export.exporter: {other}, or another export.opset") from None
+    if not destination.is_file():
+        raise CompileError(f"torch.onnx.export wrote no file at {destination}")
+
+
+def simplify_onnx(source: Path, destination: Path) -> None:
+    """onnxsim with its own check that the simplified graph computes the same results."""
+    import onnx
+    import onnxsim
+
+    model = onnx.load(str(source))
+    try:
+        simplified, ok = onnxsim.simplify(model)
+    except Exception as exc:
+        raise CompileError(f"onnxsim failed on {source.name}: {exc}; set export.simplify: false to skip it") from None
+    if not ok:
+        raise CompileError("onnxsim's check says the simplified graph differs from the original; "
+                           "set export.simplify: false to skip simplification")
+    onnx.save(simplified, str(destination))
+
+
+def export_torchscript(model: Any, inputs: tuple[TensorSpec, ...], mode: str, destination: Path) -> None:
+    """Trace (default) or script the model and save it."""
+    import torch
+
+    example = tuple(torch.from_numpy(a) for a in example_inputs(inputs, dynamic_size=1))
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            if isinstance(model, torch.jit.ScriptModule):
+                module = model
+            elif mode == "script":
+                module = torch.jit.script(model)
+            else:
+                module = torch.jit.trace(model, example, check_trace=False)
+            module = torch.jit.freeze(module.eval()) if not isinstance(model, torch.jit.ScriptModule) else module
+            torch.jit.save(module, str(destination))
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+        other = "trace" if mode == "script" else "script"
+        raise CompileError(f"TorchScript {mode} failed: {first}; try mode: {other} on the torchscript target") from None
+    pin_serialization_id(destination)
+
+
+SERIALIZATION_ID_SUFFIX = "/.data/serialization_id"
+
+
+def pin_serialization_id(archive: Path) -> None:
+    """Make a TorchScript zip reproducible: torch writes a random `.data/serialization_id` on every
+    save. Overwrite it in place (same length, CRCs fixed) with digits derived from the rest of the
+    archive, so identical models give identical bytes and the zip layout torch wrote is kept."""
+    import hashlib
+    import struct
+    import zipfile
+    import zlib
+
+    with zipfile.ZipFile(archive) as zf:
+        infos = zf.infolist()
+        target = next((i for i in infos if i.filename.endswith(SERIALIZATION_ID_SUFFIX)), None)
+        directory_start = zf.start_dir  # where the central directory begins
+        if target is None or target.compress_type != zipfile.ZIP_STORED:
+            return
+        digest = hashlib.sha256()
+        for info in infos:
+            if info is not target:
+                digest.update(f"{info.filename}:{info.CRC}:{info.file_size};".encode())
+    digits = str(int(digest.hexdigest(), 16)).rjust(target.file_size, "0")[-target.file_size:].encode()
+    crc = zlib.crc32(digits) & 0xFFFFFFFF
+    data = bytearray(archive.read_bytes())
+    offset = target.header_offset
+    name_len, extra_len = struct.unpack_from("<HH", data, offset + 26)
+    start = offset + 30 + name_len + extra_len
+    data[start:start + target.file_size] = digits
+    struct.pack_into("<I", data, offset + 14, crc)
+    name = target.filename.encode()
+    position = directory_start
+    while (position := data.find(b"PK\x01\x02", position)) != -1:
+        entry_name_len = struct.unpack_from("<H", data, position + 28)[0]
+        if data[position + 46:position + 46 + entry_name_len] == name:
+            struct.pack_into("<I", data, position + 16, crc)
+            break
+        position += 4
+    archive.write_bytes(bytes(data))

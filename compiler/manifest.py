@@ -1,0 +1,99 @@
+"""What a version is: every file's digest and size, the recipe digest, the toolchain, the source commit.
+
+`content_digest` covers the model artifacts only (not reports, whose latencies vary run to run,
+nor the manifest itself): two builds with the same content digest are the same release.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+MANIFEST_FORMAT_VERSION = 1
+CHUNK = 1024 * 1024
+TOOLCHAIN_PACKAGES = ("modelc", "torch", "onnx", "onnxsim", "onnxruntime", "openvino", "numpy")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str  # relative to the release folder, '/'-separated
+    sha256: str
+    size: int
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_entries(root: Path, relative_paths: list[str]) -> list[FileEntry]:
+    return [FileEntry(p, sha256_file(root / p), (root / p).stat().st_size) for p in sorted(relative_paths)]
+
+
+def content_digest(entries: list[FileEntry]) -> str:
+    canonical = json.dumps([[e.path, e.sha256] for e in sorted(entries, key=lambda e: e.path)], separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def toolchain_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for package in TOOLCHAIN_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def source_commit(folder: Path) -> dict[str, Any] | None:
+    """The git commit of the repository holding the recipe, and whether the work tree was dirty."""
+    try:
+        commit = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": bool(dirty)}
+
+
+@dataclass(frozen=True)
+class ArtifactEntry:
+    target: str
+    backend: str
+    precision: str
+    files: list[str]
+
+
+def build_manifest(*, name: str, version: str, recipe_file: Path, recipe_digest: str, exporter: str, opset: int,
+                   simplified: bool, artifacts: list[ArtifactEntry], artifact_files: list[FileEntry],
+                   report_files: list[FileEntry], passed: bool) -> dict[str, Any]:
+    return {
+        "format_version": MANIFEST_FORMAT_VERSION,
+        "name": name,
+        "version": version,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "recipe": {"file": recipe_file.name, "sha256": recipe_digest},
+        "source": source_commit(recipe_file.resolve().parent),
+        "export": {"exporter": exporter, "opset": opset, "simplified": simplified},
+        "toolchain": toolchain_versions(),
+        "content_digest": content_digest(artifact_files),
+        "gates_passed": passed,
+        "artifacts": [{"target": a.target, "backend": a.backend, "precision": a.precision, "files": a.files}
+                      for a in artifacts],
+        "files": [{"path": e.path, "sha256": e.sha256, "size": e.size} for e in artifact_files + report_files],
+    }
+
+
+def read_manifest(release_dir: Path) -> dict[str, Any]:
+    return json.loads((release_dir / "manifest.json").read_text())

@@ -1,0 +1,45 @@
+"""A recipe becomes a plan: an ordered DAG of steps, each naming the steps it depends on."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from compiler.recipe import Recipe
+
+
+@dataclass(frozen=True)
+class Step:
+    id: str  # e.g. compile:openvino-fp16
+    kind: str  # export | simplify | compile | verify | release
+    depends_on: tuple[str, ...]
+    description: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    recipe_name: str
+    version: str
+    steps: tuple[Step, ...]
+
+
+def make_plan(recipe: Recipe) -> Plan:
+    model = recipe.model
+    if model.kind == "onnx":
+        what = f"read ONNX {model.path.name if model.path else ''}"
+    else:
+        what = f"export {model.kind} model to ONNX (exporter {recipe.export.exporter}, opset {recipe.export.opset})"
+    steps = [Step("export", "export", (), what)]
+    graph = "export"
+    if recipe.export.simplify:
+        steps.append(Step("simplify", "simplify", ("export",), "simplify the ONNX graph with onnxsim"))
+        graph = "simplify"
+    compiles = []
+    for target in recipe.targets:
+        step_id = f"compile:{target.id}"
+        source = "the torch model" if target.backend == "torchscript" else "the ONNX graph"
+        mode = f" ({target.mode or 'trace'})" if target.backend == "torchscript" else ""
+        steps.append(Step(step_id, "compile", (graph,), f"build {target.backend} {target.precision}{mode} from {source}"))
+        compiles.append(step_id)
+    data = recipe.evaluation.path.name if recipe.evaluation else "seeded random inputs"
+    steps.append(Step("verify", "verify", (graph, *compiles), f"compare every artifact with the reference on {data}; apply gates"))
+    steps.append(Step("release", "release", ("verify",), f"write manifest and reports; store {recipe.name} {recipe.version}"))
+    return Plan(recipe.name, recipe.version, tuple(steps))

@@ -1,0 +1,396 @@
+"""The recipe format: load YAML, validate against the shipped JSON Schema, apply defaults, and
+return a typed, frozen `Recipe`.
+
+Every problem is collected before anything is raised, and each names file:line:column and the
+key path, so one run of `modelc validate` shows the whole list.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from compiler.errors import InputError, RecipeError, RecipeProblem
+from compiler.preprocess import Preprocess
+
+Precision = str  # "fp32" | "fp16"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str = "float32"
+
+    @property
+    def dynamic_axes(self) -> dict[int, str]:
+        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
+
+    def concrete_shape(self, dynamic_size: int = 1) -> tuple[int, ...]:
+        return tuple(d if isinstance(d, int) else dynamic_size for d in self.shape)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: str  # torch | onnx | torchscript
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[str, ...]
+    factory: str | None = None
+    factory_args: tuple[tuple[str, Any], ...] = ()
+    weights: Path | None = None
+    path: Path | None = None
+    base_dir: Path = Path(".")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    exporter: str = "dynamo"
+    opset: int = 18
+    simplify: bool = True
+
+
+@dataclass(frozen=True)
+class Dataset:
+    path: Path
+    format: str  # images | npy | npz
+    labels: str = "none"
+    samples: int | None = None
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class Task:
+    type: str = "generic"
+    output: str | None = None
+    classes: tuple[str, ...] = ()
+    confidence_threshold: float = 0.001
+    nms_iou: float = 0.6
+    match_iou: float = 0.5
+
+
+@dataclass(frozen=True)
+class Target:
+    backend: str
+    precision: Precision
+    mode: str | None = None
+
+    @property
+    def id(self) -> str:
+        """The artifact folder name, e.g. `openvino-fp16`."""
+        return f"{self.backend}-{self.precision}"
+
+
+@dataclass(frozen=True)
+class Gate:
+    min_cosine: float | None = None
+    max_abs_error: float | None = None
+    max_mean_abs_error: float | None = None
+    min_snr_db: float | None = None
+    max_metric_drop: float | None = None
+    min_metric: float | None = None
+
+
+@dataclass(frozen=True)
+class Latency:
+    runs: int = 30
+    warmup: int = 5
+
+
+@dataclass(frozen=True)
+class Recipe:
+    path: Path
+    digest: str  # sha256 of the recipe file's bytes
+    name: str
+    version: str
+    description: str
+    model: ModelSource
+    export: ExportOptions
+    preprocess: Preprocess | None
+    calibration: Dataset | None
+    evaluation: Dataset | None
+    task: Task
+    targets: tuple[Target, ...]
+    gates: dict[str, Gate] = field(hash=False)
+    latency: Latency
+
+    def gate_for(self, precision: Precision) -> Gate:
+        return self.gates.get(precision, self.gates.get("default", Gate()))
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def recipe_schema() -> dict[str, Any]:
+    text = resources.files("compiler.schema").joinpath("recipe.schema.json").read_text()
+    return json.loads(text)
+
+
+@dataclass(frozen=True)
+class _Located:
+    """The parsed document and the source position of every key and value in it."""
+
+    data: Any
+    value_marks: dict[tuple[Any, ...], tuple[int, int]]
+    key_marks: dict[tuple[Any, ...], tuple[int, int]]
+
+
+def _mark(node: yaml.Node) -> tuple[int, int]:
+    return (node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+def _walk(node: yaml.Node, path: tuple[Any, ...], located: _Located, problems: list[tuple[tuple[int, int], str, str]]) -> None:
+    located.value_marks[path] = _mark(node)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                problems.append((_mark(key_node), _key_path(path + (key,)), f"duplicate key '{key}': keep only one"))
+            seen.add(key)
+            located.key_marks[path + (key,)] = _mark(key_node)
+            _walk(value_node, path + (key,), located, problems)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _walk(item, path + (index,), located, problems)
+
+
+def _key_path(path: tuple[Any, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _parse(path: Path, text: str) -> tuple[_Located, list[RecipeProblem]]:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError([RecipeProblem(str(path), line, column, "", f"not valid YAML: {problem}")]) from None
+    located = _Located(data, {}, {})
+    raw_problems: list[tuple[tuple[int, int], str, str]] = []
+    if node is not None:
+        _walk(node, (), located, raw_problems)
+    problems = [RecipeProblem(str(path), line, col, key, msg) for (line, col), key, msg in raw_problems]
+    return located, problems
+
+
+def _schema_problems(path: Path, located: _Located) -> list[RecipeProblem]:
+    import jsonschema  # imported here: `modelc --help` should not pay for it
+
+    validator = jsonschema.Draft202012Validator(recipe_schema())
+    problems: list[RecipeProblem] = []
+    for error in validator.iter_errors(located.data):
+        problems.extend(_explain(path, located, error))
+    return problems
+
+
+def _explain(path: Path, located: _Located, error: Any) -> list[RecipeProblem]:
+    """Turn one jsonschema error into problems a person can act on."""
+    at = tuple(error.absolute_path)
+    line, column = located.value_marks.get(at, (1, 1))
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        problems = []
+        for key in sorted(set(error.instance) - set(allowed)):
+            kline, kcol = located.key_marks.get(at + (key,), (line, column))
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"allowed keys here: {', '.join(allowed)}"
+            problems.append(RecipeProblem(str(path), kline, kcol, _key_path(at + (key,)), f"unknown key '{key}': {hint}"))
+        return problems
+    if error.validator == "required":
+        missing = [k for k in error.validator_value if isinstance(error.instance, dict) and k not in error.instance]
+        return [RecipeProblem(str(path), line, column, _key_path(at), f"missing required key '{k}': add it") for k in missing]
+    if error.validator == "enum":
+        message = f"{error.instance!r} is not one of {', '.join(map(repr, error.validator_value))}"
+        return [RecipeProblem(str(path), line, column, _key_path(at), message)]
+    if error.validator == "const":
+        message = f"must be {error.validator_value!r}, got {error.instance!r}"
+        return [RecipeProblem(str(path), line, column, _key_path(at), message)]
+    if error.validator == "oneOf" and at and "shape" in at:
+        message = f"{error.instance!r} is neither a positive integer nor a symbolic dimension name such as 'batch'"
+        return [RecipeProblem(str(path), line, column, _key_path(at), message)]
+    return [RecipeProblem(str(path), line, column, _key_path(at), error.message)]
+
+
+# Which backends can produce which precision today, and why not otherwise.
+SUPPORTED_PRECISIONS = {
+    "openvino": {"fp32", "fp16"},
+    "onnxruntime": {"fp32"},
+    "torchscript": {"fp32"},
+    "tensorrt": {"fp32", "fp16"},
+}
+
+
+def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
+    """Rules JSON Schema cannot say clearly: combinations of keys."""
+    data = located.data
+    problems: list[RecipeProblem] = []
+
+    def add(at: tuple[Any, ...], message: str) -> None:
+        line, column = located.value_marks.get(at, located.value_marks.get(at[:-1], (1, 1)))
+        problems.append(RecipeProblem(str(path), line, column, _key_path(at), message))
+
+    model = data.get("model", {})
+    source = model.get("source")
+    if source == "torch":
+        for key in ("factory", "weights"):
+            if key not in model:
+                add(("model",), f"missing required key '{key}': a torch source needs a factory and a weights file")
+        if "path" in model:
+            add(("model", "path"), "'path' is for onnx and torchscript sources; a torch source uses 'factory' and 'weights'")
+    elif source in ("onnx", "torchscript"):
+        if "path" not in model:
+            add(("model",), f"missing required key 'path': a {source} source needs the model file")
+        for key in ("factory", "weights", "factory_args"):
+            if key in model:
+                add(("model", key), f"'{key}' is only for torch sources; remove it")
+    export = data.get("export", {})
+    if source == "torchscript" and export.get("exporter", "dynamo") != "torchscript":
+        add(("export", "exporter") if "exporter" in export else ("model", "source"),
+            "a torchscript source can only be exported by the TorchScript-based exporter: set export.exporter: torchscript")
+    for index, target in enumerate(data.get("targets", [])):
+        backend = target.get("backend")
+        for p_index, precision in enumerate(target.get("precisions", [])):
+            if backend in SUPPORTED_PRECISIONS and precision not in SUPPORTED_PRECISIONS[backend]:
+                add(("targets", index, "precisions", p_index),
+                    f"{backend} {precision} is not supported; {backend} supports {', '.join(sorted(SUPPORTED_PRECISIONS[backend]))}")
+        if backend == "torchscript" and source == "onnx":
+            add(("targets", index, "backend"), "a TorchScript target needs a torch or torchscript source, not an ONNX file")
+        if "mode" in target and backend != "torchscript":
+            add(("targets", index, "mode"), "'mode' applies to torchscript targets only; remove it")
+        if backend == "torchscript" and source == "torchscript" and target.get("mode") == "script":
+            add(("targets", index, "mode"), "the source is already TorchScript; remove 'mode'")
+    ids = [(t.get("backend"), p) for t in data.get("targets", []) for p in t.get("precisions", [])]
+    for duplicate in sorted({i for i in ids if ids.count(i) > 1}, key=str):
+        add(("targets",), f"target {duplicate[0]}-{duplicate[1]} is listed twice")
+    data_section = data.get("data", {})
+    task = data.get("task", {})
+    evaluation = data_section.get("evaluation", {})
+    for name in ("calibration", "evaluation"):
+        dataset = data_section.get(name)
+        if dataset and _dataset_format(dataset) == "images" and "preprocess" not in data_section:
+            add(("data", name), "an image folder needs data.preprocess (size, resize, scale, ...)")
+        if dataset and _dataset_format(dataset) != "images" and dataset.get("labels", "none") != "none":
+            add(("data", name, "labels"), "labels are read from image folders only; use format: images")
+    if task.get("type") in ("classification", "detection"):
+        wanted = "folders" if task["type"] == "classification" else "yolo"
+        if evaluation and evaluation.get("labels", "none") != wanted:
+            add(("data", "evaluation", "labels") if "labels" in evaluation else ("data", "evaluation"),
+                f"a {task['type']} task reads labels '{wanted}' from the evaluation set: set labels: {wanted}")
+        if not evaluation:
+            add(("task",), f"a {task['type']} task needs data.evaluation with labels")
+    if task.get("output") and task["output"] not in model.get("outputs", []):
+        add(("task", "output"), f"'{task['output']}' is not one of model.outputs {model.get('outputs')}")
+    gates = data.get("gates", {})
+    for precision in gates:
+        if precision != "default" and precision not in {p for _, p in ids}:
+            add(("gates", precision), f"no target builds {precision}; remove this gate or add a target")
+    for precision, gate in gates.items():
+        if ("max_metric_drop" in gate or "min_metric" in gate) and task.get("type", "generic") == "generic":
+            add(("gates", precision), "task-metric gates need task.type classification or detection")
+    return problems
+
+
+def _dataset_format(dataset: dict[str, Any]) -> str:
+    if "format" in dataset:
+        return str(dataset["format"])
+    suffix = Path(str(dataset.get("path", ""))).suffix.lower()
+    return {".npy": "npy", ".npz": "npz"}.get(suffix, "images")
+
+
+def path_problems(recipe_path: Path) -> list[RecipeProblem]:
+    """Referenced files that do not exist (used by `modelc validate`; builds raise InputError)."""
+    located, _ = _parse(recipe_path, recipe_path.read_text())
+    base = recipe_path.parent
+    checks: list[tuple[tuple[Any, ...], str]] = []
+    model = located.data.get("model", {})
+    for key in ("weights", "path"):
+        if key in model:
+            checks.append((("model", key), model[key]))
+    factory = model.get("factory", "")
+    if ".py:" in factory:
+        checks.append((("model", "factory"), factory.rsplit(":", 1)[0]))
+    for name in ("calibration", "evaluation"):
+        dataset = located.data.get("data", {}).get(name)
+        if dataset and "path" in dataset:
+            checks.append((("data", name, "path"), dataset["path"]))
+    problems = []
+    for at, relative in checks:
+        if not (base / relative).exists():
+            line, column = located.value_marks.get(at, (1, 1))
+            problems.append(RecipeProblem(str(recipe_path), line, column, _key_path(at),
+                                          f"{base / relative} does not exist: fix the path (relative paths start at the recipe's folder)"))
+    return problems
+
+
+def load_recipe(path: Path) -> Recipe:
+    """Read, validate and type a recipe; raise RecipeError listing every problem."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the recipe ({exc.strerror}): check the path") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError([RecipeProblem(str(path), 1, 1, "", "the recipe is not UTF-8 text")]) from None
+    located, problems = _parse(path, text)
+    if not isinstance(located.data, dict):
+        raise RecipeError([RecipeProblem(str(path), 1, 1, "", "a recipe must be a YAML mapping (key: value lines)")])
+    problems += _schema_problems(path, located)
+    if not problems:
+        problems += _cross_field_problems(path, located)
+    if problems:
+        raise RecipeError(sorted(problems, key=lambda p: (p.line, p.column)))
+    return _to_recipe(path, hashlib.sha256(raw).hexdigest(), located.data)
+
+
+def _to_recipe(path: Path, digest: str, data: dict[str, Any]) -> Recipe:
+    base = path.resolve().parent
+    model = data["model"]
+    source = ModelSource(
+        kind=model["source"],
+        inputs=tuple(TensorSpec(i["name"], tuple(i["shape"]), i.get("dtype", "float32")) for i in model["inputs"]),
+        outputs=tuple(model["outputs"]),
+        factory=model.get("factory"),
+        factory_args=tuple(sorted(model.get("factory_args", {}).items())),
+        weights=base / model["weights"] if "weights" in model else None,
+        path=base / model["path"] if "path" in model else None,
+        base_dir=base,
+    )
+    export = ExportOptions(**data.get("export", {}))
+    data_section = data.get("data", {})
+    preprocess = None
+    if "preprocess" in data_section:
+        spec = dict(data_section["preprocess"])
+        height, width = spec.pop("size")
+        for key in ("mean", "std"):
+            if key in spec:
+                spec[key] = tuple(float(v) for v in spec[key])
+        preprocess = Preprocess(height=height, width=width, **spec)
+
+    def dataset(name: str) -> Dataset | None:
+        entry = data_section.get(name)
+        if entry is None:
+            return None
+        return Dataset(path=base / entry["path"], format=_dataset_format(entry), labels=entry.get("labels", "none"),
+                       samples=entry.get("samples"), batch_size=entry.get("batch_size", 16))
+
+    task_data = dict(data.get("task", {"type": "generic"}))
+    task_data["classes"] = tuple(task_data.get("classes", ()))
+    targets = tuple(Target(t["backend"], p, t.get("mode")) for t in data["targets"] for p in t["precisions"])
+    gates = {k: Gate(**{**data.get("gates", {}).get("default", {}), **v}) for k, v in data.get("gates", {}).items()}
+    return Recipe(path=path, digest=digest, name=data["name"], version=data["version"],
+                  description=data.get("description", ""), model=source, export=export, preprocess=preprocess,
+                  calibration=dataset("calibration"), evaluation=dataset("evaluation"), task=Task(**task_data),
+                  targets=targets, gates=gates, latency=Latency(**data.get("latency", {})))

@@ -1,0 +1,112 @@
+"""Getting a model: a torch factory plus a state_dict, a TorchScript file, or an ONNX file.
+
+`load_torch_model` returns an eval-mode `torch.nn.Module` (or ScriptModule); ONNX sources are
+read by the export step directly. Every failure names the file and what to do.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from compiler.errors import InputError
+from compiler.recipe import ModelSource
+
+
+def resolve_factory(spec: str, base_dir: Path) -> Callable[..., Any]:
+    """'path/to/file.py:function' (relative to the recipe) or 'package.module:function'."""
+    location, _, function = spec.rpartition(":")
+    if location.endswith(".py"):
+        file = (base_dir / location).resolve()
+        if not file.is_file():
+            raise InputError(f"{file}: the model factory file does not exist: fix model.factory")
+        # A stable module name: TorchScript records it inside the saved archive.
+        module_name = f"modelc_factory.{file.stem}_{hashlib.sha256(file.read_bytes()).hexdigest()[:8]}"
+        module_spec = importlib.util.spec_from_file_location(module_name, file)
+        assert module_spec is not None and module_spec.loader is not None
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_name] = module
+        # The factory's own folder and the project root become importable, like `python file.py` would.
+        for folder in (str(file.parent), str(file.parent.parent)):
+            if folder not in sys.path:
+                sys.path.append(folder)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:
+            raise InputError(f"{file}: importing the model factory failed: {type(exc).__name__}: {exc}") from exc
+    else:
+        try:
+            module = importlib.import_module(location)
+        except ImportError as exc:
+            raise InputError(f"model.factory '{spec}': cannot import '{location}' ({exc}): "
+                             "install the package or give a path to a .py file") from None
+    factory = getattr(module, function, None)
+    if not callable(factory):
+        raise InputError(f"model.factory '{spec}': '{location}' has no callable '{function}'")
+    return factory
+
+
+def load_torch_model(source: ModelSource) -> Any:
+    """Build the reference PyTorch model in eval mode."""
+    import torch
+
+    if source.kind == "torchscript":
+        assert source.path is not None
+        if not source.path.is_file():
+            raise InputError(f"{source.path}: the TorchScript file does not exist: fix model.path")
+        try:
+            module = torch.jit.load(str(source.path), map_location="cpu")
+        except Exception as exc:
+            raise InputError(f"{source.path}: not a TorchScript file torch.jit.load can read ({exc}); "
+                             "save it with torch.jit.save") from None
+        return module.eval()
+    assert source.kind == "torch" and source.factory and source.weights
+    factory = resolve_factory(source.factory, source.base_dir)
+    try:
+        model = factory(**dict(source.factory_args))
+    except Exception as exc:
+        raise InputError(f"model.factory '{source.factory}' raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(f"model.factory '{source.factory}' returned {type(model).__name__}, not a torch.nn.Module")
+    state = load_state_dict(source.weights)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        details = []
+        if result.missing_keys:
+            details.append(f"missing {_few(result.missing_keys)}")
+        if result.unexpected_keys:
+            details.append(f"unexpected {_few(result.unexpected_keys)}")
+        raise InputError(f"{source.weights}: the state_dict does not match the model from '{source.factory}' "
+                         f"({'; '.join(details)}): check model.factory_args and that the weights belong to this model")
+    return model.eval()
+
+
+def load_state_dict(path: Path) -> dict[str, Any]:
+    import torch
+
+    if not path.is_file():
+        raise InputError(f"{path}: the weights file does not exist: fix model.weights")
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path}: not a state_dict that torch.load(weights_only=True) can read ({first[:200]}); "
+                         "save it with torch.save(model.state_dict(), path)") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise InputError(f"{path}: holds a {type(state).__name__}, not a state_dict; "
+                         "save it with torch.save(model.state_dict(), path)")
+    if "state_dict" in state and isinstance(state["state_dict"], dict) and len(state) < 10:
+        raise InputError(f"{path}: a training checkpoint with a nested 'state_dict'; save the state_dict alone")
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        bad = next(k for k, v in state.items() if not isinstance(v, torch.Tensor))
+        raise InputError(f"{path}: entry '{bad}' is not a tensor, so this is not a state_dict; "
+                         "save it with torch.save(model.state_dict(), path)")
+    return state
+
+
+def _few(keys: list[str]) -> str:
+    shown = ", ".join(keys[:3])
+    return shown + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")

@@ -1,0 +1,40 @@
+"""Artifact stores, chosen by URL: a path or file:// URL is the local store (the default)."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+from compiler.errors import StoreError
+
+
+@dataclass(frozen=True)
+class PushResult:
+    location: str
+    created: bool  # False: the identical version was already stored (a no-op)
+
+
+class Store(ABC):
+    @abstractmethod
+    def push(self, staged: Path, name: str, version: str, content_digest: str) -> PushResult:
+        """Publish a finished release folder; refuse to change an existing version."""
+
+    @abstractmethod
+    def pull(self, name: str, version: str, destination: Path) -> Path:
+        ...
+
+    @abstractmethod
+    def list(self, name: str | None = None) -> list[tuple[str, str]]:
+        ...
+
+
+def open_store(url: str) -> Store:
+    if url.startswith("file://"):
+        url = url[len("file://"):]
+    elif "://" in url:
+        scheme = url.split("://", 1)[0]
+        raise StoreError(f"store URL '{url}': the '{scheme}' scheme is not supported by this version of modelc; "
+                         "use a folder path or file:// URL")
+    from compiler.stores.local import LocalStore
+
+    return LocalStore(Path(url))

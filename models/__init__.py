@@ -1,0 +1,1 @@
+"""Example models shipped with modelc: our own small networks, data generator and training scripts."""
