@@ -217,6 +217,9 @@ def _explain(path: Path, located: _Located, error: Any) -> list[RecipeProblem]:
     if error.validator == "const":
         message = f"must be {error.validator_value!r}, got {error.instance!r}"
         return [RecipeProblem(str(path), line, column, _key_path(at), message)]
+    if error.validator == "pattern" and "description" in error.schema:
+        message = f"{error.instance!r} is not allowed here: {error.schema['description']}"
+        return [RecipeProblem(str(path), line, column, _key_path(at), message)]
     if error.validator == "oneOf" and at and "shape" in at:
         message = f"{error.instance!r} is neither a positive integer nor a symbolic dimension name such as 'batch'"
         return [RecipeProblem(str(path), line, column, _key_path(at), message)]
@@ -330,7 +333,7 @@ def path_problems(recipe_path: Path) -> list[RecipeProblem]:
         if not (base / relative).exists():
             line, column = located.value_marks.get(at, (1, 1))
             problems.append(RecipeProblem(str(recipe_path), line, column, _key_path(at),
-                                          f"{base / relative} does not exist: fix the path (relative paths start at the recipe's folder)"))
+                                          f"{(base / relative).resolve()} does not exist: fix the path (relative paths start at the recipe's folder)"))
     return problems
 
 

@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture
+def tiny_weights(tmp_path: Path) -> Path:
+    import torch
+
+    sys.path.insert(0, str(FIXTURES))
+    try:
+        from tiny_net import build_model
+    finally:
+        sys.path.remove(str(FIXTURES))
+    path = tmp_path / "tiny.pt"
+    torch.save(build_model().state_dict(), path)
+    return path
+
+
+def write_images(folder: Path, count: int, size: tuple[int, int] = (20, 16), classes: tuple[str, ...] = ()) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        where = folder / classes[index % len(classes)] if classes else folder
+        where.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(where / f"{index:03d}.png")
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path: Path, tiny_weights: Path) -> Callable[..., Path]:
+    """Writes a recipe for the tiny net (with overrides) and returns its path."""
+
+    def make(overrides: dict[str, Any] | None = None, name: str = "recipe.yaml") -> Path:
+        images = tmp_path / "images"
+        if not images.exists():
+            write_images(images, 6, classes=("a", "b", "c"))
+        recipe: dict[str, Any] = {
+            "format_version": 1,
+            "name": "tiny",
+            "version": "0.1.0",
+            "model": {
+                "source": "torch",
+                "factory": str(FIXTURES / "tiny_net.py") + ":build_model",
+                "weights": str(tiny_weights),
+                "inputs": [{"name": "images", "shape": ["batch", 3, 16, 16]}],
+                "outputs": ["logits"],
+            },
+            "export": {"exporter": "torchscript", "opset": 17},
+            "data": {
+                "preprocess": {"size": [16, 16]},
+                "evaluation": {"path": str(images), "labels": "folders", "batch_size": 4},
+            },
+            "task": {"type": "classification", "classes": ["a", "b", "c"]},
+            "targets": [{"backend": "onnxruntime", "precisions": ["fp32"]},
+                        {"backend": "openvino", "precisions": ["fp32", "fp16"]},
+                        {"backend": "torchscript", "precisions": ["fp32"]}],
+            "gates": {"fp32": {"min_cosine": 0.9999, "max_metric_drop": 0}, "fp16": {"min_cosine": 0.999}},
+            "latency": {"runs": 2, "warmup": 1},
+        }
+        for key, value in (overrides or {}).items():
+            if value is None:
+                recipe.pop(key, None)
+            else:
+                recipe[key] = value
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+        return path
+
+    return make
+
+
+@pytest.fixture
+def run_cli() -> Callable[..., Any]:
+    from click.testing import CliRunner
+
+    from compiler.cli import main
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    return run
+
+
+@pytest.fixture
+def run_cli_process() -> Callable[..., Any]:
+    """The CLI in a fresh process, as a user runs it (torch and OpenVINO number generated names
+    per process, so byte-identical rebuilds are a property of separate processes)."""
+    import subprocess
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "compiler", *[str(a) for a in args]], capture_output=True,
+                              text=True, cwd=REPO, timeout=600)
+
+    return run

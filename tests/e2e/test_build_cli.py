@@ -1,0 +1,142 @@
+"""End-to-end: the CLI on tiny recipes (fast) — success, bad input, gates, immutability."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from compiler.manifest import sha256_file
+
+
+def test_tiny_build_stores_every_artifact_and_rebuild_is_a_no_op(tmp_path: Path, tiny_recipe, run_cli_process) -> None:
+    recipe = tiny_recipe()
+    store = tmp_path / "store"
+    result = run_cli_process("build", recipe, "--store", store)
+    assert result.returncode == 0, result.stderr
+    release = store / "tiny" / "0.1.0"
+    assert result.stdout == f"stored tiny 0.1.0 at {release}\n"
+    manifest = json.loads((release / "manifest.json").read_text())
+    for entry in manifest["files"]:
+        assert sha256_file(release / entry["path"]) == entry["sha256"]
+    assert {a["target"] for a in manifest["artifacts"]} == {"onnx", "onnxruntime-fp32", "openvino-fp32", "openvino-fp16",
+                                                           "torchscript-fp32"}
+    assert manifest["export"]["exporter"] == "torchscript"
+    assert manifest["toolchain"]["torch"].startswith("2.")
+    report = json.loads((release / "report.json").read_text())
+    assert report["passed"] and report["samples"] == 6
+    again = run_cli_process("build", recipe, "--store", store)
+    assert again.returncode == 0, again.stderr
+    assert "already stored with identical content" in again.stdout
+
+
+def test_changed_content_under_same_version_is_refused(tmp_path: Path, tiny_recipe, run_cli) -> None:
+    store = tmp_path / "store"
+    assert run_cli("build", tiny_recipe(), "--store", store).exit_code == 0
+    before = sha256_file(store / "tiny/0.1.0/onnx/model.onnx")
+    changed = tiny_recipe({"model": {**yaml.safe_load(tiny_recipe().read_text())["model"], "factory_args": {"classes": 3}},
+                           "export": {"exporter": "torchscript", "opset": 16}})
+    result = run_cli("build", changed, "--store", store)
+    assert result.exit_code == 5
+    assert "a version is immutable: bump `version` in the recipe" in result.stderr
+    assert sha256_file(store / "tiny/0.1.0/onnx/model.onnx") == before
+
+
+def test_missed_gate_exits_4_keeps_report_and_stores_nothing(tmp_path: Path, tiny_recipe, run_cli) -> None:
+    recipe = tiny_recipe({"gates": {"fp16": {"max_abs_error": 0.0}}})
+    store = tmp_path / "store"
+    result = run_cli("build", recipe, "--store", store, "--reports-dir", tmp_path / "failed")
+    assert result.exit_code == 4
+    assert "accuracy gate(s) missed, nothing was stored: openvino-fp16: max_abs_error on output 'logits'" in result.stderr
+    assert not store.exists()
+    kept = json.loads((tmp_path / "failed/tiny/0.1.0/report.json").read_text())
+    assert not kept["passed"]
+    failing = [g for a in kept["artifacts"] for g in a["gates"] if not g["passed"]]
+    assert failing[0]["gate"] == "max_abs_error" and failing[0]["observed"] > 0
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("missing_weights", "the weights file does not exist: fix model.weights"),
+    ("bad_image", "cannot decode this image"),
+    ("empty_folder", "holds no samples"),
+    ("wrong_shape", "the model does not accept the declared inputs"),
+    ("not_state_dict", "not a state_dict"),
+])
+def test_bad_input_is_one_line_exit_3_and_store_untouched(tmp_path: Path, tiny_recipe, run_cli, case: str, expected: str) -> None:
+    recipe_data = yaml.safe_load(tiny_recipe().read_text())
+    images = Path(recipe_data["data"]["evaluation"]["path"])
+    if case == "missing_weights":
+        recipe_data["model"]["weights"] = str(tmp_path / "nope.pt")
+    elif case == "bad_image":
+        (images / "a" / "zz.png").write_bytes(b"\x89PNG broken")
+    elif case == "empty_folder":
+        (tmp_path / "empty").mkdir()
+        recipe_data["data"]["evaluation"]["path"] = str(tmp_path / "empty")
+    elif case == "wrong_shape":
+        recipe_data["model"]["inputs"][0]["shape"] = ["batch", 1, 16, 16]
+    elif case == "not_state_dict":
+        torch.save({"epoch": 3, "note": "x"}, tmp_path / "ckpt.pt")
+        recipe_data["model"]["weights"] = str(tmp_path / "ckpt.pt")
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(yaml.safe_dump(recipe_data))
+    store = tmp_path / "store"
+    result = run_cli("build", recipe, "--store", store)
+    assert result.exit_code == 3, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0]
+    assert "Traceback" not in result.stderr
+    assert not store.exists()
+
+
+def test_typo_in_recipe_exits_2_before_any_work(tmp_path: Path, tiny_recipe, run_cli) -> None:
+    recipe = tiny_recipe()
+    recipe.write_text(recipe.read_text().replace("opset:", "opsett:"))
+    result = run_cli("build", recipe, "--store", tmp_path / "store")
+    assert result.exit_code == 2
+    assert "export.opsett: unknown key 'opsett': did you mean 'opset'?" in result.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path: Path, tiny_recipe, run_cli) -> None:
+    from compiler.errors import InputError
+
+    recipe = tiny_recipe({"model": {**yaml.safe_load(tiny_recipe().read_text())["model"], "weights": str(tmp_path / "x.pt")}})
+    with pytest.raises(InputError):
+        run_cli("build", recipe, "--store", tmp_path / "store", "--debug")
+
+
+def test_onnx_and_torchscript_sources(tmp_path: Path, tiny_recipe, run_cli) -> None:
+    from tests.fixtures.tiny_net import build_model
+
+    model = build_model().eval()
+    onnx_path = tmp_path / "tiny.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 3, 16, 16),), str(onnx_path), input_names=["images"], output_names=["logits"],
+                      dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
+    script_path = tmp_path / "tiny_script.pt"
+    torch.jit.save(torch.jit.script(model), str(script_path))
+    base = yaml.safe_load(tiny_recipe().read_text())
+    inputs = base["model"]["inputs"]
+    onnx_recipe = tiny_recipe({"name": "tiny-onnx", "model": {"source": "onnx", "path": str(onnx_path), "inputs": inputs,
+                                                              "outputs": ["logits"]},
+                               "targets": [{"backend": "openvino", "precisions": ["fp32"]}],
+                               "gates": {"fp32": {"min_cosine": 0.9999}}}, name="onnx.yaml")
+    result = run_cli("build", onnx_recipe, "--store", tmp_path / "store")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "store/tiny-onnx/0.1.0/report.json").read_text())
+    assert report["reference"] == "onnxruntime FP32 on tiny.onnx"
+    script_recipe = tiny_recipe({"name": "tiny-ts", "model": {"source": "torchscript", "path": str(script_path), "inputs": inputs,
+                                                              "outputs": ["logits"]}}, name="ts.yaml")
+    result = run_cli("build", script_recipe, "--store", tmp_path / "store")
+    assert result.exit_code == 0, result.stderr
+    assert run_cli("ls", "--store", tmp_path / "store").stdout == "tiny-onnx 0.1.0\ntiny-ts 0.1.0\n"
+
+
+def test_plan_lists_steps_in_order(tiny_recipe, run_cli) -> None:
+    result = run_cli("plan", tiny_recipe(), "--json")
+    steps = json.loads(result.stdout)["steps"]
+    assert [s["id"] for s in steps] == ["export", "simplify", "compile:onnxruntime-fp32", "compile:openvino-fp32",
+                                        "compile:openvino-fp16", "compile:torchscript-fp32", "verify", "release"]
+    assert steps[-2]["depends_on"][0] == "simplify"

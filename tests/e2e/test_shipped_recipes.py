@@ -1,0 +1,77 @@
+"""End-to-end: `modelc build` on the shipped recipes into a temporary store, then every artifact
+is loaded back with its own runtime and checked against the PyTorch reference."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+import torch
+
+from compiler.manifest import sha256_file
+from compiler.recipe import load_recipe
+from compiler.report import to_json  # noqa: F401  (schema below is the published one)
+from compiler.sources import load_torch_model
+
+REPO = Path(__file__).resolve().parents[2]
+REPORT_SCHEMA = json.loads((REPO / "compiler/schema/report.schema.json").read_text())
+
+# Accuracy the shipped models reach on their evaluation sets (README states the same numbers).
+EXPECTED_TASK_METRIC = {"yolo.yaml": ("map50", 95.0), "classifier.yaml": ("top1_accuracy", 97.0)}
+
+
+def run_artifact(release: Path, target: str, files: list[str], x: np.ndarray, input_name: str) -> np.ndarray:
+    if target.startswith("openvino"):
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(str(release / files[0]), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        return np.asarray(compiled({input_name: x})[0])
+    if target.startswith("torchscript"):
+        module = torch.jit.load(str(release / files[0]))
+        with torch.no_grad():
+            return module(torch.from_numpy(x)).numpy()
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(release / files[0]), providers=["CPUExecutionProvider"])
+    return session.run(None, {input_name: x})[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe_name", ["yolo.yaml", "classifier.yaml"])
+def test_shipped_recipe_builds_and_every_artifact_loads_back(tmp_path: Path, run_cli, recipe_name: str) -> None:
+    recipe_path = REPO / "recipes" / recipe_name
+    store = tmp_path / "store"
+    result = run_cli("build", recipe_path, "--store", store)
+    assert result.exit_code == 0, result.stderr
+    recipe = load_recipe(recipe_path)
+    release = store / recipe.name / recipe.version
+    manifest = json.loads((release / "manifest.json").read_text())
+    report = json.loads((release / "report.json").read_text())
+    jsonschema.validate(report, REPORT_SCHEMA)
+    assert report["passed"] and manifest["gates_passed"]
+    for entry in manifest["files"]:
+        assert sha256_file(release / entry["path"]) == entry["sha256"], entry["path"]
+        assert (release / entry["path"]).stat().st_size == entry["size"]
+    assert manifest["recipe"]["sha256"] == recipe.digest
+    assert manifest["export"]["exporter"] == recipe.export.exporter
+
+    metric_name, minimum = EXPECTED_TASK_METRIC[recipe_name]
+    for artifact in report["artifacts"]:
+        assert artifact["task_metric"]["name"] == metric_name
+        assert artifact["task_metric"]["value"] >= minimum, artifact["target"]
+        assert artifact["latency_ms"] > 0
+
+    reference = load_torch_model(recipe.model)
+    spec = recipe.model.inputs[0]
+    x = np.random.default_rng(3).random((2, *spec.shape[1:]), dtype=np.float32)
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(x)).numpy()
+    for artifact in manifest["artifacts"]:
+        got = run_artifact(release, artifact["target"], artifact["files"], x, spec.name)
+        tolerance = 2e-2 if artifact["precision"] == "fp16" else 1e-3
+        scale = max(float(np.abs(expected).max()), 1.0)
+        assert np.abs(got - expected).max() <= tolerance * scale, artifact["target"]
+    markdown = (release / "report.md").read_text()
+    assert "all gates passed" in markdown and "| `openvino-fp16` |" in markdown

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from compiler.backends import CompileRequest, get_backend
+from compiler.errors import BackendUnavailable
+from compiler.export import export_onnx
+from compiler.recipe import ExportOptions, Target, TensorSpec
+from tests.fixtures.tiny_net import build_model
+
+INPUTS = (TensorSpec("images", ("batch", 3, 16, 16)),)
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    export_onnx(build_model().eval(), INPUTS, ("logits",), ExportOptions(exporter="torchscript", opset=17), path)
+    return path
+
+
+@pytest.mark.parametrize("backend,precision,tolerance", [
+    ("onnxruntime", "fp32", 1e-5), ("openvino", "fp32", 1e-5), ("openvino", "fp16", 1e-2), ("torchscript", "fp32", 1e-5)])
+def test_backend_compiles_and_runs(tmp_path: Path, onnx_file: Path, backend: str, precision: str, tolerance: float) -> None:
+    model = build_model().eval()
+    implementation = get_backend(backend)
+    request = CompileRequest(Target(backend, precision), onnx_file, INPUTS, ("logits",), tmp_path, lambda: model)
+    files = implementation.compile(request)
+    assert files and all(f.is_file() and f.parent == tmp_path for f in files)
+    x = np.random.default_rng(1).random((3, 3, 16, 16), dtype=np.float32)
+    with implementation.runner(files, INPUTS, ("logits",)) as runner:
+        got = runner.infer({"images": x})["logits"]
+    expected = model(torch.from_numpy(x)).detach().numpy()
+    assert got.shape == (3, 3)
+    assert np.abs(got - expected).max() < tolerance
+    assert implementation.versions()
+
+
+def test_openvino_fp16_weights_are_half_the_size(tmp_path: Path, onnx_file: Path) -> None:
+    sizes = {}
+    for precision in ("fp32", "fp16"):
+        out = tmp_path / precision
+        out.mkdir()
+        files = get_backend("openvino").compile(CompileRequest(Target("openvino", precision), onnx_file, INPUTS, ("logits",), out))
+        sizes[precision] = next(f for f in files if f.suffix == ".bin").stat().st_size
+    assert sizes["fp16"] < 0.6 * sizes["fp32"]
+
+
+def test_runner_checks_feed_names(tmp_path: Path, onnx_file: Path) -> None:
+    from compiler.errors import InputError
+
+    runner = get_backend("onnxruntime").runner([onnx_file], INPUTS, ("logits",))
+    with runner, pytest.raises(InputError, match=r"feed has inputs \['x'\], the model takes \['images'\]"):
+        runner.infer({"x": np.zeros((1, 3, 16, 16), np.float32)})
+
+
+def test_tensorrt_says_where_it_can_be_built(tmp_path: Path, onnx_file: Path) -> None:
+    with pytest.raises(BackendUnavailable, match="NVIDIA GPU and the tensorrt package"):
+        get_backend("tensorrt").compile(CompileRequest(Target("tensorrt", "fp16"), onnx_file, INPUTS, ("logits",), tmp_path))
+
+
+def test_unknown_backend() -> None:
+    with pytest.raises(BackendUnavailable, match="no backend named 'tflite'"):
+        get_backend("tflite")

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from compiler.data import DataReader
+from compiler.errors import InputError
+from compiler.preprocess import Preprocess, preprocess_image
+from compiler.recipe import Dataset, TensorSpec
+from tests.conftest import write_images
+
+INPUT = (TensorSpec("images", ("batch", 3, 16, 16)),)
+SPEC = Preprocess(height=16, width=16)
+
+
+def test_letterbox_places_image_and_maps_boxes() -> None:
+    image = Image.new("RGB", (40, 20), (255, 0, 0))
+    tensor, placement = preprocess_image(image, Preprocess(height=16, width=16, resize="letterbox", pad_value=0))
+    assert tensor.shape == (3, 16, 16)
+    assert (placement.gain_x, placement.pad_x, placement.pad_y) == (0.4, 0.0, 4.0)
+    assert tensor[0, 4:12].min() == pytest.approx(1.0) and tensor[0, :4].max() == 0.0
+    assert placement.to_input(0, 0, 40, 20) == (0.0, 4.0, 16.0, 12.0)
+
+
+def test_normalisation_colour_order_and_layout() -> None:
+    image = Image.new("RGB", (2, 2), (255, 128, 0))
+    spec = Preprocess(height=2, width=2, color="bgr", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), layout="nhwc")
+    tensor, _ = preprocess_image(image, spec)
+    assert tensor.shape == (2, 2, 3)
+    assert tensor[0, 0] == pytest.approx([-1.0, 128 / 255 * 2 - 1, 1.0], abs=1e-6)
+
+
+def test_image_folder_with_class_folders(tmp_path: Path) -> None:
+    write_images(tmp_path, 7, classes=("cat", "dog"))
+    reader = DataReader(Dataset(tmp_path, "images", labels="folders", batch_size=3), INPUT, SPEC, ("cat", "dog"))
+    batches = list(reader.batches())
+    assert [len(b) for b in batches] == [3, 3, 1]
+    assert batches[0].inputs["images"].shape == (3, 3, 16, 16)
+    assert sum((b.labels for b in batches), []) == [0, 0, 0, 0, 1, 1, 1]
+
+
+def test_samples_limit_and_npy_streaming(tmp_path: Path) -> None:
+    array = np.random.default_rng(0).random((10, 3, 16, 16), dtype=np.float32)
+    np.save(tmp_path / "x.npy", array)
+    reader = DataReader(Dataset(tmp_path / "x.npy", "npy", samples=5, batch_size=2), INPUT, None)
+    got = np.concatenate([b.inputs["images"] for b in reader.batches()])
+    assert np.array_equal(got, array[:5])
+
+
+def test_npz_needs_an_array_per_input(tmp_path: Path) -> None:
+    np.savez(tmp_path / "x.npz", wrong=np.zeros((2, 3, 16, 16), np.float32))
+    with pytest.raises(InputError, match=r"x.npz: has arrays \['wrong'\] but the model inputs are \['images'\]"):
+        DataReader(Dataset(tmp_path / "x.npz", "npz"), INPUT, None)
+
+
+def test_empty_folder_is_an_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="holds no samples"):
+        DataReader(Dataset(tmp_path, "images"), INPUT, SPEC)
+
+
+def test_undecodable_image_names_the_file(tmp_path: Path) -> None:
+    write_images(tmp_path, 2)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    reader = DataReader(Dataset(tmp_path, "images"), INPUT, SPEC)
+    with pytest.raises(InputError, match=r"broken.png: cannot decode this image"):
+        list(reader.batches())
+
+
+def test_shape_mismatch_names_both_shapes(tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", np.zeros((2, 3, 8, 8), np.float32))
+    reader = DataReader(Dataset(tmp_path / "x.npy", "npy"), INPUT, None)
+    with pytest.raises(InputError, match=r"have shape \[3, 8, 8\] but the model expects \[3, 16, 16\]"):
+        list(reader.batches())
+
+
+def test_nan_is_refused(tmp_path: Path) -> None:
+    array = np.zeros((2, 3, 16, 16), np.float32)
+    array[1, 0, 0, 0] = np.nan
+    np.save(tmp_path / "x.npy", array)
+    with pytest.raises(InputError, match="contain NaN or Inf"):
+        list(DataReader(Dataset(tmp_path / "x.npy", "npy"), INPUT, None).batches())
+
+
+def test_yolo_labels_are_mapped_into_input_pixels(tmp_path: Path) -> None:
+    Image.new("RGB", (40, 20)).save(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_text("1 0.5 0.5 0.5 1.0\n")
+    spec = Preprocess(height=16, width=16, resize="letterbox")
+    reader = DataReader(Dataset(tmp_path, "images", labels="yolo"), INPUT, spec)
+    (box,) = next(reader.batches()).labels[0]
+    assert (box.class_id, box.x0, box.y0, box.x1, box.y1) == (1, 4.0, 4.0, 12.0, 12.0)
+
+
+def test_bad_label_line_names_file_and_line(tmp_path: Path) -> None:
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_text("0 0.5 0.5 0.2 0.2\nzero 1 2\n")
+    reader = DataReader(Dataset(tmp_path, "images", labels="yolo"), INPUT, SPEC)
+    with pytest.raises(InputError, match=r"a.txt:2: expected 'class cx cy w h'"):
+        list(reader.batches())

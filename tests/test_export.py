@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from compiler.backends.onnxruntime import OnnxRuntimeRunner
+from compiler.errors import InputError
+from compiler.export import check_model_accepts_inputs, export_onnx, export_torchscript, simplify_onnx
+from compiler.recipe import ExportOptions, TensorSpec
+from tests.fixtures.tiny_net import build_model, build_two_outputs
+
+INPUTS = (TensorSpec("images", ("batch", 3, 16, 16)),)
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_export_matches_torch_with_dynamic_batch(tmp_path: Path, exporter: str) -> None:
+    model = build_model().eval()
+    path = tmp_path / "m.onnx"
+    export_onnx(model, INPUTS, ("logits",), ExportOptions(exporter=exporter, opset=18), path)
+    graph = onnx.load(str(path))
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # batch stays symbolic
+    assert [o.name for o in graph.graph.output] == ["logits"]
+    simplified = tmp_path / "s.onnx"
+    simplify_onnx(path, simplified)
+    x = np.random.default_rng(0).random((5, 3, 16, 16), dtype=np.float32)
+    with OnnxRuntimeRunner(simplified, INPUTS, ("logits",)) as runner:
+        got = runner.infer({"images": x})["logits"]
+    expected = model(torch.from_numpy(x)).detach().numpy()
+    assert np.abs(got - expected).max() < 1e-5
+
+
+def test_wrong_input_shape_is_an_input_error() -> None:
+    wrong = (TensorSpec("images", ("batch", 4, 16, 16)),)
+    with pytest.raises(InputError, match=r"the model does not accept the declared inputs images\['batch', 4, 16, 16\]"):
+        check_model_accepts_inputs(build_model().eval(), wrong, ("logits",))
+
+
+def test_output_count_must_match() -> None:
+    with pytest.raises(InputError, match=r"the model returns 2 output\(s\) but model.outputs names 1"):
+        check_model_accepts_inputs(build_two_outputs().eval(), INPUTS, ("y",))
+
+
+SAVE_IN_A_FRESH_PROCESS = """
+import sys
+from compiler.export import export_torchscript
+from compiler.recipe import TensorSpec
+from tests.fixtures.tiny_net import build_model
+export_torchscript(build_model().eval(), (TensorSpec("images", ("batch", 3, 16, 16)),), sys.argv[1], __import__("pathlib").Path(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("mode", ["trace", "script"])
+def test_torchscript_is_reproducible_across_processes_and_loads(tmp_path: Path, mode: str) -> None:
+    """torch writes a random serialization id and process-wide name counters; two builds in two
+    processes must still give identical bytes."""
+    digests = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        path = tmp_path / folder / "model.pt"
+        subprocess.run([sys.executable, "-c", SAVE_IN_A_FRESH_PROCESS, mode, str(path)], check=True, cwd=REPO)
+        digests.append(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+    loaded = torch.jit.load(str(tmp_path / "a" / "model.pt"))
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.allclose(loaded(x), build_model().eval()(x), atol=1e-5)

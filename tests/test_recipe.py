@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from compiler.errors import RecipeError
+from compiler.recipe import load_recipe
+
+REPO = Path(__file__).resolve().parent.parent
+GOOD = """\
+format_version: 1
+name: demo
+version: 1.0.0
+model:
+  source: torch
+  factory: net.py:build
+  weights: w.pt
+  inputs:
+    - name: x
+      shape: [batch, 3, 8, 8]
+  outputs: [y]
+targets:
+  - backend: openvino
+    precisions: [fp32, fp16]
+"""
+
+
+def problems_of(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    return [str(p) for p in caught.value.problems]
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_are_valid(recipe: Path) -> None:
+    loaded = load_recipe(recipe)
+    assert loaded.targets and loaded.name
+
+
+def test_good_recipe_gets_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(GOOD)
+    recipe = load_recipe(path)
+    assert recipe.export.exporter == "dynamo" and recipe.export.opset == 18 and recipe.export.simplify
+    assert [t.id for t in recipe.targets] == ["openvino-fp32", "openvino-fp16"]
+    assert recipe.model.inputs[0].dynamic_axes == {0: "batch"}
+    assert recipe.model.weights == tmp_path / "w.pt"
+    assert recipe.latency.runs == 30
+
+
+def test_unknown_key_names_line_column_and_suggests(tmp_path: Path) -> None:
+    text = GOOD.replace("  weights: w.pt", "  weigths: w.pt")
+    found = problems_of(tmp_path, text)
+    assert f"{tmp_path / 'r.yaml'}:7:3: model.weigths: unknown key 'weigths': did you mean 'weights'?" in found
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    text = GOOD.replace("name: demo", "name: Demo Model").replace("[fp32, fp16]", "[fp32, fp64]") + "extra: 1\n"
+    found = problems_of(tmp_path, text)
+    assert len(found) == 3
+    assert any(":2:7: name: 'Demo Model' is not allowed here: Release name: lower-case" in p for p in found)
+    assert any("targets[0].precisions[1]: 'fp64' is not one of 'fp32', 'fp16'" in p for p in found)
+    assert any(":15:1: extra: unknown key 'extra'" in p for p in found)
+
+
+def test_missing_required_key(tmp_path: Path) -> None:
+    found = problems_of(tmp_path, GOOD.replace("version: 1.0.0\n", ""))
+    assert found == [f"{tmp_path / 'r.yaml'}:1:1: missing required key 'version': add it"]
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    found = problems_of(tmp_path, GOOD.replace("outputs: [y]", "outputs: [y"))
+    assert found == [f"{tmp_path / 'r.yaml'}:12:8: not valid YAML: expected ',' or ']', but got ':'"]
+
+
+def test_duplicate_key(tmp_path: Path) -> None:
+    found = problems_of(tmp_path, GOOD.replace("version: 1.0.0\n", "version: 1.0.0\nversion: 1.0.1\n"))
+    assert any(":4:1: version: duplicate key 'version'" in p for p in found)
+
+
+def test_torch_source_needs_weights(tmp_path: Path) -> None:
+    found = problems_of(tmp_path, GOOD.replace("  weights: w.pt\n", ""))
+    assert any("model: missing required key 'weights': a torch source needs a factory and a weights file" in p for p in found)
+
+
+def test_onnx_source_rejects_torchscript_target(tmp_path: Path) -> None:
+    text = GOOD.replace("  source: torch\n  factory: net.py:build\n  weights: w.pt\n", "  source: onnx\n  path: m.onnx\n")
+    text = text.replace("backend: openvino\n    precisions: [fp32, fp16]", "backend: torchscript\n    precisions: [fp32]")
+    found = problems_of(tmp_path, text)
+    assert any("a TorchScript target needs a torch or torchscript source" in p for p in found)
+
+
+def test_unsupported_precision_for_backend(tmp_path: Path) -> None:
+    found = problems_of(tmp_path, GOOD.replace("backend: openvino", "backend: torchscript"))
+    assert any("targets[0].precisions[1]: torchscript fp16 is not supported; torchscript supports fp32" in p for p in found)
+
+
+def test_torchscript_source_needs_torchscript_exporter(tmp_path: Path) -> None:
+    text = GOOD.replace("  source: torch\n  factory: net.py:build\n  weights: w.pt\n", "  source: torchscript\n  path: m.pt\n")
+    found = problems_of(tmp_path, text)
+    assert any("set export.exporter: torchscript" in p for p in found)
+
+
+def test_symbolic_dimension_must_be_a_name(tmp_path: Path) -> None:
+    found = problems_of(tmp_path, GOOD.replace("[batch, 3, 8, 8]", "[batch, 0, 8, 8]"))
+    assert any("model.inputs[0].shape[1]: 0 is neither a positive integer nor a symbolic dimension name" in p for p in found)
+
+
+def test_gate_for_a_precision_nobody_builds(tmp_path: Path) -> None:
+    text = GOOD.replace("[fp32, fp16]", "[fp32]") + "gates:\n  fp16:\n    min_cosine: 0.99\n"
+    found = problems_of(tmp_path, text)
+    assert any("gates.fp16: no target builds fp16" in p for p in found)
+
+
+def test_detection_task_needs_yolo_labels(tmp_path: Path) -> None:
+    text = GOOD + ("data:\n  preprocess: {size: [8, 8]}\n  evaluation: {path: imgs, labels: folders}\n"
+                   "task: {type: detection, classes: [a]}\n")
+    found = problems_of(tmp_path, text)
+    assert any("a detection task reads labels 'yolo'" in p for p in found)
+
+
+def test_cli_validate_prints_one_line_per_problem_and_exits_2(tmp_path: Path, run_cli) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(GOOD.replace("  weights: w.pt", "  weigths: w.pt"))
+    result = run_cli("validate", path)
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {path}:7:3: model.weigths: unknown key 'weigths': did you mean 'weights'?\n"
+
+
+def test_cli_validate_reports_missing_files(tmp_path: Path, run_cli) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(GOOD)
+    result = run_cli("validate", path)
+    assert result.exit_code == 2
+    assert f"{path}:7:12: model.weights: {tmp_path / 'w.pt'} does not exist" in result.stderr
+
+
+def test_cli_validate_ok_on_shipped_recipes(run_cli) -> None:
+    result = run_cli("validate", *sorted((REPO / "recipes").glob("*.yaml")))
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.count(": ok") == 2

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from compiler.errors import StoreError
+from compiler.manifest import content_digest, file_entries
+from compiler.stores import open_store
+from compiler.stores.local import LocalStore
+
+
+def staged_release(tmp_path: Path, payload: bytes, name: str = "staged") -> tuple[Path, str]:
+    folder = tmp_path / name
+    (folder / "onnx").mkdir(parents=True)
+    (folder / "onnx" / "model.onnx").write_bytes(payload)
+    digest = content_digest(file_entries(folder, ["onnx/model.onnx"]))
+    (folder / "manifest.json").write_text(f'{{"content_digest": "{digest}"}}')
+    return folder, digest
+
+
+def test_push_is_immutable_and_identical_push_is_a_no_op(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    staged, digest = staged_release(tmp_path, b"one")
+    first = store.push(staged, "m", "1.0", digest)
+    assert first.created and (tmp_path / "store/m/1.0/onnx/model.onnx").read_bytes() == b"one"
+    again = store.push(staged, "m", "1.0", digest)
+    assert not again.created
+    other, other_digest = staged_release(tmp_path, b"two", "other")
+    with pytest.raises(StoreError, match=r"m 1.0 is already stored .* a version is immutable: bump `version`"):
+        store.push(other, "m", "1.0", other_digest)
+    assert (tmp_path / "store/m/1.0/onnx/model.onnx").read_bytes() == b"one"
+    assert store.list() == [("m", "1.0")]
+    assert not [p for p in (tmp_path / "store/m").iterdir() if p.name.startswith(".incoming")]
+
+
+def test_pull_copies_a_release(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    staged, digest = staged_release(tmp_path, b"one")
+    store.push(staged, "m", "1.0", digest)
+    store.pull("m", "1.0", tmp_path / "out")
+    assert (tmp_path / "out/onnx/model.onnx").read_bytes() == b"one"
+    with pytest.raises(StoreError, match="m:2.0 is not in the store"):
+        store.pull("m", "2.0", tmp_path / "out2")
+
+
+def test_store_urls(tmp_path: Path) -> None:
+    assert isinstance(open_store(f"file://{tmp_path}"), LocalStore)
+    with pytest.raises(StoreError, match="the 's3' scheme is not supported"):
+        open_store("s3://bucket/x")
+
+
+def test_foreign_folder_at_version_path_is_refused(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    (tmp_path / "store/m/1.0").mkdir(parents=True)
+    staged, digest = staged_release(tmp_path, b"one")
+    with pytest.raises(StoreError, match="holds no readable manifest.json"):
+        store.push(staged, "m", "1.0", digest)
