@@ -60,11 +60,12 @@ def resize_image(image: Image.Image, spec: Preprocess) -> tuple[Image.Image, Pla
 
 def to_tensor(image: Image.Image, spec: Preprocess) -> np.ndarray:
     """A resized RGB image -> float32 array in the spec's layout, scaled and normalised."""
-    pixels = np.asarray(image, dtype=np.float32)
+    pixels: np.ndarray = np.asarray(image, dtype=np.float32)
     if spec.color == "bgr":
         pixels = pixels[..., ::-1]
-    pixels = pixels * np.float32(spec.scale)
-    pixels = (pixels - np.asarray(spec.mean, dtype=np.float32)) / np.asarray(spec.std, dtype=np.float32)
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    pixels = (pixels * np.float32(spec.scale) - mean) / std
     if spec.layout == "nchw":
         pixels = pixels.transpose(2, 0, 1)
     return np.ascontiguousarray(pixels, dtype=np.float32)

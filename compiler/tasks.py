@@ -59,7 +59,8 @@ def decode_detections(output: np.ndarray, task: Task) -> list[Detection]:
         members = np.nonzero(class_ids == class_id)[0]
         for index in non_max_suppression(boxes[members], scores[members], task.nms_iou):
             row = members[index]
-            detections.append(Detection(int(class_id), float(scores[row]), tuple(float(v) for v in boxes[row])))
+            x0, y0, x1, y1 = (float(v) for v in boxes[row])
+            detections.append(Detection(int(class_id), float(scores[row]), (x0, y0, x1, y1)))
     return detections
 
 
