@@ -10,7 +10,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -224,3 +224,20 @@ def measure_latency(runner: Runner, feed: dict[str, np.ndarray], runs: int, warm
         runner.infer(feed)
         times.append((time.perf_counter() - started) * 1000.0)
     return statistics.median(times)
+
+
+def evaluation_to_dict(evaluation: Evaluation) -> dict[str, object]:
+    """The measured part of an evaluation (no gates), for the step cache."""
+    task = evaluation.task
+    return {
+        "samples": evaluation.samples,
+        "outputs": [vars(m) for m in evaluation.outputs],
+        "task": None if task is None else {"name": task.name, "value": task.value, "reference": task.reference,
+                                           "agreement": task.agreement},
+    }
+
+
+def evaluation_from_dict(data: dict[str, Any]) -> Evaluation:
+    task = data["task"]
+    return Evaluation([OutputMetrics(**m) for m in data["outputs"]], None if task is None else TaskMetric(**task),
+                      int(data["samples"]))

@@ -1,7 +1,10 @@
 """Runs a plan: export -> simplify -> compile each target -> verify -> release into a store.
 
-Everything is written into a private work folder first; the store sees only a finished,
-gate-checked release, so a failure at any step leaves the store as it was.
+Each step's output is cached under a key made from an explicit list of key material (input
+digests, the step's parameters, tool versions); a step whose key is in the cache is skipped and
+the log says why each step ran or not. Gates are applied after verification, from the recipe,
+so changing a threshold re-runs nothing but the cheap gate check. The store sees only a finished,
+gate-checked release, so a failure at any step leaves it as it was.
 """
 from __future__ import annotations
 
@@ -11,24 +14,40 @@ import shutil
 import tempfile
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from compiler.accuracy import Evaluation, apply_gates, evaluate, measure_latency, reference_task_metric
+from compiler import __version__
+from compiler.accuracy import (Evaluation, apply_gates, evaluate, evaluation_from_dict, evaluation_to_dict,
+                               measure_latency)
 from compiler.backends import CompileRequest, Runner, get_backend
-from compiler.data import Batch, DataReader
+from compiler.cache import Cache, CacheEntry, cache_key
+from compiler.data import Batch, DataReader, dataset_digest
 from compiler.errors import GateFailed, InputError
-from compiler.manifest import ArtifactEntry, build_manifest, content_digest, file_entries
-from compiler.plan import Plan, make_plan
+from compiler.manifest import ArtifactEntry, build_manifest, content_digest, file_entries, sha256_file
+from compiler.plan import Plan, Step, make_plan
 from compiler.recipe import Recipe, Target
 from compiler.report import ArtifactReport, Report, to_json_text, to_markdown
 from compiler.stores import PushResult, Store
 
 RANDOM_EVALUATION_SAMPLES = 8
+KEY_FORMAT = 1  # bump when the meaning of key material changes
+STEP_TOOLS = {
+    "export": ("torch", "onnx", "onnxscript"),
+    "simplify": ("onnx", "onnxsim"),
+    "onnxruntime": ("onnxruntime",),
+    "openvino": ("openvino",),
+    "torchscript": ("torch",),
+    "tensorrt": ("tensorrt",),
+    "verify": ("torch", "onnxruntime", "openvino", "numpy", "pillow"),
+}
+
+Log = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -37,82 +56,138 @@ class BuildResult:
     created: bool
     report: Report
     manifest: dict[str, Any]
-
-
-Log = Callable[[str], None]
+    steps_run: int
+    steps_cached: int
 
 
 @dataclass(frozen=True)
 class CompiledArtifact:
     target: Target
-    files: list[Path]
+    entry: CacheEntry
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.entry.file(name) for name in self.entry.files]
 
 
-def build(recipe: Recipe, store: Store, log: Log, failed_reports_dir: Path) -> BuildResult:
-    plan = make_plan(recipe)
-    work = Path(tempfile.mkdtemp(prefix=f"modelc-{recipe.name}-"))
-    try:
-        return _run(recipe, plan, store, work, log, failed_reports_dir)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+def tool_versions(names: tuple[str, ...]) -> dict[str, str]:
+    """Installed versions (read from package metadata: no heavy imports)."""
+    versions = {"modelc": __version__}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
 
 
-def _timed(log: Log, step_id: str, description: str) -> "_StepTimer":
-    return _StepTimer(log, step_id, description)
-
-
-class _StepTimer:
-    def __init__(self, log: Log, step_id: str, description: str) -> None:
-        self.log, self.step_id, self.description = log, step_id, description
-
-    def __enter__(self) -> None:
-        self.started = time.perf_counter()
-        self.log(f"▶ {self.step_id}: {self.description}")
-
-    def __exit__(self, kind: Any, *_: Any) -> None:
-        if kind is None:
-            self.log(f"✓ {self.step_id} ({time.perf_counter() - self.started:.1f} s)")
-
-
-def _run(recipe: Recipe, plan: Plan, store: Store, work: Path, log: Log, failed_reports_dir: Path) -> BuildResult:
-    release = work / "release"
-    (release / "onnx").mkdir(parents=True)
-    steps = {step.id: step for step in plan.steps}
-    reference_model = _reference_loader(recipe)
-
-    with _timed(log, "export", steps["export"].description):
-        exported = work / "exported.onnx"
-        _export(recipe, reference_model, exported)
-    onnx_model = release / "onnx" / "model.onnx"
-    if "simplify" in steps:
-        with _timed(log, "simplify", steps["simplify"].description):
-            from compiler.export import simplify_onnx
-
-            simplify_onnx(exported, onnx_model)
+def source_material(recipe: Recipe) -> dict[str, Any]:
+    """What identifies the model itself: file digests, factory and its arguments, declared I/O."""
+    model = recipe.model
+    material: dict[str, Any] = {"kind": model.kind, "inputs": [asdict(s) for s in model.inputs],
+                                "outputs": list(model.outputs)}
+    if model.kind == "torch":
+        assert model.weights is not None and model.factory is not None
+        if not model.weights.is_file():
+            raise InputError(f"{model.weights}: the weights file does not exist: fix model.weights")
+        material["weights"] = sha256_file(model.weights)
+        location = model.factory.rsplit(":", 1)[0]
+        factory_file = (model.base_dir / location) if location.endswith(".py") else None
+        if factory_file is not None and not factory_file.is_file():
+            raise InputError(f"{factory_file.resolve()}: the model factory file does not exist: fix model.factory")
+        material["factory"] = {"function": model.factory.rsplit(":", 1)[1],
+                               "code": sha256_file(factory_file) if factory_file else location,
+                               "args": [list(kv) for kv in model.factory_args]}
     else:
-        shutil.copyfile(exported, onnx_model)
+        assert model.path is not None
+        if not model.path.is_file():
+            raise InputError(f"{model.path}: the {model.kind} file does not exist: fix model.path")
+        material["file"] = sha256_file(model.path)
+    return material
+
+
+class _StepRunner:
+    """Looks a step up in the cache, runs it under the key's lock when missing, logs why."""
+
+    def __init__(self, cache: Cache, log: Log, force: bool, scratch: Path) -> None:
+        self.cache, self.log, self.force, self.scratch = cache, log, force, scratch
+        self.ran = 0
+        self.cached = 0
+
+    def run(self, step: Step, material: dict[str, Any], produce: Callable[[Path], None]) -> CacheEntry:
+        key = cache_key({"key_format": KEY_FORMAT, "step": step.kind, **material})
+        entry, reason = (None, "--force") if self.force else self.cache.get(key)
+        if entry is not None:
+            self.cached += 1
+            self.log(f"✓ {step.id} (cached {key[:12]})")
+            return entry
+        with self.cache.lock(key):
+            if not self.force:  # another build may have made it while we waited for the lock
+                entry, _ = self.cache.get(key)
+                if entry is not None:
+                    self.cached += 1
+                    self.log(f"✓ {step.id} (made by a concurrent build, {key[:12]})")
+                    return entry
+            self.log(f"▶ {step.id}: {step.description} [{reason}, key {key[:12]}]")
+            started = time.perf_counter()
+            out = Path(tempfile.mkdtemp(prefix=f"{step.kind}-", dir=self.scratch))
+            produce(out)
+            entry = self.cache.put(key, step.id, out)
+            shutil.rmtree(out, ignore_errors=True)
+        self.ran += 1
+        self.log(f"✓ {step.id} ({time.perf_counter() - started:.1f} s)")
+        return entry
+
+
+def build(recipe: Recipe, store: Store, log: Log, failed_reports_dir: Path, cache: Cache, force: bool = False) -> BuildResult:
+    plan = make_plan(recipe)
+    cache.root.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f"build-{recipe.name}-", dir=cache.root))
+    try:
+        return _run(recipe, plan, store, _StepRunner(cache, log, force, scratch), log, failed_reports_dir, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(recipe: Recipe, plan: Plan, store: Store, steps: _StepRunner, log: Log, failed_reports_dir: Path,
+         scratch: Path) -> BuildResult:
+    by_id = {step.id: step for step in plan.steps}
+    reference_model = _reference_loader(recipe)
+    source = source_material(recipe)
+
+    exported = steps.run(by_id["export"], {"source": source, "export": asdict(recipe.export) if recipe.model.kind != "onnx" else {},
+                                           "tools": tool_versions(STEP_TOOLS["export"])},
+                         lambda out: _export(recipe, reference_model, out / "model.onnx"))
+    graph = exported
+    if "simplify" in by_id:
+        graph = steps.run(by_id["simplify"], {"graph": exported.files["model.onnx"], "tools": tool_versions(STEP_TOOLS["simplify"])},
+                          lambda out: _simplify(exported.file("model.onnx"), out / "model.onnx"))
+    onnx_model = graph.file("model.onnx")
 
     compiled: list[CompiledArtifact] = []
-    versions: dict[str, str] = {}
     for target in recipe.targets:
-        step = steps[f"compile:{target.id}"]
-        with _timed(log, step.id, step.description):
-            backend = get_backend(target.backend)
-            out_dir = release / target.id
-            out_dir.mkdir()
-            torch_model = reference_model if recipe.model.kind != "onnx" else None
-            files = backend.compile(CompileRequest(target, onnx_model, recipe.model.inputs, recipe.model.outputs,
-                                                   out_dir, torch_model))
-            versions.update(backend.versions())
-            compiled.append(CompiledArtifact(target, files))
+        step = by_id[f"compile:{target.id}"]
+        graph_material = source if target.backend == "torchscript" else graph.files["model.onnx"]
+        material = {"target": asdict(target), "graph": graph_material, "tools": tool_versions(STEP_TOOLS[target.backend])}
+        entry = steps.run(step, material, _compiler(recipe, target, onnx_model, reference_model))
+        compiled.append(CompiledArtifact(target, entry))
 
-    with _timed(log, "verify", steps["verify"].description):
-        report = _verify(recipe, reference_model, onnx_model, compiled, release)
+    verify_material = {
+        "reference": source,
+        "artifacts": {a.target.id: a.entry.files for a in compiled},
+        "data": _evaluation_material(recipe),
+        "task": asdict(recipe.task),
+        "latency": asdict(recipe.latency),
+        "tools": tool_versions(STEP_TOOLS["verify"]),
+    }
+    verified = steps.run(by_id["verify"], verify_material,
+                         lambda out: _verify(recipe, reference_model, compiled, out / "evaluation.json"))
+    report = _report(recipe, compiled, json.loads(verified.file("evaluation.json").read_text()))
     for line in _summary_lines(report):
         log(line)
 
-    (release / "report.json").write_text(to_json_text(report))
-    (release / "report.md").write_text(to_markdown(report))
+    release = scratch / "release"
+    _assemble(release, onnx_model, compiled, report)
     _append_step_summary(release / "report.md")
     if not report.passed:
         kept = failed_reports_dir / recipe.name / recipe.version
@@ -121,10 +196,10 @@ def _run(recipe: Recipe, plan: Plan, store: Store, work: Path, log: Log, failed_
             shutil.copyfile(release / name, kept / name)
         raise GateFailed(f"{len(report.failures())} accuracy gate(s) missed, nothing was stored: "
                          + "; ".join(report.failures()) + f". Report: {kept / 'report.md'}")
-
-    with _timed(log, "release", steps["release"].description):
-        manifest, result = _release(recipe, release, compiled, report, store)
-    return BuildResult(result.location, result.created, report, manifest)
+    manifest, result = _release(recipe, release, compiled, report, store)
+    log(f"{'✓ release' if result.created else '✓ release (identical version already stored)'}: "
+        f"{steps.ran} step(s) run, {steps.cached} cached")
+    return BuildResult(result.location, result.created, report, manifest, steps.ran, steps.cached)
 
 
 def _reference_loader(recipe: Recipe) -> Callable[[], Any]:
@@ -150,13 +225,25 @@ def _export(recipe: Recipe, reference_model: Callable[[], Any], destination: Pat
     export_onnx(model, recipe.model.inputs, recipe.model.outputs, recipe.export, destination)
 
 
+def _simplify(source: Path, destination: Path) -> None:
+    from compiler.export import simplify_onnx
+
+    simplify_onnx(source, destination)
+
+
+def _compiler(recipe: Recipe, target: Target, onnx_model: Path, reference_model: Callable[[], Any]) -> Callable[[Path], None]:
+    def produce(out: Path) -> None:
+        torch_model = reference_model if recipe.model.kind != "onnx" else None
+        get_backend(target.backend).compile(CompileRequest(target, onnx_model, recipe.model.inputs, recipe.model.outputs,
+                                                           out, torch_model))
+    return produce
+
+
 def _read_onnx_source(recipe: Recipe, destination: Path) -> None:
     import onnx
 
     path = recipe.model.path
     assert path is not None
-    if not path.is_file():
-        raise InputError(f"{path}: the ONNX file does not exist: fix model.path")
     try:
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
@@ -172,7 +259,16 @@ def _read_onnx_source(recipe: Recipe, destination: Path) -> None:
     shutil.copyfile(path, destination)
 
 
-def _reference_runner(recipe: Recipe, reference_model: Callable[[], Any], onnx_source: Path) -> tuple[Runner, str]:
+def _evaluation_material(recipe: Recipe) -> dict[str, Any]:
+    if recipe.evaluation is None:
+        return {"random_samples": RANDOM_EVALUATION_SAMPLES}
+    dataset = recipe.evaluation
+    return {"digest": dataset_digest(dataset.path), "format": dataset.format, "labels": dataset.labels,
+            "samples": dataset.samples, "batch_size": dataset.batch_size,
+            "preprocess": asdict(recipe.preprocess) if recipe.preprocess else None}
+
+
+def _reference_runner(recipe: Recipe, reference_model: Callable[[], Any]) -> tuple[Runner, str]:
     if recipe.model.kind == "onnx":
         from compiler.backends.onnxruntime import OnnxRuntimeRunner
 
@@ -200,37 +296,58 @@ def _evaluation_batches(recipe: Recipe) -> tuple[Callable[[], Iterator[Batch]], 
     return random_batches, "seeded random inputs (no data.evaluation)"
 
 
-def _verify(recipe: Recipe, reference_model: Callable[[], Any], onnx_model: Path, compiled: list[CompiledArtifact],
-            release: Path) -> Report:
+def _verify(recipe: Recipe, reference_model: Callable[[], Any], compiled: list[CompiledArtifact], destination: Path) -> None:
+    """Measure every artifact against the reference; writes evaluation.json (gates come later)."""
     batches, data_label = _evaluation_batches(recipe)
-    reference, reference_label = _reference_runner(recipe, reference_model, onnx_model)
+    reference, reference_label = _reference_runner(recipe, reference_model)
     with ExitStack() as stack:
         stack.enter_context(reference)
         runners = {a.target.id: stack.enter_context(get_backend(a.target.backend).runner(a.files, recipe.model.inputs,
                                                                                          recipe.model.outputs))
                    for a in compiled}
         evaluations = evaluate(reference, runners, batches(), recipe.model.inputs, recipe.model.outputs, recipe.task)
-        if not evaluations:
-            raise InputError("the recipe has no targets to verify")
-        single = _single_sample_feed(batches(), recipe)
+        single = _single_sample_feed(batches())
         reference_latency = measure_latency(reference, single, recipe.latency.runs, recipe.latency.warmup)
         latencies = {key: measure_latency(runner, single, recipe.latency.runs, recipe.latency.warmup)
                      for key, runner in runners.items()}
-    artifacts = []
-    for artifact in compiled:
-        evaluation: Evaluation = evaluations[artifact.target.id]
-        evaluation.gates = apply_gates(evaluation, recipe.gate_for(artifact.target.precision))
-        files = [(f.relative_to(release).as_posix(), f.stat().st_size) for f in artifact.files]
-        artifacts.append(ArtifactReport(artifact.target.id, artifact.target.backend, artifact.target.precision, files,
-                                        evaluation, latencies[artifact.target.id]))
-    samples = next(iter(evaluations.values())).samples
-    return Report(recipe.name, recipe.version, reference_label, data_label, samples, recipe.task.type,
-                  reference_task_metric(evaluations), reference_latency, artifacts)
+    result = {"reference": reference_label, "data": data_label, "reference_latency_ms": reference_latency,
+              "artifacts": {key: {**evaluation_to_dict(e), "latency_ms": latencies[key]} for key, e in evaluations.items()}}
+    destination.write_text(json.dumps(result, indent=2, sort_keys=True))
 
 
-def _single_sample_feed(batches: Iterator[Batch], recipe: Recipe) -> dict[str, np.ndarray]:
+def _single_sample_feed(batches: Iterator[Batch]) -> dict[str, np.ndarray]:
     first = next(batches)
     return {name: np.ascontiguousarray(array[:1]) for name, array in first.inputs.items()}
+
+
+def _report(recipe: Recipe, compiled: list[CompiledArtifact], measured: dict[str, Any]) -> Report:
+    artifacts = []
+    reference_metric = None
+    samples = 0
+    for artifact in compiled:
+        data = measured["artifacts"][artifact.target.id]
+        evaluation: Evaluation = evaluation_from_dict(data)
+        evaluation.gates = apply_gates(evaluation, recipe.gate_for(artifact.target.precision))
+        files = [(f"{artifact.target.id}/{name}", (artifact.entry.file(name)).stat().st_size) for name in artifact.entry.files]
+        artifacts.append(ArtifactReport(artifact.target.id, artifact.target.backend, artifact.target.precision, files,
+                                        evaluation, data["latency_ms"]))
+        samples = evaluation.samples
+        if evaluation.task is not None:
+            reference_metric = evaluation.task.reference
+    return Report(recipe.name, recipe.version, measured["reference"], measured["data"], samples, recipe.task.type,
+                  reference_metric, measured["reference_latency_ms"], artifacts)
+
+
+def _assemble(release: Path, onnx_model: Path, compiled: list[CompiledArtifact], report: Report) -> None:
+    (release / "onnx").mkdir(parents=True)
+    shutil.copyfile(onnx_model, release / "onnx" / "model.onnx")
+    for artifact in compiled:
+        folder = release / artifact.target.id
+        folder.mkdir()
+        for name in artifact.entry.files:
+            shutil.copyfile(artifact.entry.file(name), folder / name)
+    (release / "report.json").write_text(to_json_text(report))
+    (release / "report.md").write_text(to_markdown(report))
 
 
 def _summary_lines(report: Report) -> list[str]:
@@ -257,12 +374,11 @@ def _append_step_summary(markdown: Path) -> None:
 
 def _release(recipe: Recipe, release: Path, compiled: list[CompiledArtifact], report: Report,
              store: Store) -> tuple[dict[str, Any], PushResult]:
-    artifact_paths = ["onnx/model.onnx"] + [f.relative_to(release).as_posix() for a in compiled for f in a.files]
-    artifact_files = file_entries(release, artifact_paths)
+    target_files = {a.target.id: [f"{a.target.id}/{name}" for name in a.entry.files] for a in compiled}
+    artifact_files = file_entries(release, ["onnx/model.onnx"] + [p for paths in target_files.values() for p in paths])
     report_files = file_entries(release, ["report.json", "report.md"])
     entries = [ArtifactEntry("onnx", "onnx", "fp32", ["onnx/model.onnx"])] + [
-        ArtifactEntry(a.target.id, a.target.backend, a.target.precision,
-                      [f.relative_to(release).as_posix() for f in a.files]) for a in compiled]
+        ArtifactEntry(a.target.id, a.target.backend, a.target.precision, target_files[a.target.id]) for a in compiled]
     manifest = build_manifest(name=recipe.name, version=recipe.version, recipe_file=recipe.path,
                               recipe_digest=recipe.digest, exporter=recipe.export.exporter if recipe.model.kind != "onnx" else "none",
                               opset=recipe.export.opset, simplified=recipe.export.simplify, artifacts=entries,

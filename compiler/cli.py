@@ -13,6 +13,7 @@ from compiler import __version__
 from compiler.errors import ModelcError, RecipeError
 
 DEFAULT_STORE = "artifacts"
+DEFAULT_CACHE = ".modelc/cache"
 
 
 def _stderr(message: str) -> None:
@@ -100,24 +101,71 @@ def plan(recipe: Path, as_json: bool, debug: bool) -> None:
               help="Where releases go: a folder or file:// URL (env MODELC_STORE).")
 @click.option("--reports-dir", type=click.Path(path_type=Path), default=Path(".modelc/failed"), show_default=True,
               help="Where the report of a build that missed a gate is kept.")
+@click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=lambda: os.environ.get("MODELC_CACHE", DEFAULT_CACHE),
+              show_default=DEFAULT_CACHE, help="Step cache folder (env MODELC_CACHE).")
+@click.option("--force", is_flag=True, help="Run every step again, ignoring cached results.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def build(recipe: Path, store_url: str, reports_dir: Path, debug: bool) -> None:
+def build(recipe: Path, store_url: str, reports_dir: Path, cache_dir: Path, force: bool, debug: bool) -> None:
     """Build every target of RECIPE, check accuracy, and store the release."""
     from compiler.build import build as run_build
+    from compiler.cache import Cache
     from compiler.recipe import load_recipe
     from compiler.stores import open_store
 
     def action() -> Any:
         loaded = load_recipe(recipe)
         store = open_store(store_url)
-        return run_build(loaded, store, _stderr, reports_dir)
+        return run_build(loaded, store, _stderr, reports_dir, Cache(Path(cache_dir)), force=force)
 
     result = _guarded(debug, action)
+    name, version = result.manifest["name"], result.manifest["version"]
     if result.created:
-        click.echo(f"stored {result.manifest['name']} {result.manifest['version']} at {result.location}")
+        click.echo(f"stored {name} {version} at {result.location}")
+    elif result.steps_run == 0:
+        click.echo(f"{name} {version} is up to date at {result.location}: every step cached, nothing to do")
     else:
-        click.echo(f"{result.manifest['name']} {result.manifest['version']} is already stored with identical content "
-                   f"at {result.location}: nothing to do")
+        click.echo(f"{name} {version} is already stored with identical content at {result.location}: nothing to do")
+
+
+@main.group()
+def cache() -> None:
+    """Inspect and clean the step cache."""
+
+
+@cache.command(name="ls")
+@click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=lambda: os.environ.get("MODELC_CACHE", DEFAULT_CACHE),
+              show_default=DEFAULT_CACHE)
+def cache_ls(cache_dir: Path) -> None:
+    """List cache entries: key, step, size, age."""
+    import time
+
+    from compiler.cache import Cache
+
+    entries = Cache(Path(cache_dir)).entries()
+    for entry in sorted(entries, key=lambda e: e.created):
+        age_h = (time.time() - entry.created) / 3600
+        click.echo(f"{entry.key[:12]}  {entry.step:<28} {_size(entry.size):>10}  {age_h:7.1f} h")
+    click.echo(f"{len(entries)} entries, {_size(sum(e.size for e in entries))} in {cache_dir}")
+
+
+@cache.command(name="gc")
+@click.option("--keep-days", type=float, required=True, help="Remove entries created more than this many days ago.")
+@click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=lambda: os.environ.get("MODELC_CACHE", DEFAULT_CACHE),
+              show_default=DEFAULT_CACHE)
+def cache_gc(keep_days: float, cache_dir: Path) -> None:
+    """Remove old cache entries."""
+    from compiler.cache import Cache
+
+    removed, freed = Cache(Path(cache_dir)).gc(keep_days)
+    click.echo(f"removed {removed} entries, freed {_size(freed)}")
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024  # type: ignore[assignment]
+    return f"{size} B"
 
 
 @main.command(name="ls")

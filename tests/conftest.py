@@ -14,6 +14,14 @@ REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test builds into its own step cache (never the repository's .modelc/)."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MODELC_CACHE", str(cache))
+    return cache
+
+
 @pytest.fixture
 def tiny_weights(tmp_path: Path) -> Path:
     import torch

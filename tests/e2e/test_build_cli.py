@@ -31,7 +31,8 @@ def test_tiny_build_stores_every_artifact_and_rebuild_is_a_no_op(tmp_path: Path,
     assert report["passed"] and report["samples"] == 6
     again = run_cli_process("build", recipe, "--store", store)
     assert again.returncode == 0, again.stderr
-    assert "already stored with identical content" in again.stdout
+    assert again.stdout == f"tiny 0.1.0 is up to date at {release}: every step cached, nothing to do\n"
+    assert "0 step(s) run, 7 cached" in again.stderr
 
 
 def test_changed_content_under_same_version_is_refused(tmp_path: Path, tiny_recipe, run_cli) -> None:

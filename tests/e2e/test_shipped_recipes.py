@@ -26,7 +26,8 @@ def run_artifact(release: Path, target: str, files: list[str], x: np.ndarray, in
     if target.startswith("openvino"):
         import openvino as ov
 
-        compiled = ov.Core().compile_model(str(release / files[0]), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        xml = next(f for f in files if f.endswith(".xml"))
+        compiled = ov.Core().compile_model(str(release / xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         return np.asarray(compiled({input_name: x})[0])
     if target.startswith("torchscript"):
         module = torch.jit.load(str(release / files[0]))

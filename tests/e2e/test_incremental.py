@@ -1,0 +1,118 @@
+"""The build system: what re-runs after a change, corrupted cache, kill -9, concurrent builds."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from compiler.cache import Cache
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def steps_run(stderr: str) -> list[str]:
+    """The ids of the steps a build ran (not the cached ones), from its log."""
+    return re.findall(r"^▶ (\S+):", stderr, flags=re.MULTILINE)
+
+
+def test_gate_change_reruns_nothing_data_change_reruns_verify_only(tmp_path: Path, tiny_recipe, run_cli) -> None:
+    recipe = tiny_recipe()
+    store = tmp_path / "store"
+    first = run_cli("build", recipe, "--store", store)
+    assert first.exit_code == 0, first.stderr
+    assert len(steps_run(first.stderr)) == 7
+
+    data = yaml.safe_load(recipe.read_text())
+    data["gates"]["fp16"]["min_cosine"] = 0.99
+    recipe.write_text(yaml.safe_dump(data))
+    gate_changed = run_cli("build", recipe, "--store", store)
+    assert gate_changed.exit_code == 0 and steps_run(gate_changed.stderr) == []
+
+    images = Path(data["data"]["evaluation"]["path"])
+    (images / "a" / "000.png").write_bytes((images / "b" / "001.png").read_bytes())
+    data_changed = run_cli("build", recipe, "--store", store)
+    assert data_changed.exit_code == 0 and steps_run(data_changed.stderr) == ["verify"]
+
+    data["export"]["opset"] = 16
+    data["version"] = "0.2.0"
+    recipe.write_text(yaml.safe_dump(data))
+    export_changed = run_cli("build", recipe, "--store", store)
+    assert export_changed.exit_code == 0
+    assert steps_run(export_changed.stderr)[:2] == ["export", "simplify"]
+
+    forced = run_cli("build", recipe, "--store", tmp_path / "forced", "--force")
+    assert forced.exit_code == 0 and len(steps_run(forced.stderr)) == 7
+
+
+def test_corrupted_cache_entry_is_rebuilt(tmp_path: Path, tiny_recipe, run_cli, private_cache: Path) -> None:
+    recipe = tiny_recipe()
+    assert run_cli("build", recipe, "--store", tmp_path / "s1").exit_code == 0
+    entry = next(e for e in Cache(private_cache).entries() if e.step == "compile:openvino-fp32")
+    entry.file("model.bin").write_bytes(b"garbage")
+    again = run_cli("build", recipe, "--store", tmp_path / "s2")
+    assert again.exit_code == 0, again.stderr
+    assert "cache entry was corrupted (model.bin changed); dropped" in again.stderr
+    assert steps_run(again.stderr) == ["compile:openvino-fp32", "verify"]
+
+
+def test_kill_9_mid_step_leaves_no_partial_entry(tmp_path: Path, tiny_recipe, private_cache: Path) -> None:
+    recipe = tiny_recipe()
+    store = tmp_path / "store"
+    command = [sys.executable, "-m", "compiler", "build", str(recipe), "--store", str(store)]
+    process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    for line in process.stderr:  # wait until a compile step is under way, then kill it hard
+        if line.startswith("▶ compile:openvino-fp32"):
+            os.kill(process.pid, signal.SIGKILL)
+            break
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    assert not store.exists()
+    for entry in Cache(private_cache).entries():  # every entry that exists is whole
+        assert Cache(private_cache).get(entry.key)[0] is not None
+    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "✓ export (cached" in rerun.stderr
+    assert (store / "tiny/0.1.0/manifest.json").exists()
+
+
+def test_two_builds_at_once_both_succeed_and_work_is_done_once(tmp_path: Path, tiny_recipe) -> None:
+    recipe = tiny_recipe()
+    store = tmp_path / "store"
+    command = [sys.executable, "-m", "compiler", "build", str(recipe), "--store", str(store)]
+    processes = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], results
+    ran = [step for _, stderr in results for step in steps_run(stderr)]
+    assert sorted(ran) == sorted(set(ran)) and len(ran) == 7  # each step ran in exactly one of the two builds
+
+
+def test_two_cold_builds_are_byte_identical(tmp_path: Path, tiny_recipe, run_cli_process) -> None:
+    recipe = tiny_recipe()
+    digests = []
+    for run in ("a", "b"):
+        result = run_cli_process("build", recipe, "--store", tmp_path / run, "--cache", tmp_path / f"cache-{run}")
+        assert result.returncode == 0, result.stderr
+        release = tmp_path / run / "tiny/0.1.0"
+        digests.append({p.relative_to(release).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                        for p in sorted(release.rglob("*")) if p.is_file() and p.parent != release})
+    assert digests[0] == digests[1]
+    assert {"onnx/model.onnx", "openvino-fp32/model.xml", "openvino-fp32/model.bin", "torchscript-fp32/model.pt"} <= set(digests[0])
+
+
+def test_cache_ls_and_gc_commands(tmp_path: Path, tiny_recipe, run_cli, private_cache: Path) -> None:
+    assert run_cli("build", tiny_recipe(), "--store", tmp_path / "store").exit_code == 0
+    listing = run_cli("cache", "ls")
+    assert listing.exit_code == 0 and "compile:openvino-fp16" in listing.stdout
+    assert listing.stdout.strip().splitlines()[-1].startswith(f"7 entries, ")
+    assert run_cli("cache", "gc", "--keep-days", "1").stdout == "removed 0 entries, freed 0 B\n"
+    assert run_cli("cache", "gc", "--keep-days", "0").stdout.startswith("removed 7 entries, freed ")

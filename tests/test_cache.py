@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from compiler.cache import Cache, cache_key
+
+
+def test_golden_key() -> None:
+    """Changing how keys are made must be deliberate: it invalidates every user's cache."""
+    material = {"step": "export", "source": {"weights": "ab" * 32}, "export": {"opset": 18}, "tools": {"torch": "2.13.0"}}
+    assert cache_key(material) == "517993b4e861b45eaadc7004a041e7a5c65aa5b468cb6f59c38fe511de48b649"
+
+
+def test_key_ignores_dict_order() -> None:
+    assert cache_key({"a": 1, "b": {"c": 2, "d": 3}}) == cache_key({"b": {"d": 3, "c": 2}, "a": 1})
+
+
+def produced(tmp_path: Path, content: bytes) -> Path:
+    folder = tmp_path / f"out-{content.hex()}"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(content)
+    return folder
+
+
+def test_put_get_and_sharding(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    key = cache_key({"x": 1})
+    entry = cache.put(key, "export", produced(tmp_path, b"abc"))
+    assert entry.path == tmp_path / "cache" / key[:2] / key
+    got, reason = cache.get(key)
+    assert got is not None and reason == "" and got.file("model.onnx").read_bytes() == b"abc"
+    assert got.files == entry.files
+
+
+def test_corrupted_entry_is_dropped(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    key = cache_key({"x": 2})
+    entry = cache.put(key, "export", produced(tmp_path, b"abc"))
+    entry.file("model.onnx").write_bytes(b"abd")
+    got, reason = cache.get(key)
+    assert got is None and "model.onnx changed" in reason
+    assert not entry.path.exists()
+    assert cache.get(key) == (None, "not in cache")
+
+
+def test_ls_and_gc(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    old = cache.put(cache_key({"old": 1}), "export", produced(tmp_path, b"old"))
+    cache.put(cache_key({"new": 1}), "simplify", produced(tmp_path, b"new!"))
+    record = (old.path / "entry.json").read_text().replace(f'"created": {old.created}', f'"created": {old.created - 10 * 86400}')
+    (old.path / "entry.json").write_text(record)
+    assert sorted(e.step for e in cache.entries()) == ["export", "simplify"]
+    removed, freed = cache.gc(keep_days=7)
+    assert (removed, freed) == (1, 3)
+    assert [e.step for e in cache.entries()] == ["simplify"]
