@@ -10,14 +10,15 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import numpy as np
-
-from compiler.backends import Runner
-from compiler.data import Batch
 from compiler.recipe import Gate, Task, TensorSpec
-from compiler.tasks import DetectionScorer, decode_detections
+
+if TYPE_CHECKING:  # numpy and the runners load only when something is measured
+    import numpy as np
+
+    from compiler.backends import Runner
+    from compiler.data import Batch
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class _OutputAccumulator:
     err_sq: float = 0.0
 
     def update(self, reference: np.ndarray, output: np.ndarray) -> None:
+        import numpy as np
+
         ref = reference.astype(np.float64).ravel()
         out = output.astype(np.float64).ravel()
         diff = np.abs(ref - out)
@@ -81,6 +84,8 @@ class _TaskScorer:
     """Scores one model's outputs against labels (and, for classifiers, the reference's top-1)."""
 
     def __init__(self, task: Task, output: str) -> None:
+        from compiler.tasks import DetectionScorer
+
         self.task = task
         self.output = output
         self.correct = 0
@@ -89,6 +94,10 @@ class _TaskScorer:
         self.detections = DetectionScorer(task, len(task.classes))
 
     def update(self, outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], batch: Batch) -> None:
+        import numpy as np
+
+        from compiler.tasks import decode_detections
+
         values = outputs[self.output]
         if self.task.type == "classification":
             predicted = values.reshape(len(values), -1).argmax(axis=1)
@@ -147,6 +156,8 @@ def _chunks(batch: Batch, inputs: tuple[TensorSpec, ...]) -> Iterator[dict[str, 
 
 
 def _run(runner: Runner, batch: Batch, inputs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
+    import numpy as np
+
     parts = [runner.infer(feed) for feed in _chunks(batch, inputs)]
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 

@@ -18,22 +18,23 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterator
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from compiler import __version__
-from compiler.accuracy import (Evaluation, apply_gates, evaluate, evaluation_from_dict, evaluation_to_dict,
-                               measure_latency)
-from compiler.backends import CompileRequest, Runner, get_backend
+from compiler.accuracy import Evaluation, apply_gates, evaluation_from_dict
 from compiler.cache import Cache, CacheEntry, cache_key
-from compiler.data import Batch, DataReader, dataset_digest
 from compiler.errors import GateFailed, InputError
-from compiler.manifest import ArtifactEntry, build_manifest, content_digest, file_entries, sha256_file
+from compiler.manifest import ArtifactEntry, build_manifest, content_digest, file_entries, sha256_file, tree_digest
 from compiler.plan import Plan, Step, make_plan
 from compiler.recipe import Recipe, Target
 from compiler.report import ArtifactReport, Report, to_json_text, to_markdown
 from compiler.stores import PushResult, Store
+
+if TYPE_CHECKING:  # only a step that runs loads numpy, the data readers and the backends
+    import numpy as np
+
+    from compiler.backends import Runner
+    from compiler.data import Batch
 
 RANDOM_EVALUATION_SAMPLES = 8
 KEY_FORMAT = 1  # bump when the meaning of key material changes
@@ -233,6 +234,8 @@ def _simplify(source: Path, destination: Path) -> None:
 
 def _compiler(recipe: Recipe, target: Target, onnx_model: Path, reference_model: Callable[[], Any]) -> Callable[[Path], None]:
     def produce(out: Path) -> None:
+        from compiler.backends import CompileRequest, get_backend
+
         torch_model = reference_model if recipe.model.kind != "onnx" else None
         get_backend(target.backend).compile(CompileRequest(target, onnx_model, recipe.model.inputs, recipe.model.outputs,
                                                            out, torch_model))
@@ -263,7 +266,9 @@ def _evaluation_material(recipe: Recipe) -> dict[str, Any]:
     if recipe.evaluation is None:
         return {"random_samples": RANDOM_EVALUATION_SAMPLES}
     dataset = recipe.evaluation
-    return {"digest": dataset_digest(dataset.path), "format": dataset.format, "labels": dataset.labels,
+    if not dataset.path.exists():
+        raise InputError(f"{dataset.path}: the data path does not exist: fix data.evaluation.path in the recipe")
+    return {"digest": tree_digest(dataset.path), "format": dataset.format, "labels": dataset.labels,
             "samples": dataset.samples, "batch_size": dataset.batch_size,
             "preprocess": asdict(recipe.preprocess) if recipe.preprocess else None}
 
@@ -282,6 +287,8 @@ def _reference_runner(recipe: Recipe, reference_model: Callable[[], Any]) -> tup
 
 
 def _evaluation_batches(recipe: Recipe) -> tuple[Callable[[], Iterator[Batch]], str]:
+    from compiler.data import Batch, DataReader
+
     if recipe.evaluation is not None:
         reader = DataReader(recipe.evaluation, recipe.model.inputs, recipe.preprocess, recipe.task.classes)
         return reader.batches, f"{recipe.evaluation.path.name}"
@@ -298,6 +305,9 @@ def _evaluation_batches(recipe: Recipe) -> tuple[Callable[[], Iterator[Batch]], 
 
 def _verify(recipe: Recipe, reference_model: Callable[[], Any], compiled: list[CompiledArtifact], destination: Path) -> None:
     """Measure every artifact against the reference; writes evaluation.json (gates come later)."""
+    from compiler.accuracy import evaluate, evaluation_to_dict, measure_latency
+    from compiler.backends import get_backend
+
     batches, data_label = _evaluation_batches(recipe)
     reference, reference_label = _reference_runner(recipe, reference_model)
     with ExitStack() as stack:
@@ -316,6 +326,8 @@ def _verify(recipe: Recipe, reference_model: Callable[[], Any], compiled: list[C
 
 
 def _single_sample_feed(batches: Iterator[Batch]) -> dict[str, np.ndarray]:
+    import numpy as np
+
     first = next(batches)
     return {name: np.ascontiguousarray(array[:1]) for name, array in first.inputs.items()}
 

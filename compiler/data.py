@@ -198,17 +198,3 @@ def read_yolo_labels(image_path: Path, placement: Placement, size: tuple[int, in
         boxes.append(GroundTruthBox(class_id, x0, y0, x1, y1))
     return boxes
 
-
-def dataset_digest(path: Path) -> str:
-    """sha256 over every file of a dataset (relative name + content digest), for cache keys."""
-    import hashlib
-
-    from compiler.manifest import sha256_file
-
-    if not path.exists():
-        raise InputError(f"{path}: the data path does not exist: fix data.*.path in the recipe")
-    digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        digest.update(f"{file.relative_to(path).as_posix() if file != path else file.name}:{sha256_file(file)};".encode())
-    return digest.hexdigest()

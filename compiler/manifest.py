@@ -36,6 +36,16 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def tree_digest(path: Path) -> str:
+    """sha256 over every file below `path` (relative name + content digest), or of one file."""
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        name = file.name if file == path else file.relative_to(path).as_posix()
+        digest.update(f"{name}:{sha256_file(file)};".encode())
+    return digest.hexdigest()
+
+
 def file_entries(root: Path, relative_paths: list[str]) -> list[FileEntry]:
     return [FileEntry(p, sha256_file(root / p), (root / p).stat().st_size) for p in sorted(relative_paths)]
 

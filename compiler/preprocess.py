@@ -7,9 +7,11 @@ evaluation feed it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
-from PIL import Image
+if TYPE_CHECKING:  # the recipe imports Preprocess; image work loads NumPy and Pillow when it runs
+    import numpy as np
+    from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class Placement:
 
 def resize_image(image: Image.Image, spec: Preprocess) -> tuple[Image.Image, Placement]:
     """Resize (stretch) or letterbox `image` to the spec's size."""
+    from PIL import Image
+
     image = image.convert("RGB")
     width, height = image.size
     if spec.resize == "letterbox":
@@ -60,6 +64,8 @@ def resize_image(image: Image.Image, spec: Preprocess) -> tuple[Image.Image, Pla
 
 def to_tensor(image: Image.Image, spec: Preprocess) -> np.ndarray:
     """A resized RGB image -> float32 array in the spec's layout, scaled and normalised."""
+    import numpy as np
+
     pixels: np.ndarray = np.asarray(image, dtype=np.float32)
     if spec.color == "bgr":
         pixels = pixels[..., ::-1]
