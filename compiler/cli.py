@@ -113,7 +113,7 @@ def build(recipe: Path, store_url: str, reports_dir: Path, cache_dir: Path, forc
     from compiler.stores import open_store
 
     def action() -> Any:
-        loaded = load_recipe(recipe)
+        loaded = load_recipe(recipe, passed_schema_memo=Path(cache_dir) / "schema-passed")
         store = open_store(store_url)
         return run_build(loaded, store, _stderr, reports_dir, Cache(Path(cache_dir)), force=force)
 

@@ -337,8 +337,13 @@ def path_problems(recipe_path: Path) -> list[RecipeProblem]:
     return problems
 
 
-def load_recipe(path: Path) -> Recipe:
-    """Read, validate and type a recipe; raise RecipeError listing every problem."""
+def load_recipe(path: Path, passed_schema_memo: Path | None = None) -> Recipe:
+    """Read, validate and type a recipe; raise RecipeError listing every problem.
+
+    `passed_schema_memo` (a folder, used by builds) remembers recipe texts that already passed the
+    schema, keyed by the digest of the text, the schema and modelc's version: a rebuild then skips
+    loading jsonschema, which costs more than the rest of an up-to-date build.
+    """
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -350,12 +355,24 @@ def load_recipe(path: Path) -> Recipe:
     located, problems = _parse(path, text)
     if not isinstance(located.data, dict):
         raise RecipeError([RecipeProblem(str(path), 1, 1, "", "a recipe must be a YAML mapping (key: value lines)")])
-    problems += _schema_problems(path, located)
+    memo = _schema_memo_file(passed_schema_memo, raw) if passed_schema_memo else None
+    if memo is None or not memo.exists():
+        problems += _schema_problems(path, located)
     if not problems:
         problems += _cross_field_problems(path, located)
     if problems:
         raise RecipeError(sorted(problems, key=lambda p: (p.line, p.column)))
+    if memo is not None and not memo.exists():
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        memo.touch()
     return _to_recipe(path, hashlib.sha256(raw).hexdigest(), located.data)
+
+
+def _schema_memo_file(folder: Path, raw: bytes) -> Path:
+    from compiler import __version__
+
+    schema = json.dumps(recipe_schema(), sort_keys=True).encode()
+    return folder / hashlib.sha256(raw + b"\0" + schema + b"\0" + __version__.encode()).hexdigest()
 
 
 def _to_recipe(path: Path, digest: str, data: dict[str, Any]) -> Recipe:
