@@ -110,8 +110,8 @@ def source_material(recipe: Recipe) -> dict[str, Any]:
 class _StepRunner:
     """Looks a step up in the cache, runs it under the key's lock when missing, logs why."""
 
-    def __init__(self, cache: Cache, log: Log, force: bool, scratch: Path) -> None:
-        self.cache, self.log, self.force, self.scratch = cache, log, force, scratch
+    def __init__(self, cache: Cache, log: Log, force: bool, scratch: Path, shared: Cache | None = None) -> None:
+        self.cache, self.log, self.force, self.scratch, self.shared = cache, log, force, scratch, shared
         self.ran = 0
         self.cached = 0
 
@@ -122,6 +122,12 @@ class _StepRunner:
             self.cached += 1
             self.log(f"✓ {step.id} (cached {key[:12]})")
             return entry
+        if self.shared is not None and not self.force:
+            shared_entry, _ = self.shared.get(key)
+            if shared_entry is not None:
+                self.cached += 1
+                self.log(f"✓ {step.id} (from the store's step cache, {key[:12]})")
+                return self.cache.put(key, step.id, shared_entry.path)
         with self.cache.lock(key):
             if not self.force:  # another build may have made it while we waited for the lock
                 entry, _ = self.cache.get(key)
@@ -134,24 +140,42 @@ class _StepRunner:
             out = Path(tempfile.mkdtemp(prefix=f"{step.kind}-", dir=self.scratch))
             produce(out)
             entry = self.cache.put(key, step.id, out)
+            if self.shared is not None:
+                self.shared.put(key, step.id, out)
             shutil.rmtree(out, ignore_errors=True)
         self.ran += 1
         self.log(f"✓ {step.id} ({time.perf_counter() - started:.1f} s)")
         return entry
 
 
-def build(recipe: Recipe, store: Store, log: Log, failed_reports_dir: Path, cache: Cache, force: bool = False) -> BuildResult:
+@dataclass(frozen=True)
+class BuildOptions:
+    failed_reports_dir: Path
+    force: bool = False
+    share_steps: bool = False  # pull and push step outputs through the store's step cache
+    only_targets: tuple[str, ...] = ()  # build just these targets' steps; no verify, no release
+
+
+def build(recipe: Recipe, store: Store, log: Log, cache: Cache, options: BuildOptions) -> BuildResult | None:
+    """Run the plan; returns None when only some targets' steps were asked for."""
     plan = make_plan(recipe)
+    unknown = [t for t in options.only_targets if t not in {target.id for target in recipe.targets}]
+    if unknown:
+        raise InputError(f"--target {', '.join(unknown)}: the recipe builds {', '.join(t.id for t in recipe.targets)}")
     cache.root.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"build-{recipe.name}-", dir=cache.root))
+    shared = store.step_cache() if options.share_steps else None
+    if options.share_steps and shared is None:
+        raise InputError("--share-steps: this store keeps no step cache")
     try:
-        return _run(recipe, plan, store, _StepRunner(cache, log, force, scratch), log, failed_reports_dir, scratch)
+        steps = _StepRunner(cache, log, options.force, scratch, shared)
+        return _run(recipe, plan, store, steps, log, options, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _run(recipe: Recipe, plan: Plan, store: Store, steps: _StepRunner, log: Log, failed_reports_dir: Path,
-         scratch: Path) -> BuildResult:
+def _run(recipe: Recipe, plan: Plan, store: Store, steps: _StepRunner, log: Log, options: BuildOptions,
+         scratch: Path) -> BuildResult | None:
     by_id = {step.id: step for step in plan.steps}
     reference_model = _reference_loader(recipe)
     source = source_material(recipe)
@@ -167,11 +191,17 @@ def _run(recipe: Recipe, plan: Plan, store: Store, steps: _StepRunner, log: Log,
 
     compiled: list[CompiledArtifact] = []
     for target in recipe.targets:
+        if options.only_targets and target.id not in options.only_targets:
+            continue
         step = by_id[f"compile:{target.id}"]
         graph_material = source if target.backend == "torchscript" else graph.files["model.onnx"]
         material = {"target": asdict(target), "graph": graph_material, "tools": tool_versions(STEP_TOOLS[target.backend])}
         entry = steps.run(step, material, _compiler(recipe, target, onnx_model, reference_model))
         compiled.append(CompiledArtifact(target, entry))
+    if options.only_targets:
+        log(f"✓ built {', '.join(options.only_targets)}: {steps.ran} step(s) run, {steps.cached} cached; "
+            "verification and release happen in a full build")
+        return None
 
     verify_material = {
         "reference": source,
@@ -191,7 +221,7 @@ def _run(recipe: Recipe, plan: Plan, store: Store, steps: _StepRunner, log: Log,
     _assemble(release, onnx_model, compiled, report)
     _append_step_summary(release / "report.md")
     if not report.passed:
-        kept = failed_reports_dir / recipe.name / recipe.version
+        kept = options.failed_reports_dir / recipe.name / recipe.version
         kept.mkdir(parents=True, exist_ok=True)
         for name in ("report.json", "report.md"):
             shutil.copyfile(release / name, kept / name)

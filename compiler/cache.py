@@ -75,6 +75,7 @@ class Cache:
         incoming = self.root / "tmp" / f"{key[:12]}-{uuid.uuid4().hex[:8]}"
         incoming.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(produced, incoming)
+        (incoming / ENTRY_FILE).unlink(missing_ok=True)  # when copying an entry from another cache
         files = {p.relative_to(incoming).as_posix(): sha256_file(p) for p in sorted(incoming.rglob("*")) if p.is_file()}
         record = {"format_version": CACHE_FORMAT_VERSION, "key": key, "step": step, "created": time.time(), "files": files}
         (incoming / ENTRY_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))

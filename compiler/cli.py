@@ -77,12 +77,19 @@ def validate(recipes: tuple[Path, ...], debug: bool) -> None:
 @main.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--matrix", is_flag=True, help="Print a GitHub Actions matrix (JSON) of recipe x target jobs; "
+              "RECIPE may be a folder of recipes.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def plan(recipe: Path, as_json: bool, debug: bool) -> None:
+def plan(recipe: Path, as_json: bool, matrix: bool, debug: bool) -> None:
     """Print the steps a build of RECIPE runs, in order, with their dependencies."""
-    from compiler.plan import make_plan
+    from compiler.plan import ci_matrix, make_plan
     from compiler.recipe import load_recipe
 
+    if matrix:
+        paths = sorted(recipe.glob("*.yaml")) + sorted(recipe.glob("*.yml")) if recipe.is_dir() else [recipe]
+        loaded = _guarded(debug, lambda: [(p.as_posix(), load_recipe(p)) for p in paths])
+        click.echo(json.dumps(ci_matrix(loaded), separators=(",", ":")))
+        return
     the_plan = _guarded(debug, lambda: make_plan(load_recipe(recipe)))
     if as_json:
         click.echo(json.dumps({"name": the_plan.recipe_name, "version": the_plan.version,
@@ -104,9 +111,15 @@ def plan(recipe: Path, as_json: bool, debug: bool) -> None:
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=lambda: os.environ.get("MODELC_CACHE", DEFAULT_CACHE),
               show_default=DEFAULT_CACHE, help="Step cache folder (env MODELC_CACHE).")
 @click.option("--force", is_flag=True, help="Run every step again, ignoring cached results.")
+@click.option("--target", "targets", multiple=True, help="Build only this target's steps (e.g. openvino-fp16); "
+              "repeatable; no verification or release. For fanned-out CI jobs.")
+@click.option("--share-steps", is_flag=True, help="Pull and push step outputs through the store's step cache, "
+              "so jobs of one fanned-out build reuse each other's work.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def build(recipe: Path, store_url: str, reports_dir: Path, cache_dir: Path, force: bool, debug: bool) -> None:
+def build(recipe: Path, store_url: str, reports_dir: Path, cache_dir: Path, force: bool, targets: tuple[str, ...],
+          share_steps: bool, debug: bool) -> None:
     """Build every target of RECIPE, check accuracy, and store the release."""
+    from compiler.build import BuildOptions
     from compiler.build import build as run_build
     from compiler.cache import Cache
     from compiler.recipe import load_recipe
@@ -115,9 +128,12 @@ def build(recipe: Path, store_url: str, reports_dir: Path, cache_dir: Path, forc
     def action() -> Any:
         loaded = load_recipe(recipe, passed_schema_memo=Path(cache_dir) / "schema-passed")
         store = open_store(store_url)
-        return run_build(loaded, store, _stderr, reports_dir, Cache(Path(cache_dir)), force=force)
+        options = BuildOptions(reports_dir, force=force, share_steps=share_steps, only_targets=targets)
+        return run_build(loaded, store, _stderr, Cache(Path(cache_dir)), options)
 
     result = _guarded(debug, action)
+    if result is None:
+        return
     name, version = result.manifest["name"], result.manifest["version"]
     if result.created:
         click.echo(f"stored {name} {version} at {result.location}")

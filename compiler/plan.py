@@ -43,3 +43,18 @@ def make_plan(recipe: Recipe) -> Plan:
     steps.append(Step("verify", "verify", (graph, *compiles), f"compare every artifact with the reference on {data}; apply gates"))
     steps.append(Step("release", "release", ("verify",), f"write manifest and reports; store {recipe.name} {recipe.version}"))
     return Plan(recipe.name, recipe.version, tuple(steps))
+
+
+GPU_BACKENDS = {"tensorrt"}
+
+
+def ci_matrix(recipes: list[tuple[str, Recipe]]) -> dict[str, list[dict[str, str]]]:
+    """A GitHub Actions matrix: one job per recipe x target. Jobs run
+    `modelc build RECIPE --target TARGET --share-steps`; export and simplify are shared through
+    the store's step cache, and a final `modelc build RECIPE --share-steps` verifies and releases."""
+    include = []
+    for path, recipe in recipes:
+        for target in recipe.targets:
+            include.append({"recipe": path, "name": recipe.name, "version": recipe.version, "target": target.id,
+                            "runner": "gpu" if target.backend in GPU_BACKENDS else "cpu"})
+    return {"include": include}

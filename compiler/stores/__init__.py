@@ -5,6 +5,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
+from compiler.cache import Cache
 from compiler.errors import StoreError
 
 
@@ -26,6 +27,10 @@ class Store(ABC):
     @abstractmethod
     def list(self, name: str | None = None) -> list[tuple[str, str]]:
         ...
+
+    def step_cache(self) -> Cache | None:
+        """A cache of step outputs kept in the store, shared by the jobs of a fanned-out build."""
+        return None
 
 
 def open_store(url: str) -> Store:

@@ -6,6 +6,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+from compiler.cache import Cache
 from compiler.errors import StoreError
 from compiler.manifest import read_manifest
 from compiler.stores import PushResult, Store
@@ -14,6 +15,9 @@ from compiler.stores import PushResult, Store
 class LocalStore(Store):
     def __init__(self, root: Path) -> None:
         self.root = root
+
+    def step_cache(self) -> Cache:
+        return Cache(self.root / ".step-cache")
 
     def release_path(self, name: str, version: str) -> Path:
         return self.root / name / version

@@ -1,0 +1,52 @@
+"""CI fan-out: a matrix of recipe x target jobs sharing step outputs through the store."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_matrix_lists_recipe_by_target_jobs(run_cli) -> None:
+    result = run_cli("plan", REPO / "recipes", "--matrix")
+    assert result.exit_code == 0, result.stderr
+    jobs = json.loads(result.stdout)["include"]
+    assert {(Path(j["recipe"]).name, j["target"]) for j in jobs} >= {("yolo.yaml", "openvino-fp16"),
+                                                                      ("classifier.yaml", "torchscript-fp32")}
+    assert len(jobs) == 8 and all(j["runner"] == "cpu" for j in jobs)
+
+
+def test_matrix_marks_tensorrt_jobs_for_gpu_runners(tiny_recipe, run_cli) -> None:
+    recipe = tiny_recipe({"targets": [{"backend": "tensorrt", "precisions": ["fp16"]},
+                                      {"backend": "openvino", "precisions": ["fp32"]}], "gates": None})
+    jobs = json.loads(run_cli("plan", recipe, "--matrix").stdout)["include"]
+    assert [(j["target"], j["runner"]) for j in jobs] == [("tensorrt-fp16", "gpu"), ("openvino-fp32", "cpu")]
+
+
+def test_jobs_share_steps_through_the_store(tmp_path: Path, tiny_recipe, run_cli, monkeypatch) -> None:
+    recipe = tiny_recipe()
+    store = tmp_path / "store"
+    monkeypatch.setenv("MODELC_CACHE", str(tmp_path / "job-a"))
+    job_a = run_cli("build", recipe, "--store", store, "--target", "openvino-fp32", "--share-steps")
+    assert job_a.exit_code == 0, job_a.stderr
+    assert re.findall(r"^▶ (\S+):", job_a.stderr, re.M) == ["export", "simplify", "compile:openvino-fp32"]
+    assert job_a.stdout == "" and not (store / "tiny").exists()
+
+    monkeypatch.setenv("MODELC_CACHE", str(tmp_path / "job-b"))  # another runner: empty local cache
+    job_b = run_cli("build", recipe, "--store", store, "--target", "torchscript-fp32", "--share-steps")
+    assert job_b.exit_code == 0, job_b.stderr
+    assert "✓ export (from the store's step cache" in job_b.stderr
+    assert re.findall(r"^▶ (\S+):", job_b.stderr, re.M) == ["compile:torchscript-fp32"]
+
+    monkeypatch.setenv("MODELC_CACHE", str(tmp_path / "final"))
+    final = run_cli("build", recipe, "--store", store, "--share-steps")
+    assert final.exit_code == 0, final.stderr
+    assert re.findall(r"^▶ (\S+):", final.stderr, re.M) == ["compile:onnxruntime-fp32", "compile:openvino-fp16", "verify"]
+    assert (store / "tiny/0.1.0/manifest.json").exists()
+
+
+def test_unknown_target_is_refused(tiny_recipe, run_cli, tmp_path: Path) -> None:
+    result = run_cli("build", tiny_recipe(), "--store", tmp_path / "s", "--target", "openvino-int8")
+    assert result.exit_code == 3
+    assert "--target openvino-int8: the recipe builds onnxruntime-fp32, openvino-fp32, openvino-fp16, torchscript-fp32" in result.stderr
