@@ -29,6 +29,7 @@ from compiler.plan import Plan, Step, make_plan
 from compiler.recipe import Recipe, Target
 from compiler.report import ArtifactReport, Report, to_json_text, to_markdown
 from compiler.stores import PushResult, Store
+from compiler.worker import compile_target
 
 if TYPE_CHECKING:  # only a step that runs loads numpy, the data readers and the backends
     import numpy as np
@@ -47,6 +48,10 @@ STEP_TOOLS = {
     "tensorrt": ("tensorrt",),
     "verify": ("torch", "onnxruntime", "openvino", "numpy", "pillow"),
 }
+
+# Backends whose compile step is a plain file operation; the others run in a fresh process each
+# (see compiler/worker.py for why).
+IN_PROCESS_BACKENDS = {"onnxruntime"}
 
 Log = Callable[[str], None]
 
@@ -107,44 +112,111 @@ def source_material(recipe: Recipe) -> dict[str, Any]:
     return material
 
 
-class _StepRunner:
-    """Looks a step up in the cache, runs it under the key's lock when missing, logs why."""
+@dataclass(frozen=True)
+class StepRequest:
+    """One step to look up or run: in this process (`produce`) or in a fresh one (`task`)."""
 
-    def __init__(self, cache: Cache, log: Log, force: bool, scratch: Path, shared: Cache | None = None) -> None:
+    step: Step
+    material: dict[str, Any]
+    produce: Callable[[Path], None] | None = None
+    task: tuple[Callable[..., None], tuple[Any, ...]] | None = None  # picklable; called with (*args, out)
+
+
+class _StepRunner:
+    """Looks steps up in the caches, runs the missing ones under their keys' locks, logs why."""
+
+    def __init__(self, cache: Cache, log: Log, force: bool, scratch: Path, shared: Cache | None = None, jobs: int = 1) -> None:
         self.cache, self.log, self.force, self.scratch, self.shared = cache, log, force, scratch, shared
+        self.jobs = max(1, jobs)
         self.ran = 0
         self.cached = 0
 
     def run(self, step: Step, material: dict[str, Any], produce: Callable[[Path], None]) -> CacheEntry:
-        key = cache_key({"key_format": KEY_FORMAT, "step": step.kind, **material})
-        entry, reason = (None, "--force") if self.force else self.cache.get(key)
+        return self.run_all([StepRequest(step, material, produce=produce)])[0]
+
+    def run_all(self, requests: list[StepRequest]) -> list[CacheEntry]:
+        """Independent steps: cached ones are taken, the rest run side by side (up to `jobs`)."""
+        keys = [cache_key({"key_format": KEY_FORMAT, "step": r.step.kind, **r.material}) for r in requests]
+        results: dict[int, CacheEntry] = {}
+        missing: list[tuple[int, str]] = []
+        for index, (request, key) in enumerate(zip(requests, keys)):
+            entry, reason = self._lookup(request.step, key)
+            if entry is not None:
+                results[index] = entry
+            else:
+                missing.append((index, reason))
+        with ExitStack() as locks:
+            todo = []
+            for index, reason in sorted(missing, key=lambda item: keys[item[0]]):  # one lock order: no deadlock
+                locks.enter_context(self.cache.lock(keys[index]))
+                entry, _ = (None, "") if self.force else self.cache.get(keys[index])
+                if entry is not None:  # another build made it while we waited for the lock
+                    self.cached += 1
+                    self.log(f"✓ {requests[index].step.id} (made by a concurrent build, {keys[index][:12]})")
+                    results[index] = entry
+                else:
+                    todo.append((index, reason))
+            executed = self._execute([(requests[i], keys[i], reason) for i, reason in todo])
+            for position, (index, _) in enumerate(todo):
+                results[index] = executed[position]
+        return [results[i] for i in range(len(requests))]
+
+    def _lookup(self, step: Step, key: str) -> tuple[CacheEntry | None, str]:
+        if self.force:
+            return None, "--force"
+        entry, reason = self.cache.get(key)
         if entry is not None:
             self.cached += 1
             self.log(f"✓ {step.id} (cached {key[:12]})")
-            return entry
-        if self.shared is not None and not self.force:
+            return entry, ""
+        if self.shared is not None:
             shared_entry, _ = self.shared.get(key)
             if shared_entry is not None:
                 self.cached += 1
                 self.log(f"✓ {step.id} (from the store's step cache, {key[:12]})")
-                return self.cache.put(key, step.id, shared_entry.path)
-        with self.cache.lock(key):
-            if not self.force:  # another build may have made it while we waited for the lock
-                entry, _ = self.cache.get(key)
-                if entry is not None:
-                    self.cached += 1
-                    self.log(f"✓ {step.id} (made by a concurrent build, {key[:12]})")
-                    return entry
-            self.log(f"▶ {step.id}: {step.description} [{reason}, key {key[:12]}]")
-            started = time.perf_counter()
-            out = Path(tempfile.mkdtemp(prefix=f"{step.kind}-", dir=self.scratch))
-            produce(out)
-            entry = self.cache.put(key, step.id, out)
-            if self.shared is not None:
-                self.shared.put(key, step.id, out)
-            shutil.rmtree(out, ignore_errors=True)
+                return self.cache.put(key, step.id, shared_entry.path), ""
+        return None, reason
+
+    def _execute(self, todo: list[tuple[StepRequest, str, str]]) -> dict[int, CacheEntry]:
+        import multiprocessing
+        from concurrent.futures import Future, ProcessPoolExecutor
+
+        done: dict[int, CacheEntry] = {}
+        if not todo:
+            return done
+        outs = [Path(tempfile.mkdtemp(prefix=f"{request.step.kind}-", dir=self.scratch)) for request, _, _ in todo]
+        started = {index: time.perf_counter() for index in range(len(todo))}
+        isolated = [i for i, (request, _, _) in enumerate(todo) if request.task is not None]
+        futures: dict[int, Future[None]] = {}
+        with ExitStack() as stack:
+            if isolated:
+                pool = stack.enter_context(ProcessPoolExecutor(max_workers=min(self.jobs, len(isolated)),
+                                                               mp_context=multiprocessing.get_context("spawn"),
+                                                               max_tasks_per_child=1))
+            for index, (request, key, reason) in enumerate(todo):
+                self.log(f"▶ {request.step.id}: {request.step.description} [{reason}, key {key[:12]}]")
+                started[index] = time.perf_counter()
+                if request.task is not None:
+                    function, args = request.task
+                    futures[index] = pool.submit(function, *args, outs[index])
+            for index, (request, key, _) in enumerate(todo):
+                if request.task is None:
+                    assert request.produce is not None
+                    request.produce(outs[index])
+                    done[index] = self._store(request, key, outs[index], started[index])
+            for index, future in futures.items():
+                future.result()  # re-raises the worker's error here
+                request, key, _ = todo[index]
+                done[index] = self._store(request, key, outs[index], started[index])
+        return done
+
+    def _store(self, request: StepRequest, key: str, out: Path, started: float) -> CacheEntry:
+        entry = self.cache.put(key, request.step.id, out)
+        if self.shared is not None:
+            self.shared.put(key, request.step.id, out)
+        shutil.rmtree(out, ignore_errors=True)
         self.ran += 1
-        self.log(f"✓ {step.id} ({time.perf_counter() - started:.1f} s)")
+        self.log(f"✓ {request.step.id} ({time.perf_counter() - started:.1f} s)")
         return entry
 
 
@@ -154,6 +226,7 @@ class BuildOptions:
     force: bool = False
     share_steps: bool = False  # pull and push step outputs through the store's step cache
     only_targets: tuple[str, ...] = ()  # build just these targets' steps; no verify, no release
+    jobs: int = 1  # steps run side by side
 
 
 def build(recipe: Recipe, store: Store, log: Log, cache: Cache, options: BuildOptions) -> BuildResult | None:
@@ -168,7 +241,7 @@ def build(recipe: Recipe, store: Store, log: Log, cache: Cache, options: BuildOp
     if options.share_steps and shared is None:
         raise InputError("--share-steps: this store keeps no step cache")
     try:
-        steps = _StepRunner(cache, log, options.force, scratch, shared)
+        steps = _StepRunner(cache, log, options.force, scratch, shared, options.jobs)
         return _run(recipe, plan, store, steps, log, options, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -189,15 +262,18 @@ def _run(recipe: Recipe, plan: Plan, store: Store, steps: _StepRunner, log: Log,
                           lambda out: _simplify(exported.file("model.onnx"), out / "model.onnx"))
     onnx_model = graph.file("model.onnx")
 
-    compiled: list[CompiledArtifact] = []
-    for target in recipe.targets:
-        if options.only_targets and target.id not in options.only_targets:
-            continue
-        step = by_id[f"compile:{target.id}"]
+    wanted = [t for t in recipe.targets if not options.only_targets or t.id in options.only_targets]
+    requests = []
+    for target in wanted:
         graph_material = source if target.backend == "torchscript" else graph.files["model.onnx"]
         material = {"target": asdict(target), "graph": graph_material, "tools": tool_versions(STEP_TOOLS[target.backend])}
-        entry = steps.run(step, material, _compiler(recipe, target, onnx_model, reference_model))
-        compiled.append(CompiledArtifact(target, entry))
+        if target.backend in IN_PROCESS_BACKENDS:
+            requests.append(StepRequest(by_id[f"compile:{target.id}"], material,
+                                        produce=_compiler(recipe, target, onnx_model, reference_model)))
+        else:
+            requests.append(StepRequest(by_id[f"compile:{target.id}"], material,
+                                        task=(compile_target, (recipe, target, onnx_model))))
+    compiled = [CompiledArtifact(t, e) for t, e in zip(wanted, steps.run_all(requests))]
     if options.only_targets:
         log(f"✓ built {', '.join(options.only_targets)}: {steps.ran} step(s) run, {steps.cached} cached; "
             "verification and release happen in a full build")

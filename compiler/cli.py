@@ -113,11 +113,13 @@ def plan(recipe: Path, as_json: bool, matrix: bool, debug: bool) -> None:
 @click.option("--force", is_flag=True, help="Run every step again, ignoring cached results.")
 @click.option("--target", "targets", multiple=True, help="Build only this target's steps (e.g. openvino-fp16); "
               "repeatable; no verification or release. For fanned-out CI jobs.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=lambda: os.cpu_count() or 1, show_default="CPU count",
+              help="Independent steps run side by side, up to this many.")
 @click.option("--share-steps", is_flag=True, help="Pull and push step outputs through the store's step cache, "
               "so jobs of one fanned-out build reuse each other's work.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def build(recipe: Path, store_url: str, reports_dir: Path, cache_dir: Path, force: bool, targets: tuple[str, ...],
-          share_steps: bool, debug: bool) -> None:
+          share_steps: bool, jobs: int, debug: bool) -> None:
     """Build every target of RECIPE, check accuracy, and store the release."""
     from compiler.build import BuildOptions
     from compiler.build import build as run_build
@@ -128,7 +130,7 @@ def build(recipe: Path, store_url: str, reports_dir: Path, cache_dir: Path, forc
     def action() -> Any:
         loaded = load_recipe(recipe, passed_schema_memo=Path(cache_dir) / "schema-passed")
         store = open_store(store_url)
-        options = BuildOptions(reports_dir, force=force, share_steps=share_steps, only_targets=targets)
+        options = BuildOptions(reports_dir, force=force, share_steps=share_steps, only_targets=targets, jobs=jobs)
         return run_build(loaded, store, _stderr, Cache(Path(cache_dir)), options)
 
     result = _guarded(debug, action)

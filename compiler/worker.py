@@ -1,0 +1,29 @@
+"""Steps that run in a fresh process of their own.
+
+torch (TorchScript type mangling) and OpenVINO (generated layer names) number things with
+process-wide counters, so a compile step's bytes would depend on what else the same process did
+before. Running each such step in a fresh process makes its output a function of its inputs
+alone, whatever the schedule, the cache state or `-j` — which is what lets a step cache and a
+fanned-out CI build agree byte for byte.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from compiler.recipe import Recipe, Target
+
+
+def compile_target(recipe: Recipe, target: Target, onnx_model: Path, out: Path) -> None:
+    """Entry point of a worker process: compile one target into `out`."""
+    from compiler.backends import CompileRequest, get_backend
+
+    torch_model: Callable[[], Any] | None = None
+    if recipe.model.kind != "onnx":
+        def torch_model() -> Any:
+            from compiler.sources import load_torch_model
+
+            return load_torch_model(recipe.model)
+
+    get_backend(target.backend).compile(CompileRequest(target, onnx_model, recipe.model.inputs, recipe.model.outputs,
+                                                       out, torch_model))
