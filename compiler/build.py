@@ -112,6 +112,25 @@ def source_material(recipe: Recipe) -> dict[str, Any]:
     return material
 
 
+def _fresh_process_context() -> Any:
+    """Worker processes forked from a server that has only imported the libraries: every task
+    starts from the same state as a new process (so outputs do not depend on the schedule)
+    without paying the imports of torch and OpenVINO once per step."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["compiler.worker", "openvino", "torch"])
+    return context
+
+
+def _start_fresh_process_server() -> None:
+    """Start the server early: its imports overlap with the export step."""
+    from multiprocessing import forkserver
+
+    _fresh_process_context()
+    forkserver.ensure_running()
+
+
 @dataclass(frozen=True)
 class StepRequest:
     """One step to look up or run: in this process (`produce`) or in a fresh one (`task`)."""
@@ -128,6 +147,7 @@ class _StepRunner:
     def __init__(self, cache: Cache, log: Log, force: bool, scratch: Path, shared: Cache | None = None, jobs: int = 1) -> None:
         self.cache, self.log, self.force, self.scratch, self.shared = cache, log, force, scratch, shared
         self.jobs = max(1, jobs)
+        self.before_first_run: Callable[[], None] | None = None  # called once, when a step is about to run
         self.ran = 0
         self.cached = 0
 
@@ -178,12 +198,14 @@ class _StepRunner:
         return None, reason
 
     def _execute(self, todo: list[tuple[StepRequest, str, str]]) -> dict[int, CacheEntry]:
-        import multiprocessing
         from concurrent.futures import Future, ProcessPoolExecutor
 
         done: dict[int, CacheEntry] = {}
         if not todo:
             return done
+        if self.before_first_run is not None:
+            self.before_first_run()
+            self.before_first_run = None
         outs = [Path(tempfile.mkdtemp(prefix=f"{request.step.kind}-", dir=self.scratch)) for request, _, _ in todo]
         started = {index: time.perf_counter() for index in range(len(todo))}
         isolated = [i for i, (request, _, _) in enumerate(todo) if request.task is not None]
@@ -191,7 +213,7 @@ class _StepRunner:
         with ExitStack() as stack:
             if isolated:
                 pool = stack.enter_context(ProcessPoolExecutor(max_workers=min(self.jobs, len(isolated)),
-                                                               mp_context=multiprocessing.get_context("spawn"),
+                                                               mp_context=_fresh_process_context(),
                                                                max_tasks_per_child=1))
             for index, (request, key, reason) in enumerate(todo):
                 self.log(f"▶ {request.step.id}: {request.step.description} [{reason}, key {key[:12]}]")
@@ -242,6 +264,8 @@ def build(recipe: Recipe, store: Store, log: Log, cache: Cache, options: BuildOp
         raise InputError("--share-steps: this store keeps no step cache")
     try:
         steps = _StepRunner(cache, log, options.force, scratch, shared, options.jobs)
+        if any(t.backend not in IN_PROCESS_BACKENDS for t in recipe.targets):
+            steps.before_first_run = _start_fresh_process_server
         return _run(recipe, plan, store, steps, log, options, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
