@@ -156,7 +156,7 @@ class _StepRunner:
 
     def run_all(self, requests: list[StepRequest]) -> list[CacheEntry]:
         """Independent steps: cached ones are taken, the rest run side by side (up to `jobs`)."""
-        keys = [cache_key({"key_format": KEY_FORMAT, "step": r.step.kind, **r.material}) for r in requests]
+        keys = [step_key(r.step.kind, r.material) for r in requests]
         results: dict[int, CacheEntry] = {}
         missing: list[tuple[int, str]] = []
         for index, (request, key) in enumerate(zip(requests, keys)):
@@ -277,20 +277,18 @@ def _run(recipe: Recipe, plan: Plan, store: Store, steps: _StepRunner, log: Log,
     reference_model = _reference_loader(recipe)
     source = source_material(recipe)
 
-    exported = steps.run(by_id["export"], {"source": source, "export": asdict(recipe.export) if recipe.model.kind != "onnx" else {},
-                                           "tools": tool_versions(STEP_TOOLS["export"])},
+    exported = steps.run(by_id["export"], export_material(recipe, source),
                          lambda out: _export(recipe, reference_model, out / "model.onnx"))
     graph = exported
     if "simplify" in by_id:
-        graph = steps.run(by_id["simplify"], {"graph": exported.files["model.onnx"], "tools": tool_versions(STEP_TOOLS["simplify"])},
+        graph = steps.run(by_id["simplify"], simplify_material(exported),
                           lambda out: _simplify(exported.file("model.onnx"), out / "model.onnx"))
     onnx_model = graph.file("model.onnx")
 
     wanted = [t for t in recipe.targets if not options.only_targets or t.id in options.only_targets]
     requests = []
     for target in wanted:
-        graph_material = source if target.backend == "torchscript" else graph.files["model.onnx"]
-        material = {"target": asdict(target), "graph": graph_material, "tools": tool_versions(STEP_TOOLS[target.backend])}
+        material = compile_material(target, source, graph)
         if target.backend in IN_PROCESS_BACKENDS:
             requests.append(StepRequest(by_id[f"compile:{target.id}"], material,
                                         produce=_compiler(recipe, target, onnx_model, reference_model)))
@@ -303,15 +301,7 @@ def _run(recipe: Recipe, plan: Plan, store: Store, steps: _StepRunner, log: Log,
             "verification and release happen in a full build")
         return None
 
-    verify_material = {
-        "reference": source,
-        "artifacts": {a.target.id: a.entry.files for a in compiled},
-        "data": _evaluation_material(recipe),
-        "task": asdict(recipe.task),
-        "latency": asdict(recipe.latency),
-        "tools": tool_versions(STEP_TOOLS["verify"]),
-    }
-    verified = steps.run(by_id["verify"], verify_material,
+    verified = steps.run(by_id["verify"], verify_material(recipe, source, compiled),
                          lambda out: _verify(recipe, reference_model, compiled, out / "evaluation.json"))
     report = _report(recipe, compiled, json.loads(verified.file("evaluation.json").read_text()))
     for line in _summary_lines(report):
@@ -331,6 +321,66 @@ def _run(recipe: Recipe, plan: Plan, store: Store, steps: _StepRunner, log: Log,
     log(f"{'✓ release' if result.created else '✓ release (identical version already stored)'}: "
         f"{steps.ran} step(s) run, {steps.cached} cached")
     return BuildResult(result.location, result.created, report, manifest, steps.ran, steps.cached)
+
+
+# --- key material: the explicit list of what each step's output depends on -------------------
+
+def export_material(recipe: Recipe, source: dict[str, Any]) -> dict[str, Any]:
+    return {"source": source, "export": asdict(recipe.export) if recipe.model.kind != "onnx" else {},
+            "tools": tool_versions(STEP_TOOLS["export"])}
+
+
+def simplify_material(exported: CacheEntry) -> dict[str, Any]:
+    return {"graph": exported.files["model.onnx"], "tools": tool_versions(STEP_TOOLS["simplify"])}
+
+
+def compile_material(target: Target, source: dict[str, Any], graph: CacheEntry | None) -> dict[str, Any]:
+    """TorchScript is made from the torch model, so its input is the source, not the graph."""
+    if target.backend == "torchscript":
+        graph_material: Any = source
+    else:
+        assert graph is not None
+        graph_material = graph.files["model.onnx"]
+    return {"target": asdict(target), "graph": graph_material, "tools": tool_versions(STEP_TOOLS[target.backend])}
+
+
+def verify_material(recipe: Recipe, source: dict[str, Any], compiled: list[CompiledArtifact]) -> dict[str, Any]:
+    """Gates are not key material: they are applied to the cached measurements afterwards."""
+    return {"reference": source, "artifacts": {a.target.id: a.entry.files for a in compiled},
+            "data": _evaluation_material(recipe), "task": asdict(recipe.task), "latency": asdict(recipe.latency),
+            "tools": tool_versions(STEP_TOOLS["verify"])}
+
+
+def step_key(kind: str, material: dict[str, Any]) -> str:
+    return cache_key({"key_format": KEY_FORMAT, "step": kind, **material})
+
+
+def plan_status(recipe: Recipe, plan: Plan, cache: Cache) -> dict[str, str]:
+    """Whether each step of the plan is cached, following keys as far as cached outputs allow."""
+    by_id = {step.id: step for step in plan.steps}
+    status = {step.id: "will run" for step in plan.steps}
+    source = source_material(recipe)
+
+    def lookup(step_id: str, material: dict[str, Any]) -> CacheEntry | None:
+        entry, _ = cache.get(step_key(by_id[step_id].kind, material))
+        if entry is not None:
+            status[step_id] = f"cached {entry.key[:12]}"
+        return entry
+
+    exported = lookup("export", export_material(recipe, source))
+    graph = exported
+    if exported is not None and "simplify" in by_id:
+        graph = lookup("simplify", simplify_material(exported))
+    compiled = []
+    for target in recipe.targets:
+        if target.backend == "torchscript" or graph is not None:
+            entry = lookup(f"compile:{target.id}", compile_material(target, source, graph))
+            if entry is not None:
+                compiled.append(CompiledArtifact(target, entry))
+    if len(compiled) == len(recipe.targets):
+        lookup("verify", verify_material(recipe, source, compiled))
+    status["release"] = "runs every build (gates, manifest, store)"
+    return status
 
 
 def _reference_loader(recipe: Recipe) -> Callable[[], Any]:

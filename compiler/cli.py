@@ -79,9 +79,13 @@ def validate(recipes: tuple[Path, ...], debug: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--matrix", is_flag=True, help="Print a GitHub Actions matrix (JSON) of recipe x target jobs; "
               "RECIPE may be a folder of recipes.")
+@click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=lambda: os.environ.get("MODELC_CACHE", DEFAULT_CACHE),
+              show_default=DEFAULT_CACHE, help="Step cache folder (env MODELC_CACHE).")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def plan(recipe: Path, as_json: bool, matrix: bool, debug: bool) -> None:
-    """Print the steps a build of RECIPE runs, in order, with their dependencies."""
+def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool) -> None:
+    """Print the steps a build of RECIPE runs, in order, with their dependencies and cache state."""
+    from compiler.build import plan_status
+    from compiler.cache import Cache
     from compiler.plan import ci_matrix, make_plan
     from compiler.recipe import load_recipe
 
@@ -90,16 +94,19 @@ def plan(recipe: Path, as_json: bool, matrix: bool, debug: bool) -> None:
         loaded = _guarded(debug, lambda: [(p.as_posix(), load_recipe(p)) for p in paths])
         click.echo(json.dumps(ci_matrix(loaded), separators=(",", ":")))
         return
-    the_plan = _guarded(debug, lambda: make_plan(load_recipe(recipe)))
+    loaded_recipe = _guarded(debug, lambda: load_recipe(recipe))
+    the_plan = make_plan(loaded_recipe)
+    status = _guarded(debug, lambda: plan_status(loaded_recipe, the_plan, Cache(Path(cache_dir))))
     if as_json:
         click.echo(json.dumps({"name": the_plan.recipe_name, "version": the_plan.version,
                                "steps": [{"id": s.id, "kind": s.kind, "depends_on": list(s.depends_on),
-                                          "description": s.description} for s in the_plan.steps]}, indent=2))
+                                          "description": s.description, "status": status[s.id]}
+                                         for s in the_plan.steps]}, indent=2))
         return
     click.echo(f"{the_plan.recipe_name} {the_plan.version}")
     for step in the_plan.steps:
-        after = f"  (after {', '.join(step.depends_on)})" if step.depends_on else ""
-        click.echo(f"  {step.id:<28} {step.description}{after}")
+        after = f" (after {', '.join(step.depends_on)})" if step.depends_on else ""
+        click.echo(f"  {step.id:<26} [{status[step.id]}] {step.description}{after}")
 
 
 @main.command()

@@ -37,11 +37,13 @@ def make_plan(recipe: Recipe) -> Plan:
         step_id = f"compile:{target.id}"
         source = "the torch model" if target.backend == "torchscript" else "the ONNX graph"
         mode = f" ({target.mode or 'trace'})" if target.backend == "torchscript" else ""
-        steps.append(Step(step_id, "compile", (graph,), f"build {target.backend} {target.precision}{mode} from {source}"))
+        depends = ("export",) if target.backend == "torchscript" else (graph,)
+        steps.append(Step(step_id, "compile", depends, f"build {target.backend} {target.precision}{mode} from {source}"))
         compiles.append(step_id)
     data = recipe.evaluation.path.name if recipe.evaluation else "seeded random inputs"
-    steps.append(Step("verify", "verify", (graph, *compiles), f"compare every artifact with the reference on {data}; apply gates"))
-    steps.append(Step("release", "release", ("verify",), f"write manifest and reports; store {recipe.name} {recipe.version}"))
+    steps.append(Step("verify", "verify", (graph, *compiles), f"measure every artifact against the reference on {data}"))
+    steps.append(Step("release", "release", ("verify",),
+                      f"apply gates; write manifest and reports; store {recipe.name} {recipe.version}"))
     return Plan(recipe.name, recipe.version, tuple(steps))
 
 

@@ -135,9 +135,13 @@ def test_onnx_and_torchscript_sources(tmp_path: Path, tiny_recipe, run_cli) -> N
     assert run_cli("ls", "--store", tmp_path / "store").stdout == "tiny-onnx 0.1.0\ntiny-ts 0.1.0\n"
 
 
-def test_plan_lists_steps_in_order(tiny_recipe, run_cli) -> None:
+def test_plan_lists_steps_in_order_with_cache_state(tmp_path: Path, tiny_recipe, run_cli) -> None:
     result = run_cli("plan", tiny_recipe(), "--json")
     steps = json.loads(result.stdout)["steps"]
+    assert {s["status"] for s in steps[:-1]} == {"will run"}
     assert [s["id"] for s in steps] == ["export", "simplify", "compile:onnxruntime-fp32", "compile:openvino-fp32",
                                         "compile:openvino-fp16", "compile:torchscript-fp32", "verify", "release"]
     assert steps[-2]["depends_on"][0] == "simplify"
+    assert run_cli("build", tiny_recipe(), "--store", tmp_path / "store").exit_code == 0
+    after = json.loads(run_cli("plan", tiny_recipe(), "--json").stdout)["steps"]
+    assert all(s["status"].startswith("cached ") for s in after[:-1]), after
