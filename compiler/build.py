@@ -26,6 +26,7 @@ from compiler.cache import Cache, CacheEntry, cache_key
 from compiler.errors import GateFailed, InputError
 from compiler.manifest import ArtifactEntry, build_manifest, content_digest, file_entries, sha256_file, tree_digest
 from compiler.plan import Plan, Step, make_plan
+from compiler.progress import BuildLog
 from compiler.recipe import Recipe, Target
 from compiler.report import ArtifactReport, Report, to_json_text, to_markdown
 from compiler.stores import PushResult, Store
@@ -53,7 +54,7 @@ STEP_TOOLS = {
 # (see compiler/worker.py for why).
 IN_PROCESS_BACKENDS = {"onnxruntime"}
 
-Log = Callable[[str], None]
+Log = BuildLog
 
 
 @dataclass(frozen=True)
@@ -216,7 +217,7 @@ class _StepRunner:
                                                                mp_context=_fresh_process_context(),
                                                                max_tasks_per_child=1))
             for index, (request, key, reason) in enumerate(todo):
-                self.log(f"▶ {request.step.id}: {request.step.description} [{reason}, key {key[:12]}]")
+                self.log.start(request.step.id, f"▶ {request.step.id}: {request.step.description} [{reason}, key {key[:12]}]")
                 started[index] = time.perf_counter()
                 if request.task is not None:
                     function, args = request.task
@@ -238,7 +239,7 @@ class _StepRunner:
             self.shared.put(key, request.step.id, out)
         shutil.rmtree(out, ignore_errors=True)
         self.ran += 1
-        self.log(f"✓ {request.step.id} ({time.perf_counter() - started:.1f} s)")
+        self.log.done(request.step.id, f"✓ {request.step.id} ({time.perf_counter() - started:.1f} s)")
         return entry
 
 

@@ -135,10 +135,16 @@ def build(recipe: Path, store_url: str, reports_dir: Path, cache_dir: Path, forc
     from compiler.stores import open_store
 
     def action() -> Any:
+        from compiler.progress import BuildLog, build_log
+
         loaded = load_recipe(recipe, passed_schema_memo=Path(cache_dir) / "schema-passed")
         store = open_store(store_url)
         options = BuildOptions(reports_dir, force=force, share_steps=share_steps, only_targets=targets, jobs=jobs)
-        return run_build(loaded, store, _stderr, Cache(Path(cache_dir)), options)
+        log = build_log() if not debug else BuildLog()
+        try:
+            return run_build(loaded, store, log, Cache(Path(cache_dir)), options)
+        finally:
+            log.close()
 
     result = _guarded(debug, action)
     if result is None:

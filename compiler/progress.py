@@ -1,0 +1,62 @@
+"""What a build tells the person watching: one live line per running step on a terminal (rich),
+and a plain line per event otherwise (CI logs)."""
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+
+class BuildLog:
+    """Plain log: every start, finish and note is one line on stderr."""
+
+    def __init__(self, write: Callable[[str], None] | None = None) -> None:
+        self._write = write or (lambda line: print(line, file=sys.stderr, flush=True))
+
+    def __call__(self, line: str) -> None:
+        self._write(line)
+
+    def start(self, step_id: str, line: str) -> None:
+        self._write(line)
+
+    def done(self, step_id: str, line: str) -> None:
+        self._write(line)
+
+    def close(self) -> None:
+        pass
+
+
+class LiveBuildLog(BuildLog):
+    """On a terminal: a spinner line per running step; finished steps scroll above it."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self._console = Console(stderr=True)
+        self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                                  console=self._console, transient=True)
+        self._tasks: dict[str, Any] = {}
+        self._progress.start()
+        super().__init__(lambda line: self._progress.console.print(line, highlight=False, markup=False))
+
+    def start(self, step_id: str, line: str) -> None:
+        self._tasks[step_id] = self._progress.add_task(line.removeprefix("▶ "), total=None)
+
+    def done(self, step_id: str, line: str) -> None:
+        task = self._tasks.pop(step_id, None)
+        if task is not None:
+            self._progress.remove_task(task)
+            self._progress.refresh()  # redraw now, or the finished step lingers under the next print
+        self._write(line)
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+def build_log() -> BuildLog:
+    """Live lines on an interactive terminal, plain lines in CI or when redirected."""
+    import os
+
+    if sys.stderr.isatty() and not os.environ.get("CI"):
+        return LiveBuildLog()
+    return BuildLog()
