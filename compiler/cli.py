@@ -15,6 +15,10 @@ from compiler.errors import ModelcError, RecipeError
 DEFAULT_STORE = "artifacts"
 DEFAULT_CACHE = ".modelc/cache"
 
+cache_option = click.option("--cache", "cache_dir", type=click.Path(path_type=Path),
+                            default=lambda: os.environ.get("MODELC_CACHE", DEFAULT_CACHE), show_default=DEFAULT_CACHE,
+                            help="Step cache folder (env MODELC_CACHE).")
+
 
 def _stderr(message: str) -> None:
     click.echo(message, err=True)
@@ -79,8 +83,7 @@ def validate(recipes: tuple[Path, ...], debug: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--matrix", is_flag=True, help="Print a GitHub Actions matrix (JSON) of recipe x target jobs; "
               "RECIPE may be a folder of recipes.")
-@click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=lambda: os.environ.get("MODELC_CACHE", DEFAULT_CACHE),
-              show_default=DEFAULT_CACHE, help="Step cache folder (env MODELC_CACHE).")
+@cache_option
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool) -> None:
     """Print the steps a build of RECIPE runs, in order, with their dependencies and cache state."""
@@ -115,8 +118,7 @@ def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool
               help="Where releases go: a folder or file:// URL (env MODELC_STORE).")
 @click.option("--reports-dir", type=click.Path(path_type=Path), default=Path(".modelc/failed"), show_default=True,
               help="Where the report of a build that missed a gate is kept.")
-@click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=lambda: os.environ.get("MODELC_CACHE", DEFAULT_CACHE),
-              show_default=DEFAULT_CACHE, help="Step cache folder (env MODELC_CACHE).")
+@cache_option
 @click.option("--force", is_flag=True, help="Run every step again, ignoring cached results.")
 @click.option("--target", "targets", multiple=True, help="Build only this target's steps (e.g. openvino-fp16); "
               "repeatable; no verification or release. For fanned-out CI jobs.")
@@ -164,8 +166,7 @@ def cache() -> None:
 
 
 @cache.command(name="ls")
-@click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=lambda: os.environ.get("MODELC_CACHE", DEFAULT_CACHE),
-              show_default=DEFAULT_CACHE)
+@cache_option
 def cache_ls(cache_dir: Path) -> None:
     """List cache entries: key, step, size, age."""
     import time
@@ -181,8 +182,7 @@ def cache_ls(cache_dir: Path) -> None:
 
 @cache.command(name="gc")
 @click.option("--keep-days", type=float, required=True, help="Remove entries created more than this many days ago.")
-@click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=lambda: os.environ.get("MODELC_CACHE", DEFAULT_CACHE),
-              show_default=DEFAULT_CACHE)
+@cache_option
 def cache_gc(keep_days: float, cache_dir: Path) -> None:
     """Remove old cache entries."""
     from compiler.cache import Cache
