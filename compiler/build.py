@@ -27,7 +27,7 @@ from compiler.errors import GateFailed, InputError
 from compiler.manifest import ArtifactEntry, build_manifest, content_digest, file_entries, sha256_file, tree_digest
 from compiler.plan import Plan, Step, make_plan
 from compiler.progress import BuildLog
-from compiler.recipe import Recipe, Target
+from compiler.recipe import Dataset, Recipe, Target
 from compiler.report import ArtifactReport, Report, to_json_text, to_markdown
 from compiler.stores import PushResult, Store
 from compiler.worker import compile_target
@@ -289,7 +289,7 @@ def _run(recipe: Recipe, plan: Plan, store: Store, steps: _StepRunner, log: Log,
     wanted = [t for t in recipe.targets if not options.only_targets or t.id in options.only_targets]
     requests = []
     for target in wanted:
-        material = compile_material(target, source, graph)
+        material = compile_material(recipe, target, source, graph)
         if target.backend in IN_PROCESS_BACKENDS:
             requests.append(StepRequest(by_id[f"compile:{target.id}"], material,
                                         produce=_compiler(recipe, target, onnx_model, reference_model)))
@@ -335,14 +335,19 @@ def simplify_material(exported: CacheEntry) -> dict[str, Any]:
     return {"graph": exported.files["model.onnx"], "tools": tool_versions(STEP_TOOLS["simplify"])}
 
 
-def compile_material(target: Target, source: dict[str, Any], graph: CacheEntry | None) -> dict[str, Any]:
-    """TorchScript is made from the torch model, so its input is the source, not the graph."""
+def compile_material(recipe: Recipe, target: Target, source: dict[str, Any], graph: CacheEntry | None) -> dict[str, Any]:
+    """TorchScript is made from the torch model, so its input is the source, not the graph; an int8
+    build also depends on the calibration data and how it is read."""
     if target.backend == "torchscript":
         graph_material: Any = source
     else:
         assert graph is not None
         graph_material = graph.files["model.onnx"]
-    return {"target": asdict(target), "graph": graph_material, "tools": tool_versions(STEP_TOOLS[target.backend])}
+    material = {"target": asdict(target), "graph": graph_material, "tools": tool_versions(STEP_TOOLS[target.backend])}
+    if target.precision == "int8":
+        material["calibration"] = _dataset_material(recipe.calibration, recipe, "calibration")
+        material["tools"] = tool_versions(STEP_TOOLS[target.backend] + ("nncf",))
+    return material
 
 
 def verify_material(recipe: Recipe, source: dict[str, Any], compiled: list[CompiledArtifact]) -> dict[str, Any]:
@@ -375,7 +380,7 @@ def plan_status(recipe: Recipe, plan: Plan, cache: Cache) -> dict[str, str]:
     compiled = []
     for target in recipe.targets:
         if target.backend == "torchscript" or graph is not None:
-            entry = lookup(f"compile:{target.id}", compile_material(target, source, graph))
+            entry = lookup(f"compile:{target.id}", compile_material(recipe, target, source, graph))
             if entry is not None:
                 compiled.append(CompiledArtifact(target, entry))
     if len(compiled) == len(recipe.targets):
@@ -446,9 +451,14 @@ def _read_onnx_source(recipe: Recipe, destination: Path) -> None:
 def _evaluation_material(recipe: Recipe) -> dict[str, Any]:
     if recipe.evaluation is None:
         return {"random_samples": RANDOM_EVALUATION_SAMPLES}
-    dataset = recipe.evaluation
+    return _dataset_material(recipe.evaluation, recipe, "evaluation")
+
+
+def _dataset_material(dataset: Dataset | None, recipe: Recipe, role: str) -> dict[str, Any]:
+    if dataset is None:
+        raise InputError(f"this build needs data.{role} in the recipe")
     if not dataset.path.exists():
-        raise InputError(f"{dataset.path}: the data path does not exist: fix data.evaluation.path in the recipe")
+        raise InputError(f"{dataset.path}: the data path does not exist: fix data.{role}.path in the recipe")
     return {"digest": tree_digest(dataset.path), "format": dataset.format, "labels": dataset.labels,
             "samples": dataset.samples, "batch_size": dataset.batch_size,
             "preprocess": asdict(recipe.preprocess) if recipe.preprocess else None}

@@ -228,7 +228,7 @@ def _explain(path: Path, located: _Located, error: Any) -> list[RecipeProblem]:
 
 # Which backends can produce which precision today, and why not otherwise.
 SUPPORTED_PRECISIONS = {
-    "openvino": {"fp32", "fp16"},
+    "openvino": {"fp32", "fp16", "int8"},
     "onnxruntime": {"fp32"},
     "torchscript": {"fp32"},
     "tensorrt": {"fp32", "fp16"},
@@ -275,6 +275,8 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
         if backend == "torchscript" and source == "torchscript" and target.get("mode") == "script":
             add(("targets", index, "mode"), "the source is already TorchScript; remove 'mode'")
     ids = [(t.get("backend"), p) for t in data.get("targets", []) for p in t.get("precisions", [])]
+    if any(p == "int8" for _, p in ids) and "calibration" not in data.get("data", {}):
+        add(("targets",), "an int8 target is calibrated on representative data: add data.calibration")
     for duplicate in sorted({i for i in ids if ids.count(i) > 1}, key=str):
         add(("targets",), f"target {duplicate[0]}-{duplicate[1]} is listed twice")
     data_section = data.get("data", {})

@@ -9,7 +9,7 @@ fanned-out CI build agree byte for byte.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from compiler.recipe import Recipe, Target
 
@@ -25,5 +25,14 @@ def compile_target(recipe: Recipe, target: Target, onnx_model: Path, out: Path) 
 
             return load_torch_model(recipe.model)
 
+    calibration = None
+    if target.precision == "int8" and recipe.calibration is not None:
+        from compiler.data import DataReader
+
+        reader = DataReader(recipe.calibration, recipe.model.inputs, recipe.preprocess, recipe.task.classes)
+
+        def calibration() -> Iterator[dict[str, Any]]:
+            return (batch.inputs for batch in reader.batches())
+
     get_backend(target.backend).compile(CompileRequest(target, onnx_model, recipe.model.inputs, recipe.model.outputs,
-                                                       out, torch_model))
+                                                       out, torch_model, calibration))

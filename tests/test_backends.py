@@ -65,3 +65,25 @@ def test_tensorrt_says_where_it_can_be_built(tmp_path: Path, onnx_file: Path) ->
 def test_unknown_backend() -> None:
     with pytest.raises(BackendUnavailable, match="no backend named 'tflite'"):
         get_backend("tflite")
+
+
+def test_openvino_int8_is_calibrated_on_the_given_data(tmp_path: Path, onnx_file: Path) -> None:
+    rng = np.random.default_rng(2)
+    feeds = [{"images": rng.random((4, 3, 16, 16), dtype=np.float32)} for _ in range(4)]
+    request = CompileRequest(Target("openvino", "int8"), onnx_file, INPUTS, ("logits",), tmp_path,
+                             calibration=lambda: iter(feeds))
+    files = get_backend("openvino").compile(request)
+    xml = next(f for f in files if f.suffix == ".xml").read_text()
+    assert "FakeQuantize" in xml or "FakeConvert" in xml  # NNCF inserted quantization nodes
+    x = rng.random((3, 3, 16, 16), dtype=np.float32)
+    with get_backend("openvino").runner(files, INPUTS, ("logits",)) as runner:
+        got = runner.infer({"images": x})["logits"]
+    expected = build_model().eval()(torch.from_numpy(x)).detach().numpy()
+    assert np.abs(got - expected).max() < 0.1
+
+
+def test_openvino_int8_without_data_is_a_compile_error(tmp_path: Path, onnx_file: Path) -> None:
+    from compiler.errors import CompileError
+
+    with pytest.raises(CompileError, match="an int8 target needs data.calibration"):
+        get_backend("openvino").compile(CompileRequest(Target("openvino", "int8"), onnx_file, INPUTS, ("logits",), tmp_path))

@@ -142,3 +142,14 @@ def test_cli_validate_ok_on_shipped_recipes(run_cli) -> None:
     result = run_cli("validate", *sorted((REPO / "recipes").glob("*.yaml")))
     assert result.exit_code == 0, result.stderr
     assert result.stdout.count(": ok") == 2
+
+
+def test_int8_needs_calibration_data(tmp_path: Path) -> None:
+    found = problems_of(tmp_path, GOOD.replace("[fp32, fp16]", "[fp32, int8]"))
+    assert any("targets: an int8 target is calibrated on representative data: add data.calibration" in p for p in found)
+
+
+def test_int8_only_for_openvino_so_far(tmp_path: Path) -> None:
+    text = GOOD.replace("backend: openvino\n    precisions: [fp32, fp16]", "backend: onnxruntime\n    precisions: [int8]")
+    found = problems_of(tmp_path, text + "data:\n  calibration: {path: x.npy}\n")
+    assert any("onnxruntime int8 is not supported; onnxruntime supports fp32" in p for p in found)

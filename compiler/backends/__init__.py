@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -69,6 +69,8 @@ class CompileRequest:
     outputs: tuple[str, ...]
     out_dir: Path
     torch_model: Callable[[], Any] | None = None  # lazily built reference model, torch sources only
+    # int8 only: representative data, one feed (input name -> batch of samples) at a time
+    calibration: Callable[[], Iterator[dict[str, np.ndarray]]] | None = None
 
 
 class Backend(ABC):

@@ -6,6 +6,7 @@ artifact itself rather than the plugin's own choice of bf16 on CPUs that have it
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,10 +44,27 @@ class OpenVinoBackend(Backend):
         xml = request.out_dir / "model.xml"
         try:
             model = ov.convert_model(str(request.onnx_model))
-            ov.save_model(model, str(xml), compress_to_fp16=request.target.precision == "fp16")
         except Exception as exc:
             raise CompileError(f"OpenVINO could not convert {request.onnx_model.name}: {exc}") from None
+        if request.target.precision == "int8":
+            model = self._quantize(model, request)
+        ov.save_model(model, str(xml), compress_to_fp16=request.target.precision == "fp16")
         return [xml, xml.with_suffix(".bin")]
+
+    @staticmethod
+    def _quantize(model: Any, request: CompileRequest) -> Any:
+        """NNCF post-training quantization on the recipe's calibration data, one sample per item."""
+        nncf = require("nncf", "openvino int8", "openvino")
+        if request.calibration is None:
+            raise CompileError("an int8 target needs data.calibration")
+        samples = [{name: array[i:i + 1] for name, array in feed.items()}
+                   for feed in request.calibration() for i in range(len(next(iter(feed.values()))))]
+        names = [spec.name for spec in request.inputs]
+        dataset = nncf.Dataset(samples, lambda item: item[names[0]] if len(names) == 1 else tuple(item[n] for n in names))
+        try:
+            return nncf.quantize(model, dataset, subset_size=len(samples), preset=nncf.QuantizationPreset.PERFORMANCE)
+        except Exception as exc:
+            raise CompileError(f"NNCF quantization failed: {str(exc).splitlines()[0][:300]}") from None
 
     def runner(self, files: list[Path], inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...]) -> Runner:
         return OpenVinoRunner(next(f for f in files if f.suffix == ".xml"), inputs, outputs)
