@@ -27,6 +27,27 @@ class ArtifactReport:
 
 
 @dataclass(frozen=True)
+class BaselineComparison:
+    """A reduced-precision artifact against the FP32 artifact of the same backend."""
+
+    target: str  # e.g. openvino-fp32
+    metric_drop: float | None  # task metric points lost against that artifact
+    speedup: float | None  # its latency / this latency
+
+
+def compare_with_fp32(artifact: ArtifactReport, artifacts: list[ArtifactReport]) -> BaselineComparison | None:
+    if artifact.precision == "fp32":
+        return None
+    baseline = next((a for a in artifacts if a.backend == artifact.backend and a.precision == "fp32"), None)
+    if baseline is None:
+        return None
+    ours, theirs = artifact.evaluation.task, baseline.evaluation.task
+    drop = theirs.value - ours.value if ours is not None and theirs is not None else None
+    speedup = baseline.latency_ms / artifact.latency_ms if baseline.latency_ms and artifact.latency_ms else None
+    return BaselineComparison(baseline.target, drop, speedup)
+
+
+@dataclass(frozen=True)
 class Report:
     name: str
     version: str
@@ -58,6 +79,7 @@ def to_json(report: Report) -> dict[str, Any]:
     artifacts = []
     for a in report.artifacts:
         e = a.evaluation
+        versus = compare_with_fp32(a, report.artifacts)
         artifacts.append({
             "target": a.target,
             "backend": a.backend,
@@ -71,6 +93,8 @@ def to_json(report: Report) -> dict[str, Any]:
             "task_metric": None if e.task is None else {
                 "name": e.task.name, "value": e.task.value, "reference": e.task.reference,
                 "drop": e.task.drop, "agreement": e.task.agreement},
+            "versus_fp32": None if versus is None else {"target": versus.target, "metric_drop": versus.metric_drop,
+                                                        "speedup": versus.speedup},
             "gates": [{"gate": g.gate, "output": g.output, "threshold": g.threshold,
                        "observed": _number(g.observed), "passed": g.passed} for g in e.gates],
             "passed": e.passed,
@@ -113,13 +137,17 @@ def to_markdown(report: Report) -> str:
         lines.append(f"Reference {metric_name}: **{report.reference_metric:.2f}%**.")
     if report.reference_latency_ms is not None:
         lines.append(f"Reference latency (batch 1, median): {report.reference_latency_ms:.3f} ms.")
-    lines += ["", "| artifact | size | latency ms (b=1, median) | " + (f"{metric_name} % | drop (points) | " if metric_name else "")
-              + "gates |", "|---|---:|---:|" + ("---:|---:|" if metric_name else "") + "---|"]
+    lines += ["", "| artifact | size | latency ms (b=1, median) | speed-up vs fp32 | "
+              + (f"{metric_name} % | drop vs reference | drop vs fp32 | " if metric_name else "")
+              + "gates |", "|---|---:|---:|---:|" + ("---:|---:|---:|" if metric_name else "") + "---|"]
     for a in report.artifacts:
         e = a.evaluation
-        row = f"| `{a.target}` | {_size(a.size_bytes)} | {_fmt(a.latency_ms)} | "
+        versus = compare_with_fp32(a, report.artifacts)
+        speedup = f"{versus.speedup:.2f}×" if versus and versus.speedup else "—"
+        row = f"| `{a.target}` | {_size(a.size_bytes)} | {_fmt(a.latency_ms)} | {speedup} | "
         if metric_name:
-            row += (f"{e.task.value:.2f} | {e.task.drop:+.2f} | " if e.task else "— | — | ")
+            vs_fp32 = f"{versus.metric_drop:+.2f}" if versus and versus.metric_drop is not None else "—"
+            row += (f"{e.task.value:.2f} | {e.task.drop:+.2f} | {vs_fp32} | " if e.task else "— | — | — | ")
         row += ("✅" if e.passed else "❌") + f" {sum(g.passed for g in e.gates)}/{len(e.gates)} |"
         lines.append(row)
     lines += ["", "### Agreement with the reference, per output", "",
