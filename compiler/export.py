@@ -9,7 +9,7 @@ import io
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -138,6 +138,31 @@ def export_torchscript(model: Any, inputs: tuple[TensorSpec, ...], mode: str, de
         other = "trace" if mode == "script" else "script"
         raise CompileError(f"TorchScript {mode} failed: {first}; try mode: {other} on the torchscript target") from None
     pin_serialization_id(destination)
+
+
+def quantize_torch_model(model: Any, inputs: tuple[TensorSpec, ...],
+                         calibration: Callable[[], Iterator[dict[str, np.ndarray]]]) -> Any:
+    """x86 INT8 post-training quantization (torch.ao FX graph mode): observers calibrated on the
+    representative data, then converted; the result is traced like any torch model."""
+    import torch
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    if isinstance(model, torch.jit.ScriptModule):
+        raise CompileError("torchscript int8 needs a torch source (an nn.Module), not a TorchScript file")
+    torch.backends.quantized.engine = "x86"
+    example = tuple(torch.from_numpy(a) for a in example_inputs(inputs, dynamic_size=1))
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            prepared = prepare_fx(model.eval(), get_default_qconfig_mapping("x86"), example)
+            for feed in calibration():
+                prepared(*[torch.from_numpy(feed[spec.name]) for spec in inputs])
+            return convert_fx(prepared)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise CompileError(f"PyTorch FX post-training quantization failed: {first}; "
+                           "this model may not be FX-traceable: use an openvino int8 target instead") from None
 
 
 SERIALIZATION_ID_SUFFIX = "/.data/serialization_id"

@@ -230,7 +230,7 @@ def _explain(path: Path, located: _Located, error: Any) -> list[RecipeProblem]:
 SUPPORTED_PRECISIONS = {
     "openvino": {"fp32", "fp16", "int8"},
     "onnxruntime": {"fp32"},
-    "torchscript": {"fp32"},
+    "torchscript": {"fp32", "int8"},
     "tensorrt": {"fp32", "fp16"},
 }
 
@@ -272,6 +272,8 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
             add(("targets", index, "backend"), "a TorchScript target needs a torch or torchscript source, not an ONNX file")
         if "mode" in target and backend != "torchscript":
             add(("targets", index, "mode"), "'mode' applies to torchscript targets only; remove it")
+        if backend == "torchscript" and source == "torchscript" and "int8" in target.get("precisions", []):
+            add(("targets", index, "precisions"), "torchscript int8 quantizes an nn.Module: it needs a torch source")
         if backend == "torchscript" and source == "torchscript" and target.get("mode") == "script":
             add(("targets", index, "mode"), "the source is already TorchScript; remove 'mode'")
     ids = [(t.get("backend"), p) for t in data.get("targets", []) for p in t.get("precisions", [])]

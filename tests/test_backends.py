@@ -87,3 +87,18 @@ def test_openvino_int8_without_data_is_a_compile_error(tmp_path: Path, onnx_file
 
     with pytest.raises(CompileError, match="an int8 target needs data.calibration"):
         get_backend("openvino").compile(CompileRequest(Target("openvino", "int8"), onnx_file, INPUTS, ("logits",), tmp_path))
+
+
+def test_torchscript_int8_is_quantized_and_close(tmp_path: Path, onnx_file: Path) -> None:
+    model = build_model().eval()
+    rng = np.random.default_rng(4)
+    feeds = [{"images": rng.random((4, 3, 16, 16), dtype=np.float32)} for _ in range(4)]
+    request = CompileRequest(Target("torchscript", "int8"), onnx_file, INPUTS, ("logits",), tmp_path, lambda: model,
+                             calibration=lambda: iter(feeds))
+    files = get_backend("torchscript").compile(request)
+    loaded = torch.jit.load(str(files[0]))
+    assert "quantized" in str(loaded.graph) or "quantized" in loaded.code
+    x = rng.random((3, 3, 16, 16), dtype=np.float32)
+    with get_backend("torchscript").runner(files, INPUTS, ("logits",)) as runner:
+        got = runner.infer({"images": x})["logits"]
+    assert np.abs(got - model(torch.from_numpy(x)).detach().numpy()).max() < 0.1

@@ -40,12 +40,17 @@ class TorchScriptBackend(Backend):
 
     def compile(self, request: CompileRequest) -> list[Path]:
         require("torch", self.name, "torch")
-        from compiler.export import export_torchscript
+        from compiler.export import export_torchscript, quantize_torch_model
 
         if request.torch_model is None:
             raise CompileError("a TorchScript target needs a torch or torchscript source")
+        model = request.torch_model()
+        if request.target.precision == "int8":
+            if request.calibration is None:
+                raise CompileError("an int8 target needs data.calibration")
+            model = quantize_torch_model(model, request.inputs, request.calibration)
         destination = request.out_dir / "model.pt"
-        export_torchscript(request.torch_model(), request.inputs, request.target.mode or "trace", destination)
+        export_torchscript(model, request.inputs, request.target.mode or "trace", destination)
         return [destination]
 
     def runner(self, files: list[Path], inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...]) -> Runner:
