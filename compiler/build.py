@@ -482,6 +482,11 @@ def _evaluation_batches(recipe: Recipe) -> tuple[Callable[[], Iterator[Batch]], 
 
     if recipe.evaluation is not None:
         reader = DataReader(recipe.evaluation, recipe.model.inputs, recipe.preprocess, recipe.task.classes)
+        warning = reader.shortfall()
+        if warning:
+            import sys
+
+            print(warning, file=sys.stderr, flush=True)
         return reader.batches, f"{recipe.evaluation.path.name}"
     from compiler.export import example_inputs
 

@@ -72,6 +72,14 @@ class DataReader:
             items = items[: self.dataset.samples]
         return items
 
+    def shortfall(self) -> str | None:
+        """A warning when the recipe asked for more samples than the data holds (the build goes on)."""
+        asked = self.dataset.samples
+        if asked is not None and len(self._items) < asked:
+            return (f"warning: {self.dataset.path} holds {len(self._items)} samples, the recipe asked for {asked}: "
+                    f"using {len(self._items)}")
+        return None
+
     def _index_images(self, folder: Path) -> list[Any]:
         if not folder.is_dir():
             raise InputError(f"{folder}: an image dataset must be a folder of images; use format: npy/npz for arrays")

@@ -30,6 +30,11 @@ def compile_target(recipe: Recipe, target: Target, onnx_model: Path, out: Path) 
         from compiler.data import DataReader
 
         reader = DataReader(recipe.calibration, recipe.model.inputs, recipe.preprocess, recipe.task.classes)
+        warning = reader.shortfall()
+        if warning:
+            import sys
+
+            print(warning, file=sys.stderr, flush=True)
 
         def calibration() -> Iterator[dict[str, Any]]:
             return (batch.inputs for batch in reader.batches())

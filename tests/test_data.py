@@ -99,3 +99,11 @@ def test_bad_label_line_names_file_and_line(tmp_path: Path) -> None:
     reader = DataReader(Dataset(tmp_path, "images", labels="yolo"), INPUT, SPEC)
     with pytest.raises(InputError, match=r"a.txt:2: expected 'class cx cy w h'"):
         list(reader.batches())
+
+
+def test_fewer_samples_than_asked_is_a_warning(tmp_path: Path) -> None:
+    write_images(tmp_path, 3)
+    reader = DataReader(Dataset(tmp_path, "images", samples=10), INPUT, SPEC)
+    assert len(reader) == 3
+    assert reader.shortfall() == f"warning: {tmp_path} holds 3 samples, the recipe asked for 10: using 3"
+    assert DataReader(Dataset(tmp_path, "images", samples=2), INPUT, SPEC).shortfall() is None
