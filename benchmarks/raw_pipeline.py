@@ -2,8 +2,8 @@
 
     python benchmarks/raw_pipeline.py [--recipe recipes/yolo.yaml] [--repeats 3]
 
-Runs, alternately in fresh processes, (a) a plain script doing export -> onnxsim -> OpenVINO FP32
-and FP16 -> TorchScript trace, plus the same accuracy and latency work (reference and every
+Runs, alternately in fresh processes, (a) a plain script doing export -> onnxsim -> OpenVINO FP32,
+FP16 and NNCF INT8 -> TorchScript trace (what recipes/yolo.yaml builds), plus the same accuracy and latency work (reference and every
 artifact over the evaluation set, 30 batch-1 runs each), and (b) `modelc build` of the recipe into
 a temporary store with an empty step cache. Prints the median wall time of each and the ratio modelc / plain (target <= 1.10).
 """
@@ -36,13 +36,18 @@ with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
 simplified, ok = onnxsim.simplify(onnx.load(str(out / "raw.onnx"))); onnx.save(simplified, str(out / "model.onnx"))
 for precision in ("fp32", "fp16"):
     ov.save_model(ov.convert_model(str(out / "model.onnx")), str(out / f"{precision}.xml"), compress_to_fp16=precision == "fp16")
+import nncf
+spec = Preprocess(128, 128, resize="letterbox")
+calibration = [preprocess_image(Image.open(f), spec)[0][None] for f in sorted(pathlib.Path(sys.argv[3]).parent.joinpath("calibration").glob("*.png"))]
+quantized = nncf.quantize(ov.convert_model(str(out / "model.onnx")), nncf.Dataset(calibration), subset_size=len(calibration))
+ov.save_model(quantized, str(out / "int8.xml"), compress_to_fp16=False)
 with torch.no_grad():
     torch.jit.save(torch.jit.freeze(torch.jit.trace(model, (x,), check_trace=False).eval()), str(out / "model.pt"))
 spec = Preprocess(128, 128, resize="letterbox")
 files = sorted(pathlib.Path(sys.argv[3]).glob("*.png"))
 core = ov.Core()
 runners = {"ort": ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"]).run}
-for p in ("fp32", "fp16"):
+for p in ("fp32", "fp16", "int8"):
     compiled = core.compile_model(str(out / f"{p}.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     runners[p] = (lambda c: (lambda names, feed: [c(feed)[0]]))(compiled)
 script = torch.jit.load(str(out / "model.pt"))
