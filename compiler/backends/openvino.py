@@ -5,6 +5,9 @@ artifact itself rather than the plugin's own choice of bf16 on CPUs that have it
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +58,7 @@ class OpenVinoBackend(Backend):
     def _quantize(model: Any, request: CompileRequest) -> Any:
         """NNCF post-training quantization on the recipe's calibration data, one sample per item."""
         nncf = require("nncf", "openvino int8", "openvino")
+        nncf.set_log_level(logging.ERROR)
         if request.calibration is None:
             raise CompileError("an int8 target needs data.calibration")
         samples = [{name: array[i:i + 1] for name, array in feed.items()}
@@ -62,7 +66,8 @@ class OpenVinoBackend(Backend):
         names = [spec.name for spec in request.inputs]
         dataset = nncf.Dataset(samples, lambda item: item[names[0]] if len(names) == 1 else tuple(item[n] for n in names))
         try:
-            return nncf.quantize(model, dataset, subset_size=len(samples), preset=nncf.QuantizationPreset.PERFORMANCE)
+            with contextlib.redirect_stdout(io.StringIO()):  # NNCF draws progress bars on stdout
+                return nncf.quantize(model, dataset, subset_size=len(samples), preset=nncf.QuantizationPreset.PERFORMANCE)
         except Exception as exc:
             raise CompileError(f"NNCF quantization failed: {str(exc).splitlines()[0][:300]}") from None
 
