@@ -346,6 +346,7 @@ def compile_material(recipe: Recipe, target: Target, source: dict[str, Any], gra
     material = {"target": asdict(target), "graph": graph_material, "tools": tool_versions(STEP_TOOLS[target.backend])}
     if target.precision == "int8":
         material["calibration"] = _dataset_material(recipe.calibration, recipe, "calibration")
+        material["quantization"] = asdict(recipe.quantization)
         material["tools"] = tool_versions(STEP_TOOLS[target.backend] + ("nncf",))
     return material
 

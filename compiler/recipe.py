@@ -98,6 +98,17 @@ class Gate:
 
 
 @dataclass(frozen=True)
+class Quantization:
+    preset: str = "performance"
+    subset_size: int = 300
+    fast_bias_correction: bool = True
+    model_type: str = "cnn"
+    ignore_names: tuple[str, ...] = ()
+    ignore_types: tuple[str, ...] = ()
+    ignore_patterns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Latency:
     runs: int = 30
     warmup: int = 5
@@ -119,6 +130,7 @@ class Recipe:
     targets: tuple[Target, ...]
     gates: dict[str, Gate] = field(hash=False)
     latency: Latency
+    quantization: Quantization = Quantization()
 
     def gate_for(self, precision: Precision) -> Gate:
         return self.gates.get(precision, self.gates.get("default", Gate()))
@@ -279,6 +291,11 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
     ids = [(t.get("backend"), p) for t in data.get("targets", []) for p in t.get("precisions", [])]
     if any(p == "int8" for _, p in ids) and "calibration" not in data.get("data", {}):
         add(("targets",), "an int8 target is calibrated on representative data: add data.calibration")
+    if "quantization" in data and not any(p == "int8" for _, p in ids):
+        add(("quantization",), "no target builds int8: remove this section or add an int8 target")
+    if data.get("quantization", {}).get("ignore") and ("torchscript", "int8") in ids:
+        add(("quantization", "ignore"), "quantization.ignore applies to openvino int8 only so far; "
+            "remove the torchscript int8 target or the ignore list")
     for duplicate in sorted({i for i in ids if ids.count(i) > 1}, key=str):
         add(("targets",), f"target {duplicate[0]}-{duplicate[1]} is listed twice")
     data_section = data.get("data", {})
@@ -417,4 +434,13 @@ def _to_recipe(path: Path, digest: str, data: dict[str, Any]) -> Recipe:
     return Recipe(path=path, digest=digest, name=data["name"], version=data["version"],
                   description=data.get("description", ""), model=source, export=export, preprocess=preprocess,
                   calibration=dataset("calibration"), evaluation=dataset("evaluation"), task=Task(**task_data),
-                  targets=targets, gates=gates, latency=Latency(**data.get("latency", {})))
+                  targets=targets, gates=gates, latency=Latency(**data.get("latency", {})),
+                  quantization=_quantization(data.get("quantization", {})))
+
+
+def _quantization(section: dict[str, Any]) -> Quantization:
+    ignore = section.get("ignore", {})
+    return Quantization(preset=section.get("preset", "performance"), subset_size=section.get("subset_size", 300),
+                        fast_bias_correction=section.get("fast_bias_correction", True),
+                        model_type=section.get("model_type", "cnn"), ignore_names=tuple(ignore.get("names", ())),
+                        ignore_types=tuple(ignore.get("types", ())), ignore_patterns=tuple(ignore.get("patterns", ())))

@@ -40,4 +40,4 @@ def compile_target(recipe: Recipe, target: Target, onnx_model: Path, out: Path) 
             return (batch.inputs for batch in reader.batches())
 
     get_backend(target.backend).compile(CompileRequest(target, onnx_model, recipe.model.inputs, recipe.model.outputs,
-                                                       out, torch_model, calibration))
+                                                       out, torch_model, calibration, recipe.quantization))

@@ -102,3 +102,29 @@ def test_torchscript_int8_is_quantized_and_close(tmp_path: Path, onnx_file: Path
     with get_backend("torchscript").runner(files, INPUTS, ("logits",)) as runner:
         got = runner.infer({"images": x})["logits"]
     assert np.abs(got - model(torch.from_numpy(x)).detach().numpy()).max() < 0.1
+
+
+def test_openvino_int8_keeps_ignored_layer_types_in_float(tmp_path: Path, onnx_file: Path) -> None:
+    from compiler.recipe import Quantization
+
+    rng = np.random.default_rng(5)
+    feeds = [{"images": rng.random((4, 3, 16, 16), dtype=np.float32)} for _ in range(2)]
+    counts = {}
+    for label, options in (("all", Quantization()), ("no-matmul", Quantization(ignore_types=("MatMul",)))):
+        out = tmp_path / label
+        out.mkdir()
+        files = get_backend("openvino").compile(CompileRequest(Target("openvino", "int8"), onnx_file, INPUTS, ("logits",),
+                                                               out, calibration=lambda: iter(feeds), quantization=options))
+        counts[label] = next(f for f in files if f.suffix == ".xml").read_text().count('type="FakeQuantize"')
+    assert counts["no-matmul"] < counts["all"]
+
+
+def test_openvino_int8_unknown_ignored_name_is_a_compile_error(tmp_path: Path, onnx_file: Path) -> None:
+    from compiler.errors import CompileError
+    from compiler.recipe import Quantization
+
+    feeds = [{"images": np.zeros((2, 3, 16, 16), np.float32)}]
+    with pytest.raises(CompileError, match="NNCF quantization failed"):
+        get_backend("openvino").compile(CompileRequest(Target("openvino", "int8"), onnx_file, INPUTS, ("logits",), tmp_path,
+                                                       calibration=lambda: iter(feeds),
+                                                       quantization=Quantization(ignore_names=("no_such_layer",))))

@@ -153,3 +153,8 @@ def test_int8_only_for_openvino_so_far(tmp_path: Path) -> None:
     text = GOOD.replace("backend: openvino\n    precisions: [fp32, fp16]", "backend: onnxruntime\n    precisions: [int8]")
     found = problems_of(tmp_path, text + "data:\n  calibration: {path: x.npy}\n")
     assert any("onnxruntime int8 is not supported; onnxruntime supports fp32" in p for p in found)
+
+
+def test_quantization_section_needs_an_int8_target(tmp_path: Path) -> None:
+    found = problems_of(tmp_path, GOOD + "quantization:\n  preset: mixed\n")
+    assert any("quantization: no target builds int8" in p for p in found)

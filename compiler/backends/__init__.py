@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from compiler.errors import BackendUnavailable, InputError
-from compiler.recipe import Target, TensorSpec
+from compiler.recipe import Quantization, Target, TensorSpec
 
 
 class Runner(ABC):
@@ -71,6 +71,7 @@ class CompileRequest:
     torch_model: Callable[[], Any] | None = None  # lazily built reference model, torch sources only
     # int8 only: representative data, one feed (input name -> batch of samples) at a time
     calibration: Callable[[], Iterator[dict[str, np.ndarray]]] | None = None
+    quantization: Quantization = Quantization()
 
 
 class Backend(ABC):

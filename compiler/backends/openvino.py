@@ -61,13 +61,21 @@ class OpenVinoBackend(Backend):
         nncf.set_log_level(logging.ERROR)
         if request.calibration is None:
             raise CompileError("an int8 target needs data.calibration")
+        options = request.quantization
         samples = [{name: array[i:i + 1] for name, array in feed.items()}
                    for feed in request.calibration() for i in range(len(next(iter(feed.values()))))]
         names = [spec.name for spec in request.inputs]
         dataset = nncf.Dataset(samples, lambda item: item[names[0]] if len(names) == 1 else tuple(item[n] for n in names))
+        ignored = nncf.IgnoredScope(names=list(options.ignore_names), types=list(options.ignore_types),
+                                    patterns=list(options.ignore_patterns), validate=True)
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # NNCF draws progress bars on stdout
-                return nncf.quantize(model, dataset, subset_size=len(samples), preset=nncf.QuantizationPreset.PERFORMANCE)
+                return nncf.quantize(
+                    model, dataset, subset_size=min(options.subset_size, len(samples)),
+                    preset=nncf.QuantizationPreset.MIXED if options.preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
+                    fast_bias_correction=options.fast_bias_correction,
+                    model_type=nncf.ModelType.TRANSFORMER if options.model_type == "transformer" else None,
+                    ignored_scope=ignored)
         except Exception as exc:
             raise CompileError(f"NNCF quantization failed: {str(exc).splitlines()[0][:300]}") from None
 
