@@ -15,7 +15,7 @@ import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -292,7 +292,7 @@ def _run(recipe: Recipe, plan: Plan, store: Store, steps: _StepRunner, log: Log,
         material = compile_material(recipe, target, source, graph)
         if target.backend in IN_PROCESS_BACKENDS:
             requests.append(StepRequest(by_id[f"compile:{target.id}"], material,
-                                        produce=_compiler(recipe, target, onnx_model, reference_model)))
+                                        produce=partial(compile_target, recipe, target, onnx_model)))
         else:
             requests.append(StepRequest(by_id[f"compile:{target.id}"], material,
                                         task=(compile_target, (recipe, target, onnx_model))))
@@ -419,16 +419,6 @@ def _simplify(source: Path, destination: Path) -> None:
     simplify_onnx(source, destination)
 
 
-def _compiler(recipe: Recipe, target: Target, onnx_model: Path, reference_model: Callable[[], Any]) -> Callable[[Path], None]:
-    def produce(out: Path) -> None:
-        from compiler.backends import CompileRequest, get_backend
-
-        torch_model = reference_model if recipe.model.kind != "onnx" else None
-        get_backend(target.backend).compile(CompileRequest(target, onnx_model, recipe.model.inputs, recipe.model.outputs,
-                                                           out, torch_model))
-    return produce
-
-
 def _read_onnx_source(recipe: Recipe, destination: Path) -> None:
     import onnx
 
@@ -482,12 +472,7 @@ def _evaluation_batches(recipe: Recipe) -> tuple[Callable[[], Iterator[Batch]], 
     from compiler.data import Batch, DataReader
 
     if recipe.evaluation is not None:
-        reader = DataReader(recipe.evaluation, recipe.model.inputs, recipe.preprocess, recipe.task.classes)
-        warning = reader.shortfall()
-        if warning:
-            import sys
-
-            print(warning, file=sys.stderr, flush=True)
+        reader = DataReader.for_recipe(recipe.evaluation, recipe)
         return reader.batches, f"{recipe.evaluation.path.name}"
     from compiler.export import example_inputs
 

@@ -7,6 +7,7 @@ inputs (shape, dtype, finite values) and a problem names the file.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,7 +16,7 @@ import numpy as np
 
 from compiler.errors import InputError
 from compiler.preprocess import Placement, Preprocess, preprocess_image
-from compiler.recipe import Dataset, TensorSpec
+from compiler.recipe import Dataset, Recipe, TensorSpec
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
@@ -54,6 +55,16 @@ class DataReader:
 
     def __len__(self) -> int:
         return len(self._items)
+
+    @classmethod
+    def for_recipe(cls, dataset: Dataset, recipe: Recipe) -> DataReader:
+        """The reader a build uses for one of the recipe's data sets; says on stderr when the
+        data holds fewer samples than the recipe asks for, and goes on."""
+        reader = cls(dataset, recipe.model.inputs, recipe.preprocess, recipe.task.classes)
+        warning = reader.shortfall()
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
+        return reader
 
     # --- indexing ------------------------------------------------------------------------
 

@@ -15,7 +15,8 @@ from compiler.recipe import Recipe, Target
 
 
 def compile_target(recipe: Recipe, target: Target, onnx_model: Path, out: Path) -> None:
-    """Entry point of a worker process: compile one target into `out`."""
+    """Compile one target into `out`: the entry point of a worker process, and called directly
+    for backends whose compile step is a plain file operation."""
     from compiler.backends import CompileRequest, get_backend
 
     torch_model: Callable[[], Any] | None = None
@@ -29,12 +30,7 @@ def compile_target(recipe: Recipe, target: Target, onnx_model: Path, out: Path) 
     if target.precision == "int8" and recipe.calibration is not None:
         from compiler.data import DataReader
 
-        reader = DataReader(recipe.calibration, recipe.model.inputs, recipe.preprocess, recipe.task.classes)
-        warning = reader.shortfall()
-        if warning:
-            import sys
-
-            print(warning, file=sys.stderr, flush=True)
+        reader = DataReader.for_recipe(recipe.calibration, recipe)
 
         def calibration() -> Iterator[dict[str, Any]]:
             return (batch.inputs for batch in reader.batches())
