@@ -16,7 +16,6 @@ import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from functools import lru_cache, partial
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -24,7 +23,8 @@ from compiler import __version__
 from compiler.accuracy import Evaluation, apply_gates, evaluation_from_dict
 from compiler.cache import Cache, CacheEntry, cache_key
 from compiler.errors import GateFailed, InputError
-from compiler.manifest import ArtifactEntry, build_manifest, content_digest, file_entries, sha256_file, tree_digest
+from compiler.manifest import (ArtifactEntry, build_manifest, content_digest, file_entries, package_version, sha256_file,
+                               tree_digest)
 from compiler.plan import Plan, Step, make_plan
 from compiler.progress import BuildLog
 from compiler.recipe import Dataset, Recipe, Target
@@ -79,13 +79,7 @@ class CompiledArtifact:
 
 def tool_versions(names: tuple[str, ...]) -> dict[str, str]:
     """Installed versions (read from package metadata: no heavy imports)."""
-    versions = {"modelc": __version__}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "absent"
-    return versions
+    return {"modelc": __version__, **{name: package_version(name) or "absent" for name in names}}
 
 
 def source_material(recipe: Recipe) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -55,13 +56,21 @@ def content_digest(entries: list[FileEntry]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+@lru_cache(maxsize=None)
+def package_version(name: str) -> str | None:
+    """An installed distribution's version from its metadata (no import), None if absent."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def toolchain_versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "platform": platform.platform()}
     for package in TOOLCHAIN_PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
+        version = package_version(package)
+        if version is not None:
+            versions[package] = version
     return versions
 
 
