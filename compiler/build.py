@@ -23,8 +23,8 @@ from compiler import __version__
 from compiler.accuracy import Evaluation, apply_gates, evaluation_from_dict
 from compiler.cache import Cache, CacheEntry, cache_key
 from compiler.errors import GateFailed, InputError
-from compiler.manifest import (ArtifactEntry, build_manifest, content_digest, file_entries, package_version, sha256_file,
-                               tree_digest)
+from compiler.manifest import (ArtifactEntry, FileEntry, build_manifest, content_digest, file_entries, package_version,
+                               sha256_file, tree_digest)
 from compiler.plan import Plan, Step, make_plan
 from compiler.progress import BuildLog
 from compiler.recipe import Dataset, Recipe, Target
@@ -303,7 +303,7 @@ def _run(recipe: Recipe, plan: Plan, store: Store, steps: _StepRunner, log: Log,
         log(line)
 
     release = scratch / "release"
-    _assemble(release, onnx_model, compiled, report)
+    _assemble(release, graph, compiled, report)
     _append_step_summary(release / "report.md")
     if not report.passed:
         kept = options.failed_reports_dir / recipe.name / recipe.version
@@ -312,7 +312,7 @@ def _run(recipe: Recipe, plan: Plan, store: Store, steps: _StepRunner, log: Log,
             shutil.copyfile(release / name, kept / name)
         raise GateFailed(f"{len(report.failures())} accuracy gate(s) missed, nothing was stored: "
                          + "; ".join(report.failures()) + f". Report: {kept / 'report.md'}")
-    manifest, result = _release(recipe, release, compiled, report, store)
+    manifest, result = _release(recipe, release, graph, compiled, report, store)
     log(f"{'✓ release' if result.created else '✓ release (identical version already stored)'}: "
         f"{steps.ran} step(s) run, {steps.cached} cached")
     return BuildResult(result.location, result.created, report, manifest, steps.ran, steps.cached)
@@ -526,9 +526,9 @@ def _report(recipe: Recipe, compiled: list[CompiledArtifact], measured: dict[str
                   reference_metric, measured["reference_latency_ms"], artifacts)
 
 
-def _assemble(release: Path, onnx_model: Path, compiled: list[CompiledArtifact], report: Report) -> None:
+def _assemble(release: Path, graph: CacheEntry, compiled: list[CompiledArtifact], report: Report) -> None:
     (release / "onnx").mkdir(parents=True)
-    shutil.copyfile(onnx_model, release / "onnx" / "model.onnx")
+    shutil.copyfile(graph.file("model.onnx"), release / "onnx" / "model.onnx")
     for artifact in compiled:
         folder = release / artifact.target.id
         folder.mkdir()
@@ -560,10 +560,13 @@ def _append_step_summary(markdown: Path) -> None:
             handle.write(markdown.read_text())
 
 
-def _release(recipe: Recipe, release: Path, compiled: list[CompiledArtifact], report: Report,
+def _release(recipe: Recipe, release: Path, graph: CacheEntry, compiled: list[CompiledArtifact], report: Report,
              store: Store) -> tuple[dict[str, Any], PushResult]:
     target_files = {a.target.id: [f"{a.target.id}/{name}" for name in a.entry.files] for a in compiled}
-    artifact_files = file_entries(release, ["onnx/model.onnx"] + [p for paths in target_files.values() for p in paths])
+    # The release holds copies of cache entries whose digests were checked this build: reuse them.
+    digests = {"onnx/model.onnx": graph.files["model.onnx"]}
+    digests.update({f"{a.target.id}/{name}": digest for a in compiled for name, digest in a.entry.files.items()})
+    artifact_files = [FileEntry(path, digests[path], (release / path).stat().st_size) for path in sorted(digests)]
     report_files = file_entries(release, ["report.json", "report.md"])
     entries = [ArtifactEntry("onnx", "onnx", "fp32", ["onnx/model.onnx"])] + [
         ArtifactEntry(a.target.id, a.target.backend, a.target.precision, target_files[a.target.id]) for a in compiled]

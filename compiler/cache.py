@@ -52,6 +52,12 @@ class Cache:
     def _entry_path(self, key: str) -> Path:
         return self.root / key[:2] / key
 
+    @staticmethod
+    def _entry(path: Path, record: dict[str, Any]) -> CacheEntry:
+        files: dict[str, str] = record["files"]
+        size = sum((path / name).stat().st_size for name in files if (path / name).exists())
+        return CacheEntry(path.name, record["step"], path, files, record["created"], size)
+
     def get(self, key: str) -> tuple[CacheEntry | None, str]:
         """The entry and '' when present and intact; else None and the reason."""
         path = self._entry_path(key)
@@ -66,8 +72,7 @@ class Cache:
         except (OSError, ValueError, KeyError) as exc:
             self._drop(path)
             return None, f"cache entry was corrupted ({exc}); dropped"
-        size = sum((path / name).stat().st_size for name in files)
-        return CacheEntry(key, record["step"], path, files, record["created"], size), ""
+        return self._entry(path, record), ""
 
     def put(self, key: str, step: str, produced: Path) -> CacheEntry:
         """Move the files of `produced` (a folder) into the cache under `key`."""
@@ -88,6 +93,7 @@ class Cache:
             self._drop(final)
         try:
             os.rename(incoming, final)
+            return self._entry(final, record)  # digests were just computed: no second hashing pass
         except OSError:
             shutil.rmtree(incoming, ignore_errors=True)  # another writer won the race with the same content
         entry, reason = self.get(key)
@@ -119,8 +125,7 @@ class Cache:
                     record = json.loads((path / ENTRY_FILE).read_text())
                 except (OSError, ValueError):
                     continue
-                size = sum((path / n).stat().st_size for n in record["files"] if (path / n).exists())
-                found.append(CacheEntry(path.name, record["step"], path, record["files"], record["created"], size))
+                found.append(self._entry(path, record))
         return found
 
     def gc(self, keep_days: float) -> tuple[int, int]:
