@@ -26,6 +26,11 @@ targets:
 """
 
 
+def with_file_source(text: str, kind: str, path: str) -> str:
+    """GOOD (or a variant) with its torch source swapped for an onnx or torchscript file."""
+    return text.replace("  source: torch\n  factory: net.py:build\n  weights: w.pt\n", f"  source: {kind}\n  path: {path}\n")
+
+
 def problems_of(tmp_path: Path, text: str) -> list[str]:
     path = tmp_path / "r.yaml"
     path.write_text(text)
@@ -87,8 +92,7 @@ def test_torch_source_needs_weights(tmp_path: Path) -> None:
 
 
 def test_onnx_source_rejects_torchscript_target(tmp_path: Path) -> None:
-    text = GOOD.replace("  source: torch\n  factory: net.py:build\n  weights: w.pt\n", "  source: onnx\n  path: m.onnx\n")
-    text = text.replace("backend: openvino\n    precisions: [fp32, fp16]", "backend: torchscript\n    precisions: [fp32]")
+    text = with_file_source(GOOD, "onnx", "m.onnx").replace("backend: openvino\n    precisions: [fp32, fp16]", "backend: torchscript\n    precisions: [fp32]")
     found = problems_of(tmp_path, text)
     assert any("a TorchScript target needs a torch or torchscript source" in p for p in found)
 
@@ -99,8 +103,7 @@ def test_unsupported_precision_for_backend(tmp_path: Path) -> None:
 
 
 def test_torchscript_source_needs_torchscript_exporter(tmp_path: Path) -> None:
-    text = GOOD.replace("  source: torch\n  factory: net.py:build\n  weights: w.pt\n", "  source: torchscript\n  path: m.pt\n")
-    found = problems_of(tmp_path, text)
+    found = problems_of(tmp_path, with_file_source(GOOD, "torchscript", "m.pt"))
     assert any("set export.exporter: torchscript" in p for p in found)
 
 
