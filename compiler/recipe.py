@@ -439,8 +439,7 @@ def _to_recipe(path: Path, digest: str, data: dict[str, Any]) -> Recipe:
 
 
 def _quantization(section: dict[str, Any]) -> Quantization:
-    ignore = section.get("ignore", {})
-    return Quantization(preset=section.get("preset", "performance"), subset_size=section.get("subset_size", 300),
-                        fast_bias_correction=section.get("fast_bias_correction", True),
-                        model_type=section.get("model_type", "cnn"), ignore_names=tuple(ignore.get("names", ())),
-                        ignore_types=tuple(ignore.get("types", ())), ignore_patterns=tuple(ignore.get("patterns", ())))
+    """The schema has checked the keys; defaults live in the dataclass alone."""
+    settings = {key: value for key, value in section.items() if key != "ignore"}
+    ignore = {f"ignore_{key}": tuple(values) for key, values in section.get("ignore", {}).items()}
+    return Quantization(**settings, **ignore)
