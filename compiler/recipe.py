@@ -440,6 +440,6 @@ def _to_recipe(path: Path, digest: str, data: dict[str, Any]) -> Recipe:
 
 def _quantization(section: dict[str, Any]) -> Quantization:
     """The schema has checked the keys; defaults live in the dataclass alone."""
-    settings = {key: value for key, value in section.items() if key != "ignore"}
-    ignore = {f"ignore_{key}": tuple(values) for key, values in section.get("ignore", {}).items()}
-    return Quantization(**settings, **ignore)
+    settings: dict[str, Any] = {key: value for key, value in section.items() if key != "ignore"}
+    settings.update({f"ignore_{key}": tuple(values) for key, values in section.get("ignore", {}).items()})
+    return Quantization(**settings)
