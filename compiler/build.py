@@ -25,12 +25,12 @@ from compiler.cache import Cache, CacheEntry, cache_key
 from compiler.errors import GateFailed, InputError
 from compiler.manifest import (ArtifactEntry, FileEntry, build_manifest, content_digest, file_entries, package_version,
                                sha256_file, tree_digest)
-from compiler.plan import Plan, Step, make_plan
+from compiler.plan import QDQ_STEP, Plan, Step, make_plan, uses_qdq_graph
 from compiler.progress import BuildLog
 from compiler.recipe import Dataset, Recipe, Target
 from compiler.report import ArtifactReport, Report, to_json_text, to_markdown
 from compiler.stores import PushResult, Store
-from compiler.worker import compile_target
+from compiler.worker import calibrate_qdq, compile_target
 
 if TYPE_CHECKING:  # only a step that runs loads numpy, the data readers and the backends
     import numpy as np
@@ -47,6 +47,7 @@ STEP_TOOLS = {
     "openvino": ("openvino",),
     "torchscript": ("torch",),
     "tensorrt": ("tensorrt",),
+    "qdq": ("nvidia-modelopt", "onnxruntime", "onnx"),
     "verify": ("torch", "onnxruntime", "openvino", "numpy", "pillow"),
 }
 
@@ -259,7 +260,7 @@ def build(recipe: Recipe, store: Store, log: Log, cache: Cache, options: BuildOp
         raise InputError("--share-steps: this store keeps no step cache")
     try:
         steps = _StepRunner(cache, log, options.force, scratch, shared, options.jobs)
-        if any(t.backend not in IN_PROCESS_BACKENDS for t in recipe.targets):
+        if any(t.backend not in IN_PROCESS_BACKENDS or uses_qdq_graph(t) for t in recipe.targets):
             steps.before_first_run = _start_fresh_process_server
         return _run(recipe, plan, store, steps, log, options, scratch)
     finally:
@@ -281,15 +282,22 @@ def _run(recipe: Recipe, plan: Plan, store: Store, steps: _StepRunner, log: Log,
     onnx_model = graph.file("model.onnx")
 
     wanted = [t for t in recipe.targets if not options.only_targets or t.id in options.only_targets]
+    qdq = None
+    if any(uses_qdq_graph(t) for t in wanted):
+        qdq = steps.run_all([StepRequest(by_id[QDQ_STEP], qdq_material(recipe, graph),
+                                         task=(calibrate_qdq, (recipe, onnx_model)))])[0]
     requests = []
     for target in wanted:
-        material = compile_material(recipe, target, source, graph)
+        input_graph = qdq if uses_qdq_graph(target) else graph
+        assert input_graph is not None
+        material = compile_material(recipe, target, source, input_graph)
+        model_file = input_graph.file("model.onnx")
         if target.backend in IN_PROCESS_BACKENDS:
             requests.append(StepRequest(by_id[f"compile:{target.id}"], material,
-                                        produce=partial(compile_target, recipe, target, onnx_model)))
+                                        produce=partial(compile_target, recipe, target, model_file)))
         else:
             requests.append(StepRequest(by_id[f"compile:{target.id}"], material,
-                                        task=(compile_target, (recipe, target, onnx_model))))
+                                        task=(compile_target, (recipe, target, model_file))))
     compiled = [CompiledArtifact(t, e) for t, e in zip(wanted, steps.run_all(requests))]
     if options.only_targets:
         log(f"✓ built {', '.join(options.only_targets)}: {steps.ran} step(s) run, {steps.cached} cached; "
@@ -303,7 +311,7 @@ def _run(recipe: Recipe, plan: Plan, store: Store, steps: _StepRunner, log: Log,
         log(line)
 
     release = scratch / "release"
-    _assemble(release, graph, compiled, report)
+    _assemble(release, graph, qdq, compiled, report)
     _append_step_summary(release / "report.md")
     if not report.passed:
         kept = options.failed_reports_dir / recipe.name / recipe.version
@@ -312,7 +320,7 @@ def _run(recipe: Recipe, plan: Plan, store: Store, steps: _StepRunner, log: Log,
             shutil.copyfile(release / name, kept / name)
         raise GateFailed(f"{len(report.failures())} accuracy gate(s) missed, nothing was stored: "
                          + "; ".join(report.failures()) + f". Report: {kept / 'report.md'}")
-    manifest, result = _release(recipe, release, graph, compiled, report, store)
+    manifest, result = _release(recipe, release, graph, qdq, compiled, report, store)
     log(f"{'✓ release' if result.created else '✓ release (identical version already stored)'}: "
         f"{steps.ran} step(s) run, {steps.cached} cached")
     return BuildResult(result.location, result.created, report, manifest, steps.ran, steps.cached)
@@ -329,16 +337,23 @@ def simplify_material(exported: CacheEntry) -> dict[str, Any]:
     return {"graph": exported.files["model.onnx"], "tools": tool_versions(STEP_TOOLS["simplify"])}
 
 
+def qdq_material(recipe: Recipe, graph: CacheEntry) -> dict[str, Any]:
+    """Calibration is cached by (graph digest, data digest, method and parameters, tool versions)."""
+    return {"graph": graph.files["model.onnx"], "calibration": _dataset_material(recipe.calibration, recipe, "calibration"),
+            "quantization": asdict(recipe.quantization), "tools": tool_versions(STEP_TOOLS["qdq"])}
+
+
 def compile_material(recipe: Recipe, target: Target, source: dict[str, Any], graph: CacheEntry | None) -> dict[str, Any]:
     """TorchScript is made from the torch model, so its input is the source, not the graph; an int8
-    build also depends on the calibration data and how it is read."""
+    build also depends on the calibration data and how it is read, except where its input is the
+    Q/DQ graph, whose digest already covers them."""
     if target.backend == "torchscript":
         graph_material: Any = source
     else:
         assert graph is not None
         graph_material = graph.files["model.onnx"]
     material = {"target": asdict(target), "graph": graph_material, "tools": tool_versions(STEP_TOOLS[target.backend])}
-    if target.precision == "int8":
+    if target.precision == "int8" and not uses_qdq_graph(target):
         material["calibration"] = _dataset_material(recipe.calibration, recipe, "calibration")
         material["quantization"] = asdict(recipe.quantization)
         material["tools"] = tool_versions(STEP_TOOLS[target.backend] + ("nncf",))
@@ -372,10 +387,14 @@ def plan_status(recipe: Recipe, plan: Plan, cache: Cache) -> dict[str, str]:
     graph = exported
     if exported is not None and "simplify" in by_id:
         graph = lookup("simplify", simplify_material(exported))
+    qdq = None
+    if graph is not None and QDQ_STEP in by_id:
+        qdq = lookup(QDQ_STEP, qdq_material(recipe, graph))
     compiled = []
     for target in recipe.targets:
-        if target.backend == "torchscript" or graph is not None:
-            entry = lookup(f"compile:{target.id}", compile_material(recipe, target, source, graph))
+        input_graph = qdq if uses_qdq_graph(target) else graph
+        if target.backend == "torchscript" or input_graph is not None:
+            entry = lookup(f"compile:{target.id}", compile_material(recipe, target, source, input_graph))
             if entry is not None:
                 compiled.append(CompiledArtifact(target, entry))
     if len(compiled) == len(recipe.targets):
@@ -526,9 +545,13 @@ def _report(recipe: Recipe, compiled: list[CompiledArtifact], measured: dict[str
                   reference_metric, measured["reference_latency_ms"], artifacts)
 
 
-def _assemble(release: Path, graph: CacheEntry, compiled: list[CompiledArtifact], report: Report) -> None:
+def _assemble(release: Path, graph: CacheEntry, qdq: CacheEntry | None, compiled: list[CompiledArtifact],
+              report: Report) -> None:
     (release / "onnx").mkdir(parents=True)
     shutil.copyfile(graph.file("model.onnx"), release / "onnx" / "model.onnx")
+    if qdq is not None:  # the Q/DQ graph, for TensorRT builds elsewhere
+        (release / "onnx-int8").mkdir()
+        shutil.copyfile(qdq.file("model.onnx"), release / "onnx-int8" / "model.onnx")
     for artifact in compiled:
         folder = release / artifact.target.id
         folder.mkdir()
@@ -560,15 +583,20 @@ def _append_step_summary(markdown: Path) -> None:
             handle.write(markdown.read_text())
 
 
-def _release(recipe: Recipe, release: Path, graph: CacheEntry, compiled: list[CompiledArtifact], report: Report,
-             store: Store) -> tuple[dict[str, Any], PushResult]:
+def _release(recipe: Recipe, release: Path, graph: CacheEntry, qdq: CacheEntry | None, compiled: list[CompiledArtifact],
+             report: Report, store: Store) -> tuple[dict[str, Any], PushResult]:
     target_files = {a.target.id: [f"{a.target.id}/{name}" for name in a.entry.files] for a in compiled}
     # The release holds copies of cache entries whose digests were checked this build: reuse them.
     digests = {"onnx/model.onnx": graph.files["model.onnx"]}
+    if qdq is not None:
+        digests["onnx-int8/model.onnx"] = qdq.files["model.onnx"]
     digests.update({f"{a.target.id}/{name}": digest for a in compiled for name, digest in a.entry.files.items()})
     artifact_files = [FileEntry(path, digests[path], (release / path).stat().st_size) for path in sorted(digests)]
     report_files = file_entries(release, ["report.json", "report.md"])
-    entries = [ArtifactEntry("onnx", "onnx", "fp32", ["onnx/model.onnx"])] + [
+    entries = [ArtifactEntry("onnx", "onnx", "fp32", ["onnx/model.onnx"])]
+    if qdq is not None:
+        entries.append(ArtifactEntry("onnx-int8", "onnx", "int8", ["onnx-int8/model.onnx"]))
+    entries += [
         ArtifactEntry(a.target.id, a.target.backend, a.target.precision, target_files[a.target.id]) for a in compiled]
     manifest = build_manifest(name=recipe.name, version=recipe.version, recipe_file=recipe.path,
                               recipe_digest=recipe.digest, exporter=recipe.export.exporter if recipe.model.kind != "onnx" else "none",

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compiler.recipe import Recipe
+from compiler.recipe import Recipe, Target
 
 
 @dataclass(frozen=True)
 class Step:
     id: str  # e.g. compile:openvino-fp16
-    kind: str  # export | simplify | compile | verify | release
+    kind: str  # export | simplify | qdq | compile | verify | release
     depends_on: tuple[str, ...]
     description: str
 
@@ -19,6 +19,14 @@ class Plan:
     recipe_name: str
     version: str
     steps: tuple[Step, ...]
+
+
+QDQ_STEP = "quantize:qdq"
+QDQ_BACKENDS = {"onnxruntime", "tensorrt"}  # their int8 is the Q/DQ graph, made once for both
+
+
+def uses_qdq_graph(target: Target) -> bool:
+    return target.precision == "int8" and target.backend in QDQ_BACKENDS
 
 
 def make_plan(recipe: Recipe) -> Plan:
@@ -32,12 +40,16 @@ def make_plan(recipe: Recipe) -> Plan:
     if recipe.export.simplify:
         steps.append(Step("simplify", "simplify", ("export",), "simplify the ONNX graph with onnxsim"))
         graph = "simplify"
+    if any(uses_qdq_graph(t) for t in recipe.targets):
+        steps.append(Step(QDQ_STEP, "qdq", (graph,), "calibrate an INT8 Q/DQ ONNX graph (ModelOpt, on the CPU)"))
     compiles = []
     for target in recipe.targets:
         step_id = f"compile:{target.id}"
         source = "the torch model" if target.backend == "torchscript" else "the ONNX graph"
         mode = f" ({target.mode or 'trace'})" if target.backend == "torchscript" else ""
         depends = ("export",) if target.backend == "torchscript" else (graph,)
+        if uses_qdq_graph(target):
+            source, depends = "the Q/DQ ONNX graph", (QDQ_STEP,)
         steps.append(Step(step_id, "compile", depends, f"build {target.backend} {target.precision}{mode} from {source}"))
         compiles.append(step_id)
     data = recipe.evaluation.path.name if recipe.evaluation else "seeded random inputs"

@@ -103,6 +103,7 @@ class Quantization:
     subset_size: int = 300
     fast_bias_correction: bool = True
     model_type: str = "cnn"
+    calibration_method: str = "entropy"  # Q/DQ graphs: how activation ranges are chosen
     ignore_names: tuple[str, ...] = ()
     ignore_types: tuple[str, ...] = ()
     ignore_patterns: tuple[str, ...] = ()
@@ -241,9 +242,9 @@ def _explain(path: Path, located: _Located, error: Any) -> list[RecipeProblem]:
 # Which backends can produce which precision today, and why not otherwise.
 SUPPORTED_PRECISIONS = {
     "openvino": {"fp32", "fp16", "int8"},
-    "onnxruntime": {"fp32"},
+    "onnxruntime": {"fp32", "int8"},
     "torchscript": {"fp32", "int8"},
-    "tensorrt": {"fp32", "fp16"},
+    "tensorrt": {"fp32", "fp16", "int8"},
 }
 
 
@@ -294,7 +295,7 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
     if "quantization" in data and not any(p == "int8" for _, p in ids):
         add(("quantization",), "no target builds int8: remove this section or add an int8 target")
     if data.get("quantization", {}).get("ignore") and ("torchscript", "int8") in ids:
-        add(("quantization", "ignore"), "quantization.ignore applies to openvino int8 only so far; "
+        add(("quantization", "ignore"), "quantization.ignore applies to openvino int8 and Q/DQ (onnxruntime/tensorrt) int8 only so far; "
             "remove the torchscript int8 target or the ignore list")
     for duplicate in sorted({i for i in ids if ids.count(i) > 1}, key=str):
         add(("targets",), f"target {duplicate[0]}-{duplicate[1]} is listed twice")

@@ -14,6 +14,17 @@ from typing import Any, Callable, Iterator
 from compiler.recipe import Recipe, Target
 
 
+def calibrate_qdq(recipe: Recipe, onnx_model: Path, out: Path) -> None:
+    """The Q/DQ INT8 graph for onnxruntime and TensorRT, from the recipe's calibration data."""
+    from compiler.data import DataReader
+    from compiler.qdq import quantize_qdq
+
+    assert recipe.calibration is not None  # the recipe validator demands it for int8
+    reader = DataReader.for_recipe(recipe.calibration, recipe)
+    quantize_qdq(onnx_model, recipe.model.inputs, lambda: (batch.inputs for batch in reader.batches()),
+                 recipe.quantization, out / "model.onnx")
+
+
 def compile_target(recipe: Recipe, target: Target, onnx_model: Path, out: Path) -> None:
     """Compile one target into `out`: the entry point of a worker process, and called directly
     for backends whose compile step is a plain file operation."""

@@ -152,10 +152,10 @@ def test_int8_needs_calibration_data(tmp_path: Path) -> None:
     assert any("targets: an int8 target is calibrated on representative data: add data.calibration" in p for p in found)
 
 
-def test_int8_only_for_openvino_so_far(tmp_path: Path) -> None:
-    text = GOOD.replace("backend: openvino\n    precisions: [fp32, fp16]", "backend: onnxruntime\n    precisions: [int8]")
-    found = problems_of(tmp_path, text + "data:\n  calibration: {path: x.npy}\n")
-    assert any("onnxruntime int8 is not supported; onnxruntime supports fp32" in p for p in found)
+def test_onnxruntime_has_no_fp16(tmp_path: Path) -> None:
+    text = GOOD.replace("backend: openvino\n    precisions: [fp32, fp16]", "backend: onnxruntime\n    precisions: [fp16]")
+    found = problems_of(tmp_path, text)
+    assert any("onnxruntime fp16 is not supported; onnxruntime supports fp32, int8" in p for p in found)
 
 
 def test_quantization_section_needs_an_int8_target(tmp_path: Path) -> None:

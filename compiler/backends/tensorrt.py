@@ -15,7 +15,8 @@ from compiler.recipe import TensorSpec
 
 MESSAGE = ("tensorrt targets are not built by this version of modelc: engines must be built on a machine "
            "with an NVIDIA GPU and the tensorrt package from NVIDIA's index; remove the tensorrt target "
-           "from the recipe (the ONNX artifact onnx/model.onnx is the input such a build takes)")
+           "from the recipe (the release's onnx/model.onnx, and onnx-int8/model.onnx for int8, are the graphs such a "
+           "build takes)")
 
 
 class TensorRtBackend(Backend):

@@ -1,0 +1,111 @@
+"""INT8 as an explicit Q/DQ ONNX graph, calibrated on the CPU with NVIDIA ModelOpt.
+
+TensorRT 10 (strongly typed) and 11 take INT8 only this way: the precision lives in the graph as
+QuantizeLinear/DequantizeLinear pairs, not in builder flags or calibrator classes. ModelOpt's ONNX
+post-training quantization places the pairs where TensorRT fuses them (Conv, Gemm, MatMul, …),
+quantizes weights symmetrically per output channel and activations per tensor with the recipe's
+calibration method. The same graph runs on onnxruntime's CPU provider, which is how modelc checks
+it before any GPU sees it.
+
+Packaging: `nvidia-modelopt[onnx]` pulls `onnxruntime-gpu` (same module name as the CPU
+`onnxruntime`), cupy and an older onnx. The `modelopt` extra installs `nvidia-modelopt` without
+that extra, plus the pieces its ONNX quantizer imports, and keeps the CPU onnxruntime:
+`calibration_eps=["cpu"]` needs nothing more.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from compiler.errors import BackendUnavailable, CompileError, InputError
+from compiler.recipe import Quantization, TensorSpec
+
+INSTALL_HINT = "pip install 'modelc[modelopt]'"
+
+
+def _modelopt_quantize() -> Callable[..., None]:
+    try:
+        from modelopt.onnx.quantization import quantize
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"Q/DQ INT8 (onnxruntime/tensorrt int8) needs NVIDIA ModelOpt's ONNX quantizer, which is not installed "
+            f"({exc.msg.splitlines()[0]}): run {INSTALL_HINT}") from None
+    return quantize
+
+
+class _FeedReader:
+    """onnxruntime's CalibrationDataReader protocol (plus ModelOpt's `get_first`) over modelc's
+    batches: one batch in memory at a time, at most `limit` samples."""
+
+    def __init__(self, feeds: Callable[[], Iterator[dict[str, Any]]], limit: int) -> None:
+        self._feeds = feeds
+        self._limit = limit
+        self._iterator: Iterator[dict[str, Any]] | None = None
+        self._given = 0
+        self.samples = 0
+
+    def get_next(self) -> dict[str, Any] | None:
+        if self._iterator is None:
+            self._iterator = self._feeds()
+        if self._given >= self._limit:
+            return None
+        feed = next(self._iterator, None)
+        if feed is None:
+            return None
+        room = self._limit - self._given
+        feed = {name: array[:room] for name, array in feed.items()}
+        count = len(next(iter(feed.values())))
+        self._given += count
+        self.samples = self._given
+        return feed
+
+    def get_first(self) -> dict[str, Any] | None:
+        """ModelOpt peeks at one feed to try the session; it does not move the reader."""
+        first = next(iter(self._feeds()), None)
+        return None if first is None else {name: array[:self._limit] for name, array in first.items()}
+
+    def rewind(self) -> None:
+        self._iterator = None
+        self._given = 0
+
+
+def excluded_nodes(onnx_model: Path, options: Quantization) -> list[str]:
+    """ONNX node names kept in higher precision: `ignore.names` must exist, `ignore.patterns` match."""
+    import onnx
+
+    names = [node.name for node in onnx.load(str(onnx_model), load_external_data=False).graph.node]
+    unknown = [n for n in options.ignore_names if n not in names]
+    if unknown:
+        raise InputError(f"quantization.ignore.names: {', '.join(unknown)} not in the ONNX graph; "
+                         f"its nodes include {', '.join(names[:8])}…")
+    chosen = list(options.ignore_names)
+    for pattern in options.ignore_patterns:
+        chosen += [n for n in names if re.fullmatch(pattern, n) and n not in chosen]
+    return chosen
+
+
+def quantize_qdq(onnx_model: Path, inputs: tuple[TensorSpec, ...], feeds: Callable[[], Iterator[dict[str, Any]]],
+                 options: Quantization, destination: Path) -> int:
+    """Write the Q/DQ graph to `destination`; returns how many calibration samples were used."""
+    quantize = _modelopt_quantize()
+    reader = _FeedReader(feeds, options.subset_size)
+    exclude = excluded_nodes(onnx_model, options)
+    logging.getLogger("modelopt").setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # histogram notes and progress go to stdout
+            quantize(str(onnx_model), quantize_mode="int8", calibration_data_reader=reader,
+                     calibration_method=options.calibration_method, calibration_eps=["cpu"],
+                     nodes_to_exclude=exclude or None, op_types_to_exclude=list(options.ignore_types) or None,
+                     high_precision_dtype="fp32", dq_only=True, output_path=str(destination), log_level="ERROR")
+    except (InputError, BackendUnavailable):
+        raise
+    except Exception as exc:
+        raise CompileError(f"ModelOpt Q/DQ quantization of {onnx_model.name} failed: "
+                           f"{str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}") from None
+    if not destination.is_file():
+        raise CompileError(f"ModelOpt wrote no Q/DQ graph for {onnx_model.name}")
+    return reader.samples

@@ -1,0 +1,101 @@
+"""The Q/DQ INT8 graph (ModelOpt on the CPU): layout TensorRT expects, accuracy on onnxruntime, exclusions."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from compiler.backends import get_backend
+from compiler.errors import BackendUnavailable, InputError
+from compiler.export import export_onnx
+from compiler.recipe import ExportOptions, Quantization, TensorSpec
+from tests.fixtures.tiny_net import build_model
+
+pytest.importorskip("modelopt.onnx.quantization", reason="the modelopt extra is not installed")
+
+from compiler.qdq import quantize_qdq  # noqa: E402
+
+INPUTS = (TensorSpec("images", ("batch", 3, 16, 16)),)
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    export_onnx(build_model().eval(), INPUTS, ("logits",), ExportOptions(exporter="torchscript", opset=17), path)
+    return path
+
+
+def feeds(count: int, batch: int = 4, seed: int = 3) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"images": rng.random((batch, 3, 16, 16), dtype=np.float32)} for _ in range(count)]
+
+
+def quantize(onnx_file: Path, out: Path, options: Quantization = Quantization(),
+             data: list[dict[str, np.ndarray]] | None = None) -> tuple[onnx.ModelProto, int]:
+    batches = data if data is not None else feeds(4)
+    used = quantize_qdq(onnx_file, INPUTS, lambda: iter(batches), options, out)
+    return onnx.load(str(out)), used
+
+
+def initializer(model: onnx.ModelProto, name: str) -> np.ndarray:
+    return next(numpy_helper.to_array(i) for i in model.graph.initializer if i.name == name)
+
+
+def test_weights_are_int8_symmetric_per_channel_and_activations_per_tensor(tmp_path: Path, onnx_file: Path) -> None:
+    model, used = quantize(onnx_file, tmp_path / "q.onnx")
+    assert used == 16
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    producers = {out: n for n in model.graph.node for out in n.output}
+    weight_dq = producers[conv.input[1]]
+    activation_dq = producers[conv.input[0]]
+    assert weight_dq.op_type == activation_dq.op_type == "DequantizeLinear"
+    weights = initializer(model, weight_dq.input[0])
+    assert weights.dtype == np.int8  # stored as int8: only a DQ in front of the Conv
+    assert initializer(model, weight_dq.input[1]).shape == (8,)  # one scale per output channel
+    assert not initializer(model, weight_dq.input[2]).any()  # symmetric: zero points are 0
+    assert initializer(model, activation_dq.input[1]).shape == ()  # one scale for the tensor
+
+
+def test_qdq_graph_runs_on_onnxruntime_close_to_fp32(tmp_path: Path, onnx_file: Path) -> None:
+    quantize(onnx_file, tmp_path / "q.onnx")
+    x = feeds(1, batch=3, seed=9)[0]["images"]
+    with get_backend("onnxruntime").runner([tmp_path / "q.onnx"], INPUTS, ("logits",)) as runner:
+        got = runner.infer({"images": x})["logits"]
+    expected = build_model().eval()(torch.from_numpy(x)).detach().numpy()
+    assert 0 < np.abs(got - expected).max() < 0.1  # quantized (not identical), and close
+
+
+def test_subset_size_caps_the_samples_read(tmp_path: Path, onnx_file: Path) -> None:
+    _, used = quantize(onnx_file, tmp_path / "q.onnx", Quantization(subset_size=6))
+    assert used == 6
+
+
+def test_excluded_op_types_stay_in_float(tmp_path: Path, onnx_file: Path) -> None:
+    model, _ = quantize(onnx_file, tmp_path / "q.onnx", Quantization(ignore_types=("Gemm",)))
+    producers = {out: n for n in model.graph.node for out in n.output}
+    gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+    assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in gemm.input)
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    assert producers[conv.input[1]].op_type == "DequantizeLinear"
+
+
+def test_unknown_ignored_node_name_says_which_names_exist(tmp_path: Path, onnx_file: Path) -> None:
+    with pytest.raises(InputError, match="quantization.ignore.names: no_such_node not in the ONNX graph"):
+        quantize(onnx_file, tmp_path / "q.onnx", Quantization(ignore_names=("no_such_node",)))
+
+
+def test_calibration_is_deterministic(tmp_path: Path, onnx_file: Path) -> None:
+    quantize(onnx_file, tmp_path / "a.onnx")
+    quantize(onnx_file, tmp_path / "b.onnx")
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_missing_modelopt_names_the_extra(tmp_path: Path, onnx_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "modelopt.onnx.quantization", None)  # import now fails
+    with pytest.raises(BackendUnavailable, match=r"pip install 'modelc\[modelopt\]'"):
+        quantize(onnx_file, tmp_path / "q.onnx")
