@@ -10,7 +10,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from compiler.recipe import Gate, Task, TensorSpec
 
@@ -190,6 +190,20 @@ def evaluate(reference: Runner, artifacts: dict[str, Runner], batches: Iterator[
             metric = TaskMetric(name, scorers[key].value(), reference_scorer.value(), scorers[key].agreement())
         results[key] = Evaluation([accumulators[key][n].result(n) for n in outputs], metric, samples)
     return results
+
+
+def task_metric(infer: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], batches: Iterable[Batch],
+                inputs: tuple[TensorSpec, ...], task: Task, output: str) -> float:
+    """The task metric (top-1 or mAP@0.5, percent) of one model over labelled batches: used by
+    accuracy-controlled quantization, which scores candidate models while it searches."""
+    import numpy as np
+
+    scorer = _TaskScorer(task, output)
+    for batch in batches:
+        parts = [infer(feed) for feed in _chunks(batch, inputs)]
+        got = {output: np.concatenate([p[output] for p in parts])}
+        scorer.update(got, got, batch)
+    return scorer.value()
 
 
 def reference_task_metric(evaluations: dict[str, Evaluation]) -> float | None:

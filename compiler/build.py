@@ -23,14 +23,14 @@ from compiler import __version__
 from compiler.accuracy import Evaluation, apply_gates, evaluation_from_dict
 from compiler.cache import Cache, CacheEntry, cache_key
 from compiler.errors import GateFailed, InputError
-from compiler.manifest import (ArtifactEntry, FileEntry, build_manifest, content_digest, file_entries, package_version,
+from compiler.manifest import (QUANTIZATION_NOTES, ArtifactEntry, FileEntry, build_manifest, content_digest, file_entries, package_version,
                                sha256_file, tree_digest)
 from compiler.plan import QDQ_STEP, Plan, Step, make_plan, uses_qdq_graph
 from compiler.progress import BuildLog
 from compiler.recipe import Dataset, Recipe, Target
-from compiler.report import ArtifactReport, Report, to_json_text, to_markdown
+from compiler.report import ArtifactReport, CalibrationData, Report, to_json_text, to_markdown
 from compiler.stores import PushResult, Store
-from compiler.worker import calibrate_qdq, compile_target
+from compiler.worker import accuracy_controlled, calibrate_qdq, compile_target
 
 if TYPE_CHECKING:  # only a step that runs loads numpy, the data readers and the backends
     import numpy as np
@@ -357,6 +357,9 @@ def compile_material(recipe: Recipe, target: Target, source: dict[str, Any], gra
         material["calibration"] = _dataset_material(recipe.calibration, recipe, "calibration")
         material["quantization"] = asdict(recipe.quantization)
         material["tools"] = tool_versions(STEP_TOOLS[target.backend] + ("nncf",))
+    if accuracy_controlled(recipe, target):  # the search scores candidates on the evaluation set
+        material["accuracy_control"] = {"max_drop": recipe.gate_for(target.precision).max_metric_drop,
+                                        "task": asdict(recipe.task), "evaluation": _evaluation_material(recipe)}
     return material
 
 
@@ -463,9 +466,26 @@ def _dataset_material(dataset: Dataset | None, recipe: Recipe, role: str) -> dic
         raise InputError(f"this build needs data.{role} in the recipe")
     if not dataset.path.exists():
         raise InputError(f"{dataset.path}: the data path does not exist: fix data.{role}.path in the recipe")
-    return {"digest": tree_digest(dataset.path), "format": dataset.format, "labels": dataset.labels,
-            "samples": dataset.samples, "batch_size": dataset.batch_size,
-            "preprocess": asdict(recipe.preprocess) if recipe.preprocess else None}
+    digest = _yielded_data_digest(dataset, recipe) if dataset.format == "python" else tree_digest(dataset.path)
+    return {"digest": digest, "format": dataset.format, "labels": dataset.labels, "function": dataset.function,
+            "samples": dataset.samples, "batch_size": dataset.batch_size, "shuffle": dataset.shuffle,
+            "seed": dataset.seed, "preprocess": asdict(recipe.preprocess) if recipe.preprocess else None}
+
+
+def _yielded_data_digest(dataset: Dataset, recipe: Recipe) -> str:
+    """A data function may read anything, so its key is the data it yields (one streamed pass),
+    not its source file."""
+    import hashlib
+
+    from compiler.data import DataReader
+
+    digest = hashlib.sha256()
+    for batch in DataReader(dataset, recipe.model.inputs, recipe.preprocess).batches():
+        for name in sorted(batch.inputs):
+            array = batch.inputs[name]
+            digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def _reference_runner(recipe: Recipe, reference_model: Callable[[], Any]) -> tuple[Runner, str]:
@@ -536,13 +556,21 @@ def _report(recipe: Recipe, compiled: list[CompiledArtifact], measured: dict[str
         evaluation: Evaluation = evaluation_from_dict(data)
         evaluation.gates = apply_gates(evaluation, recipe.gate_for(artifact.target.precision))
         files = [(f"{artifact.target.id}/{name}", (artifact.entry.file(name)).stat().st_size) for name in artifact.entry.files]
+        notes = artifact.entry.files.get(QUANTIZATION_NOTES) and json.loads(artifact.entry.file(QUANTIZATION_NOTES).read_text())
         artifacts.append(ArtifactReport(artifact.target.id, artifact.target.backend, artifact.target.precision, files,
-                                        evaluation, data["latency_ms"]))
+                                        evaluation, data["latency_ms"], notes or None))
         samples = evaluation.samples
         if evaluation.task is not None:
             reference_metric = evaluation.task.reference
+    calibration = None
+    if recipe.calibration is not None and any(a.quantization for a in artifacts):
+        from compiler.data import DataReader
+
+        available = len(DataReader(recipe.calibration, recipe.model.inputs, recipe.preprocess))
+        where = os.path.relpath(recipe.calibration.path, recipe.path.parent)  # as the recipe names it
+        calibration = CalibrationData(where, available, recipe.calibration.samples)
     return Report(recipe.name, recipe.version, measured["reference"], measured["data"], samples, recipe.task.type,
-                  reference_metric, measured["reference_latency_ms"], artifacts)
+                  reference_metric, measured["reference_latency_ms"], artifacts, calibration)
 
 
 def _assemble(release: Path, graph: CacheEntry, qdq: CacheEntry | None, compiled: list[CompiledArtifact],
@@ -551,7 +579,8 @@ def _assemble(release: Path, graph: CacheEntry, qdq: CacheEntry | None, compiled
     shutil.copyfile(graph.file("model.onnx"), release / "onnx" / "model.onnx")
     if qdq is not None:  # the Q/DQ graph, for TensorRT builds elsewhere
         (release / "onnx-int8").mkdir()
-        shutil.copyfile(qdq.file("model.onnx"), release / "onnx-int8" / "model.onnx")
+        for name in qdq.files:
+            shutil.copyfile(qdq.file(name), release / "onnx-int8" / name)
     for artifact in compiled:
         folder = release / artifact.target.id
         folder.mkdir()
@@ -589,13 +618,13 @@ def _release(recipe: Recipe, release: Path, graph: CacheEntry, qdq: CacheEntry |
     # The release holds copies of cache entries whose digests were checked this build: reuse them.
     digests = {"onnx/model.onnx": graph.files["model.onnx"]}
     if qdq is not None:
-        digests["onnx-int8/model.onnx"] = qdq.files["model.onnx"]
+        digests.update({f"onnx-int8/{name}": digest for name, digest in qdq.files.items()})
     digests.update({f"{a.target.id}/{name}": digest for a in compiled for name, digest in a.entry.files.items()})
     artifact_files = [FileEntry(path, digests[path], (release / path).stat().st_size) for path in sorted(digests)]
     report_files = file_entries(release, ["report.json", "report.md"])
     entries = [ArtifactEntry("onnx", "onnx", "fp32", ["onnx/model.onnx"])]
     if qdq is not None:
-        entries.append(ArtifactEntry("onnx-int8", "onnx", "int8", ["onnx-int8/model.onnx"]))
+        entries.append(ArtifactEntry("onnx-int8", "onnx", "int8", [f"onnx-int8/{name}" for name in sorted(qdq.files)]))
     entries += [
         ArtifactEntry(a.target.id, a.target.backend, a.target.precision, target_files[a.target.id]) for a in compiled]
     manifest = build_manifest(name=recipe.name, version=recipe.version, recipe_file=recipe.path,

@@ -1,9 +1,12 @@
 """Representative and evaluation data, streamed in batches.
 
 Sources: an image folder (with the recipe's preprocessing, optional labels), a `.npy` file (one
-model input) or a `.npz` file (one array per input name). Nothing is held in memory beyond one
-batch; `.npy` files are memory-mapped. Every sample is checked against the model's declared
-inputs (shape, dtype, finite values) and a problem names the file.
+model input), a `.npz` file (one array per input name), or a Python function (`FILE.py:FUNCTION`)
+that yields batches. Nothing is held in memory beyond one batch; `.npy` files are memory-mapped
+(a `.npz` member is read whole when first used). With `shuffle`, files and rows are read in an
+order drawn from `seed` (NumPy's PCG64, the same on every machine), before `samples` keeps the
+first N. Every sample is checked against the model's declared inputs (shape, dtype, finite
+values) and a problem names the file.
 """
 from __future__ import annotations
 
@@ -74,8 +77,13 @@ class DataReader:
             raise InputError(f"{path}: the data path does not exist: fix data.*.path in the recipe")
         if self.dataset.format == "images":
             items: list[Any] = self._index_images(path)
+        elif self.dataset.format == "python":
+            items = list(range(self._count_yielded()))
         else:
             items = list(range(self._array_length(path)))
+        if self.dataset.shuffle:
+            order = np.random.default_rng(self.dataset.seed).permutation(len(items))
+            items = [items[i] for i in order]
         if not items:
             raise InputError(f"{path}: holds no samples ({'no .png/.jpg images' if self.dataset.format == 'images' else 'zero rows'}): "
                              "add data or point data.*.path at the right folder")
@@ -109,6 +117,40 @@ class DataReader:
                                  f"({', '.join(names)}): add them to task.classes or remove the folders")
             return [(p, index[p.parent.name]) for p in files]
         return [(p, None) for p in files]
+
+    def _function(self) -> Any:
+        from compiler.sources import resolve_factory
+
+        assert self.dataset.function is not None
+        return resolve_factory(f"{self.dataset.path.name}:{self.dataset.function}", self.dataset.path.parent,
+                               key="data.*.path")
+
+    def _yielded(self) -> Iterator[dict[str, np.ndarray]]:
+        """The function's batches as dicts by input name, checked."""
+        where = f"{self.dataset.path}:{self.dataset.function}"
+        names = [spec.name for spec in self.inputs]
+        try:
+            produced = self._function()()
+            for number, batch in enumerate(produced):
+                if isinstance(batch, dict):
+                    feed = dict(batch)
+                elif len(names) == 1:
+                    feed = {names[0]: batch}
+                else:
+                    raise InputError(f"{where}: batch {number} is a {type(batch).__name__}; the model has inputs "
+                                     f"{names}: yield a dict of arrays by input name")
+                if sorted(feed) != sorted(names):
+                    raise InputError(f"{where}: batch {number} has inputs {sorted(feed)}, the model takes {sorted(names)}")
+                yield {spec.name: self._check(spec, np.asarray(feed[spec.name]), f"{where} batch {number}")
+                       for spec in self.inputs}
+        except InputError:
+            raise
+        except Exception as exc:
+            raise InputError(f"{where}: the data function failed: {type(exc).__name__}: {exc}") from None
+
+    def _count_yielded(self) -> int:
+        """One pass to count (and check) the samples; batches are dropped as they are counted."""
+        return sum(len(next(iter(feed.values()))) for feed in self._yielded())
 
     def _array_length(self, path: Path) -> int:
         if self.dataset.format == "npy":
@@ -144,15 +186,33 @@ class DataReader:
     # --- reading -------------------------------------------------------------------------
 
     def batches(self, batch_size: int | None = None) -> Iterator[Batch]:
+        if self.dataset.format == "python":
+            yield from self._python_batches()
+            return
         size = batch_size or self.dataset.batch_size
         for start in range(0, len(self._items), size):
             yield self._read(self._items[start:start + size])
+
+    def _python_batches(self) -> Iterator[Batch]:
+        """The function's own batches, cut at `samples`."""
+        left = len(self._items)
+        where = f"{self.dataset.path}:{self.dataset.function}"
+        for feed in self._yielded():
+            if left <= 0:
+                return
+            feed = {name: array[:left] for name, array in feed.items()}
+            count = len(next(iter(feed.values())))
+            start = len(self._items) - left
+            left -= count
+            yield Batch(inputs=feed, sources=[f"{where}[{start + i}]" for i in range(count)])
 
     def _read(self, items: list[Any]) -> Batch:
         if self.dataset.format == "images":
             return self._read_images(items)
         rows = np.asarray(items)
-        inputs = {name: np.asarray(array[rows[0]:rows[-1] + 1]) for name, array in self._arrays.items()}
+        contiguous = bool(np.all(np.diff(rows) == 1))
+        inputs = {name: np.asarray(array[rows[0]:rows[-1] + 1] if contiguous else array[rows])
+                  for name, array in self._arrays.items()}
         batch = Batch(inputs=inputs, sources=[f"{self.dataset.path}[{i}]" for i in items])
         for spec in self.inputs:
             inputs[spec.name] = self._check(spec, inputs[spec.name], str(self.dataset.path))

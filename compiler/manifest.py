@@ -21,6 +21,9 @@ MANIFEST_FORMAT_VERSION = 1
 CHUNK = 1024 * 1024
 TOOLCHAIN_PACKAGES = ("modelc", "torch", "onnx", "onnxsim", "onnxruntime", "openvino", "numpy")
 
+# Beside every int8 artifact: how it was calibrated and what stayed in float (read into the report).
+QUANTIZATION_NOTES = "quantization.json"
+
 
 @dataclass(frozen=True)
 class FileEntry:

@@ -89,8 +89,8 @@ def excluded_nodes(onnx_model: Path, options: Quantization) -> list[str]:
 
 
 def quantize_qdq(onnx_model: Path, inputs: tuple[TensorSpec, ...], feeds: Callable[[], Iterator[dict[str, Any]]],
-                 options: Quantization, destination: Path) -> int:
-    """Write the Q/DQ graph to `destination`; returns how many calibration samples were used."""
+                 options: Quantization, destination: Path) -> dict[str, Any]:
+    """Write the Q/DQ graph to `destination`; returns its notes (samples used, what stayed float)."""
     quantize = _modelopt_quantize()
     reader = _FeedReader(feeds, options.subset_size)
     exclude = excluded_nodes(onnx_model, options)
@@ -108,4 +108,6 @@ def quantize_qdq(onnx_model: Path, inputs: tuple[TensorSpec, ...], feeds: Callab
                            f"{str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}") from None
     if not destination.is_file():
         raise CompileError(f"ModelOpt wrote no Q/DQ graph for {onnx_model.name}")
-    return reader.samples
+    return {"method": "NVIDIA ModelOpt ONNX post-training quantization (Q/DQ, int8 weights per channel)",
+            "calibration_method": options.calibration_method, "calibration_samples": reader.samples,
+            "kept_in_float": {"nodes": exclude, "op_types": list(options.ignore_types)}}

@@ -59,10 +59,13 @@ class ExportOptions:
 @dataclass(frozen=True)
 class Dataset:
     path: Path
-    format: str  # images | npy | npz
+    format: str  # images | npy | npz | python
     labels: str = "none"
     samples: int | None = None
     batch_size: int = 16
+    shuffle: bool = False
+    seed: int = 0
+    function: str | None = None  # python only: the function in `path` that yields batches
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,9 @@ class Quantization:
     ignore_names: tuple[str, ...] = ()
     ignore_types: tuple[str, ...] = ()
     ignore_patterns: tuple[str, ...] = ()
+    torchscript_ignore_modules: tuple[str, ...] = ()
+    torchscript_ignore_patterns: tuple[str, ...] = ()
+    torchscript_ignore_ops: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -294,9 +300,9 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
         add(("targets",), "an int8 target is calibrated on representative data: add data.calibration")
     if "quantization" in data and not any(p == "int8" for _, p in ids):
         add(("quantization",), "no target builds int8: remove this section or add an int8 target")
-    if data.get("quantization", {}).get("ignore") and ("torchscript", "int8") in ids:
-        add(("quantization", "ignore"), "quantization.ignore applies to openvino int8 and Q/DQ (onnxruntime/tensorrt) int8 only so far; "
-            "remove the torchscript int8 target or the ignore list")
+    if data.get("quantization", {}).get("torchscript_ignore") and ("torchscript", "int8") not in ids:
+        add(("quantization", "torchscript_ignore"), "no torchscript int8 target: remove quantization.torchscript_ignore "
+            "(quantization.ignore is the list for openvino and Q/DQ int8)")
     for duplicate in sorted({i for i in ids if ids.count(i) > 1}, key=str):
         add(("targets",), f"target {duplicate[0]}-{duplicate[1]} is listed twice")
     data_section = data.get("data", {})
@@ -308,6 +314,11 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
             add(("data", name), "an image folder needs data.preprocess (size, resize, scale, ...)")
         if dataset and _dataset_format(dataset) != "images" and dataset.get("labels", "none") != "none":
             add(("data", name, "labels"), "labels are read from image folders only; use format: images")
+        if dataset and _dataset_format(dataset) == "python":
+            if ":" not in str(dataset.get("path", "")):
+                add(("data", name, "path"), "a python data source is FILE.py:FUNCTION, e.g. data/make.py:batches")
+            if dataset.get("shuffle"):
+                add(("data", name, "shuffle"), "a python data source yields its own order; remove shuffle")
     if task.get("type") in ("classification", "detection"):
         wanted = "folders" if task["type"] == "classification" else "yolo"
         if evaluation and evaluation.get("labels", "none") != wanted:
@@ -330,7 +341,10 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
 def _dataset_format(dataset: dict[str, Any]) -> str:
     if "format" in dataset:
         return str(dataset["format"])
-    suffix = Path(str(dataset.get("path", ""))).suffix.lower()
+    path = str(dataset.get("path", ""))
+    if ".py:" in path:
+        return "python"
+    suffix = Path(path).suffix.lower()
     return {".npy": "npy", ".npz": "npz"}.get(suffix, "images")
 
 
@@ -349,7 +363,8 @@ def path_problems(recipe_path: Path) -> list[RecipeProblem]:
     for name in ("calibration", "evaluation"):
         dataset = located.data.get("data", {}).get(name)
         if dataset and "path" in dataset:
-            checks.append((("data", name, "path"), dataset["path"]))
+            location = str(dataset["path"])
+            checks.append((("data", name, "path"), location.rpartition(":")[0] if ".py:" in location else location))
     problems = []
     for at, relative in checks:
         if not (base / relative).exists():
@@ -425,8 +440,13 @@ def _to_recipe(path: Path, digest: str, data: dict[str, Any]) -> Recipe:
         entry = data_section.get(name)
         if entry is None:
             return None
-        return Dataset(path=base / entry["path"], format=_dataset_format(entry), labels=entry.get("labels", "none"),
-                       samples=entry.get("samples"), batch_size=entry.get("batch_size", 16))
+        data_format = _dataset_format(entry)
+        location, function = str(entry["path"]), None
+        if data_format == "python":
+            location, _, function = location.rpartition(":")
+        return Dataset(path=base / location, format=data_format, labels=entry.get("labels", "none"),
+                       samples=entry.get("samples"), batch_size=entry.get("batch_size", 16),
+                       shuffle=entry.get("shuffle", False), seed=entry.get("seed", 0), function=function)
 
     task_data = dict(data.get("task", {"type": "generic"}))
     task_data["classes"] = tuple(task_data.get("classes", ()))
@@ -441,6 +461,7 @@ def _to_recipe(path: Path, digest: str, data: dict[str, Any]) -> Recipe:
 
 def _quantization(section: dict[str, Any]) -> Quantization:
     """The schema has checked the keys; defaults live in the dataclass alone."""
-    settings: dict[str, Any] = {key: value for key, value in section.items() if key != "ignore"}
-    settings.update({f"ignore_{key}": tuple(values) for key, values in section.get("ignore", {}).items()})
+    settings: dict[str, Any] = {key: value for key, value in section.items() if not key.endswith("ignore")}
+    for group in ("ignore", "torchscript_ignore"):
+        settings.update({f"{group}_{key}": tuple(values) for key, values in section.get(group, {}).items()})
     return Quantization(**settings)

@@ -20,6 +20,7 @@ class ArtifactReport:
     files: list[tuple[str, int]]  # release-relative path, size in bytes
     evaluation: Evaluation
     latency_ms: float | None
+    quantization: dict[str, Any] | None = None  # int8: the artifact's quantization.json
 
     @property
     def size_bytes(self) -> int:
@@ -48,6 +49,13 @@ def compare_with_fp32(artifact: ArtifactReport, artifacts: list[ArtifactReport])
 
 
 @dataclass(frozen=True)
+class CalibrationData:
+    data: str
+    samples_available: int  # after the recipe's `samples` cap
+    samples_asked: int | None
+
+
+@dataclass(frozen=True)
 class Report:
     name: str
     version: str
@@ -58,6 +66,7 @@ class Report:
     reference_metric: float | None
     reference_latency_ms: float | None
     artifacts: list[ArtifactReport]
+    calibration: CalibrationData | None = None
 
     @property
     def passed(self) -> bool:
@@ -97,6 +106,7 @@ def to_json(report: Report) -> dict[str, Any]:
                                                         "speedup": versus.speedup},
             "gates": [{"gate": g.gate, "output": g.output, "threshold": g.threshold,
                        "observed": _number(g.observed), "passed": g.passed} for g in e.gates],
+            "quantization": a.quantization,
             "passed": e.passed,
         })
     return {
@@ -111,6 +121,9 @@ def to_json(report: Report) -> dict[str, Any]:
         "reference_latency_ms": _number(report.reference_latency_ms),
         "passed": report.passed,
         "artifacts": artifacts,
+        "calibration": None if report.calibration is None else {
+            "data": report.calibration.data, "samples_available": report.calibration.samples_available,
+            "samples_asked": report.calibration.samples_asked},
     }
 
 
@@ -156,7 +169,33 @@ def to_markdown(report: Report) -> str:
         for m in a.evaluation.outputs:
             lines.append(f"| `{a.target}` | {m.output} | {_fmt(m.max_abs_error)} | {_fmt(m.mean_abs_error)} | "
                          f"{m.cosine:.7f} | {_fmt(m.snr_db, -1) if m.snr_db is None else f'{m.snr_db:.1f}'} |")
+    lines += _quantization_lines(report)
     failures = report.failures()
     if failures:
         lines += ["", "### Missed gates", ""] + [f"- {f}" for f in failures]
     return "\n".join(lines) + "\n"
+
+
+def _quantization_lines(report: Report) -> list[str]:
+    quantized = [a for a in report.artifacts if a.quantization]
+    if not quantized:
+        return []
+    lines = ["", "### INT8 calibration", ""]
+    if report.calibration is not None:
+        c = report.calibration
+        asked = f" (the recipe asked for {c.samples_asked})" if c.samples_asked is not None else ""
+        lines += [f"Calibration data: {c.data}, {c.samples_available} samples available{asked}.", ""]
+    lines += ["| artifact | method | samples used | kept in float |", "|---|---|---:|---|"]
+    for a in quantized:
+        q = a.quantization or {}
+        kept = [str(v) for values in q.get("kept_in_float", {}).values() for v in values]
+        control = q.get("accuracy_control")
+        if control is not None:
+            reverted = control.get("reverted_to_float", [])
+            kept.append(f"accuracy control (max drop {control['max_drop_points']:g} points) reverted "
+                        + (", ".join(f"`{r}`" for r in reverted) if reverted else "none"))
+        method = q.get("method", "")
+        if q.get("calibration_method"):
+            method += f", {q['calibration_method']}"
+        lines.append(f"| `{a.target}` | {method} | {q.get('calibration_samples', '—')} | {'; '.join(kept) or '—'} |")
+    return lines

@@ -16,13 +16,14 @@ from compiler.errors import InputError
 from compiler.recipe import ModelSource
 
 
-def resolve_factory(spec: str, base_dir: Path) -> Callable[..., Any]:
-    """'path/to/file.py:function' (relative to the recipe) or 'package.module:function'."""
+def resolve_factory(spec: str, base_dir: Path, key: str = "model.factory") -> Callable[..., Any]:
+    """'path/to/file.py:function' (relative to the recipe) or 'package.module:function'; `key`
+    names the recipe key in errors."""
     location, _, function = spec.rpartition(":")
     if location.endswith(".py"):
         file = (base_dir / location).resolve()
         if not file.is_file():
-            raise InputError(f"{file}: the model factory file does not exist: fix model.factory")
+            raise InputError(f"{file}: the file does not exist: fix {key}")
         # A stable module name: TorchScript records it inside the saved archive.
         module_name = f"modelc_factory.{file.stem}_{hashlib.sha256(file.read_bytes()).hexdigest()[:8]}"
         module_spec = importlib.util.spec_from_file_location(module_name, file)
@@ -36,16 +37,16 @@ def resolve_factory(spec: str, base_dir: Path) -> Callable[..., Any]:
         try:
             module_spec.loader.exec_module(module)
         except Exception as exc:
-            raise InputError(f"{file}: importing the model factory failed: {type(exc).__name__}: {exc}") from exc
+            raise InputError(f"{file}: importing it for {key} failed: {type(exc).__name__}: {exc}") from exc
     else:
         try:
             module = importlib.import_module(location)
         except ImportError as exc:
-            raise InputError(f"model.factory '{spec}': cannot import '{location}' ({exc}): "
+            raise InputError(f"{key} '{spec}': cannot import '{location}' ({exc}): "
                              "install the package or give a path to a .py file") from None
     factory = getattr(module, function, None)
     if not callable(factory):
-        raise InputError(f"model.factory '{spec}': '{location}' has no callable '{function}'")
+        raise InputError(f"{key} '{spec}': '{location}' has no callable '{function}'")
     return factory
 
 

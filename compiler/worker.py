@@ -16,13 +16,15 @@ from compiler.recipe import Recipe, Target
 
 def calibrate_qdq(recipe: Recipe, onnx_model: Path, out: Path) -> None:
     """The Q/DQ INT8 graph for onnxruntime and TensorRT, from the recipe's calibration data."""
+    from compiler.backends import write_quantization_notes
     from compiler.data import DataReader
     from compiler.qdq import quantize_qdq
 
     assert recipe.calibration is not None  # the recipe validator demands it for int8
     reader = DataReader.for_recipe(recipe.calibration, recipe)
-    quantize_qdq(onnx_model, recipe.model.inputs, lambda: (batch.inputs for batch in reader.batches()),
-                 recipe.quantization, out / "model.onnx")
+    notes = quantize_qdq(onnx_model, recipe.model.inputs, lambda: (batch.inputs for batch in reader.batches()),
+                         recipe.quantization, out / "model.onnx")
+    write_quantization_notes(out, notes)
 
 
 def compile_target(recipe: Recipe, target: Target, onnx_model: Path, out: Path) -> None:
@@ -47,4 +49,25 @@ def compile_target(recipe: Recipe, target: Target, onnx_model: Path, out: Path) 
             return (batch.inputs for batch in reader.batches())
 
     get_backend(target.backend).compile(CompileRequest(target, onnx_model, recipe.model.inputs, recipe.model.outputs,
-                                                       out, torch_model, calibration, recipe.quantization))
+                                                       out, torch_model, calibration, recipe.quantization,
+                                                       _accuracy_control(recipe, target)))
+
+
+def accuracy_controlled(recipe: Recipe, target: Target) -> bool:
+    """OpenVINO int8 whose recipe gates the task-metric drop is quantized with accuracy control."""
+    gate = recipe.gate_for(target.precision)
+    return (target.backend == "openvino" and target.precision == "int8" and gate.max_metric_drop is not None
+            and recipe.task.type in ("classification", "detection") and recipe.evaluation is not None)
+
+
+def _accuracy_control(recipe: Recipe, target: Target) -> Any:
+    if not accuracy_controlled(recipe, target):
+        return None
+    from compiler.backends import AccuracyControl
+    from compiler.data import DataReader
+
+    assert recipe.evaluation is not None
+    reader = DataReader(recipe.evaluation, recipe.model.inputs, recipe.preprocess, recipe.task.classes)
+    max_drop = recipe.gate_for(target.precision).max_metric_drop
+    assert max_drop is not None
+    return AccuracyControl(max_drop, recipe.task, recipe.task.output or recipe.model.outputs[0], reader.batches)

@@ -107,3 +107,61 @@ def test_fewer_samples_than_asked_is_a_warning(tmp_path: Path) -> None:
     assert len(reader) == 3
     assert reader.shortfall() == f"warning: {tmp_path} holds 3 samples, the recipe asked for 10: using 3"
     assert DataReader(Dataset(tmp_path, "images", samples=2), INPUT, SPEC).shortfall() is None
+
+
+def rows_read(reader: DataReader) -> list[float]:
+    return [float(row[0, 0, 0]) for batch in reader.batches() for row in batch.inputs["images"]]
+
+
+def test_seeded_shuffle_is_repeatable_and_samples_take_the_first_of_the_shuffled_order(tmp_path: Path) -> None:
+    values = np.arange(20, dtype=np.float32)[:, None, None, None] * np.ones((1, 3, 16, 16), np.float32)
+    np.save(tmp_path / "x.npy", values)
+    plain = rows_read(DataReader(Dataset(tmp_path / "x.npy", "npy", batch_size=4), INPUT, None))
+    first = rows_read(DataReader(Dataset(tmp_path / "x.npy", "npy", batch_size=4, shuffle=True, seed=7), INPUT, None))
+    again = rows_read(DataReader(Dataset(tmp_path / "x.npy", "npy", batch_size=4, shuffle=True, seed=7), INPUT, None))
+    other = rows_read(DataReader(Dataset(tmp_path / "x.npy", "npy", batch_size=4, shuffle=True, seed=8), INPUT, None))
+    assert plain == list(range(20))
+    assert first == again and sorted(first) == plain and first != plain and other != first
+    some = rows_read(DataReader(Dataset(tmp_path / "x.npy", "npy", samples=5, shuffle=True, seed=7), INPUT, None))
+    assert some == first[:5]
+
+
+def test_shuffled_images_keep_their_labels(tmp_path: Path) -> None:
+    write_images(tmp_path, 8, classes=("cat", "dog"))
+    reader = DataReader(Dataset(tmp_path, "images", labels="folders", shuffle=True, seed=1), INPUT, SPEC, ("cat", "dog"))
+    batch = next(reader.batches())
+    assert all(("cat" in source) == (label == 0) for source, label in zip(batch.sources, batch.labels))
+    assert batch.sources != sorted(batch.sources)
+
+
+def write_data_function(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "make.py"
+    path.write_text("import numpy as np\n\ndef batches():\n" + body)
+    return path
+
+
+def test_python_function_yields_batches_cut_at_samples(tmp_path: Path) -> None:
+    path = write_data_function(tmp_path, "    for i in range(3):\n"
+                                         "        yield np.full((4, 3, 16, 16), i, np.float32)\n")
+    reader = DataReader(Dataset(path, "python", samples=10, function="batches"), INPUT, None)
+    assert len(reader) == 10
+    assert rows_read(reader) == [0] * 4 + [1] * 4 + [2] * 2
+    assert next(reader.batches()).sources[0].endswith("make.py:batches[0]")
+
+
+def test_python_function_may_yield_dicts_by_input_name(tmp_path: Path) -> None:
+    path = write_data_function(tmp_path, "    yield {'images': np.zeros((2, 3, 16, 16), np.float32)}\n")
+    assert len(DataReader(Dataset(path, "python", function="batches"), INPUT, None)) == 2
+
+
+@pytest.mark.parametrize("body,message", [
+    ("    yield np.zeros((2, 3, 8, 8), np.float32)\n", r"make.py:batches batch 0: samples for input 'images' have shape \[3, 8, 8\]"),
+    ("    yield np.full((2, 3, 16, 16), np.nan, np.float32)\n", "contain NaN or Inf"),
+    ("    yield {'x': np.zeros((2, 3, 16, 16), np.float32)}\n", r"batch 0 has inputs \['x'\], the model takes \['images'\]"),
+    ("    raise OSError('disk gone')\n    yield 1\n", "the data function failed: OSError: disk gone"),
+    ("    return iter(())\n", "holds no samples"),
+])
+def test_python_function_problems_name_the_function(tmp_path: Path, body: str, message: str) -> None:
+    path = write_data_function(tmp_path, body)
+    with pytest.raises(InputError, match=message):
+        DataReader(Dataset(path, "python", function="batches"), INPUT, None)

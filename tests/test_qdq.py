@@ -38,8 +38,8 @@ def feeds(count: int, batch: int = 4, seed: int = 3) -> list[dict[str, np.ndarra
 def quantize(onnx_file: Path, out: Path, options: Quantization = Quantization(),
              data: list[dict[str, np.ndarray]] | None = None) -> tuple[onnx.ModelProto, int]:
     batches = data if data is not None else feeds(4)
-    used = quantize_qdq(onnx_file, INPUTS, lambda: iter(batches), options, out)
-    return onnx.load(str(out)), used
+    notes = quantize_qdq(onnx_file, INPUTS, lambda: iter(batches), options, out)
+    return onnx.load(str(out)), notes["calibration_samples"]
 
 
 def initializer(model: onnx.ModelProto, name: str) -> np.ndarray:

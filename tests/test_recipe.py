@@ -161,3 +161,24 @@ def test_onnxruntime_has_no_fp16(tmp_path: Path) -> None:
 def test_quantization_section_needs_an_int8_target(tmp_path: Path) -> None:
     found = problems_of(tmp_path, GOOD + "quantization:\n  preset: mixed\n")
     assert any("quantization: no target builds int8" in p for p in found)
+
+
+def test_python_data_source_and_shuffle(tmp_path: Path) -> None:
+    int8 = GOOD.replace("precisions: [fp32, fp16]", "precisions: [fp32, int8]")
+    path = tmp_path / "r.yaml"
+    path.write_text(int8 + "data:\n  calibration: {path: data/make.py:batches, samples: 32}\n"
+                    "  evaluation: {path: e.npy, shuffle: true, seed: 3}\n")
+    recipe = load_recipe(path)
+    assert recipe.calibration is not None and recipe.evaluation is not None
+    assert (recipe.calibration.format, recipe.calibration.function) == ("python", "batches")
+    assert recipe.calibration.path == tmp_path / "data" / "make.py"
+    assert (recipe.evaluation.shuffle, recipe.evaluation.seed) == (True, 3)
+    found = problems_of(tmp_path, int8 + "data:\n  calibration: {path: make.py:batches, shuffle: true}\n")
+    assert any("a python data source yields its own order; remove shuffle" in p for p in found)
+
+
+def test_torchscript_ignore_needs_a_torchscript_int8_target(tmp_path: Path) -> None:
+    int8 = GOOD.replace("precisions: [fp32, fp16]", "precisions: [int8]")
+    found = problems_of(tmp_path, int8 + "data:\n  calibration: {path: x.npy}\n"
+                        "quantization:\n  torchscript_ignore: {modules: [head]}\n")
+    assert any("no torchscript int8 target: remove quantization.torchscript_ignore" in p for p in found)

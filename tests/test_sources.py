@@ -52,7 +52,7 @@ def test_weights_of_another_model(tmp_path: Path) -> None:
 def test_factory_errors(tiny_weights: Path) -> None:
     with pytest.raises(InputError, match="has no callable 'nothing'"):
         resolve_factory("tiny_net.py:nothing", FIXTURES)
-    with pytest.raises(InputError, match="the model factory file does not exist"):
+    with pytest.raises(InputError, match="the file does not exist: fix model.factory"):
         resolve_factory("absent.py:build", FIXTURES)
     with pytest.raises(InputError, match="cannot import 'no_such_pkg.mod'"):
         resolve_factory("no_such_pkg.mod:build", FIXTURES)

@@ -15,7 +15,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from compiler.errors import BackendUnavailable, InputError
-from compiler.recipe import Quantization, Target, TensorSpec
+from compiler.manifest import QUANTIZATION_NOTES
+from compiler.recipe import Quantization, Target, Task, TensorSpec
 
 
 class Runner(ABC):
@@ -60,6 +61,17 @@ class Runner(ABC):
 
 
 @dataclass(frozen=True)
+class AccuracyControl:
+    """Quantize, then give back to float the layers that cost most until the task metric on the
+    evaluation set is within `max_drop` points of the float model (the recipe's int8 gate)."""
+
+    max_drop: float
+    task: Task
+    output: str
+    evaluation: Callable[[], Iterator[Any]]  # labelled batches (compiler.data.Batch)
+
+
+@dataclass(frozen=True)
 class CompileRequest:
     """Everything a backend may use: a step sees only these typed inputs."""
 
@@ -72,6 +84,22 @@ class CompileRequest:
     # int8 only: representative data, one feed (input name -> batch of samples) at a time
     calibration: Callable[[], Iterator[dict[str, np.ndarray]]] | None = None
     quantization: Quantization = Quantization()
+    accuracy_control: AccuracyControl | None = None
+
+
+def write_quantization_notes(out_dir: Path, notes: dict[str, Any]) -> Path:
+    """What an int8 artifact's calibration used and kept in float: shipped beside the artifact
+    (so it is signed with it) and read into the report."""
+    import json
+
+    path = out_dir / QUANTIZATION_NOTES
+    path.write_text(json.dumps(notes, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def pick(files: list[Path], suffix: str) -> Path:
+    """The artifact's model file among its files."""
+    return next(f for f in files if f.suffix == suffix)
 
 
 class Backend(ABC):

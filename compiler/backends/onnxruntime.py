@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.backends import Backend, CompileRequest, Runner, require
+from compiler.backends import QUANTIZATION_NOTES, Backend, CompileRequest, Runner, pick, require
 from compiler.recipe import TensorSpec
 
 
@@ -41,10 +41,14 @@ class OnnxRuntimeBackend(Backend):
         require("onnxruntime", self.name, "onnxruntime")
         destination = request.out_dir / "model.onnx"
         shutil.copyfile(request.onnx_model, destination)
+        notes = request.onnx_model.with_name(QUANTIZATION_NOTES)
+        if request.target.precision == "int8" and notes.is_file():  # the Q/DQ graph's calibration notes
+            shutil.copyfile(notes, request.out_dir / QUANTIZATION_NOTES)
+            return [destination, request.out_dir / QUANTIZATION_NOTES]
         return [destination]
 
     def runner(self, files: list[Path], inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...]) -> Runner:
-        return OnnxRuntimeRunner(files[0], inputs, outputs)
+        return OnnxRuntimeRunner(pick(files, ".onnx"), inputs, outputs)
 
     def versions(self) -> dict[str, str]:
         return {"onnxruntime": require("onnxruntime", self.name, "onnxruntime").__version__}

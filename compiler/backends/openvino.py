@@ -9,11 +9,11 @@ import contextlib
 import io
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from compiler.backends import Backend, CompileRequest, Runner, require
+from compiler.backends import Backend, CompileRequest, Runner, pick, require, write_quantization_notes
 from compiler.errors import CompileError
 from compiler.recipe import TensorSpec
 
@@ -49,38 +49,130 @@ class OpenVinoBackend(Backend):
             model = ov.convert_model(str(request.onnx_model))
         except Exception as exc:
             raise CompileError(f"OpenVINO could not convert {request.onnx_model.name}: {exc}") from None
+        files = [xml, xml.with_suffix(".bin")]
         if request.target.precision == "int8":
-            model = self._quantize(model, request)
+            model, notes = self._quantize(model, request)
+            files.append(write_quantization_notes(request.out_dir, notes))
         ov.save_model(model, str(xml), compress_to_fp16=request.target.precision == "fp16")
-        return [xml, xml.with_suffix(".bin")]
+        return files
 
     @staticmethod
-    def _quantize(model: Any, request: CompileRequest) -> Any:
-        """NNCF post-training quantization on the recipe's calibration data, one sample per item."""
+    def _quantize(model: Any, request: CompileRequest) -> tuple[Any, dict[str, Any]]:
+        """NNCF post-training quantization on the recipe's calibration data, streamed one sample
+        per item; accuracy-controlled when the recipe gates the int8 task metric."""
         nncf = require("nncf", "openvino int8", "openvino")
         nncf.set_log_level(logging.ERROR)
         if request.calibration is None:
             raise CompileError("an int8 target needs data.calibration")
         options = request.quantization
-        samples = [{name: array[i:i + 1] for name, array in feed.items()}
-                   for feed in request.calibration() for i in range(len(next(iter(feed.values()))))]
+        samples = _Samples(request.calibration)
         names = [spec.name for spec in request.inputs]
         dataset = nncf.Dataset(samples, lambda item: item[names[0]] if len(names) == 1 else tuple(item[n] for n in names))
-        ignored = nncf.IgnoredScope(names=list(options.ignore_names), types=list(options.ignore_types),
-                                    patterns=list(options.ignore_patterns), validate=True)
+        settings: dict[str, Any] = dict(
+            subset_size=options.subset_size,
+            preset=nncf.QuantizationPreset.MIXED if options.preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
+            fast_bias_correction=options.fast_bias_correction,
+            model_type=nncf.ModelType.TRANSFORMER if options.model_type == "transformer" else None,
+            ignored_scope=nncf.IgnoredScope(names=list(options.ignore_names), types=list(options.ignore_types),
+                                            patterns=list(options.ignore_patterns), validate=True))
+        notes: dict[str, Any] = {"method": "NNCF post-training quantization", "preset": options.preset,
+                                 "kept_in_float": {"names": list(options.ignore_names), "types": list(options.ignore_types),
+                                                   "patterns": list(options.ignore_patterns)}}
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # NNCF draws progress bars on stdout
-                return nncf.quantize(
-                    model, dataset, subset_size=min(options.subset_size, len(samples)),
-                    preset=nncf.QuantizationPreset.MIXED if options.preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
-                    fast_bias_correction=options.fast_bias_correction,
-                    model_type=nncf.ModelType.TRANSFORMER if options.model_type == "transformer" else None,
-                    ignored_scope=ignored)
+                if request.accuracy_control is None:
+                    quantized = nncf.quantize(model, dataset, **settings)
+                else:
+                    quantized = _quantize_with_accuracy_control(nncf, model, dataset, request, settings, notes)
+        except CompileError:
+            raise
         except Exception as exc:
             raise CompileError(f"NNCF quantization failed: {str(exc).splitlines()[0][:300]}") from None
+        notes["calibration_samples"] = min(samples.seen, options.subset_size)
+        return quantized, notes
 
     def runner(self, files: list[Path], inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...]) -> Runner:
-        return OpenVinoRunner(next(f for f in files if f.suffix == ".xml"), inputs, outputs)
+        return OpenVinoRunner(pick(files, ".xml"), inputs, outputs)
 
     def versions(self) -> dict[str, str]:
         return {"openvino": require("openvino", self.name, "openvino").__version__}
+
+
+class _Samples:
+    """Calibration data as single samples, re-iterable (NNCF makes several passes), one batch in
+    memory at a time; `seen` is the most samples one pass handed out."""
+
+    def __init__(self, feeds: Callable[[], Iterator[dict[str, np.ndarray]]]) -> None:
+        self._feeds = feeds
+        self.seen = 0
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        count = 0
+        for feed in self._feeds():
+            for i in range(len(next(iter(feed.values())))):
+                count += 1
+                self.seen = max(self.seen, count)
+                yield {name: array[i:i + 1] for name, array in feed.items()}
+
+
+class _NncfLog(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def _quantize_with_accuracy_control(nncf: Any, model: Any, calibration: Any, request: CompileRequest,
+                                    settings: dict[str, Any], notes: dict[str, Any]) -> Any:
+    """`nncf.quantize_with_accuracy_control` scored with modelc's own task metric; which
+    quantizers it reverted (layers kept in float) is read from NNCF's log into the notes."""
+    control = request.accuracy_control
+    assert control is not None
+    names = [spec.name for spec in request.inputs]
+
+    def validate(compiled: Any, batches: Any) -> float:
+        from compiler.accuracy import task_metric
+
+        def infer(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            result = compiled(feed)
+            return {control.output: np.asarray(result[compiled.output(control.output)])}
+
+        return task_metric(infer, batches, request.inputs, control.task, control.output) / 100.0
+
+    validation = nncf.Dataset(_Batches(control.evaluation), lambda batch: batch.inputs[names[0]] if len(names) == 1
+                              else tuple(batch.inputs[n] for n in names))
+    log = _NncfLog()
+    nncf_logger = logging.getLogger("nncf")
+    nncf_logger.addHandler(log)
+    level = nncf_logger.level
+    nncf_logger.setLevel(logging.INFO)
+    try:
+        quantized = nncf.quantize_with_accuracy_control(
+            model, calibration, validation, validation_fn=validate, max_drop=control.max_drop / 100.0,
+            drop_type=nncf.DropType.ABSOLUTE, **settings)
+    finally:
+        nncf_logger.removeHandler(log)
+        nncf_logger.setLevel(level)
+    notes["accuracy_control"] = {"max_drop_points": control.max_drop, "metric": control.task.type,
+                                 "reverted_to_float": _reverted_layers(log.lines),
+                                 "log": [line for line in log.lines if line.strip() and "Elapsed" not in line][-30:]}
+    return quantized
+
+
+def _reverted_layers(lines: list[str]) -> list[str]:
+    """NNCF ends with 'N out of M were reverted back to the floating-point precision:' and one
+    layer per following tab-indented line (its only report of which layers it kept in float)."""
+    for line in reversed(lines):
+        if "reverted back to the floating-point precision" in line:
+            return [part.strip() for part in line.split(":", 1)[1].split("\n") if part.strip()]
+    return []
+
+
+class _Batches:
+    def __init__(self, batches: Callable[[], Iterator[Any]]) -> None:
+        self._batches = batches
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._batches()

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from compiler.backends import Backend, CompileRequest, Runner, require
+from compiler.backends import Backend, CompileRequest, Runner, pick, require, write_quantization_notes
 from compiler.errors import CompileError
 from compiler.recipe import TensorSpec
 
@@ -45,16 +45,22 @@ class TorchScriptBackend(Backend):
         if request.torch_model is None:
             raise CompileError("a TorchScript target needs a torch or torchscript source")
         model = request.torch_model()
+        notes = None
         if request.target.precision == "int8":
             if request.calibration is None:
                 raise CompileError("an int8 target needs data.calibration")
-            model = quantize_torch_model(model, request.inputs, request.calibration)
+            options = request.quantization
+            model, samples = quantize_torch_model(model, request.inputs, request.calibration, options)
+            notes = {"method": "PyTorch FX post-training quantization (x86 qconfig)", "calibration_samples": samples,
+                     "kept_in_float": {"modules": list(options.torchscript_ignore_modules),
+                                       "patterns": list(options.torchscript_ignore_patterns),
+                                       "ops": list(options.torchscript_ignore_ops)}}
         destination = request.out_dir / "model.pt"
         export_torchscript(model, request.inputs, request.target.mode or "trace", destination)
-        return [destination]
+        return [destination] + ([write_quantization_notes(request.out_dir, notes)] if notes else [])
 
     def runner(self, files: list[Path], inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...]) -> Runner:
-        return TorchModuleRunner(inputs, outputs, path=files[0])
+        return TorchModuleRunner(inputs, outputs, path=pick(files, ".pt"))
 
     def versions(self) -> dict[str, str]:
         return {"torch": require("torch", self.name, "torch").__version__}

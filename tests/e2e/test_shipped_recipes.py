@@ -30,12 +30,13 @@ def run_artifact(release: Path, target: str, files: list[str], x: np.ndarray, in
         compiled = ov.Core().compile_model(str(release / xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         return np.asarray(compiled({input_name: x})[0])
     if target.startswith("torchscript"):
-        module = torch.jit.load(str(release / files[0]))
+        module = torch.jit.load(str(release / next(f for f in files if f.endswith(".pt"))))
         with torch.no_grad():
             return module(torch.from_numpy(x)).numpy()
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(release / files[0]), providers=["CPUExecutionProvider"])
+    model = next(f for f in files if f.endswith(".onnx"))
+    session = ort.InferenceSession(str(release / model), providers=["CPUExecutionProvider"])
     return session.run(None, {input_name: x})[0]
 
 
@@ -87,3 +88,9 @@ def test_shipped_recipe_builds_and_every_artifact_loads_back(tmp_path: Path, run
     targets = {a["target"]: a for a in manifest["artifacts"]}
     assert targets["onnx-int8"]["precision"] == "int8"
     assert (release / "onnx-int8/model.onnx").read_bytes() == (release / "onnxruntime-int8/model.onnx").read_bytes()
+    # How each int8 artifact was calibrated is in the report: samples used, what stayed float.
+    assert report["calibration"]["samples_available"] == 64
+    quantized = {a["target"]: a["quantization"] for a in report["artifacts"] if a["precision"] == "int8"}
+    assert all(q["calibration_samples"] == 64 for q in quantized.values()), quantized
+    assert "reverted_to_float" in quantized["openvino-int8"]["accuracy_control"]  # the recipe gates the int8 drop
+    assert "### INT8 calibration" in markdown
