@@ -25,12 +25,12 @@ from compiler.cache import Cache, CacheEntry, cache_key
 from compiler.errors import GateFailed, InputError
 from compiler.manifest import (QUANTIZATION_NOTES, ArtifactEntry, FileEntry, build_manifest, content_digest, file_entries, package_version,
                                sha256_file, tree_digest)
-from compiler.plan import QDQ_STEP, Plan, Step, make_plan, uses_qdq_graph
+from compiler.plan import QDQ_STEP, SENSITIVITY_STEP, Plan, Step, make_plan, uses_qdq_graph
 from compiler.progress import BuildLog
 from compiler.recipe import Dataset, Recipe, Target
 from compiler.report import ArtifactReport, CalibrationData, Report, to_json_text, to_markdown
 from compiler.stores import PushResult, Store
-from compiler.worker import accuracy_controlled, calibrate_qdq, compile_target
+from compiler.worker import accuracy_controlled, calibrate_qdq, compile_target, measure_layer_sensitivity
 
 if TYPE_CHECKING:  # only a step that runs loads numpy, the data readers and the backends
     import numpy as np
@@ -260,7 +260,7 @@ def build(recipe: Recipe, store: Store, log: Log, cache: Cache, options: BuildOp
         raise InputError("--share-steps: this store keeps no step cache")
     try:
         steps = _StepRunner(cache, log, options.force, scratch, shared, options.jobs)
-        if any(t.backend not in IN_PROCESS_BACKENDS or uses_qdq_graph(t) for t in recipe.targets):
+        if any(t.backend not in IN_PROCESS_BACKENDS or t.precision == "int8" for t in recipe.targets):
             steps.before_first_run = _start_fresh_process_server
         return _run(recipe, plan, store, steps, log, options, scratch)
     finally:
@@ -298,7 +298,13 @@ def _run(recipe: Recipe, plan: Plan, store: Store, steps: _StepRunner, log: Log,
         else:
             requests.append(StepRequest(by_id[f"compile:{target.id}"], material,
                                         task=(compile_target, (recipe, target, model_file))))
-    compiled = [CompiledArtifact(t, e) for t, e in zip(wanted, steps.run_all(requests))]
+    measure_sensitivity = SENSITIVITY_STEP in by_id and not options.only_targets
+    if measure_sensitivity:  # runs beside the compile steps
+        requests.append(StepRequest(by_id[SENSITIVITY_STEP], sensitivity_material(recipe, graph),
+                                    task=(measure_layer_sensitivity, (recipe, onnx_model))))
+    entries = steps.run_all(requests)
+    sensitivity = json.loads(entries.pop().file("sensitivity.json").read_text()) if measure_sensitivity else None
+    compiled = [CompiledArtifact(t, e) for t, e in zip(wanted, entries)]
     if options.only_targets:
         log(f"✓ built {', '.join(options.only_targets)}: {steps.ran} step(s) run, {steps.cached} cached; "
             "verification and release happen in a full build")
@@ -306,7 +312,7 @@ def _run(recipe: Recipe, plan: Plan, store: Store, steps: _StepRunner, log: Log,
 
     verified = steps.run(by_id["verify"], verify_material(recipe, source, compiled),
                          lambda out: _verify(recipe, reference_model, compiled, out / "evaluation.json"))
-    report = _report(recipe, compiled, json.loads(verified.file("evaluation.json").read_text()))
+    report = _report(recipe, compiled, json.loads(verified.file("evaluation.json").read_text()), sensitivity)
     for line in _summary_lines(report):
         log(line)
 
@@ -340,6 +346,12 @@ def simplify_material(exported: CacheEntry) -> dict[str, Any]:
 def qdq_material(recipe: Recipe, graph: CacheEntry) -> dict[str, Any]:
     """Calibration is cached by (graph digest, data digest, method and parameters, tool versions)."""
     return {"graph": graph.files["model.onnx"], "calibration": _dataset_material(recipe.calibration, recipe, "calibration"),
+            "quantization": asdict(recipe.quantization), "tools": tool_versions(STEP_TOOLS["qdq"])}
+
+
+def sensitivity_material(recipe: Recipe, graph: CacheEntry) -> dict[str, Any]:
+    return {"graph": graph.files["model.onnx"], "calibration": _dataset_material(recipe.calibration, recipe, "calibration"),
+            "evaluation": _evaluation_material(recipe), "task": asdict(recipe.task),
             "quantization": asdict(recipe.quantization), "tools": tool_versions(STEP_TOOLS["qdq"])}
 
 
@@ -393,6 +405,8 @@ def plan_status(recipe: Recipe, plan: Plan, cache: Cache) -> dict[str, str]:
     qdq = None
     if graph is not None and QDQ_STEP in by_id:
         qdq = lookup(QDQ_STEP, qdq_material(recipe, graph))
+    if graph is not None and SENSITIVITY_STEP in by_id:
+        lookup(SENSITIVITY_STEP, sensitivity_material(recipe, graph))
     compiled = []
     for target in recipe.targets:
         input_graph = qdq if uses_qdq_graph(target) else graph
@@ -547,7 +561,8 @@ def _single_sample_feed(batches: Iterator[Batch]) -> dict[str, np.ndarray]:
     return {name: np.ascontiguousarray(array[:1]) for name, array in first.inputs.items()}
 
 
-def _report(recipe: Recipe, compiled: list[CompiledArtifact], measured: dict[str, Any]) -> Report:
+def _report(recipe: Recipe, compiled: list[CompiledArtifact], measured: dict[str, Any],
+            sensitivity: dict[str, Any] | None = None) -> Report:
     artifacts = []
     reference_metric = None
     samples = 0
@@ -569,8 +584,11 @@ def _report(recipe: Recipe, compiled: list[CompiledArtifact], measured: dict[str
         available = len(DataReader(recipe.calibration, recipe.model.inputs, recipe.preprocess))
         where = os.path.relpath(recipe.calibration.path, recipe.path.parent)  # as the recipe names it
         calibration = CalibrationData(where, available, recipe.calibration.samples)
+    if sensitivity is not None:  # the worst layers, as many as the recipe asks for
+        sensitivity = {**sensitivity, "layers_measured": len(sensitivity["layers"]),
+                       "layers": sensitivity["layers"][:recipe.quantization.sensitivity_layers]}
     return Report(recipe.name, recipe.version, measured["reference"], measured["data"], samples, recipe.task.type,
-                  reference_metric, measured["reference_latency_ms"], artifacts, calibration)
+                  reference_metric, measured["reference_latency_ms"], artifacts, calibration, sensitivity)
 
 
 def _assemble(release: Path, graph: CacheEntry, qdq: CacheEntry | None, compiled: list[CompiledArtifact],

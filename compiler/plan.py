@@ -9,7 +9,7 @@ from compiler.recipe import Recipe, Target
 @dataclass(frozen=True)
 class Step:
     id: str  # e.g. compile:openvino-fp16
-    kind: str  # export | simplify | qdq | compile | verify | release
+    kind: str  # export | simplify | sensitivity | qdq | compile | verify | release
     depends_on: tuple[str, ...]
     description: str
 
@@ -22,6 +22,7 @@ class Plan:
 
 
 QDQ_STEP = "quantize:qdq"
+SENSITIVITY_STEP = "sensitivity"
 QDQ_BACKENDS = {"onnxruntime", "tensorrt"}  # their int8 is the Q/DQ graph, made once for both
 
 
@@ -40,6 +41,9 @@ def make_plan(recipe: Recipe) -> Plan:
     if recipe.export.simplify:
         steps.append(Step("simplify", "simplify", ("export",), "simplify the ONNX graph with onnxsim"))
         graph = "simplify"
+    if recipe.quantization.sensitivity_layers and any(t.precision == "int8" for t in recipe.targets):
+        steps.append(Step(SENSITIVITY_STEP, "sensitivity", (graph,),
+                          "measure each layer's INT8 sensitivity (one layer quantized at a time)"))
     if any(uses_qdq_graph(t) for t in recipe.targets):
         steps.append(Step(QDQ_STEP, "qdq", (graph,), "calibrate an INT8 Q/DQ ONNX graph (ModelOpt, on the CPU)"))
     compiles = []
@@ -53,7 +57,8 @@ def make_plan(recipe: Recipe) -> Plan:
         steps.append(Step(step_id, "compile", depends, f"build {target.backend} {target.precision}{mode} from {source}"))
         compiles.append(step_id)
     data = recipe.evaluation.path.name if recipe.evaluation else "seeded random inputs"
-    steps.append(Step("verify", "verify", (graph, *compiles), f"measure every artifact against the reference on {data}"))
+    extra = (SENSITIVITY_STEP,) if any(s.id == SENSITIVITY_STEP for s in steps) else ()
+    steps.append(Step("verify", "verify", (graph, *compiles, *extra), f"measure every artifact against the reference on {data}"))
     steps.append(Step("release", "release", ("verify",),
                       f"apply gates; write manifest and reports; store {recipe.name} {recipe.version}"))
     return Plan(recipe.name, recipe.version, tuple(steps))

@@ -89,17 +89,18 @@ def excluded_nodes(onnx_model: Path, options: Quantization) -> list[str]:
 
 
 def quantize_qdq(onnx_model: Path, inputs: tuple[TensorSpec, ...], feeds: Callable[[], Iterator[dict[str, Any]]],
-                 options: Quantization, destination: Path) -> dict[str, Any]:
+                 options: Quantization, destination: Path, nodes_to_quantize: list[str] | None = None) -> dict[str, Any]:
     """Write the Q/DQ graph to `destination`; returns its notes (samples used, what stayed float)."""
     quantize = _modelopt_quantize()
     reader = _FeedReader(feeds, options.subset_size)
     exclude = excluded_nodes(onnx_model, options)
     logging.getLogger("modelopt").setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # histogram notes and progress go to stdout
+        # histogram notes go to stdout, progress bars to stderr; failures raise
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             quantize(str(onnx_model), quantize_mode="int8", calibration_data_reader=reader,
                      calibration_method=options.calibration_method, calibration_eps=["cpu"],
-                     nodes_to_exclude=exclude or None, op_types_to_exclude=list(options.ignore_types) or None,
+                     nodes_to_quantize=nodes_to_quantize, nodes_to_exclude=exclude or None, op_types_to_exclude=list(options.ignore_types) or None,
                      high_precision_dtype="fp32", dq_only=True, output_path=str(destination), log_level="ERROR")
     except (InputError, BackendUnavailable):
         raise

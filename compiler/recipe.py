@@ -107,6 +107,7 @@ class Quantization:
     fast_bias_correction: bool = True
     model_type: str = "cnn"
     calibration_method: str = "entropy"  # Q/DQ graphs: how activation ranges are chosen
+    sensitivity_layers: int = 0  # list this many of the most sensitive layers; 0: do not measure
     ignore_names: tuple[str, ...] = ()
     ignore_types: tuple[str, ...] = ()
     ignore_patterns: tuple[str, ...] = ()
@@ -300,6 +301,8 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
         add(("targets",), "an int8 target is calibrated on representative data: add data.calibration")
     if "quantization" in data and not any(p == "int8" for _, p in ids):
         add(("quantization",), "no target builds int8: remove this section or add an int8 target")
+    if data.get("quantization", {}).get("sensitivity_layers") and "evaluation" not in data.get("data", {}):
+        add(("quantization", "sensitivity_layers"), "sensitivity is measured on held-out data: add data.evaluation")
     if data.get("quantization", {}).get("torchscript_ignore") and ("torchscript", "int8") not in ids:
         add(("quantization", "torchscript_ignore"), "no torchscript int8 target: remove quantization.torchscript_ignore "
             "(quantization.ignore is the list for openvino and Q/DQ int8)")

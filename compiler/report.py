@@ -67,6 +67,7 @@ class Report:
     reference_latency_ms: float | None
     artifacts: list[ArtifactReport]
     calibration: CalibrationData | None = None
+    sensitivity: dict[str, Any] | None = None  # compiler.sensitivity's result, worst layers first
 
     @property
     def passed(self) -> bool:
@@ -124,6 +125,7 @@ def to_json(report: Report) -> dict[str, Any]:
         "calibration": None if report.calibration is None else {
             "data": report.calibration.data, "samples_available": report.calibration.samples_available,
             "samples_asked": report.calibration.samples_asked},
+        "sensitivity": report.sensitivity,
     }
 
 
@@ -169,7 +171,7 @@ def to_markdown(report: Report) -> str:
         for m in a.evaluation.outputs:
             lines.append(f"| `{a.target}` | {m.output} | {_fmt(m.max_abs_error)} | {_fmt(m.mean_abs_error)} | "
                          f"{m.cosine:.7f} | {_fmt(m.snr_db, -1) if m.snr_db is None else f'{m.snr_db:.1f}'} |")
-    lines += _quantization_lines(report)
+    lines += _quantization_lines(report) + _sensitivity_lines(report)
     failures = report.failures()
     if failures:
         lines += ["", "### Missed gates", ""] + [f"- {f}" for f in failures]
@@ -198,4 +200,22 @@ def _quantization_lines(report: Report) -> list[str]:
         if q.get("calibration_method"):
             method += f", {q['calibration_method']}"
         lines.append(f"| `{a.target}` | {method} | {q.get('calibration_samples', '—')} | {'; '.join(kept) or '—'} |")
+    return lines
+
+
+def _sensitivity_lines(report: Report) -> list[str]:
+    s = report.sensitivity
+    if not s:
+        return []
+    metric = s.get("metric")
+    whole = s["all_layers"]
+    lines = ["", f"### INT8 sensitivity: the {len(s['layers'])} worst of {s['layers_measured']} layers", "",
+             f"Method: {s['method']}. "
+             + (f"Float {metric}: {s['float_metric']:.2f}%; every layer in INT8: drop {whole['metric_drop']:+.3f} points, "
+                if metric else "Every layer in INT8: ")
+             + f"lowest output cosine {whole['min_cosine']:.6f}. Candidates for `quantization.ignore.names`:", "",
+             "| layer | op | drop (points) | lowest output cosine |", "|---|---|---:|---:|"]
+    for layer in s["layers"]:
+        drop = "—" if layer["metric_drop"] is None else f"{layer['metric_drop']:+.3f}"
+        lines.append(f"| `{layer['layer']}` | {layer['op_type']} | {drop} | {layer['min_cosine']:.6f} |")
     return lines

@@ -27,6 +27,22 @@ def calibrate_qdq(recipe: Recipe, onnx_model: Path, out: Path) -> None:
     write_quantization_notes(out, notes)
 
 
+def measure_layer_sensitivity(recipe: Recipe, onnx_model: Path, out: Path) -> None:
+    """Per-layer INT8 sensitivity on the evaluation set, written to sensitivity.json."""
+    import json
+
+    from compiler.data import DataReader
+    from compiler.sensitivity import measure_sensitivity
+
+    assert recipe.calibration is not None and recipe.evaluation is not None
+    calibration = DataReader.for_recipe(recipe.calibration, recipe)
+    evaluation = DataReader(recipe.evaluation, recipe.model.inputs, recipe.preprocess, recipe.task.classes)
+    result = measure_sensitivity(onnx_model, recipe.model.inputs, recipe.model.outputs,
+                                 lambda: (batch.inputs for batch in calibration.batches()), evaluation.batches,
+                                 recipe.task, recipe.quantization)
+    (out / "sensitivity.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+
+
 def compile_target(recipe: Recipe, target: Target, onnx_model: Path, out: Path) -> None:
     """Compile one target into `out`: the entry point of a worker process, and called directly
     for backends whose compile step is a plain file operation."""

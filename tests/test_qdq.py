@@ -75,13 +75,17 @@ def test_subset_size_caps_the_samples_read(tmp_path: Path, onnx_file: Path) -> N
     assert used == 6
 
 
-def test_excluded_op_types_stay_in_float(tmp_path: Path, onnx_file: Path) -> None:
-    model, _ = quantize(onnx_file, tmp_path / "q.onnx", Quantization(ignore_types=("Gemm",)))
+def fed_by_dequantize(model: onnx.ModelProto, op_type: str) -> bool:
     producers = {out: n for n in model.graph.node for out in n.output}
-    gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
-    assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in gemm.input)
-    conv = next(n for n in model.graph.node if n.op_type == "Conv")
-    assert producers[conv.input[1]].op_type == "DequantizeLinear"
+    node = next(n for n in model.graph.node if n.op_type == op_type)
+    return any(i in producers and producers[i].op_type == "DequantizeLinear" for i in node.input)
+
+
+@pytest.mark.parametrize("options", [Quantization(ignore_types=("Conv",)), Quantization(ignore_names=("/conv/Conv",)),
+                                     Quantization(ignore_patterns=(".*conv.*",))], ids=["type", "name", "pattern"])
+def test_ignored_layers_stay_in_float(tmp_path: Path, onnx_file: Path, options: Quantization) -> None:
+    assert fed_by_dequantize(quantize(onnx_file, tmp_path / "all.onnx")[0], "Conv")
+    assert not fed_by_dequantize(quantize(onnx_file, tmp_path / "kept.onnx", options)[0], "Conv")
 
 
 def test_unknown_ignored_node_name_says_which_names_exist(tmp_path: Path, onnx_file: Path) -> None:
@@ -99,3 +103,18 @@ def test_missing_modelopt_names_the_extra(tmp_path: Path, onnx_file: Path, monke
     monkeypatch.setitem(sys.modules, "modelopt.onnx.quantization", None)  # import now fails
     with pytest.raises(BackendUnavailable, match=r"pip install 'modelc\[modelopt\]'"):
         quantize(onnx_file, tmp_path / "q.onnx")
+
+
+def test_sensitivity_scores_each_quantized_layer_alone(onnx_file: Path) -> None:
+    from compiler.data import Batch
+    from compiler.recipe import Task
+    from compiler.sensitivity import measure_sensitivity
+
+    evaluation = [Batch(f, [f"x{i}" for i in range(4)]) for f in feeds(2, seed=11)]
+    result = measure_sensitivity(onnx_file, INPUTS, ("logits",), lambda: iter(feeds(4)), lambda: iter(evaluation),
+                                 Task(), Quantization())
+    layers = result["layers"]
+    assert [layer["layer"] for layer in layers] == ["/conv/Conv"]  # ModelOpt leaves this Gemm float
+    assert result["metric"] is None and all(layer["metric_drop"] is None for layer in layers)  # generic task
+    cosines = [layer["min_cosine"] for layer in layers]
+    assert all(0.9 < c < 1.0 for c in cosines)  # really quantized, and close

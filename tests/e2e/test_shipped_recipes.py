@@ -94,3 +94,6 @@ def test_shipped_recipe_builds_and_every_artifact_loads_back(tmp_path: Path, run
     assert all(q["calibration_samples"] == 64 for q in quantized.values()), quantized
     assert "reverted_to_float" in quantized["openvino-int8"]["accuracy_control"]  # the recipe gates the int8 drop
     assert "### INT8 calibration" in markdown
+    if recipe.quantization.sensitivity_layers:
+        assert len(report["sensitivity"]["layers"]) == recipe.quantization.sensitivity_layers
+        assert "### INT8 sensitivity" in markdown
