@@ -132,3 +132,51 @@ def test_a_step_gives_the_same_bytes_whatever_ran_before_it(tmp_path: Path, tiny
     alone = {e.step: e for e in Cache(tmp_path / "alone").entries()}
     for step in ("compile:openvino-fp16", "compile:torchscript-fp32"):
         assert full[step].files == alone[step].files, step
+
+
+def int8_overrides(tmp_path: Path, tiny_recipe, data: "np.ndarray") -> Path:
+    import numpy as np
+
+    np.save(tmp_path / "calibration.npy", data)
+    base = yaml.safe_load(tiny_recipe().read_text())
+    base["data"]["calibration"] = {"path": str(tmp_path / "calibration.npy"), "batch_size": 4}
+    base["targets"] = [{"backend": "onnxruntime", "precisions": ["fp32", "int8"]},
+                       {"backend": "openvino", "precisions": ["int8"]}]
+    base["gates"] = {"default": {"min_cosine": 0.9}}
+    return tiny_recipe(base)
+
+
+def test_calibration_is_cached_by_data_digest(tmp_path: Path, tiny_recipe, run_cli) -> None:
+    import numpy as np
+
+    pytest.importorskip("modelopt.onnx.quantization", reason="the modelopt extra is not installed")
+    data = np.random.default_rng(0).random((12, 3, 16, 16), dtype=np.float32)
+    recipe = int8_overrides(tmp_path, tiny_recipe, data)
+    first = run_cli("build", recipe, "--store", tmp_path / "s1")
+    assert first.exit_code == 0, first.stderr
+    assert {"quantize:qdq", "compile:onnxruntime-int8", "compile:openvino-int8"} <= set(steps_run(first.stderr))
+    same = run_cli("build", recipe, "--store", tmp_path / "s2")
+    assert same.exit_code == 0 and steps_run(same.stderr) == []  # same data: nothing recalibrates
+    np.save(tmp_path / "calibration.npy", data * 3.0)  # other ranges (a mere reorder gives the same graph)
+    changed = run_cli("build", recipe, "--store", tmp_path / "s3")
+    assert changed.exit_code == 0, changed.stderr
+    assert set(steps_run(changed.stderr)) == {"quantize:qdq", "compile:onnxruntime-int8", "compile:openvino-int8",
+                                              "verify"}  # export, simplify and the fp32 target are reused
+
+
+@pytest.mark.parametrize("case,message", [
+    ("nan", "calibration.npy: samples for input 'images' contain NaN or Inf"),
+    ("shape", r"calibration.npy: samples for input 'images' have shape \[3, 8, 8\] but the model expects \[3, 16, 16\]"),
+    ("empty", "calibration.npy: holds no samples"),
+])
+def test_bad_calibration_data_names_the_file_and_stores_nothing(tmp_path: Path, tiny_recipe, run_cli, case: str,
+                                                                message: str) -> None:
+    import numpy as np
+
+    pytest.importorskip("modelopt.onnx.quantization", reason="the modelopt extra is not installed")
+    data = {"nan": np.full((4, 3, 16, 16), np.nan, np.float32), "shape": np.zeros((4, 3, 8, 8), np.float32),
+            "empty": np.zeros((0, 3, 16, 16), np.float32)}[case]
+    result = run_cli("build", int8_overrides(tmp_path, tiny_recipe, data), "--store", tmp_path / "store")
+    assert result.exit_code == 3, result.stderr
+    assert re.search(message, result.stderr), result.stderr
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
