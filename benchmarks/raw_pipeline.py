@@ -2,9 +2,11 @@
 
     python benchmarks/raw_pipeline.py [--recipe recipes/yolo.yaml] [--repeats 3]
 
-Runs, alternately in fresh processes, (a) a plain script doing export -> onnxsim -> OpenVINO FP32,
-FP16 and NNCF INT8 -> TorchScript trace (what recipes/yolo.yaml builds), plus the same accuracy and latency work (reference and every
-artifact over the evaluation set, 30 batch-1 runs each), and (b) `modelc build` of the recipe into
+Runs, alternately in fresh processes, (a) a plain script doing what recipes/yolo.yaml builds:
+export -> onnxsim -> OpenVINO FP32, FP16 and INT8 (NNCF with accuracy control scored by mAP@0.5)
+-> ModelOpt Q/DQ INT8 for onnxruntime -> TorchScript FP32 and FX INT8 (decode heads float), plus
+the same accuracy and latency work (reference and every artifact over the evaluation set, 30
+batch-1 runs each), and (b) `modelc build` of the recipe into
 a temporary store with an empty step cache. Prints the median wall time of each and the ratio modelc / plain (target <= 1.10).
 """
 from __future__ import annotations
@@ -39,14 +41,39 @@ for precision in ("fp32", "fp16"):
 import nncf
 spec = Preprocess(128, 128, resize="letterbox")
 calibration = [preprocess_image(Image.open(f), spec)[0][None] for f in sorted(pathlib.Path(sys.argv[3]).parent.joinpath("calibration").glob("*.png"))]
-quantized = nncf.quantize(ov.convert_model(str(out / "model.onnx")), nncf.Dataset(calibration), subset_size=len(calibration))
+from compiler.accuracy import task_metric
+from compiler.data import DataReader
+from compiler.recipe import load_recipe
+recipe = load_recipe(pathlib.Path(sys.argv[2]) / "recipes/yolo.yaml")
+evaluation = DataReader(recipe.evaluation, recipe.model.inputs, recipe.preprocess, recipe.task.classes)
+def validate(compiled, batches):
+    return task_metric(lambda feed: {"detections": compiled(feed)[0]}, batches, recipe.model.inputs, recipe.task, "detections") / 100
+with contextlib.redirect_stdout(io.StringIO()):
+    quantized = nncf.quantize_with_accuracy_control(ov.convert_model(str(out / "model.onnx")), nncf.Dataset(calibration),
+        nncf.Dataset(list(evaluation.batches()), lambda b: b.inputs["images"]), validation_fn=validate, max_drop=0.01,
+        drop_type=nncf.DropType.ABSOLUTE, subset_size=len(calibration))
 ov.save_model(quantized, str(out / "int8.xml"), compress_to_fp16=False)
-with torch.no_grad():
+from modelopt.onnx.quantization import quantize
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    quantize(str(out / "model.onnx"), quantize_mode="int8", calibration_data={"images": np.concatenate(calibration)},
+             calibration_method="entropy", calibration_eps=["cpu"], high_precision_dtype="fp32", dq_only=True,
+             output_path=str(out / "qdq.onnx"), log_level="ERROR")
+from torch.ao.quantization import get_default_qconfig_mapping
+from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+torch.backends.quantized.engine = "x86"
+mapping = get_default_qconfig_mapping("x86").set_module_name("head_small", None).set_module_name("head_large", None).set_object_type(torch.cat, None)
+with torch.no_grad(), warnings.catch_warnings():
+    warnings.simplefilter("ignore")
     torch.jit.save(torch.jit.freeze(torch.jit.trace(model, (x,), check_trace=False).eval()), str(out / "model.pt"))
+    fresh = build_model(); fresh.load_state_dict(model.state_dict()); fresh.eval()
+    prepared = prepare_fx(fresh, mapping, (x,))
+    for sample in calibration: prepared(torch.from_numpy(sample))
+    torch.jit.save(torch.jit.freeze(torch.jit.trace(convert_fx(prepared), (x,), check_trace=False).eval()), str(out / "int8.pt"))
 spec = Preprocess(128, 128, resize="letterbox")
 files = sorted(pathlib.Path(sys.argv[3]).glob("*.png"))
 core = ov.Core()
-runners = {"ort": ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"]).run}
+runners = {name: ort.InferenceSession(str(out / f), providers=["CPUExecutionProvider"]).run
+           for name, f in (("ort", "model.onnx"), ("ort-int8", "qdq.onnx"))}
 for p in ("fp32", "fp16", "int8"):
     compiled = core.compile_model(str(out / f"{p}.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     runners[p] = (lambda c: (lambda names, feed: [c(feed)[0]]))(compiled)
@@ -54,6 +81,7 @@ script = torch.jit.load(str(out / "model.pt"))
 def run_torch(m):
     return lambda names, feed: [m(torch.from_numpy(feed["images"])).numpy()]
 runners["ts"] = run_torch(script)
+runners["ts-int8"] = run_torch(torch.jit.load(str(out / "int8.pt")))
 reference = run_torch(model)
 with torch.no_grad():
     for start in range(0, len(files), 16):

@@ -282,29 +282,24 @@ def _run(recipe: Recipe, plan: Plan, store: Store, steps: _StepRunner, log: Log,
     onnx_model = graph.file("model.onnx")
 
     wanted = [t for t in recipe.targets if not options.only_targets or t.id in options.only_targets]
-    qdq = None
-    if any(uses_qdq_graph(t) for t in wanted):
-        qdq = steps.run_all([StepRequest(by_id[QDQ_STEP], qdq_material(recipe, graph),
-                                         task=(calibrate_qdq, (recipe, onnx_model)))])[0]
-    requests = []
-    for target in wanted:
-        input_graph = qdq if uses_qdq_graph(target) else graph
-        assert input_graph is not None
-        material = compile_material(recipe, target, source, input_graph)
-        model_file = input_graph.file("model.onnx")
-        if target.backend in IN_PROCESS_BACKENDS:
-            requests.append(StepRequest(by_id[f"compile:{target.id}"], material,
-                                        produce=partial(compile_target, recipe, target, model_file)))
-        else:
-            requests.append(StepRequest(by_id[f"compile:{target.id}"], material,
-                                        task=(compile_target, (recipe, target, model_file))))
-    measure_sensitivity = SENSITIVITY_STEP in by_id and not options.only_targets
-    if measure_sensitivity:  # runs beside the compile steps
-        requests.append(StepRequest(by_id[SENSITIVITY_STEP], sensitivity_material(recipe, graph),
-                                    task=(measure_layer_sensitivity, (recipe, onnx_model))))
-    entries = steps.run_all(requests)
-    sensitivity = json.loads(entries.pop().file("sensitivity.json").read_text()) if measure_sensitivity else None
-    compiled = [CompiledArtifact(t, e) for t, e in zip(wanted, entries)]
+    # First wave, side by side: the Q/DQ calibration, the sensitivity measurement and every compile
+    # step that does not need the Q/DQ graph; then the compile steps that do.
+    first_wave = [t for t in wanted if not uses_qdq_graph(t)]
+    extra: dict[str, StepRequest] = {}
+    if len(first_wave) < len(wanted):
+        extra[QDQ_STEP] = StepRequest(by_id[QDQ_STEP], qdq_material(recipe, graph), task=(calibrate_qdq, (recipe, onnx_model)))
+    if SENSITIVITY_STEP in by_id and not options.only_targets:
+        extra[SENSITIVITY_STEP] = StepRequest(by_id[SENSITIVITY_STEP], sensitivity_material(recipe, graph),
+                                              task=(measure_layer_sensitivity, (recipe, onnx_model)))
+    entries = steps.run_all([_compile_request(recipe, by_id, t, source, graph) for t in first_wave] + list(extra.values()))
+    done = dict(zip([t.id for t in first_wave] + list(extra), entries))
+    qdq = done.get(QDQ_STEP)
+    if qdq is not None:
+        second_wave = [t for t in wanted if uses_qdq_graph(t)]
+        done.update(zip([t.id for t in second_wave],
+                        steps.run_all([_compile_request(recipe, by_id, t, source, qdq) for t in second_wave])))
+    sensitivity = json.loads(done[SENSITIVITY_STEP].file("sensitivity.json").read_text()) if SENSITIVITY_STEP in done else None
+    compiled = [CompiledArtifact(t, done[t.id]) for t in wanted]
     if options.only_targets:
         log(f"✓ built {', '.join(options.only_targets)}: {steps.ran} step(s) run, {steps.cached} cached; "
             "verification and release happen in a full build")
@@ -330,6 +325,16 @@ def _run(recipe: Recipe, plan: Plan, store: Store, steps: _StepRunner, log: Log,
     log(f"{'✓ release' if result.created else '✓ release (identical version already stored)'}: "
         f"{steps.ran} step(s) run, {steps.cached} cached")
     return BuildResult(result.location, result.created, report, manifest, steps.ran, steps.cached)
+
+
+def _compile_request(recipe: Recipe, by_id: dict[str, Step], target: Target, source: dict[str, Any],
+                     input_graph: CacheEntry) -> StepRequest:
+    """A compile step: in this process for plain file operations, in a fresh one otherwise."""
+    material = compile_material(recipe, target, source, input_graph)
+    model_file = input_graph.file("model.onnx")
+    if target.backend in IN_PROCESS_BACKENDS:
+        return StepRequest(by_id[f"compile:{target.id}"], material, produce=partial(compile_target, recipe, target, model_file))
+    return StepRequest(by_id[f"compile:{target.id}"], material, task=(compile_target, (recipe, target, model_file)))
 
 
 # --- key material: the explicit list of what each step's output depends on -------------------
