@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from compiler.errors import CompileError, InputError
+from compiler.errors import CompileError, InputError, ModelcError
 from compiler.recipe import ExportOptions, Quantization, TensorSpec
 
 TORCH_DTYPES = {"float32": "float32", "float16": "float16", "int64": "int64", "int32": "int32", "uint8": "uint8"}
@@ -172,6 +172,8 @@ def quantize_torch_model(model: Any, inputs: tuple[TensorSpec, ...],
                 prepared(*[torch.from_numpy(feed[spec.name]) for spec in inputs])
                 samples += len(feed[inputs[0].name])
             return convert_fx(prepared), samples
+    except ModelcError:  # e.g. bad calibration data: its own message and exit code
+        raise
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise CompileError(f"PyTorch FX post-training quantization failed: {first}; "

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from compiler.errors import BackendUnavailable, CompileError, InputError
+from compiler.errors import BackendUnavailable, CompileError, InputError, ModelcError
 from compiler.recipe import Quantization, TensorSpec
 
 INSTALL_HINT = "pip install 'modelc[modelopt]'"
@@ -102,7 +102,7 @@ def quantize_qdq(onnx_model: Path, inputs: tuple[TensorSpec, ...], feeds: Callab
                      calibration_method=options.calibration_method, calibration_eps=["cpu"],
                      nodes_to_quantize=nodes_to_quantize, nodes_to_exclude=exclude or None, op_types_to_exclude=list(options.ignore_types) or None,
                      high_precision_dtype="fp32", dq_only=True, output_path=str(destination), log_level="ERROR")
-    except (InputError, BackendUnavailable):
+    except ModelcError:  # e.g. bad calibration data: its own message and exit code
         raise
     except Exception as exc:
         raise CompileError(f"ModelOpt Q/DQ quantization of {onnx_model.name} failed: "

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from compiler.backends import Backend, CompileRequest, Runner, pick, require, write_quantization_notes
-from compiler.errors import CompileError
+from compiler.errors import CompileError, ModelcError
 from compiler.recipe import TensorSpec
 
 
@@ -84,7 +84,7 @@ class OpenVinoBackend(Backend):
                     quantized = nncf.quantize(model, dataset, **settings)
                 else:
                     quantized = _quantize_with_accuracy_control(nncf, model, dataset, request, settings, notes)
-        except CompileError:
+        except ModelcError:  # e.g. bad calibration data: its own message and exit code
             raise
         except Exception as exc:
             raise CompileError(f"NNCF quantization failed: {str(exc).splitlines()[0][:300]}") from None
