@@ -35,6 +35,8 @@ from compiler.worker import accuracy_controlled, calibrate_qdq, compile_target, 
 if TYPE_CHECKING:  # only a step that runs loads numpy, the data readers and the backends
     import numpy as np
 
+    from compiler.signing import Signer
+
     from compiler.backends import Runner
     from compiler.data import Batch
 
@@ -245,6 +247,7 @@ class BuildOptions:
     share_steps: bool = False  # pull and push step outputs through the store's step cache
     only_targets: tuple[str, ...] = ()  # build just these targets' steps; no verify, no release
     jobs: int = 1  # steps run side by side
+    signer: Signer | None = None  # sign the release before it goes to the store
 
 
 def build(recipe: Recipe, store: Store, log: Log, cache: Cache, options: BuildOptions) -> BuildResult | None:
@@ -321,7 +324,7 @@ def _run(recipe: Recipe, plan: Plan, store: Store, steps: _StepRunner, log: Log,
             shutil.copyfile(release / name, kept / name)
         raise GateFailed(f"{len(report.failures())} accuracy gate(s) missed, nothing was stored: "
                          + "; ".join(report.failures()) + f". Report: {kept / 'report.md'}")
-    manifest, result = _release(recipe, release, graph, qdq, compiled, report, store)
+    manifest, result = _release(recipe, release, graph, qdq, compiled, report, store, options.signer, log)
     log(f"{'✓ release' if result.created else '✓ release (identical version already stored)'}: "
         f"{steps.ran} step(s) run, {steps.cached} cached")
     return BuildResult(result.location, result.created, report, manifest, steps.ran, steps.cached)
@@ -636,7 +639,7 @@ def _append_step_summary(markdown: Path) -> None:
 
 
 def _release(recipe: Recipe, release: Path, graph: CacheEntry, qdq: CacheEntry | None, compiled: list[CompiledArtifact],
-             report: Report, store: Store) -> tuple[dict[str, Any], PushResult]:
+             report: Report, store: Store, signer: Signer | None, log: Log) -> tuple[dict[str, Any], PushResult]:
     target_files = {a.target.id: [f"{a.target.id}/{name}" for name in a.entry.files] for a in compiled}
     # The release holds copies of cache entries whose digests were checked this build: reuse them.
     digests = {"onnx/model.onnx": graph.files["model.onnx"]}
@@ -655,5 +658,10 @@ def _release(recipe: Recipe, release: Path, graph: CacheEntry, qdq: CacheEntry |
                               opset=recipe.export.opset, simplified=recipe.export.simplify, artifacts=entries,
                               artifact_files=artifact_files, report_files=report_files, passed=report.passed)
     (release / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    if signer is not None:  # after every gate passed; the signature covers every file above
+        from compiler.signing import sign_release
+
+        sign_release(release, signer)
+        log(f"✓ signed with {signer.describe()}")
     result = store.push(release, recipe.name, recipe.version, content_digest(artifact_files))
     return manifest, result

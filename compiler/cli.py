@@ -51,9 +51,98 @@ def _guarded(debug: bool, action: Callable[[], Any]) -> Any:
 def main() -> None:
     """modelc: build, check and store compiled models from a declarative recipe.
 
-    Exit codes: 0 ok, 1 internal error, 2 invalid recipe, 3 unusable input, 4 accuracy gate
-    missed, 5 store refused, 6 backend unavailable here, 7 export/compile failed.
+    Exit codes: 0 ok, 1 internal error, 2 invalid recipe or usage, 3 unusable input, 4 accuracy
+    gate missed, 5 store refused or unreachable, 6 backend unavailable here, 7 export/compile
+    failed, 8 verification failed (signature, signer or digest; nothing written).
     """
+
+
+def signing_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option("--sigstore", is_flag=True, help="Sign keyless with Sigstore, using the GitHub Actions "
+                           "OIDC identity (needs `id-token: write`).")(command)
+    command = click.option("--certificate-chain", "certificate_chain", multiple=True, type=click.Path(path_type=Path),
+                           help="Sign with a certificate: the signing certificate first, then its chain (repeat).")(command)
+    command = click.option("--signing-key", type=click.Path(path_type=Path),
+                           help="ECDSA private key (PEM) to sign the release with; or PEM text in MODELC_SIGNING_KEY.")(command)
+    return command
+
+
+def trust_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option("--sigstore-issuer", default="https://token.actions.githubusercontent.com", show_default=True,
+                           help="OIDC issuer of the Sigstore identity.")(command)
+    command = click.option("--sigstore-identity", help="Expected Sigstore signer, e.g. the workflow "
+                           "https://github.com/ORG/REPO/.github/workflows/build-models.yml@refs/heads/main.")(command)
+    command = click.option("--certificate-identity", help="With --certificate-chain: the signer's certificate name "
+                           "(CN, e-mail or URI) that must match.")(command)
+    command = click.option("--certificate-chain", "certificate_chain", multiple=True, type=click.Path(path_type=Path),
+                           help="Verify against this certificate chain (repeat; root last).")(command)
+    command = click.option("--public-key", type=click.Path(path_type=Path), help="ECDSA public key (PEM) the release "
+                           "must be signed with.")(command)
+    return command
+
+
+def _trust(public_key: Path | None, certificate_chain: tuple[Path, ...], certificate_identity: str | None,
+           sigstore_identity: str | None, sigstore_issuer: str) -> Any:
+    from compiler.signing import Trust
+
+    given = sum(bool(x) for x in (public_key, certificate_chain, sigstore_identity))
+    if given != 1:
+        raise click.UsageError("give exactly one of --public-key, --certificate-chain (with --certificate-identity) "
+                               "or --sigstore-identity")
+    return Trust(public_key, tuple(certificate_chain), certificate_identity, sigstore_identity, sigstore_issuer)
+
+
+@main.command()
+@click.option("--out", "prefix", required=True, type=click.Path(path_type=Path),
+              help="Writes PREFIX.key (private, mode 0600) and PREFIX.pub.")
+@click.option("--debug", is_flag=True)
+def keygen(prefix: Path, debug: bool) -> None:
+    """Write an ECDSA P-256 key pair for signing releases."""
+    from compiler.signing import write_key_pair
+
+    private, public = _guarded(debug, lambda: write_key_pair(prefix))
+    click.echo(f"wrote {private} (keep it secret; CI: store its text as a secret and set MODELC_SIGNING_KEY) "
+               f"and {public} (give it to deploy stages: modelc pull --public-key {public})")
+
+
+@main.command()
+@click.argument("reference", metavar="NAME:VERSION")
+@click.option("--store", "store_url", default=lambda: os.environ.get("MODELC_STORE", DEFAULT_STORE), show_default="artifacts",
+              help="A folder, file:// URL or oci://HOST/REPOSITORY (env MODELC_STORE).")
+@click.option("--target", help="Only this artifact (e.g. openvino-int8), with the manifest, reports and signature.")
+@click.option("--dest", type=click.Path(path_type=Path), required=True, help="A new or empty folder.")
+@trust_options
+@click.option("--debug", is_flag=True)
+def pull(reference: str, store_url: str, target: str | None, dest: Path, public_key: Path | None,
+         certificate_chain: tuple[Path, ...], certificate_identity: str | None, sigstore_identity: str | None,
+         sigstore_issuer: str, debug: bool) -> None:
+    """Download a release, verify its signature and every digest, then move it into DEST."""
+    from compiler.deploy import parse_reference
+    from compiler.deploy import pull as pull_release
+    from compiler.stores import open_store
+
+    trust = _trust(public_key, certificate_chain, certificate_identity, sigstore_identity, sigstore_issuer)
+
+    def action() -> Any:
+        name, version = parse_reference(reference)
+        return pull_release(open_store(store_url), name, version, dest, trust, target)
+
+    pulled = _guarded(debug, action)
+    click.echo(f"verified and wrote {len(pulled.files)} files of {reference} to {pulled.destination} ({trust.describe()})")
+
+
+@main.command()
+@click.argument("release", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@trust_options
+@click.option("--debug", is_flag=True)
+def verify(release: Path, public_key: Path | None, certificate_chain: tuple[Path, ...], certificate_identity: str | None,
+           sigstore_identity: str | None, sigstore_issuer: str, debug: bool) -> None:
+    """Check a release folder on disk against its signature: every file, nothing extra, the signer."""
+    from compiler.deploy import verify_folder
+
+    trust = _trust(public_key, certificate_chain, certificate_identity, sigstore_identity, sigstore_issuer)
+    _guarded(debug, lambda: verify_folder(release, trust))
+    click.echo(f"{release}: every file matches the signature ({trust.describe()})")
 
 
 @main.command()
@@ -115,7 +204,7 @@ def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool
 @main.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--store", "store_url", default=lambda: os.environ.get("MODELC_STORE", DEFAULT_STORE), show_default="artifacts",
-              help="Where releases go: a folder or file:// URL (env MODELC_STORE).")
+              help="Where releases go: a folder, file:// URL or oci://HOST/REPOSITORY (env MODELC_STORE).")
 @click.option("--reports-dir", type=click.Path(path_type=Path), default=Path(".modelc/failed"), show_default=True,
               help="Where the report of a build that missed a gate is kept.")
 @cache_option
@@ -126,10 +215,13 @@ def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool
               help="Independent steps run side by side, up to this many.")
 @click.option("--share-steps", is_flag=True, help="Pull and push step outputs through the store's step cache, "
               "so jobs of one fanned-out build reuse each other's work.")
+@click.option("--push", is_flag=True, help="Publish to a registry store (oci://); the release must be signed.")
+@signing_options
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def build(recipe: Path, store_url: str, reports_dir: Path, cache_dir: Path, force: bool, targets: tuple[str, ...],
-          share_steps: bool, jobs: int, debug: bool) -> None:
-    """Build every target of RECIPE, check accuracy, and store the release."""
+          share_steps: bool, jobs: int, push: bool, signing_key: Path | None, certificate_chain: tuple[Path, ...],
+          sigstore: bool, debug: bool) -> None:
+    """Build every target of RECIPE, check accuracy, sign (when a key is given) and store the release."""
     from compiler.build import BuildOptions
     from compiler.build import build as run_build
     from compiler.cache import Cache
@@ -139,9 +231,21 @@ def build(recipe: Path, store_url: str, reports_dir: Path, cache_dir: Path, forc
     def action() -> Any:
         from compiler.progress import BuildLog, build_log
 
+        from compiler.signing import signer_from_options
+
+        signer = signer_from_options(signing_key, certificate_chain, sigstore)
+        remote = store_url.startswith("oci://")
+        if remote and not push:
+            raise click.UsageError(f"--store {store_url} is a registry: add --push to publish there")
+        if push and not remote:
+            raise click.UsageError("--push publishes to a registry: give --store oci://HOST/REPOSITORY")
+        if push and signer is None and not targets:
+            raise click.UsageError("--push publishes signed releases only: give --signing-key FILE (or MODELC_SIGNING_KEY), "
+                                   "or --sigstore in GitHub Actions; `modelc keygen` makes a key pair")
         loaded = load_recipe(recipe, passed_schema_memo=Path(cache_dir) / "schema-passed")
         store = open_store(store_url)
-        options = BuildOptions(reports_dir, force=force, share_steps=share_steps, only_targets=targets, jobs=jobs)
+        options = BuildOptions(reports_dir, force=force, share_steps=share_steps, only_targets=targets, jobs=jobs,
+                               signer=signer)
         log = build_log() if not debug else BuildLog()
         try:
             return run_build(loaded, store, log, Cache(Path(cache_dir)), options)

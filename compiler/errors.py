@@ -12,6 +12,8 @@ Exit codes (also in the README):
     5  the artifact store refused the release (an existing version with other content, I/O)
     6  a backend cannot run here (optional dependency missing, TensorRT without a GPU)
     7  a model failed to export or compile
+    8  verification failed: a signature is missing, invalid or from another signer, or a file or
+       downloaded blob does not match its signed digest (nothing was written)
 """
 from __future__ import annotations
 
@@ -88,3 +90,9 @@ class CompileError(ModelcError):
     """A library failed while exporting or compiling the model."""
 
     exit_code = 7
+
+
+class VerificationError(ModelcError):
+    """A release failed verification: signature, signer, or a file's digest. Nothing was written."""
+
+    exit_code = 8

@@ -23,6 +23,8 @@ TOOLCHAIN_PACKAGES = ("modelc", "torch", "onnx", "onnxsim", "onnxruntime", "open
 
 # Beside every int8 artifact: how it was calibrated and what stayed in float (read into the report).
 QUANTIZATION_NOTES = "quantization.json"
+# The release's signature (a Sigstore bundle); the signature covers every other file.
+SIGNATURE_FILE = "signature.sigstore.json"
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytest
@@ -113,3 +113,11 @@ def run_cli_process() -> Callable[..., Any]:
                               text=True, cwd=REPO, timeout=600)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real OCI registry (CNCF distribution) on 127.0.0.1 for the whole test session."""
+    from tests.services.registry import start_registry
+
+    yield from start_registry(tmp_path_factory.mktemp("registry"))

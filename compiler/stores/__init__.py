@@ -1,9 +1,11 @@
-"""Artifact stores, chosen by URL: a path or file:// URL is the local store (the default)."""
+"""Artifact stores, chosen by URL: a path or file:// URL is the local store (the default);
+oci://HOST[:PORT]/REPOSITORY is an OCI registry. Both push, fetch and list the same way."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from compiler.cache import Cache
 from compiler.errors import StoreError
@@ -21,8 +23,14 @@ class Store(ABC):
         """Publish a finished release folder; refuse to change an existing version."""
 
     @abstractmethod
+    def fetch(self, name: str, version: str, destination: Path, wanted: Callable[[dict[str, Any]], set[str] | None]) -> None:
+        """Copy a release into `destination` (a private staging folder): its manifest.json first,
+        then the files `wanted(manifest)` names (None: all), and its signature if it has one.
+        Checks each file against the digest the store holds it under; trusts nothing else."""
+
     def pull(self, name: str, version: str, destination: Path) -> Path:
-        ...
+        self.fetch(name, version, destination, lambda manifest: None)
+        return destination
 
     @abstractmethod
     def list(self, name: str | None = None) -> list[tuple[str, str]]:
@@ -34,12 +42,16 @@ class Store(ABC):
 
 
 def open_store(url: str) -> Store:
+    if url.startswith("oci://"):
+        from compiler.stores.oci import OciStore
+
+        return OciStore(url)
     if url.startswith("file://"):
         url = url[len("file://"):]
     elif "://" in url:
         scheme = url.split("://", 1)[0]
         raise StoreError(f"store URL '{url}': the '{scheme}' scheme is not supported by this version of modelc; "
-                         "use a folder path or file:// URL")
+                         "use a folder path, a file:// URL or oci://HOST/REPOSITORY")
     from compiler.stores.local import LocalStore
 
     return LocalStore(Path(url))

@@ -5,10 +5,11 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any, Callable
 
 from compiler.cache import Cache
-from compiler.errors import StoreError
-from compiler.manifest import read_manifest
+from compiler.errors import StoreError, VerificationError
+from compiler.manifest import SIGNATURE_FILE, read_manifest
 from compiler.stores import PushResult, Store
 
 
@@ -59,12 +60,26 @@ class LocalStore(Store):
                          f"(content digest {existing[:12]} there, {wanted[:12]} now); a version is immutable: "
                          "bump `version` in the recipe")
 
-    def pull(self, name: str, version: str, destination: Path) -> Path:
+    def fetch(self, name: str, version: str, destination: Path, wanted: Callable[[dict[str, Any]], set[str] | None]) -> None:
+        """Copies regular files only; names come from the release's own manifest.json and are
+        checked to stay inside the folder (verification against the signature comes after)."""
+        from compiler.stores.oci import safe_relative_path
+
         source = self.release_path(name, version)
-        if not (source / "manifest.json").exists():
+        if not (source / "manifest.json").is_file():
             raise StoreError(f"{name}:{version} is not in the store {self.root}")
-        shutil.copytree(source, destination)
-        return destination
+        destination.mkdir(parents=True, exist_ok=True)
+        _copy_regular(source / "manifest.json", destination / "manifest.json")
+        manifest = read_manifest(destination)
+        chosen = wanted(manifest)
+        for entry in manifest.get("files", []):
+            path = str(entry["path"])
+            relative = safe_relative_path(path)
+            if chosen is None or path in chosen:
+                (destination / relative).parent.mkdir(parents=True, exist_ok=True)
+                _copy_regular(source / relative, destination / relative)
+        if (source / SIGNATURE_FILE).exists():
+            _copy_regular(source / SIGNATURE_FILE, destination / SIGNATURE_FILE)
 
     def list(self, name: str | None = None) -> list[tuple[str, str]]:
         if not self.root.is_dir():
@@ -77,6 +92,12 @@ class LocalStore(Store):
                 found += [(release, v.name) for v in sorted(folder.iterdir())
                           if not v.name.startswith(".") and (v / "manifest.json").exists()]
         return found
+
+
+def _copy_regular(source: Path, destination: Path) -> None:
+    if source.is_symlink() or not source.is_file():
+        raise VerificationError(f"{source}: not a regular file (a link or missing): refused")
+    shutil.copyfile(source, destination)
 
 
 def _fsync_tree(root: Path) -> None:

@@ -1,0 +1,136 @@
+"""What deploy stages run: pull a release (or one target of it) from any store, verify it, and
+only then move it into place; or verify a release already on disk.
+
+A pull downloads into a staging folder beside the destination (`.modelc-pull-NAME-VERSION`, kept
+after a dropped connection so the next pull resumes), checks every file against the signature
+and the release's own name and version, and renames the folder into place. Any failure of
+verification deletes the staging folder and leaves the destination untouched.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from compiler.errors import InputError, VerificationError
+from compiler.manifest import SIGNATURE_FILE, read_manifest, sha256_file
+from compiler.signing import SignatureError, Trust, verified_digests, verify_release
+from compiler.stores import Store
+
+REPORT_FILES = ("report.json", "report.md")
+
+
+@dataclass(frozen=True)
+class Pulled:
+    destination: Path
+    files: list[str]  # release-relative paths now in the destination, the signature included
+
+
+def parse_reference(reference: str) -> tuple[str, str]:
+    name, _, version = reference.rpartition(":")
+    if not name or not version:
+        raise InputError(f"'{reference}': expected NAME:VERSION, e.g. tiny-yolo-shapes:1.0.0")
+    return name, version
+
+
+def selection(manifest: dict[str, Any], target: str | None) -> set[str] | None:
+    """The files a deploy of `target` needs (its artifact, the reports); None: every file."""
+    if target is None:
+        return None
+    artifacts = {a["target"]: a["files"] for a in manifest.get("artifacts", [])}
+    if target not in artifacts:
+        raise InputError(f"--target {target}: the release holds {', '.join(sorted(artifacts))}")
+    return set(artifacts[target]) | set(REPORT_FILES)
+
+
+def pull(store: Store, name: str, version: str, destination: Path, trust: Trust, target: str | None = None) -> Pulled:
+    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+        raise InputError(f"{destination}: exists and is not an empty folder: give a new or empty --dest")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = destination.parent / f".modelc-pull-{name}-{version}"
+    chosen: dict[str, set[str] | None] = {}
+
+    def wanted(manifest: dict[str, Any]) -> set[str] | None:
+        chosen["files"] = selection(manifest, target)
+        return chosen["files"]
+
+    try:
+        store.fetch(name, version, staging, wanted)
+        verify_folder(staging, trust, expected=chosen.get("files"))
+        _check_identity(staging, name, version)
+    except VerificationError as exc:
+        shutil.rmtree(staging, ignore_errors=True)  # never keep what failed verification
+        raise type(exc)(f"{name}:{version}: " + exc.message.replace(f"{staging}/", "").replace(f"{staging}: ", "")) from None
+    _remove_leftovers(staging)
+    if destination.exists():
+        destination.rmdir()
+    os.rename(staging, destination)
+    files = sorted(str(p.relative_to(destination)) for p in destination.rglob("*") if p.is_file())
+    return Pulled(destination, files)
+
+
+def verify_folder(folder: Path, trust: Trust, expected: set[str] | None = None) -> None:
+    """All of a release (expected None) or the `expected` part of it matches its signature."""
+    _refuse_links(folder)
+    if not (folder / SIGNATURE_FILE).is_file():
+        raise SignatureError(f"{folder}: no {SIGNATURE_FILE}: the release is not signed; refusing it")
+    if expected is None:
+        try:
+            verify_release(folder, trust)
+        except SignatureError as exc:
+            raise SignatureError(_diagnosis(folder, trust) or str(exc)) from None
+        return
+    signed = verified_digests(folder / SIGNATURE_FILE, trust)
+    needed = expected | {"manifest.json"}
+    missing = sorted(needed - {p for p in needed if (folder / p).is_file()})
+    if missing:
+        raise SignatureError(f"{folder}: missing {', '.join(missing)}")
+    problems = _mismatches(folder, signed, only=needed)
+    if problems:
+        raise SignatureError(f"{folder}: " + "; ".join(problems))
+
+
+def _mismatches(folder: Path, signed: dict[str, str], only: set[str] | None = None) -> list[str]:
+    present = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != SIGNATURE_FILE
+               and not p.name.endswith(".part")}
+    problems = []
+    for path in sorted(present):
+        if path not in signed:
+            problems.append(f"{path} is not in the signed release")
+        elif sha256_file(folder / path) != signed[path]:
+            problems.append(f"{path} differs from the signed sha256 {signed[path][:16]}…")
+    wanted = set(signed) if only is None else only
+    problems += [f"{path} is missing" if path in signed else f"{path} is not in the signed release"
+                 for path in sorted(wanted - present)]
+    return problems
+
+
+def _diagnosis(folder: Path, trust: Trust) -> str | None:
+    """Which files differ, when the signature itself is good (clearer than model-signing's text)."""
+    try:
+        signed = verified_digests(folder / SIGNATURE_FILE, trust)
+    except SignatureError as exc:
+        return str(exc)
+    problems = _mismatches(folder, signed)
+    return f"{folder}: " + "; ".join(problems) if problems else None
+
+
+def _check_identity(folder: Path, name: str, version: str) -> None:
+    """The signed manifest.json must name the release that was asked for (no version swaps)."""
+    manifest = read_manifest(folder)
+    if (manifest.get("name"), manifest.get("version")) != (name, version):
+        raise VerificationError(f"asked for {name}:{version} but the signed release is "
+                                f"{manifest.get('name')}:{manifest.get('version')}: refused")
+
+
+def _refuse_links(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_symlink():
+            raise VerificationError(f"{path}: a link inside a release: refused")
+
+
+def _remove_leftovers(folder: Path) -> None:
+    for part in folder.rglob("*.part"):
+        part.unlink()
