@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,10 @@ def staged_release(tmp_path: Path, payload: bytes, name: str = "staged") -> tupl
     folder = tmp_path / name
     (folder / "onnx").mkdir(parents=True)
     (folder / "onnx" / "model.onnx").write_bytes(payload)
-    digest = content_digest(file_entries(folder, ["onnx/model.onnx"]))
-    (folder / "manifest.json").write_text(f'{{"content_digest": "{digest}"}}')
+    entries = file_entries(folder, ["onnx/model.onnx"])
+    digest = content_digest(entries)
+    files = [{"path": e.path, "sha256": e.sha256, "size": e.size} for e in entries]
+    (folder / "manifest.json").write_text(json.dumps({"content_digest": digest, "files": files}))
     return folder, digest
 
 

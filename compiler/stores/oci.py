@@ -123,6 +123,7 @@ class OciStore(Store):
         self.root = f"{'http' if plain else 'https'}://{self.host}"
         self.url = url
         self.chunk_size = chunk_size
+        self.backoff = 0.5  # seconds before the first retry; doubles each time
         self._session: Any = None
         self._credentials = _Credentials()
         self._tokens: dict[str, str] = {}
@@ -148,7 +149,7 @@ class OciStore(Store):
 
         full = url if url.startswith("http") else f"{self.root}/v2/{url}"
         scope = f"repository:{repository}:{'pull,push' if push else 'pull'}"
-        delay = 0.5
+        delay = self.backoff
         for attempt in range(RETRIES):
             sent = dict(headers or {})
             token = self._tokens.get(scope)
@@ -271,7 +272,7 @@ class OciStore(Store):
             except _Interrupted:
                 if attempt == RETRIES - 1:
                     raise StoreError(f"{self.url}: downloading {descriptor.digest[:19]} kept failing") from None
-                time.sleep(0.5 * 2 ** attempt)
+                time.sleep(self.backoff * 2 ** attempt)
         digest = _sha256_of(partial)
         if partial.stat().st_size != descriptor.size or f"sha256:{digest}" != descriptor.digest:
             partial.unlink()
@@ -289,7 +290,7 @@ class OciStore(Store):
         mode = "ab" if response.status_code == 206 else "wb"  # 200: the registry ignored the range
         try:
             with partial.open(mode) as handle:
-                for chunk in response.iter_content(chunk_size=1024 * 1024):
+                for chunk in response.iter_content(chunk_size=256 * 1024):
                     handle.write(chunk)
                     if handle.tell() > descriptor.size:
                         break  # more than the descriptor says: the digest check below refuses it

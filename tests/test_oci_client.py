@@ -1,0 +1,101 @@
+"""The OCI client against the real test registry behind a proxy that demands a bearer token and
+injects faults: retries, resumed downloads, auth, secrets kept out of messages."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+from compiler.errors import StoreError, VerificationError
+from compiler.stores.oci import OciStore, safe_relative_path
+from tests.services.faulty_proxy import SECRET, TOKEN, USER, Faults, start_proxy
+
+
+@pytest.fixture
+def faults() -> Faults:
+    return Faults()
+
+
+@pytest.fixture
+def proxy(registry: Any, faults: Faults) -> Iterator[str]:
+    yield from start_proxy(f"http://{registry.host}", faults)
+
+
+@pytest.fixture
+def credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELC_REGISTRY_USER", USER)
+    monkeypatch.setenv("MODELC_REGISTRY_TOKEN", SECRET)
+
+
+def fake_release(folder: Path, name: str = "client", version: str = "1.0.0", size: int = 3 * 1024 * 1024) -> Path:
+    """A release folder as modelc lays it out (files + manifest.json listing them)."""
+    release = folder / "release"
+    (release / "onnx").mkdir(parents=True)
+    (release / "onnx" / "model.onnx").write_bytes(np.random.default_rng(0).bytes(size))
+    (release / "report.md").write_text("# report\n")
+    files = [{"path": p, "sha256": hashlib.sha256((release / p).read_bytes()).hexdigest(), "size": (release / p).stat().st_size}
+             for p in ("onnx/model.onnx", "report.md")]
+    (release / "manifest.json").write_text(json.dumps({"name": name, "version": version, "files": files,
+                                                       "content_digest": "c" * 64}))
+    return release
+
+
+def test_bearer_auth_retries_and_a_resumed_download(tmp_path: Path, proxy: str, faults: Faults, credentials: None) -> None:
+    release = fake_release(tmp_path)
+    store = OciStore(f"oci://{proxy}/auth", chunk_size=1024 * 1024)  # 3 chunks per upload
+    store.backoff = 0.05
+    faults.fail_5xx = 3
+    assert store.push(release, "client", "1.0.0", "c" * 64).created
+    assert faults.fail_5xx == 0 and faults.token_requests >= 1
+    assert f"Bearer {TOKEN}" in faults.seen_authorizations
+
+    faults.cut_blob_downloads = 1
+    fresh = OciStore(f"oci://{proxy}/auth")
+    fresh.fetch("client", "1.0.0", tmp_path / "out", lambda manifest: None)
+    assert (tmp_path / "out" / "onnx" / "model.onnx").read_bytes() == (release / "onnx" / "model.onnx").read_bytes()
+    assert any(r.startswith("bytes=") and r != "bytes=0-" for r in faults.seen_ranges)  # resumed, not restarted
+    assert not list((tmp_path / "out").rglob("*.part"))
+    assert fresh.list("client") == [("client", "1.0.0")]
+
+
+def test_wrong_credentials_fail_without_showing_the_secret(tmp_path: Path, proxy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELC_REGISTRY_USER", USER)
+    monkeypatch.setenv("MODELC_REGISTRY_TOKEN", "wrong-" + SECRET)
+    with pytest.raises(StoreError) as caught:
+        OciStore(f"oci://{proxy}/auth").push(fake_release(tmp_path), "client", "2.0.0", "d" * 64)
+    assert "token service refused access" in caught.value.message
+    assert SECRET not in caught.value.message and "wrong-" not in caught.value.message
+
+
+def test_a_dead_registry_is_a_store_error(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    store = OciStore(f"oci://127.0.0.1:{port}/none")
+    store.backoff = 0.01
+    store_module = __import__("compiler.stores.oci", fromlist=["RETRIES"])
+    with pytest.raises(StoreError, match=r"failed after \d+ attempts: ConnectionError"):
+        store.list("x")
+    assert store_module.RETRIES >= 3
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/../../b", "a\\b", "", "a//b", "./a"])
+def test_names_that_escape_are_refused(name: str) -> None:
+    with pytest.raises(VerificationError, match="would escape"):
+        safe_relative_path(name)
+
+
+def test_plain_http_only_for_loopback_or_listed_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert OciStore("oci://ghcr.io/org").root == "https://ghcr.io"
+    assert OciStore("oci://127.0.0.1:5000/models").root == "http://127.0.0.1:5000"
+    monkeypatch.setenv("MODELC_INSECURE_REGISTRIES", "registry.lan:5000")
+    assert OciStore("oci://registry.lan:5000/m").root == "http://registry.lan:5000"
+    assert OciStore("oci://ghcr.io/org").repository("tiny") == "org/tiny"
+    with pytest.raises(StoreError, match="expected oci://HOST"):
+        OciStore("oci:///nohost")
