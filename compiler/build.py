@@ -314,6 +314,13 @@ def _run(recipe: Recipe, plan: Plan, store: Store, steps: _StepRunner, log: Log,
     for line in _summary_lines(report):
         log(line)
 
+    artifact_files = _artifact_files(graph, qdq, compiled)
+    if report.passed:  # an identical stored version: nothing to copy, sign or push
+        stored = store.stored_manifest(recipe.name, recipe.version)
+        if stored is not None and stored.get("content_digest") == content_digest(artifact_files):
+            log(f"✓ release (identical version already stored): {steps.ran} step(s) run, {steps.cached} cached")
+            location = store.location(recipe.name, recipe.version)
+            return BuildResult(location, False, report, stored, steps.ran, steps.cached)
     release = scratch / "release"
     _assemble(release, graph, qdq, compiled, report)
     _append_step_summary(release / "report.md")
@@ -324,7 +331,7 @@ def _run(recipe: Recipe, plan: Plan, store: Store, steps: _StepRunner, log: Log,
             shutil.copyfile(release / name, kept / name)
         raise GateFailed(f"{len(report.failures())} accuracy gate(s) missed, nothing was stored: "
                          + "; ".join(report.failures()) + f". Report: {kept / 'report.md'}")
-    manifest, result = _release(recipe, release, graph, qdq, compiled, report, store, options.signer, log)
+    manifest, result = _release(recipe, release, artifact_files, qdq, compiled, report, store, options.signer, log)
     log(f"{'✓ release' if result.created else '✓ release (identical version already stored)'}: "
         f"{steps.ran} step(s) run, {steps.cached} cached")
     return BuildResult(result.location, result.created, report, manifest, steps.ran, steps.cached)
@@ -638,15 +645,21 @@ def _append_step_summary(markdown: Path) -> None:
             handle.write(markdown.read_text())
 
 
-def _release(recipe: Recipe, release: Path, graph: CacheEntry, qdq: CacheEntry | None, compiled: list[CompiledArtifact],
-             report: Report, store: Store, signer: Signer | None, log: Log) -> tuple[dict[str, Any], PushResult]:
-    target_files = {a.target.id: [f"{a.target.id}/{name}" for name in a.entry.files] for a in compiled}
-    # The release holds copies of cache entries whose digests were checked this build: reuse them.
-    digests = {"onnx/model.onnx": graph.files["model.onnx"]}
+def _artifact_files(graph: CacheEntry, qdq: CacheEntry | None, compiled: list[CompiledArtifact]) -> list[FileEntry]:
+    """The release's model files with digests and sizes, read off the cache entries (whose digests
+    were checked this build) rather than re-hashed."""
+    sources = {"onnx/model.onnx": (graph, "model.onnx")}
     if qdq is not None:
-        digests.update({f"onnx-int8/{name}": digest for name, digest in qdq.files.items()})
-    digests.update({f"{a.target.id}/{name}": digest for a in compiled for name, digest in a.entry.files.items()})
-    artifact_files = [FileEntry(path, digests[path], (release / path).stat().st_size) for path in sorted(digests)]
+        sources.update({f"onnx-int8/{name}": (qdq, name) for name in qdq.files})
+    sources.update({f"{a.target.id}/{name}": (a.entry, name) for a in compiled for name in a.entry.files})
+    return [FileEntry(path, entry.files[name], entry.file(name).stat().st_size)
+            for path, (entry, name) in sorted(sources.items())]
+
+
+def _release(recipe: Recipe, release: Path, artifact_files: list[FileEntry], qdq: CacheEntry | None,
+             compiled: list[CompiledArtifact], report: Report, store: Store, signer: Signer | None,
+             log: Log) -> tuple[dict[str, Any], PushResult]:
+    target_files = {a.target.id: [f"{a.target.id}/{name}" for name in a.entry.files] for a in compiled}
     report_files = file_entries(release, ["report.json", "report.md"])
     entries = [ArtifactEntry("onnx", "onnx", "fp32", ["onnx/model.onnx"])]
     if qdq is not None:

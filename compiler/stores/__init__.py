@@ -36,6 +36,14 @@ class Store(ABC):
     def list(self, name: str | None = None) -> list[tuple[str, str]]:
         ...
 
+    @abstractmethod
+    def stored_manifest(self, name: str, version: str) -> dict[str, Any] | None:
+        """The manifest.json of a stored version, or None when the version is not stored."""
+
+    @abstractmethod
+    def location(self, name: str, version: str) -> str:
+        """Where a version is (or would be) stored, for messages."""
+
     def step_cache(self) -> Cache | None:
         """A cache of step outputs kept in the store, shared by the jobs of a fanned-out build."""
         return None

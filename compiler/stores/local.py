@@ -23,6 +23,13 @@ class LocalStore(Store):
     def release_path(self, name: str, version: str) -> Path:
         return self.root / name / version
 
+    def stored_manifest(self, name: str, version: str) -> dict[str, Any] | None:
+        final = self.release_path(name, version)
+        return read_manifest(final) if self._existing_digest(final) is not None else None
+
+    def location(self, name: str, version: str) -> str:
+        return str(self.release_path(name, version))
+
     def push(self, staged: Path, name: str, version: str, content_digest: str) -> PushResult:
         final = self.release_path(name, version)
         existing = self._existing_digest(final)

@@ -323,9 +323,26 @@ class OciStore(Store):
 
     # --- the Store interface ------------------------------------------------------------------
 
+    def location(self, name: str, version: str) -> str:
+        return f"{self.url.rstrip('/')}/{name}:{version}"
+
+    def stored_manifest(self, name: str, version: str) -> dict[str, Any] | None:
+        """The config blob of the tagged release (small; checked against its digest)."""
+        import tempfile
+
+        repository = self.repository(name)
+        found = self._get_manifest(repository, version)
+        if found is None:
+            return None
+        with tempfile.TemporaryDirectory(prefix="modelc-manifest-") as scratch:
+            path = Path(scratch) / RELEASE_MANIFEST
+            self._download(repository, Descriptor.from_json(found[0]["config"]), path)
+            manifest: dict[str, Any] = json.loads(path.read_text())
+        return manifest
+
     def push(self, staged: Path, name: str, version: str, content_digest: str) -> PushResult:
         repository = self.repository(name)
-        location = f"{self.url.rstrip('/')}/{name}:{version}"
+        location = self.location(name, version)
         existing = self._get_manifest(repository, version)
         if existing is not None:
             theirs = (existing[0].get("annotations") or {}).get(CONTENT_DIGEST)
