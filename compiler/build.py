@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # only a step that runs loads numpy, the data readers and the
     from compiler.data import Batch
 
 RANDOM_EVALUATION_SAMPLES = 8
-KEY_FORMAT = 1  # bump when the meaning of key material changes
+KEY_FORMAT = 2  # bump when the meaning of key material or the shape of step outputs changes
 STEP_TOOLS = {
     "export": ("torch", "onnx", "onnxscript"),
     "simplify": ("onnx", "onnxsim"),
@@ -593,10 +593,10 @@ def _report(recipe: Recipe, compiled: list[CompiledArtifact], measured: dict[str
         if evaluation.task is not None:
             reference_metric = evaluation.task.reference
     calibration = None
-    if recipe.calibration is not None and any(a.quantization for a in artifacts):
-        from compiler.data import DataReader
-
-        available = len(DataReader(recipe.calibration, recipe.model.inputs, recipe.preprocess))
+    noted = [a.quantization["calibration_samples_available"] for a in artifacts
+             if a.quantization and "calibration_samples_available" in a.quantization]
+    if recipe.calibration is not None and noted:
+        available = max(noted)
         where = os.path.relpath(recipe.calibration.path, recipe.path.parent)  # as the recipe names it
         calibration = CalibrationData(where, available, recipe.calibration.samples)
     if sensitivity is not None:  # the worst layers, as many as the recipe asks for

@@ -24,7 +24,7 @@ def calibrate_qdq(recipe: Recipe, onnx_model: Path, out: Path) -> None:
     reader = DataReader.for_recipe(recipe.calibration, recipe)
     notes = quantize_qdq(onnx_model, recipe.model.inputs, lambda: (batch.inputs for batch in reader.batches()),
                          recipe.quantization, out / "model.onnx")
-    write_quantization_notes(out, notes)
+    write_quantization_notes(out, {**notes, "calibration_samples_available": len(reader)})
 
 
 def measure_layer_sensitivity(recipe: Recipe, onnx_model: Path, out: Path) -> None:
@@ -67,6 +67,21 @@ def compile_target(recipe: Recipe, target: Target, onnx_model: Path, out: Path) 
     get_backend(target.backend).compile(CompileRequest(target, onnx_model, recipe.model.inputs, recipe.model.outputs,
                                                        out, torch_model, calibration, recipe.quantization,
                                                        _accuracy_control(recipe, target)))
+    if calibration is not None:
+        _note_samples_available(out, len(reader))
+
+
+def _note_samples_available(out: Path, available: int) -> None:
+    """The report's calibration line reads this (so a no-op rebuild needs no data reader)."""
+    import json
+
+    from compiler.manifest import QUANTIZATION_NOTES
+
+    notes_file = out / QUANTIZATION_NOTES
+    if notes_file.is_file():
+        notes = json.loads(notes_file.read_text())
+        notes["calibration_samples_available"] = available
+        notes_file.write_text(json.dumps(notes, indent=2, sort_keys=True) + "\n")
 
 
 def accuracy_controlled(recipe: Recipe, target: Target) -> bool:
