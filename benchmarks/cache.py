@@ -9,9 +9,7 @@ rebuild time after changing only a gate, and streamed sha256 throughput on a 1 G
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -75,8 +73,8 @@ def main() -> None:
         finally:
             changed.unlink()
         ours, coreutils = hashing_throughput(scratch, args.hash_gib)
-    print(f"| measure | value | target |")
-    print(f"|---|---:|---|")
+    print("| measure | value | target |")
+    print("|---|---:|---|")
     print(f"| cold build | {cold:.2f} s | |")
     print(f"| no-op rebuild (best of 3) | {noop:.3f} s | < 1 s |")
     print(f"| no-op / cold | {noop / cold:.3f} | <= 0.02 |")

@@ -9,7 +9,6 @@ import hashlib
 import json
 import platform
 import subprocess
-import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -121,3 +119,24 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from tests.services.registry import start_registry
 
     yield from start_registry(tmp_path_factory.mktemp("registry"))
+
+
+def _tiny_inputs() -> tuple[Any, ...]:
+    from compiler.recipe import TensorSpec
+
+    return (TensorSpec("images", ("batch", 3, 16, 16)),)
+
+
+TINY_INPUTS = _tiny_inputs()  # the tiny net's one input
+
+
+@pytest.fixture(scope="session")
+def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny net exported to ONNX once per session (TorchScript exporter, opset 17)."""
+    from compiler.export import export_onnx
+    from compiler.recipe import ExportOptions
+    from tests.fixtures.tiny_net import build_model
+
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    export_onnx(build_model().eval(), TINY_INPUTS, ("logits",), ExportOptions(exporter="torchscript", opset=17), path)
+    return path

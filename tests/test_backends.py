@@ -8,18 +8,10 @@ import torch
 
 from compiler.backends import CompileRequest, get_backend
 from compiler.errors import BackendUnavailable
-from compiler.export import export_onnx
-from compiler.recipe import ExportOptions, Target, TensorSpec
+from compiler.recipe import Target
 from tests.fixtures.tiny_net import build_model
 
-INPUTS = (TensorSpec("images", ("batch", 3, 16, 16)),)
-
-
-@pytest.fixture(scope="module")
-def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    export_onnx(build_model().eval(), INPUTS, ("logits",), ExportOptions(exporter="torchscript", opset=17), path)
-    return path
+from tests.conftest import TINY_INPUTS as INPUTS
 
 
 @pytest.mark.parametrize("backend,precision,tolerance", [

@@ -12,7 +12,7 @@ import torch
 
 from compiler.backends.onnxruntime import OnnxRuntimeRunner
 from compiler.errors import InputError
-from compiler.export import check_model_accepts_inputs, export_onnx, export_torchscript, simplify_onnx
+from compiler.export import check_model_accepts_inputs, export_onnx, simplify_onnx
 from compiler.recipe import ExportOptions, TensorSpec
 from tests.fixtures.tiny_net import build_model, build_two_outputs
 

@@ -12,22 +12,14 @@ from onnx import numpy_helper
 
 from compiler.backends import get_backend
 from compiler.errors import BackendUnavailable, InputError
-from compiler.export import export_onnx
-from compiler.recipe import ExportOptions, Quantization, TensorSpec
+from compiler.recipe import Quantization
 from tests.fixtures.tiny_net import build_model
 
 pytest.importorskip("modelopt.onnx.quantization", reason="the modelopt extra is not installed")
 
 from compiler.qdq import quantize_qdq  # noqa: E402
 
-INPUTS = (TensorSpec("images", ("batch", 3, 16, 16)),)
-
-
-@pytest.fixture(scope="module")
-def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    export_onnx(build_model().eval(), INPUTS, ("logits",), ExportOptions(exporter="torchscript", opset=17), path)
-    return path
+from tests.conftest import TINY_INPUTS as INPUTS
 
 
 def feeds(count: int, batch: int = 4, seed: int = 3) -> list[dict[str, np.ndarray]]:

@@ -7,8 +7,8 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -114,7 +114,7 @@ def test_cache_ls_and_gc_commands(tmp_path: Path, tiny_recipe, run_cli, private_
     assert run_cli("build", tiny_recipe(), "--store", tmp_path / "store").exit_code == 0
     listing = run_cli("cache", "ls")
     assert listing.exit_code == 0 and "compile:openvino-fp16" in listing.stdout
-    assert listing.stdout.strip().splitlines()[-1].startswith(f"7 entries, ")
+    assert listing.stdout.strip().splitlines()[-1].startswith("7 entries, ")
     assert run_cli("cache", "gc", "--keep-days", "1").stdout == "removed 0 entries, freed 0 B\n"
     assert run_cli("cache", "gc", "--keep-days", "0").stdout.startswith("removed 7 entries, freed ")
 
@@ -134,7 +134,7 @@ def test_a_step_gives_the_same_bytes_whatever_ran_before_it(tmp_path: Path, tiny
         assert full[step].files == alone[step].files, step
 
 
-def int8_overrides(tmp_path: Path, tiny_recipe, data: "np.ndarray") -> Path:
+def int8_overrides(tmp_path: Path, tiny_recipe, data: Any) -> Path:
     import numpy as np
 
     np.save(tmp_path / "calibration.npy", data)

@@ -12,7 +12,6 @@ import torch
 
 from compiler.manifest import sha256_file
 from compiler.recipe import load_recipe
-from compiler.report import to_json  # noqa: F401  (schema below is the published one)
 from compiler.sources import load_torch_model
 
 REPO = Path(__file__).resolve().parents[2]
