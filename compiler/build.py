@@ -29,7 +29,7 @@ from compiler.plan import QDQ_STEP, SENSITIVITY_STEP, Plan, Step, make_plan, use
 from compiler.progress import BuildLog
 from compiler.recipe import Dataset, Recipe, Target
 from compiler.report import ArtifactReport, CalibrationData, Report, to_json_text, to_markdown
-from compiler.stores import PushResult, Store
+from compiler.stores import PushResult, StepCache, Store
 from compiler.worker import accuracy_controlled, calibrate_qdq, compile_target, measure_layer_sensitivity
 
 if TYPE_CHECKING:  # only a step that runs loads numpy, the data readers and the backends
@@ -142,7 +142,7 @@ class StepRequest:
 class _StepRunner:
     """Looks steps up in the caches, runs the missing ones under their keys' locks, logs why."""
 
-    def __init__(self, cache: Cache, log: Log, force: bool, scratch: Path, shared: Cache | None = None, jobs: int = 1) -> None:
+    def __init__(self, cache: Cache, log: Log, force: bool, scratch: Path, shared: StepCache | None = None, jobs: int = 1) -> None:
         self.cache, self.log, self.force, self.scratch, self.shared = cache, log, force, scratch, shared
         self.jobs = max(1, jobs)
         self.before_first_run: Callable[[], None] | None = None  # called once, when a step is about to run
@@ -268,6 +268,8 @@ def build(recipe: Recipe, store: Store, log: Log, cache: Cache, options: BuildOp
         return _run(recipe, plan, store, steps, log, options, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        if shared is not None and hasattr(shared, "close"):
+            shared.close()
 
 
 def _run(recipe: Recipe, plan: Plan, store: Store, steps: _StepRunner, log: Log, options: BuildOptions,

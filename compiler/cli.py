@@ -235,7 +235,7 @@ def build(recipe: Path, store_url: str, reports_dir: Path, cache_dir: Path, forc
 
         signer = signer_from_options(signing_key, certificate_chain, sigstore)
         remote = store_url.startswith("oci://")
-        if remote and not push:
+        if remote and not push and not targets:
             raise click.UsageError(f"--store {store_url} is a registry: add --push to publish there")
         if push and not remote:
             raise click.UsageError("--push publishes to a registry: give --store oci://HOST/REPOSITORY")

@@ -5,10 +5,20 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from compiler.cache import Cache
 from compiler.errors import StoreError
+
+
+class StepCache(Protocol):
+    """What a build needs of a shared step cache (compiler.cache.Cache is one)."""
+
+    def get(self, key: str) -> tuple[Any, str]:
+        """(the entry, or None and why not)"""
+
+    def put(self, key: str, step: str, produced: Path) -> Any:
+        ...
 
 
 @dataclass(frozen=True)
@@ -44,7 +54,7 @@ class Store(ABC):
     def location(self, name: str, version: str) -> str:
         """Where a version is (or would be) stored, for messages."""
 
-    def step_cache(self) -> Cache | None:
+    def step_cache(self) -> StepCache | None:
         """A cache of step outputs kept in the store, shared by the jobs of a fanned-out build."""
         return None
 

@@ -43,6 +43,9 @@ from compiler.stores import PushResult, Store
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
 RELEASE_TYPE = "application/vnd.modelc.release.v1"
+STEP_TYPE = "application/vnd.modelc.step.v1"
+STEP_CONFIG_TYPE = "application/vnd.modelc.step.config.v1+json"
+STEP_REPOSITORY = "modelc-step-cache"
 CONFIG_TYPE = "application/vnd.modelc.manifest.v1+json"
 SIGNATURE_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
@@ -326,6 +329,9 @@ class OciStore(Store):
     def location(self, name: str, version: str) -> str:
         return f"{self.url.rstrip('/')}/{name}:{version}"
 
+    def step_cache(self) -> OciStepCache:
+        return OciStepCache(self)
+
     def stored_manifest(self, name: str, version: str) -> dict[str, Any] | None:
         """The config blob of the tagged release (small; checked against its digest)."""
         import tempfile
@@ -455,7 +461,67 @@ class OciStore(Store):
         if response.status_code != 200:
             raise StoreError(f"{self.url}: this registry does not list its repositories: give a release name")
         prefix = f"{self.base}/" if self.base else ""
-        return sorted(r[len(prefix):] for r in response.json().get("repositories") or [] if r.startswith(prefix))
+        return sorted(r[len(prefix):] for r in response.json().get("repositories") or []
+                      if r.startswith(prefix) and r[len(prefix):] != STEP_REPOSITORY)
+
+
+class OciStepCache:
+    """Step outputs shared by the jobs of a fanned-out build, in `REPO/modelc-step-cache`, one
+    artifact per step key (tag `step-<key>`). Downloads are digest-checked and land in a local
+    cache. Whoever may push to the repository can feed these steps, exactly as they could push a
+    release: keep write access to the registry as narrow as release signing."""
+
+    def __init__(self, store: OciStore) -> None:
+        import tempfile
+
+        from compiler.cache import Cache
+
+        self.store = store
+        self.repository = store.repository(STEP_REPOSITORY)
+        self.local = Cache(Path(tempfile.mkdtemp(prefix="modelc-shared-steps-")))
+
+    def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.local.root, ignore_errors=True)
+
+    @staticmethod
+    def _tag(key: str) -> str:
+        return f"step-{key}"
+
+    def get(self, key: str) -> tuple[Any, str]:
+        entry, _ = self.local.get(key)
+        if entry is not None:
+            return entry, ""
+        found = self.store._get_manifest(self.repository, self._tag(key))
+        if found is None or found[0].get("artifactType") != STEP_TYPE:
+            return None, "not in the registry's step cache"
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="modelc-step-") as scratch:
+            folder = Path(scratch)
+            for layer in found[0].get("layers", []):
+                descriptor = Descriptor.from_json(layer)
+                relative = safe_relative_path((descriptor.annotations or {}).get(TITLE, ""))
+                self.store._download(self.repository, descriptor, folder / relative)
+            step = (found[0].get("annotations") or {}).get("dev.modelc.step", "step")
+            return self.local.put(key, step, folder), ""
+
+    def put(self, key: str, step: str, produced: Path) -> None:
+        if self.store._get_manifest(self.repository, self._tag(key)) is not None:
+            return  # another job stored it: same key, same content
+        layers = []
+        for path in sorted(p for p in produced.rglob("*") if p.is_file()):
+            relative = str(path.relative_to(produced))
+            digest = f"sha256:{_sha256_of(path)}"
+            self.store._upload_file(self.repository, path, digest)
+            layers.append(Descriptor(layer_media_type(relative), digest, path.stat().st_size,
+                                     {TITLE: relative}).to_json())
+        config = self.store._upload_bytes(self.repository, json.dumps({"key": key, "step": step}).encode())
+        manifest = {"schemaVersion": 2, "mediaType": MANIFEST_TYPE, "artifactType": STEP_TYPE,
+                    "config": Descriptor(STEP_CONFIG_TYPE, config.digest, config.size).to_json(), "layers": layers,
+                    "annotations": {"dev.modelc.step": step}}
+        self.store._put_manifest(self.repository, self._tag(key), manifest, MANIFEST_TYPE)
 
 
 class _Interrupted(Exception):
