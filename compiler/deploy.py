@@ -64,9 +64,13 @@ def pull(store: Store, name: str, version: str, destination: Path, trust: Trust,
         shutil.rmtree(staging, ignore_errors=True)  # never keep what failed verification
         raise type(exc)(f"{name}:{version}: " + exc.message.replace(f"{staging}/", "").replace(f"{staging}: ", "")) from None
     _remove_leftovers(staging)
-    if destination.exists():
-        destination.rmdir()
-    os.rename(staging, destination)
+    try:
+        if destination.exists():
+            destination.rmdir()
+        os.rename(staging, destination)
+    except OSError as exc:
+        raise InputError(f"{destination}: cannot move the verified release into place ({exc.strerror or exc}); "
+                         f"it is complete in {staging}") from None
     files = sorted(str(p.relative_to(destination)) for p in destination.rglob("*") if p.is_file())
     return Pulled(destination, files)
 
