@@ -257,3 +257,23 @@ def test_fanned_out_jobs_share_steps_through_the_registry(tmp_path: Path, tiny_r
                                                                     "verify"]
     name, version = release_name(recipe)
     assert f"{name} {version}" in run_cli("ls", name, "--store", store).stdout
+
+
+def test_an_interrupted_push_leaves_no_version_and_can_be_repeated(registry, published, monkeypatch) -> None:
+    from compiler.errors import StoreError
+    from compiler.stores import open_store
+    from compiler.stores.oci import OciStore
+
+    url = registry.url("interrupted")
+    manifest = published["manifest"]
+
+    def dropped(*args: object, **kwargs: object) -> None:
+        raise StoreError("connection dropped while pushing the signature")
+
+    monkeypatch.setattr(OciStore, "_push_signature", dropped)
+    with pytest.raises(StoreError, match="connection dropped"):
+        open_store(url).push(published["release"], "tamper", "1.0.0", manifest["content_digest"])
+    assert open_store(url).list("tamper") == []  # blobs and an untagged manifest at most: no version
+    monkeypatch.undo()
+    assert open_store(url).push(published["release"], "tamper", "1.0.0", manifest["content_digest"]).created
+    assert open_store(url).list("tamper") == [("tamper", "1.0.0")]
