@@ -235,26 +235,11 @@ def test_signature_in_the_registry_is_a_referrer_with_the_tag_fallback(registry,
 
 def test_fanned_out_jobs_share_steps_through_the_registry(tmp_path: Path, tiny_recipe, run_cli, registry, keys,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import re
+    from tests.e2e.test_fan_out import fan_out
 
     recipe = tiny_recipe()
     store = registry.url("e2e-fan-out")
-    monkeypatch.setenv("MODELC_CACHE", str(tmp_path / "job-a"))
-    job_a = run_cli("build", recipe, "--store", store, "--target", "openvino-fp32", "--share-steps")
-    assert job_a.exit_code == 0, job_a.stderr
-    assert re.findall(r"^▶ (\S+):", job_a.stderr, re.M) == ["export", "simplify", "compile:openvino-fp32"]
-
-    monkeypatch.setenv("MODELC_CACHE", str(tmp_path / "job-b"))  # another runner: empty local cache
-    job_b = run_cli("build", recipe, "--store", store, "--target", "torchscript-fp32", "--share-steps")
-    assert job_b.exit_code == 0, job_b.stderr
-    assert "✓ export (from the store's step cache" in job_b.stderr
-    assert re.findall(r"^▶ (\S+):", job_b.stderr, re.M) == ["compile:torchscript-fp32"]
-
-    monkeypatch.setenv("MODELC_CACHE", str(tmp_path / "final"))
-    final = run_cli("build", recipe, "--push", "--store", store, "--signing-key", keys["key"], "--share-steps")
-    assert final.exit_code == 0, final.stderr
-    assert sorted(re.findall(r"^▶ (\S+):", final.stderr, re.M)) == ["compile:onnxruntime-fp32", "compile:openvino-fp16",
-                                                                    "verify"]
+    fan_out(run_cli, recipe, store, tmp_path, monkeypatch, "--push", "--signing-key", str(keys["key"]))
     name, version = release_name(recipe)
     assert f"{name} {version}" in run_cli("ls", name, "--store", store).stdout
 
