@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from compiler.cache import Cache
 from compiler.errors import StoreError
 
 
