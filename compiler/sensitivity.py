@@ -13,11 +13,14 @@ import re
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
 from compiler.recipe import Quantization, Task, TensorSpec
+
+if TYPE_CHECKING:
+    from compiler.accuracy import TaskMetric
 
 
 @dataclass(frozen=True)
@@ -39,24 +42,15 @@ def quantized_layers(qdq_model: Path) -> list[tuple[str, str]]:
 
 
 def _score(model: Path, reference: Path, batches: Callable[[], Iterator[Any]], inputs: tuple[TensorSpec, ...],
-           outputs: tuple[str, ...], task: Task) -> tuple[float | None, float]:
-    """Task metric (or None) of `model`, and its lowest per-output cosine to `reference`."""
-    from compiler.accuracy import _OutputAccumulator, _run, _TaskScorer
+           outputs: tuple[str, ...], task: Task) -> tuple[TaskMetric | None, float]:
+    """`model` against the float graph `reference`: the task metric of both (None for a generic
+    task) and the lowest per-output cosine."""
+    from compiler.accuracy import evaluate
     from compiler.backends.onnxruntime import OnnxRuntimeRunner
 
-    use_task = task.type in ("classification", "detection")
-    scorer = _TaskScorer(task, task.output or outputs[0])
-    cosines = {name: _OutputAccumulator() for name in outputs}
     with OnnxRuntimeRunner(model, inputs, outputs) as runner, OnnxRuntimeRunner(reference, inputs, outputs) as float_runner:
-        for batch in batches():
-            got = _run(runner, batch, inputs)
-            expected = _run(float_runner, batch, inputs)
-            for name in outputs:
-                cosines[name].update(expected[name], got[name])
-            if use_task:
-                scorer.update(got, expected, batch)
-    worst = min(cosines[name].result(name).cosine for name in outputs)
-    return (scorer.value() if use_task else None), worst
+        result = evaluate(float_runner, {"int8": runner}, batches(), inputs, outputs, task)["int8"]
+    return result.task, min(m.cosine for m in result.outputs)
 
 
 def measure_sensitivity(onnx_model: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...],
@@ -65,25 +59,22 @@ def measure_sensitivity(onnx_model: Path, inputs: tuple[TensorSpec, ...], output
     """Every quantizable layer alone in INT8, worst first; plus the whole graph in INT8."""
     from compiler.qdq import quantize_qdq
 
+    only_named = Quantization(**{**asdict(options), "ignore_names": (), "ignore_patterns": (), "ignore_types": ()})
     with tempfile.TemporaryDirectory(prefix="modelc-sensitivity-") as scratch:
         folder = Path(scratch)
         whole = folder / "all.onnx"
         quantize_qdq(onnx_model, inputs, calibration, options, whole)
-        float_metric, _ = _score(onnx_model, onnx_model, evaluation, inputs, outputs, task)
         all_metric, all_cosine = _score(whole, onnx_model, evaluation, inputs, outputs, task)
         layers = []
         for index, (name, op_type) in enumerate(quantized_layers(whole)):
             single = folder / f"layer-{index}.onnx"
-            only = Quantization(**{**asdict(options), "ignore_names": (), "ignore_patterns": (), "ignore_types": ()})
-            quantize_qdq(onnx_model, inputs, calibration, only, single, nodes_to_quantize=[re.escape(name)])
+            quantize_qdq(onnx_model, inputs, calibration, only_named, single, nodes_to_quantize=[re.escape(name)])
             metric, cosine = _score(single, onnx_model, evaluation, inputs, outputs, task)
-            drop = None if metric is None or float_metric is None else float_metric - metric
-            layers.append(LayerSensitivity(name, op_type, drop, cosine))
+            layers.append(LayerSensitivity(name, op_type, None if metric is None else metric.drop, cosine))
             single.unlink()
     layers.sort(key=lambda s: (-(s.metric_drop or 0.0), s.min_cosine))
     return {"method": "each layer alone in INT8 (ModelOpt Q/DQ), scored with onnxruntime on data.evaluation",
-            "metric": None if float_metric is None else ("top1_accuracy" if task.type == "classification" else "map50"),
-            "float_metric": float_metric,
-            "all_layers": {"metric_drop": None if float_metric is None or all_metric is None else float_metric - all_metric,
-                           "min_cosine": all_cosine},
+            "metric": None if all_metric is None else all_metric.name,
+            "float_metric": None if all_metric is None else all_metric.reference,
+            "all_layers": {"metric_drop": None if all_metric is None else all_metric.drop, "min_cosine": all_cosine},
             "layers": [asdict(s) for s in layers]}
