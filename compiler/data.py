@@ -185,6 +185,10 @@ class DataReader:
 
     # --- reading -------------------------------------------------------------------------
 
+    def feeds(self) -> Iterator[dict[str, np.ndarray]]:
+        """The inputs of each batch only (what calibration consumes)."""
+        return (batch.inputs for batch in self.batches())
+
     def batches(self, batch_size: int | None = None) -> Iterator[Batch]:
         if self.dataset.format == "python":
             yield from self._python_batches()

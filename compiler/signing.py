@@ -18,9 +18,10 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from compiler.errors import VerificationError
 from compiler.manifest import SIGNATURE_FILE
@@ -35,16 +36,19 @@ class SignatureError(VerificationError):
 
 @dataclass(frozen=True)
 class Signer:
-    """How to sign: exactly one of `key` (with optional `certificate_chain`) or `sigstore`."""
+    """How to sign: exactly one of `key` (with optional `certificate_chain`), `key_from_environment`
+    (PEM text in MODELC_SIGNING_KEY) or `sigstore`."""
 
     key: Path | None = None
     certificate_chain: tuple[Path, ...] = ()
     sigstore: bool = False
+    key_from_environment: bool = False
 
     def describe(self) -> str:
         if self.sigstore:
             return "Sigstore keyless (ambient OIDC identity)"
-        return f"{'certificate' if self.certificate_chain else 'ECDSA key'} {self.key}"
+        where = f"${SIGNING_KEY_ENV}" if self.key_from_environment else str(self.key)
+        return f"{'certificate' if self.certificate_chain else 'ECDSA key'} {where}"
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,7 @@ def signer_from_options(key: Path | None, certificate_chain: Iterable[Path] = ()
             raise SignatureError(f"{key}: the signing key file does not exist: run `modelc keygen --out PREFIX` or fix the path")
         return Signer(key=key, certificate_chain=chain)
     if os.environ.get(SIGNING_KEY_ENV):
-        return Signer(key=Path(f"${SIGNING_KEY_ENV}"))  # resolved to a private temporary file when signing
+        return Signer(key_from_environment=True)
     return None
 
 
@@ -117,27 +121,21 @@ def sign_release(release: Path, signer: Signer) -> Path:
     return destination
 
 
-class _key_file:
+@contextmanager
+def _key_file(signer: Signer) -> Iterator[Path | None]:
     """The signer's key as a path; PEM text from the environment goes to a 0600 temporary file
     that is removed afterwards (model-signing reads keys from files only)."""
-
-    def __init__(self, signer: Signer) -> None:
-        self.signer = signer
-        self.temporary: Path | None = None
-
-    def __enter__(self) -> Path | None:
-        if self.signer.key is None or str(self.signer.key) != f"${SIGNING_KEY_ENV}":
-            return self.signer.key
-        handle, name = tempfile.mkstemp(prefix="modelc-key-", suffix=".pem")
+    if not signer.key_from_environment:
+        yield signer.key
+        return
+    handle, name = tempfile.mkstemp(prefix="modelc-key-", suffix=".pem")
+    try:
         os.fchmod(handle, stat.S_IRUSR | stat.S_IWUSR)
         with os.fdopen(handle, "w") as stream:
             stream.write(os.environ[SIGNING_KEY_ENV])
-        self.temporary = Path(name)
-        return self.temporary
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.temporary is not None:
-            self.temporary.unlink(missing_ok=True)
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)
 
 
 def _verifying_config(trust: Trust) -> Any:

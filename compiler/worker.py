@@ -9,7 +9,7 @@ fanned-out CI build agree byte for byte.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from compiler.recipe import Recipe, Target
 
@@ -22,7 +22,7 @@ def calibrate_qdq(recipe: Recipe, onnx_model: Path, out: Path) -> None:
 
     assert recipe.calibration is not None  # the recipe validator demands it for int8
     reader = DataReader.for_recipe(recipe.calibration, recipe)
-    notes = quantize_qdq(onnx_model, recipe.model.inputs, lambda: (batch.inputs for batch in reader.batches()),
+    notes = quantize_qdq(onnx_model, recipe.model.inputs, reader.feeds,
                          recipe.quantization, out / "model.onnx")
     write_quantization_notes(out, {**notes, "calibration_samples_available": len(reader)})
 
@@ -38,7 +38,7 @@ def measure_layer_sensitivity(recipe: Recipe, onnx_model: Path, out: Path) -> No
     calibration = DataReader.for_recipe(recipe.calibration, recipe)
     evaluation = DataReader(recipe.evaluation, recipe.model.inputs, recipe.preprocess, recipe.task.classes)
     result = measure_sensitivity(onnx_model, recipe.model.inputs, recipe.model.outputs,
-                                 lambda: (batch.inputs for batch in calibration.batches()), evaluation.batches,
+                                 calibration.feeds, evaluation.batches,
                                  recipe.task, recipe.quantization)
     (out / "sensitivity.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
 
@@ -60,9 +60,7 @@ def compile_target(recipe: Recipe, target: Target, onnx_model: Path, out: Path) 
         from compiler.data import DataReader
 
         reader = DataReader.for_recipe(recipe.calibration, recipe)
-
-        def calibration() -> Iterator[dict[str, Any]]:
-            return (batch.inputs for batch in reader.batches())
+        calibration = reader.feeds
 
     get_backend(target.backend).compile(CompileRequest(target, onnx_model, recipe.model.inputs, recipe.model.outputs,
                                                        out, torch_model, calibration, recipe.quantization,
