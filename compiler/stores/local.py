@@ -24,8 +24,7 @@ class LocalStore(Store):
         return self.root / name / version
 
     def stored_manifest(self, name: str, version: str) -> dict[str, Any] | None:
-        final = self.release_path(name, version)
-        return read_manifest(final) if self._existing_digest(final) is not None else None
+        return self._stored(self.release_path(name, version))
 
     def location(self, name: str, version: str) -> str:
         return str(self.release_path(name, version))
@@ -50,14 +49,21 @@ class LocalStore(Store):
         return PushResult(str(final), created=True)
 
     @staticmethod
-    def _existing_digest(final: Path) -> str | None:
+    def _stored(final: Path) -> dict[str, Any] | None:
+        """The manifest of a stored version (None: not stored); a folder without one is an error."""
         if not final.exists():
             return None
         try:
-            return str(read_manifest(final)["content_digest"])
-        except (OSError, ValueError, KeyError):
+            manifest = read_manifest(final)
+            manifest["content_digest"]  # a modelc manifest always has one
+        except (OSError, ValueError, KeyError, TypeError):
             raise StoreError(f"{final}: exists but holds no readable manifest.json; "
                              "it was not written by modelc: move it away") from None
+        return manifest
+
+    def _existing_digest(self, final: Path) -> str | None:
+        stored = self._stored(final)
+        return None if stored is None else str(stored["content_digest"])
 
     @staticmethod
     def _same_or_refuse(final: Path, name: str, version: str, existing: str, wanted: str) -> PushResult:
