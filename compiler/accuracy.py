@@ -7,7 +7,6 @@ mAP@0.5) are computed for the reference and each artifact against the shipped la
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
@@ -155,7 +154,8 @@ def _chunks(batch: Batch, inputs: tuple[TensorSpec, ...]) -> Iterator[dict[str, 
         yield {name: array[start:start + size] for name, array in batch.inputs.items()}
 
 
-def _run(runner: Runner, batch: Batch, inputs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
+def run_batch(runner: Runner, batch: Batch, inputs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
+    """One batch through a runner, split where the model's batch axis is fixed."""
     import numpy as np
 
     parts = [runner.infer(feed) for feed in _chunks(batch, inputs)]
@@ -165,19 +165,26 @@ def _run(runner: Runner, batch: Batch, inputs: tuple[TensorSpec, ...]) -> dict[s
 def evaluate(reference: Runner, artifacts: dict[str, Runner], batches: Iterator[Batch], inputs: tuple[TensorSpec, ...],
              outputs: tuple[str, ...], task: Task) -> dict[str, Evaluation]:
     """Stream the batches through the reference and every artifact at once."""
+    pairs = ((batch, run_batch(reference, batch, inputs)) for batch in batches)
+    return compare(pairs, artifacts, inputs, outputs, task)
+
+
+def compare(batches: Iterable[tuple[Batch, dict[str, np.ndarray]]], artifacts: dict[str, Runner],
+            inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...], task: Task) -> dict[str, Evaluation]:
+    """Each batch with the reference's outputs for it (computed now or read back from a cache)
+    against every artifact's outputs."""
     accumulators = {key: {name: _OutputAccumulator() for name in outputs} for key in artifacts}
     task_output = task.output or outputs[0]
     use_task = task.type in ("classification", "detection")
     reference_scorer = _TaskScorer(task, task_output)
     scorers = {key: _TaskScorer(task, task_output) for key in artifacts}
     samples = 0
-    for batch in batches:
-        expected = _run(reference, batch, inputs)
+    for batch, expected in batches:
         samples += len(batch)
         if use_task:
             reference_scorer.update(expected, expected, batch)
         for key, runner in artifacts.items():
-            got = _run(runner, batch, inputs)
+            got = run_batch(runner, batch, inputs)
             for name in outputs:
                 accumulators[key][name].update(expected[name], got[name])
             if use_task:
@@ -237,8 +244,11 @@ def apply_gates(evaluation: Evaluation, gate: Gate) -> list[GateCheck]:
     return checks
 
 
-def measure_latency(runner: Runner, feed: dict[str, np.ndarray], runs: int, warmup: int) -> float | None:
-    """Median wall time of one batch-1 inference, in milliseconds."""
+def measure_latency(runner: Runner, feed: dict[str, np.ndarray], runs: int, warmup: int) -> dict[str, float] | None:
+    """Wall time of one inference of `feed` in milliseconds: p10, p50 and p90 over `runs` runs
+    after `warmup` runs."""
+    import numpy as np
+
     if runs <= 0:
         return None
     for _ in range(warmup):
@@ -248,7 +258,8 @@ def measure_latency(runner: Runner, feed: dict[str, np.ndarray], runs: int, warm
         started = time.perf_counter()
         runner.infer(feed)
         times.append((time.perf_counter() - started) * 1000.0)
-    return statistics.median(times)
+    p10, p50, p90 = (float(v) for v in np.percentile(times, [10, 50, 90]))
+    return {"p10": p10, "p50": p50, "p90": p90}
 
 
 def evaluation_to_dict(evaluation: Evaluation) -> dict[str, object]:

@@ -176,9 +176,11 @@ def validate(recipes: tuple[Path, ...], debug: bool) -> None:
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool) -> None:
     """Print the steps a build of RECIPE runs, in order, with their dependencies and cache state."""
-    from compiler.build import plan_status
     from compiler.cache import Cache
-    from compiler.plan import ci_matrix, make_plan
+    from compiler.engine import Engine
+    from compiler.fingerprint import Fingerprints
+    from compiler.plan import RELEASE_STEP, ci_matrix, make_plan
+    from compiler.progress import BuildLog
     from compiler.recipe import load_recipe
 
     if matrix:
@@ -188,17 +190,21 @@ def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool
         return
     loaded_recipe = _guarded(debug, lambda: load_recipe(recipe))
     the_plan = make_plan(loaded_recipe)
-    status = _guarded(debug, lambda: plan_status(loaded_recipe, the_plan, Cache(Path(cache_dir))))
+    cache = Cache(Path(cache_dir))
+    status = _guarded(debug, lambda: Engine(cache, BuildLog()).dry_run(the_plan.steps, Fingerprints(cache)))
+    rows = [(s.id, s.kind, list(s.needs), s.description, status[s.id]) for s in the_plan.steps]
+    rows.append((RELEASE_STEP, "release", [s.id for s in the_plan.steps if s.kind in ("verify", "latency")],
+                 f"apply gates; write manifest and reports; store {the_plan.recipe_name} {the_plan.version}",
+                 "runs every build (gates, manifest, store)"))
     if as_json:
         click.echo(json.dumps({"name": the_plan.recipe_name, "version": the_plan.version,
-                               "steps": [{"id": s.id, "kind": s.kind, "depends_on": list(s.depends_on),
-                                          "description": s.description, "status": status[s.id]}
-                                         for s in the_plan.steps]}, indent=2))
+                               "steps": [{"id": i, "kind": k, "depends_on": d, "description": text, "status": state}
+                                         for i, k, d, text, state in rows]}, indent=2))
         return
     click.echo(f"{the_plan.recipe_name} {the_plan.version}")
-    for step in the_plan.steps:
-        after = f" (after {', '.join(step.depends_on)})" if step.depends_on else ""
-        click.echo(f"  {step.id:<26} [{status[step.id]}] {step.description}{after}")
+    for step_id, _, needs, text, state in rows:
+        after = f" (after {', '.join(needs)})" if needs else ""
+        click.echo(f"  {step_id:<26} [{state}] {text}{after}")
 
 
 @main.command()

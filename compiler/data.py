@@ -49,12 +49,16 @@ class DataReader:
     """Reads one dataset for one model; `batches()` may be called more than once."""
 
     def __init__(self, dataset: Dataset, inputs: tuple[TensorSpec, ...], preprocess: Preprocess | None,
-                 class_names: tuple[str, ...] = ()) -> None:
+                 class_names: tuple[str, ...] = (), *, materialized: Path | None = None, count: bool = True) -> None:
+        """`materialized`: for a data function, the folder of batches its one run yielded (see
+        compiler/fingerprint.py), read instead of calling it again. `count=False` only for
+        `yielded()`: the samples are not counted up front."""
         self.dataset = dataset
         self.inputs = inputs
         self.preprocess = preprocess
         self.class_names = class_names
-        self._items = self._index()
+        self.materialized = materialized
+        self._items = self._index() if count else []
 
     def __len__(self) -> int:
         return len(self._items)
@@ -78,7 +82,7 @@ class DataReader:
         if self.dataset.format == "images":
             items: list[Any] = self._index_images(path)
         elif self.dataset.format == "python":
-            items = list(range(self._count_yielded()))
+            items = list(range(sum(len(next(iter(feed.values()))) for feed in self._function_feeds())))
         else:
             items = list(range(self._array_length(path)))
         if self.dataset.shuffle:
@@ -125,7 +129,16 @@ class DataReader:
         return resolve_factory(f"{self.dataset.path.name}:{self.dataset.function}", self.dataset.path.parent,
                                key="data.*.path")
 
-    def _yielded(self) -> Iterator[dict[str, np.ndarray]]:
+    def _function_feeds(self) -> Iterator[dict[str, np.ndarray]]:
+        """A data function's batches: from its materialized output when there is one."""
+        if self.materialized is None:
+            yield from self.yielded()
+            return
+        for path in sorted(self.materialized.glob("batch-*.npz")):
+            with np.load(path, allow_pickle=False) as archive:
+                yield {spec.name: archive[spec.name] for spec in self.inputs}
+
+    def yielded(self) -> Iterator[dict[str, np.ndarray]]:
         """The function's batches as dicts by input name, checked."""
         where = f"{self.dataset.path}:{self.dataset.function}"
         names = [spec.name for spec in self.inputs]
@@ -147,10 +160,6 @@ class DataReader:
             raise
         except Exception as exc:
             raise InputError(f"{where}: the data function failed: {type(exc).__name__}: {exc}") from None
-
-    def _count_yielded(self) -> int:
-        """One pass to count (and check) the samples; batches are dropped as they are counted."""
-        return sum(len(next(iter(feed.values()))) for feed in self._yielded())
 
     def _array_length(self, path: Path) -> int:
         if self.dataset.format == "npy":
@@ -201,7 +210,7 @@ class DataReader:
         """The function's own batches, cut at `samples`."""
         left = len(self._items)
         where = f"{self.dataset.path}:{self.dataset.function}"
-        for feed in self._yielded():
+        for feed in self._function_feeds():
             if left <= 0:
                 return
             feed = {name: array[:left] for name, array in feed.items()}

@@ -1,17 +1,31 @@
-"""A recipe becomes a plan: an ordered DAG of steps, each naming the steps it depends on."""
+"""A recipe becomes a plan: the one step graph of a build. Nothing else encodes the order of steps;
+the engine runs whatever this draws, and `modelc plan` shows it.
+
+```
+export ─ simplify ─┬─ compile:<target> ──────┬─ verify:<target> ─┐
+                   ├─ quantize:qdq ─ compile:<int8 target on the Q/DQ graph> ─ ... ├─ (release)
+                   ├─ sensitivity             └─ latency:<target> ┘
+reference ─────────┴── (every verify)          latency:reference
+```
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from compiler.fingerprint import DataSource
 from compiler.recipe import Recipe, Target
+from compiler.steps import Step
+from compiler.steps.compile import AccuracyControlSpec, CompileStep, compile_step_id
+from compiler.steps.export import EXPORT_STEP, ExportStep
+from compiler.steps.latency import LatencyStep
+from compiler.steps.qdq import QDQ_STEP, QdqStep
+from compiler.steps.sensitivity import SENSITIVITY_STEP, SensitivityStep
+from compiler.steps.simplify import SIMPLIFY_STEP, SimplifyStep
+from compiler.steps.verify import ReferenceStep, VerifyStep
 
-
-@dataclass(frozen=True)
-class Step:
-    id: str  # e.g. compile:openvino-fp16
-    kind: str  # export | simplify | sensitivity | qdq | compile | verify | release
-    depends_on: tuple[str, ...]
-    description: str
+QDQ_BACKENDS = {"onnxruntime", "tensorrt"}  # their int8 is the Q/DQ graph, made once for both
+GPU_BACKENDS = {"tensorrt"}
+RELEASE_STEP = "release"
 
 
 @dataclass(frozen=True)
@@ -19,52 +33,86 @@ class Plan:
     recipe_name: str
     version: str
     steps: tuple[Step, ...]
+    graph: str  # the id of the step whose model.onnx is the release's ONNX graph
 
+    def by_id(self, step_id: str) -> Step:
+        return next(step for step in self.steps if step.id == step_id)
 
-QDQ_STEP = "quantize:qdq"
-SENSITIVITY_STEP = "sensitivity"
-QDQ_BACKENDS = {"onnxruntime", "tensorrt"}  # their int8 is the Q/DQ graph, made once for both
+    def has(self, step_id: str) -> bool:
+        return any(step.id == step_id for step in self.steps)
+
+    def only(self, step_ids: list[str]) -> tuple[Step, ...]:
+        """These steps and everything they need, in plan order."""
+        wanted = set(step_ids)
+        for step in reversed(self.steps):
+            if step.id in wanted:
+                wanted.update(step.needs)
+        return tuple(step for step in self.steps if step.id in wanted)
 
 
 def uses_qdq_graph(target: Target) -> bool:
     return target.precision == "int8" and target.backend in QDQ_BACKENDS
 
 
+def data_source(recipe: Recipe, role: str) -> DataSource:
+    dataset = {"calibration": recipe.calibration, "evaluation": recipe.evaluation}[role]
+    return DataSource(role, dataset, recipe.model.inputs, recipe.preprocess, recipe.task.classes)
+
+
+def accuracy_controlled(recipe: Recipe, target: Target) -> bool:
+    """OpenVINO int8 whose recipe gates the task-metric drop is quantized with accuracy control."""
+    gate = recipe.gate_for(target.precision)
+    return (target.backend == "openvino" and target.precision == "int8" and gate.max_metric_drop is not None
+            and recipe.task.type in ("classification", "detection") and recipe.evaluation is not None)
+
+
 def make_plan(recipe: Recipe) -> Plan:
     model = recipe.model
-    if model.kind == "onnx":
-        what = f"read ONNX {model.path.name if model.path else ''}"
-    else:
-        what = f"export {model.kind} model to ONNX (exporter {recipe.export.exporter}, opset {recipe.export.opset})"
-    steps = [Step("export", "export", (), what)]
-    graph = "export"
+    steps: list[Step] = [ExportStep(model, recipe.export)]
+    graph = EXPORT_STEP
     if recipe.export.simplify:
-        steps.append(Step("simplify", "simplify", ("export",), "simplify the ONNX graph with onnxsim"))
-        graph = "simplify"
-    if recipe.quantization.sensitivity_layers and any(t.precision == "int8" for t in recipe.targets):
-        steps.append(Step(SENSITIVITY_STEP, "sensitivity", (graph,),
-                          "measure each layer's INT8 sensitivity (one layer quantized at a time)"))
+        steps.append(SimplifyStep())
+        graph = SIMPLIFY_STEP
+    int8 = any(t.precision == "int8" for t in recipe.targets)
+    if recipe.quantization.sensitivity_layers and int8:
+        steps.append(SensitivityStep(graph, data_source(recipe, "calibration"), data_source(recipe, "evaluation"),
+                                     recipe.task, model.outputs, recipe.quantization))
     if any(uses_qdq_graph(t) for t in recipe.targets):
-        steps.append(Step(QDQ_STEP, "qdq", (graph,), "calibrate an INT8 Q/DQ ONNX graph (ModelOpt, on the CPU)"))
-    compiles = []
+        steps.append(QdqStep(graph, data_source(recipe, "calibration"), recipe.quantization))
     for target in recipe.targets:
-        step_id = f"compile:{target.id}"
-        source = "the torch model" if target.backend == "torchscript" else "the ONNX graph"
-        mode = f" ({target.mode or 'trace'})" if target.backend == "torchscript" else ""
-        depends = ("export",) if target.backend == "torchscript" else (graph,)
-        if uses_qdq_graph(target):
-            source, depends = "the Q/DQ ONNX graph", (QDQ_STEP,)
-        steps.append(Step(step_id, "compile", depends, f"build {target.backend} {target.precision}{mode} from {source}"))
-        compiles.append(step_id)
-    data = recipe.evaluation.path.name if recipe.evaluation else "seeded random inputs"
-    extra = (SENSITIVITY_STEP,) if any(s.id == SENSITIVITY_STEP for s in steps) else ()
-    steps.append(Step("verify", "verify", (graph, *compiles, *extra), f"measure every artifact against the reference on {data}"))
-    steps.append(Step("release", "release", ("verify",),
-                      f"apply gates; write manifest and reports; store {recipe.name} {recipe.version}"))
-    return Plan(recipe.name, recipe.version, tuple(steps))
+        steps.append(_compile_step(recipe, target, graph))
+    evaluation = data_source(recipe, "evaluation")
+    steps.append(ReferenceStep(model, evaluation))
+    for target in recipe.targets:
+        steps.append(VerifyStep(target, evaluation, recipe.task, model.outputs))
+    if recipe.latency.runs > 0:
+        steps.append(LatencyStep(None, model, evaluation, recipe.latency))
+        for target in recipe.targets:
+            steps.append(LatencyStep(target, model, evaluation, recipe.latency))
+    return Plan(recipe.name, recipe.version, tuple(steps), graph)
 
 
-GPU_BACKENDS = {"tensorrt"}
+def _compile_step(recipe: Recipe, target: Target, graph: str) -> CompileStep:
+    if target.backend == "torchscript":
+        source = EXPORT_STEP  # made from the torch model; waits for the export's input checks
+    elif uses_qdq_graph(target):
+        source = QDQ_STEP
+    else:
+        source = graph
+    calibration = None
+    if target.precision == "int8" and not uses_qdq_graph(target):
+        calibration = data_source(recipe, "calibration")
+    control = None
+    if accuracy_controlled(recipe, target):
+        max_drop = recipe.gate_for(target.precision).max_metric_drop
+        assert max_drop is not None
+        control = AccuracyControlSpec(max_drop, recipe.task, recipe.task.output or recipe.model.outputs[0],
+                                      data_source(recipe, "evaluation"))
+    return CompileStep(target, source, recipe.model, calibration, recipe.quantization, control)
+
+
+def target_step_ids(recipe: Recipe, target_ids: tuple[str, ...]) -> list[str]:
+    return [compile_step_id(t) for t in recipe.targets if t.id in target_ids]
 
 
 def ci_matrix(recipes: list[tuple[str, Recipe]]) -> dict[str, list[dict[str, str]]]:
@@ -77,3 +125,6 @@ def ci_matrix(recipes: list[tuple[str, Recipe]]) -> dict[str, list[dict[str, str
             include.append({"recipe": path, "name": recipe.name, "version": recipe.version, "target": target.id,
                             "runner": "gpu" if target.backend in GPU_BACKENDS else "cpu"})
     return {"include": include}
+
+
+__all__ = ["Plan", "make_plan", "ci_matrix", "uses_qdq_graph", "RELEASE_STEP", "SENSITIVITY_STEP", "QDQ_STEP"]

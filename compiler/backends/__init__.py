@@ -63,12 +63,15 @@ class Runner(ABC):
 @dataclass(frozen=True)
 class AccuracyControl:
     """Quantize, then give back to float the layers that cost most until the task metric on the
-    evaluation set is within `max_drop` points of the float model (the recipe's int8 gate)."""
+    validation data is within `max_drop` points of the float model (the recipe's int8 gate). The
+    metric comes with the request, so a backend never imports the accuracy module."""
 
     max_drop: float
     task: Task
     output: str
-    evaluation: Callable[[], Iterator[Any]]  # labelled batches (compiler.data.Batch)
+    evaluation: Callable[[], Iterator[Any]]  # labelled batches (compiler.data.Batch) to tune on
+    # metric(infer, batches) -> percent; infer maps a feed to {output: array}
+    metric: Callable[[Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], Any], float]
 
 
 @dataclass(frozen=True)

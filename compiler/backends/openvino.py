@@ -133,13 +133,11 @@ def _quantize_with_accuracy_control(nncf: Any, model: Any, calibration: Any, req
     names = [spec.name for spec in request.inputs]
 
     def validate(compiled: Any, batches: Any) -> float:
-        from compiler.accuracy import task_metric
-
         def infer(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             result = compiled(feed)
             return {control.output: np.asarray(result[compiled.output(control.output)])}
 
-        return task_metric(infer, batches, request.inputs, control.task, control.output) / 100.0
+        return control.metric(infer, batches) / 100.0
 
     validation = nncf.Dataset(_Batches(control.evaluation), lambda batch: batch.inputs[names[0]] if len(names) == 1
                               else tuple(batch.inputs[n] for n in names))

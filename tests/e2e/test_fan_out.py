@@ -45,8 +45,10 @@ def fan_out(run_cli, recipe: Path, store: str, tmp_path: Path, monkeypatch, *rel
     monkeypatch.setenv("MODELC_CACHE", str(tmp_path / "final"))
     final = run_cli("build", recipe, "--store", store, "--share-steps", *release_options)
     assert final.exit_code == 0, final.stderr
-    assert sorted(re.findall(r"^▶ (\S+):", final.stderr, re.M)) == ["compile:onnxruntime-fp32", "compile:openvino-fp16",
-                                                                    "verify"]
+    targets = ["onnxruntime-fp32", "openvino-fp16", "openvino-fp32", "torchscript-fp32"]
+    measured = ["reference", "latency:reference"] + [f"{kind}:{t}" for kind in ("verify", "latency") for t in targets]
+    assert sorted(re.findall(r"^▶ (\S+):", final.stderr, re.M)) == sorted(
+        ["compile:onnxruntime-fp32", "compile:openvino-fp16"] + measured)
 
 
 def test_jobs_share_steps_through_the_store(tmp_path: Path, tiny_recipe, run_cli, monkeypatch) -> None:

@@ -1,0 +1,164 @@
+"""The digests of a build's inputs, each computed once per build and shared by every step's key.
+
+A model source is identified by its files (weights, factory source, ONNX or TorchScript file) and
+its declared I/O; a data set by the digest of its files, or, for a Python data function, by the
+data it yields. A data function runs once per build: what it yields is written, checked, into the
+cache as a folder of batches (content-addressed by its digest), and every step reads that folder.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from compiler.errors import InputError
+from compiler.manifest import sha256_file, tree_digest
+from compiler.preprocess import Preprocess
+from compiler.recipe import Dataset, ModelSource, TensorSpec
+
+if TYPE_CHECKING:
+    from compiler.cache import Cache
+    from compiler.data import Batch, DataReader
+
+RANDOM_EVALUATION_SAMPLES = 8
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One data set as a model reads it: the files, plus how they become model inputs."""
+
+    role: str  # calibration | validation | evaluation
+    dataset: Dataset | None  # None: seeded random inputs (evaluation only)
+    inputs: tuple[TensorSpec, ...]
+    preprocess: Preprocess | None
+    classes: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return self.dataset.path.name if self.dataset else "seeded random inputs (no data.evaluation)"
+
+
+class Fingerprints:
+    """Memoised digests for one build; picklable, so steps in fresh processes read the same."""
+
+    def __init__(self, cache: Cache | None = None) -> None:
+        self._cache = cache
+        self._sources: dict[str, dict[str, Any]] = {}  # by repr: factory arguments may be lists
+        self._data: dict[DataSource, dict[str, Any]] = {}
+        self._materialized: dict[DataSource, Path] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_cache": None, "_sources": self._sources, "_data": self._data, "_materialized": self._materialized}
+
+    # --- the model -------------------------------------------------------------------------
+
+    def source(self, model: ModelSource) -> dict[str, Any]:
+        if repr(model) not in self._sources:
+            self._sources[repr(model)] = source_material(model)
+        return self._sources[repr(model)]
+
+    # --- data ------------------------------------------------------------------------------
+
+    def data(self, source: DataSource) -> dict[str, Any]:
+        """Key material of a data set: its digest and every setting that changes what is read."""
+        if source not in self._data:
+            self._data[source] = self._data_material(source)
+        return self._data[source]
+
+    def _data_material(self, source: DataSource) -> dict[str, Any]:
+        dataset = source.dataset
+        if dataset is None:
+            return {"random_samples": RANDOM_EVALUATION_SAMPLES, "inputs": [asdict(s) for s in source.inputs]}
+        if not dataset.path.exists():
+            raise InputError(f"{dataset.path}: the data path does not exist: fix data.{source.role}.path in the recipe")
+        if dataset.format == "python":
+            digest = self._materialize(source)
+        else:
+            digest = tree_digest(dataset.path)
+        return {"digest": digest, "format": dataset.format, "labels": dataset.labels, "function": dataset.function,
+                "samples": dataset.samples, "batch_size": dataset.batch_size, "shuffle": dataset.shuffle,
+                "seed": dataset.seed, "preprocess": asdict(source.preprocess) if source.preprocess else None,
+                "classes": list(source.classes)}
+
+    def _materialize(self, source: DataSource) -> str:
+        """Run a data function once, keep what it yields in the cache, return its digest."""
+        import tempfile
+
+        import numpy as np
+
+        from compiler.cache import cache_key
+        from compiler.data import DataReader
+
+        assert source.dataset is not None and self._cache is not None
+        reader = DataReader(source.dataset, source.inputs, source.preprocess, source.classes, count=False)
+        digest = hashlib.sha256()
+        self._cache.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="data-", dir=self._cache.root) as folder:
+            for number, feed in enumerate(reader.yielded()):
+                for name in sorted(feed):
+                    array = feed[name]
+                    digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
+                    digest.update(array.tobytes())
+                np.savez(Path(folder) / f"batch-{number:06d}.npz", **feed)
+            hexdigest = digest.hexdigest()
+            key = cache_key({"data": hexdigest})
+            entry, _ = self._cache.get(key)
+            if entry is None:
+                entry = self._cache.put(key, f"data:{source.role}", Path(folder))
+        self._materialized[source] = entry.path
+        return hexdigest
+
+    def reader(self, source: DataSource) -> DataReader:
+        """A reader of the data set; a data function's output is read from the cache."""
+        from compiler.data import DataReader
+
+        assert source.dataset is not None
+        dataset = source.dataset
+        if dataset.format == "python":
+            if source not in self._materialized:
+                self.data(source)
+            return DataReader(dataset, source.inputs, source.preprocess, source.classes,
+                              materialized=self._materialized[source])
+        return DataReader(dataset, source.inputs, source.preprocess, source.classes)
+
+    def batches(self, source: DataSource) -> Iterator[Batch]:
+        """The data set's batches, or seeded random inputs when the recipe has no evaluation data."""
+        if source.dataset is not None:
+            return self.reader(source).batches()
+        return _random_batches(source.inputs)
+
+
+def _random_batches(inputs: tuple[TensorSpec, ...]) -> Iterator[Batch]:
+    from compiler.data import Batch
+    from compiler.export import example_inputs
+
+    arrays = example_inputs(inputs, dynamic_size=RANDOM_EVALUATION_SAMPLES, seed=1)
+    if not all(isinstance(s.shape[0], str) for s in inputs):
+        arrays = example_inputs(inputs, dynamic_size=1, seed=1)
+    yield Batch({s.name: a for s, a in zip(inputs, arrays)}, [f"random[{i}]" for i in range(len(arrays[0]))])
+
+
+def source_material(model: ModelSource) -> dict[str, Any]:
+    """What identifies the model itself: file digests, factory and its arguments, declared I/O."""
+    material: dict[str, Any] = {"kind": model.kind, "inputs": [asdict(s) for s in model.inputs],
+                                "outputs": list(model.outputs)}
+    if model.kind == "torch":
+        assert model.weights is not None and model.factory is not None
+        if not model.weights.is_file():
+            raise InputError(f"{model.weights}: the weights file does not exist: fix model.weights")
+        material["weights"] = sha256_file(model.weights)
+        location = model.factory.rsplit(":", 1)[0]
+        factory_file = (model.base_dir / location) if location.endswith(".py") else None
+        if factory_file is not None and not factory_file.is_file():
+            raise InputError(f"{factory_file.resolve()}: the model factory file does not exist: fix model.factory")
+        material["factory"] = {"function": model.factory.rsplit(":", 1)[1],
+                               "code": sha256_file(factory_file) if factory_file else location,
+                               "args": [list(kv) for kv in model.factory_args]}
+    else:
+        assert model.path is not None
+        if not model.path.is_file():
+            raise InputError(f"{model.path}: the {model.kind} file does not exist: fix model.path")
+        material["file"] = sha256_file(model.path)
+    return material
+
