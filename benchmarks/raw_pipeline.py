@@ -7,7 +7,9 @@ export -> onnxsim -> OpenVINO FP32, FP16 and INT8 (NNCF with accuracy control sc
 -> ModelOpt Q/DQ INT8 for onnxruntime -> TorchScript FP32 and FX INT8 (decode heads float), plus
 the same accuracy and latency work (reference and every artifact over the evaluation set, 30
 batch-1 runs each), and (b) `modelc build` of the recipe into
-a temporary store with an empty step cache. Prints the median wall time of each and the ratio modelc / plain (target <= 1.10).
+a temporary store with an empty step cache, with `-j 2` (independent steps and per-artifact
+verification side by side). Prints the median wall time of each and the ratio modelc / plain
+(target <= 0.8 on 2 cores).
 """
 from __future__ import annotations
 
@@ -107,6 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--recipe", default="recipes/yolo.yaml")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
     plain, modelc = [], []
     evaluation = REPO / "calibration/shapes-detect/evaluation"
@@ -115,11 +118,12 @@ def main() -> None:
             plain.append(timed([sys.executable, "-c", PLAIN, scratch, str(REPO), str(evaluation)]))
         with tempfile.TemporaryDirectory() as scratch:
             modelc.append(timed([sys.executable, "-m", "compiler", "build", args.recipe, "--store", f"{scratch}/store",
-                                 "--cache", f"{scratch}/cache"]))  # cold: an empty step cache every time
+                                 "--cache", f"{scratch}/cache", "-j", str(args.jobs)]))  # cold: an empty cache
+
     p, m = statistics.median(plain), statistics.median(modelc)
     print(f"plain script : median {p:.2f} s  runs {[round(t, 2) for t in plain]}")
     print(f"modelc build : median {m:.2f} s  runs {[round(t, 2) for t in modelc]}")
-    print(f"ratio modelc / plain: {m / p:.3f} (target <= 1.10)")
+    print(f"ratio modelc / plain: {m / p:.3f} (target <= 0.8 with -j 2)")
 
 
 if __name__ == "__main__":

@@ -267,6 +267,19 @@ class DataReader:
         return np.ascontiguousarray(array, dtype=spec.dtype)
 
 
+def example_inputs(inputs: tuple[TensorSpec, ...], dynamic_size: int = 1, seed: int = 0) -> list[np.ndarray]:
+    """Seeded random arrays of the declared shapes: symbolic dimensions get `dynamic_size`."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for spec in inputs:
+        shape = spec.concrete_shape(dynamic_size)
+        if spec.dtype.startswith("float"):
+            arrays.append(rng.random(shape, dtype=np.float32).astype(spec.dtype))
+        else:
+            arrays.append(rng.integers(0, 2, size=shape).astype(spec.dtype))
+    return arrays
+
+
 def read_yolo_labels(image_path: Path, placement: Placement, size: tuple[int, int]) -> list[GroundTruthBox]:
     """Labels in the YOLO text format beside the image, mapped into model-input pixels."""
     label_path = image_path.with_suffix(".txt")

@@ -124,7 +124,7 @@ def test_openvino_int8_unknown_ignored_name_is_a_compile_error(tmp_path: Path, o
 
 def test_torchscript_int8_keeps_ignored_modules_and_ops_in_float() -> None:
     from compiler.errors import InputError
-    from compiler.export import quantize_torch_model
+    from compiler.backends.torch_convert import quantize_torch_model
     from compiler.recipe import Quantization
 
     rng = np.random.default_rng(6)

@@ -50,7 +50,7 @@ def test_output_count_must_match() -> None:
 
 SAVE_IN_A_FRESH_PROCESS = """
 import sys
-from compiler.export import export_torchscript
+from compiler.backends.torch_convert import export_torchscript
 from compiler.recipe import TensorSpec
 from tests.fixtures.tiny_net import build_model
 export_torchscript(build_model().eval(), (TensorSpec("images", ("batch", 3, 16, 16)),), sys.argv[1], __import__("pathlib").Path(sys.argv[2]))

@@ -40,7 +40,7 @@ class TorchScriptBackend(Backend):
 
     def compile(self, request: CompileRequest) -> list[Path]:
         require("torch", self.name, "torch")
-        from compiler.export import export_torchscript, quantize_torch_model
+        from compiler.backends.torch_convert import export_torchscript, quantize_torch_model
 
         if request.torch_model is None:
             raise CompileError("a TorchScript target needs a torch or torchscript source")

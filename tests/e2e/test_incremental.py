@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
@@ -184,3 +185,32 @@ def test_bad_calibration_data_names_the_file_and_stores_nothing(tmp_path: Path, 
     assert result.exit_code == 3, result.stderr
     assert re.search(message, result.stderr), result.stderr
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
+
+
+def test_a_data_function_runs_once_per_build_and_every_step_reads_its_output(tmp_path: Path, tiny_recipe, run_cli) -> None:
+    pytest.importorskip("nncf", reason="the openvino extra is not installed")
+    calls = tmp_path / "calls.txt"
+    (tmp_path / "make.py").write_text(
+        "import numpy as np\n"
+        f"CALLS = {str(calls)!r}\n"
+        "def batches():\n"
+        "    with open(CALLS, 'a') as handle:\n"
+        "        handle.write('called\\n')\n"
+        "    rng = np.random.default_rng(0)\n"
+        "    for _ in range(3):\n"
+        "        yield rng.random((4, 3, 16, 16), dtype=np.float32)\n")
+    base = yaml.safe_load(tiny_recipe().read_text())
+    base["data"]["calibration"] = {"path": str(tmp_path / "make.py:batches")}
+    base["targets"] = [{"backend": "openvino", "precisions": ["fp32", "int8"]},
+                       {"backend": "torchscript", "precisions": ["int8"]}]
+    base["gates"] = {"default": {"min_cosine": 0.9}}
+    recipe = tiny_recipe(base, name="function.yaml")
+    first = run_cli("build", recipe, "--store", tmp_path / "s1")
+    assert first.exit_code == 0, first.stderr
+    # two steps calibrate on it (openvino-int8, torchscript-int8), each in its own process
+    assert calls.read_text().count("called") == 1
+    report = json.loads((tmp_path / "s1/tiny/0.1.0/report.json").read_text())
+    assert report["calibration"]["samples_available"] == 12
+    again = run_cli("build", recipe, "--store", tmp_path / "s1")
+    assert again.exit_code == 0 and steps_run(again.stderr) == []
+    assert calls.read_text().count("called") == 2  # a no-op rebuild runs it once more, for its digest

@@ -1,0 +1,210 @@
+"""The engine runs any step graph: step kinds defined here, in the test file alone."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from compiler.cache import Cache
+from compiler.engine import Engine, StepsFailed, step_key
+from compiler.errors import BackendUnavailable, CompileError
+from compiler.progress import BuildLog
+from compiler.steps import Step, StepInputs
+
+FAILING: set[str] = set()  # ids of WriteStep that fail while in this set (the "bug" a user fixes)
+
+
+@dataclass(frozen=True)
+class WriteStep(Step):
+    """A new step kind: writes its text plus the digests of what it needs into out.txt."""
+
+    id: str
+    text: str
+    needs: tuple[str, ...] = ()
+    seconds: float = 0.0
+    kind: ClassVar[str] = "write"
+
+    @property
+    def description(self) -> str:
+        return f"write {self.text!r}"
+
+    def material(self, inputs: StepInputs) -> dict[str, Any]:
+        return {"text": self.text, "inputs": {need: inputs.digest(need, "out.txt") for need in self.needs}}
+
+    def run(self, inputs: StepInputs, out: Path) -> None:
+        time.sleep(self.seconds)
+        if self.id in FAILING:
+            raise CompileError(f"{self.id} cannot be built")
+        parts = [self.text] + [inputs.file(need, "out.txt").read_text() for need in self.needs]
+        (out / "out.txt").write_text("+".join(parts))
+
+
+@dataclass(frozen=True)
+class FreshStep(WriteStep):
+    """The same, in a fresh process: it records the pid it ran in."""
+
+    fresh_process: ClassVar[bool] = True
+
+    def run(self, inputs: StepInputs, out: Path) -> None:
+        import os
+
+        super().run(inputs, out)
+        (out / "pid").write_text(str(os.getpid()))
+
+
+@dataclass(frozen=True)
+class TimedStep(WriteStep):
+    exclusive: ClassVar[bool] = True
+
+
+@dataclass
+class Recorder(BuildLog):
+    lines: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.lines.append)
+
+
+def started(log: Recorder) -> list[str]:
+    return [line.split(":")[0].removeprefix("▶ ") for line in log.lines if line.startswith("▶ ")]
+
+
+@pytest.fixture(autouse=True)
+def nothing_fails() -> Any:
+    FAILING.clear()
+    yield
+    FAILING.clear()
+
+
+def graph() -> list[Step]:
+    return [WriteStep("a", "A"), WriteStep("b", "B", ("a",)), WriteStep("c", "C", ("a",)), WriteStep("d", "D", ("b", "c"))]
+
+
+def test_a_new_step_kind_is_run_cached_and_planned_without_engine_changes(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    log = Recorder()
+    assert Engine(cache, log).dry_run(graph()) == {"a": "will run", "b": "will run", "c": "will run", "d": "will run"}
+    summary = Engine(cache, log, jobs=2).run(graph())
+    assert sorted(summary.ran) == ["a", "b", "c", "d"] and summary.cached == []
+    assert summary.entries["d"].file("out.txt").read_text() == "D+B+A+C+A"
+    plan = Engine(cache, Recorder()).dry_run(graph())
+    assert all(state.startswith("cached ") for state in plan.values())
+    again = Recorder()
+    rerun = Engine(cache, again, jobs=2).run(graph())
+    assert rerun.ran == [] and sorted(rerun.cached) == ["a", "b", "c", "d"] and started(again) == []
+
+
+def test_the_dry_run_uses_the_same_keys_as_the_run(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    summary = Engine(cache, Recorder()).run(graph())
+    entries = summary.entries
+    plan = Engine(cache, Recorder()).dry_run(graph())
+    for step in graph():
+        key = step_key(step, StepInputs({need: entries[need] for need in step.needs}))
+        assert plan[step.id] == f"cached {key[:12]}"
+
+
+def test_a_changed_step_reruns_itself_and_its_dependants_only(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    Engine(cache, Recorder()).run(graph())
+    changed = [WriteStep("a", "A"), WriteStep("b", "B2", ("a",)), WriteStep("c", "C", ("a",)), WriteStep("d", "D", ("b", "c"))]
+    log = Recorder()
+    summary = Engine(cache, log).run(changed)
+    assert sorted(summary.ran) == ["b", "d"] and sorted(summary.cached) == ["a", "c"]
+
+
+def test_a_failed_step_keeps_its_siblings_work_and_the_rebuild_runs_only_it(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    steps: list[Step] = [WriteStep("export", "E"), WriteStep("compile:x", "X", ("export",), seconds=0.3),
+                         WriteStep("compile:y", "Y", ("export",)), WriteStep("verify", "V", ("compile:x", "compile:y"))]
+    FAILING.add("compile:y")
+    log = Recorder()
+    with pytest.raises(CompileError, match="compile:y cannot be built"):
+        Engine(cache, log, jobs=2).run(steps)
+    assert any(line.startswith("✓ compile:x (") for line in log.lines)  # both outcomes printed
+    assert "✗ compile:y failed: compile:y cannot be built" in log.lines
+    assert "- verify: skipped (a step it needs failed)" in log.lines
+    FAILING.clear()  # the user fixes the failure
+    log = Recorder()
+    summary = Engine(cache, log, jobs=2).run(steps)
+    assert sorted(summary.ran) == ["compile:y", "verify"] and sorted(summary.cached) == ["compile:x", "export"]
+
+
+def test_every_failure_is_reported_with_the_first_ones_exit_code(tmp_path: Path) -> None:
+    @dataclass(frozen=True)
+    class Unavailable(WriteStep):
+        def run(self, inputs: StepInputs, out: Path) -> None:
+            raise BackendUnavailable("no tensorrt here")
+
+    FAILING.add("x")
+    steps: list[Step] = [WriteStep("a", "A"), WriteStep("x", "X", ("a",)), Unavailable("y", "Y", ("a",))]
+    with pytest.raises(StepsFailed) as raised:
+        Engine(Cache(tmp_path / "cache"), Recorder(), jobs=2).run(steps)
+    assert raised.value.exit_code == CompileError.exit_code
+    assert "x: x cannot be built" in raised.value.message and "y: no tensorrt here" in raised.value.message
+
+
+def test_ready_steps_run_side_by_side_and_times_are_real(tmp_path: Path) -> None:
+    steps: list[Step] = [WriteStep("slow", "S", seconds=0.6), WriteStep("fast", "F", seconds=0.05),
+                         WriteStep("after-fast", "G", ("fast",))]
+    log = Recorder()
+    begun = time.perf_counter()
+    Engine(Cache(tmp_path / "cache"), log, jobs=2).run(steps)
+    assert time.perf_counter() - begun < 1.2
+    order = [line.split(" ")[1] for line in log.lines if line.startswith("✓ ")]
+    assert order.index("after-fast") < order.index("slow")  # started when its input existed, not after a wave
+
+
+def test_an_exclusive_step_runs_alone(tmp_path: Path) -> None:
+    running: list[str] = []
+    overlaps: list[str] = []
+    lock = threading.Lock()
+
+    @dataclass(frozen=True)
+    class Watched(WriteStep):
+        def run(self, inputs: StepInputs, out: Path) -> None:
+            with lock:
+                if running and (self.id.startswith("time") or any(r.startswith("time") for r in running)):
+                    overlaps.append(f"{self.id} beside {running}")
+                running.append(self.id)
+            try:
+                super().run(inputs, out)
+            finally:
+                with lock:
+                    running.remove(self.id)
+
+    @dataclass(frozen=True)
+    class WatchedTimed(Watched):
+        exclusive: ClassVar[bool] = True
+
+    steps: list[Step] = [Watched("a", "A", seconds=0.1), WatchedTimed("time-a", "T", ("a",), seconds=0.1),
+                         Watched("b", "B", seconds=0.3), Watched("c", "C", ("b",), seconds=0.1),
+                         WatchedTimed("time-c", "T", ("c",), seconds=0.1)]
+    log = Recorder()
+    Engine(Cache(tmp_path / "cache"), log, jobs=3).run(steps)
+    assert overlaps == []
+    assert started(log)[-2:] == ["time-a", "time-c"]  # after every accuracy-side step
+
+
+def test_fresh_process_steps_run_in_new_processes(tmp_path: Path) -> None:
+    import os
+
+    steps: list[Step] = [FreshStep("p", "P"), FreshStep("q", "Q", ("p",))]
+    summary = Engine(Cache(tmp_path / "cache"), Recorder(), jobs=2).run(steps)
+    pids = {summary.entries[s].file("pid").read_text() for s in ("p", "q")}
+    assert len(pids) == 2 and str(os.getpid()) not in pids
+    assert summary.entries["q"].file("out.txt").read_text() == "Q+P"
+
+
+def test_a_graph_out_of_order_is_a_bug_not_a_hang(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs"):
+        Engine(Cache(tmp_path / "cache"), Recorder()).run([WriteStep("b", "B", ("a",)), WriteStep("a", "A")])
+
+
+def test_timed_steps_are_a_kind_too(tmp_path: Path) -> None:
+    summary = Engine(Cache(tmp_path / "cache"), Recorder()).run([WriteStep("a", "A"), TimedStep("t", "T", ("a",))])
+    assert summary.entries["t"].file("out.txt").read_text() == "T+A"

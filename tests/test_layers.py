@@ -1,0 +1,71 @@
+"""The layers of docs/architecture.md, checked on every import the package makes (also the ones
+inside functions)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "compiler"
+
+FORBIDDEN = {
+    "compiler.backends": {"compiler.accuracy", "compiler.sources", "compiler.export", "compiler.steps", "compiler.engine",
+                          "compiler.plan", "compiler.build", "compiler.release", "compiler.stores", "compiler.cli"},
+    "compiler.stores": {"compiler.build", "compiler.release", "compiler.plan", "compiler.engine", "compiler.steps",
+                        "compiler.backends", "compiler.accuracy", "compiler.export", "compiler.sources", "compiler.recipe",
+                        "compiler.cli"},
+    "compiler.engine": {"compiler.steps.", "compiler.plan", "compiler.recipe", "compiler.build", "compiler.release",
+                        "compiler.backends", "compiler.cli"},
+    "compiler.steps": {"compiler.plan", "compiler.build", "compiler.release", "compiler.cli"},
+    "compiler.plan": {"compiler.engine", "compiler.build", "compiler.release", "compiler.backends", "compiler.cli"},
+    "compiler.release": {"compiler.engine", "compiler.plan", "compiler.build", "compiler.backends", "compiler.cli"},
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names  # submodules, not names
+                         if is_module(f"{node.module}.{alias.name}"))
+    return {name for name in found if name.startswith("compiler")}
+
+
+def is_module(name: str) -> bool:
+    path = PACKAGE.parent.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def violates(imported: str, rule: str) -> bool:
+    if rule.endswith("."):  # the package's submodules, not the package itself
+        return imported.startswith(rule)
+    return imported == rule or imported.startswith(rule + ".")
+
+
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: module_name(p))
+def test_no_import_against_the_arrows(path: Path) -> None:
+    name = module_name(path)
+    forbidden = set().union(*(rules for layer, rules in FORBIDDEN.items() if name == layer or name.startswith(layer + ".")))
+    if name not in ("compiler.cli", "compiler.__main__"):
+        forbidden.add("compiler.cli")
+    bad = sorted(i for i in imports(path) if any(violates(i, rule) for rule in forbidden))
+    assert bad == [], f"{name} imports {bad}, against docs/architecture.md"
+
+
+def test_the_checker_sees_imports_inside_functions(tmp_path: Path) -> None:
+    source = tmp_path / "x.py"
+    source.write_text("def f():\n    from compiler.accuracy import task_metric\n")
+    assert "compiler.accuracy" in imports(source)
+    assert violates("compiler.steps.compile", "compiler.steps.") and not violates("compiler.steps", "compiler.steps.")
