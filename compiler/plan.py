@@ -23,7 +23,7 @@ from compiler.steps.sensitivity import SENSITIVITY_STEP, SensitivityStep
 from compiler.steps.simplify import SIMPLIFY_STEP, SimplifyStep
 from compiler.steps.verify import ReferenceStep, VerifyStep
 
-QDQ_BACKENDS = {"onnxruntime", "tensorrt"}  # their int8 is the Q/DQ graph, made once for both
+QDQ_BACKENDS = {"tensorrt"}  # their int8 is ModelOpt's Q/DQ graph (placed where TensorRT fuses)
 GPU_BACKENDS = {"tensorrt"}
 RELEASE_STEP = "release"
 

@@ -37,12 +37,14 @@ def _modelopt_quantize() -> Callable[..., None]:
     return quantize
 
 
-class _FeedReader:
+class FeedReader:
     """onnxruntime's CalibrationDataReader protocol (plus ModelOpt's `get_first`) over modelc's
-    batches: one batch in memory at a time, at most `limit` samples."""
+    batches: one batch in memory at a time, at most `limit` samples, each feed cut to the model's
+    batch size where that is fixed (a `[1, 3, H, W]` model is fed one sample at a time)."""
 
-    def __init__(self, feeds: Callable[[], Iterator[dict[str, Any]]], limit: int) -> None:
-        self._feeds = feeds
+    def __init__(self, feeds: Callable[[], Iterator[dict[str, Any]]], limit: int,
+                 inputs: tuple[TensorSpec, ...] = ()) -> None:
+        self._feeds = lambda: _fitted(feeds(), inputs)
         self._limit = limit
         self._iterator: Iterator[dict[str, Any]] | None = None
         self._given = 0
@@ -73,6 +75,17 @@ class _FeedReader:
         self._given = 0
 
 
+def _fitted(feeds: Iterator[dict[str, Any]], inputs: tuple[TensorSpec, ...]) -> Iterator[dict[str, Any]]:
+    fixed = inputs[0].shape[0] if inputs and isinstance(inputs[0].shape[0], int) else None
+    for feed in feeds:
+        if fixed is None:
+            yield feed
+            continue
+        count = len(next(iter(feed.values())))
+        for start in range(0, count - fixed + 1, fixed):
+            yield {name: array[start:start + fixed] for name, array in feed.items()}
+
+
 def excluded_nodes(onnx_model: Path, options: Quantization) -> list[str]:
     """ONNX node names kept in higher precision: `ignore.names` must exist, `ignore.patterns` match."""
     import onnx
@@ -92,7 +105,7 @@ def quantize_qdq(onnx_model: Path, inputs: tuple[TensorSpec, ...], feeds: Callab
                  options: Quantization, destination: Path, nodes_to_quantize: list[str] | None = None) -> dict[str, Any]:
     """Write the Q/DQ graph to `destination`; returns its notes (samples used, what stayed float)."""
     quantize = _modelopt_quantize()
-    reader = _FeedReader(feeds, options.subset_size)
+    reader = FeedReader(feeds, options.subset_size, inputs)
     exclude = excluded_nodes(onnx_model, options)
     logging.getLogger("modelopt").setLevel(logging.ERROR)
     try:

@@ -120,21 +120,3 @@ def test_openvino_int8_unknown_ignored_name_is_a_compile_error(tmp_path: Path, o
         get_backend("openvino").compile(CompileRequest(Target("openvino", "int8"), onnx_file, INPUTS, ("logits",), tmp_path,
                                                        calibration=lambda: iter(feeds),
                                                        quantization=Quantization(ignore_names=("no_such_layer",))))
-
-
-def test_torchscript_int8_keeps_ignored_modules_and_ops_in_float() -> None:
-    from compiler.errors import InputError
-    from compiler.backends.torch_convert import quantize_torch_model
-    from compiler.recipe import Quantization
-
-    rng = np.random.default_rng(6)
-    feeds = [{"images": rng.random((4, 3, 16, 16), dtype=np.float32)} for _ in range(2)]
-    quantized, samples = quantize_torch_model(build_model().eval(), INPUTS, lambda: iter(feeds),
-                                              Quantization(torchscript_ignore_modules=("head",)))
-    assert samples == 8
-    assert type(quantized.head).__name__ == "Linear"  # float, not torch.ao's quantized Linear
-    assert "Quantized" in type(quantized.conv).__name__ or "quantized" in type(quantized.conv).__module__
-    with pytest.raises(InputError, match="torchscript_ignore.modules: nope not in the model; its submodules include"):
-        quantize_torch_model(build_model().eval(), INPUTS, lambda: iter(feeds), Quantization(torchscript_ignore_modules=("nope",)))
-    with pytest.raises(InputError, match="torchscript_ignore.ops: 'Nonsense' is neither"):
-        quantize_torch_model(build_model().eval(), INPUTS, lambda: iter(feeds), Quantization(torchscript_ignore_ops=("Nonsense",)))

@@ -177,8 +177,7 @@ def test_python_data_source_and_shuffle(tmp_path: Path) -> None:
     assert any("a python data source yields its own order; remove shuffle" in p for p in found)
 
 
-def test_torchscript_ignore_needs_a_torchscript_int8_target(tmp_path: Path) -> None:
-    int8 = GOOD.replace("precisions: [fp32, fp16]", "precisions: [int8]")
-    found = problems_of(tmp_path, int8 + "data:\n  calibration: {path: x.npy}\n"
-                        "quantization:\n  torchscript_ignore: {modules: [head]}\n")
-    assert any("no torchscript int8 target: remove quantization.torchscript_ignore" in p for p in found)
+def test_torchscript_int8_is_refused_with_the_reason(tmp_path: Path) -> None:
+    int8 = GOOD.replace("precisions: [fp32, fp16]", "precisions: [int8]").replace("backend: openvino", "backend: torchscript")
+    found = problems_of(tmp_path, int8 + "data:\n  calibration: {path: x.npy}\n")
+    assert any("torchscript int8 is not offered" in p and "openvino int8 or onnxruntime int8" in p for p in found), found

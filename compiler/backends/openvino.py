@@ -74,8 +74,10 @@ class OpenVinoBackend(Backend):
             fast_bias_correction=options.fast_bias_correction,
             model_type=nncf.ModelType.TRANSFORMER if options.model_type == "transformer" else None,
             ignored_scope=nncf.IgnoredScope(names=list(options.ignore_names), types=list(options.ignore_types),
-                                            patterns=list(options.ignore_patterns), validate=True))
+                                            patterns=list(options.ignore_patterns), validate=True),
+            advanced_parameters=_advanced(options.overflow_fix))
         notes: dict[str, Any] = {"method": "NNCF post-training quantization", "preset": options.preset,
+                                 "overflow_fix": options.overflow_fix,
                                  "kept_in_float": {"names": list(options.ignore_names), "types": list(options.ignore_types),
                                                    "patterns": list(options.ignore_patterns)}}
         try:
@@ -96,6 +98,15 @@ class OpenVinoBackend(Backend):
 
     def versions(self) -> dict[str, str]:
         return {"openvino": require("openvino", self.name, "openvino").__version__}
+
+
+def _advanced(overflow_fix: str) -> Any:
+    """NNCF's overflow fix: 7-bit weights where pre-VNNI 8-bit kernels would saturate; `enable`
+    (modelc's default) applies it to every layer, NNCF's own default to the first only."""
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    fix = {"enable": OverflowFix.ENABLE, "first_layer": OverflowFix.FIRST_LAYER, "disable": OverflowFix.DISABLE}
+    return AdvancedQuantizationParameters(overflow_fix=fix[overflow_fix])
 
 
 class _Samples:
@@ -147,9 +158,11 @@ def _quantize_with_accuracy_control(nncf: Any, model: Any, calibration: Any, req
     level = nncf_logger.level
     nncf_logger.setLevel(logging.INFO)
     try:
+        tuned = {**settings, "advanced_quantization_parameters": settings["advanced_parameters"]}
+        del tuned["advanced_parameters"]
         quantized = nncf.quantize_with_accuracy_control(
             model, calibration, validation, validation_fn=validate, max_drop=control.max_drop / 100.0,
-            drop_type=nncf.DropType.ABSOLUTE, **settings)
+            drop_type=nncf.DropType.ABSOLUTE, **tuned)
     finally:
         nncf_logger.removeHandler(log)
         nncf_logger.setLevel(level)

@@ -1,16 +1,14 @@
-"""torch -> TorchScript (trace or script, frozen, deterministic bytes) and PyTorch FX
-post-training INT8 quantization: what the TorchScript backend builds with."""
+"""torch -> TorchScript (trace or script, frozen, deterministic bytes): what the TorchScript
+backend builds with."""
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
-
-import numpy as np
+from typing import Any
 
 from compiler.data import example_inputs
-from compiler.errors import CompileError, InputError, ModelcError
-from compiler.recipe import Quantization, TensorSpec
+from compiler.errors import CompileError
+from compiler.recipe import TensorSpec
 
 
 def export_torchscript(model: Any, inputs: tuple[TensorSpec, ...], mode: str, destination: Path) -> None:
@@ -34,76 +32,6 @@ def export_torchscript(model: Any, inputs: tuple[TensorSpec, ...], mode: str, de
         other = "trace" if mode == "script" else "script"
         raise CompileError(f"TorchScript {mode} failed: {first}; try mode: {other} on the torchscript target") from None
     pin_serialization_id(destination)
-
-
-def quantize_torch_model(model: Any, inputs: tuple[TensorSpec, ...],
-                         calibration: Callable[[], Iterator[dict[str, np.ndarray]]],
-                         options: Quantization = Quantization()) -> tuple[Any, int]:
-    """x86 INT8 post-training quantization (torch.ao FX graph mode): observers calibrated on the
-    representative data, then converted; the result is traced like any torch model. Modules and
-    ops named in `quantization.torchscript_ignore` keep a `None` qconfig, so they stay float.
-    Returns the model and how many samples calibrated it."""
-    import torch
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
-    if isinstance(model, torch.jit.ScriptModule):
-        raise CompileError("torchscript int8 needs a torch source (an nn.Module), not a TorchScript file")
-    torch.backends.quantized.engine = "x86"
-    mapping = get_default_qconfig_mapping("x86")
-    for name in _checked_module_names(model, options.torchscript_ignore_modules):
-        mapping.set_module_name(name, None)
-    for pattern in options.torchscript_ignore_patterns:
-        mapping.set_module_name_regex(pattern, None)
-    for op in options.torchscript_ignore_ops:
-        for resolved in _torch_ops(op):
-            mapping.set_object_type(resolved, None)
-    example = tuple(torch.from_numpy(a) for a in example_inputs(inputs, dynamic_size=1))
-    samples = 0
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            prepared = prepare_fx(model.eval(), mapping, example)
-            for feed in calibration():
-                prepared(*[torch.from_numpy(feed[spec.name]) for spec in inputs])
-                samples += len(feed[inputs[0].name])
-            return convert_fx(prepared), samples
-    except ModelcError:  # e.g. bad calibration data: its own message and exit code
-        raise
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise CompileError(f"PyTorch FX post-training quantization failed: {first}; "
-                           "this model may not be FX-traceable: use an openvino int8 target instead") from None
-
-
-def _checked_module_names(model: Any, names: tuple[str, ...]) -> tuple[str, ...]:
-    known = {name for name, _ in model.named_modules() if name}
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise InputError(f"quantization.torchscript_ignore.modules: {', '.join(unknown)} not in the model; "
-                         f"its submodules include {', '.join(sorted(known)[:10])}")
-    return names
-
-
-def _torch_ops(op: str) -> list[Any]:
-    """'torch.cat' (a dotted path), 'SiLU' (a torch.nn class) or 'sigmoid' (a tensor method, and
-    torch.sigmoid when that exists too)."""
-    import torch
-
-    if "." in op:
-        target: Any = torch
-        for part in op.split(".")[1:] if op.startswith("torch.") else op.split("."):
-            target = getattr(target, part, None)
-            if target is None:
-                break
-        if target is not None:
-            return [target]
-    elif isinstance(getattr(torch.nn, op, None), type):
-        return [getattr(torch.nn, op)]
-    elif hasattr(torch.Tensor, op):
-        return [op] + ([getattr(torch, op)] if callable(getattr(torch, op, None)) else [])
-    raise InputError(f"quantization.torchscript_ignore.ops: '{op}' is neither a torch function (torch.cat), "
-                     "a torch.nn module class (SiLU) nor a tensor method (sigmoid)")
 
 
 SERIALIZATION_ID_SUFFIX = "/.data/serialization_id"

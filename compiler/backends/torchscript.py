@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from compiler.backends import Backend, CompileRequest, Runner, pick, require, write_quantization_notes
+from compiler.backends import Backend, CompileRequest, Runner, pick, require
 from compiler.errors import CompileError
 from compiler.recipe import TensorSpec
 
@@ -40,24 +40,16 @@ class TorchScriptBackend(Backend):
 
     def compile(self, request: CompileRequest) -> list[Path]:
         require("torch", self.name, "torch")
-        from compiler.backends.torch_convert import export_torchscript, quantize_torch_model
+        from compiler.backends.torch_convert import export_torchscript
 
         if request.torch_model is None:
             raise CompileError("a TorchScript target needs a torch or torchscript source")
         model = request.torch_model()
-        notes = None
-        if request.target.precision == "int8":
-            if request.calibration is None:
-                raise CompileError("an int8 target needs data.calibration")
-            options = request.quantization
-            model, samples = quantize_torch_model(model, request.inputs, request.calibration, options)
-            notes = {"method": "PyTorch FX post-training quantization (x86 qconfig)", "calibration_samples": samples,
-                     "kept_in_float": {"modules": list(options.torchscript_ignore_modules),
-                                       "patterns": list(options.torchscript_ignore_patterns),
-                                       "ops": list(options.torchscript_ignore_ops)}}
+        if request.target.precision != "fp32":
+            raise CompileError(f"torchscript {request.target.precision} is not offered; build fp32")
         destination = request.out_dir / "model.pt"
         export_torchscript(model, request.inputs, request.target.mode or "trace", destination)
-        return [destination] + ([write_quantization_notes(request.out_dir, notes)] if notes else [])
+        return [destination]
 
     def runner(self, files: list[Path], inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...]) -> Runner:
         return TorchModuleRunner(inputs, outputs, path=pick(files, ".pt"))

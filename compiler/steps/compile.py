@@ -15,7 +15,7 @@ from compiler.steps.qdq import warn_shortfall
 
 BACKEND_TOOLS = {"onnxruntime": ("onnxruntime",), "openvino": ("openvino",), "torchscript": ("torch",),
                  "tensorrt": ("tensorrt",)}
-IN_PROCESS_BACKENDS = {"onnxruntime"}  # compile = copy a file; the others run in a fresh process
+IN_PROCESS_BACKENDS = {"onnxruntime"}  # fp32 compile = copy a file; the others run in a fresh process
 
 
 def compile_step_id(target: Target) -> str:
@@ -52,7 +52,7 @@ class CompileStep(Step):
 
     @property
     def fresh_process(self) -> bool:  # type: ignore[override]
-        return self.target.backend not in IN_PROCESS_BACKENDS
+        return self.target.backend not in IN_PROCESS_BACKENDS or self.calibration is not None
 
     @property
     def description(self) -> str:  # type: ignore[override]
@@ -72,7 +72,7 @@ class CompileStep(Step):
         if self.calibration is not None:
             material["calibration"] = facts.data(self.calibration)
             material["quantization"] = asdict(self.quantization)
-            tools = tools + ("nncf",)
+            tools = tools + (("nncf",) if self.target.backend == "openvino" else ())
         if self.accuracy_control is not None:
             control = self.accuracy_control
             material["accuracy_control"] = {"max_drop": control.max_drop, "task": asdict(control.task),

@@ -157,13 +157,13 @@ def test_calibration_is_cached_by_data_digest(tmp_path: Path, tiny_recipe, run_c
     recipe = int8_overrides(tmp_path, tiny_recipe, data)
     first = run_cli("build", recipe, "--store", tmp_path / "s1")
     assert first.exit_code == 0, first.stderr
-    assert {"quantize:qdq", "compile:onnxruntime-int8", "compile:openvino-int8"} <= set(steps_run(first.stderr))
+    assert {"compile:onnxruntime-int8", "compile:openvino-int8"} <= set(steps_run(first.stderr))
     same = run_cli("build", recipe, "--store", tmp_path / "s2")
     assert same.exit_code == 0 and steps_run(same.stderr) == []  # same data: nothing recalibrates
     np.save(tmp_path / "calibration.npy", data * 3.0)  # other ranges (a mere reorder gives the same graph)
     changed = run_cli("build", recipe, "--store", tmp_path / "s3")
     assert changed.exit_code == 0, changed.stderr
-    assert set(steps_run(changed.stderr)) == {"quantize:qdq", "compile:onnxruntime-int8", "compile:openvino-int8",
+    assert set(steps_run(changed.stderr)) == {"compile:onnxruntime-int8", "compile:openvino-int8",
                                               "verify:onnxruntime-int8", "verify:openvino-int8",
                                               "latency:onnxruntime-int8", "latency:openvino-int8"}
     # export, simplify, the reference and the fp32 target are reused
@@ -202,12 +202,12 @@ def test_a_data_function_runs_once_per_build_and_every_step_reads_its_output(tmp
     base = yaml.safe_load(tiny_recipe().read_text())
     base["data"]["calibration"] = {"path": str(tmp_path / "make.py:batches")}
     base["targets"] = [{"backend": "openvino", "precisions": ["fp32", "int8"]},
-                       {"backend": "torchscript", "precisions": ["int8"]}]
+                       {"backend": "onnxruntime", "precisions": ["int8"]}]
     base["gates"] = {"default": {"min_cosine": 0.9}}
     recipe = tiny_recipe(base, name="function.yaml")
     first = run_cli("build", recipe, "--store", tmp_path / "s1")
     assert first.exit_code == 0, first.stderr
-    # two steps calibrate on it (openvino-int8, torchscript-int8), each in its own process
+    # two steps calibrate on it (openvino-int8, onnxruntime-int8), each in its own process
     assert calls.read_text().count("called") == 1
     report = json.loads((tmp_path / "s1/tiny/0.1.0/report.json").read_text())
     assert report["calibration"]["samples_available"] == 12
