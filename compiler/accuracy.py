@@ -67,46 +67,80 @@ class _OutputAccumulator:
         return OutputMetrics(name, self.max_abs, self.sum_abs / max(self.count, 1), min(cosine, 1.0), snr)
 
 
+CONFIDENT = 0.5  # a reference prediction this sure (softmax probability) counts as confident
+REFERENCE_DETECTION_SCORE = 0.25  # the reference's detections at least this sure are the label-free truth
+
+
 @dataclass(frozen=True)
 class TaskMetric:
-    name: str  # top1_accuracy | map50
+    """The task's headline metric (with labels: top-1 accuracy or mAP@0.5; without: agreement with
+    the reference, which scores 100 % against itself) and the label-free agreement figures."""
+
+    name: str  # top1_accuracy | map50 | top1_agreement | reference_map50
     value: float  # percent
     reference: float  # the reference model's value, percent
     agreement: float | None = None  # top-1 agreement with the reference, percent (classifiers)
+    label_free: dict[str, float] = field(default_factory=dict)  # top5_containment, confident_agreement, ...
 
     @property
     def drop(self) -> float:
         return self.reference - self.value
 
 
+def _probabilities(values: np.ndarray) -> np.ndarray:
+    """Class probabilities: the output itself when it already is one, else its softmax."""
+    import numpy as np
+
+    rows = values.reshape(len(values), -1).astype(np.float64)
+    if rows.min() >= 0 and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3):
+        return rows
+    shifted = np.exp(rows - rows.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
 class _TaskScorer:
-    """Scores one model's outputs against labels (and, for classifiers, the reference's top-1)."""
+    """Scores one model's outputs against labels (when the data has them) and against the
+    reference's own predictions (always)."""
 
     def __init__(self, task: Task, output: str) -> None:
         from compiler.tasks import DetectionScorer
 
         self.task = task
         self.output = output
-        self.correct = 0
-        self.agree = 0
-        self.total = 0
+        self.correct = self.agree = self.top5 = self.confident = self.confident_agree = self.total = 0
+        self.labelled = False
         self.detections = DetectionScorer(task, len(task.classes))
+        self.versus_reference = DetectionScorer(task, len(task.classes))
 
     def update(self, outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], batch: Batch) -> None:
         import numpy as np
 
-        from compiler.tasks import decode_detections
+        from compiler.tasks import decode_detections, detections_as_truth
 
         values = outputs[self.output]
+        self.labelled = self.labelled or bool(batch.labels)
         if self.task.type == "classification":
-            predicted = values.reshape(len(values), -1).argmax(axis=1)
-            expected = reference[self.output].reshape(len(values), -1).argmax(axis=1)
-            self.correct += int((predicted == np.asarray(batch.labels)).sum())
+            rows = values.reshape(len(values), -1)
+            predicted = rows.argmax(axis=1)
+            expected_probabilities = _probabilities(reference[self.output])
+            expected = expected_probabilities.argmax(axis=1)
+            if batch.labels:
+                self.correct += int((predicted == np.asarray(batch.labels)).sum())
             self.agree += int((predicted == expected).sum())
+            best5 = np.argsort(-rows, axis=1, kind="stable")[:, :5]
+            self.top5 += int((best5 == expected[:, None]).any(axis=1).sum())
+            sure = expected_probabilities.max(axis=1) >= CONFIDENT
+            self.confident += int(sure.sum())
+            self.confident_agree += int((predicted[sure] == expected[sure]).sum())
             self.total += len(values)
         elif self.task.type == "detection":
-            for rows, truth in zip(values, batch.labels):
-                self.detections.add(decode_detections(rows, self.task), truth)
+            for index, rows in enumerate(values):
+                found = decode_detections(rows, self.task)
+                if batch.labels:
+                    self.detections.add(found, batch.labels[index])
+                truth = detections_as_truth(decode_detections(reference[self.output][index], self.task),
+                                            REFERENCE_DETECTION_SCORE)
+                self.versus_reference.add(found, truth)
 
     def value(self) -> float:
         if self.task.type == "classification":
@@ -116,6 +150,24 @@ class _TaskScorer:
     def agreement(self) -> float | None:
         return 100.0 * self.agree / max(self.total, 1) if self.task.type == "classification" else None
 
+    def label_free(self) -> dict[str, float]:
+        if self.task.type == "classification":
+            return {"top1_agreement": 100.0 * self.agree / max(self.total, 1),
+                    "top5_containment": 100.0 * self.top5 / max(self.total, 1),
+                    "confident_agreement": 100.0 * self.confident_agree / max(self.confident, 1),
+                    "confident_samples": float(self.confident)}
+        return {"reference_map50": 100.0 * self.versus_reference.mean_ap(),
+                "reference_objects": float(sum(self.versus_reference.positives().values()))}
+
+    def metric(self, reference: _TaskScorer) -> TaskMetric:
+        free = self.label_free()
+        if self.labelled:
+            name = "top1_accuracy" if self.task.type == "classification" else "map50"
+            return TaskMetric(name, self.value(), reference.value(), self.agreement(), free)
+        if self.task.type == "classification":
+            return TaskMetric("top1_agreement", free["top1_agreement"], 100.0, self.agreement(), free)
+        return TaskMetric("reference_map50", free["reference_map50"], 100.0, None, free)
+
 
 @dataclass(frozen=True)
 class GateCheck:
@@ -124,12 +176,23 @@ class GateCheck:
     observed: float | None
     passed: bool
     output: str | None = None  # the output for per-output gates
+    source: str = "recipe"  # recipe | default | relaxed (the recipe set a looser value than the default)
+    default: float | None = None  # modelc's default threshold, where the recipe relaxed it
+
+    @property
+    def margin(self) -> float | None:
+        """How far the observed value is inside (+) or outside (-) the threshold."""
+        if self.observed is None:
+            return None
+        return self.observed - self.threshold if self.gate.startswith("min_") else self.threshold - self.observed
 
     def describe(self) -> str:
         where = f" on output '{self.output}'" if self.output else ""
         observed = "identical" if self.observed is None else f"{self.observed:.6g}"
-        verdict = "passed" if self.passed else "MISSED"
-        return f"{self.gate}{where}: {observed} vs threshold {self.threshold:g} ({verdict})"
+        margin = self.margin
+        verdict = "passed" if self.passed else (f"MISSED by {abs(margin):.4g}" if margin is not None else "MISSED")
+        origin = {"default": ", default gate", "relaxed": f", relaxed by the recipe from the default {self.default:g}"}
+        return f"{self.gate}{where}: {observed} vs threshold {self.threshold:g} ({verdict}{origin.get(self.source, '')})"
 
 
 @dataclass
@@ -191,10 +254,7 @@ def compare(batches: Iterable[tuple[Batch, dict[str, np.ndarray]]], artifacts: d
                 scorers[key].update(got, expected, batch)
     results = {}
     for key in artifacts:
-        metric = None
-        if use_task:
-            name = "top1_accuracy" if task.type == "classification" else "map50"
-            metric = TaskMetric(name, scorers[key].value(), reference_scorer.value(), scorers[key].agreement())
+        metric = scorers[key].metric(reference_scorer) if use_task else None
         results[key] = Evaluation([accumulators[key][n].result(n) for n in outputs], metric, samples)
     return results
 
@@ -220,27 +280,40 @@ def reference_task_metric(evaluations: dict[str, Evaluation]) -> float | None:
     return None
 
 
-def apply_gates(evaluation: Evaluation, gate: Gate) -> list[GateCheck]:
+def apply_gates(evaluation: Evaluation, gate: Gate, sources: dict[str, tuple[str, float | None]] | None = None) -> list[GateCheck]:
+    """Every gate that applies to what was measured; `sources` says per gate key where its
+    threshold came from (recipe | default | relaxed, and the default it relaxed)."""
     checks: list[GateCheck] = []
+
+    def check(name: str, threshold: float, observed: float | None, passed: bool, output: str | None = None) -> None:
+        source, default = (sources or {}).get(name, ("recipe", None))
+        checks.append(GateCheck(name, threshold, observed, passed, output, source, default))
+
     for metrics in evaluation.outputs:
         if gate.min_cosine is not None:
-            checks.append(GateCheck("min_cosine", gate.min_cosine, metrics.cosine, metrics.cosine >= gate.min_cosine, metrics.output))
+            check("min_cosine", gate.min_cosine, metrics.cosine, metrics.cosine >= gate.min_cosine, metrics.output)
         if gate.max_abs_error is not None:
-            checks.append(GateCheck("max_abs_error", gate.max_abs_error, metrics.max_abs_error,
-                                    metrics.max_abs_error <= gate.max_abs_error, metrics.output))
+            check("max_abs_error", gate.max_abs_error, metrics.max_abs_error, metrics.max_abs_error <= gate.max_abs_error,
+                  metrics.output)
         if gate.max_mean_abs_error is not None:
-            checks.append(GateCheck("max_mean_abs_error", gate.max_mean_abs_error, metrics.mean_abs_error,
-                                    metrics.mean_abs_error <= gate.max_mean_abs_error, metrics.output))
+            check("max_mean_abs_error", gate.max_mean_abs_error, metrics.mean_abs_error,
+                  metrics.mean_abs_error <= gate.max_mean_abs_error, metrics.output)
         if gate.min_snr_db is not None:
             passed = metrics.snr_db is None or metrics.snr_db >= gate.min_snr_db
-            checks.append(GateCheck("min_snr_db", gate.min_snr_db, metrics.snr_db, passed, metrics.output))
-    if evaluation.task is not None:
+            check("min_snr_db", gate.min_snr_db, metrics.snr_db, passed, metrics.output)
+    task = evaluation.task
+    if task is not None:
         if gate.max_metric_drop is not None:
-            checks.append(GateCheck("max_metric_drop", gate.max_metric_drop, evaluation.task.drop,
-                                    evaluation.task.drop <= gate.max_metric_drop))
+            check("max_metric_drop", gate.max_metric_drop, task.drop, task.drop <= gate.max_metric_drop)
         if gate.min_metric is not None:
-            checks.append(GateCheck("min_metric", gate.min_metric, evaluation.task.value,
-                                    evaluation.task.value >= gate.min_metric))
+            check("min_metric", gate.min_metric, task.value, task.value >= gate.min_metric)
+        free = task.label_free
+        if gate.min_top5_containment is not None and "top5_containment" in free:
+            check("min_top5_containment", gate.min_top5_containment, free["top5_containment"],
+                  free["top5_containment"] >= gate.min_top5_containment)
+        if gate.min_reference_map50 is not None and "reference_map50" in free and free.get("reference_objects", 0) > 0:
+            check("min_reference_map50", gate.min_reference_map50, free["reference_map50"],
+                  free["reference_map50"] >= gate.min_reference_map50)
     return checks
 
 
@@ -269,7 +342,7 @@ def evaluation_to_dict(evaluation: Evaluation) -> dict[str, object]:
         "samples": evaluation.samples,
         "outputs": [vars(m) for m in evaluation.outputs],
         "task": None if task is None else {"name": task.name, "value": task.value, "reference": task.reference,
-                                           "agreement": task.agreement},
+                                           "agreement": task.agreement, "label_free": task.label_free},
     }
 
 

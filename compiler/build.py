@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from compiler.cache import Cache
 from compiler.engine import Engine, RunSummary, start_fresh_process_server
 from compiler.errors import InputError
-from compiler.fingerprint import Fingerprints
-from compiler.plan import Plan, make_plan, target_step_ids
+from compiler.fingerprint import Fingerprints, check_disjoint
+from compiler.plan import Plan, data_source, make_plan, target_step_ids, verify_settings
 from compiler.progress import BuildLog
 from compiler.recipe import Recipe
 from compiler.release import CompiledArtifact, Measured, make_report, release, summary_lines
@@ -68,11 +68,13 @@ def build(recipe: Recipe, store: Store, log: BuildLog, cache: Cache, options: Bu
     shared = store.step_cache() if options.share_steps else None
     if options.share_steps and shared is None:
         raise InputError("--share-steps: this store keeps no step cache")
+    facts = Fingerprints(cache)
+    _check_data(recipe, facts, log)
     try:
         engine = Engine(cache, log, jobs=options.jobs, force=options.force, shared=shared, preload=PRELOAD)
         if any(step.fresh_process for step in steps):  # its imports overlap with the first step's work
             engine.before_first_run = lambda: start_fresh_process_server(PRELOAD)
-        done = engine.run(steps, Fingerprints(cache))
+        done = engine.run(steps, facts)
     finally:
         if shared is not None and hasattr(shared, "close"):
             shared.close()
@@ -80,15 +82,15 @@ def build(recipe: Recipe, store: Store, log: BuildLog, cache: Cache, options: Bu
     if options.only_targets:
         log(f"✓ built {', '.join(options.only_targets)}: {counts}; verification and release happen in a full build")
         return None
-    return _release(recipe, plan, done, store, log, options, counts, cache)
+    return _release(recipe, plan, done, store, log, options, counts, cache, facts)
 
 
 def _release(recipe: Recipe, plan: Plan, done: RunSummary, store: Store, log: BuildLog, options: BuildOptions,
-             counts: str, cache: Cache) -> BuildResult:
+             counts: str, cache: Cache, facts: Fingerprints) -> BuildResult:
     measured = Measured(graph=done.entries[plan.graph], qdq=done.entries.get(QDQ_STEP),
                         artifacts=[CompiledArtifact(t, done.entries[compile_step_id(t)]) for t in recipe.targets],
-                        entries=done.entries)
-    report = make_report(recipe, measured, SENSITIVITY_STEP)
+                        entries=done.entries, settings={t.id: verify_settings(recipe, t) for t in recipe.targets})
+    report = make_report(recipe, measured, SENSITIVITY_STEP, data_summary(recipe, facts))
     for line in summary_lines(report):
         log(line)
     staging = Path(tempfile.mkdtemp(prefix=f"release-{recipe.name}-", dir=cache.root))
@@ -98,3 +100,32 @@ def _release(recipe: Recipe, plan: Plan, done: RunSummary, store: Store, log: Bu
         shutil.rmtree(staging, ignore_errors=True)
     log(f"{'✓ release' if released.created else '✓ release (identical version already stored)'}: {counts}")
     return BuildResult(released.location, released.created, report, released.manifest, len(done.ran), len(done.cached))
+
+
+MIN_CALIBRATION_SAMPLES = 32  # NNCF's statistics degraded visibly at 8 samples
+
+
+def _check_data(recipe: Recipe, facts: Fingerprints, log: BuildLog) -> None:
+    """Before any work: the data roles are disjoint, and int8 has enough calibration samples."""
+    check_disjoint([data_source(recipe, role) for role in ("calibration", "validation", "evaluation")])
+    calibration = data_source(recipe, "calibration")
+    if calibration.dataset is not None and any(t.precision == "int8" for t in recipe.targets):
+        count = len(facts.reader(calibration))
+        if count < MIN_CALIBRATION_SAMPLES:
+            log(f"warning: data.calibration holds {count} samples; INT8 statistics want at least "
+                f"{MIN_CALIBRATION_SAMPLES} (NNCF degraded at 8)")
+
+
+def data_summary(recipe: Recipe, facts: Fingerprints) -> dict[str, Any]:
+    """Each data set's role, path (as the recipe names it), sample count and digest."""
+    import os
+
+    summary: dict[str, Any] = {}
+    for role in ("calibration", "validation", "evaluation"):
+        source = data_source(recipe, role)
+        if source.dataset is None:
+            continue
+        reader = facts.reader(source)
+        summary[role] = {"path": os.path.relpath(source.dataset.path, recipe.path.parent), "samples": len(reader),
+                         "digest": facts.data(source)["digest"], "note": source.note}
+    return summary

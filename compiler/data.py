@@ -49,7 +49,8 @@ class DataReader:
     """Reads one dataset for one model; `batches()` may be called more than once."""
 
     def __init__(self, dataset: Dataset, inputs: tuple[TensorSpec, ...], preprocess: Preprocess | None,
-                 class_names: tuple[str, ...] = (), *, materialized: Path | None = None, count: bool = True) -> None:
+                 class_names: tuple[str, ...] = (), *, materialized: Path | None = None, count: bool = True,
+                 every: int = 1) -> None:
         """`materialized`: for a data function, the folder of batches its one run yielded (see
         compiler/fingerprint.py), read instead of calling it again. `count=False` only for
         `yielded()`: the samples are not counted up front."""
@@ -58,6 +59,7 @@ class DataReader:
         self.preprocess = preprocess
         self.class_names = class_names
         self.materialized = materialized
+        self.every = every  # keep every Nth sample (the last of each N): a split of the data set
         self._items = self._index() if count else []
 
     def __len__(self) -> int:
@@ -93,7 +95,7 @@ class DataReader:
                              "add data or point data.*.path at the right folder")
         if self.dataset.samples is not None:
             items = items[: self.dataset.samples]
-        return items
+        return items[self.every - 1::self.every]
 
     def shortfall(self) -> str | None:
         """A warning when the recipe asked for more samples than the data holds (the build goes on)."""
@@ -207,17 +209,19 @@ class DataReader:
             yield self._read(self._items[start:start + size])
 
     def _python_batches(self) -> Iterator[Batch]:
-        """The function's own batches, cut at `samples`."""
-        left = len(self._items)
+        """The function's own batches, cut at `samples` (and thinned to every Nth sample)."""
+        wanted = set(self._items)
         where = f"{self.dataset.path}:{self.dataset.function}"
+        start = 0
         for feed in self._function_feeds():
-            if left <= 0:
-                return
-            feed = {name: array[:left] for name, array in feed.items()}
             count = len(next(iter(feed.values())))
-            start = len(self._items) - left
-            left -= count
-            yield Batch(inputs=feed, sources=[f"{where}[{start + i}]" for i in range(count)])
+            rows = [i for i in range(count) if start + i in wanted]
+            if rows:
+                kept = {name: array[rows] if len(rows) < count else array for name, array in feed.items()}
+                yield Batch(inputs=kept, sources=[f"{where}[{start + i}]" for i in rows])
+            start += count
+            if start > max(wanted, default=-1):
+                return
 
     def _read(self, items: list[Any]) -> Batch:
         if self.dataset.format == "images":

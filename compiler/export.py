@@ -56,21 +56,22 @@ def _quiet_exporter() -> Iterator[None]:
 
 def export_onnx(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...], options: ExportOptions,
                 destination: Path) -> None:
-    """Export with the recipe's exporter; dynamic axes come from symbolic dimensions."""
+    """Export with the recipe's exporter; dynamic axes come from symbolic dimensions. The example
+    input gives dynamic axes size 2: at size 1 torch.export specialises an axis to a constant."""
     import torch
 
-    example = tuple(torch.from_numpy(a) for a in example_inputs(inputs, dynamic_size=1))
+    example = tuple(torch.from_numpy(a) for a in example_inputs(inputs, dynamic_size=2))
     names = [spec.name for spec in inputs]
     try:
         with _quiet_exporter(), torch.no_grad():
             if options.exporter == "dynamo":
                 dims: dict[str, Any] = {}
-                dynamic_shapes = {spec.name: {axis: dims.setdefault(name, torch.export.Dim(name))
-                                              for axis, name in spec.dynamic_axes.items()} or None
-                                  for spec in inputs}
+                # positional, so the forward's own argument names need not match the recipe's input names
+                dynamic_shapes = tuple({axis: dims.setdefault(name, torch.export.Dim(name))
+                                        for axis, name in spec.dynamic_axes.items()} or None for spec in inputs)
                 torch.onnx.export(model, example, str(destination), input_names=names, output_names=list(outputs),
                                   opset_version=options.opset, dynamo=True, external_data=False, verbose=False,
-                                  dynamic_shapes=dynamic_shapes if any(dynamic_shapes.values()) else None)
+                                  dynamic_shapes=dynamic_shapes if any(dynamic_shapes) else None)
             else:
                 dynamic_axes: dict[str, dict[int, str]] = {spec.name: spec.dynamic_axes for spec in inputs if spec.dynamic_axes}
                 batch_like = next(iter(dynamic_axes.values()), {})
@@ -79,7 +80,10 @@ def export_onnx(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[str, 
                 torch.onnx.export(model, example, str(destination), input_names=names, output_names=list(outputs),
                                   opset_version=options.opset, dynamo=False, dynamic_axes=dynamic_axes or None)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
+        summary = lines.index("## Exception summary") + 1 if "## Exception summary" in lines else len(lines)
+        telling = lines[summary:summary + 1] or [line for line in lines[1:] if "Constraints violated" in line]
+        first = "; ".join([lines[0][:300]] + [line[:200] for line in telling[:1]])
         other = "torchscript" if options.exporter == "dynamo" else "dynamo"
         raise CompileError(f"torch.onnx.export ({options.exporter} exporter) failed: {first}; "
                            f"try export.exporter: {other}, or another export.opset") from None

@@ -33,6 +33,8 @@ class DataSource:
     inputs: tuple[TensorSpec, ...]
     preprocess: Preprocess | None
     classes: tuple[str, ...] = ()
+    every: int = 1  # read every Nth sample only (a validation split of the calibration set)
+    note: str = ""  # said in the report, e.g. where a split came from
 
     @property
     def label(self) -> str:
@@ -79,7 +81,7 @@ class Fingerprints:
         return {"digest": digest, "format": dataset.format, "labels": dataset.labels, "function": dataset.function,
                 "samples": dataset.samples, "batch_size": dataset.batch_size, "shuffle": dataset.shuffle,
                 "seed": dataset.seed, "preprocess": asdict(source.preprocess) if source.preprocess else None,
-                "classes": list(source.classes)}
+                "classes": list(source.classes), "every": source.every}
 
     def _materialize(self, source: DataSource) -> str:
         """Run a data function once, keep what it yields in the cache, return its digest."""
@@ -119,8 +121,8 @@ class Fingerprints:
             if source not in self._materialized:
                 self.data(source)
             return DataReader(dataset, source.inputs, source.preprocess, source.classes,
-                              materialized=self._materialized[source])
-        return DataReader(dataset, source.inputs, source.preprocess, source.classes)
+                              materialized=self._materialized[source], every=source.every)
+        return DataReader(dataset, source.inputs, source.preprocess, source.classes, every=source.every)
 
     def batches(self, source: DataSource) -> Iterator[Batch]:
         """The data set's batches, or seeded random inputs when the recipe has no evaluation data."""
@@ -162,3 +164,33 @@ def source_material(model: ModelSource) -> dict[str, Any]:
         material["file"] = sha256_file(model.path)
     return material
 
+
+
+def check_disjoint(sources: list[DataSource]) -> None:
+    """Calibration, validation and evaluation share no sample: the same file content in two roles
+    is an error naming the files (a gate measured on data that tuned the artifact is optimistic)."""
+    import os
+
+    seen: dict[str, tuple[str, Path]] = {}
+    clashes: list[str] = []
+    for source in sources:
+        if source.dataset is None or source.every != 1 or not source.dataset.path.exists():
+            continue
+        for path in _sample_files(source.dataset):
+            digest = sha256_file(path)
+            if digest in seen and seen[digest][0] != source.role:
+                role, first = seen[digest]
+                clashes.append(f"{os.path.relpath(path)} ({source.role}) = {os.path.relpath(first)} ({role})")
+            seen.setdefault(digest, (source.role, path))
+    if clashes:
+        more = f" and {len(clashes) - 5} more" if len(clashes) > 5 else ""
+        raise InputError(f"the same data is in two roles: {'; '.join(clashes[:5])}{more}: calibration, validation and "
+                         "evaluation must be disjoint; remove the duplicates from one of the sets")
+
+
+def _sample_files(dataset: Dataset) -> list[Path]:
+    if dataset.format == "images" and dataset.path.is_dir():
+        from compiler.data import IMAGE_SUFFIXES
+
+        return sorted(p for p in dataset.path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return [dataset.path] if dataset.path.is_file() else []

@@ -21,7 +21,7 @@ from compiler.steps.latency import LatencyStep
 from compiler.steps.qdq import QDQ_STEP, QdqStep
 from compiler.steps.sensitivity import SENSITIVITY_STEP, SensitivityStep
 from compiler.steps.simplify import SIMPLIFY_STEP, SimplifyStep
-from compiler.steps.verify import ReferenceStep, VerifyStep
+from compiler.steps.verify import ReferenceStep, Setting, VerifyStep
 
 QDQ_BACKENDS = {"tensorrt"}  # their int8 is ModelOpt's Q/DQ graph (placed where TensorRT fuses)
 GPU_BACKENDS = {"tensorrt"}
@@ -54,16 +54,26 @@ def uses_qdq_graph(target: Target) -> bool:
     return target.precision == "int8" and target.backend in QDQ_BACKENDS
 
 
+VALIDATION_SPLIT = 4  # without data.validation, tuning reads every 4th calibration sample
+
+
 def data_source(recipe: Recipe, role: str) -> DataSource:
-    dataset = {"calibration": recipe.calibration, "evaluation": recipe.evaluation}[role]
-    return DataSource(role, dataset, recipe.model.inputs, recipe.preprocess, recipe.task.classes)
+    """One of the three data roles; validation falls back to a split of the calibration set."""
+    inputs, preprocess, classes = recipe.model.inputs, recipe.preprocess, recipe.task.classes
+    if role == "validation" and recipe.validation is None:
+        return DataSource(role, recipe.calibration, inputs, preprocess, classes, every=VALIDATION_SPLIT,
+                          note=f"every {VALIDATION_SPLIT}th sample of data.calibration (the recipe has no data.validation)")
+    dataset = {"calibration": recipe.calibration, "validation": recipe.validation, "evaluation": recipe.evaluation}[role]
+    return DataSource(role, dataset, inputs, preprocess, classes)
 
 
 def accuracy_controlled(recipe: Recipe, target: Target) -> bool:
-    """OpenVINO int8 whose recipe gates the task-metric drop is quantized with accuracy control."""
+    """OpenVINO int8 whose recipe gates the task-metric drop is quantized with accuracy control,
+    tuned on labelled validation data (never the evaluation set)."""
     gate = recipe.gate_for(target.precision)
+    tuning = data_source(recipe, "validation").dataset
     return (target.backend == "openvino" and target.precision == "int8" and gate.max_metric_drop is not None
-            and recipe.task.type in ("classification", "detection") and recipe.evaluation is not None)
+            and recipe.task.type in ("classification", "detection") and tuning is not None and tuning.labels != "none")
 
 
 def make_plan(recipe: Recipe) -> Plan:
@@ -75,7 +85,7 @@ def make_plan(recipe: Recipe) -> Plan:
         graph = SIMPLIFY_STEP
     int8 = any(t.precision == "int8" for t in recipe.targets)
     if recipe.quantization.sensitivity_layers and int8:
-        steps.append(SensitivityStep(graph, data_source(recipe, "calibration"), data_source(recipe, "evaluation"),
+        steps.append(SensitivityStep(graph, data_source(recipe, "calibration"), data_source(recipe, "validation"),
                                      recipe.task, model.outputs, recipe.quantization))
     if any(uses_qdq_graph(t) for t in recipe.targets):
         steps.append(QdqStep(graph, data_source(recipe, "calibration"), recipe.quantization))
@@ -84,12 +94,35 @@ def make_plan(recipe: Recipe) -> Plan:
     evaluation = data_source(recipe, "evaluation")
     steps.append(ReferenceStep(model, evaluation))
     for target in recipe.targets:
-        steps.append(VerifyStep(target, evaluation, recipe.task, model.outputs))
+        for setting in verify_settings(recipe, target):
+            steps.append(VerifyStep(target, evaluation, recipe.task, model.outputs, setting))
     if recipe.latency.runs > 0:
         steps.append(LatencyStep(None, model, evaluation, recipe.latency))
         for target in recipe.targets:
-            steps.append(LatencyStep(target, model, evaluation, recipe.latency))
+            steps.append(LatencyStep(target, model, evaluation, recipe.latency, deploy_config(recipe, target)))
     return Plan(recipe.name, recipe.version, tuple(steps), graph)
+
+
+def deploy_config(recipe: Recipe, target: Target) -> tuple[tuple[str, str], ...]:
+    """The runtime settings a deploy stage passes with this artifact (recorded in the manifest)."""
+    precision = recipe.verify.openvino_inference_precision
+    if target.backend == "openvino" and precision != "default":
+        return (("INFERENCE_PRECISION_HINT", precision),)
+    return ()
+
+
+def verify_settings(recipe: Recipe, target: Target) -> list[Setting]:
+    """As deployed (gated); OpenVINO IR also pinned to f32 where the deploy setting is another;
+    OpenVINO int8 also on an older instruction set (pre-VNNI oneDNN kernels), gated too."""
+    settings = [Setting("deploy", deploy_config(recipe, target))]
+    if target.backend != "openvino":
+        return settings
+    if recipe.verify.openvino_inference_precision != "f32":
+        settings.append(Setting("f32", (("INFERENCE_PRECISION_HINT", "f32"),)))
+    if target.precision == "int8" and recipe.verify.second_isa != "none":
+        isa = recipe.verify.second_isa
+        settings.append(Setting(isa.lower(), deploy_config(recipe, target), isa))
+    return settings
 
 
 def _compile_step(recipe: Recipe, target: Target, graph: str) -> CompileStep:
@@ -107,7 +140,7 @@ def _compile_step(recipe: Recipe, target: Target, graph: str) -> CompileStep:
         max_drop = recipe.gate_for(target.precision).max_metric_drop
         assert max_drop is not None
         control = AccuracyControlSpec(max_drop, recipe.task, recipe.task.output or recipe.model.outputs[0],
-                                      data_source(recipe, "evaluation"))
+                                      data_source(recipe, "validation"))
     return CompileStep(target, source, recipe.model, calibration, recipe.quantization, control)
 
 

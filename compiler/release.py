@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from compiler.accuracy import apply_gates, evaluation_from_dict
+from compiler.accuracy import Evaluation, apply_gates, evaluation_from_dict
 from compiler.cache import CacheEntry
 from compiler.errors import GateFailed
 from compiler.manifest import QUANTIZATION_NOTES, ArtifactEntry, FileEntry, build_manifest, content_digest, file_entries
 from compiler.recipe import Recipe, Target
-from compiler.report import ArtifactReport, CalibrationData, Report, to_json_text, to_markdown
+from compiler.report import ArtifactReport, CalibrationData, Measurement, Report, to_json_text, to_markdown
 from compiler.steps.latency import LATENCY_FILE, REFERENCE_LATENCY_STEP, latency_step_id
-from compiler.steps.verify import EVALUATION_FILE, REFERENCE_STEP, verify_step_id
+from compiler.steps.verify import EVALUATION_FILE, REFERENCE_STEP, Setting, verify_step_id
 
 if TYPE_CHECKING:
     from compiler.signing import Signer
@@ -42,6 +42,7 @@ class Measured:
     qdq: CacheEntry | None  # the Q/DQ INT8 graph, shipped as onnx-int8/
     artifacts: list[CompiledArtifact]
     entries: dict[str, CacheEntry]  # every step's output by step id
+    settings: dict[str, list[Setting]]  # per target: as deployed first, then the other measurements
 
     def json(self, step_id: str, name: str) -> Any:
         entry = self.entries.get(step_id)
@@ -56,28 +57,49 @@ class Released:
     manifest: dict[str, Any]
 
 
-def make_report(recipe: Recipe, measured: Measured, sensitivity_step: str) -> Report:
+def make_report(recipe: Recipe, measured: Measured, sensitivity_step: str, data: dict[str, Any] | None = None) -> Report:
+    from compiler.host import cpu_info
+
     reference = measured.json(REFERENCE_STEP, "reference.json")
     artifacts = []
     reference_metric = None
     for artifact in measured.artifacts:
-        evaluation = evaluation_from_dict(measured.json(verify_step_id(artifact.target), EVALUATION_FILE))
-        evaluation.gates = apply_gates(evaluation, recipe.gate_for(artifact.target.precision))
-        files = [(f"{artifact.target.id}/{name}", artifact.entry.file(name).stat().st_size) for name in artifact.entry.files]
+        target = artifact.target
+        evaluation = _judged(recipe, target, measured.json(verify_step_id(target), EVALUATION_FILE))
+        others = [Measurement(setting.name, dict(setting.config), setting.isa,
+                              _judged(recipe, target, measured.json(verify_step_id(target) + setting.suffix, EVALUATION_FILE)),
+                              gated=setting.isa is not None)
+                  for setting in measured.settings[target.id][1:]]
+        files = [(f"{target.id}/{name}", artifact.entry.file(name).stat().st_size) for name in artifact.entry.files]
         notes = artifact.entry.files.get(QUANTIZATION_NOTES) and json.loads(artifact.entry.file(QUANTIZATION_NOTES).read_text())
-        latency = _latency_ms(measured, latency_step_id(artifact.target))
-        artifacts.append(ArtifactReport(artifact.target.id, artifact.target.backend, artifact.target.precision, files,
-                                        evaluation, latency, notes or None))
+        timing = measured.json(latency_step_id(target), LATENCY_FILE)
+        artifacts.append(ArtifactReport(target.id, target.backend, target.precision, files, evaluation,
+                                        _latency_ms(measured, latency_step_id(target)), notes or None,
+                                        dict(measured.settings[target.id][0].config), _latency_summary(timing), others))
         if evaluation.task is not None:
             reference_metric = evaluation.task.reference
     return Report(recipe.name, recipe.version, reference["reference"], reference["data"], reference["samples"],
                   recipe.task.type, reference_metric, _latency_ms(measured, REFERENCE_LATENCY_STEP), artifacts,
-                  _calibration(recipe, artifacts), _sensitivity(recipe, measured.json(sensitivity_step, "sensitivity.json")))
+                  _calibration(recipe, artifacts), _sensitivity(recipe, measured.json(sensitivity_step, "sensitivity.json")),
+                  cpu_info(), data)
 
 
 def _latency_ms(measured: Measured, step_id: str) -> float | None:
     timing = measured.json(step_id, LATENCY_FILE)
     return timing["ms"]["p50"] if timing and timing["ms"] else None
+
+
+def _judged(recipe: Recipe, target: Target, measured: dict[str, Any]) -> Evaluation:
+    evaluation = evaluation_from_dict(measured)
+    evaluation.gates = apply_gates(evaluation, recipe.gate_for(target.precision), recipe.gate_sources(target.precision))
+    return evaluation
+
+
+def _latency_summary(timing: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not timing or not timing.get("ms"):
+        return None
+    return {**timing["ms"], "batch": timing["batch"], "runs": timing["runs"], "warmup": timing["warmup"],
+            "threads": timing["threads"]}
 
 
 def _calibration(recipe: Recipe, artifacts: list[ArtifactReport]) -> CalibrationData | None:
@@ -105,8 +127,15 @@ def summary_lines(report: Report) -> list[str]:
             task = f", {t.name} {t.value:.2f}% (reference {t.reference:.2f}%)"
         worst = min((m.cosine for m in a.evaluation.outputs), default=1.0)
         latency = f", {a.latency_ms:.2f} ms" if a.latency_ms is not None else ""
-        verdict = "pass" if a.evaluation.passed else "FAIL"
+        free = a.evaluation.task.label_free if a.evaluation.task is not None else {}
+        if "top5_containment" in free:
+            task += f", top-5 containment {free['top5_containment']:.1f}%, confident agreement {free['confident_agreement']:.1f}%"
+        for m in a.measurements:
+            cos = min((o.cosine for o in m.evaluation.outputs), default=1.0)
+            task += f"; {m.isa or m.setting}: cosine {cos:.6f}" + ("" if m.evaluation.passed or not m.gated else " FAIL")
+        verdict = "pass" if a.passed else "FAIL"
         lines.append(f"  {a.target}: cosine {worst:.6f}{task}{latency} [{verdict}]")
+    lines += [f"  warning: {flag}" for flag in report.flags()]
     return lines
 
 

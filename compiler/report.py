@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from compiler.accuracy import Evaluation
 
-REPORT_FORMAT_VERSION = 1
+REPORT_FORMAT_VERSION = 2
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """The artifact measured under other runtime settings than its deployment's."""
+
+    setting: str  # f32 | avx2 | avx512_core
+    config: dict[str, str]
+    isa: str | None
+    evaluation: Evaluation
+    gated: bool
 
 
 @dataclass(frozen=True)
@@ -18,13 +29,31 @@ class ArtifactReport:
     backend: str
     precision: str
     files: list[tuple[str, int]]  # release-relative path, size in bytes
-    evaluation: Evaluation
-    latency_ms: float | None
+    evaluation: Evaluation  # as deployed (the runtime settings in `config`)
+    latency_ms: float | None  # p50
     quantization: dict[str, Any] | None = None  # int8: the artifact's quantization.json
+    config: dict[str, str] = field(default_factory=dict)
+    latency: dict[str, Any] | None = None  # p10/p50/p90, runs, warm-up, batch, threads
+    measurements: list[Measurement] = field(default_factory=list)
 
     @property
     def size_bytes(self) -> int:
         return sum(size for _, size in self.files)
+
+    @property
+    def passed(self) -> bool:
+        return self.evaluation.passed and all(m.evaluation.passed for m in self.measurements if m.gated)
+
+    def failures(self) -> list[str]:
+        found = [f"{self.target}: {c.describe()}" for c in self.evaluation.gates if not c.passed]
+        for m in self.measurements:
+            if m.gated:
+                found += [f"{self.target} ({_setting_words(m)}): {c.describe()}" for c in m.evaluation.gates if not c.passed]
+        return found
+
+
+def _setting_words(m: Measurement) -> str:
+    return f"oneDNN limited to {m.isa}" if m.isa else f"pinned {m.setting}"
 
 
 @dataclass(frozen=True)
@@ -68,13 +97,25 @@ class Report:
     artifacts: list[ArtifactReport]
     calibration: CalibrationData | None = None
     sensitivity: dict[str, Any] | None = None  # compiler.sensitivity's result, worst layers first
+    machine: dict[str, Any] | None = None  # CPU model and instruction sets of the build machine
+    data: dict[str, Any] | None = None  # per role: path, samples, digest
 
     @property
     def passed(self) -> bool:
-        return all(a.evaluation.passed for a in self.artifacts)
+        return all(a.passed for a in self.artifacts)
 
     def failures(self) -> list[str]:
-        return [f"{a.target}: {check.describe()}" for a in self.artifacts for check in a.evaluation.gates if not check.passed]
+        return [line for a in self.artifacts for line in a.failures()]
+
+    def flags(self) -> list[str]:
+        """Warnings that do not fail the build: an INT8 artifact that is not faster than FP32."""
+        found = []
+        for a in self.artifacts:
+            versus = compare_with_fp32(a, self.artifacts)
+            if a.precision == "int8" and versus is not None and versus.speedup is not None and versus.speedup <= 1.0:
+                found.append(f"{a.target} is not faster than {versus.target}: {a.latency_ms:.3f} ms vs "
+                             f"{a.latency_ms * versus.speedup:.3f} ms (ratio {1 / versus.speedup:.2f})")
+        return found
 
 
 def _number(value: float | None) -> float | None:
@@ -97,18 +138,20 @@ def to_json(report: Report) -> dict[str, Any]:
             "files": [{"path": p, "size": s} for p, s in a.files],
             "size_bytes": a.size_bytes,
             "latency_ms": _number(a.latency_ms),
-            "outputs": [{"output": m.output, "max_abs_error": _number(m.max_abs_error),
-                         "mean_abs_error": _number(m.mean_abs_error), "cosine": _number(m.cosine),
-                         "snr_db": _number(m.snr_db)} for m in e.outputs],
-            "task_metric": None if e.task is None else {
-                "name": e.task.name, "value": e.task.value, "reference": e.task.reference,
-                "drop": e.task.drop, "agreement": e.task.agreement},
+            "outputs": _outputs_json(e),
+            "task_metric": _task_json(e),
+            "config": a.config,
+            "latency": a.latency,
+            "int8_latency_ratio": (1 / versus.speedup) if a.precision == "int8" and versus and versus.speedup else None,
+            "measurements": [{"setting": m.setting, "config": m.config, "isa": m.isa, "gated": m.gated,
+                              "passed": m.evaluation.passed, "outputs": _outputs_json(m.evaluation),
+                              "task_metric": _task_json(m.evaluation), "gates": _gates_json(m.evaluation)}
+                             for m in a.measurements],
             "versus_fp32": None if versus is None else {"target": versus.target, "metric_drop": versus.metric_drop,
                                                         "speedup": versus.speedup},
-            "gates": [{"gate": g.gate, "output": g.output, "threshold": g.threshold,
-                       "observed": _number(g.observed), "passed": g.passed} for g in e.gates],
+            "gates": _gates_json(e),
             "quantization": a.quantization,
-            "passed": e.passed,
+            "passed": a.passed,
         })
     return {
         "format_version": REPORT_FORMAT_VERSION,
@@ -126,7 +169,27 @@ def to_json(report: Report) -> dict[str, Any]:
             "data": report.calibration.data, "samples_available": report.calibration.samples_available,
             "samples_asked": report.calibration.samples_asked},
         "sensitivity": report.sensitivity,
+        "machine": report.machine,
+        "data": report.data,
+        "flags": report.flags(),
     }
+
+
+def _outputs_json(e: Evaluation) -> list[dict[str, Any]]:
+    return [{"output": m.output, "max_abs_error": _number(m.max_abs_error), "mean_abs_error": _number(m.mean_abs_error),
+             "cosine": _number(m.cosine), "snr_db": _number(m.snr_db)} for m in e.outputs]
+
+
+def _task_json(e: Evaluation) -> dict[str, Any] | None:
+    if e.task is None:
+        return None
+    return {"name": e.task.name, "value": e.task.value, "reference": e.task.reference, "drop": e.task.drop,
+            "agreement": e.task.agreement, "label_free": e.task.label_free}
+
+
+def _gates_json(e: Evaluation) -> list[dict[str, Any]]:
+    return [{"gate": g.gate, "output": g.output, "threshold": g.threshold, "observed": _number(g.observed),
+             "passed": g.passed, "margin": _number(g.margin), "source": g.source, "default": g.default} for g in e.gates]
 
 
 def to_json_text(report: Report) -> str:
@@ -144,7 +207,10 @@ def _size(size: int) -> str:
 
 
 def to_markdown(report: Report) -> str:
-    metric_name = {"classification": "top-1 accuracy", "detection": "mAP@0.5"}.get(report.task)
+    names = {"top1_accuracy": "top-1 accuracy", "map50": "mAP@0.5", "top1_agreement": "top-1 agreement",
+             "reference_map50": "mAP@0.5 vs reference detections"}
+    first = next((a.evaluation.task for a in report.artifacts if a.evaluation.task is not None), None)
+    metric_name = names.get(first.name) if first is not None else None
     verdict = "✅ all gates passed" if report.passed else "❌ gates missed"
     lines = [f"## modelc: {report.name} {report.version} — {verdict}", "",
              f"Reference: {report.reference}. Evaluation data: {report.evaluation_data} ({report.samples} samples)."]
@@ -152,6 +218,10 @@ def to_markdown(report: Report) -> str:
         lines.append(f"Reference {metric_name}: **{report.reference_metric:.2f}%**.")
     if report.reference_latency_ms is not None:
         lines.append(f"Reference latency (batch 1, median): {report.reference_latency_ms:.3f} ms.")
+    if report.data:
+        lines.append("Data: " + "; ".join(f"{role} {d['path']} ({d['samples']} samples, sha256 {d['digest'][:12]})"
+                                          + (f" — {d['note']}" if d.get("note") else "")
+                                          for role, d in report.data.items()) + ".")
     lines += ["", "| artifact | size | latency ms (b=1, median) | speed-up vs fp32 | "
               + (f"{metric_name} % | drop vs reference | drop vs fp32 | " if metric_name else "")
               + "gates |", "|---|---:|---:|---:|" + ("---:|---:|---:|" if metric_name else "") + "---|"]
@@ -163,8 +233,9 @@ def to_markdown(report: Report) -> str:
         if metric_name:
             vs_fp32 = f"{versus.metric_drop:+.2f}" if versus and versus.metric_drop is not None else "—"
             row += (f"{e.task.value:.2f} | {e.task.drop:+.2f} | {vs_fp32} | " if e.task else "— | — | — | ")
-        row += ("✅" if e.passed else "❌") + f" {sum(g.passed for g in e.gates)}/{len(e.gates)} |"
+        row += ("✅" if a.passed else "❌") + f" {sum(g.passed for g in e.gates)}/{len(e.gates)} |"
         lines.append(row)
+    lines += _label_free_lines(report) + _measurement_lines(report) + _machine_lines(report)
     lines += ["", "### Agreement with the reference, per output", "",
               "| artifact | output | max abs error | mean abs error | cosine | SNR dB |", "|---|---|---:|---:|---:|---:|"]
     for a in report.artifacts:
@@ -172,10 +243,70 @@ def to_markdown(report: Report) -> str:
             lines.append(f"| `{a.target}` | {m.output} | {_fmt(m.max_abs_error)} | {_fmt(m.mean_abs_error)} | "
                          f"{m.cosine:.7f} | {_fmt(m.snr_db, -1) if m.snr_db is None else f'{m.snr_db:.1f}'} |")
     lines += _quantization_lines(report) + _sensitivity_lines(report)
+    lines += _gate_lines(report)
     failures = report.failures()
     if failures:
         lines += ["", "### Missed gates", ""] + [f"- {f}" for f in failures]
+    flags = report.flags()
+    if flags:
+        lines += ["", "### Flags", ""] + [f"- ⚠️ {f}" for f in flags]
     return "\n".join(lines) + "\n"
+
+
+def _label_free_lines(report: Report) -> list[str]:
+    rows = [(a.target, a.evaluation.task.label_free) for a in report.artifacts
+            if a.evaluation.task is not None and a.evaluation.task.label_free]
+    if not rows:
+        return []
+    if "top5_containment" in rows[0][1]:
+        lines = ["", "### Agreement with the reference's predictions (no labels needed)", "",
+                 "| artifact | top-1 agreement % | reference top-1 in top-5 % | agreement where the reference is "
+                 "confident (p ≥ 0.5) % | confident samples |", "|---|---:|---:|---:|---:|"]
+        for target, free in rows:
+            lines.append(f"| `{target}` | {free['top1_agreement']:.2f} | {free['top5_containment']:.2f} | "
+                         f"{free['confident_agreement']:.2f} | {free['confident_samples']:.0f} |")
+        return lines
+    lines = ["", "### Agreement with the reference's detections (no labels needed)", "",
+             "| artifact | mAP@0.5 against the reference's detections (score ≥ 0.25) % | reference objects |", "|---|---:|---:|"]
+    for target, free in rows:
+        lines.append(f"| `{target}` | {free['reference_map50']:.2f} | {free['reference_objects']:.0f} |")
+    return lines
+
+
+def _measurement_lines(report: Report) -> list[str]:
+    rows = [(a, m) for a in report.artifacts for m in a.measurements]
+    if not rows:
+        return []
+    lines = ["", "### Under other runtime settings", "",
+             "| artifact | setting | lowest output cosine | task metric % | gated |", "|---|---|---:|---:|---|"]
+    for a, m in rows:
+        worst = min((o.cosine for o in m.evaluation.outputs), default=1.0)
+        task = f"{m.evaluation.task.value:.2f}" if m.evaluation.task else "—"
+        gated = ("✅" if m.evaluation.passed else "❌") if m.gated else "reported"
+        lines.append(f"| `{a.target}` | {_setting_words(m)} | {worst:.6f} | {task} | {gated} |")
+    return lines
+
+
+def _machine_lines(report: Report) -> list[str]:
+    if not report.machine:
+        return []
+    m = report.machine
+    return ["", f"Build machine: {m['cpu']} ({m['machine']}, {m['cores']} cores), instruction sets: "
+                f"{', '.join(m['isa']) or 'none of AVX2/AVX-512/VNNI/AMX'}; INT8 kernels "
+                f"{'with' if m['vnni'] else 'without'} VNNI."]
+
+
+def _gate_lines(report: Report) -> list[str]:
+    relaxed = sorted({f"{g.gate} ({a.precision}): {g.threshold:g}, default {g.default:g}" for a in report.artifacts
+                      for g in a.evaluation.gates if g.source == "relaxed"})
+    defaults = sorted({f"{a.precision} {g.gate} {g.threshold:g}" for a in report.artifacts
+                       for g in a.evaluation.gates if g.source == "default"})
+    lines = []
+    if defaults:
+        lines += ["", "Default gates applied (the recipe did not set them): " + ", ".join(defaults) + "."]
+    if relaxed:
+        lines += ["", "Gates the recipe relaxed below modelc's defaults: " + "; ".join(relaxed) + "."]
+    return lines
 
 
 def _quantization_lines(report: Report) -> list[str]:

@@ -100,6 +100,9 @@ class DetectionScorer:
                         matched = True
                 self._scores.setdefault(class_id, []).append((det.score, matched))
 
+    def positives(self) -> dict[int, int]:
+        return dict(self._positives)
+
     def mean_ap(self) -> float:
         """mAP in [0, 1] over the classes that have ground truth."""
         aps = []
@@ -113,3 +116,8 @@ class DetectionScorer:
             fp = np.cumsum(1.0 - hits)
             aps.append(average_precision(tp / positives, tp / np.maximum(tp + fp, 1e-9)))
         return float(np.mean(aps)) if aps else 0.0
+
+
+def detections_as_truth(detections: list[Detection], min_score: float) -> list[GroundTruthBox]:
+    """The reference's confident detections as ground truth, for label-free agreement."""
+    return [GroundTruthBox(d.class_id, *d.box) for d in detections if d.score >= min_score]

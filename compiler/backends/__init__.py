@@ -113,8 +113,10 @@ class Backend(ABC):
         """Write the artifact's files into request.out_dir and return them."""
 
     @abstractmethod
-    def runner(self, files: list[Path], inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...]) -> Runner:
-        ...
+    def runner(self, files: list[Path], inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...],
+               config: dict[str, str] | None = None) -> Runner:
+        """`config`: runtime settings as a deploy stage would pass them (OpenVINO compile_model
+        properties); None or {} is the runtime's own defaults."""
 
     def versions(self) -> dict[str, str]:
         """Versions of the libraries this backend used, for the manifest."""

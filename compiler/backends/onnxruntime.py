@@ -60,7 +60,8 @@ class OnnxRuntimeBackend(Backend):
         shutil.copyfile(request.onnx_model, destination)
         return [destination]
 
-    def runner(self, files: list[Path], inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...]) -> Runner:
+    def runner(self, files: list[Path], inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...],
+               config: dict[str, str] | None = None) -> Runner:
         return OnnxRuntimeRunner(pick(files, ".onnx"), inputs, outputs)
 
     def versions(self) -> dict[str, str]:

@@ -1,7 +1,8 @@
 """OpenVINO IR (.xml + .bin) converted from the simplified ONNX graph; FP16 compresses the weights.
 
-The runner pins the CPU plugin's inference precision to f32, so the accuracy check measures the
-artifact itself rather than the plugin's own choice of bf16 on CPUs that have it.
+The runner takes the compile_model properties a deploy stage passes: none (the CPU plugin's own
+defaults, which run FP32/FP16 IR in bf16 on CPUs that have it) or, e.g., INFERENCE_PRECISION_HINT
+f32 to measure the IR itself.
 """
 from __future__ import annotations
 
@@ -19,15 +20,17 @@ from compiler.recipe import TensorSpec
 
 
 class OpenVinoRunner(Runner):
-    def __init__(self, xml: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...]) -> None:
+    def __init__(self, xml: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...],
+                 config: dict[str, str] | None = None) -> None:
         super().__init__(inputs, outputs)
         self.xml = xml
+        self.config = dict(config or {})  # {}: the CPU plugin's defaults (bf16 on CPUs that have it)
         self._request = None
 
     def activate(self) -> None:
         ov = require("openvino", "openvino", "openvino")
         core = ov.Core()
-        compiled = core.compile_model(str(self.xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        compiled = core.compile_model(str(self.xml), "CPU", self.config)
         self._request = compiled.create_infer_request()
 
     def deactivate(self) -> None:
@@ -93,8 +96,9 @@ class OpenVinoBackend(Backend):
         notes["calibration_samples"] = min(samples.seen, options.subset_size)
         return quantized, notes
 
-    def runner(self, files: list[Path], inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...]) -> Runner:
-        return OpenVinoRunner(pick(files, ".xml"), inputs, outputs)
+    def runner(self, files: list[Path], inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...],
+               config: dict[str, str] | None = None) -> Runner:
+        return OpenVinoRunner(pick(files, ".xml"), inputs, outputs, config)
 
     def versions(self) -> dict[str, str]:
         return {"openvino": require("openvino", self.name, "openvino").__version__}

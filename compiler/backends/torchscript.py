@@ -51,7 +51,8 @@ class TorchScriptBackend(Backend):
         export_torchscript(model, request.inputs, request.target.mode or "trace", destination)
         return [destination]
 
-    def runner(self, files: list[Path], inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...]) -> Runner:
+    def runner(self, files: list[Path], inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...],
+               config: dict[str, str] | None = None) -> Runner:
         return TorchModuleRunner(inputs, outputs, path=pick(files, ".pt"))
 
     def versions(self) -> dict[str, str]:

@@ -7,8 +7,6 @@ shared step cache) is not this machine's.
 from __future__ import annotations
 
 import json
-import os
-import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,17 +26,9 @@ def latency_step_id(target: Target | None) -> str:
 
 
 def machine() -> dict[str, Any]:
-    """What the timing ran on: CPU model and the cores this process may use."""
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": model, "machine": platform.machine(), "cores": len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity") else os.cpu_count()}
+    from compiler.host import cpu_info
+
+    return cpu_info()
 
 
 @dataclass(frozen=True)
@@ -47,6 +37,7 @@ class LatencyStep(Step):
     model: ModelSource
     data: DataSource  # the first sample of it is timed
     settings: Latency
+    config: tuple[tuple[str, str], ...] = ()  # the runtime settings it is deployed with
     kind: ClassVar[str] = "latency"
     fresh_process: ClassVar[bool] = True
     exclusive: ClassVar[bool] = True
@@ -70,7 +61,8 @@ class LatencyStep(Step):
             what: Any = {"reference": facts.source(self.model)}
             tools = MEASURE_TOOLS
         else:
-            what = {"artifact": inputs.entry(compile_step_id(self.target)).files, "target": asdict(self.target)}
+            what = {"artifact": inputs.entry(compile_step_id(self.target)).files, "target": asdict(self.target),
+                    "config": list(self.config)}
             tools = BACKEND_TOOLS[self.target.backend]
         return {**what, "data": facts.data(self.data), "settings": asdict(self.settings), "machine": machine(),
                 "tools": tool_versions(tools)}
@@ -86,11 +78,12 @@ class LatencyStep(Step):
         else:
             artifact = inputs.entry(compile_step_id(self.target))
             runner = get_backend(self.target.backend).runner([artifact.file(n) for n in artifact.files],
-                                                             self.model.inputs, self.model.outputs)
+                                                             self.model.inputs, self.model.outputs, dict(self.config))
         first = next(iter(inputs.fingerprints.batches(self.data)))
         feed = {name: np.ascontiguousarray(array[:1]) for name, array in first.inputs.items()}
         with runner:
             measured = measure_latency(runner, feed, self.settings.runs, self.settings.warmup)
         result = {"ms": measured, "batch": 1, "runs": self.settings.runs, "warmup": self.settings.warmup,
-                  "threads": "runtime default", "machine": machine()}
+                  "threads": f"runtime default ({machine()['cores']} cores)", "config": dict(self.config),
+                  "machine": machine()}
         (out / LATENCY_FILE).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

@@ -89,17 +89,35 @@ def stored_reference_outputs(entry_folder: Path, batches: Iterator[Batch]) -> It
 
 
 @dataclass(frozen=True)
+class Setting:
+    """How an artifact is run for one measurement: as deployed (the runtime settings the recipe
+    declares), pinned to f32, or with oneDNN limited to an older instruction set."""
+
+    name: str  # deploy | f32 | avx2 | avx512_core
+    config: tuple[tuple[str, str], ...] = ()  # runtime properties (OpenVINO compile_model)
+    isa: str | None = None  # ONEDNN_MAX_CPU_ISA for a fresh interpreter
+
+    @property
+    def suffix(self) -> str:
+        return "" if self.name == "deploy" else f"@{self.name}"
+
+
+DEPLOY = Setting("deploy")
+
+
+@dataclass(frozen=True)
 class VerifyStep(Step):
     target: Target
     evaluation: DataSource
     task: Task
     outputs: tuple[str, ...]
+    setting: Setting = DEPLOY
     kind: ClassVar[str] = "verify"
     fresh_process: ClassVar[bool] = True
 
     @property
     def id(self) -> str:  # type: ignore[override]
-        return verify_step_id(self.target)
+        return verify_step_id(self.target) + self.setting.suffix
 
     @property
     def needs(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -107,22 +125,53 @@ class VerifyStep(Step):
 
     @property
     def description(self) -> str:  # type: ignore[override]
-        return f"measure {self.target.id} against the reference on {self.evaluation.label}"
+        how = {"deploy": "as deployed", "f32": "pinned to f32"}.get(self.setting.name,
+                                                                      f"with oneDNN limited to {self.setting.isa}")
+        return f"measure {self.target.id} {how} against the reference on {self.evaluation.label}"
 
     def material(self, inputs: StepInputs) -> dict[str, Any]:
         return {"artifact": inputs.entry(compile_step_id(self.target)).files,
                 "reference": inputs.entry(REFERENCE_STEP).files, "data": inputs.fingerprints.data(self.evaluation),
-                "task": asdict(self.task), "outputs": list(self.outputs), "tools": tool_versions(MEASURE_TOOLS)}
+                "task": asdict(self.task), "outputs": list(self.outputs), "setting": asdict(self.setting),
+                "tools": tool_versions(MEASURE_TOOLS)}
 
     def run(self, inputs: StepInputs, out: Path) -> None:
+        if self.setting.isa is None:
+            measured = self.measure(inputs)
+        else:
+            measured = in_fresh_interpreter(self.measure, inputs, {"ONEDNN_MAX_CPU_ISA": self.setting.isa})
+        measured["setting"] = {"name": self.setting.name, "config": dict(self.setting.config), "isa": self.setting.isa}
+        (out / EVALUATION_FILE).write_text(json.dumps(measured, indent=2, sort_keys=True) + "\n")
+
+    def measure(self, inputs: StepInputs) -> dict[str, Any]:
         from compiler.accuracy import compare, evaluation_to_dict
         from compiler.backends import get_backend
 
         artifact = inputs.entry(compile_step_id(self.target))
         files = [artifact.file(name) for name in artifact.files]
-        runner = get_backend(self.target.backend).runner(files, self.evaluation.inputs, self.outputs)
+        runner = get_backend(self.target.backend).runner(files, self.evaluation.inputs, self.outputs,
+                                                         dict(self.setting.config))
         pairs = stored_reference_outputs(inputs.entry(REFERENCE_STEP).path, inputs.fingerprints.batches(self.evaluation))
         with runner:
             evaluation = compare(pairs, {self.target.id: runner}, self.evaluation.inputs, self.outputs, self.task)
-        (out / EVALUATION_FILE).write_text(json.dumps(evaluation_to_dict(evaluation[self.target.id]), indent=2,
-                                                      sort_keys=True) + "\n")
+        return evaluation_to_dict(evaluation[self.target.id])
+
+
+def in_fresh_interpreter(function: Any, argument: Any, environment: dict[str, str]) -> Any:
+    """`function(argument)` in a new Python interpreter started with `environment` set: libraries
+    such as oneDNN read their settings once per process, so the variable must be there first."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    saved = {name: os.environ.get(name) for name in environment}
+    os.environ.update(environment)
+    try:
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(function, argument).result()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
