@@ -191,8 +191,12 @@ class GateCheck:
         observed = "identical" if self.observed is None else f"{self.observed:.6g}"
         margin = self.margin
         verdict = "passed" if self.passed else (f"MISSED by {abs(margin):.4g}" if margin is not None else "MISSED")
-        origin = {"default": ", default gate", "relaxed": f", relaxed by the recipe from the default {self.default:g}"}
-        return f"{self.gate}{where}: {observed} vs threshold {self.threshold:g} ({verdict}{origin.get(self.source, '')})"
+        origin = ""
+        if self.source == "default":
+            origin = ", default gate"
+        elif self.source == "relaxed" and self.default is not None:
+            origin = f", relaxed by the recipe from the default {self.default:g}"
+        return f"{self.gate}{where}: {observed} vs threshold {self.threshold:g} ({verdict}{origin})"
 
 
 @dataclass

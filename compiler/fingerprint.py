@@ -48,7 +48,7 @@ class Fingerprints:
         self._cache = cache
         self._sources: dict[str, dict[str, Any]] = {}  # by repr: factory arguments may be lists
         self._data: dict[DataSource, dict[str, Any]] = {}
-        self._materialized: dict[DataSource, Path] = {}
+        self._materialized: dict[tuple[Dataset, tuple[TensorSpec, ...]], tuple[str, Path]] = {}  # a function's output
 
     def __getstate__(self) -> dict[str, Any]:
         return {"_cache": None, "_sources": self._sources, "_data": self._data, "_materialized": self._materialized}
@@ -75,7 +75,7 @@ class Fingerprints:
         if not dataset.path.exists():
             raise InputError(f"{dataset.path}: the data path does not exist: fix data.{source.role}.path in the recipe")
         if dataset.format == "python":
-            digest = self._materialize(source)
+            digest = self._materialized_output(source)[0]
         else:
             digest = tree_digest(dataset.path)
         return {"digest": digest, "format": dataset.format, "labels": dataset.labels, "function": dataset.function,
@@ -83,7 +83,15 @@ class Fingerprints:
                 "seed": dataset.seed, "preprocess": asdict(source.preprocess) if source.preprocess else None,
                 "classes": list(source.classes), "every": source.every}
 
-    def _materialize(self, source: DataSource) -> str:
+    def _materialized_output(self, source: DataSource) -> tuple[str, Path]:
+        """Digest and cache folder of a data function's output; the function runs once per build,
+        whichever roles and splits read it."""
+        key = (source.dataset, source.inputs)
+        if key not in self._materialized:
+            self._materialized[key] = self._materialize(source)
+        return self._materialized[key]
+
+    def _materialize(self, source: DataSource) -> tuple[str, Path]:
         """Run a data function once, keep what it yields in the cache, return its digest."""
         import tempfile
 
@@ -108,8 +116,7 @@ class Fingerprints:
             entry, _ = self._cache.get(key)
             if entry is None:
                 entry = self._cache.put(key, f"data:{source.role}", Path(folder))
-        self._materialized[source] = entry.path
-        return hexdigest
+        return hexdigest, entry.path
 
     def reader(self, source: DataSource) -> DataReader:
         """A reader of the data set; a data function's output is read from the cache."""
@@ -118,10 +125,8 @@ class Fingerprints:
         assert source.dataset is not None
         dataset = source.dataset
         if dataset.format == "python":
-            if source not in self._materialized:
-                self.data(source)
             return DataReader(dataset, source.inputs, source.preprocess, source.classes,
-                              materialized=self._materialized[source], every=source.every)
+                              materialized=self._materialized_output(source)[1], every=source.every)
         return DataReader(dataset, source.inputs, source.preprocess, source.classes, every=source.every)
 
     def batches(self, source: DataSource) -> Iterator[Batch]:
@@ -169,8 +174,6 @@ def source_material(model: ModelSource) -> dict[str, Any]:
 def check_disjoint(sources: list[DataSource]) -> None:
     """Calibration, validation and evaluation share no sample: the same file content in two roles
     is an error naming the files (a gate measured on data that tuned the artifact is optimistic)."""
-    import os
-
     seen: dict[str, tuple[str, Path]] = {}
     clashes: list[str] = []
     for source in sources:
@@ -180,12 +183,20 @@ def check_disjoint(sources: list[DataSource]) -> None:
             digest = sha256_file(path)
             if digest in seen and seen[digest][0] != source.role:
                 role, first = seen[digest]
-                clashes.append(f"{os.path.relpath(path)} ({source.role}) = {os.path.relpath(first)} ({role})")
+                clashes.append(f"{_shown(path)} ({source.role}) = {_shown(first)} ({role})")
             seen.setdefault(digest, (source.role, path))
     if clashes:
         more = f" and {len(clashes) - 5} more" if len(clashes) > 5 else ""
         raise InputError(f"the same data is in two roles: {'; '.join(clashes[:5])}{more}: calibration, validation and "
                          "evaluation must be disjoint; remove the duplicates from one of the sets")
+
+
+def _shown(path: Path) -> str:
+    """Relative to the working folder when inside it, else absolute."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path.resolve())
 
 
 def _sample_files(dataset: Dataset) -> list[Path]:

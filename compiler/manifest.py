@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-MANIFEST_FORMAT_VERSION = 1
+MANIFEST_FORMAT_VERSION = 2  # 2: deploy settings per artifact, build machine, data roles
 CHUNK = 1024 * 1024
 TOOLCHAIN_PACKAGES = ("modelc", "torch", "onnx", "onnxsim", "onnxruntime", "openvino", "numpy")
 
@@ -96,11 +96,13 @@ class ArtifactEntry:
     backend: str
     precision: str
     files: list[str]
+    runtime_config: dict[str, str] | None = None  # what a deploy stage passes the runtime (as verified)
 
 
 def build_manifest(*, name: str, version: str, recipe_file: Path, recipe_digest: str, exporter: str, opset: int,
                    simplified: bool, artifacts: list[ArtifactEntry], artifact_files: list[FileEntry],
-                   report_files: list[FileEntry], passed: bool) -> dict[str, Any]:
+                   report_files: list[FileEntry], passed: bool, machine: dict[str, Any] | None = None,
+                   data: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "format_version": MANIFEST_FORMAT_VERSION,
         "name": name,
@@ -112,8 +114,11 @@ def build_manifest(*, name: str, version: str, recipe_file: Path, recipe_digest:
         "toolchain": toolchain_versions(),
         "content_digest": content_digest(artifact_files),
         "gates_passed": passed,
-        "artifacts": [{"target": a.target, "backend": a.backend, "precision": a.precision, "files": a.files}
+        "artifacts": [{"target": a.target, "backend": a.backend, "precision": a.precision, "files": a.files,
+                       **({"runtime_config": a.runtime_config} if a.runtime_config is not None else {})}
                       for a in artifacts],
+        "build_machine": machine,
+        "data": data,
         "files": [{"path": e.path, "sha256": e.sha256, "size": e.size} for e in artifact_files + report_files],
     }
 

@@ -200,12 +200,13 @@ def _manifest(recipe: Recipe, folder: Path, measured: Measured, artifact_files: 
     if measured.qdq is not None:
         entries.append(ArtifactEntry("onnx-int8", "onnx", "int8", [f"onnx-int8/{name}" for name in sorted(measured.qdq.files)]))
     entries += [ArtifactEntry(a.target.id, a.target.backend, a.target.precision,
-                              [f"{a.target.id}/{name}" for name in a.entry.files]) for a in measured.artifacts]
+                              [f"{a.target.id}/{name}" for name in a.entry.files],
+                              dict(measured.settings[a.target.id][0].config)) for a in measured.artifacts]
     return build_manifest(name=recipe.name, version=recipe.version, recipe_file=recipe.path,
                           recipe_digest=recipe.digest, exporter=recipe.export.exporter if recipe.model.kind != "onnx" else "none",
                           opset=recipe.export.opset, simplified=recipe.export.simplify, artifacts=entries,
                           artifact_files=artifact_files, report_files=file_entries(folder, ["report.json", "report.md"]),
-                          passed=report.passed)
+                          passed=report.passed, machine=report.machine, data=report.data)
 
 
 def _append_step_summary(markdown: Path) -> None:

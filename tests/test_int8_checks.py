@@ -1,0 +1,129 @@
+"""Label-free metrics, default gates, data roles in the plan, second-ISA runs, the latency flag."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from compiler.accuracy import Evaluation, OutputMetrics, TaskMetric, apply_gates, compare
+from compiler.backends import Runner
+from compiler.data import Batch
+from compiler.recipe import DEFAULT_GATES, Task, TensorSpec
+from compiler.report import ArtifactReport, Report
+
+INPUTS = (TensorSpec("x", ("batch", 4)),)
+
+
+class Fixed(Runner):
+    """Answers every feed with the next array of `answers`."""
+
+    def __init__(self, answers: list[np.ndarray]) -> None:
+        super().__init__(INPUTS, ("logits",))
+        self.answers = iter(answers)
+
+    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"logits": next(self.answers)}
+
+
+def test_label_free_classification_metrics() -> None:
+    reference = np.array([[9.0, 0, 0, 0, 0, 0], [0, 1.0, 0.9, 0, 0, 0], [0, 0, 0, 0, 0, 5.0], [3.0, 2.9, 0, 0, 0, 0]])
+    # sample 0: same top-1; 1: other top-1 but reference's in top-5; 2: reference's class last; 3: same
+    artifact = np.array([[9.0, 0, 0, 0, 0, 0], [0, 0.9, 1.0, 0, 0, 0], [5.0, 4.0, 3.0, 2.0, 1.0, 0], [3.0, 2.0, 0, 0, 0, 0]])
+    batch = Batch({"x": np.zeros((4, 4), np.float32)}, ["a", "b", "c", "d"])
+    with Fixed([artifact]) as runner:
+        result = compare([(batch, {"logits": reference})], {"a": runner}, INPUTS, ("logits",), Task("classification"))["a"]
+    free = result.task.label_free
+    assert result.task.name == "top1_agreement" and result.task.value == 50.0 and result.task.reference == 100.0
+    assert free["top1_agreement"] == 50.0 and free["top5_containment"] == 75.0
+    # confident (softmax p >= 0.5): samples 0 and 2 only; the artifact agrees on 0
+    assert free["confident_samples"] == 2 and free["confident_agreement"] == 50.0
+
+
+def test_label_free_detection_metric_is_map_against_the_reference_detections() -> None:
+    task = Task("detection", classes=("a", "b"), confidence_threshold=0.001)
+    row = [[20.0, 20.0, 10.0, 10.0, 0.9, 0.9, 0.1], [60.0, 60.0, 10.0, 10.0, 0.9, 0.1, 0.9]]
+    reference = np.array([row], dtype=np.float32)
+    shifted = reference.copy()
+    shifted[0, 1, :2] += 30  # the second object moved away: half the reference's objects found
+    batch = Batch({"x": np.zeros((1, 4), np.float32)}, ["img"])
+    with Fixed([reference]) as first, Fixed([shifted]) as second:
+        same = compare([(batch, {"logits": reference})], {"a": first}, INPUTS, ("logits",), task)["a"]
+        moved = compare([(batch, {"logits": reference})], {"a": second}, INPUTS, ("logits",), task)["a"]
+    assert same.task.name == "reference_map50" and same.task.value == 100.0
+    assert moved.task.label_free["reference_map50"] == 50.0 and moved.task.label_free["reference_objects"] == 2
+
+
+def test_default_int8_gates_catch_a_collapse_and_say_by_how_much() -> None:
+    collapsed = Evaluation([OutputMetrics("logits", 1.0, 0.1, 0.62, 3.0)],
+                           TaskMetric("top1_agreement", 33.0, 100.0, 33.0, {"top5_containment": 62.0}), 300)
+    sources = {"min_cosine": ("default", None), "min_top5_containment": ("default", None)}
+    checks = {c.gate: c for c in apply_gates(collapsed, DEFAULT_GATES["int8"], sources)}
+    assert not checks["min_cosine"].passed and not checks["min_top5_containment"].passed
+    assert checks["min_cosine"].describe() == ("min_cosine on output 'logits': 0.62 vs threshold 0.95 "
+                                               "(MISSED by 0.33, default gate)")
+
+
+def test_tuning_never_reads_the_evaluation_set(tmp_path: Path, tiny_recipe) -> None:
+    import yaml
+
+    from compiler.fingerprint import DataSource
+    from compiler.plan import make_plan
+    from compiler.recipe import load_recipe
+
+    base = yaml.safe_load(tiny_recipe().read_text())
+    base["data"]["calibration"] = {"path": base["data"]["evaluation"]["path"] + "-calibration", "labels": "folders"}
+    base["targets"] = [{"backend": "openvino", "precisions": ["int8"]}, {"backend": "onnxruntime", "precisions": ["int8"]}]
+    base["gates"] = {"int8": {"max_metric_drop": 5}}  # gates the task metric: accuracy-controlled
+    base["quantization"] = {"sensitivity_layers": 2}
+    plan = make_plan(load_recipe(tiny_recipe(base, name="tune.yaml")))
+    readers: dict[str, set[str]] = {}
+    for step in plan.steps:
+        for value in vars(step).values():
+            sources = [value] if isinstance(value, DataSource) else [getattr(value, "data", None)]
+            for source in sources:
+                if isinstance(source, DataSource):
+                    readers.setdefault(source.role, set()).add(step.kind)
+    assert readers["evaluation"] <= {"reference", "verify", "latency"}
+    assert {"sensitivity", "compile"} <= readers["validation"]  # accuracy control and sensitivity tune there
+    tuning = next(s for s in plan.steps if s.id == "sensitivity").scoring
+    assert tuning.every == 4 and "data.calibration" in tuning.note  # no data.validation: a split, said so
+
+
+def environment_variable(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def test_a_second_instruction_set_is_set_before_the_interpreter_starts() -> None:
+    from compiler.steps.verify import in_fresh_interpreter
+
+    seen = in_fresh_interpreter(environment_variable, "ONEDNN_MAX_CPU_ISA", {"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert seen == "AVX2" and os.environ.get("ONEDNN_MAX_CPU_ISA") != "AVX2"
+
+
+def test_openvino_int8_is_verified_on_pre_vnni_kernels_and_gated(tmp_path: Path, tiny_recipe) -> None:
+    import yaml
+
+    from compiler.plan import make_plan
+    from compiler.recipe import load_recipe
+
+    base = yaml.safe_load(tiny_recipe().read_text())
+    base["data"]["calibration"] = {"path": base["data"]["evaluation"]["path"]}
+    base["targets"] = [{"backend": "openvino", "precisions": ["fp32", "int8"]}]
+    base["gates"] = None
+    ids = [s.id for s in make_plan(load_recipe(tiny_recipe(base, name="isa.yaml"))).steps]
+    assert "verify:openvino-int8@avx2" in ids and "verify:openvino-fp32@avx2" not in ids
+    assert "verify:openvino-int8@f32" in ids  # the IR itself, beside the runtime's default precision
+
+
+def artifact(target: str, precision: str, latency: float) -> ArtifactReport:
+    return ArtifactReport(target, "onnxruntime", precision, [], Evaluation([], None, 1), latency)
+
+
+def test_an_int8_artifact_not_faster_than_fp32_is_flagged() -> None:
+    slow = Report("m", "1", "ref", "data", 1, "generic", None, None,
+                  [artifact("onnxruntime-fp32", "fp32", 5.0), artifact("onnxruntime-int8", "int8", 14.0)])
+    fast = Report("m", "1", "ref", "data", 1, "generic", None, None,
+                  [artifact("onnxruntime-fp32", "fp32", 5.0), artifact("onnxruntime-int8", "int8", 2.2)])
+    assert slow.flags() == ["onnxruntime-int8 is not faster than onnxruntime-fp32: 14.000 ms vs 5.000 ms (ratio 2.80)"]
+    assert fast.flags() == [] and slow.passed  # a flag, not a failed gate
