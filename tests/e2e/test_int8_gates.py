@@ -68,7 +68,7 @@ def test_a_recipe_that_relaxes_a_default_gate_is_said_so(tmp_path: Path, tiny_re
 
 def test_the_same_image_in_two_roles_is_refused_naming_it(tmp_path: Path, tiny_recipe, run_cli) -> None:
     calibration = tmp_path / "calibration"
-    write_images(calibration, 4)
+    write_images(calibration, 4, size=(24, 20))  # other pixels than the evaluation images
     images = tmp_path / "images"  # the tiny recipe's evaluation set
     tiny_recipe()
     (calibration / "copy.png").write_bytes((images / "a" / "000.png").read_bytes())
