@@ -125,6 +125,7 @@ class Quantization:
     ignore_types: tuple[str, ...] = ()
     ignore_patterns: tuple[str, ...] = ()
     overflow_fix: str = "enable"  # openvino int8: enable | first_layer | disable
+    onnxruntime_weights: str = "uint8"  # onnxruntime int8: uint8 (exact everywhere) | int8 (7-bit, faster)
 
 
 @dataclass(frozen=True)

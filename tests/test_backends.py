@@ -83,22 +83,28 @@ def test_openvino_int8_without_data_is_a_compile_error(tmp_path: Path, onnx_file
         get_backend("openvino").compile(CompileRequest(Target("openvino", "int8"), onnx_file, INPUTS, ("logits",), tmp_path))
 
 
-def test_onnxruntime_int8_is_quantized_for_its_cpu_kernels(tmp_path: Path, onnx_file: Path) -> None:
-    """QDQ with uint8 weights and activations (exact on pre-VNNI kernels), close to the float graph."""
+@pytest.mark.parametrize("weights", ["uint8", "int8"])
+def test_onnxruntime_int8_is_quantized_for_its_cpu_kernels(tmp_path: Path, onnx_file: Path, weights: str) -> None:
+    """QDQ with uint8 activations and uint8 weights (exact on pre-VNNI kernels) or 7-bit int8
+    weights (the faster kernel), close to the float graph."""
     import onnx
+
+    from compiler.recipe import Quantization
 
     rng = np.random.default_rng(4)
     feeds = [{"images": rng.random((4, 3, 16, 16), dtype=np.float32)} for _ in range(4)]
     request = CompileRequest(Target("onnxruntime", "int8"), onnx_file, INPUTS, ("logits",), tmp_path,
-                             calibration=lambda: iter(feeds))
+                             calibration=lambda: iter(feeds), quantization=Quantization(onnxruntime_weights=weights))
     files = get_backend("onnxruntime").compile(request)
     graph = onnx.load(str(files[0])).graph
     types = {i.name: i.data_type for i in graph.initializer}
-    weights = [types[n.input[0]] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in types
-               and types[n.input[0]] in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)]
-    assert weights and set(weights) == {onnx.TensorProto.UINT8}
+    stored = [types[n.input[0]] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in types
+              and types[n.input[0]] in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)]
+    expected = onnx.TensorProto.UINT8 if weights == "uint8" else onnx.TensorProto.INT8
+    assert stored and set(stored) == {expected}
     notes = json.loads((tmp_path / "quantization.json").read_text())
-    assert notes["calibration_samples"] == 16 and "uint8 weights" in notes["method"]
+    assert notes["calibration_samples"] == 16
+    assert ("uint8 weights" if weights == "uint8" else "7-bit int8 weights") in notes["method"]
     x = rng.random((3, 3, 16, 16), dtype=np.float32)
     with get_backend("onnxruntime").runner(files, INPUTS, ("logits",)) as quantized, \
             get_backend("onnxruntime").runner([onnx_file], INPUTS, ("logits",)) as float_model:
