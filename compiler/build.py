@@ -33,7 +33,9 @@ if TYPE_CHECKING:
     from compiler.stores import Store
 
 # What the fresh-process server imports once, so a step's process starts without paying for it.
-PRELOAD = ("compiler.plan", "openvino", "torch")
+PRELOAD = ("compiler.plan", "compiler.accuracy", "compiler.data", "compiler.tasks", "compiler.backends.openvino",
+           "compiler.backends.onnxruntime", "compiler.backends.torchscript", "compiler.sources", "onnxruntime",
+           "openvino", "torch", "PIL.Image")
 
 
 @dataclass(frozen=True)

@@ -27,4 +27,6 @@ def cpu_info() -> dict[str, Any]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     isa = [name for flag, name in ISA_FLAGS.items() if flag in flags]
     return {"cpu": model, "machine": platform.machine(), "cores": cores, "isa": isa,
-            "vnni": any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))}
+            "vnni": any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8")),
+            "avx512": "avx512f" in flags,
+            "low_precision_float": any(flag in flags for flag in ("avx512_bf16", "amx_bf16", "amx_fp16"))}

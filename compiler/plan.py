@@ -113,11 +113,18 @@ def deploy_config(recipe: Recipe, target: Target) -> tuple[tuple[str, str], ...]
 
 def verify_settings(recipe: Recipe, target: Target) -> list[Setting]:
     """As deployed (gated); OpenVINO IR also pinned to f32 where the deploy setting is another;
-    OpenVINO int8 also on an older instruction set (pre-VNNI oneDNN kernels), gated too."""
+    OpenVINO int8 also on an older instruction set (pre-VNNI oneDNN kernels), gated too. A second
+    run that would compute the same thing on this machine is left out: pinned f32 where the CPU has
+    no bf16/fp16 (the plugin's default is f32 there). The second-ISA run always runs: on a machine
+    without VNNI it repeats the deploy run on the same kernels, a cheap proof the switch works."""
+    from compiler.host import cpu_info
+
+    host = cpu_info()
     settings = [Setting("deploy", deploy_config(recipe, target))]
     if target.backend != "openvino":
         return settings
-    if recipe.verify.openvino_inference_precision != "f32":
+    precision = recipe.verify.openvino_inference_precision
+    if precision != "f32" and (precision != "default" or host["low_precision_float"]):
         settings.append(Setting("f32", (("INFERENCE_PRECISION_HINT", "f32"),)))
     if target.precision == "int8" and recipe.verify.second_isa != "none":
         isa = recipe.verify.second_isa

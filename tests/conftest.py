@@ -75,6 +75,8 @@ def tiny_recipe(tmp_path: Path, tiny_weights: Path) -> Callable[..., Path]:
                         {"backend": "torchscript", "precisions": ["fp32"]}],
             "gates": {"fp32": {"min_cosine": 0.9999, "max_metric_drop": 0}, "fp16": {"min_cosine": 0.999}},
             "latency": {"runs": 2, "warmup": 1},
+            # deployed pinned to f32: the same steps on every CPU (with bf16 the IR is also measured @f32)
+            "verify": {"openvino_inference_precision": "f32"},
         }
         for key, value in (overrides or {}).items():
             if value is None:

@@ -113,7 +113,24 @@ def test_openvino_int8_is_verified_on_pre_vnni_kernels_and_gated(tmp_path: Path,
     base["gates"] = None
     ids = [s.id for s in make_plan(load_recipe(tiny_recipe(base, name="isa.yaml"))).steps]
     assert "verify:openvino-int8@avx2" in ids and "verify:openvino-fp32@avx2" not in ids
-    assert "verify:openvino-int8@f32" in ids  # the IR itself, beside the runtime's default precision
+    assert "verify:openvino-int8@f32" not in ids  # deployed pinned to f32 already (the tiny recipe)
+
+
+def test_the_ir_is_also_measured_pinned_to_f32_where_the_cpu_has_bf16(tmp_path: Path, tiny_recipe, monkeypatch) -> None:
+    import yaml
+
+    from compiler import host
+    from compiler.plan import make_plan
+    from compiler.recipe import load_recipe
+
+    base = yaml.safe_load(tiny_recipe().read_text())
+    base["verify"] = None  # the runtime's defaults, as a deploy stage calls compile_model
+    recipe = load_recipe(tiny_recipe(base, name="bf16.yaml"))
+    measured = host.cpu_info()
+    for has_bf16 in (False, True):
+        monkeypatch.setattr(host, "cpu_info", lambda: {**measured, "low_precision_float": has_bf16})
+        ids = [s.id for s in make_plan(recipe).steps]
+        assert ("verify:openvino-fp16@f32" in ids) == has_bf16
 
 
 def artifact(target: str, precision: str, latency: float) -> ArtifactReport:

@@ -29,7 +29,7 @@ def test_gate_change_reruns_nothing_data_change_reruns_verify_only(tmp_path: Pat
     store = tmp_path / "store"
     first = run_cli("build", recipe, "--store", store)
     assert first.exit_code == 0, first.stderr
-    assert len(steps_run(first.stderr)) == 18  # export, simplify, reference, 4 x (compile, verify, latency), latency:reference, 2 x verify@f32 (openvino)
+    assert len(steps_run(first.stderr)) == 16  # export, simplify, reference, 4 x (compile, verify, latency), latency:reference
 
     data = yaml.safe_load(recipe.read_text())
     data["gates"]["fp16"]["min_cosine"] = 0.99
@@ -52,7 +52,7 @@ def test_gate_change_reruns_nothing_data_change_reruns_verify_only(tmp_path: Pat
     assert steps_run(export_changed.stderr)[:2] == ["export", "simplify"]
 
     forced = run_cli("build", recipe, "--store", tmp_path / "forced", "--force")
-    assert forced.exit_code == 0 and len(steps_run(forced.stderr)) == 18
+    assert forced.exit_code == 0 and len(steps_run(forced.stderr)) == 16
 
 
 def test_corrupted_cache_entry_is_rebuilt(tmp_path: Path, tiny_recipe, run_cli, private_cache: Path) -> None:
@@ -97,7 +97,7 @@ def test_two_builds_at_once_both_succeed_and_work_is_done_once(tmp_path: Path, t
     results = [p.communicate(timeout=300) for p in processes]
     assert [p.returncode for p in processes] == [0, 0], results
     ran = [step for _, stderr in results for step in steps_run(stderr)]
-    assert sorted(ran) == sorted(set(ran)) and len(ran) == 18  # each step ran in exactly one of the two builds
+    assert sorted(ran) == sorted(set(ran)) and len(ran) == 16  # each step ran in exactly one of the two builds
 
 
 def test_two_cold_builds_are_byte_identical(tmp_path: Path, tiny_recipe, run_cli_process) -> None:
@@ -117,9 +117,9 @@ def test_cache_ls_and_gc_commands(tmp_path: Path, tiny_recipe, run_cli, private_
     assert run_cli("build", tiny_recipe(), "--store", tmp_path / "store").exit_code == 0
     listing = run_cli("cache", "ls")
     assert listing.exit_code == 0 and "compile:openvino-fp16" in listing.stdout
-    assert listing.stdout.strip().splitlines()[-1].startswith("18 entries, ")
+    assert listing.stdout.strip().splitlines()[-1].startswith("16 entries, ")
     assert run_cli("cache", "gc", "--keep-days", "1").stdout == "removed 0 entries, freed 0 B\n"
-    assert run_cli("cache", "gc", "--keep-days", "0").stdout.startswith("removed 18 entries, freed ")
+    assert run_cli("cache", "gc", "--keep-days", "0").stdout.startswith("removed 16 entries, freed ")
 
 
 def test_a_step_gives_the_same_bytes_whatever_ran_before_it(tmp_path: Path, tiny_recipe, run_cli, monkeypatch) -> None:
@@ -165,7 +165,7 @@ def test_calibration_is_cached_by_data_digest(tmp_path: Path, tiny_recipe, run_c
     assert changed.exit_code == 0, changed.stderr
     assert set(steps_run(changed.stderr)) == {"compile:onnxruntime-int8", "compile:openvino-int8",
                                               "verify:onnxruntime-int8", "verify:openvino-int8",
-                                              "verify:openvino-int8@f32", "verify:openvino-int8@avx2",
+                                              "verify:openvino-int8@avx2",
                                               "latency:onnxruntime-int8", "latency:openvino-int8"}
     # export, simplify, the reference and the fp32 target are reused
 
