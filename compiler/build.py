@@ -112,7 +112,7 @@ def _check_data(recipe: Recipe, facts: Fingerprints, log: BuildLog) -> None:
     check_disjoint([data_source(recipe, role) for role in ("calibration", "validation", "evaluation")])
     calibration = data_source(recipe, "calibration")
     if calibration.dataset is not None and any(t.precision == "int8" for t in recipe.targets):
-        count = len(facts.reader(calibration))
+        count = facts.samples(calibration)
         if count < MIN_CALIBRATION_SAMPLES:
             log(f"warning: data.calibration holds {count} samples; INT8 statistics want at least "
                 f"{MIN_CALIBRATION_SAMPLES} (NNCF degraded at 8)")
@@ -127,7 +127,6 @@ def data_summary(recipe: Recipe, facts: Fingerprints) -> dict[str, Any]:
         source = data_source(recipe, role)
         if source.dataset is None:
             continue
-        reader = facts.reader(source)
-        summary[role] = {"path": os.path.relpath(source.dataset.path, recipe.path.parent), "samples": len(reader),
+        summary[role] = {"path": os.path.relpath(source.dataset.path, recipe.path.parent), "samples": facts.samples(source),
                          "digest": facts.data(source)["digest"], "note": source.note}
     return summary

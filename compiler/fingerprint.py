@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from compiler.data import Batch, DataReader
 
 RANDOM_EVALUATION_SAMPLES = 8
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,17 @@ class Fingerprints:
                               materialized=self._materialized_output(source)[1], every=source.every)
         return DataReader(dataset, source.inputs, source.preprocess, source.classes, every=source.every)
 
-    def batches(self, source: DataSource) -> Iterator[Batch]:
+    def samples(self, source: DataSource) -> int:
+        """How many samples a role reads; image folders are counted without decoding (or NumPy)."""
+        dataset = source.dataset
+        if dataset is None:
+            return RANDOM_EVALUATION_SAMPLES
+        if dataset.format != "images":
+            return len(self.reader(source))
+        count = len(_sample_files(dataset))
+        if dataset.samples is not None:
+            count = min(count, dataset.samples)
+        return count // source.every
         """The data set's batches, or seeded random inputs when the recipe has no evaluation data."""
         if source.dataset is not None:
             return self.reader(source).batches()
@@ -201,7 +212,5 @@ def _shown(path: Path) -> str:
 
 def _sample_files(dataset: Dataset) -> list[Path]:
     if dataset.format == "images" and dataset.path.is_dir():
-        from compiler.data import IMAGE_SUFFIXES
-
         return sorted(p for p in dataset.path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     return [dataset.path] if dataset.path.is_file() else []
