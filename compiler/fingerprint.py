@@ -141,6 +141,8 @@ class Fingerprints:
         if dataset.samples is not None:
             count = min(count, dataset.samples)
         return count // source.every
+
+    def batches(self, source: DataSource) -> Iterator[Batch]:
         """The data set's batches, or seeded random inputs when the recipe has no evaluation data."""
         if source.dataset is not None:
             return self.reader(source).batches()
