@@ -22,7 +22,7 @@ from compiler.fingerprint import Fingerprints, check_disjoint
 from compiler.plan import Plan, data_source, make_plan, target_step_ids, verify_settings
 from compiler.progress import BuildLog
 from compiler.recipe import Recipe
-from compiler.release import CompiledArtifact, Measured, make_report, release, summary_lines
+from compiler.release import CompiledArtifact, Measured, Released, make_report, release, summary_lines
 from compiler.report import Report
 from compiler.steps.compile import compile_step_id
 from compiler.steps.qdq import QDQ_STEP
@@ -50,12 +50,25 @@ class BuildOptions:
 
 @dataclass(frozen=True)
 class BuildResult:
-    location: str
-    created: bool
-    report: Report
-    manifest: dict[str, Any]
+    released: Released
     steps_run: int
     steps_cached: int
+
+    @property
+    def location(self) -> str:
+        return self.released.location
+
+    @property
+    def created(self) -> bool:
+        return self.released.created
+
+    @property
+    def report(self) -> Report:
+        return self.released.report
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.released.manifest
 
 
 def build(recipe: Recipe, store: Store, log: BuildLog, cache: Cache, options: BuildOptions) -> BuildResult | None:
@@ -101,7 +114,7 @@ def _release(recipe: Recipe, plan: Plan, done: RunSummary, store: Store, log: Bu
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log(f"{'✓ release' if released.created else '✓ release (identical version already stored)'}: {counts}")
-    return BuildResult(released.location, released.created, report, released.manifest, len(done.ran), len(done.cached))
+    return BuildResult(released, len(done.ran), len(done.cached))
 
 
 MIN_CALIBRATION_SAMPLES = 32  # NNCF's statistics degraded visibly at 8 samples

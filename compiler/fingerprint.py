@@ -49,7 +49,7 @@ class Fingerprints:
         self._cache = cache
         self._sources: dict[str, dict[str, Any]] = {}  # by repr: factory arguments may be lists
         self._data: dict[DataSource, dict[str, Any]] = {}
-        self._materialized: dict[tuple[Dataset, tuple[TensorSpec, ...]], tuple[str, Path]] = {}  # a function's output
+        self._materialized: dict[tuple[Dataset | None, tuple[TensorSpec, ...]], tuple[str, Path]] = {}  # a function's output
 
     def __getstate__(self) -> dict[str, Any]:
         return {"_cache": None, "_sources": self._sources, "_data": self._data, "_materialized": self._materialized}
@@ -111,7 +111,7 @@ class Fingerprints:
                     array = feed[name]
                     digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
                     digest.update(array.tobytes())
-                np.savez(Path(folder) / f"batch-{number:06d}.npz", **feed)
+                np.savez(Path(folder) / f"batch-{number:06d}.npz", **feed)  # type: ignore[arg-type]
             hexdigest = digest.hexdigest()
             key = cache_key({"data": hexdigest})
             entry, _ = self._cache.get(key)

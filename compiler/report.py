@@ -112,7 +112,8 @@ class Report:
         found = []
         for a in self.artifacts:
             versus = compare_with_fp32(a, self.artifacts)
-            if a.precision == "int8" and versus is not None and versus.speedup is not None and versus.speedup <= 1.0:
+            if (a.precision == "int8" and versus is not None and versus.speedup is not None and versus.speedup <= 1.0
+                    and a.latency_ms is not None):
                 found.append(f"{a.target} is not faster than {versus.target}: {a.latency_ms:.3f} ms vs "
                              f"{a.latency_ms * versus.speedup:.3f} ms (ratio {1 / versus.speedup:.2f})")
         return found

@@ -25,5 +25,6 @@ class TensorRtBackend(Backend):
     def compile(self, request: CompileRequest) -> list[Path]:
         raise BackendUnavailable(MESSAGE)
 
-    def runner(self, files: list[Path], inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...]) -> Runner:
+    def runner(self, files: list[Path], inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...],
+               config: dict[str, str] | None = None) -> Runner:
         raise BackendUnavailable(MESSAGE)

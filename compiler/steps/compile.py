@@ -67,7 +67,7 @@ class CompileStep(Step):
         int8 build that calibrates itself also depends on the data and how it is read."""
         facts = inputs.fingerprints
         graph: Any = facts.source(self.model) if self.target.backend == "torchscript" else inputs.digest(self.graph, "model.onnx")
-        tools = BACKEND_TOOLS[self.target.backend]
+        tools: tuple[str, ...] = BACKEND_TOOLS[self.target.backend]
         material: dict[str, Any] = {"target": asdict(self.target), "graph": graph}
         if self.calibration is not None:
             material["calibration"] = facts.data(self.calibration)

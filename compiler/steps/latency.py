@@ -59,7 +59,7 @@ class LatencyStep(Step):
         facts = inputs.fingerprints
         if self.target is None:
             what: Any = {"reference": facts.source(self.model)}
-            tools = MEASURE_TOOLS
+            tools: tuple[str, ...] = MEASURE_TOOLS
         else:
             what = {"artifact": inputs.entry(compile_step_id(self.target)).files, "target": asdict(self.target),
                     "config": list(self.config)}

@@ -73,7 +73,8 @@ class ReferenceStep(Step):
         samples = 0
         with runner:
             for number, batch in enumerate(inputs.fingerprints.batches(self.evaluation)):
-                np.savez(out / f"outputs-{number:06d}.npz", **run_batch(runner, batch, self.model.inputs))
+                outputs = run_batch(runner, batch, self.model.inputs)
+                np.savez(out / f"outputs-{number:06d}.npz", **outputs)  # type: ignore[arg-type]
                 samples += len(batch)
         (out / "reference.json").write_text(json.dumps({"reference": label, "data": self.evaluation.label,
                                                         "samples": samples}, indent=2, sort_keys=True) + "\n")
