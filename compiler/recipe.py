@@ -126,6 +126,7 @@ class Quantization:
     ignore_patterns: tuple[str, ...] = ()
     overflow_fix: str = "enable"  # openvino int8: enable | first_layer | disable
     onnxruntime_weights: str = "uint8"  # onnxruntime int8: uint8 (exact everywhere) | int8 (7-bit, faster)
+    float_input_layers: bool = True  # onnxruntime int8: layers reading a model input stay float
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,8 @@ def quantize_for_cpu(request: CompileRequest, destination: Path) -> dict[str, An
     reader = FeedReader(request.calibration, options.subset_size, request.inputs)
     int8_weights = options.onnxruntime_weights == "int8"
     exclude = excluded_nodes(request.onnx_model, options)
+    if options.float_input_layers:
+        exclude += [name for name in _input_layers(request.onnx_model) if name not in exclude]
     try:
         with tempfile.TemporaryDirectory() as scratch, contextlib.redirect_stdout(io.StringIO()):
             prepared = Path(scratch) / "prepared.onnx"
@@ -102,6 +104,15 @@ def quantize_for_cpu(request: CompileRequest, destination: Path) -> dict[str, An
     return {"method": f"onnxruntime static quantization (QDQ; {weights} per channel, uint8 activations; "
                       "MinMax, moving average)", "calibration_samples": reader.samples,
             "kept_in_float": {"nodes": exclude, "op_types": list(options.ignore_types)}}
+
+
+def _input_layers(model: Path) -> list[str]:
+    """Conv/Gemm/MatMul nodes that read a graph input directly (the stem of a CNN)."""
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    inputs = {i.name for i in graph.input} - {i.name for i in graph.initializer}
+    return [n.name for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and inputs & set(n.input)]
 
 
 def _quantized_op_types(model: Path, ignored: tuple[str, ...]) -> list[str] | None:
