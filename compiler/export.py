@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -54,23 +56,52 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
+@dataclass(frozen=True)
+class Exported:
+    """Which exporter wrote the graph, and why the first choice did not (exporter `auto`)."""
+
+    requested: str
+    used: str
+    fallback_reason: str | None = None
+
+
 def export_onnx(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...], options: ExportOptions,
-                destination: Path) -> None:
-    """Export with the recipe's exporter; dynamic axes come from symbolic dimensions. The example
-    input gives dynamic axes size 2: at size 1 torch.export specialises an axis to a constant."""
+                destination: Path, scripted: bool = False) -> Exported:
+    """Export with the recipe's exporter; dynamic axes come from symbolic dimensions. `auto` tries
+    torch.export first and falls back to the TorchScript-based exporter, saying why; a TorchScript
+    source (`scripted`) goes to the TorchScript-based exporter directly."""
+    if options.exporter == "torchscript" or (options.exporter == "auto" and scripted):
+        _export_with(model, inputs, outputs, options.opset, "torchscript", destination)
+        return Exported(options.exporter, "torchscript")
+    try:
+        _export_with(model, inputs, outputs, options.opset, "dynamo", destination)
+        return Exported(options.exporter, "dynamo")
+    except CompileError as error:
+        if options.exporter != "auto":
+            raise CompileError(f"{error.message}; try export.exporter: torchscript (or auto), or another export.opset") from error
+        reason = error.message
+    destination.unlink(missing_ok=True)
+    _export_with(model, inputs, outputs, options.opset, "torchscript", destination)
+    return Exported("auto", "torchscript", reason)
+
+
+def _export_with(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...], opset: int, exporter: str,
+                 destination: Path) -> None:
+    """One exporter. The example input gives dynamic axes size 2: at size 1 torch.export
+    specialises an axis to a constant."""
     import torch
 
     example = tuple(torch.from_numpy(a) for a in example_inputs(inputs, dynamic_size=2))
     names = [spec.name for spec in inputs]
     try:
         with _quiet_exporter(), torch.no_grad():
-            if options.exporter == "dynamo":
+            if exporter == "dynamo":
                 dims: dict[str, Any] = {}
                 # positional, so the forward's own argument names need not match the recipe's input names
                 dynamic_shapes = tuple({axis: dims.setdefault(name, torch.export.Dim(name))
                                         for axis, name in spec.dynamic_axes.items()} or None for spec in inputs)
                 torch.onnx.export(model, example, str(destination), input_names=names, output_names=list(outputs),
-                                  opset_version=options.opset, dynamo=True, external_data=False, verbose=False,
+                                  opset_version=opset, dynamo=True, external_data=False, verbose=False,
                                   dynamic_shapes=dynamic_shapes if any(dynamic_shapes) else None)
             else:
                 dynamic_axes: dict[str, dict[int, str]] = {spec.name: spec.dynamic_axes for spec in inputs if spec.dynamic_axes}
@@ -78,17 +109,20 @@ def export_onnx(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[str, 
                 if 0 in batch_like:  # outputs share the leading dynamic axis, the common case
                     dynamic_axes.update({name: {0: batch_like[0]} for name in outputs})
                 torch.onnx.export(model, example, str(destination), input_names=names, output_names=list(outputs),
-                                  opset_version=options.opset, dynamo=False, dynamic_axes=dynamic_axes or None)
+                                  opset_version=opset, dynamo=False, dynamic_axes=dynamic_axes or None)
     except Exception as exc:
-        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
-        summary = lines.index("## Exception summary") + 1 if "## Exception summary" in lines else len(lines)
-        telling = lines[summary:summary + 1] or [line for line in lines[1:] if "Constraints violated" in line]
-        first = "; ".join([lines[0][:300]] + [line[:200] for line in telling[:1]])
-        other = "torchscript" if options.exporter == "dynamo" else "dynamo"
-        raise CompileError(f"torch.onnx.export ({options.exporter} exporter) failed: {first}; "
-                           f"try export.exporter: {other}, or another export.opset") from None
+        raise CompileError(f"torch.onnx.export ({exporter} exporter) failed: {_first_lines(exc)}") from exc
     if not destination.is_file():
-        raise CompileError(f"torch.onnx.export wrote no file at {destination}")
+        raise CompileError(f"torch.onnx.export ({exporter} exporter) wrote no file at {destination}")
+
+
+def _first_lines(exc: BaseException) -> str:
+    """The first line, and torch.export's own one-line summary of the cause where it gives one."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
+    summary = lines.index("## Exception summary") + 1 if "## Exception summary" in lines else len(lines)
+    telling = lines[summary:summary + 1] or [line for line in lines[1:] if "Constraints violated" in line]
+    text = "; ".join([lines[0][:300]] + [line[:300] for line in telling[:1]])
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)  # torch colours its messages
 
 
 def simplify_onnx(source: Path, destination: Path) -> None:

@@ -51,7 +51,7 @@ class ModelSource:
 
 @dataclass(frozen=True)
 class ExportOptions:
-    exporter: str = "dynamo"
+    exporter: str = "auto"  # auto | dynamo | torchscript
     opset: int = 18
     simplify: bool = True
 
@@ -327,9 +327,10 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
             if key in model:
                 add(("model", key), f"'{key}' is only for torch sources; remove it")
     export = data.get("export", {})
-    if source == "torchscript" and export.get("exporter", "dynamo") != "torchscript":
+    if source == "torchscript" and export.get("exporter", "auto") == "dynamo":
         add(("export", "exporter") if "exporter" in export else ("model", "source"),
-            "a torchscript source can only be exported by the TorchScript-based exporter: set export.exporter: torchscript")
+            "a torchscript source can only be exported by the TorchScript-based exporter: set export.exporter: torchscript "
+            "or auto")
     for index, target in enumerate(data.get("targets", [])):
         backend = target.get("backend")
         for p_index, precision in enumerate(target.get("precisions", [])):

@@ -20,6 +20,7 @@ from compiler.errors import GateFailed
 from compiler.manifest import QUANTIZATION_NOTES, ArtifactEntry, FileEntry, build_manifest, content_digest, file_entries
 from compiler.recipe import Recipe, Target
 from compiler.report import ArtifactReport, CalibrationData, Measurement, Report, to_json_text, to_markdown
+from compiler.steps.export import EXPORT_NOTES, EXPORT_STEP
 from compiler.steps.latency import LATENCY_FILE, REFERENCE_LATENCY_STEP, latency_step_id
 from compiler.steps.verify import EVALUATION_FILE, REFERENCE_STEP, Setting, verify_step_id
 
@@ -81,7 +82,7 @@ def make_report(recipe: Recipe, measured: Measured, sensitivity_step: str, data:
     return Report(recipe.name, recipe.version, reference["reference"], reference["data"], reference["samples"],
                   recipe.task.type, reference_metric, _latency_ms(measured, REFERENCE_LATENCY_STEP), artifacts,
                   _calibration(recipe, artifacts), _sensitivity(recipe, measured.json(sensitivity_step, "sensitivity.json")),
-                  cpu_info(), data)
+                  cpu_info(), data, measured.json(EXPORT_STEP, EXPORT_NOTES))
 
 
 def _latency_ms(measured: Measured, step_id: str) -> float | None:
@@ -203,7 +204,7 @@ def _manifest(recipe: Recipe, folder: Path, measured: Measured, artifact_files: 
                               [f"{a.target.id}/{name}" for name in a.entry.files],
                               dict(measured.settings[a.target.id][0].config)) for a in measured.artifacts]
     return build_manifest(name=recipe.name, version=recipe.version, recipe_file=recipe.path,
-                          recipe_digest=recipe.digest, exporter=recipe.export.exporter if recipe.model.kind != "onnx" else "none",
+                          recipe_digest=recipe.digest, exporter=(report.export or {}).get("used", "none"),
                           opset=recipe.export.opset, simplified=recipe.export.simplify, artifacts=entries,
                           artifact_files=artifact_files, report_files=file_entries(folder, ["report.json", "report.md"]),
                           passed=report.passed, machine=report.machine, data=report.data)

@@ -99,6 +99,7 @@ class Report:
     sensitivity: dict[str, Any] | None = None  # compiler.sensitivity's result, worst layers first
     machine: dict[str, Any] | None = None  # CPU model and instruction sets of the build machine
     data: dict[str, Any] | None = None  # per role: path, samples, digest
+    export: dict[str, Any] | None = None  # exporter requested and used, and why a fallback ran
 
     @property
     def passed(self) -> bool:
@@ -173,6 +174,7 @@ def to_json(report: Report) -> dict[str, Any]:
         "machine": report.machine,
         "data": report.data,
         "flags": report.flags(),
+        "export": report.export,
     }
 
 
@@ -219,6 +221,10 @@ def to_markdown(report: Report) -> str:
         lines.append(f"Reference {metric_name}: **{report.reference_metric:.2f}%**.")
     if report.reference_latency_ms is not None:
         lines.append(f"Reference latency (batch 1, median): {report.reference_latency_ms:.3f} ms.")
+    if report.export and report.export.get("used") not in (None, "none"):
+        e = report.export
+        why = f" because torch.export could not capture the model: {e['fallback_reason']}" if e.get("fallback_reason") else ""
+        lines.append(f"Exported to ONNX with the {e['used']} exporter (export.exporter: {e['requested']}){why}.")
     if report.data:
         lines.append("Data: " + "; ".join(f"{role} {d['path']} ({d['samples']} samples, sha256 {d['digest'][:12]})"
                                           + (f" — {d['note']}" if d.get("note") else "")

@@ -49,7 +49,7 @@ def test_good_recipe_gets_defaults(tmp_path: Path) -> None:
     path = tmp_path / "r.yaml"
     path.write_text(GOOD)
     recipe = load_recipe(path)
-    assert recipe.export.exporter == "dynamo" and recipe.export.opset == 18 and recipe.export.simplify
+    assert recipe.export.exporter == "auto" and recipe.export.opset == 18 and recipe.export.simplify
     assert [t.id for t in recipe.targets] == ["openvino-fp32", "openvino-fp16"]
     assert recipe.model.inputs[0].dynamic_axes == {0: "batch"}
     assert recipe.model.weights == tmp_path / "w.pt"
@@ -103,8 +103,8 @@ def test_unsupported_precision_for_backend(tmp_path: Path) -> None:
 
 
 def test_torchscript_source_needs_torchscript_exporter(tmp_path: Path) -> None:
-    found = problems_of(tmp_path, with_file_source(GOOD, "torchscript", "m.pt"))
-    assert any("set export.exporter: torchscript" in p for p in found)
+    found = problems_of(tmp_path, with_file_source(GOOD, "torchscript", "m.pt") + "export: {exporter: dynamo}\n")
+    assert any("set export.exporter: torchscript or auto" in p for p in found)
 
 
 def test_symbolic_dimension_must_be_a_name(tmp_path: Path) -> None:

@@ -2,7 +2,9 @@
 ONNX source file itself, checked against the declared inputs and outputs)."""
 from __future__ import annotations
 
+import json
 import shutil
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -12,6 +14,7 @@ from compiler.recipe import ExportOptions, ModelSource
 from compiler.steps import Step, StepInputs, tool_versions
 
 EXPORT_STEP = "export"
+EXPORT_NOTES = "export.json"  # which exporter ran, and why the first choice did not
 
 
 @dataclass(frozen=True)
@@ -37,13 +40,20 @@ class ExportStep(Step):
         destination = out / "model.onnx"
         if self.model.kind == "onnx":
             read_onnx_source(self.model, destination)
+            (out / EXPORT_NOTES).write_text(json.dumps({"requested": "none", "used": "none", "fallback_reason": None},
+                                                      indent=2, sort_keys=True) + "\n")
             return
         from compiler.export import check_model_accepts_inputs, export_onnx
         from compiler.sources import load_torch_model
 
         model = load_torch_model(self.model)
         check_model_accepts_inputs(model, self.model.inputs, self.model.outputs)
-        export_onnx(model, self.model.inputs, self.model.outputs, self.options, destination)
+        exported = export_onnx(model, self.model.inputs, self.model.outputs, self.options, destination,
+                               scripted=self.model.kind == "torchscript")
+        if exported.fallback_reason:
+            print(f"note: torch.export could not capture the model ({exported.fallback_reason}); exported with the "
+                  "TorchScript-based exporter instead (export.exporter: auto)", file=sys.stderr, flush=True)
+        (out / EXPORT_NOTES).write_text(json.dumps(asdict(exported), indent=2, sort_keys=True) + "\n")
 
 
 def read_onnx_source(model: ModelSource, destination: Path) -> None:

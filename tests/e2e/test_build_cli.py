@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from compiler.manifest import sha256_file
+from tests.conftest import FIXTURES
 
 
 def test_tiny_build_stores_every_artifact_and_rebuild_is_a_no_op(tmp_path: Path, tiny_recipe, run_cli_process) -> None:
@@ -149,3 +150,55 @@ def test_plan_lists_steps_in_order_with_cache_state(tmp_path: Path, tiny_recipe,
     assert run_cli("build", tiny_recipe(), "--store", tmp_path / "store").exit_code == 0
     after = json.loads(run_cli("plan", tiny_recipe(), "--json").stdout)["steps"]
     assert all(s["status"].startswith("cached ") for s in after[:-1]), after
+
+
+def test_exporter_auto_falls_back_to_the_torchscript_exporter_and_says_why(tmp_path: Path, tiny_recipe, run_cli) -> None:
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(FIXTURES))
+    try:
+        from branchy_net import build_model
+    finally:
+        sys.path.remove(str(FIXTURES))
+    weights = tmp_path / "branchy.pt"
+    torch.save(build_model().state_dict(), weights)
+    recipe = tiny_recipe({"model": {"source": "torch", "factory": str(FIXTURES / "branchy_net.py") + ":build_model",
+                                    "weights": str(weights), "inputs": [{"name": "images", "shape": ["batch", 3, 16, 16]}],
+                                    "outputs": ["logits"]},
+                          "export": {"opset": 18}, "targets": [{"backend": "onnxruntime", "precisions": ["fp32"]}],
+                          "gates": None}, name="branchy.yaml")
+    result = run_cli("build", recipe, "--store", tmp_path / "store")
+    assert result.exit_code == 0, result.stderr
+    assert "note: torch.export could not capture the model (" in result.stderr
+    assert "exported with the TorchScript-based exporter instead (export.exporter: auto)" in result.stderr
+    release = tmp_path / "store/tiny/0.1.0"
+    report = json.loads((release / "report.json").read_text())
+    assert report["export"]["requested"] == "auto" and report["export"]["used"] == "torchscript"
+    assert "torch.onnx.export (dynamo exporter) failed" in report["export"]["fallback_reason"]
+    assert json.loads((release / "manifest.json").read_text())["export"]["exporter"] == "torchscript"
+    assert "with the torchscript exporter (export.exporter: auto) because torch.export" in (release / "report.md").read_text()
+
+
+def test_exporter_dynamo_forced_fails_with_the_cause(tmp_path: Path, tiny_recipe, run_cli) -> None:
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(FIXTURES))
+    try:
+        from branchy_net import build_model
+    finally:
+        sys.path.remove(str(FIXTURES))
+    weights = tmp_path / "branchy.pt"
+    torch.save(build_model().state_dict(), weights)
+    recipe = tiny_recipe({"model": {"source": "torch", "factory": str(FIXTURES / "branchy_net.py") + ":build_model",
+                                    "weights": str(weights), "inputs": [{"name": "images", "shape": ["batch", 3, 16, 16]}],
+                                    "outputs": ["logits"]},
+                          "export": {"exporter": "dynamo", "opset": 18},
+                          "targets": [{"backend": "onnxruntime", "precisions": ["fp32"]}], "gates": None}, name="forced.yaml")
+    result = run_cli("build", recipe, "--store", tmp_path / "store")
+    assert result.exit_code == 7, result.stderr
+    assert "torch.onnx.export (dynamo exporter) failed" in result.stderr
+    assert "try export.exporter: torchscript (or auto)" in result.stderr
