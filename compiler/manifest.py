@@ -102,7 +102,7 @@ class ArtifactEntry:
 def build_manifest(*, name: str, version: str, recipe_file: Path, recipe_digest: str, exporter: str, opset: int,
                    simplified: bool, artifacts: list[ArtifactEntry], artifact_files: list[FileEntry],
                    report_files: list[FileEntry], passed: bool, machine: dict[str, Any] | None = None,
-                   data: dict[str, Any] | None = None) -> dict[str, Any]:
+                   data: dict[str, Any] | None = None, measurement_digest: str | None = None) -> dict[str, Any]:
     return {
         "format_version": MANIFEST_FORMAT_VERSION,
         "name": name,
@@ -113,6 +113,7 @@ def build_manifest(*, name: str, version: str, recipe_file: Path, recipe_digest:
         "export": {"exporter": exporter, "opset": opset, "simplified": simplified},
         "toolchain": toolchain_versions(),
         "content_digest": content_digest(artifact_files),
+        "measurement_digest": measurement_digest,  # task, gates, data, verification settings judged by
         "gates_passed": passed,
         "artifacts": [{"target": a.target, "backend": a.backend, "precision": a.precision, "files": a.files,
                        **({"runtime_config": a.runtime_config} if a.runtime_config is not None else {})}

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from compiler.accuracy import Evaluation, apply_gates, evaluation_from_dict
 from compiler.cache import CacheEntry
-from compiler.errors import GateFailed
+from compiler.errors import GateFailed, StoreError
 from compiler.manifest import QUANTIZATION_NOTES, ArtifactEntry, FileEntry, build_manifest, content_digest, file_entries
 from compiler.recipe import Recipe, Target
 from compiler.report import ArtifactReport, CalibrationData, Measurement, Report, to_json_text, to_markdown
@@ -144,9 +144,14 @@ def release(recipe: Recipe, measured: Measured, report: Report, store: Store, st
             signer: Signer | None, log: Callable[[str], None]) -> Released:
     """Gates → files → manifest → signature → store. An identical stored version is left alone."""
     artifact_files = _artifact_files(measured)
+    judged_by = measurement_digest(recipe, report)
     if report.passed:
         stored = store.stored_manifest(recipe.name, recipe.version)
         if stored is not None and stored.get("content_digest") == content_digest(artifact_files):
+            if stored.get("measurement_digest") != judged_by:
+                raise StoreError(f"{recipe.name} {recipe.version} is stored with the same model files but was judged "
+                                 "differently (task, gates, data or verification settings changed): its report would "
+                                 "no longer match the release; bump version")
             return Released(store.location(recipe.name, recipe.version), False, report, stored)
     folder = staging / "release"
     _assemble(folder, measured, report)
@@ -167,6 +172,20 @@ def release(recipe: Recipe, measured: Measured, report: Report, store: Store, st
         log(f"✓ signed with {signer.describe()}")
     result: PushResult = store.push(folder, recipe.name, recipe.version, content_digest(artifact_files))
     return Released(result.location, result.created, report, manifest)
+
+
+def measurement_digest(recipe: Recipe, report: Report) -> str:
+    """What a release's report was judged by, besides its model files: the task, the effective
+    gates, each data role's digest and the verification settings (not latencies, which vary run
+    to run). Part of a version's identity: the same files judged otherwise are another version."""
+    from dataclasses import asdict
+
+    from compiler.cache import cache_key
+
+    precisions = sorted({a.precision for a in report.artifacts})
+    return cache_key({"task": asdict(recipe.task), "gates": {p: asdict(recipe.gate_for(p)) for p in precisions},
+                      "data": {role: d.get("digest") for role, d in (report.data or {}).items()},
+                      "verify": asdict(recipe.verify)})
 
 
 def _assemble(folder: Path, measured: Measured, report: Report) -> None:
@@ -207,7 +226,8 @@ def _manifest(recipe: Recipe, folder: Path, measured: Measured, artifact_files: 
                           recipe_digest=recipe.digest, exporter=(report.export or {}).get("used", "none"),
                           opset=recipe.export.opset, simplified=recipe.export.simplify, artifacts=entries,
                           artifact_files=artifact_files, report_files=file_entries(folder, ["report.json", "report.md"]),
-                          passed=report.passed, machine=report.machine, data=report.data)
+                          passed=report.passed, machine=report.machine, data=report.data,
+                          measurement_digest=measurement_digest(recipe, report))
 
 
 def _append_step_summary(markdown: Path) -> None:

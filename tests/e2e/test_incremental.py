@@ -34,12 +34,15 @@ def test_gate_change_reruns_nothing_data_change_reruns_verify_only(tmp_path: Pat
     data = yaml.safe_load(recipe.read_text())
     data["gates"]["fp16"]["min_cosine"] = 0.99
     recipe.write_text(yaml.safe_dump(data))
-    gate_changed = run_cli("build", recipe, "--store", store)
+    gate_changed = run_cli("build", recipe, "--store", tmp_path / "other-store")
     assert gate_changed.exit_code == 0 and steps_run(gate_changed.stderr) == []
+    # the same version judged by other gates is another release: the store keeps the first
+    refused = run_cli("build", recipe, "--store", store)
+    assert refused.exit_code == 5 and "judged differently" in refused.stderr and "bump version" in refused.stderr
 
     images = Path(data["data"]["evaluation"]["path"])
     (images / "a" / "000.png").write_bytes((images / "b" / "001.png").read_bytes())
-    data_changed = run_cli("build", recipe, "--store", store)
+    data_changed = run_cli("build", recipe, "--store", tmp_path / "third-store")
     assert data_changed.exit_code == 0
     # the reference and each artifact's measurements, nothing that builds an artifact
     assert {step.split(":")[0] for step in steps_run(data_changed.stderr)} == {"reference", "verify", "latency"}
