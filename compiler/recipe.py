@@ -375,6 +375,16 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
                     "or leave labels out to judge by agreement with the reference")
         if not evaluation:
             add(("task",), f"a {task['type']} task is measured on data.evaluation (labels optional): add it")
+    size = data_section.get("preprocess", {}).get("size")
+    image_input = (model.get("inputs") or [{}])[0].get("shape", [])
+    if size and len(image_input) == 4:
+        layout = data_section["preprocess"].get("layout", "nchw")
+        spatial = image_input[2:4] if layout == "nchw" else image_input[1:3]
+        fixed = [(axis, want, got) for axis, want, got in zip(("height", "width"), spatial, size) if isinstance(want, int)
+                 and want != got]
+        if fixed:
+            add(("data", "preprocess", "size"), f"size {size} does not match model.inputs[0].shape {image_input} "
+                "(" + ", ".join(f"{axis} {want}" for axis, want, _ in fixed) + "): make them agree")
     if task.get("output") and task["output"] not in model.get("outputs", []):
         add(("task", "output"), f"'{task['output']}' is not one of model.outputs {model.get('outputs')}")
     gates = data.get("gates", {})
@@ -480,6 +490,8 @@ def _to_recipe(path: Path, digest: str, data: dict[str, Any]) -> Recipe:
     if "preprocess" in data_section:
         spec = dict(data_section["preprocess"])
         height, width = spec.pop("size")
+        if isinstance(spec.get("scale"), str):  # "1/255", as the docs write it
+            spec["scale"] = 1.0 / float(spec["scale"].split("/")[1])
         for key in ("mean", "std"):
             if key in spec:
                 spec[key] = tuple(float(v) for v in spec[key])

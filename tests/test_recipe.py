@@ -181,3 +181,19 @@ def test_torchscript_int8_is_refused_with_the_reason(tmp_path: Path) -> None:
     int8 = GOOD.replace("precisions: [fp32, fp16]", "precisions: [int8]").replace("backend: openvino", "backend: torchscript")
     found = problems_of(tmp_path, int8 + "data:\n  calibration: {path: x.npy}\n")
     assert any("torchscript int8 is not offered" in p and "openvino int8 or onnxruntime int8" in p for p in found), found
+
+
+def test_scale_may_be_written_as_the_docs_write_it(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(GOOD + "data:\n  preprocess: {size: [8, 8], scale: 1/255}\n")
+    assert load_recipe(path).preprocess.scale == pytest.approx(1 / 255)
+    found = problems_of(tmp_path, GOOD + "data:\n  preprocess: {size: [8, 8], scale: one/255}\n")
+    assert any("data.preprocess.scale" in p for p in found), found
+
+
+def test_preprocess_size_must_match_a_fixed_input_shape(tmp_path: Path) -> None:
+    found = problems_of(tmp_path, GOOD + "data:\n  preprocess: {size: [32, 48]}\n")
+    assert any("data.preprocess.size: size [32, 48] does not match model.inputs[0].shape [batch, 3, 8, 8]" in p
+               or "data.preprocess.size: size [32, 48] does not match model.inputs[0].shape ['batch', 3, 8, 8]" in p
+               for p in found), found
+    assert any("(height 8, width 8): make them agree" in p for p in found)
