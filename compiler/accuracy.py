@@ -81,10 +81,11 @@ class TaskMetric:
     reference: float  # the reference model's value, percent
     agreement: float | None = None  # top-1 agreement with the reference, percent (classifiers)
     label_free: dict[str, float] = field(default_factory=dict)  # top5_containment, confident_agreement, ...
+    higher_is_better: bool = True  # custom metrics may be errors (lower is better)
 
     @property
     def drop(self) -> float:
-        return self.reference - self.value
+        return self.reference - self.value if self.higher_is_better else self.value - self.reference
 
 
 def _probabilities(values: np.ndarray) -> np.ndarray:
@@ -111,6 +112,7 @@ class _TaskScorer:
         self.labelled = False
         self.detections = DetectionScorer(task, len(task.classes))
         self.versus_reference = DetectionScorer(task, len(task.classes))
+        self.custom = CustomMetric(task) if task.type == "custom" else None
 
     def update(self, outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], batch: Batch) -> None:
         import numpy as np
@@ -133,6 +135,8 @@ class _TaskScorer:
             self.confident += int(sure.sum())
             self.confident_agree += int((predicted[sure] == expected[sure]).sum())
             self.total += len(values)
+        elif self.custom is not None:
+            self.custom.update(outputs, reference, batch)
         elif self.task.type == "detection":
             for index, rows in enumerate(values):
                 found = decode_detections(rows, self.task)
@@ -160,6 +164,11 @@ class _TaskScorer:
                 "reference_objects": float(sum(self.versus_reference.positives().values()))}
 
     def metric(self, reference: _TaskScorer) -> TaskMetric:
+        if self.custom is not None:
+            assert reference.custom is not None
+            name, value = self.custom.headline()
+            return TaskMetric(name, value, reference.custom.headline()[1], None, self.custom.others(),
+                              self.task.higher_is_better)
         free = self.label_free()
         if self.labelled:
             name = "top1_accuracy" if self.task.type == "classification" else "map50"
@@ -167,6 +176,44 @@ class _TaskScorer:
         if self.task.type == "classification":
             return TaskMetric("top1_agreement", free["top1_agreement"], 100.0, self.agreement(), free)
         return TaskMetric("reference_map50", free["reference_map50"], 100.0, None, free)
+
+
+class CustomMetric:
+    """A team's own metric, `task.metric: FILE.py:FUNCTION`, called once per batch as
+    `function(outputs, reference, labels)`: the model's outputs and the reference's (dicts of arrays
+    by output name) and the batch's labels (a list, empty without labels). It returns a number or a
+    dict of numbers; each is averaged over the batches weighted by their sample counts. The first
+    (or only) value is the headline the task-metric gates judge."""
+
+    def __init__(self, task: Task) -> None:
+        from compiler.sources import resolve_factory
+
+        assert task.metric is not None
+        self.where = task.metric
+        self.function = resolve_factory(task.metric, task.base_dir, key="task.metric")
+        self.sums: dict[str, float] = {}
+        self.samples = 0
+
+    def update(self, outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], batch: Batch) -> None:
+        from compiler.errors import InputError
+
+        try:
+            value = self.function(outputs, reference, list(batch.labels))
+        except Exception as exc:  # the team's code: its failure is an input problem, named
+            raise InputError(f"{self.where}: the metric function failed: {type(exc).__name__}: {exc}") from exc
+        values = value if isinstance(value, dict) else {self.where.rsplit(":", 1)[1]: value}
+        for name, number in values.items():
+            if not isinstance(number, (int, float)) or isinstance(number, bool) or not math.isfinite(float(number)):
+                raise InputError(f"{self.where}: returned {name}={number!r}; return a finite number or a dict of them")
+            self.sums[str(name)] = self.sums.get(str(name), 0.0) + float(number) * len(batch)
+        self.samples += len(batch)
+
+    def headline(self) -> tuple[str, float]:
+        name = next(iter(self.sums))
+        return name, self.sums[name] / max(self.samples, 1)
+
+    def others(self) -> dict[str, float]:
+        return {name: total / max(self.samples, 1) for name, total in list(self.sums.items())[1:]}
 
 
 @dataclass(frozen=True)
@@ -242,7 +289,7 @@ def compare(batches: Iterable[tuple[Batch, dict[str, np.ndarray]]], artifacts: d
     against every artifact's outputs."""
     accumulators = {key: {name: _OutputAccumulator() for name in outputs} for key in artifacts}
     task_output = task.output or outputs[0]
-    use_task = task.type in ("classification", "detection")
+    use_task = task.type in ("classification", "detection", "custom")
     reference_scorer = _TaskScorer(task, task_output)
     scorers = {key: _TaskScorer(task, task_output) for key in artifacts}
     samples = 0
@@ -309,8 +356,9 @@ def apply_gates(evaluation: Evaluation, gate: Gate, sources: dict[str, tuple[str
     if task is not None:
         if gate.max_metric_drop is not None:
             check("max_metric_drop", gate.max_metric_drop, task.drop, task.drop <= gate.max_metric_drop)
-        if gate.min_metric is not None:
-            check("min_metric", gate.min_metric, task.value, task.value >= gate.min_metric)
+        if gate.min_metric is not None:  # for a lower-is-better metric: the highest value allowed
+            passed = task.value >= gate.min_metric if task.higher_is_better else task.value <= gate.min_metric
+            check("min_metric", gate.min_metric, task.value, passed)
         free = task.label_free
         if gate.min_top5_containment is not None and "top5_containment" in free:
             check("min_top5_containment", gate.min_top5_containment, free["top5_containment"],
@@ -346,7 +394,8 @@ def evaluation_to_dict(evaluation: Evaluation) -> dict[str, object]:
         "samples": evaluation.samples,
         "outputs": [vars(m) for m in evaluation.outputs],
         "task": None if task is None else {"name": task.name, "value": task.value, "reference": task.reference,
-                                           "agreement": task.agreement, "label_free": task.label_free},
+                                           "agreement": task.agreement, "label_free": task.label_free,
+                                           "higher_is_better": task.higher_is_better},
     }
 
 

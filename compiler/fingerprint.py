@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from compiler.errors import InputError
 from compiler.manifest import sha256_file, tree_digest
 from compiler.preprocess import Preprocess
-from compiler.recipe import Dataset, ModelSource, TensorSpec
+from compiler.recipe import Dataset, ModelSource, Task, TensorSpec
 
 if TYPE_CHECKING:
     from compiler.cache import Cache
@@ -60,6 +60,16 @@ class Fingerprints:
         if repr(model) not in self._sources:
             self._sources[repr(model)] = source_material(model)
         return self._sources[repr(model)]
+
+    def task(self, task: Task) -> dict[str, Any]:
+        """Key material of a task: its settings, and a custom metric's source file by digest."""
+        material = {key: value for key, value in asdict(task).items() if key != "base_dir"}
+        if task.metric is not None:
+            location = task.base_dir / task.metric.rsplit(":", 1)[0]
+            if not location.is_file():
+                raise InputError(f"{location}: the metric file does not exist: fix task.metric")
+            material["metric_code"] = sha256_file(location)
+        return material
 
     # --- data ------------------------------------------------------------------------------
 

@@ -76,6 +76,9 @@ class Task:
     confidence_threshold: float = 0.001
     nms_iou: float = 0.6
     match_iou: float = 0.5
+    metric: str | None = None  # custom: FILE.py:FUNCTION, resolved against `base_dir`
+    higher_is_better: bool = True
+    base_dir: Path = Path(".")
 
 
 @dataclass(frozen=True)
@@ -385,6 +388,12 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
         if fixed:
             add(("data", "preprocess", "size"), f"size {size} does not match model.inputs[0].shape {image_input} "
                 "(" + ", ".join(f"{axis} {want}" for axis, want, _ in fixed) + "): make them agree")
+    if task.get("type") == "custom" and "metric" not in task:
+        add(("task",), "a custom task names its metric: task.metric: path/to/file.py:function")
+    if task.get("type") != "custom":
+        for key in ("metric", "higher_is_better"):
+            if key in task:
+                add(("task", key), f"'{key}' is for task type custom; remove it")
     if task.get("output") and task["output"] not in model.get("outputs", []):
         add(("task", "output"), f"'{task['output']}' is not one of model.outputs {model.get('outputs')}")
     gates = data.get("gates", {})
@@ -393,7 +402,7 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
             add(("gates", precision), f"no target builds {precision}; remove this gate or add a target")
     for precision, gate in gates.items():
         if ("max_metric_drop" in gate or "min_metric" in gate) and task.get("type", "generic") == "generic":
-            add(("gates", precision), "task-metric gates need task.type classification or detection")
+            add(("gates", precision), "task-metric gates need task.type classification, detection or custom")
     return problems
 
 
@@ -511,6 +520,7 @@ def _to_recipe(path: Path, digest: str, data: dict[str, Any]) -> Recipe:
 
     task_data = dict(data.get("task", {"type": "generic"}))
     task_data["classes"] = tuple(task_data.get("classes", ()))
+    task_data["base_dir"] = base
     targets = tuple(Target(t["backend"], p, t.get("mode")) for t in data["targets"] for p in t["precisions"])
     raw_gates = data.get("gates", {})
     gates = {k: Gate(**{**raw_gates.get("default", {}), **v}) for k, v in raw_gates.items()}

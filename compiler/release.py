@@ -183,7 +183,8 @@ def measurement_digest(recipe: Recipe, report: Report) -> str:
     from compiler.cache import cache_key
 
     precisions = sorted({a.precision for a in report.artifacts})
-    return cache_key({"task": asdict(recipe.task), "gates": {p: asdict(recipe.gate_for(p)) for p in precisions},
+    task = {key: value for key, value in asdict(recipe.task).items() if key != "base_dir"}
+    return cache_key({"task": task, "gates": {p: asdict(recipe.gate_for(p)) for p in precisions},
                       "data": {role: d.get("digest") for role, d in (report.data or {}).items()},
                       "verify": asdict(recipe.verify)})
 

@@ -187,7 +187,7 @@ def _task_json(e: Evaluation) -> dict[str, Any] | None:
     if e.task is None:
         return None
     return {"name": e.task.name, "value": e.task.value, "reference": e.task.reference, "drop": e.task.drop,
-            "agreement": e.task.agreement, "label_free": e.task.label_free}
+            "agreement": e.task.agreement, "label_free": e.task.label_free, "higher_is_better": e.task.higher_is_better}
 
 
 def _gates_json(e: Evaluation) -> list[dict[str, Any]]:
@@ -213,7 +213,7 @@ def to_markdown(report: Report) -> str:
     names = {"top1_accuracy": "top-1 accuracy", "map50": "mAP@0.5", "top1_agreement": "top-1 agreement",
              "reference_map50": "mAP@0.5 vs reference detections"}
     first = next((a.evaluation.task for a in report.artifacts if a.evaluation.task is not None), None)
-    metric_name = names.get(first.name) if first is not None else None
+    metric_name = names.get(first.name, first.name) if first is not None else None
     verdict = "✅ all gates passed" if report.passed else "❌ gates missed"
     lines = [f"## modelc: {report.name} {report.version} — {verdict}", "",
              f"Reference: {report.reference}. Evaluation data: {report.evaluation_data} ({report.samples} samples)."]
@@ -262,7 +262,7 @@ def to_markdown(report: Report) -> str:
 
 def _label_free_lines(report: Report) -> list[str]:
     rows = [(a.target, a.evaluation.task.label_free) for a in report.artifacts
-            if a.evaluation.task is not None and a.evaluation.task.label_free]
+            if a.evaluation.task is not None and a.evaluation.task.label_free and report.task != "custom"]
     if not rows:
         return []
     if "top5_containment" in rows[0][1]:

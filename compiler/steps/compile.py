@@ -75,7 +75,7 @@ class CompileStep(Step):
             tools = tools + (("nncf",) if self.target.backend == "openvino" else ())
         if self.accuracy_control is not None:
             control = self.accuracy_control
-            material["accuracy_control"] = {"max_drop": control.max_drop, "task": asdict(control.task),
+            material["accuracy_control"] = {"max_drop": control.max_drop, "task": facts.task(control.task),
                                             "output": control.output, "data": facts.data(control.data)}
         material["tools"] = tool_versions(tools)
         return material

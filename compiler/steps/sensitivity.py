@@ -37,7 +37,7 @@ class SensitivityStep(Step):
     def material(self, inputs: StepInputs) -> dict[str, Any]:
         facts = inputs.fingerprints
         return {"graph": inputs.digest(self.graph, "model.onnx"), "calibration": facts.data(self.calibration),
-                "scoring": facts.data(self.scoring), "task": asdict(self.task), "outputs": list(self.outputs),
+                "scoring": facts.data(self.scoring), "task": facts.task(self.task), "outputs": list(self.outputs),
                 "quantization": asdict(self.quantization), "tools": tool_versions(("nvidia-modelopt", "onnxruntime", "onnx"))}
 
     def run(self, inputs: StepInputs, out: Path) -> None:

@@ -133,7 +133,7 @@ class VerifyStep(Step):
     def material(self, inputs: StepInputs) -> dict[str, Any]:
         return {"artifact": inputs.entry(compile_step_id(self.target)).files,
                 "reference": inputs.entry(REFERENCE_STEP).files, "data": inputs.fingerprints.data(self.evaluation),
-                "task": asdict(self.task), "outputs": list(self.outputs), "setting": asdict(self.setting),
+                "task": inputs.fingerprints.task(self.task), "outputs": list(self.outputs), "setting": asdict(self.setting),
                 "tools": tool_versions(MEASURE_TOOLS)}
 
     def run(self, inputs: StepInputs, out: Path) -> None:

@@ -202,3 +202,57 @@ def test_exporter_dynamo_forced_fails_with_the_cause(tmp_path: Path, tiny_recipe
     assert result.exit_code == 7, result.stderr
     assert "torch.onnx.export (dynamo exporter) failed" in result.stderr
     assert "try export.exporter: torchscript (or auto)" in result.stderr
+
+
+METRIC = '''
+import numpy as np
+
+def agreement(outputs, reference, labels):
+    """percent of samples whose top class is the reference's, and the mean absolute logit error"""
+    got, want = outputs["logits"], reference["logits"]
+    return {"agreement": 100.0 * float((got.argmax(1) == want.argmax(1)).mean()),
+            "abs_error": float(np.abs(got - want).mean()), "labelled": float(len(labels))}
+
+def error(outputs, reference, labels):
+    return float(np.abs(outputs["logits"] - reference["logits"]).max())
+
+def broken(outputs, reference, labels):
+    raise ValueError("no such output")
+'''
+
+
+def test_a_custom_metric_is_reported_and_gated(tmp_path: Path, tiny_recipe, run_cli) -> None:
+    (tmp_path / "metrics.py").write_text(METRIC)
+    recipe = tiny_recipe({"task": {"type": "custom", "metric": str(tmp_path / "metrics.py") + ":agreement"},
+                          "gates": {"fp32": {"max_metric_drop": 0.0}, "fp16": {"min_metric": 99.0}},
+                          "data": {"preprocess": {"size": [16, 16]},
+                                   "evaluation": {"path": str(tmp_path / "images"), "labels": "folders", "batch_size": 4}}},
+                         name="custom.yaml")
+    result = run_cli("build", recipe, "--store", tmp_path / "store")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "store/tiny/0.1.0/report.json").read_text())
+    artifact = next(a for a in report["artifacts"] if a["target"] == "openvino-fp16")
+    assert artifact["task_metric"]["name"] == "agreement" and artifact["task_metric"]["value"] == 100.0
+    # labels reached the metric; values are sample-weighted means over batches of 4 and 2
+    assert artifact["task_metric"]["label_free"]["labelled"] == pytest.approx((4 * 4 + 2 * 2) / 6)
+    assert 0.0 < artifact["task_metric"]["label_free"]["abs_error"] < 0.01
+    assert {g["gate"] for g in artifact["gates"]} >= {"min_metric"}
+
+
+def test_a_lower_is_better_custom_metric_fails_its_gate(tmp_path: Path, tiny_recipe, run_cli) -> None:
+    (tmp_path / "metrics.py").write_text(METRIC)
+    recipe = tiny_recipe({"task": {"type": "custom", "metric": str(tmp_path / "metrics.py") + ":error",
+                                   "higher_is_better": False},
+                          "gates": {"fp16": {"min_metric": 1e-9}}}, name="lower.yaml")
+    result = run_cli("build", recipe, "--store", tmp_path / "store", "--reports-dir", tmp_path / "failed")
+    assert result.exit_code == 4, result.stderr
+    assert "openvino-fp16: min_metric:" in result.stderr
+
+
+def test_a_failing_custom_metric_names_itself(tmp_path: Path, tiny_recipe, run_cli) -> None:
+    (tmp_path / "metrics.py").write_text(METRIC)
+    recipe = tiny_recipe({"task": {"type": "custom", "metric": str(tmp_path / "metrics.py") + ":broken"}, "gates": None},
+                         name="broken.yaml")
+    result = run_cli("build", recipe, "--store", tmp_path / "store")
+    assert result.exit_code == 3, result.stderr
+    assert "metrics.py:broken: the metric function failed: ValueError: no such output" in result.stderr
