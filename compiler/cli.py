@@ -25,8 +25,10 @@ def _stderr(message: str) -> None:
 
 
 def _fail(error: ModelcError, debug: bool) -> None:
-    if debug:
-        raise error
+    if debug:  # the whole story, causes included, and still the documented exit code
+        import traceback
+
+        traceback.print_exception(error)
     prefix = click.style("error:", fg="red", bold=True)
     if isinstance(error, RecipeError):
         for problem in error.problems:

@@ -161,7 +161,7 @@ class DataReader:
         except InputError:
             raise
         except Exception as exc:
-            raise InputError(f"{where}: the data function failed: {type(exc).__name__}: {exc}") from None
+            raise InputError(f"{where}: the data function failed: {type(exc).__name__}: {exc}") from exc
 
     def _array_length(self, path: Path) -> int:
         if self.dataset.format == "npy":
@@ -180,13 +180,13 @@ class DataReader:
         try:
             return np.load(path, mmap_mode="r", allow_pickle=False)
         except Exception as exc:
-            raise InputError(f"{path}: not a readable .npy file ({exc})") from None
+            raise InputError(f"{path}: not a readable .npy file ({exc})") from exc
 
     def _load_npz(self, path: Path) -> dict[str, np.ndarray]:
         try:
             archive = np.load(path, allow_pickle=False)
         except Exception as exc:
-            raise InputError(f"{path}: not a readable .npz file ({exc})") from None
+            raise InputError(f"{path}: not a readable .npz file ({exc})") from exc
         names = [spec.name for spec in self.inputs]
         missing = [n for n in names if n not in archive.files]
         if missing:
@@ -246,7 +246,7 @@ class DataReader:
                 with Image.open(path) as image:
                     tensor, placement = preprocess_image(image, self.preprocess)
             except (UnidentifiedImageError, OSError, ValueError) as exc:
-                raise InputError(f"{path}: cannot decode this image ({exc}): replace or remove the file") from None
+                raise InputError(f"{path}: cannot decode this image ({exc}): replace or remove the file") from exc
             tensors.append(tensor)
             sources.append(str(path))
             if self.dataset.labels == "folders":

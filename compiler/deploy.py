@@ -62,7 +62,7 @@ def pull(store: Store, name: str, version: str, destination: Path, trust: Trust,
         _check_identity(staging, name, version)
     except VerificationError as exc:
         shutil.rmtree(staging, ignore_errors=True)  # never keep what failed verification
-        raise type(exc)(f"{name}:{version}: " + exc.message.replace(f"{staging}/", "").replace(f"{staging}: ", "")) from None
+        raise type(exc)(f"{name}:{version}: " + exc.message.replace(f"{staging}/", "").replace(f"{staging}: ", "")) from exc
     _remove_leftovers(staging)
     try:
         if destination.exists():
@@ -70,7 +70,7 @@ def pull(store: Store, name: str, version: str, destination: Path, trust: Trust,
         os.rename(staging, destination)
     except OSError as exc:
         raise InputError(f"{destination}: cannot move the verified release into place ({exc.strerror or exc}); "
-                         f"it is complete in {staging}") from None
+                         f"it is complete in {staging}") from exc
     files = sorted(str(p.relative_to(destination)) for p in destination.rglob("*") if p.is_file())
     return Pulled(destination, files)
 
@@ -84,7 +84,7 @@ def verify_folder(folder: Path, trust: Trust, expected: set[str] | None = None) 
         try:
             verify_release(folder, trust)
         except SignatureError as exc:
-            raise SignatureError(_diagnosis(folder, trust) or str(exc)) from None
+            raise SignatureError(_diagnosis(folder, trust) or str(exc)) from exc
         return
     signed = verified_digests(folder / SIGNATURE_FILE, trust)
     problems = _mismatches(folder, signed, only=expected | {"manifest.json"})  # missing files included

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from compiler.cache import Cache, CacheEntry, cache_key
-from compiler.errors import ModelcError
+from compiler.errors import ModelcError, first_line
 from compiler.steps import KEY_FORMAT, Step, StepInputs
 
 if TYPE_CHECKING:
@@ -234,7 +234,7 @@ class Engine:
 
     def _fail(self, step: Step, error: BaseException, summary: RunSummary) -> None:
         summary.failed[step.id] = error
-        self.log.done(step.id, f"✗ {step.id} failed: {_message(error).splitlines()[0] if _message(error) else ''}")
+        self.log.done(step.id, f"✗ {step.id} failed: {first_line(RuntimeError(_message(error)), 500)}")
 
     def _fresh_processes(self) -> ProcessPoolExecutor:
         with self._pool_lock:

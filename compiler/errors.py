@@ -20,6 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message, or its type name when it has none."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[0] if lines else type(error).__name__)[:limit]
+
+
 class ModelcError(Exception):
     """Base class of every error a user can act on."""
 

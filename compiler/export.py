@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from compiler.data import example_inputs
-from compiler.errors import CompileError, InputError
+from compiler.errors import CompileError, InputError, first_line
 from compiler.recipe import ExportOptions, TensorSpec
 
 TORCH_DTYPES = {"float32": "float32", "float16": "float16", "int64": "int64", "int32": "int32", "uint8": "uint8"}
@@ -30,9 +30,9 @@ def check_model_accepts_inputs(model: Any, inputs: tuple[TensorSpec, ...], outpu
         with torch.no_grad():
             result = model(*tensors)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise InputError(f"the model does not accept the declared inputs {declared}: {first}; "
-                         "fix model.inputs[].shape to the shape the model expects") from None
+                         "fix model.inputs[].shape to the shape the model expects") from exc
     got = len(result) if isinstance(result, (tuple, list)) else 1
     if got != len(outputs):
         raise InputError(f"the model returns {got} output(s) but model.outputs names {len(outputs)} "
@@ -134,7 +134,7 @@ def simplify_onnx(source: Path, destination: Path) -> None:
     try:
         simplified, ok = onnxsim.simplify(model)
     except Exception as exc:
-        raise CompileError(f"onnxsim failed on {source.name}: {exc}; set export.simplify: false to skip it") from None
+        raise CompileError(f"onnxsim failed on {source.name}: {exc}; set export.simplify: false to skip it") from exc
     if not ok:
         raise CompileError("onnxsim's check says the simplified graph differs from the original; "
                            "set export.simplify: false to skip simplification")

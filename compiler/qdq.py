@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from compiler.errors import BackendUnavailable, CompileError, InputError, ModelcError
+from compiler.errors import BackendUnavailable, CompileError, InputError, ModelcError, first_line
 from compiler.recipe import Quantization, TensorSpec
 
 INSTALL_HINT = "pip install 'modelc[modelopt]'"
@@ -33,7 +33,7 @@ def _modelopt_quantize() -> Callable[..., None]:
     except ImportError as exc:
         raise BackendUnavailable(
             f"Q/DQ INT8 (onnxruntime/tensorrt int8) needs NVIDIA ModelOpt's ONNX quantizer, which is not installed "
-            f"({exc.msg.splitlines()[0]}): run {INSTALL_HINT}") from None
+            f"({exc.msg.splitlines()[0]}): run {INSTALL_HINT}") from exc
     return quantize
 
 
@@ -119,7 +119,7 @@ def quantize_qdq(onnx_model: Path, inputs: tuple[TensorSpec, ...], feeds: Callab
         raise
     except Exception as exc:
         raise CompileError(f"ModelOpt Q/DQ quantization of {onnx_model.name} failed: "
-                           f"{str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}") from None
+                           f"{first_line(exc)}") from exc
     if not destination.is_file():
         raise CompileError(f"ModelOpt wrote no Q/DQ graph for {onnx_model.name}")
     return {"method": "NVIDIA ModelOpt ONNX post-training quantization (Q/DQ, int8 weights per channel)",

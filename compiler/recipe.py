@@ -243,7 +243,7 @@ def _parse(path: Path, text: str) -> tuple[_Located, list[RecipeProblem]]:
         mark = getattr(exc, "problem_mark", None)
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         problem = getattr(exc, "problem", None) or str(exc)
-        raise RecipeError([RecipeProblem(str(path), line, column, "", f"not valid YAML: {problem}")]) from None
+        raise RecipeError([RecipeProblem(str(path), line, column, "", f"not valid YAML: {problem}")]) from exc
     located = _Located(data, {}, {})
     raw_problems: list[tuple[tuple[int, int], str, str]] = []
     if node is not None:
@@ -452,7 +452,7 @@ def load_recipe(path: Path, passed_schema_memo: Path | None = None) -> Recipe:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise InputError(f"{path}: cannot read the recipe ({exc.strerror}): check the path") from None
+        raise InputError(f"{path}: cannot read the recipe ({exc.strerror}): check the path") from exc
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

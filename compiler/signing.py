@@ -117,7 +117,7 @@ def sign_release(release: Path, signer: Signer) -> Path:
         except Exception as exc:
             raise SignatureError(f"signing with {signer.describe()} failed: {_reason(exc)}"
                                  + (" (model-signing signs with ECDSA keys only: make one with `modelc keygen`)"
-                                    if "curve" in str(exc) else "")) from None
+                                    if "curve" in str(exc) else "")) from exc
     return destination
 
 
@@ -165,7 +165,7 @@ def verify_release(release: Path, trust: Trust) -> None:
     try:
         config.verify(release, signature)
     except Exception as exc:
-        raise SignatureError(f"{release}: verification with {trust.describe()} failed: {_reason(exc)}") from None
+        raise SignatureError(f"{release}: verification with {trust.describe()} failed: {_reason(exc)}") from exc
     if trust.certificate_chain:
         _check_certificate_identity(signature, trust)
 
@@ -181,7 +181,7 @@ def verified_digests(signature: Path, trust: Trust) -> dict[str, str]:
         reader = sigstore_bundle.Signature if trust.sigstore_identity else sigstore_pb.Signature
         manifest = config._verifier.verify(reader.read(signature))  # model-signing 1.1: no public per-file API
     except Exception as exc:
-        raise SignatureError(f"{signature}: verification with {trust.describe()} failed: {_reason(exc)}") from None
+        raise SignatureError(f"{signature}: verification with {trust.describe()} failed: {_reason(exc)}") from exc
     if trust.certificate_chain:
         _check_certificate_identity(signature, trust)
     return {descriptor.identifier: descriptor.digest.digest_hex for descriptor in manifest.resource_descriptors()}

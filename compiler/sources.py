@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from compiler.errors import InputError
+from compiler.errors import InputError, first_line
 from compiler.recipe import ModelSource
 
 
@@ -43,7 +43,7 @@ def resolve_factory(spec: str, base_dir: Path, key: str = "model.factory") -> Ca
             module = importlib.import_module(location)
         except ImportError as exc:
             raise InputError(f"{key} '{spec}': cannot import '{location}' ({exc}): "
-                             "install the package or give a path to a .py file") from None
+                             "install the package or give a path to a .py file") from exc
     factory = getattr(module, function, None)
     if not callable(factory):
         raise InputError(f"{key} '{spec}': '{location}' has no callable '{function}'")
@@ -62,18 +62,27 @@ def load_torch_model(source: ModelSource) -> Any:
             module = torch.jit.load(str(source.path), map_location="cpu")
         except Exception as exc:
             raise InputError(f"{source.path}: not a TorchScript file torch.jit.load can read ({exc}); "
-                             "save it with torch.jit.save") from None
+                             "save it with torch.jit.save") from exc
         return module.eval()
     assert source.kind == "torch" and source.factory and source.weights
     factory = resolve_factory(source.factory, source.base_dir)
     try:
         model = factory(**dict(source.factory_args))
+    except SystemExit as exc:  # a factory that ends the process is an input problem, not a green build
+        raise InputError(f"model.factory '{source.factory}' called sys.exit({exc.code!r}) instead of returning a model: "
+                         "remove the exit from the factory") from exc
     except Exception as exc:
-        raise InputError(f"model.factory '{source.factory}' raised {type(exc).__name__}: {exc}") from exc
+        raise InputError(f"model.factory '{source.factory}' raised {type(exc).__name__}: {first_line(exc)}") from exc
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"model.factory '{source.factory}' returned {type(model).__name__}, not a torch.nn.Module")
     state = load_state_dict(source.weights)
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # tensors of other sizes: weights of another variant of the model
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()][:2]  # the header, then the first tensor
+        raise InputError(f"{source.weights}: the weights do not fit the model from '{source.factory}' "
+                         f"({' '.join(lines)[:400] or type(exc).__name__}): check model.factory_args and that the weights belong to this "
+                         "model") from exc
     if result.missing_keys or result.unexpected_keys:
         details = []
         if result.missing_keys:
@@ -93,9 +102,8 @@ def load_state_dict(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{path}: not a state_dict that torch.load(weights_only=True) can read ({first[:200]}); "
-                         "save it with torch.save(model.state_dict(), path)") from None
+        raise InputError(f"{path}: not a state_dict that torch.load(weights_only=True) can read ({first_line(exc, 200)}); "
+                         "save it with torch.save(model.state_dict(), path)") from exc
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise InputError(f"{path}: holds a {type(state).__name__}, not a state_dict; "
                          "save it with torch.save(model.state_dict(), path)")

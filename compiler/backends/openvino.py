@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from compiler.backends import Backend, CompileRequest, Runner, pick, require, write_quantization_notes
-from compiler.errors import CompileError, ModelcError
+from compiler.errors import CompileError, ModelcError, first_line
 from compiler.recipe import TensorSpec
 
 
@@ -51,7 +51,7 @@ class OpenVinoBackend(Backend):
         try:
             model = ov.convert_model(str(request.onnx_model))
         except Exception as exc:
-            raise CompileError(f"OpenVINO could not convert {request.onnx_model.name}: {exc}") from None
+            raise CompileError(f"OpenVINO could not convert {request.onnx_model.name}: {exc}") from exc
         files = [xml, xml.with_suffix(".bin")]
         if request.target.precision == "int8":
             model, notes = self._quantize(model, request)
@@ -92,7 +92,7 @@ class OpenVinoBackend(Backend):
         except ModelcError:  # e.g. bad calibration data: its own message and exit code
             raise
         except Exception as exc:
-            raise CompileError(f"NNCF quantization failed: {str(exc).splitlines()[0][:300]}") from None
+            raise CompileError(f"NNCF quantization failed: {first_line(exc)}") from exc
         notes["calibration_samples"] = min(samples.seen, options.subset_size)
         return quantized, notes
 

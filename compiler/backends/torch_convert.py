@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from compiler.data import example_inputs
-from compiler.errors import CompileError
+from compiler.errors import CompileError, first_line
 from compiler.recipe import TensorSpec
 
 
@@ -28,9 +28,9 @@ def export_torchscript(model: Any, inputs: tuple[TensorSpec, ...], mode: str, de
             module = torch.jit.freeze(module.eval()) if not isinstance(model, torch.jit.ScriptModule) else module
             torch.jit.save(module, str(destination))
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 400)
         other = "trace" if mode == "script" else "script"
-        raise CompileError(f"TorchScript {mode} failed: {first}; try mode: {other} on the torchscript target") from None
+        raise CompileError(f"TorchScript {mode} failed: {first}; try mode: {other} on the torchscript target") from exc
     pin_serialization_id(destination)
 
 

@@ -45,7 +45,7 @@ class LocalStore(Store):
             existing = self._existing_digest(final)
             if existing is not None:
                 return self._same_or_refuse(final, name, version, existing, content_digest)
-            raise StoreError(f"{final}: cannot write the release ({exc.strerror or exc}): check the store folder") from None
+            raise StoreError(f"{final}: cannot write the release ({exc.strerror or exc}): check the store folder") from exc
         return PushResult(str(final), created=True)
 
     @staticmethod

@@ -164,7 +164,7 @@ class OciStore(Store):
             except (requests.ConnectionError, requests.Timeout) as exc:
                 if attempt == RETRIES - 1:
                     raise StoreError(f"{self.url}: {method} {_path_of(full)} failed after {RETRIES} attempts: "
-                                     f"{type(exc).__name__}") from None
+                                     f"{type(exc).__name__}") from exc
                 time.sleep(delay)
                 delay *= 2
                 continue

@@ -100,12 +100,36 @@ def test_typo_in_recipe_exits_2_before_any_work(tmp_path: Path, tiny_recipe, run
     assert "export.opsett: unknown key 'opsett': did you mean 'opset'?" in result.stderr
 
 
-def test_debug_shows_the_traceback(tmp_path: Path, tiny_recipe, run_cli) -> None:
-    from compiler.errors import InputError
-
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(tmp_path: Path, tiny_recipe, run_cli_process) -> None:
     recipe = tiny_recipe({"model": {**yaml.safe_load(tiny_recipe().read_text())["model"], "weights": str(tmp_path / "x.pt")}})
-    with pytest.raises(InputError):
-        run_cli("build", recipe, "--store", tmp_path / "store", "--debug")
+    result = run_cli_process("build", recipe, "--store", tmp_path / "store", "--debug")
+    assert result.returncode == 3, result.stderr
+    assert "Traceback (most recent call last)" in result.stderr and "InputError" in result.stderr
+    assert "the weights file does not exist: fix model.weights" in result.stderr.splitlines()[-1]
+
+
+def test_a_factory_that_exits_is_an_input_error_naming_it(tmp_path: Path, tiny_recipe, run_cli_process) -> None:
+    (tmp_path / "exits.py").write_text("import sys\ndef build_model():\n    sys.exit(0)\n")
+    recipe = tiny_recipe({"model": {**yaml.safe_load(tiny_recipe().read_text())["model"],
+                                    "factory": str(tmp_path / "exits.py") + ":build_model"}}, name="exits.yaml")
+    result = run_cli_process("build", recipe, "--store", tmp_path / "store")
+    assert result.returncode == 3, result.stderr
+    assert "exits.py:build_model' called sys.exit(0) instead of returning a model" in result.stderr
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
+
+
+def test_weights_of_another_size_are_an_input_error(tmp_path: Path, tiny_recipe, run_cli) -> None:
+    import torch
+
+    model = yaml.safe_load(tiny_recipe().read_text())["model"]
+    state = torch.load(model["weights"], weights_only=True)
+    name = next(iter(state))
+    state[name] = torch.zeros(*(d + 1 for d in state[name].shape))
+    torch.save(state, tmp_path / "other.pt")
+    recipe = tiny_recipe({"model": {**model, "weights": str(tmp_path / "other.pt")}}, name="other.yaml")
+    result = run_cli("build", recipe, "--store", tmp_path / "store")
+    assert result.exit_code == 3, result.stderr
+    assert "other.pt: the weights do not fit the model" in result.stderr and "size mismatch" in result.stderr
 
 
 def test_onnx_and_torchscript_sources(tmp_path: Path, tiny_recipe, run_cli) -> None:
