@@ -7,6 +7,7 @@ key path, so one run of `modelc validate` shows the whole list.
 from __future__ import annotations
 
 import difflib
+import math
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -235,9 +236,41 @@ def _key_path(path: tuple[Any, ...]) -> str:
     return out
 
 
+MAX_EXPANDED_NODES = 100_000  # a recipe is a page; aliases may not blow it up ("billion laughs")
+
+
+def _expanded_size(node: yaml.Node | None) -> int:
+    """Nodes the document would have with every alias expanded, counted without expanding: the
+    composed tree shares one node object per anchor, so sizes are memoised by identity."""
+    sizes: dict[int, int] = {}
+
+    def size(current: yaml.Node) -> int:
+        if id(current) in sizes:
+            return sizes[id(current)]
+        sizes[id(current)] = MAX_EXPANDED_NODES + 1  # a cycle counts as too big
+        children: list[yaml.Node] = []
+        if isinstance(current, yaml.MappingNode):
+            children = [part for pair in current.value for part in pair]
+        elif isinstance(current, yaml.SequenceNode):
+            children = list(current.value)
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_EXPANDED_NODES:
+                break
+        sizes[id(current)] = total
+        return total
+
+    return 0 if node is None else size(node)
+
+
 def _parse(path: Path, text: str) -> tuple[_Located, list[RecipeProblem]]:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if _expanded_size(node) > MAX_EXPANDED_NODES:
+            raise RecipeError([RecipeProblem(str(path), 1, 1, "", f"the YAML expands to more than {MAX_EXPANDED_NODES:,} "
+                                             "nodes through its aliases (&anchor / *alias): write the recipe out without "
+                                             "nested aliases")])
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -306,6 +339,17 @@ SUPPORTED_PRECISIONS = {
 }
 
 
+def _not_finite(value: Any, at: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], float]]:
+    """Every .nan / .inf in the document (JSON Schema's minimum and maximum let NaN through)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [(at, value)]
+    if isinstance(value, dict):
+        return [found for key, item in value.items() for found in _not_finite(item, at + (key,))]
+    if isinstance(value, list):
+        return [found for index, item in enumerate(value) for found in _not_finite(item, at + (index,))]
+    return []
+
+
 def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
     """Rules JSON Schema cannot say clearly: combinations of keys."""
     data = located.data
@@ -314,6 +358,9 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
     def add(at: tuple[Any, ...], message: str) -> None:
         line, column = located.value_marks.get(at, located.value_marks.get(at[:-1], (1, 1)))
         problems.append(RecipeProblem(str(path), line, column, _key_path(at), message))
+
+    for at, value in _not_finite(data):
+        add(at, f"{value} is not a number a gate or setting can use: write a finite number")
 
     model = data.get("model", {})
     source = model.get("source")
@@ -485,7 +532,8 @@ def _to_recipe(path: Path, digest: str, data: dict[str, Any]) -> Recipe:
     model = data["model"]
     source = ModelSource(
         kind=model["source"],
-        inputs=tuple(TensorSpec(i["name"], tuple(i["shape"]), i.get("dtype", "float32")) for i in model["inputs"]),
+        inputs=tuple(TensorSpec(i["name"], tuple(d if isinstance(d, str) else int(d) for d in i["shape"]),
+                                i.get("dtype", "float32")) for i in model["inputs"]),
         outputs=tuple(model["outputs"]),
         factory=model.get("factory"),
         factory_args=tuple(sorted(model.get("factory_args", {}).items())),
@@ -498,7 +546,7 @@ def _to_recipe(path: Path, digest: str, data: dict[str, Any]) -> Recipe:
     preprocess = None
     if "preprocess" in data_section:
         spec = dict(data_section["preprocess"])
-        height, width = spec.pop("size")
+        height, width = (int(v) for v in spec.pop("size"))
         if isinstance(spec.get("scale"), str):  # "1/255", as the docs write it
             spec["scale"] = 1.0 / float(spec["scale"].split("/")[1])
         for key in ("mean", "std"):
@@ -514,9 +562,10 @@ def _to_recipe(path: Path, digest: str, data: dict[str, Any]) -> Recipe:
         location, function = str(entry["path"]), None
         if data_format == "python":
             location, _, function = location.rpartition(":")
+        samples = entry.get("samples")  # YAML may write integers as 1.0e+3: the schema accepts them, Python wants ints
         return Dataset(path=base / location, format=data_format, labels=entry.get("labels", "none"),
-                       samples=entry.get("samples"), batch_size=entry.get("batch_size", 16),
-                       shuffle=entry.get("shuffle", False), seed=entry.get("seed", 0), function=function)
+                       samples=None if samples is None else int(samples), batch_size=int(entry.get("batch_size", 16)),
+                       shuffle=entry.get("shuffle", False), seed=int(entry.get("seed", 0)), function=function)
 
     task_data = dict(data.get("task", {"type": "generic"}))
     task_data["classes"] = tuple(task_data.get("classes", ()))

@@ -197,3 +197,44 @@ def test_preprocess_size_must_match_a_fixed_input_shape(tmp_path: Path) -> None:
                or "data.preprocess.size: size [32, 48] does not match model.inputs[0].shape ['batch', 3, 8, 8]" in p
                for p in found), found
     assert any("(height 8, width 8): make them agree" in p for p in found)
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path: Path) -> None:
+    import time
+
+    levels = "".join(f"{chr(98 + i)}: &{chr(98 + i)} [{','.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8))
+    path = tmp_path / "bomb.yaml"
+    path.write_text("a: &a [x,x,x,x,x,x,x,x,x]\n" + levels)  # ~300 bytes, 9^9 nodes expanded
+    started = time.perf_counter()
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    assert time.perf_counter() - started < 5  # generous: it takes milliseconds; expanding takes minutes and GBs
+    assert "expands to more than 100,000 nodes through its aliases" in str(caught.value.problems[0])
+
+
+def test_a_few_aliases_are_fine(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(GOOD + "gates:\n  fp32: &tight {min_cosine: 0.999}\n  fp16: *tight\n")
+    assert load_recipe(path).gate_for("fp16").min_cosine == 0.999
+
+
+@pytest.mark.parametrize("extra,message", [
+    ("gates:\n  fp32: {min_cosine: .nan}\n", "gates.fp32.min_cosine: nan is not a number a gate or setting can use"),
+    ("gates:\n  fp32: {max_abs_error: .inf}\n", "gates.fp32.max_abs_error: inf is not a number"),
+])
+def test_nan_and_infinity_are_refused(tmp_path: Path, extra: str, message: str) -> None:
+    found = problems_of(tmp_path, GOOD + extra)
+    assert any(message in p for p in found), found
+
+
+def test_integers_written_as_floats_become_integers(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(GOOD + "data:\n  preprocess: {size: [8.0, 8]}\n  evaluation: {path: imgs, batch_size: 1.0e+2, samples: 4.0}\n")
+    recipe = load_recipe(path)
+    assert recipe.evaluation.batch_size == 100 and isinstance(recipe.evaluation.batch_size, int)
+    assert recipe.evaluation.samples == 4 and recipe.preprocess.height == 8 and isinstance(recipe.preprocess.height, int)
+
+
+def test_absurd_dimensions_are_refused_up_front(tmp_path: Path) -> None:
+    found = problems_of(tmp_path, GOOD.replace("shape: [batch, 3, 8, 8]", "shape: [batch, 3, 1000000000000, 8]"))
+    assert any("model.inputs[0].shape[2]" in p for p in found), found
