@@ -24,6 +24,8 @@ from compiler.manifest import sha256_file
 
 CACHE_FORMAT_VERSION = 1
 ENTRY_FILE = "entry.json"
+SCRATCH_PREFIXES = {"build", "release", "data"}  # temporary folders a build makes under the cache root
+STALE_SECONDS = 3600  # no build keeps a scratch folder untouched this long
 
 
 def cache_key(material: dict[str, Any]) -> str:
@@ -47,6 +49,11 @@ class CacheEntry:
 
 class Cache:
     def __init__(self, root: Path) -> None:
+        from compiler.errors import InputError
+
+        if root.exists() and not root.is_dir():
+            raise InputError(f"{root}: the step cache must be a folder, and this is a file: give --cache (or "
+                             "MODELC_CACHE) a folder")
         self.root = root
 
     def _entry_path(self, key: str) -> Path:
@@ -65,11 +72,13 @@ class Cache:
             return None, "not in cache"
         try:
             record = json.loads((path / ENTRY_FILE).read_text())
+            if not isinstance(record, dict) or not isinstance(record.get("files"), dict) or "created" not in record:
+                raise ValueError(f"{ENTRY_FILE} is not an entry record")
             files: dict[str, str] = record["files"]
             for name, digest in files.items():
                 if sha256_file(path / name) != digest:
                     raise ValueError(f"{name} changed")
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             self._drop(path)
             return None, f"cache entry was corrupted ({exc}); dropped"
         return self._entry(path, record), ""
@@ -123,9 +132,9 @@ class Cache:
             for path in sorted(shard.iterdir()):
                 try:
                     record = json.loads((path / ENTRY_FILE).read_text())
-                except (OSError, ValueError):
-                    continue
-                found.append(self._entry(path, record))
+                    found.append(self._entry(path, record))
+                except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                    continue  # not an entry (a damaged one is dropped when a build next reads it)
         return found
 
     def gc(self, keep_days: float) -> tuple[int, int]:
@@ -138,11 +147,12 @@ class Cache:
                     self._drop(entry.path)
                 removed += 1
                 freed += entry.size
-        tmp = self.root / "tmp"
-        if tmp.is_dir():
-            for stale in tmp.iterdir():
-                if stale.stat().st_mtime < time.time() - 3600:
-                    shutil.rmtree(stale, ignore_errors=True)
+        stale_scratch = [p for p in (self.root / "tmp").glob("*")] if (self.root / "tmp").is_dir() else []
+        # a killed build's scratch folders (build-*, release-*, data-*): nothing else writes there
+        stale_scratch += [p for p in self.root.glob("*") if p.is_dir() and p.name.split("-")[0] in SCRATCH_PREFIXES]
+        for stale in stale_scratch:
+            if stale.stat().st_mtime < time.time() - STALE_SECONDS:
+                shutil.rmtree(stale, ignore_errors=True)
         return removed, freed
 
     def _drop(self, path: Path) -> None:

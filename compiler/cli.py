@@ -192,7 +192,7 @@ def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool
         return
     loaded_recipe = _guarded(debug, lambda: load_recipe(recipe))
     the_plan = make_plan(loaded_recipe)
-    cache = Cache(Path(cache_dir))
+    cache = _guarded(debug, lambda: Cache(Path(cache_dir)))
     status = _guarded(debug, lambda: Engine(cache, BuildLog()).dry_run(the_plan.steps, Fingerprints(cache)))
     rows = [(s.id, s.kind, list(s.needs), s.description, status[s.id]) for s in the_plan.steps]
     rows.append((RELEASE_STEP, "release", [s.id for s in the_plan.steps if s.kind in ("verify", "latency")],
@@ -285,7 +285,7 @@ def cache_ls(cache_dir: Path) -> None:
 
     from compiler.cache import Cache
 
-    entries = Cache(Path(cache_dir)).entries()
+    entries = _guarded(False, lambda: Cache(Path(cache_dir)).entries())
     for entry in sorted(entries, key=lambda e: e.created):
         age_h = (time.time() - entry.created) / 3600
         click.echo(f"{entry.key[:12]}  {entry.step:<28} {_size(entry.size):>10}  {age_h:7.1f} h")
@@ -299,7 +299,7 @@ def cache_gc(keep_days: float, cache_dir: Path) -> None:
     """Remove old cache entries."""
     from compiler.cache import Cache
 
-    removed, freed = Cache(Path(cache_dir)).gc(keep_days)
+    removed, freed = _guarded(False, lambda: Cache(Path(cache_dir)).gc(keep_days))
     click.echo(f"removed {removed} entries, freed {_size(freed)}")
 
 

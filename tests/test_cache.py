@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from compiler.cache import Cache, cache_key
 
 
@@ -53,3 +55,36 @@ def test_ls_and_gc(tmp_path: Path) -> None:
     removed, freed = cache.gc(keep_days=7)
     assert (removed, freed) == (1, 3)
     assert [e.step for e in cache.entries()] == ["simplify"]
+
+
+@pytest.mark.parametrize("record", ["[]", "{}", '{"files": []}', '{"files": {"a": 1}}', "not json"])
+def test_an_entry_record_of_the_wrong_shape_is_dropped(tmp_path: Path, record: str) -> None:
+    cache = Cache(tmp_path / "cache")
+    key = cache_key({"shape": record})
+    entry = cache.put(key, "export", produced(tmp_path, b"data"))
+    (entry.path / "entry.json").write_text(record)
+    found, reason = cache.get(key)
+    assert found is None and "dropped" in reason
+    assert cache.entries() == [] and not entry.path.exists()
+
+
+def test_a_cache_path_that_is_a_file_is_an_input_error(tmp_path: Path) -> None:
+    from compiler.errors import InputError
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="the step cache must be a folder"):
+        Cache(tmp_path / "file")
+
+
+def test_gc_removes_a_killed_builds_scratch_folders(tmp_path: Path) -> None:
+    import os
+    import time
+
+    cache = Cache(tmp_path / "cache")
+    old, fresh = tmp_path / "cache/build-abc", tmp_path / "cache/release-x-def"
+    for folder in (old, fresh):
+        (folder / "inner").mkdir(parents=True)
+    hours_ago = time.time() - 2 * 3600
+    os.utime(old, (hours_ago, hours_ago))
+    cache.gc(keep_days=30)
+    assert not old.exists() and fresh.exists()  # a running build's scratch stays
