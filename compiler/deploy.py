@@ -1,21 +1,22 @@
 """What deploy stages run: pull a release (or one target of it) from any store, verify it, and
 only then move it into place; or verify a release already on disk.
 
-A pull downloads into a staging folder beside the destination (`.modelc-pull-NAME-VERSION`, kept
-after a dropped connection so the next pull resumes), checks every file against the signature
+A pull downloads into a staging folder beside the destination (`.modelc-pull-NAME-VERSION-DEST`,
+kept after a dropped connection so the next pull resumes; a file lock keeps two pulls apart), checks every file against the signature
 and the release's own name and version, and renames the folder into place. Any failure of
 verification deletes the staging folder and leaves the destination untouched.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from compiler.errors import InputError, VerificationError
-from compiler.manifest import SIGNATURE_FILE, read_manifest, sha256_file
+from compiler.manifest import SIGNATURE_FILE, read_manifest, safe_relative_path, sha256_file
 from compiler.signing import SignatureError, Trust, verified_digests, verify_release
 from compiler.stores import Store
 
@@ -49,7 +50,18 @@ def pull(store: Store, name: str, version: str, destination: Path, trust: Trust,
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
         raise InputError(f"{destination}: exists and is not an empty folder: give a new or empty --dest")
     destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = destination.parent / f".modelc-pull-{name}-{version}"
+    # One staging folder per destination (a dropped download resumes there); pulls into one parent
+    # folder take turns (a lock on the folder itself, so nothing is left behind): two pulls of one
+    # release into different folders never share a staging folder, two into the same one never race.
+    staging = destination.parent / f".modelc-pull-{name}-{version}-{destination.name}"
+    with _locked(destination.parent):
+        if destination.exists() and any(destination.iterdir()):
+            raise InputError(f"{destination}: another pull filled it meanwhile: give a new or empty --dest")
+        _fetch_verified(store, name, version, staging, trust, target)
+        return _move_into_place(staging, destination)
+
+
+def _fetch_verified(store: Store, name: str, version: str, staging: Path, trust: Trust, target: str | None) -> None:
     chosen: dict[str, set[str] | None] = {}
 
     def wanted(manifest: dict[str, Any]) -> set[str] | None:
@@ -63,7 +75,26 @@ def pull(store: Store, name: str, version: str, destination: Path, trust: Trust,
     except VerificationError as exc:
         shutil.rmtree(staging, ignore_errors=True)  # never keep what failed verification
         raise type(exc)(f"{name}:{version}: " + exc.message.replace(f"{staging}/", "").replace(f"{staging}: ", "")) from exc
+    except InputError:
+        shutil.rmtree(staging, ignore_errors=True)  # e.g. an unknown --target: nothing worth resuming
+        raise
     _remove_leftovers(staging)
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on a folder (flock on its descriptor), released by the OS if we die."""
+    import fcntl
+
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def _move_into_place(staging: Path, destination: Path) -> Pulled:
     try:
         if destination.exists():
             destination.rmdir()
@@ -85,6 +116,7 @@ def verify_folder(folder: Path, trust: Trust, expected: set[str] | None = None) 
             verify_release(folder, trust)
         except SignatureError as exc:
             raise SignatureError(_diagnosis(folder, trust) or str(exc)) from exc
+        _check_listed_files(folder)
         return
     signed = verified_digests(folder / SIGNATURE_FILE, trust)
     problems = _mismatches(folder, signed, only=expected | {"manifest.json"})  # missing files included
@@ -105,6 +137,21 @@ def _mismatches(folder: Path, signed: dict[str, str], only: set[str] | None = No
     problems += [f"{path} is missing" if path in signed else f"{path} is not in the signed release"
                  for path in sorted(wanted - present)]
     return problems
+
+
+def _check_listed_files(folder: Path) -> None:
+    """The signed manifest's file list must name files inside the release that are there and match:
+    a signature over the present files does not vouch for what the manifest claims besides."""
+    problems = []
+    for entry in read_manifest(folder).get("files", []):
+        path = str(entry.get("path", "")) if isinstance(entry, dict) else ""
+        relative = safe_relative_path(path)
+        if not (folder / relative).is_file():
+            problems.append(f"the manifest lists {path}, which is missing")
+        elif sha256_file(folder / relative) != entry.get("sha256"):
+            problems.append(f"{path} differs from the sha256 its manifest lists")
+    if problems:
+        raise VerificationError(f"{folder}: " + "; ".join(problems))
 
 
 def _diagnosis(folder: Path, trust: Trust) -> str | None:

@@ -16,6 +16,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from compiler.errors import VerificationError
+
 MANIFEST_FORMAT_VERSION = 2  # 2: deploy settings per artifact, build machine, data roles
 CHUNK = 1024 * 1024
 TOOLCHAIN_PACKAGES = ("modelc", "torch", "onnx", "onnxsim", "onnxruntime", "openvino", "numpy")
@@ -125,4 +127,22 @@ def build_manifest(*, name: str, version: str, recipe_file: Path, recipe_digest:
 
 
 def read_manifest(release_dir: Path) -> dict[str, Any]:
-    return json.loads((release_dir / "manifest.json").read_text())
+    """A release's manifest.json; one that is not a JSON object is a release to refuse."""
+    path = release_dir / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise VerificationError(f"{path}: not a readable JSON manifest ({exc}): refused") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files", []), list):
+        raise VerificationError(f"{path}: not a modelc manifest (expected an object with a files list): refused")
+    return manifest
+
+
+def safe_relative_path(name: str) -> Path:
+    """A release file name that stays inside its folder: no absolute paths, `..`, or odd parts."""
+    path = Path(name)
+    if not name or name.startswith(("/", "\\")) or "\\" in name or path.is_absolute() \
+            or any(part in ("", ".", "..") for part in name.split("/")):
+        raise VerificationError(f"refused file name {name!r}: it would escape the destination folder")
+    return path
+

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from compiler.errors import StoreError, VerificationError
-from compiler.stores.oci import OciStore, safe_relative_path
+from compiler.manifest import safe_relative_path
+from compiler.stores.oci import OciStore
 from tests.services.faulty_proxy import SECRET, TOKEN, USER, Faults, start_proxy
 
 

@@ -56,7 +56,7 @@ class LocalStore(Store):
         try:
             manifest = read_manifest(final)
             manifest["content_digest"]  # a modelc manifest always has one
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, VerificationError):
             raise StoreError(f"{final}: exists but holds no readable manifest.json; "
                              "it was not written by modelc: move it away") from None
         return manifest
@@ -76,7 +76,7 @@ class LocalStore(Store):
     def fetch(self, name: str, version: str, destination: Path, wanted: Callable[[dict[str, Any]], set[str] | None]) -> None:
         """Copies regular files only; names come from the release's own manifest.json and are
         checked to stay inside the folder (verification against the signature comes after)."""
-        from compiler.stores.oci import safe_relative_path
+        from compiler.manifest import safe_relative_path
 
         source = self.release_path(name, version)
         if not (source / "manifest.json").is_file():

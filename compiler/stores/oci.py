@@ -37,7 +37,7 @@ from typing import Any, Callable
 from urllib.parse import urljoin, urlparse
 
 from compiler.errors import StoreError, VerificationError
-from compiler.manifest import SIGNATURE_FILE
+from compiler.manifest import SIGNATURE_FILE, safe_relative_path
 from compiler.stores import PushResult, Store
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
@@ -69,15 +69,6 @@ def layer_media_type(path: str) -> str:
     if suffix in (".json", ".xml", ".yaml"):
         return LAYER_WEIGHT_CONFIG
     return LAYER_WEIGHT
-
-
-def safe_relative_path(name: str) -> Path:
-    """A release file name that stays inside its folder: no absolute paths, `..`, or odd parts."""
-    path = Path(name)
-    if not name or name.startswith(("/", "\\")) or "\\" in name or path.is_absolute() \
-            or any(part in ("", ".", "..") for part in name.split("/")):
-        raise VerificationError(f"refused file name {name!r}: it would escape the destination folder")
-    return path
 
 
 @dataclass(frozen=True)
