@@ -63,6 +63,12 @@ class RecipeError(ModelcError):
         super().__init__("\n".join(lines))
 
 
+class UsageError(ModelcError):
+    """Options that cannot work together or cannot be used (e.g. a signing key that is no key)."""
+
+    exit_code = 2
+
+
 class InputError(ModelcError):
     """A file the recipe points at is missing, empty, unreadable or does not fit the model."""
 

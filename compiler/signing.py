@@ -88,10 +88,31 @@ def signer_from_options(key: Path | None, certificate_chain: Iterable[Path] = ()
     if key is not None:
         if not key.is_file():
             raise SignatureError(f"{key}: the signing key file does not exist: run `modelc keygen --out PREFIX` or fix the path")
+        _check_private_key(key.read_bytes(), str(key))
         return Signer(key=key, certificate_chain=chain)
     if os.environ.get(SIGNING_KEY_ENV):
+        _check_private_key(os.environ[SIGNING_KEY_ENV].encode(), SIGNING_KEY_ENV)
         return Signer(key_from_environment=True)
     return None
+
+
+def _check_private_key(pem: bytes, where: str) -> None:
+    """Before any build work: the key must be an unencrypted ECDSA private key in PEM (the only kind
+    model-signing signs with), or the build would fail only at its very end."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from compiler.errors import UsageError
+
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as exc:
+        hint = " (that is a public key)" if b"PUBLIC KEY" in pem else ""
+        raise UsageError(f"{where}: not an unencrypted PEM private key{hint}: give the .key file `modelc keygen` "
+                         "writes") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise UsageError(f"{where}: a {type(key).__name__.removeprefix('_')} key; model-signing signs with ECDSA "
+                         "(P-256/384/521) keys only: run `modelc keygen --out PREFIX`")
 
 
 def sign_release(release: Path, signer: Signer) -> Path:

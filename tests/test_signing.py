@@ -107,3 +107,28 @@ def test_keygen_never_overwrites_and_other_key_types_are_explained(tmp_path: Pat
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     with pytest.raises(SignatureError, match="model-signing signs with ECDSA keys only"):
         sign_release(release(tmp_path), Signer(key=ed))
+
+
+@pytest.mark.parametrize("which", ["public key file", "garbage in the environment", "an RSA key"])
+def test_an_unusable_signing_key_is_refused_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            which: str) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from compiler.errors import UsageError
+    from compiler.signing import write_key_pair
+
+    write_key_pair(tmp_path / "k")
+    key: Path | None = None
+    if which == "public key file":
+        key = tmp_path / "k.pub"
+    elif which == "garbage in the environment":
+        monkeypatch.setenv("MODELC_SIGNING_KEY", "not a key at all")
+    else:
+        key = tmp_path / "rsa.key"
+        key.write_bytes(rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    with pytest.raises(UsageError) as caught:
+        signer_from_options(key)
+    assert caught.value.exit_code == 2
+    assert {"public key file": "(that is a public key)", "garbage in the environment": "MODELC_SIGNING_KEY: not an",
+            "an RSA key": "ECDSA (P-256/384/521) keys only"}[which] in caught.value.message
