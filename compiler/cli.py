@@ -238,7 +238,6 @@ def build(recipe: Path, store_url: str, reports_dir: Path, cache_dir: Path, forc
 
     def action() -> Any:
         from compiler.progress import BuildLog, build_log
-
         from compiler.signing import signer_from_options
 
         signer = signer_from_options(signing_key, certificate_chain, sigstore)

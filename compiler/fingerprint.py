@@ -160,8 +160,7 @@ class Fingerprints:
 
 
 def _random_batches(inputs: tuple[TensorSpec, ...]) -> Iterator[Batch]:
-    from compiler.data import Batch
-    from compiler.data import example_inputs
+    from compiler.data import Batch, example_inputs
 
     arrays = example_inputs(inputs, dynamic_size=RANDOM_EVALUATION_SAMPLES, seed=1)
     if not all(isinstance(s.shape[0], str) for s in inputs):

@@ -11,7 +11,7 @@ import platform
 import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import lru_cache
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,7 @@ def content_digest(entries: list[FileEntry]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-@lru_cache(maxsize=None)
+@cache
 def package_version(name: str) -> str | None:
     """An installed distribution's version from its metadata (no import), None if absent."""
     try:

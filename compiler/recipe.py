@@ -7,9 +7,9 @@ key path, so one run of `modelc validate` shows the whole list.
 from __future__ import annotations
 
 import difflib
-import math
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources

@@ -222,9 +222,10 @@ def to_markdown(report: Report) -> str:
     if report.reference_latency_ms is not None:
         lines.append(f"Reference latency (batch 1, median): {report.reference_latency_ms:.3f} ms.")
     if report.export and report.export.get("used") not in (None, "none"):
-        e = report.export
-        why = f" because torch.export could not capture the model: {e['fallback_reason']}" if e.get("fallback_reason") else ""
-        lines.append(f"Exported to ONNX with the {e['used']} exporter (export.exporter: {e['requested']}){why}.")
+        exported = report.export
+        reason = exported.get("fallback_reason")
+        why = f" because torch.export could not capture the model: {reason}" if reason else ""
+        lines.append(f"Exported to ONNX with the {exported['used']} exporter (export.exporter: {exported['requested']}){why}.")
     if report.data:
         lines.append("Data: " + "; ".join(f"{role} {d['path']} ({d['samples']} samples, sha256 {d['digest'][:12]})"
                                           + (f" — {d['note']}" if d.get("note") else "")

@@ -8,7 +8,7 @@ import pytest
 from compiler.accuracy import Evaluation, OutputMetrics, TaskMetric, _OutputAccumulator, apply_gates
 from compiler.data import GroundTruthBox
 from compiler.recipe import Gate, Task
-from compiler.tasks import DetectionScorer, Detection, average_precision, decode_detections, iou_matrix, non_max_suppression
+from compiler.tasks import Detection, DetectionScorer, average_precision, decode_detections, iou_matrix, non_max_suppression
 
 
 def test_output_metrics_by_hand() -> None:

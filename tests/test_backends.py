@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +10,8 @@ import torch
 from compiler.backends import CompileRequest, get_backend
 from compiler.errors import BackendUnavailable
 from compiler.recipe import Target
-from tests.fixtures.tiny_net import build_model
-
 from tests.conftest import TINY_INPUTS as INPUTS
+from tests.fixtures.tiny_net import build_model
 
 
 @pytest.mark.parametrize("backend,precision,tolerance", [

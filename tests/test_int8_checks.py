@@ -128,7 +128,7 @@ def test_the_ir_is_also_measured_pinned_to_f32_where_the_cpu_has_bf16(tmp_path: 
     recipe = load_recipe(tiny_recipe(base, name="bf16.yaml"))
     measured = host.cpu_info()
     for has_bf16 in (False, True):
-        monkeypatch.setattr(host, "cpu_info", lambda: {**measured, "low_precision_float": has_bf16})
+        monkeypatch.setattr(host, "cpu_info", lambda has_bf16=has_bf16: {**measured, "low_precision_float": has_bf16})
         ids = [s.id for s in make_plan(recipe).steps]
         assert ("verify:openvino-fp16@f32" in ids) == has_bf16
 

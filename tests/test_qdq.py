@@ -18,7 +18,6 @@ from tests.fixtures.tiny_net import build_model
 pytest.importorskip("modelopt.onnx.quantization", reason="the modelopt extra is not installed")
 
 from compiler.qdq import quantize_qdq  # noqa: E402
-
 from tests.conftest import TINY_INPUTS as INPUTS
 
 

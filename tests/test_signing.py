@@ -12,8 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from compiler.manifest import SIGNATURE_FILE
-from compiler.signing import (SignatureError, Signer, Trust, sign_release, signer_from_options, verify_release,
-                              write_key_pair)
+from compiler.signing import SignatureError, Signer, Trust, sign_release, signer_from_options, verify_release, write_key_pair
 
 
 def release(tmp_path: Path) -> Path:

@@ -16,8 +16,8 @@ import contextlib
 import io
 import shutil
 import tempfile
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 

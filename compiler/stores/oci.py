@@ -26,6 +26,7 @@ tokens never appear in messages.
 from __future__ import annotations
 
 import builtins
+import functools
 import hashlib
 import json
 import os
@@ -225,8 +226,8 @@ class OciStore(Store):
         offset = 0
         while offset < size:
             length = min(self.chunk_size, size - offset)
-            chunk = read_range(offset, length)
-            response = self._request("PATCH", location, repository, body=lambda: chunk, expect=(202,), push=True,
+            chunk: bytes = read_range(offset, length)
+            response = self._request("PATCH", location, repository, body=functools.partial(bytes, chunk), expect=(202,), push=True,
                                      headers={"Content-Type": "application/octet-stream",
                                               "Content-Range": f"{offset}-{offset + length - 1}",
                                               "Content-Length": str(length)})
