@@ -24,17 +24,35 @@ def _stderr(message: str) -> None:
     click.echo(message, err=True)
 
 
+def use_color() -> bool:
+    """NO_COLOR (any value) turns colour off, FORCE_COLOR on; otherwise colour on a terminal only."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    return sys.stderr.isatty()
+
+
+def _json(document: Any) -> None:
+    click.echo(json.dumps(document, indent=2, sort_keys=True, default=str))
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout "
+                           "(schemas: docs/cli-json.md); errors stay one line on stderr with their exit code.")
+
+
 def _fail(error: ModelcError, debug: bool) -> None:
     if debug:  # the whole story, causes included, and still the documented exit code
         import traceback
 
         traceback.print_exception(error)
-    prefix = click.style("error:", fg="red", bold=True)
+    color = use_color()
+    prefix = click.style("error:", fg="red", bold=True) if color else "error:"
     if isinstance(error, RecipeError):
         for problem in error.problems:
-            click.echo(f"{prefix} {problem}", err=True)
+            click.echo(f"{prefix} {problem}", err=True, color=color)
     else:
-        click.echo(f"{prefix} {error.message}", err=True)
+        click.echo(f"{prefix} {error.message}", err=True, color=color)
     sys.exit(error.exit_code)
 
 
@@ -114,10 +132,11 @@ def keygen(prefix: Path, debug: bool) -> None:
 @click.option("--target", help="Only this artifact (e.g. openvino-int8), with the manifest, reports and signature.")
 @click.option("--dest", type=click.Path(path_type=Path), required=True, help="A new or empty folder.")
 @trust_options
+@json_option
 @click.option("--debug", is_flag=True)
 def pull(reference: str, store_url: str, target: str | None, dest: Path, public_key: Path | None,
          certificate_chain: tuple[Path, ...], certificate_identity: str | None, sigstore_identity: str | None,
-         sigstore_issuer: str, debug: bool) -> None:
+         sigstore_issuer: str, as_json: bool, debug: bool) -> None:
     """Download a release, verify its signature and every digest, then move it into DEST."""
     from compiler.deploy import parse_reference
     from compiler.deploy import pull as pull_release
@@ -130,27 +149,36 @@ def pull(reference: str, store_url: str, target: str | None, dest: Path, public_
         return pull_release(open_store(store_url), name, version, dest, trust, target)
 
     pulled = _guarded(debug, action)
+    if as_json:
+        _json({"reference": reference, "destination": str(pulled.destination), "files": pulled.files,
+               "verified_with": trust.describe()})
+        return
     click.echo(f"verified and wrote {len(pulled.files)} files of {reference} to {pulled.destination} ({trust.describe()})")
 
 
 @main.command()
 @click.argument("release", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @trust_options
+@json_option
 @click.option("--debug", is_flag=True)
 def verify(release: Path, public_key: Path | None, certificate_chain: tuple[Path, ...], certificate_identity: str | None,
-           sigstore_identity: str | None, sigstore_issuer: str, debug: bool) -> None:
+           sigstore_identity: str | None, sigstore_issuer: str, as_json: bool, debug: bool) -> None:
     """Check a release folder on disk against its signature: every file, nothing extra, the signer."""
     from compiler.deploy import verify_folder
 
     trust = _trust(public_key, certificate_chain, certificate_identity, sigstore_identity, sigstore_issuer)
     _guarded(debug, lambda: verify_folder(release, trust))
+    if as_json:
+        _json({"release": str(release), "verified": True, "verified_with": trust.describe()})
+        return
     click.echo(f"{release}: every file matches the signature ({trust.describe()})")
 
 
 @main.command()
 @click.argument("recipes", nargs=-1, required=True, type=click.Path(path_type=Path))
+@json_option
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def validate(recipes: tuple[Path, ...], debug: bool) -> None:
+def validate(recipes: tuple[Path, ...], as_json: bool, debug: bool) -> None:
     """Check recipes against the schema and cross-field rules; report every problem."""
     from compiler.recipe import load_recipe, path_problems
 
@@ -163,6 +191,13 @@ def validate(recipes: tuple[Path, ...], debug: bool) -> None:
             problems += error.problems
         except ModelcError as error:
             _fail(error, debug)
+    if as_json:
+        _json({"recipes": [{"path": str(path), "ok": not any(p.file == str(path) for p in problems)} for path in recipes],
+               "problems": [{"file": p.file, "line": p.line, "column": p.column, "key": p.key_path, "message": p.message}
+                            for p in problems]})
+        if problems:
+            sys.exit(RecipeError.exit_code)
+        return
     if problems:
         _fail(RecipeError(problems), debug)
     for path in recipes:
@@ -225,10 +260,13 @@ def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool
               "so jobs of one fanned-out build reuse each other's work.")
 @click.option("--push", is_flag=True, help="Publish to a registry store (oci://); the release must be signed.")
 @signing_options
+@click.option("-q", "--quiet", is_flag=True, help="No step lines: warnings, errors and the result only.")
+@click.option("-v", "--verbose", is_flag=True, help="One plain line per event, also on a terminal (no live lines).")
+@json_option
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def build(recipe: Path, store_url: str, reports_dir: Path, cache_dir: Path, force: bool, targets: tuple[str, ...],
           share_steps: bool, jobs: int, push: bool, signing_key: Path | None, certificate_chain: tuple[Path, ...],
-          sigstore: bool, debug: bool) -> None:
+          sigstore: bool, quiet: bool, verbose: bool, as_json: bool, debug: bool) -> None:
     """Build every target of RECIPE, check accuracy, sign (when a key is given) and store the release."""
     from compiler.build import BuildOptions
     from compiler.build import build as run_build
@@ -237,7 +275,7 @@ def build(recipe: Path, store_url: str, reports_dir: Path, cache_dir: Path, forc
     from compiler.stores import open_store
 
     def action() -> Any:
-        from compiler.progress import BuildLog, build_log
+        from compiler.progress import build_log
         from compiler.signing import signer_from_options
 
         signer = signer_from_options(signing_key, certificate_chain, sigstore)
@@ -253,13 +291,16 @@ def build(recipe: Path, store_url: str, reports_dir: Path, cache_dir: Path, forc
         store = open_store(store_url)
         options = BuildOptions(reports_dir, force=force, share_steps=share_steps, only_targets=targets, jobs=jobs,
                                signer=signer)
-        log = build_log() if not debug else BuildLog()
+        log = build_log(quiet=quiet, plain=verbose or debug)
         try:
             return run_build(loaded, store, log, Cache(Path(cache_dir)), options)
         finally:
             log.close()
 
     result = _guarded(debug, action)
+    if as_json:
+        _json(_build_summary(result, targets))
+        return
     if result is None:
         return
     name, version = result.manifest["name"], result.manifest["version"]
@@ -269,6 +310,20 @@ def build(recipe: Path, store_url: str, reports_dir: Path, cache_dir: Path, forc
         click.echo(f"{name} {version} is up to date at {result.location}: every step cached, nothing to do")
     else:
         click.echo(f"{name} {version} is already stored with identical content at {result.location}: nothing to do")
+
+
+def _build_summary(result: Any, targets: tuple[str, ...]) -> dict[str, Any]:
+    """`modelc build --json` (docs/cli-json.md)."""
+    if result is None:
+        return {"targets_built": list(targets), "released": False}
+    report = result.report
+    return {"name": result.manifest["name"], "version": result.manifest["version"], "location": result.location,
+            "created": result.created, "passed": report.passed, "steps_run": result.steps_run,
+            "steps_cached": result.steps_cached, "flags": report.flags(), "released": True,
+            "artifacts": [{"target": a.target, "passed": a.passed, "latency_ms": a.latency_ms,
+                           "cosine": min((m.cosine for m in a.evaluation.outputs), default=None),
+                           "task_metric": None if a.evaluation.task is None else
+                           {"name": a.evaluation.task.name, "value": a.evaluation.task.value}} for a in report.artifacts]}
 
 
 @main.group()
@@ -313,12 +368,17 @@ def _size(size: int) -> str:
 @main.command(name="ls")
 @click.argument("name", required=False)
 @click.option("--store", "store_url", default=lambda: os.environ.get("MODELC_STORE", DEFAULT_STORE), show_default="artifacts")
+@json_option
 @click.option("--debug", is_flag=True)
-def list_releases(name: str | None, store_url: str, debug: bool) -> None:
+def list_releases(name: str | None, store_url: str, as_json: bool, debug: bool) -> None:
     """List stored releases (NAME VERSION per line)."""
     from compiler.stores import open_store
 
-    for release, version in _guarded(debug, lambda: open_store(store_url).list(name)):
+    releases = _guarded(debug, lambda: open_store(store_url).list(name))
+    if as_json:
+        _json([{"name": release, "version": version} for release, version in releases])
+        return
+    for release, version in releases:
         click.echo(f"{release} {version}")
 
 

@@ -53,10 +53,28 @@ class LiveBuildLog(BuildLog):
         self._progress.stop()
 
 
-def build_log() -> BuildLog:
-    """Live lines on an interactive terminal, plain lines in CI or when redirected."""
+class QuietBuildLog(BuildLog):
+    """Step lines dropped; warnings (lines that say so) still shown."""
+
+    def __call__(self, line: str) -> None:
+        if line.lstrip().startswith(("warning", "error")):
+            self._write(line)
+
+    def start(self, step_id: str, line: str) -> None:
+        pass
+
+    def done(self, step_id: str, line: str) -> None:
+        if line.startswith("✗"):
+            self._write(line)
+
+
+def build_log(quiet: bool = False, plain: bool = False) -> BuildLog:
+    """Live lines on an interactive terminal, plain lines in CI or when redirected (or asked for);
+    `quiet`: warnings and failures only. Colour follows NO_COLOR / FORCE_COLOR (rich reads them)."""
     import os
 
-    if sys.stderr.isatty() and not os.environ.get("CI"):
+    if quiet:
+        return QuietBuildLog()
+    if sys.stderr.isatty() and not os.environ.get("CI") and not plain:
         return LiveBuildLog()
     return BuildLog()

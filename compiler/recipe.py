@@ -512,8 +512,8 @@ def load_recipe(path: Path, passed_schema_memo: Path | None = None) -> Recipe:
         problems += _schema_problems(path, located)
     if not problems:
         problems += _cross_field_problems(path, located)
-    if problems:
-        raise RecipeError(sorted(problems, key=lambda p: (p.line, p.column)))
+    if problems:  # each problem once (a schema with several branches may report one thing per branch)
+        raise RecipeError(sorted(dict.fromkeys(problems), key=lambda p: (p.line, p.column)))
     if memo is not None and not memo.exists():
         memo.parent.mkdir(parents=True, exist_ok=True)
         memo.touch()

@@ -280,3 +280,32 @@ def test_a_failing_custom_metric_names_itself(tmp_path: Path, tiny_recipe, run_c
     result = run_cli("build", recipe, "--store", tmp_path / "store")
     assert result.exit_code == 3, result.stderr
     assert "metrics.py:broken: the metric function failed: ValueError: no such output" in result.stderr
+
+
+def test_json_output_of_build_ls_validate(tmp_path: Path, tiny_recipe, run_cli) -> None:
+    recipe = tiny_recipe()
+    built = run_cli("build", recipe, "--store", tmp_path / "store", "--json", "-q")
+    assert built.exit_code == 0, built.stderr
+    document = json.loads(built.stdout)
+    assert document["created"] and document["passed"] and document["version"] == "0.1.0"
+    assert {a["target"] for a in document["artifacts"]} == {"onnxruntime-fp32", "openvino-fp32", "openvino-fp16",
+                                                            "torchscript-fp32"}
+    assert "▶" not in built.stderr  # quiet: no step lines
+    listed = json.loads(run_cli("ls", "--store", tmp_path / "store", "--json").stdout)
+    assert listed == [{"name": "tiny", "version": "0.1.0"}]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(recipe.read_text().replace("format_version: 1", "format_version: 9"))
+    checked = run_cli("validate", recipe, bad, "--json")
+    assert checked.exit_code == 2
+    report = json.loads(checked.stdout)
+    assert [r["ok"] for r in report["recipes"]] == [True, False]
+    assert report["problems"][0]["key"] == "format_version"
+
+
+def test_no_color_is_respected(tmp_path: Path, run_cli_process, monkeypatch) -> None:
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    coloured = run_cli_process("validate", tmp_path / "missing.yaml")
+    assert "\x1b[" in coloured.stderr
+    monkeypatch.setenv("NO_COLOR", "1")
+    plain = run_cli_process("validate", tmp_path / "missing.yaml")
+    assert plain.returncode == coloured.returncode == 3 and "\x1b[" not in plain.stderr and "error:" in plain.stderr
