@@ -126,12 +126,13 @@ def test_openvino_int8_keeps_ignored_layer_types_in_float(tmp_path: Path, onnx_f
     assert counts["no-matmul"] < counts["all"]
 
 
-def test_openvino_int8_unknown_ignored_name_is_a_compile_error(tmp_path: Path, onnx_file: Path) -> None:
-    from compiler.errors import CompileError
+@pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
+def test_an_unknown_ignored_name_is_an_input_error_on_every_backend(tmp_path: Path, onnx_file: Path, backend: str) -> None:
+    from compiler.errors import InputError
     from compiler.recipe import Quantization
 
     feeds = [{"images": np.zeros((2, 3, 16, 16), np.float32)}]
-    with pytest.raises(CompileError, match="NNCF quantization failed"):
-        get_backend("openvino").compile(CompileRequest(Target("openvino", "int8"), onnx_file, INPUTS, ("logits",), tmp_path,
+    with pytest.raises(InputError, match="quantization.ignore.names: no_such_layer not in the ONNX graph"):
+        get_backend(backend).compile(CompileRequest(Target(backend, "int8"), onnx_file, INPUTS, ("logits",), tmp_path,
                                                        calibration=lambda: iter(feeds),
                                                        quantization=Quantization(ignore_names=("no_such_layer",))))

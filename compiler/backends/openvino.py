@@ -68,6 +68,9 @@ class OpenVinoBackend(Backend):
         if request.calibration is None:
             raise CompileError("an int8 target needs data.calibration")
         options = request.quantization
+        from compiler.qdq import excluded_nodes
+
+        excluded_nodes(request.onnx_model, options)  # unknown ignore.names: exit 3 here as for every backend
         samples = _Samples(request.calibration)
         names = [spec.name for spec in request.inputs]
         dataset = nncf.Dataset(samples, lambda item: item[names[0]] if len(names) == 1 else tuple(item[n] for n in names))
