@@ -59,3 +59,14 @@ def test_foreign_folder_at_version_path_is_refused(tmp_path: Path) -> None:
     staged, digest = staged_release(tmp_path, b"one")
     with pytest.raises(StoreError, match="holds no readable manifest.json"):
         store.push(staged, "m", "1.0", digest)
+
+
+def test_versions_are_listed_in_release_order(tmp_path: Path) -> None:
+    from compiler.stores import version_order
+
+    assert version_order(["1.10.0", "1.2.0", "1.2.0rc1", "latest", "0.9"]) == ["0.9", "1.2.0rc1", "1.2.0", "1.10.0", "latest"]
+    store = LocalStore(tmp_path / "store")
+    for version, content in (("1.10.0", b"a"), ("1.2.0", b"b")):
+        staged, digest = staged_release(tmp_path / version, content)
+        store.push(staged, "m", version, digest)
+    assert store.list("m") == [("m", "1.2.0"), ("m", "1.10.0")]

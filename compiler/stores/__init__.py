@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from compiler.errors import StoreError
 
@@ -56,6 +56,20 @@ class Store(ABC):
     def step_cache(self) -> StepCache | None:
         """A cache of step outputs kept in the store, shared by the jobs of a fanned-out build."""
         return None
+
+
+def version_order(versions: Iterable[str]) -> list[str]:
+    """Versions in release order (1.2.0 before 1.10.0, PEP 440 rules via packaging); names that
+    are no version sort after them, alphabetically."""
+    from packaging.version import InvalidVersion, Version
+
+    def key(text: str) -> tuple[int, Any, str]:
+        try:
+            return (0, Version(text), text)
+        except InvalidVersion:
+            return (1, (), text)
+
+    return sorted(versions, key=key)
 
 
 def open_store(url: str) -> Store:

@@ -10,7 +10,7 @@ from typing import Any, Callable
 from compiler.cache import Cache
 from compiler.errors import StoreError, VerificationError
 from compiler.manifest import SIGNATURE_FILE, read_manifest
-from compiler.stores import PushResult, Store
+from compiler.stores import PushResult, Store, version_order
 
 
 class LocalStore(Store):
@@ -102,8 +102,8 @@ class LocalStore(Store):
         for release in names:
             folder = self.root / release
             if folder.is_dir():
-                found += [(release, v.name) for v in sorted(folder.iterdir())
-                          if not v.name.startswith(".") and (v / "manifest.json").exists()]
+                versions = [v.name for v in folder.iterdir() if not v.name.startswith(".") and (v / "manifest.json").exists()]
+                found += [(release, version) for version in version_order(versions)]
         return found
 
 

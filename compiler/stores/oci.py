@@ -39,7 +39,7 @@ from urllib.parse import urljoin, urlparse
 
 from compiler.errors import StoreError, VerificationError
 from compiler.manifest import SIGNATURE_FILE, safe_relative_path
-from compiler.stores import PushResult, Store
+from compiler.stores import PushResult, Store, version_order
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
@@ -269,10 +269,11 @@ class OciStore(Store):
                     raise StoreError(f"{self.url}: downloading {descriptor.digest[:19]} kept failing") from None
                 time.sleep(self.backoff * 2 ** attempt)
         digest = _sha256_of(partial)
-        if partial.stat().st_size != descriptor.size or f"sha256:{digest}" != descriptor.digest:
+        served = partial.stat().st_size
+        if served != descriptor.size or f"sha256:{digest}" != descriptor.digest:
             partial.unlink()
             raise VerificationError(f"{self.url}: the registry served a blob whose sha256 is {digest[:16]}… "
-                                    f"({partial.stat().st_size if partial.exists() else 'n/a'} bytes) for "
+                                    f"({served} bytes, {descriptor.size} expected) for "
                                     f"{descriptor.digest[:23]}… that was asked for: refused (the registry's copy "
                                     "is corrupt or was replaced)")
         os.replace(partial, destination)
@@ -362,7 +363,7 @@ class OciStore(Store):
                     "config": Descriptor(CONFIG_TYPE, config.digest, config.size).to_json(),
                     "layers": [layer.to_json() for layer in layers],
                     "annotations": {"org.opencontainers.image.title": name, "org.opencontainers.image.version": version,
-                                    "org.opencontainers.image.created": str(release_manifest.get("built_at", "")),
+                                    "org.opencontainers.image.created": str(release_manifest.get("created", "")),
                                     CONTENT_DIGEST: content_digest}}
         body = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()
         release_digest = f"sha256:{hashlib.sha256(body).hexdigest()}"
@@ -434,7 +435,9 @@ class OciStore(Store):
         signature = self._signature_descriptor(repository, digest)
         if signature is not None:
             signed = self._get_manifest(repository, signature.digest)
-            assert signed is not None
+            if signed is None or not signed[0].get("layers"):
+                raise VerificationError(f"{self.url}: the signature of {name}:{version} is listed but its manifest "
+                                        f"{signature.digest[:19]}… is missing or empty: refused")
             bundle = Descriptor.from_json(signed[0]["layers"][0])
             self._download(repository, bundle, destination / SIGNATURE_FILE)
 
@@ -445,7 +448,7 @@ class OciStore(Store):
             repository = self.repository(release)
             response = self._request("GET", f"{repository}/tags/list", repository, expect=(200, 404))
             tags = (response.json().get("tags") or []) if response.status_code == 200 else []
-            found += [(release, tag) for tag in sorted(tags) if not tag.startswith("sha256-")]
+            found += [(release, tag) for tag in version_order(tags) if not tag.startswith("sha256-")]
         return found
 
     def _catalog(self) -> builtins.list[str]:

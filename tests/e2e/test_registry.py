@@ -3,6 +3,7 @@ cases a deploy stage must refuse: each exits 8 and writes nothing."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -221,6 +222,8 @@ def test_signature_in_the_registry_is_a_referrer_with_the_tag_fallback(registry,
     release = requests.get(f"{base}/manifests/1.0.0", headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
     digest = release.headers["Docker-Content-Digest"]
     assert release.json()["artifactType"] == "application/vnd.modelc.release.v1"
+    created = release.json()["annotations"]["org.opencontainers.image.created"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", created), created  # the manifest's build time
     titles = {layer["annotations"]["org.opencontainers.image.title"] for layer in release.json()["layers"]}
     assert "openvino-fp32/model.bin" in titles and "manifest.json" not in titles  # manifest.json is the config
     index = requests.get(f"{base}/manifests/{digest.replace(':', '-')}",
