@@ -287,13 +287,16 @@ def compare(batches: Iterable[tuple[Batch, dict[str, np.ndarray]]], artifacts: d
             inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...], task: Task) -> dict[str, Evaluation]:
     """Each batch with the reference's outputs for it (computed now or read back from a cache)
     against every artifact's outputs."""
-    accumulators = {key: {name: _OutputAccumulator() for name in outputs} for key in artifacts}
     task_output = task.output or outputs[0]
+    slices = [f"{task_output}:boxes", f"{task_output}:scores"] if task.type == "detection" else []
+    accumulators = {key: {name: _OutputAccumulator() for name in (*outputs, *slices)} for key in artifacts}
     use_task = task.type in ("classification", "detection", "custom")
     reference_scorer = _TaskScorer(task, task_output)
     scorers = {key: _TaskScorer(task, task_output) for key in artifacts}
     samples = 0
     for batch, expected in batches:
+        if task.type == "detection" and samples == 0:
+            _check_layout(expected[task_output], task, task_output)
         samples += len(batch)
         if use_task:
             reference_scorer.update(expected, expected, batch)
@@ -301,13 +304,28 @@ def compare(batches: Iterable[tuple[Batch, dict[str, np.ndarray]]], artifacts: d
             got = run_batch(runner, batch, inputs)
             for name in outputs:
                 accumulators[key][name].update(expected[name], got[name])
+            if slices:  # boxes and scores apart (see compiler.tasks.score_slice)
+                from compiler.tasks import score_slice
+
+                for name, want, have in zip(slices, score_slice(expected[task_output], task.layout),
+                                            score_slice(got[task_output], task.layout)):
+                    accumulators[key][name].update(want, have)
             if use_task:
                 scorers[key].update(got, expected, batch)
     results = {}
     for key in artifacts:
         metric = scorers[key].metric(reference_scorer) if use_task else None
-        results[key] = Evaluation([accumulators[key][n].result(n) for n in outputs], metric, samples)
+        results[key] = Evaluation([accumulators[key][n].result(n) for n in (*outputs, *slices)], metric, samples)
     return results
+
+
+def _check_layout(output: np.ndarray, task: Task, name: str) -> None:
+    from compiler.errors import InputError
+    from compiler.tasks import layout_problem
+
+    problem = layout_problem(tuple(output.shape), task)
+    if problem:
+        raise InputError(f"output '{name}' does not fit task.layout {task.layout}: {problem}")
 
 
 def task_metric(infer: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], batches: Iterable[Batch],

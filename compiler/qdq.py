@@ -86,6 +86,31 @@ def _fitted(feeds: Iterator[dict[str, Any]], inputs: tuple[TensorSpec, ...]) -> 
             yield {name: array[start:start + fixed] for name, array in feed.items()}
 
 
+def output_head(onnx_model: Path) -> list[str]:
+    """Nodes from which no Conv/Gemm/MatMul can be reached: the graph's tail after its last layers
+    with weights (a detector's box decode, concatenations, activations of the outputs)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_model), load_external_data=False).graph
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    feeds_a_layer: dict[str, bool] = {}
+
+    def reaches_layer(node: Any) -> bool:
+        if node.name in feeds_a_layer:
+            return feeds_a_layer[node.name]
+        feeds_a_layer[node.name] = False  # graphs are acyclic; this only guards the recursion
+        found = any(consumer.op_type in ("Conv", "Gemm", "MatMul") or reaches_layer(consumer)
+                    for output in node.output for consumer in consumers.get(output, []))
+        feeds_a_layer[node.name] = found
+        return found
+
+    return [node.name for node in graph.node
+            if node.op_type not in ("Conv", "Gemm", "MatMul") and node.name and not reaches_layer(node)]
+
+
 def excluded_nodes(onnx_model: Path, options: Quantization) -> list[str]:
     """ONNX node names kept in higher precision: `ignore.names` must exist, `ignore.patterns` match."""
     import onnx

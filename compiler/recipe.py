@@ -77,6 +77,7 @@ class Task:
     confidence_threshold: float = 0.001
     nms_iou: float = 0.6
     match_iou: float = 0.5
+    layout: str = "yolov5"  # detection: yolov5 | yolov8 | boxes
     metric: str | None = None  # custom: FILE.py:FUNCTION, resolved against `base_dir`
     higher_is_better: bool = True
     base_dir: Path = Path(".")
@@ -131,6 +132,7 @@ class Quantization:
     overflow_fix: str = "enable"  # openvino int8: enable | first_layer | disable
     onnxruntime_weights: str = "uint8"  # onnxruntime int8: uint8 (exact everywhere) | int8 (7-bit, faster)
     float_input_layers: bool = True  # onnxruntime int8: layers reading a model input stay float
+    float_output_head: bool = False  # nodes after the last Conv/Gemm/MatMul stay float (default: detection)
 
 
 @dataclass(frozen=True)
@@ -435,6 +437,8 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
         if fixed:
             add(("data", "preprocess", "size"), f"size {size} does not match model.inputs[0].shape {image_input} "
                 "(" + ", ".join(f"{axis} {want}" for axis, want, _ in fixed) + "): make them agree")
+    if "layout" in task and task.get("type") != "detection":
+        add(("task", "layout"), f"'layout' describes detector outputs; a {task.get('type', 'generic')} task has none: remove it")
     if task.get("type") == "custom" and "metric" not in task:
         add(("task",), "a custom task names its metric: task.metric: path/to/file.py:function")
     if task.get("type") != "custom":
@@ -578,13 +582,15 @@ def _to_recipe(path: Path, digest: str, data: dict[str, Any]) -> Recipe:
                   description=data.get("description", ""), model=source, export=export, preprocess=preprocess,
                   calibration=dataset("calibration"), evaluation=dataset("evaluation"), task=Task(**task_data),
                   targets=targets, gates=gates, latency=Latency(**data.get("latency", {})),
-                  quantization=_quantization(data.get("quantization", {})), explicit_gate_keys=explicit,
+                  quantization=_quantization(data.get("quantization", {}), task_data["type"]), explicit_gate_keys=explicit,
                   verify=VerifyOptions(**data.get("verify", {})), validation=dataset("validation"))
 
 
-def _quantization(section: dict[str, Any]) -> Quantization:
-    """The schema has checked the keys; defaults live in the dataclass alone."""
+def _quantization(section: dict[str, Any], task_type: str) -> Quantization:
+    """The schema has checked the keys; defaults live in the dataclass alone, but for the output
+    head, float by default for detectors."""
     settings: dict[str, Any] = {key: value for key, value in section.items() if not key.endswith("ignore")}
+    settings.setdefault("float_output_head", task_type == "detection")
     for group in ("ignore",):
         settings.update({f"{group}_{key}": tuple(values) for key, values in section.get(group, {}).items()})
     return Quantization(**settings)

@@ -1,7 +1,11 @@
 """Task metrics computed from a model's outputs: top-1 for classifiers, mAP@0.5 for detectors.
 
-Detector outputs follow one layout, [batch, boxes, 5 + classes]: centre x, centre y, width,
-height (input pixels), objectness, class probabilities. Scores are objectness x class probability.
+Detector outputs, per image, in one of the layouts people ship (`task.layout`):
+- yolov5 `[boxes, 5 + classes]`: centre x, centre y, width, height (input pixels), objectness,
+  class probabilities; a score is objectness x class probability;
+- yolov8 `[4 + classes, boxes]` (Ultralytics v8/v11): centre x, centre y, width, height, class
+  scores, no objectness;
+- boxes `[boxes, 6]`: x1, y1, x2, y2, score, class id, already after NMS.
 """
 from __future__ import annotations
 
@@ -44,16 +48,58 @@ def non_max_suppression(boxes: np.ndarray, scores: np.ndarray, iou_threshold: fl
     return keep
 
 
-def decode_detections(output: np.ndarray, task: Task) -> list[Detection]:
-    """One image's raw rows -> detections after thresholding and per-class NMS."""
-    rows = np.asarray(output, dtype=np.float32)
-    class_scores = rows[:, 4:5] * rows[:, 5:]
+LAYOUT_COLUMNS = {"yolov5": 5, "yolov8": 4, "boxes": 6}  # values per box besides the class scores
+
+
+def layout_problem(shape: tuple[int, ...], task: Task) -> str | None:
+    """Why an output of this shape (batch first) cannot be read in the task's layout, or None."""
+    if len(shape) != 3:
+        return f"a {task.layout} detector output has 3 axes [batch, …], this one has shape {list(shape)}"
+    classes = len(task.classes)
+    if task.layout == "boxes":
+        return None if shape[2] == 6 else f"the boxes layout is [batch, boxes, 6]; the output is {list(shape)}"
+    values = shape[1] if task.layout == "yolov8" else shape[2]
+    extra = LAYOUT_COLUMNS[task.layout]
+    where = "axis 1" if task.layout == "yolov8" else "the last axis"
+    if values <= extra or (classes and values != extra + classes):
+        wanted = f"{extra} + {classes} classes = {extra + classes}" if classes else f"more than {extra}"
+        return (f"the {task.layout} layout has {where} of {wanted} values; the output is {list(shape)}: "
+                "fix task.layout or task.classes")
+    return None
+
+
+def _boxes_and_scores(rows: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boxes (x1, y1, x2, y2), class ids and scores of every row, whatever the layout."""
+    if layout == "boxes":
+        return rows[:, :4], rows[:, 5].astype(np.int64), rows[:, 4]
+    if layout == "yolov8":
+        rows = rows.T
+        class_scores = rows[:, 4:]
+    else:
+        class_scores = rows[:, 4:5] * rows[:, 5:]
     class_ids = class_scores.argmax(axis=1)
     scores = class_scores[np.arange(len(rows)), class_ids]
-    keep = scores >= task.confidence_threshold
-    rows, class_ids, scores = rows[keep], class_ids[keep], scores[keep]
     boxes = np.stack((rows[:, 0] - rows[:, 2] / 2, rows[:, 1] - rows[:, 3] / 2,
                       rows[:, 0] + rows[:, 2] / 2, rows[:, 1] + rows[:, 3] / 2), axis=1)
+    return boxes, class_ids, scores
+
+
+def score_slice(output: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray]:
+    """The box coordinates and the scores of a batch's output, apart: one cosine over a tensor that
+    mixes pixels (up to hundreds) with probabilities (0-1) hears only the boxes."""
+    if layout == "yolov8":
+        return output[:, :4, :], output[:, 4:, :]
+    if layout == "boxes":
+        return output[..., :4], output[..., 4:5]
+    return output[..., :4], output[..., 4:]
+
+
+def decode_detections(output: np.ndarray, task: Task) -> list[Detection]:
+    """One image's output -> detections after thresholding and per-class NMS (a no-op on boxes
+    that are already after NMS)."""
+    boxes, class_ids, scores = _boxes_and_scores(np.asarray(output, dtype=np.float32), task.layout)
+    keep = scores >= task.confidence_threshold
+    boxes, class_ids, scores = boxes[keep], class_ids[keep], scores[keep]
     detections = []
     for class_id in np.unique(class_ids):
         members = np.nonzero(class_ids == class_id)[0]

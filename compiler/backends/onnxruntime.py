@@ -85,6 +85,10 @@ def quantize_for_cpu(request: CompileRequest, destination: Path) -> dict[str, An
     exclude = excluded_nodes(request.onnx_model, options)
     if options.float_input_layers:
         exclude += [name for name in _input_layers(request.onnx_model) if name not in exclude]
+    if options.float_output_head:
+        from compiler.qdq import output_head
+
+        exclude += [name for name in output_head(request.onnx_model) if name not in exclude]
     try:
         with tempfile.TemporaryDirectory() as scratch, contextlib.redirect_stdout(io.StringIO()):
             prepared = Path(scratch) / "prepared.onnx"

@@ -68,9 +68,10 @@ class OpenVinoBackend(Backend):
         if request.calibration is None:
             raise CompileError("an int8 target needs data.calibration")
         options = request.quantization
-        from compiler.qdq import excluded_nodes
+        from compiler.qdq import excluded_nodes, output_head
 
         excluded_nodes(request.onnx_model, options)  # unknown ignore.names: exit 3 here as for every backend
+        head = output_head(request.onnx_model) if options.float_output_head else []
         samples = _Samples(request.calibration)
         names = [spec.name for spec in request.inputs]
         dataset = nncf.Dataset(samples, lambda item: item[names[0]] if len(names) == 1 else tuple(item[n] for n in names))
@@ -79,13 +80,13 @@ class OpenVinoBackend(Backend):
             preset=nncf.QuantizationPreset.MIXED if options.preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
             fast_bias_correction=options.fast_bias_correction,
             model_type=nncf.ModelType.TRANSFORMER if options.model_type == "transformer" else None,
-            ignored_scope=nncf.IgnoredScope(names=list(options.ignore_names), types=list(options.ignore_types),
-                                            patterns=list(options.ignore_patterns), validate=True),
+            ignored_scope=nncf.IgnoredScope(names=list(options.ignore_names) + head, types=list(options.ignore_types),
+                                            patterns=list(options.ignore_patterns), validate=False),
             advanced_parameters=_advanced(options.overflow_fix))
         notes: dict[str, Any] = {"method": "NNCF post-training quantization", "preset": options.preset,
                                  "overflow_fix": options.overflow_fix,
                                  "kept_in_float": {"names": list(options.ignore_names), "types": list(options.ignore_types),
-                                                   "patterns": list(options.ignore_patterns)}}
+                                                   "patterns": list(options.ignore_patterns), "output_head": head}}
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # NNCF draws progress bars on stdout
                 if request.accuracy_control is None:
