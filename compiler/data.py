@@ -114,6 +114,13 @@ class DataReader:
         if self.preprocess is None:
             raise InputError(f"{folder}: an image folder needs data.preprocess in the recipe")
         files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if self.dataset.labels in ("csv", "coco", "ultralytics"):
+            from compiler.labels import LabelIndex
+
+            self._labels = LabelIndex(self.dataset.labels, folder, self.dataset.labels_path, self.class_names)
+            if self.dataset.labels == "csv":
+                return [(p, self._labels.class_of(p)) for p in files]
+            return [(p, None) for p in files]
         if self.dataset.labels == "folders":
             names = self.class_names or tuple(sorted({p.parent.name for p in files if p.parent != folder}))
             index = {name: i for i, name in enumerate(names)}
@@ -249,10 +256,15 @@ class DataReader:
                 raise InputError(f"{path}: cannot decode this image ({exc}): replace or remove the file") from exc
             tensors.append(tensor)
             sources.append(str(path))
-            if self.dataset.labels == "folders":
+            if self.dataset.labels in ("folders", "csv"):
                 labels.append(class_id)
             elif self.dataset.labels == "yolo":
                 labels.append(read_yolo_labels(path, placement, image.size))
+            elif self.dataset.labels == "ultralytics":
+                labels.append(read_yolo_labels(path, placement, image.size, self._labels.yolo_text_of(path)))
+            elif self.dataset.labels == "coco":
+                labels.append([GroundTruthBox(b.class_id, *placement.to_input(b.x0, b.y0, b.x1, b.y1))
+                               for b in self._labels.boxes_of(path) or []])
         stacked = self._check(spec, np.stack(tensors), str(self.dataset.path))
         return Batch(inputs={spec.name: stacked}, sources=sources, labels=labels)
 
@@ -284,9 +296,11 @@ def example_inputs(inputs: tuple[TensorSpec, ...], dynamic_size: int = 1, seed: 
     return arrays
 
 
-def read_yolo_labels(image_path: Path, placement: Placement, size: tuple[int, int]) -> list[GroundTruthBox]:
-    """Labels in the YOLO text format beside the image, mapped into model-input pixels."""
-    label_path = image_path.with_suffix(".txt")
+def read_yolo_labels(image_path: Path, placement: Placement, size: tuple[int, int],
+                     label_path: Path | None = None) -> list[GroundTruthBox]:
+    """Labels in the YOLO text format (beside the image unless `label_path` says where), mapped
+    into model-input pixels."""
+    label_path = label_path or image_path.with_suffix(".txt")
     if not label_path.exists():
         return []  # an image without objects
     width, height = size

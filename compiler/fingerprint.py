@@ -92,7 +92,8 @@ class Fingerprints:
         return {"digest": digest, "format": dataset.format, "labels": dataset.labels, "function": dataset.function,
                 "samples": dataset.samples, "batch_size": dataset.batch_size, "shuffle": dataset.shuffle,
                 "seed": dataset.seed, "preprocess": asdict(source.preprocess) if source.preprocess else None,
-                "classes": list(source.classes), "every": source.every}
+                "classes": list(source.classes), "every": source.every,
+                "labels_file": sha256_file(dataset.labels_path) if dataset.labels_path and dataset.labels_path.is_file() else None}
 
     def _materialized_output(self, source: DataSource) -> tuple[str, Path]:
         """Digest and cache folder of a data function's output; the function runs once per build,

@@ -67,6 +67,7 @@ class Dataset:
     shuffle: bool = False
     seed: int = 0
     function: str | None = None  # python only: the function in `path` that yields batches
+    labels_path: Path | None = None  # csv, coco, ultralytics: the labels file
 
 
 @dataclass(frozen=True)
@@ -419,12 +420,19 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
             if dataset.get("shuffle"):
                 add(("data", name, "shuffle"), "a python data source yields its own order; remove shuffle")
     if task.get("type") in ("classification", "detection"):
-        wanted = "folders" if task["type"] == "classification" else "yolo"
+        wanted = ("folders", "csv") if task["type"] == "classification" else ("yolo", "ultralytics", "coco")
         for role in ("evaluation", "validation"):
             dataset = data_section.get(role, {})
-            if dataset.get("labels", "none") not in ("none", wanted):
-                add(("data", role, "labels"), f"a {task['type']} task reads labels '{wanted}': set labels: {wanted}, "
+            if dataset.get("labels", "none") not in ("none", *wanted):
+                add(("data", role, "labels"), f"a {task['type']} task reads labels {' or '.join(wanted)}: set one of them, "
                     "or leave labels out to judge by agreement with the reference")
+    for role in ("calibration", "validation", "evaluation"):
+        dataset = data_section.get(role) or {}
+        needs_file = dataset.get("labels") in ("csv", "coco", "ultralytics")
+        if needs_file and "labels_path" not in dataset:
+            add(("data", role, "labels"), f"labels: {dataset['labels']} reads a labels file: add data.{role}.labels_path")
+        if "labels_path" in dataset and not needs_file:
+            add(("data", role, "labels_path"), "labels_path is for labels: csv, coco or ultralytics; remove it")
         if not evaluation:
             add(("task",), f"a {task['type']} task is measured on data.evaluation (labels optional): add it")
     size = data_section.get("preprocess", {}).get("size")
@@ -484,6 +492,8 @@ def path_problems(recipe_path: Path) -> list[RecipeProblem]:
         if dataset and "path" in dataset:
             location = str(dataset["path"])
             checks.append((("data", name, "path"), location.rpartition(":")[0] if ".py:" in location else location))
+        if dataset and "labels_path" in dataset:
+            checks.append((("data", name, "labels_path"), str(dataset["labels_path"])))
     problems = []
     for at, relative in checks:
         if not (base / relative).exists():
@@ -569,7 +579,8 @@ def _to_recipe(path: Path, digest: str, data: dict[str, Any]) -> Recipe:
         samples = entry.get("samples")  # YAML may write integers as 1.0e+3: the schema accepts them, Python wants ints
         return Dataset(path=base / location, format=data_format, labels=entry.get("labels", "none"),
                        samples=None if samples is None else int(samples), batch_size=int(entry.get("batch_size", 16)),
-                       shuffle=entry.get("shuffle", False), seed=int(entry.get("seed", 0)), function=function)
+                       shuffle=entry.get("shuffle", False), seed=int(entry.get("seed", 0)), function=function,
+                       labels_path=base / entry["labels_path"] if "labels_path" in entry else None)
 
     task_data = dict(data.get("task", {"type": "generic"}))
     task_data["classes"] = tuple(task_data.get("classes", ()))

@@ -309,3 +309,22 @@ def test_no_color_is_respected(tmp_path: Path, run_cli_process, monkeypatch) -> 
     monkeypatch.setenv("NO_COLOR", "1")
     plain = run_cli_process("validate", tmp_path / "missing.yaml")
     assert plain.returncode == coloured.returncode == 3 and "\x1b[" not in plain.stderr and "error:" in plain.stderr
+
+
+def test_classification_labels_from_a_csv_file(tmp_path: Path, tiny_recipe, run_cli) -> None:
+    folders = run_cli("build", tiny_recipe(), "--store", tmp_path / "folders")
+    assert folders.exit_code == 0, folders.stderr
+    images = tmp_path / "images"
+    rows = ["file,label"] + [f"{p.relative_to(images).as_posix()},{p.parent.name}" for p in sorted(images.rglob("*.png"))]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    recipe = tiny_recipe({"data": {"preprocess": {"size": [16, 16]},
+                                   "evaluation": {"path": str(images), "labels": "csv", "labels_path": str(tmp_path / "labels.csv"),
+                                                  "batch_size": 4}}}, name="csv.yaml")
+    result = run_cli("build", recipe, "--store", tmp_path / "csv")
+    assert result.exit_code == 0, result.stderr
+    by_folders = json.loads((tmp_path / "folders/tiny/0.1.0/report.json").read_text())["artifacts"][0]["task_metric"]
+    by_csv = json.loads((tmp_path / "csv/tiny/0.1.0/report.json").read_text())["artifacts"][0]["task_metric"]
+    assert by_csv["name"] == "top1_accuracy" and by_csv["reference"] == by_folders["reference"]
+    (tmp_path / "labels.csv").write_text("file,label\na/000.png,zebra\n")
+    bad = run_cli("build", recipe, "--store", tmp_path / "bad")
+    assert bad.exit_code == 3 and "labels.csv:2: label 'zebra' is neither a class in task.classes" in bad.stderr

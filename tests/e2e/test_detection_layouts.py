@@ -49,3 +49,52 @@ def test_a_layout_that_does_not_fit_the_output_is_named(tmp_path: Path, run_cli)
     assert "output 'detections' does not fit task.layout yolov8: the yolov8 layout has axis 1 of 4 + 3 classes = 7 values" \
         in result.stderr
     assert "fix task.layout or task.classes" in result.stderr
+
+
+def yolo_to_coco(folder: Path, destination: Path) -> None:
+    """The shipped YOLO text labels written as a COCO instances file (pixel [x, y, w, h])."""
+    from PIL import Image
+
+    images, annotations = [], []
+    for number, image in enumerate(sorted(folder.glob("*.png"))):
+        width, height = Image.open(image).size
+        images.append({"id": number, "file_name": image.name, "width": width, "height": height})
+        text = image.with_suffix(".txt")
+        for line in (text.read_text().splitlines() if text.exists() else []):
+            cls, cx, cy, w, h = (float(v) for v in line.split())
+            annotations.append({"id": len(annotations), "image_id": number, "category_id": int(cls) + 1, "iscrowd": 0,
+                                "bbox": [(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height]})
+    categories = [{"id": i + 1, "name": name} for i, name in enumerate(["circle", "square", "triangle"])]
+    destination.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+
+
+@pytest.mark.parametrize("labels", ["coco", "ultralytics"])
+def test_detection_labels_from_coco_and_ultralytics_give_the_same_map(tmp_path: Path, run_cli, labels: str) -> None:
+    import shutil
+
+    source = REPO / "calibration/shapes-detect/evaluation"
+    recipe = yaml.safe_load(layout_recipe(tmp_path, "tiny_yolo.py:build_model", None).read_text())
+    if labels == "coco":
+        images = tmp_path / "coco"
+        images.mkdir()
+        for image in source.glob("*.png"):
+            shutil.copy(image, images / image.name)
+        yolo_to_coco(source, tmp_path / "instances.json")
+        recipe["data"]["evaluation"] = {"path": str(images), "labels": "coco", "labels_path": str(tmp_path / "instances.json")}
+    else:
+        (tmp_path / "set/images/val").mkdir(parents=True)
+        (tmp_path / "set/labels/val").mkdir(parents=True)
+        for image in source.glob("*.png"):
+            shutil.copy(image, tmp_path / "set/images/val" / image.name)
+            if image.with_suffix(".txt").exists():
+                shutil.copy(image.with_suffix(".txt"), tmp_path / "set/labels/val" / image.with_suffix(".txt").name)
+        (tmp_path / "set/data.yaml").write_text("path: .\nval: images/val\nnames: {0: circle, 1: square, 2: triangle}\n")
+        recipe["data"]["evaluation"] = {"path": str(tmp_path / "set/images/val"), "labels": "ultralytics",
+                                        "labels_path": str(tmp_path / "set/data.yaml")}
+    path = tmp_path / f"{labels}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    result = run_cli("build", path, "--store", tmp_path / "store")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "store/tiny-yolo-shapes/1.0.0/report.json").read_text())
+    assert report["artifacts"][0]["task_metric"]["name"] == "map50"
+    assert report["artifacts"][0]["task_metric"]["reference"] == pytest.approx(99.65, abs=0.01)  # as with YOLO text labels
