@@ -48,6 +48,8 @@ class ModelSource:
     weights: Path | None = None
     path: Path | None = None
     base_dir: Path = Path(".")
+    strict: bool = True  # torch: unexpected checkpoint entries are an error
+    ignore_weights: tuple[str, ...] = ()  # torch: checkpoint entries dropped before loading (regexes)
 
 
 @dataclass(frozen=True)
@@ -376,7 +378,7 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
     elif source in ("onnx", "torchscript"):
         if "path" not in model:
             add(("model",), f"missing required key 'path': a {source} source needs the model file")
-        for key in ("factory", "weights", "factory_args"):
+        for key in ("factory", "weights", "factory_args", "strict", "ignore_weights"):
             if key in model:
                 add(("model", key), f"'{key}' is only for torch sources; remove it")
     export = data.get("export", {})
@@ -554,6 +556,8 @@ def _to_recipe(path: Path, digest: str, data: dict[str, Any]) -> Recipe:
         weights=base / model["weights"] if "weights" in model else None,
         path=base / model["path"] if "path" in model else None,
         base_dir=base,
+        strict=model.get("strict", True),
+        ignore_weights=tuple(model.get("ignore_weights", ())),
     )
     export = ExportOptions(**data.get("export", {}))
     data_section = data.get("data", {})

@@ -5,12 +5,14 @@ read by the export step directly. Every failure names the file and what to do.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
+import re
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from compiler.errors import InputError, first_line
 from compiler.recipe import ModelSource
@@ -76,6 +78,9 @@ def load_torch_model(source: ModelSource) -> Any:
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"model.factory '{source.factory}' returned {type(model).__name__}, not a torch.nn.Module")
     state = load_state_dict(source.weights)
+    dropped = [key for key in state if any(re.fullmatch(pattern, key) for pattern in source.ignore_weights)]
+    for key in dropped:
+        del state[key]
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # tensors of other sizes: weights of another variant of the model
@@ -83,15 +88,62 @@ def load_torch_model(source: ModelSource) -> Any:
         raise InputError(f"{source.weights}: the weights do not fit the model from '{source.factory}' "
                          f"({' '.join(lines)[:400] or type(exc).__name__}): check model.factory_args and that the weights belong to this "
                          "model") from exc
-    if result.missing_keys or result.unexpected_keys:
+    unexpected = result.unexpected_keys if source.strict else []
+    if result.missing_keys or unexpected:
         details = []
         if result.missing_keys:
             details.append(f"missing {_few(result.missing_keys)}")
-        if result.unexpected_keys:
-            details.append(f"unexpected {_few(result.unexpected_keys)}")
+        if unexpected:
+            details.append(f"unexpected {_few(unexpected)}")
+        hint = "" if result.missing_keys else "; stale entries: set model.strict: false or list them in model.ignore_weights"
         raise InputError(f"{source.weights}: the state_dict does not match the model from '{source.factory}' "
-                         f"({'; '.join(details)}): check model.factory_args and that the weights belong to this model")
-    return model.eval()
+                         f"({'; '.join(details)}): check model.factory_args and that the weights belong to this model{hint}")
+    return _with_named_outputs(model.eval(), source)
+
+
+@functools.lru_cache(maxsize=1)
+def _named_outputs_class() -> Any:
+    import torch
+
+    class NamedOutputsModule(torch.nn.Module):
+        """The model with its outputs as the recipe names them: a dict or ModelOutput is read by
+        name (a subset is fine), a longer tuple is cut to the names given; tensors pass through."""
+
+        def __init__(self, model: torch.nn.Module, names: tuple[str, ...]) -> None:
+            super().__init__()
+            self.model = model
+            self.names = names
+
+        def forward(self, *args: Any) -> Any:
+            result = self.model(*args)
+            if isinstance(result, Mapping):
+                missing = [name for name in self.names if name not in result]
+                if missing:
+                    raise InputError(f"model.outputs names {missing}, but the model returns {list(result)}: "
+                                     "name outputs the model returns")
+                return tuple(result[name] for name in self.names)
+            if isinstance(result, (tuple, list)) and len(result) > len(self.names):
+                return tuple(result[:len(self.names)])
+            return result
+
+    return NamedOutputsModule
+
+
+def _with_named_outputs(model: Any, source: ModelSource) -> Any:
+    """Wrap the model only where its outputs need it (a dict, a ModelOutput, a longer tuple): one
+    probe with example inputs tells; a model that fails the probe is left for the input check."""
+    import torch
+
+    from compiler.data import example_inputs
+
+    try:
+        with torch.no_grad():
+            result = model(*(torch.from_numpy(a) for a in example_inputs(source.inputs, dynamic_size=2)))
+    except Exception:  # noqa: BLE001 - reported, with the declared shapes, by check_model_accepts_inputs
+        return model
+    if isinstance(result, Mapping) or (isinstance(result, (tuple, list)) and len(result) > len(source.outputs)):
+        return _named_outputs_class()(model, source.outputs).eval()
+    return model
 
 
 def load_state_dict(path: Path) -> dict[str, Any]:
@@ -99,6 +151,15 @@ def load_state_dict(path: Path) -> dict[str, Any]:
 
     if not path.is_file():
         raise InputError(f"{path}: the weights file does not exist: fix model.weights")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as exc:
+            raise InputError(f"{path}: .safetensors weights need the safetensors package: pip install safetensors") from exc
+        try:
+            return dict(load_file(str(path), device="cpu"))
+        except Exception as exc:
+            raise InputError(f"{path}: not a readable safetensors file ({first_line(exc, 200)})") from exc
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:

@@ -328,3 +328,54 @@ def test_classification_labels_from_a_csv_file(tmp_path: Path, tiny_recipe, run_
     (tmp_path / "labels.csv").write_text("file,label\na/000.png,zebra\n")
     bad = run_cli("build", recipe, "--store", tmp_path / "bad")
     assert bad.exit_code == 3 and "labels.csv:2: label 'zebra' is neither a class in task.classes" in bad.stderr
+
+
+def hf_style_weights(tmp_path: Path) -> Path:
+    """safetensors weights with a stale buffer the model no longer has (embeddings.position_ids)."""
+    import sys
+
+    import torch
+    from safetensors.torch import save_file
+
+    sys.path.insert(0, str(FIXTURES))
+    try:
+        from hf_style_net import build_model
+    finally:
+        sys.path.remove(str(FIXTURES))
+    state = dict(build_model().state_dict())
+    state["embeddings.position_ids"] = torch.arange(8).reshape(1, 8)
+    save_file(state, str(tmp_path / "model.safetensors"))
+    return tmp_path / "model.safetensors"
+
+
+def hf_style_recipe(tmp_path: Path, tiny_recipe, model_extra: dict) -> Path:
+    np = pytest.importorskip("numpy")
+    np.save(tmp_path / "eval.npy", np.random.default_rng(0).random((12, 8), dtype=np.float32))
+    return tiny_recipe({"model": {"source": "torch", "factory": str(FIXTURES / "hf_style_net.py") + ":build_model",
+                                  "weights": str(hf_style_weights(tmp_path)), "inputs": [{"name": "x", "shape": ["batch", 8]}],
+                                  "outputs": ["pooler_output"], **model_extra},
+                        "data": {"evaluation": {"path": str(tmp_path / "eval.npy")}}, "task": {"type": "generic"},
+                        "targets": [{"backend": "onnxruntime", "precisions": ["fp32"]},
+                                    {"backend": "openvino", "precisions": ["fp32"]}], "gates": None},
+                       name="hf.yaml")
+
+
+def test_a_hugging_face_style_model_with_safetensors_and_a_stale_buffer(tmp_path: Path, tiny_recipe, run_cli) -> None:
+    strict = run_cli("build", hf_style_recipe(tmp_path, tiny_recipe, {}), "--store", tmp_path / "s1")
+    assert strict.exit_code == 3
+    assert "unexpected embeddings.position_ids" in strict.stderr and "set model.strict: false" in strict.stderr
+    for extra in ({"strict": False}, {"ignore_weights": ["embeddings\\.position_ids"]}):
+        result = run_cli("build", hf_style_recipe(tmp_path, tiny_recipe, extra), "--store", tmp_path / f"s-{len(extra)}-{list(extra)[0]}")
+        assert result.exit_code == 0, result.stderr
+        release = next((tmp_path / f"s-{len(extra)}-{list(extra)[0]}").glob("*/*"))
+        report = json.loads((release / "report.json").read_text())
+        # the dict output was read by name: one output, the pooled one, measured against the reference
+        assert [o["output"] for o in report["artifacts"][0]["outputs"]] == ["pooler_output"]
+        assert report["artifacts"][0]["outputs"][0]["cosine"] > 0.9999
+
+
+def test_an_output_name_the_model_does_not_return_is_named(tmp_path: Path, tiny_recipe, run_cli) -> None:
+    recipe = hf_style_recipe(tmp_path, tiny_recipe, {"strict": False, "outputs": ["pooled"]})
+    result = run_cli("build", recipe, "--store", tmp_path / "s")
+    assert result.exit_code == 3, result.stderr
+    assert "model.outputs names ['pooled'], but the model returns ['last_hidden_state', 'pooler_output']" in result.stderr
