@@ -113,6 +113,7 @@ class _TaskScorer:
         self.detections = DetectionScorer(task, len(task.classes))
         self.versus_reference = DetectionScorer(task, len(task.classes))
         self.custom = CustomMetric(task) if task.type == "custom" else None
+        self.sample_cosines: list[float] = []  # embedding: one per sample
 
     def update(self, outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], batch: Batch) -> None:
         import numpy as np
@@ -137,6 +138,12 @@ class _TaskScorer:
             self.total += len(values)
         elif self.custom is not None:
             self.custom.update(outputs, reference, batch)
+        elif self.task.type == "embedding":
+            got = values.reshape(len(values), -1).astype(np.float64)
+            want = reference[self.output].reshape(len(values), -1).astype(np.float64)
+            norms = np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1)
+            cosines = np.where(norms > 0, (got * want).sum(axis=1) / np.maximum(norms, 1e-300), 1.0)
+            self.sample_cosines += [float(c) for c in np.minimum(cosines, 1.0)]
         elif self.task.type == "detection":
             for index, rows in enumerate(values):
                 found = decode_detections(rows, self.task)
@@ -164,6 +171,10 @@ class _TaskScorer:
                 "reference_objects": float(sum(self.versus_reference.positives().values()))}
 
     def metric(self, reference: _TaskScorer) -> TaskMetric:
+        if self.task.type == "embedding":  # agreement with the reference, sample by sample
+            mean = sum(self.sample_cosines) / max(len(self.sample_cosines), 1)
+            return TaskMetric("mean_sample_cosine", 100.0 * mean, 100.0, None,
+                              {"min_sample_cosine": min(self.sample_cosines, default=1.0), "mean_sample_cosine": mean})
         if self.custom is not None:
             assert reference.custom is not None
             name, value = self.custom.headline()
@@ -290,7 +301,7 @@ def compare(batches: Iterable[tuple[Batch, dict[str, np.ndarray]]], artifacts: d
     task_output = task.output or outputs[0]
     slices = [f"{task_output}:boxes", f"{task_output}:scores"] if task.type == "detection" else []
     accumulators = {key: {name: _OutputAccumulator() for name in (*outputs, *slices)} for key in artifacts}
-    use_task = task.type in ("classification", "detection", "custom")
+    use_task = task.type in ("classification", "detection", "embedding", "custom")
     reference_scorer = _TaskScorer(task, task_output)
     scorers = {key: _TaskScorer(task, task_output) for key in artifacts}
     samples = 0

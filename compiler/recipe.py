@@ -462,8 +462,8 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
         if precision != "default" and precision not in {p for _, p in ids}:
             add(("gates", precision), f"no target builds {precision}; remove this gate or add a target")
     for precision, gate in gates.items():
-        if ("max_metric_drop" in gate or "min_metric" in gate) and task.get("type", "generic") == "generic":
-            add(("gates", precision), "task-metric gates need task.type classification, detection or custom")
+        if ("max_metric_drop" in gate or "min_metric" in gate) and task.get("type", "generic") in ("generic", "none"):
+            add(("gates", precision), "task-metric gates need task.type classification, detection, embedding or custom")
     return problems
 
 

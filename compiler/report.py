@@ -211,12 +211,14 @@ def _size(size: int) -> str:
 
 def to_markdown(report: Report) -> str:
     names = {"top1_accuracy": "top-1 accuracy", "map50": "mAP@0.5", "top1_agreement": "top-1 agreement",
-             "reference_map50": "mAP@0.5 vs reference detections"}
+             "reference_map50": "mAP@0.5 vs reference detections", "mean_sample_cosine": "mean per-sample cosine × 100"}
     first = next((a.evaluation.task for a in report.artifacts if a.evaluation.task is not None), None)
     metric_name = names.get(first.name, first.name) if first is not None else None
     verdict = "✅ all gates passed" if report.passed else "❌ gates missed"
     lines = [f"## modelc: {report.name} {report.version} — {verdict}", "",
              f"Reference: {report.reference}. Evaluation data: {report.evaluation_data} ({report.samples} samples)."]
+    if report.task in ("none", "generic"):
+        lines.append("No task metric (task type " + report.task + "): artifacts are judged by tensor metrics only.")
     if metric_name and report.reference_metric is not None:
         lines.append(f"Reference {metric_name}: **{report.reference_metric:.2f}%**.")
     if report.reference_latency_ms is not None:
@@ -263,7 +265,7 @@ def to_markdown(report: Report) -> str:
 
 def _label_free_lines(report: Report) -> list[str]:
     rows = [(a.target, a.evaluation.task.label_free) for a in report.artifacts
-            if a.evaluation.task is not None and a.evaluation.task.label_free and report.task != "custom"]
+            if a.evaluation.task is not None and a.evaluation.task.label_free and report.task in ("classification", "detection")]
     if not rows:
         return []
     if "top5_containment" in rows[0][1]:

@@ -379,3 +379,30 @@ def test_an_output_name_the_model_does_not_return_is_named(tmp_path: Path, tiny_
     result = run_cli("build", recipe, "--store", tmp_path / "s")
     assert result.exit_code == 3, result.stderr
     assert "model.outputs names ['pooled'], but the model returns ['last_hidden_state', 'pooler_output']" in result.stderr
+
+
+def test_an_embedding_task_reports_per_sample_cosine_and_is_gated(tmp_path: Path, tiny_recipe, run_cli) -> None:
+    recipe = hf_style_recipe(tmp_path, tiny_recipe, {"strict": False})
+    data = yaml.safe_load(recipe.read_text())
+    data["task"] = {"type": "embedding"}
+    data["targets"] = [{"backend": "openvino", "precisions": ["fp32", "fp16"]}]
+    data["gates"] = {"fp16": {"max_metric_drop": 0.0}}  # any per-sample disagreement at all
+    recipe.write_text(yaml.safe_dump(data))
+    result = run_cli("build", recipe, "--store", tmp_path / "store", "--reports-dir", tmp_path / "failed")
+    assert result.exit_code == 4, result.stderr
+    report = json.loads(next((tmp_path / "failed").glob("*/*/report.json")).read_text())
+    fp32, fp16 = report["artifacts"]
+    assert fp32["task_metric"]["name"] == "mean_sample_cosine" and fp32["task_metric"]["value"] > 99.99
+    free = fp16["task_metric"]["label_free"]
+    assert 0.99 < free["min_sample_cosine"] <= free["mean_sample_cosine"] < 1.0
+    assert "openvino-fp16: max_metric_drop:" in result.stderr
+
+
+def test_task_none_says_it_judges_by_tensor_metrics_only(tmp_path: Path, tiny_recipe, run_cli) -> None:
+    recipe = tiny_recipe({"task": {"type": "none"}, "gates": None,
+                          "data": {"preprocess": {"size": [16, 16]}, "evaluation": {"path": str(tmp_path / "images")}}},
+                         name="none.yaml")
+    result = run_cli("build", recipe, "--store", tmp_path / "store")
+    assert result.exit_code == 0, result.stderr
+    assert "No task metric (task type none): artifacts are judged by tensor metrics only." in \
+        (tmp_path / "store/tiny/0.1.0/report.md").read_text()
