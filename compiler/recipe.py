@@ -428,6 +428,8 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
             if dataset.get("labels", "none") not in ("none", *wanted):
                 add(("data", role, "labels"), f"a {task['type']} task reads labels {' or '.join(wanted)}: set one of them, "
                     "or leave labels out to judge by agreement with the reference")
+        if not evaluation:
+            add(("task",), f"a {task['type']} task is measured on data.evaluation (labels optional): add it")
     for role in ("calibration", "validation", "evaluation"):
         dataset = data_section.get(role) or {}
         needs_file = dataset.get("labels") in ("csv", "coco", "ultralytics")
@@ -435,8 +437,6 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
             add(("data", role, "labels"), f"labels: {dataset['labels']} reads a labels file: add data.{role}.labels_path")
         if "labels_path" in dataset and not needs_file:
             add(("data", role, "labels_path"), "labels_path is for labels: csv, coco or ultralytics; remove it")
-        if not evaluation:
-            add(("task",), f"a {task['type']} task is measured on data.evaluation (labels optional): add it")
     size = data_section.get("preprocess", {}).get("size")
     image_input = (model.get("inputs") or [{}])[0].get("shape", [])
     if size and len(image_input) == 4:

@@ -52,7 +52,7 @@ def test_bearer_auth_retries_and_a_resumed_download(tmp_path: Path, proxy: str, 
     faults.fail_5xx = 3
     assert store.push(release, "client", "1.0.0", "c" * 64).created
     assert faults.fail_5xx == 0 and faults.token_requests >= 1
-    assert f"Bearer {TOKEN}" in faults.seen_authorizations
+    assert f"Bearer {TOKEN}-0" in faults.seen_authorizations
 
     faults.cut_blob_downloads = 1
     fresh = OciStore(f"oci://{proxy}/auth")
@@ -100,3 +100,25 @@ def test_plain_http_only_for_loopback_or_listed_hosts(monkeypatch: pytest.Monkey
     assert OciStore("oci://ghcr.io/org").repository("tiny") == "org/tiny"
     with pytest.raises(StoreError, match="expected oci://HOST"):
         OciStore("oci:///nohost")
+
+
+def test_rate_limits_are_waited_out_as_the_registry_asks(tmp_path: Path, proxy: str, faults: Faults, credentials: None) -> None:
+    release = fake_release(tmp_path)
+    store = OciStore(f"oci://{proxy}/ratelimit")
+    store.backoff = 0.01  # far below Retry-After: 1, so a wait of about a second is the header's doing
+    faults.rate_limited = 2
+    assert store.push(release, "client", "1.0.0", "c" * 64).created
+    assert faults.rate_limited == 0 and len(faults.retry_after_seen) >= 2
+    assert min(faults.retry_after_seen[:2]) >= 0.9
+
+
+def test_a_token_that_expires_during_a_long_push_is_refreshed(tmp_path: Path, proxy: str, faults: Faults,
+                                                             credentials: None) -> None:
+    release = fake_release(tmp_path)
+    store = OciStore(f"oci://{proxy}/expiry", chunk_size=1024 * 1024)  # several requests per blob
+    faults.expire_token_after = 3
+    assert store.push(release, "client", "1.0.0", "c" * 64).created
+    assert faults.generation >= 2 and faults.token_requests >= 3  # expired more than once, refreshed each time
+    fresh = OciStore(f"oci://{proxy}/expiry")
+    fresh.fetch("client", "1.0.0", tmp_path / "out", lambda manifest: None)
+    assert (tmp_path / "out/onnx/model.onnx").read_bytes() == (release / "onnx/model.onnx").read_bytes()

@@ -144,8 +144,11 @@ class OciStore(Store):
 
         full = url if url.startswith("http") else f"{self.root}/v2/{url}"
         scope = f"repository:{repository}:{'pull,push' if push else 'pull'}"
-        delay = self.backoff
-        for attempt in range(RETRIES):
+        retry = self._retry_policy()
+        refreshed = False
+        attempts = 0
+        while True:
+            attempts += 1
             sent = dict(headers or {})
             token = self._tokens.get(scope)
             if token:
@@ -154,25 +157,48 @@ class OciStore(Store):
                 response = self.session.request(method, full, data=body() if body else None, headers=sent,
                                                 stream=stream, timeout=(10, 300))
             except (requests.ConnectionError, requests.Timeout) as exc:
-                if attempt == RETRIES - 1:
-                    raise StoreError(f"{self.url}: {method} {_path_of(full)} failed after {RETRIES} attempts: "
-                                     f"{type(exc).__name__}") from exc
-                time.sleep(delay)
-                delay *= 2
+                retry = self._next_retry(retry, method, full, attempts, error=exc)
+                retry.sleep()
                 continue
-            if response.status_code == 401 and not token:
+            if response.status_code == 401 and (not token or not refreshed):
+                # no token yet, or one that expired during a long transfer: (re)authenticate once
+                refreshed = bool(token)
+                self._tokens.pop(scope, None)
                 self._authenticate(response, scope)
                 if scope in self._tokens:
+                    response.close()
                     continue
-            if response.status_code >= 500 and attempt < RETRIES - 1:
+            if retry.is_retry(method, response.status_code, "Retry-After" in response.headers):
+                retry = self._next_retry(retry, method, full, attempts, response=response)
+                retry.sleep(response.raw)  # honours Retry-After (429, 503)
                 response.close()
-                time.sleep(delay)
-                delay *= 2
                 continue
             if response.status_code not in expect:
                 raise self._error(method, full, response)
             return response
-        raise StoreError(f"{self.url}: {method} {_path_of(full)} kept failing")  # pragma: no cover
+
+    def _retry_policy(self) -> Any:
+        """urllib3's Retry: idempotent requests only, on 429 (with Retry-After), 5xx and dropped
+        connections, with exponential backoff; POST and PATCH (upload steps) are never repeated."""
+        from urllib3.util.retry import Retry
+
+        return Retry(total=RETRIES - 1, backoff_factor=self.backoff, status_forcelist=(429, 500, 502, 503, 504),
+                     allowed_methods=frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"}),
+                     respect_retry_after_header=True, raise_on_status=False, backoff_max=60)
+
+    def _next_retry(self, retry: Any, method: str, full: str, attempts: int, *, error: Exception | None = None,
+                    response: Any = None) -> Any:
+        from urllib3.exceptions import MaxRetryError
+
+        if error is not None and method.upper() not in retry.allowed_methods:
+            raise StoreError(f"{self.url}: {method} {_path_of(full)} failed ({type(error).__name__}) and is not "
+                             "repeated (not idempotent): push again") from error
+        try:
+            return retry.increment(method, full, response=response.raw if response is not None else None,
+                                   error=None if error is None else _AsUrllib3Error(str(error)))
+        except MaxRetryError as exhausted:
+            what = type(error).__name__ if error is not None else f"HTTP {response.status_code}"
+            raise StoreError(f"{self.url}: {method} {_path_of(full)} failed after {attempts} attempts: {what}") from exhausted
 
     def _authenticate(self, response: Any, scope: str) -> None:
         """Answer a 401 challenge: a bearer token from the named realm, or basic auth."""
@@ -458,6 +484,19 @@ class OciStore(Store):
         prefix = f"{self.base}/" if self.base else ""
         return sorted(r[len(prefix):] for r in response.json().get("repositories") or []
                       if r.startswith(prefix) and r[len(prefix):] != STEP_REPOSITORY)
+
+
+def _as_urllib3_error_class() -> type:
+    from urllib3.exceptions import ProtocolError
+
+    return ProtocolError
+
+
+class _AsUrllib3Error(Exception):
+    """Stands for a requests-level connection error in urllib3's retry bookkeeping."""
+
+    def __new__(cls, message: str) -> Any:  # type: ignore[misc]
+        return _as_urllib3_error_class()(message)
 
 
 class OciStepCache:

@@ -1,10 +1,12 @@
 """An HTTP proxy in front of the test registry that demands a bearer token (the way GHCR does:
 401 + WWW-Authenticate pointing at a token realm that takes basic auth) and injects faults:
-503 answers, and blob downloads cut off half way."""
+503 answers, 429 answers with Retry-After, tokens that expire mid-transfer, and blob downloads cut
+off half way."""
 from __future__ import annotations
 
 import base64
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
@@ -17,6 +19,11 @@ USER, SECRET, TOKEN = "ci-bot", "s3cret-registry-token", "issued-bearer-token"
 @dataclass
 class Faults:
     fail_5xx: int = 0  # answer this many requests with 503 first
+    rate_limited: int = 0  # answer this many requests with 429 and Retry-After: 1 first
+    expire_token_after: int = 0  # the issued token stops working after this many authorised requests (0: never)
+    authorised: int = 0
+    generation: int = 0  # tokens issued before the last expiry are refused
+    retry_after_seen: list[float] = field(default_factory=list)  # seconds between a 429 and the next request
     cut_blob_downloads: int = 0  # this many blob GETs send half the body, then drop the connection
     seen_ranges: list[str] = field(default_factory=list)
     seen_authorizations: set[str] = field(default_factory=set)
@@ -24,6 +31,8 @@ class Faults:
 
 
 def start_proxy(upstream: str, faults: Faults) -> Iterator[str]:
+    last_429: list[float] = []
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -36,7 +45,7 @@ def start_proxy(upstream: str, faults: Faults) -> Iterator[str]:
             if self.headers.get("Authorization") != expected:
                 self._reply(401, b'{"errors":[{"code":"DENIED"}]}')
                 return
-            self._reply(200, f'{{"token":"{TOKEN}"}}'.encode())
+            self._reply(200, f'{{"token":"{TOKEN}-{faults.generation}"}}'.encode())
 
         def _reply(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
             self.send_response(status)
@@ -52,17 +61,27 @@ def start_proxy(upstream: str, faults: Faults) -> Iterator[str]:
                 self._token()
                 return
             faults.seen_authorizations.add(self.headers.get("Authorization", ""))
-            if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None  # read first: an unread body would poison the connection
+            if self.headers.get("Authorization") != f"Bearer {TOKEN}-{faults.generation}":
                 realm = f"http://{self.headers['Host']}/token"
                 self._reply(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}', {
                     "WWW-Authenticate": f'Bearer realm="{realm}",service="test-registry",scope="repository:x:pull"'})
+                return
+            faults.authorised += 1
+            if faults.expire_token_after and faults.authorised % faults.expire_token_after == 0:
+                faults.generation += 1  # this token expired: the next request with it gets 401
+            if last_429:
+                faults.retry_after_seen.append(time.monotonic() - last_429.pop())
+            if faults.rate_limited > 0:
+                faults.rate_limited -= 1
+                last_429.append(time.monotonic())
+                self._reply(429, b"slow down", {"Retry-After": "1"})
                 return
             if faults.fail_5xx > 0:
                 faults.fail_5xx -= 1
                 self._reply(503, b"busy")
                 return
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else None
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "authorization")}
             if "Range" in self.headers:
                 faults.seen_ranges.append(self.headers["Range"])
