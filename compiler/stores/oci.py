@@ -188,14 +188,14 @@ class OciStore(Store):
 
     def _next_retry(self, retry: Any, method: str, full: str, attempts: int, *, error: Exception | None = None,
                     response: Any = None) -> Any:
-        from urllib3.exceptions import MaxRetryError
+        from urllib3.exceptions import MaxRetryError, ProtocolError
 
         if error is not None and method.upper() not in retry.allowed_methods:
             raise StoreError(f"{self.url}: {method} {_path_of(full)} failed ({type(error).__name__}) and is not "
                              "repeated (not idempotent): push again") from error
         try:
             return retry.increment(method, full, response=response.raw if response is not None else None,
-                                   error=None if error is None else _AsUrllib3Error(str(error)))
+                                   error=None if error is None else ProtocolError(str(error)))  # a dropped connection
         except MaxRetryError as exhausted:
             what = type(error).__name__ if error is not None else f"HTTP {response.status_code}"
             raise StoreError(f"{self.url}: {method} {_path_of(full)} failed after {attempts} attempts: {what}") from exhausted
@@ -484,19 +484,6 @@ class OciStore(Store):
         prefix = f"{self.base}/" if self.base else ""
         return sorted(r[len(prefix):] for r in response.json().get("repositories") or []
                       if r.startswith(prefix) and r[len(prefix):] != STEP_REPOSITORY)
-
-
-def _as_urllib3_error_class() -> type:
-    from urllib3.exceptions import ProtocolError
-
-    return ProtocolError
-
-
-class _AsUrllib3Error(Exception):
-    """Stands for a requests-level connection error in urllib3's retry bookkeeping."""
-
-    def __new__(cls, message: str) -> Any:  # type: ignore[misc]
-        return _as_urllib3_error_class()(message)
 
 
 class OciStepCache:
