@@ -122,3 +122,12 @@ def test_a_token_that_expires_during_a_long_push_is_refreshed(tmp_path: Path, pr
     fresh = OciStore(f"oci://{proxy}/expiry")
     fresh.fetch("client", "1.0.0", tmp_path / "out", lambda manifest: None)
     assert (tmp_path / "out/onnx/model.onnx").read_bytes() == (release / "onnx/model.onnx").read_bytes()
+
+
+def test_tags_are_read_page_by_page(tmp_path: Path, proxy: str, faults: Faults, credentials: None) -> None:
+    store = OciStore(f"oci://{proxy}/pages")
+    for version in ("1.2.0", "1.10.0", "0.9.0", "2.0.0", "1.3.0"):
+        store.push(fake_release(tmp_path / version, version=version), "client", version, "c" * 64)
+    faults.tags_page = 2
+    assert store.list("client") == [("client", v) for v in ("0.9.0", "1.2.0", "1.3.0", "1.10.0", "2.0.0")]
+    assert faults.tag_pages_served >= 3  # five tags (and the signature tags) two at a time

@@ -59,6 +59,8 @@ FILEPATH = "org.cncf.model.filepath"
 CONTENT_DIGEST = "dev.modelc.content-digest"
 CHUNK = 8 * 1024 * 1024  # upload chunk and download buffer: what a transfer holds in memory
 RETRIES = 5
+TAGS_PER_PAGE = 1000
+MAX_TAG_PAGES = 1000
 LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
 RELEASE_MANIFEST = "manifest.json"
 
@@ -472,10 +474,28 @@ class OciStore(Store):
         found = []
         for release in names:
             repository = self.repository(release)
-            response = self._request("GET", f"{repository}/tags/list", repository, expect=(200, 404))
-            tags = (response.json().get("tags") or []) if response.status_code == 200 else []
+            tags = self._tags(repository)
             found += [(release, tag) for tag in version_order(tags) if not tag.startswith("sha256-")]
         return found
+
+    def _tags(self, repository: str) -> builtins.list[str]:
+        """Every tag, page by page: the distribution API pages with `n`/`last` and a `Link` header
+        naming the next page (GHCR pages at 100); a registry that ignores `n` answers in one page."""
+        tags: builtins.list[str] = []
+        url = f"{repository}/tags/list?n={TAGS_PER_PAGE}"
+        for _ in range(MAX_TAG_PAGES):
+            response = self._request("GET", url, repository, expect=(200, 404))
+            if response.status_code == 404:
+                return tags
+            page = response.json().get("tags") or []
+            if not isinstance(page, builtins.list) or not all(isinstance(tag, str) for tag in page):
+                raise StoreError(f"{self.url}: {repository} answered tags/list with something that is not a list of tags")
+            tags += page
+            following = _next_link(response.headers.get("Link", ""))
+            if following is None:
+                return tags
+            url = urljoin(f"{self.root}/", following)
+        raise StoreError(f"{self.url}: {repository} lists more than {MAX_TAG_PAGES * TAGS_PER_PAGE} tags: refused")
 
     def _catalog(self) -> builtins.list[str]:
         response = self._request("GET", "_catalog", "", expect=(200, 404, 401))
@@ -484,6 +504,12 @@ class OciStore(Store):
         prefix = f"{self.base}/" if self.base else ""
         return sorted(r[len(prefix):] for r in response.json().get("repositories") or []
                       if r.startswith(prefix) and r[len(prefix):] != STEP_REPOSITORY)
+
+
+def _next_link(header: str) -> str | None:
+    """The target of `Link: <URL>; rel="next"`, if any."""
+    match = re.search(r'<([^>]+)>\s*;\s*rel="?next"?', header)
+    return match.group(1) if match else None
 
 
 class OciStepCache:

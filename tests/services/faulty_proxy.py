@@ -24,6 +24,8 @@ class Faults:
     authorised: int = 0
     generation: int = 0  # tokens issued before the last expiry are refused
     retry_after_seen: list[float] = field(default_factory=list)  # seconds between a 429 and the next request
+    tags_page: int = 0  # serve tags/list in pages of this many tags, with Link headers (as GHCR does)
+    tag_pages_served: int = 0
     cut_blob_downloads: int = 0  # this many blob GETs send half the body, then drop the connection
     seen_ranges: list[str] = field(default_factory=list)
     seen_authorizations: set[str] = field(default_factory=set)
@@ -85,6 +87,9 @@ def start_proxy(upstream: str, faults: Faults) -> Iterator[str]:
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "authorization")}
             if "Range" in self.headers:
                 faults.seen_ranges.append(self.headers["Range"])
+            if faults.tags_page and "/tags/list" in self.path and self.command == "GET":
+                self._tags_page(upstream, headers)
+                return
             answer = requests.request(self.command, upstream + self.path, data=body, headers=headers,
                                       allow_redirects=False, stream=True)
             content = answer.raw.read() if self.command != "HEAD" else b""
@@ -109,6 +114,20 @@ def start_proxy(upstream: str, faults: Faults) -> Iterator[str]:
                 self.connection.shutdown(2)
                 return
             self.wfile.write(content)
+
+        def _tags_page(self, upstream: str, headers: dict[str, str]) -> None:
+            """The registry's whole tag list, served `tags_page` at a time after `last`."""
+            import json
+            from urllib.parse import parse_qs, urlparse
+
+            path, query = urlparse(self.path).path, parse_qs(urlparse(self.path).query)
+            every = sorted(requests.get(upstream + path, headers=headers).json().get("tags") or [])
+            last = query.get("last", [""])[0]
+            rest = [tag for tag in every if tag > last]
+            page, more = rest[:faults.tags_page], len(rest) > faults.tags_page
+            faults.tag_pages_served += 1
+            link = {"Link": f'<{path}?n={faults.tags_page}&last={page[-1]}>; rel="next"'} if more else {}
+            self._reply(200, json.dumps({"name": path, "tags": page}).encode(), {"Content-Type": "application/json", **link})
 
         do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _forward
 
