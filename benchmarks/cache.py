@@ -19,12 +19,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from compiler.manifest import sha256_file  # noqa: E402
+from modelc_build.manifest import sha256_file  # noqa: E402
 
 
 def timed_build(recipe: Path, store: Path, cache: Path) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "compiler", "build", str(recipe), "--store", str(store), "--cache", str(cache)],
+    subprocess.run([sys.executable, "-m", "modelc_build", "build", str(recipe), "--store", str(store), "--cache", str(cache)],
                    check=True, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - started
 

@@ -32,14 +32,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from compiler.data import DataReader  # noqa: E402
-from compiler.plan import data_source  # noqa: E402
-from compiler.recipe import load_recipe  # noqa: E402
+from modelc_build.data import DataReader  # noqa: E402
+from modelc_build.plan import data_source  # noqa: E402
+from modelc_build.recipe import load_recipe  # noqa: E402
 
 
 def build(recipe: Path, scratch: Path) -> tuple[dict[str, Any], dict[str, float], Path]:
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "compiler", "build", str(recipe), "--store", f"{scratch}/store",
+    result = subprocess.run([sys.executable, "-m", "modelc_build", "build", str(recipe), "--store", f"{scratch}/store",
                              "--cache", f"{scratch}/cache", "--reports-dir", f"{scratch}/failed", "-j", "2"],
                             cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - started

@@ -29,7 +29,7 @@ import numpy as np, torch, onnx, onnxsim, onnxruntime as ort, openvino as ov
 from PIL import Image
 sys.path.insert(0, sys.argv[2])
 from models.tiny_yolo import build_model
-from compiler.preprocess import Preprocess, preprocess_image
+from modelc_build.preprocess import Preprocess, preprocess_image
 out = pathlib.Path(sys.argv[1])
 model = build_model(); model.load_state_dict(torch.load(f"{sys.argv[2]}/models/tiny_yolo.pt", weights_only=True)); model.eval()
 x = torch.rand(1, 3, 128, 128)
@@ -43,9 +43,9 @@ for precision in ("fp32", "fp16"):
 import nncf
 spec = Preprocess(128, 128, resize="letterbox")
 calibration = [preprocess_image(Image.open(f), spec)[0][None] for f in sorted(pathlib.Path(sys.argv[3]).parent.joinpath("calibration").glob("*.png"))]
-from compiler.accuracy import task_metric
-from compiler.data import DataReader
-from compiler.recipe import load_recipe
+from modelc_build.accuracy import task_metric
+from modelc_build.data import DataReader
+from modelc_build.recipe import load_recipe
 recipe = load_recipe(pathlib.Path(sys.argv[2]) / "recipes/yolo.yaml")
 evaluation = DataReader(recipe.evaluation, recipe.model.inputs, recipe.preprocess, recipe.task.classes)
 def validate(compiled, batches):
@@ -117,7 +117,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as scratch:
             plain.append(timed([sys.executable, "-c", PLAIN, scratch, str(REPO), str(evaluation)]))
         with tempfile.TemporaryDirectory() as scratch:
-            modelc.append(timed([sys.executable, "-m", "compiler", "build", args.recipe, "--store", f"{scratch}/store",
+            modelc.append(timed([sys.executable, "-m", "modelc_build", "build", args.recipe, "--store", f"{scratch}/store",
                                  "--cache", f"{scratch}/cache", "-j", str(args.jobs)]))  # cold: an empty cache
 
     p, m = statistics.median(plain), statistics.median(modelc)

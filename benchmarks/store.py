@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 PUSH = """
 import json, sys
 from pathlib import Path
-from compiler.stores import open_store
+from modelc_build.stores import open_store
 release = Path(sys.argv[2])
 manifest = json.loads((release / "manifest.json").read_text())
 open_store(sys.argv[1]).push(release, "bench", "1.0.0", manifest["content_digest"])
@@ -36,9 +36,9 @@ open_store(sys.argv[1]).push(release, "bench", "1.0.0", manifest["content_digest
 PULL = """
 import sys
 from pathlib import Path
-from compiler.deploy import pull
-from compiler.signing import Trust
-from compiler.stores import open_store
+from modelc_build.deploy import pull
+from modelc_build.signing import Trust
+from modelc_build.stores import open_store
 pull(open_store(sys.argv[1]), "bench", "1.0.0", Path(sys.argv[2]), Trust(public_key=Path(sys.argv[3])))
 """
 
@@ -78,7 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--megabytes", type=int, default=500)
     args = parser.parse_args()
-    from compiler.signing import Signer, Trust, sign_release, verify_release, write_key_pair
+    from modelc_build.signing import Signer, Trust, sign_release, verify_release, write_key_pair
     from tests.services.registry import start_registry
 
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as scratch:

@@ -79,7 +79,7 @@ def main() -> None:
             ultralytics.append(timed([args.ultralytics_python, "-c", EXPORTS], exports))
             recipe = work / f"peer-{run}.yaml"
             recipe.write_text(RECIPE.format(onnx=exports / "yolov8n.onnx", photos=photos))
-            modelc.append(timed([sys.executable, "-m", "compiler", "build", str(recipe), "--store", str(work / f"store-{run}"),
+            modelc.append(timed([sys.executable, "-m", "modelc_build", "build", str(recipe), "--store", str(work / f"store-{run}"),
                                  "--cache", str(work / f"cache-{run}"), "-j", "2"], REPO))
     u, m = statistics.median(ultralytics), statistics.median(modelc)
     print(f"ultralytics, 4 exports (onnx, openvino fp32/fp16, torchscript): median {u:.1f} s  runs {[round(t, 1) for t in ultralytics]}")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from compiler.preprocess import Preprocess, preprocess_image
+from modelc_build.preprocess import Preprocess, preprocess_image
 from models.shapes import detection_image
 from models.tiny_yolo import TinyYolo, build_model
 

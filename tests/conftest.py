@@ -94,7 +94,7 @@ def tiny_recipe(tmp_path: Path, tiny_weights: Path) -> Callable[..., Path]:
 def run_cli() -> Callable[..., Any]:
     from click.testing import CliRunner
 
-    from compiler.cli import main
+    from modelc_build.cli import main
 
     def run(*args: str) -> Any:
         return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
@@ -109,7 +109,7 @@ def run_cli_process() -> Callable[..., Any]:
     import subprocess
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "compiler", *[str(a) for a in args]], capture_output=True,
+        return subprocess.run([sys.executable, "-m", "modelc_build", *[str(a) for a in args]], capture_output=True,
                               text=True, cwd=REPO, timeout=600)
 
     return run
@@ -124,7 +124,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 def _tiny_inputs() -> tuple[Any, ...]:
-    from compiler.recipe import TensorSpec
+    from modelc_build.recipe import TensorSpec
 
     return (TensorSpec("images", ("batch", 3, 16, 16)),)
 
@@ -135,8 +135,8 @@ TINY_INPUTS = _tiny_inputs()  # the tiny net's one input
 @pytest.fixture(scope="session")
 def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny net exported to ONNX once per session (TorchScript exporter, opset 17)."""
-    from compiler.export import export_onnx
-    from compiler.recipe import ExportOptions
+    from modelc_build.export import export_onnx
+    from modelc_build.recipe import ExportOptions
     from tests.fixtures.tiny_net import build_model
 
     path = tmp_path_factory.mktemp("onnx") / "model.onnx"

@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from compiler.accuracy import Evaluation, OutputMetrics, TaskMetric, _OutputAccumulator, apply_gates
-from compiler.data import GroundTruthBox
-from compiler.recipe import Gate, Task
-from compiler.tasks import Detection, DetectionScorer, average_precision, decode_detections, iou_matrix, non_max_suppression
+from modelc_build.accuracy import Evaluation, OutputMetrics, TaskMetric, _OutputAccumulator, apply_gates
+from modelc_build.data import GroundTruthBox
+from modelc_build.recipe import Gate, Task
+from modelc_build.tasks import Detection, DetectionScorer, average_precision, decode_detections, iou_matrix, non_max_suppression
 
 
 def test_output_metrics_by_hand() -> None:

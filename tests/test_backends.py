@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from compiler.backends import CompileRequest, get_backend
-from compiler.errors import BackendUnavailable
-from compiler.recipe import Target
+from modelc_build.backends import CompileRequest, get_backend
+from modelc_build.errors import BackendUnavailable
+from modelc_build.recipe import Target
 from tests.conftest import TINY_INPUTS as INPUTS
 from tests.fixtures.tiny_net import build_model
 
@@ -42,7 +42,7 @@ def test_openvino_fp16_weights_are_half_the_size(tmp_path: Path, onnx_file: Path
 
 
 def test_runner_checks_feed_names(tmp_path: Path, onnx_file: Path) -> None:
-    from compiler.errors import InputError
+    from modelc_build.errors import InputError
 
     runner = get_backend("onnxruntime").runner([onnx_file], INPUTS, ("logits",))
     with runner, pytest.raises(InputError, match=r"feed has inputs \['x'\], the model takes \['images'\]"):
@@ -75,7 +75,7 @@ def test_openvino_int8_is_calibrated_on_the_given_data(tmp_path: Path, onnx_file
 
 
 def test_openvino_int8_without_data_is_a_compile_error(tmp_path: Path, onnx_file: Path) -> None:
-    from compiler.errors import CompileError
+    from modelc_build.errors import CompileError
 
     with pytest.raises(CompileError, match="an int8 target needs data.calibration"):
         get_backend("openvino").compile(CompileRequest(Target("openvino", "int8"), onnx_file, INPUTS, ("logits",), tmp_path))
@@ -87,7 +87,7 @@ def test_onnxruntime_int8_is_quantized_for_its_cpu_kernels(tmp_path: Path, onnx_
     weights (the faster kernel), close to the float graph."""
     import onnx
 
-    from compiler.recipe import Quantization
+    from modelc_build.recipe import Quantization
 
     rng = np.random.default_rng(4)
     feeds = [{"images": rng.random((4, 3, 16, 16), dtype=np.float32)} for _ in range(4)]
@@ -112,7 +112,7 @@ def test_onnxruntime_int8_is_quantized_for_its_cpu_kernels(tmp_path: Path, onnx_
 
 
 def test_openvino_int8_keeps_ignored_layer_types_in_float(tmp_path: Path, onnx_file: Path) -> None:
-    from compiler.recipe import Quantization
+    from modelc_build.recipe import Quantization
 
     rng = np.random.default_rng(5)
     feeds = [{"images": rng.random((4, 3, 16, 16), dtype=np.float32)} for _ in range(2)]
@@ -128,8 +128,8 @@ def test_openvino_int8_keeps_ignored_layer_types_in_float(tmp_path: Path, onnx_f
 
 @pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
 def test_an_unknown_ignored_name_is_an_input_error_on_every_backend(tmp_path: Path, onnx_file: Path, backend: str) -> None:
-    from compiler.errors import InputError
-    from compiler.recipe import Quantization
+    from modelc_build.errors import InputError
+    from modelc_build.recipe import Quantization
 
     feeds = [{"images": np.zeros((2, 3, 16, 16), np.float32)}]
     with pytest.raises(InputError, match="quantization.ignore.names: no_such_layer not in the ONNX graph"):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from compiler.cache import Cache, cache_key
+from modelc_build.cache import Cache, cache_key
 
 
 def test_golden_key() -> None:
@@ -69,7 +69,7 @@ def test_an_entry_record_of_the_wrong_shape_is_dropped(tmp_path: Path, record: s
 
 
 def test_a_cache_path_that_is_a_file_is_an_input_error(tmp_path: Path) -> None:
-    from compiler.errors import InputError
+    from modelc_build.errors import InputError
 
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="the step cache must be a folder"):

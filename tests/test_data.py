@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from compiler.data import DataReader
-from compiler.errors import InputError
-from compiler.preprocess import Preprocess, preprocess_image
-from compiler.recipe import Dataset, TensorSpec
+from modelc_build.data import DataReader
+from modelc_build.errors import InputError
+from modelc_build.preprocess import Preprocess, preprocess_image
+from modelc_build.recipe import Dataset, TensorSpec
 from tests.conftest import write_images
 
 INPUT = (TensorSpec("images", ("batch", 3, 16, 16)),)

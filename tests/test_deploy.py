@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from compiler.deploy import pull, verify_folder
-from compiler.errors import InputError, VerificationError
-from compiler.manifest import FileEntry, content_digest, sha256_file
-from compiler.signing import Signer, Trust, sign_release, write_key_pair
-from compiler.stores.local import LocalStore
+from modelc_build.deploy import pull, verify_folder
+from modelc_build.errors import InputError, VerificationError
+from modelc_build.manifest import FileEntry, content_digest, sha256_file
+from modelc_build.signing import Signer, Trust, sign_release, write_key_pair
+from modelc_build.stores.local import LocalStore
 
 
 def signed_release(tmp_path: Path, files: dict[str, bytes], listed: list[dict] | None = None) -> tuple[LocalStore, Trust]:

@@ -9,11 +9,11 @@ from typing import Any, ClassVar
 
 import pytest
 
-from compiler.cache import Cache
-from compiler.engine import Engine, StepsFailed, step_key
-from compiler.errors import BackendUnavailable, CompileError
-from compiler.progress import BuildLog
-from compiler.steps import Step, StepInputs
+from modelc_build.cache import Cache
+from modelc_build.engine import Engine, StepsFailed, step_key
+from modelc_build.errors import BackendUnavailable, CompileError
+from modelc_build.progress import BuildLog
+from modelc_build.steps import Step, StepInputs
 
 FAILING: set[str] = set()  # ids of WriteStep that fail while in this set (the "bug" a user fixes)
 

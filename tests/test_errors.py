@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from compiler import errors
+from modelc_build import errors
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -28,7 +28,7 @@ def test_every_error_class_has_a_documented_code_and_every_code_a_class() -> Non
 
 
 def test_the_cli_help_lists_the_same_codes() -> None:
-    from compiler.cli import main
+    from modelc_build.cli import main
 
     listed = {int(code) for code in re.findall(r"(\d) [a-z]", main.help or "")}
     assert listed == set(documented_codes())

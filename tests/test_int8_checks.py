@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.accuracy import Evaluation, OutputMetrics, TaskMetric, apply_gates, compare
-from compiler.backends import Runner
-from compiler.data import Batch
-from compiler.recipe import DEFAULT_GATES, Task, TensorSpec
-from compiler.report import ArtifactReport, Report
+from modelc_build.accuracy import Evaluation, OutputMetrics, TaskMetric, apply_gates, compare
+from modelc_build.backends import Runner
+from modelc_build.data import Batch
+from modelc_build.recipe import DEFAULT_GATES, Task, TensorSpec
+from modelc_build.report import ArtifactReport, Report
 
 INPUTS = (TensorSpec("x", ("batch", 4)),)
 
@@ -67,9 +67,9 @@ def test_default_int8_gates_catch_a_collapse_and_say_by_how_much() -> None:
 def test_tuning_never_reads_the_evaluation_set(tmp_path: Path, tiny_recipe) -> None:
     import yaml
 
-    from compiler.fingerprint import DataSource
-    from compiler.plan import make_plan
-    from compiler.recipe import load_recipe
+    from modelc_build.fingerprint import DataSource
+    from modelc_build.plan import make_plan
+    from modelc_build.recipe import load_recipe
 
     base = yaml.safe_load(tiny_recipe().read_text())
     base["data"]["calibration"] = {"path": base["data"]["evaluation"]["path"] + "-calibration", "labels": "folders"}
@@ -95,7 +95,7 @@ def environment_variable(name: str) -> str | None:
 
 
 def test_a_second_instruction_set_is_set_before_the_interpreter_starts() -> None:
-    from compiler.steps.verify import in_fresh_interpreter
+    from modelc_build.steps.verify import in_fresh_interpreter
 
     seen = in_fresh_interpreter(environment_variable, "ONEDNN_MAX_CPU_ISA", {"ONEDNN_MAX_CPU_ISA": "AVX2"})
     assert seen == "AVX2" and os.environ.get("ONEDNN_MAX_CPU_ISA") != "AVX2"
@@ -104,8 +104,8 @@ def test_a_second_instruction_set_is_set_before_the_interpreter_starts() -> None
 def test_openvino_int8_is_verified_on_pre_vnni_kernels_and_gated(tmp_path: Path, tiny_recipe) -> None:
     import yaml
 
-    from compiler.plan import make_plan
-    from compiler.recipe import load_recipe
+    from modelc_build.plan import make_plan
+    from modelc_build.recipe import load_recipe
 
     base = yaml.safe_load(tiny_recipe().read_text())
     base["data"]["calibration"] = {"path": base["data"]["evaluation"]["path"]}
@@ -119,9 +119,9 @@ def test_openvino_int8_is_verified_on_pre_vnni_kernels_and_gated(tmp_path: Path,
 def test_the_ir_is_also_measured_pinned_to_f32_where_the_cpu_has_bf16(tmp_path: Path, tiny_recipe, monkeypatch) -> None:
     import yaml
 
-    from compiler import host
-    from compiler.plan import make_plan
-    from compiler.recipe import load_recipe
+    from modelc_build import host
+    from modelc_build.plan import make_plan
+    from modelc_build.recipe import load_recipe
 
     base = yaml.safe_load(tiny_recipe().read_text())
     base["verify"] = None  # the runtime's defaults, as a deploy stage calls compile_model

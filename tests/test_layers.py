@@ -7,19 +7,19 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "compiler"
+PACKAGE = Path(__file__).resolve().parents[1] / "modelc_build"
 
 FORBIDDEN = {
-    "compiler.backends": {"compiler.accuracy", "compiler.sources", "compiler.export", "compiler.steps", "compiler.engine",
-                          "compiler.plan", "compiler.build", "compiler.release", "compiler.stores", "compiler.cli"},
-    "compiler.stores": {"compiler.build", "compiler.release", "compiler.plan", "compiler.engine", "compiler.steps",
-                        "compiler.backends", "compiler.accuracy", "compiler.export", "compiler.sources", "compiler.recipe",
-                        "compiler.cli"},
-    "compiler.engine": {"compiler.steps.", "compiler.plan", "compiler.recipe", "compiler.build", "compiler.release",
-                        "compiler.backends", "compiler.cli"},
-    "compiler.steps": {"compiler.plan", "compiler.build", "compiler.release", "compiler.cli"},
-    "compiler.plan": {"compiler.engine", "compiler.build", "compiler.release", "compiler.backends", "compiler.cli"},
-    "compiler.release": {"compiler.engine", "compiler.plan", "compiler.build", "compiler.backends", "compiler.cli"},
+    "modelc_build.backends": {"modelc_build.accuracy", "modelc_build.sources", "modelc_build.export", "modelc_build.steps", "modelc_build.engine",
+                          "modelc_build.plan", "modelc_build.build", "modelc_build.release", "modelc_build.stores", "modelc_build.cli"},
+    "modelc_build.stores": {"modelc_build.build", "modelc_build.release", "modelc_build.plan", "modelc_build.engine", "modelc_build.steps",
+                        "modelc_build.backends", "modelc_build.accuracy", "modelc_build.export", "modelc_build.sources", "modelc_build.recipe",
+                        "modelc_build.cli"},
+    "modelc_build.engine": {"modelc_build.steps.", "modelc_build.plan", "modelc_build.recipe", "modelc_build.build", "modelc_build.release",
+                        "modelc_build.backends", "modelc_build.cli"},
+    "modelc_build.steps": {"modelc_build.plan", "modelc_build.build", "modelc_build.release", "modelc_build.cli"},
+    "modelc_build.plan": {"modelc_build.engine", "modelc_build.build", "modelc_build.release", "modelc_build.backends", "modelc_build.cli"},
+    "modelc_build.release": {"modelc_build.engine", "modelc_build.plan", "modelc_build.build", "modelc_build.backends", "modelc_build.cli"},
 }
 
 
@@ -37,7 +37,7 @@ def imports(path: Path) -> set[str]:
             found.add(node.module)
             found.update(f"{node.module}.{alias.name}" for alias in node.names  # submodules, not names
                          if is_module(f"{node.module}.{alias.name}"))
-    return {name for name in found if name.startswith("compiler")}
+    return {name for name in found if name.startswith("modelc_build")}
 
 
 def is_module(name: str) -> bool:
@@ -58,14 +58,14 @@ MODULES = sorted(PACKAGE.rglob("*.py"))
 def test_no_import_against_the_arrows(path: Path) -> None:
     name = module_name(path)
     forbidden = set().union(*(rules for layer, rules in FORBIDDEN.items() if name == layer or name.startswith(layer + ".")))
-    if name not in ("compiler.cli", "compiler.__main__"):
-        forbidden.add("compiler.cli")
+    if name not in ("modelc_build.cli", "modelc_build.__main__"):
+        forbidden.add("modelc_build.cli")
     bad = sorted(i for i in imports(path) if any(violates(i, rule) for rule in forbidden))
     assert bad == [], f"{name} imports {bad}, against docs/architecture.md"
 
 
 def test_the_checker_sees_imports_inside_functions(tmp_path: Path) -> None:
     source = tmp_path / "x.py"
-    source.write_text("def f():\n    from compiler.accuracy import task_metric\n")
-    assert "compiler.accuracy" in imports(source)
-    assert violates("compiler.steps.compile", "compiler.steps.") and not violates("compiler.steps", "compiler.steps.")
+    source.write_text("def f():\n    from modelc_build.accuracy import task_metric\n")
+    assert "modelc_build.accuracy" in imports(source)
+    assert violates("modelc_build.steps.compile", "modelc_build.steps.") and not violates("modelc_build.steps", "modelc_build.steps.")

@@ -10,9 +10,9 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-from compiler.errors import StoreError, VerificationError
-from compiler.manifest import safe_relative_path
-from compiler.stores.oci import OciStore
+from modelc_build.errors import StoreError, VerificationError
+from modelc_build.manifest import safe_relative_path
+from modelc_build.stores.oci import OciStore
 from tests.services.faulty_proxy import SECRET, TOKEN, USER, Faults, start_proxy
 
 
@@ -80,7 +80,7 @@ def test_a_dead_registry_is_a_store_error(tmp_path: Path) -> None:
         port = probe.getsockname()[1]
     store = OciStore(f"oci://127.0.0.1:{port}/none")
     store.backoff = 0.01
-    store_module = __import__("compiler.stores.oci", fromlist=["RETRIES"])
+    store_module = __import__("modelc_build.stores.oci", fromlist=["RETRIES"])
     with pytest.raises(StoreError, match=r"failed after \d+ attempts: ConnectionError"):
         store.list("x")
     assert store_module.RETRIES >= 3

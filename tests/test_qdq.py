@@ -10,14 +10,14 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from compiler.backends import get_backend
-from compiler.errors import BackendUnavailable, InputError
-from compiler.recipe import Quantization
+from modelc_build.backends import get_backend
+from modelc_build.errors import BackendUnavailable, InputError
+from modelc_build.recipe import Quantization
 from tests.fixtures.tiny_net import build_model
 
 pytest.importorskip("modelopt.onnx.quantization", reason="the modelopt extra is not installed")
 
-from compiler.qdq import quantize_qdq  # noqa: E402
+from modelc_build.qdq import quantize_qdq  # noqa: E402
 from tests.conftest import TINY_INPUTS as INPUTS
 
 
@@ -97,9 +97,9 @@ def test_missing_modelopt_names_the_extra(tmp_path: Path, onnx_file: Path, monke
 
 
 def test_sensitivity_scores_each_quantized_layer_alone(onnx_file: Path) -> None:
-    from compiler.data import Batch
-    from compiler.recipe import Task
-    from compiler.sensitivity import measure_sensitivity
+    from modelc_build.data import Batch
+    from modelc_build.recipe import Task
+    from modelc_build.sensitivity import measure_sensitivity
 
     evaluation = [Batch(f, [f"x{i}" for i in range(4)]) for f in feeds(2, seed=11)]
     result = measure_sensitivity(onnx_file, INPUTS, ("logits",), lambda: iter(feeds(4)), lambda: iter(evaluation),

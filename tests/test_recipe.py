@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from compiler.errors import RecipeError
-from compiler.recipe import load_recipe
+from modelc_build.errors import RecipeError
+from modelc_build.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 GOOD = """\

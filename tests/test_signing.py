@@ -11,8 +11,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from compiler.manifest import SIGNATURE_FILE
-from compiler.signing import SignatureError, Signer, Trust, sign_release, signer_from_options, verify_release, write_key_pair
+from modelc_build.manifest import SIGNATURE_FILE
+from modelc_build.signing import SignatureError, Signer, Trust, sign_release, signer_from_options, verify_release, write_key_pair
 
 
 def release(tmp_path: Path) -> Path:
@@ -80,7 +80,7 @@ def test_key_from_the_environment_is_used_and_not_left_on_disk(tmp_path: Path, m
 
 
 def test_signature_covers_every_file_and_says_which_changed(tmp_path: Path) -> None:
-    from compiler.deploy import verify_folder
+    from modelc_build.deploy import verify_folder
 
     private, public = write_key_pair(tmp_path / "k")
     folder = release(tmp_path)
@@ -113,8 +113,8 @@ def test_an_unusable_signing_key_is_refused_before_any_work(tmp_path: Path, monk
                                                             which: str) -> None:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    from compiler.errors import UsageError
-    from compiler.signing import write_key_pair
+    from modelc_build.errors import UsageError
+    from modelc_build.signing import write_key_pair
 
     write_key_pair(tmp_path / "k")
     key: Path | None = None

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from compiler.errors import InputError
-from compiler.recipe import ModelSource, TensorSpec
-from compiler.sources import load_torch_model, resolve_factory
+from modelc_build.errors import InputError
+from modelc_build.recipe import ModelSource, TensorSpec
+from modelc_build.sources import load_torch_model, resolve_factory
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 INPUTS = (TensorSpec("images", ("batch", 3, 16, 16)),)

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from compiler.errors import StoreError
-from compiler.manifest import content_digest, file_entries
-from compiler.stores import open_store
-from compiler.stores.local import LocalStore
+from modelc_build.errors import StoreError
+from modelc_build.manifest import content_digest, file_entries
+from modelc_build.stores import open_store
+from modelc_build.stores.local import LocalStore
 
 
 def staged_release(tmp_path: Path, payload: bytes, name: str = "staged") -> tuple[Path, str]:
@@ -62,7 +62,7 @@ def test_foreign_folder_at_version_path_is_refused(tmp_path: Path) -> None:
 
 
 def test_versions_are_listed_in_release_order(tmp_path: Path) -> None:
-    from compiler.stores import version_order
+    from modelc_build.stores import version_order
 
     assert version_order(["1.10.0", "1.2.0", "1.2.0rc1", "latest", "0.9"]) == ["0.9", "1.2.0rc1", "1.2.0", "1.10.0", "latest"]
     store = LocalStore(tmp_path / "store")

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from compiler.manifest import sha256_file
+from modelc_build.manifest import sha256_file
 from tests.conftest import FIXTURES
 
 

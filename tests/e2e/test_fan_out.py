@@ -14,7 +14,7 @@ def test_matrix_lists_recipe_by_target_jobs(run_cli) -> None:
     jobs = json.loads(result.stdout)["include"]
     assert {(Path(j["recipe"]).name, j["target"]) for j in jobs} >= {("yolo.yaml", "openvino-fp16"),
                                                                       ("classifier.yaml", "torchscript-fp32")}
-    from compiler.recipe import load_recipe
+    from modelc_build.recipe import load_recipe
 
     expected = sum(len(load_recipe(p).targets) for p in (REPO / "recipes").glob("*.yaml"))
     assert len(jobs) == expected and all(j["runner"] == "cpu" for j in jobs)

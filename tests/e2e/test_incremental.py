@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from compiler.cache import Cache
+from modelc_build.cache import Cache
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -73,7 +73,7 @@ def test_corrupted_cache_entry_is_rebuilt(tmp_path: Path, tiny_recipe, run_cli, 
 def test_kill_9_mid_step_leaves_no_partial_entry(tmp_path: Path, tiny_recipe, private_cache: Path) -> None:
     recipe = tiny_recipe()
     store = tmp_path / "store"
-    command = [sys.executable, "-m", "compiler", "build", str(recipe), "--store", str(store)]
+    command = [sys.executable, "-m", "modelc_build", "build", str(recipe), "--store", str(store)]
     process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None
     for line in process.stderr:  # wait until a compile step is under way, then kill it hard
@@ -94,7 +94,7 @@ def test_kill_9_mid_step_leaves_no_partial_entry(tmp_path: Path, tiny_recipe, pr
 def test_two_builds_at_once_both_succeed_and_work_is_done_once(tmp_path: Path, tiny_recipe) -> None:
     recipe = tiny_recipe()
     store = tmp_path / "store"
-    command = [sys.executable, "-m", "compiler", "build", str(recipe), "--store", str(store)]
+    command = [sys.executable, "-m", "modelc_build", "build", str(recipe), "--store", str(store)]
     processes = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for _ in range(2)]
     results = [p.communicate(timeout=300) for p in processes]

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 import yaml
 
-from compiler.manifest import SIGNATURE_FILE
+from modelc_build.manifest import SIGNATURE_FILE
 
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from compiler.signing import write_key_pair
+    from modelc_build.signing import write_key_pair
 
     folder = tmp_path_factory.mktemp("keys")
     ours, theirs = write_key_pair(folder / "ours"), write_key_pair(folder / "theirs")
@@ -76,7 +76,7 @@ def published(tmp_path_factory: pytest.TempPathFactory, registry, keys) -> dict[
     """One signed release pushed to the registry through the store API, and its local copy."""
     from click.testing import CliRunner
 
-    from compiler.cli import main
+    from modelc_build.cli import main
     from tests.conftest import FIXTURES, write_images
 
     folder = tmp_path_factory.mktemp("published")
@@ -104,7 +104,7 @@ def published(tmp_path_factory: pytest.TempPathFactory, registry, keys) -> dict[
 
 def push_copy(registry, published: dict[str, Any], repository: str, change: Any = None) -> str:
     """Push (a possibly altered copy of) the published release to a fresh repository."""
-    from compiler.stores import open_store
+    from modelc_build.stores import open_store
 
     staged = published["folder"] / f"staged-{repository}"
     shutil.copytree(published["release"], staged)
@@ -248,9 +248,9 @@ def test_fanned_out_jobs_share_steps_through_the_registry(tmp_path: Path, tiny_r
 
 
 def test_an_interrupted_push_leaves_no_version_and_can_be_repeated(registry, published, monkeypatch) -> None:
-    from compiler.errors import StoreError
-    from compiler.stores import open_store
-    from compiler.stores.oci import OciStore
+    from modelc_build.errors import StoreError
+    from modelc_build.stores import open_store
+    from modelc_build.stores.oci import OciStore
 
     url = registry.url("interrupted")
     manifest = published["manifest"]

@@ -11,12 +11,12 @@ import onnx
 import pytest
 import torch
 
-from compiler.manifest import sha256_file
-from compiler.recipe import load_recipe
-from compiler.sources import load_torch_model
+from modelc_build.manifest import sha256_file
+from modelc_build.recipe import load_recipe
+from modelc_build.sources import load_torch_model
 
 REPO = Path(__file__).resolve().parents[2]
-REPORT_SCHEMA = json.loads((REPO / "compiler/schema/report.schema.json").read_text())
+REPORT_SCHEMA = json.loads((REPO / "modelc_build/schema/report.schema.json").read_text())
 
 # Accuracy the shipped models reach on their evaluation sets (README states the same numbers).
 EXPECTED_TASK_METRIC = {"yolo.yaml": ("map50", 95.0), "classifier.yaml": ("top1_accuracy", 97.0)}

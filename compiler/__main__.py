@@ -1,4 +1,0 @@
-from compiler.cli import main
-
-if __name__ == "__main__":  # guarded: worker processes (spawn) import this module too
-    main()

@@ -1,0 +1,4 @@
+from modelc_build.cli import main
+
+if __name__ == "__main__":  # guarded: worker processes (spawn) import this module too
+    main()

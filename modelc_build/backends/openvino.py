@@ -1,0 +1,197 @@
+"""OpenVINO IR (.xml + .bin) converted from the simplified ONNX graph; FP16 compresses the weights.
+
+The runner takes the compile_model properties a deploy stage passes: none (the CPU plugin's own
+defaults, which run FP32/FP16 IR in bf16 on CPUs that have it) or, e.g., INFERENCE_PRECISION_HINT
+f32 to measure the IR itself.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from modelc_build.backends import Backend, CompileRequest, Runner, pick, require, write_quantization_notes
+from modelc_build.errors import CompileError, ModelcError, first_line
+from modelc_build.recipe import TensorSpec
+
+
+class OpenVinoRunner(Runner):
+    def __init__(self, xml: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...],
+                 config: dict[str, str] | None = None) -> None:
+        super().__init__(inputs, outputs)
+        self.xml = xml
+        self.config = dict(config or {})  # {}: the CPU plugin's defaults (bf16 on CPUs that have it)
+        self._request = None
+
+    def activate(self) -> None:
+        ov = require("openvino", "openvino", "openvino")
+        core = ov.Core()
+        compiled = core.compile_model(str(self.xml), "CPU", self.config)
+        self._request = compiled.create_infer_request()
+
+    def deactivate(self) -> None:
+        self._request = None
+
+    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert self._request is not None
+        self._request.infer(feed)
+        return {name: np.array(self._request.get_tensor(name).data) for name in self.outputs}
+
+
+class OpenVinoBackend(Backend):
+    name = "openvino"
+
+    def compile(self, request: CompileRequest) -> list[Path]:
+        ov = require("openvino", self.name, "openvino")
+        xml = request.out_dir / "model.xml"
+        try:
+            model = ov.convert_model(str(request.onnx_model))
+        except Exception as exc:
+            raise CompileError(f"OpenVINO could not convert {request.onnx_model.name}: {exc}") from exc
+        files = [xml, xml.with_suffix(".bin")]
+        if request.target.precision == "int8":
+            model, notes = self._quantize(model, request)
+            files.append(write_quantization_notes(request.out_dir, notes))
+        ov.save_model(model, str(xml), compress_to_fp16=request.target.precision == "fp16")
+        return files
+
+    @staticmethod
+    def _quantize(model: Any, request: CompileRequest) -> tuple[Any, dict[str, Any]]:
+        """NNCF post-training quantization on the recipe's calibration data, streamed one sample
+        per item; accuracy-controlled when the recipe gates the int8 task metric."""
+        nncf = require("nncf", "openvino int8", "openvino")
+        nncf.set_log_level(logging.ERROR)
+        if request.calibration is None:
+            raise CompileError("an int8 target needs data.calibration")
+        options = request.quantization
+        from modelc_build.qdq import excluded_nodes, output_head
+
+        excluded_nodes(request.onnx_model, options)  # unknown ignore.names: exit 3 here as for every backend
+        head = output_head(request.onnx_model) if options.float_output_head else []
+        samples = _Samples(request.calibration)
+        names = [spec.name for spec in request.inputs]
+        dataset = nncf.Dataset(samples, lambda item: item[names[0]] if len(names) == 1 else tuple(item[n] for n in names))
+        settings: dict[str, Any] = dict(
+            subset_size=options.subset_size,
+            preset=nncf.QuantizationPreset.MIXED if options.preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
+            fast_bias_correction=options.fast_bias_correction,
+            model_type=nncf.ModelType.TRANSFORMER if options.model_type == "transformer" else None,
+            ignored_scope=nncf.IgnoredScope(names=list(options.ignore_names) + head, types=list(options.ignore_types),
+                                            patterns=list(options.ignore_patterns), validate=False),
+            advanced_parameters=_advanced(options.overflow_fix))
+        notes: dict[str, Any] = {"method": "NNCF post-training quantization", "preset": options.preset,
+                                 "overflow_fix": options.overflow_fix,
+                                 "kept_in_float": {"names": list(options.ignore_names), "types": list(options.ignore_types),
+                                                   "patterns": list(options.ignore_patterns), "output_head": head}}
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # NNCF draws progress bars on stdout
+                if request.accuracy_control is None:
+                    quantized = nncf.quantize(model, dataset, **settings)
+                else:
+                    quantized = _quantize_with_accuracy_control(nncf, model, dataset, request, settings, notes)
+        except ModelcError:  # e.g. bad calibration data: its own message and exit code
+            raise
+        except Exception as exc:
+            raise CompileError(f"NNCF quantization failed: {first_line(exc)}") from exc
+        notes["calibration_samples"] = min(samples.seen, options.subset_size)
+        return quantized, notes
+
+    def runner(self, files: list[Path], inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...],
+               config: dict[str, str] | None = None) -> Runner:
+        return OpenVinoRunner(pick(files, ".xml"), inputs, outputs, config)
+
+    def versions(self) -> dict[str, str]:
+        return {"openvino": require("openvino", self.name, "openvino").__version__}
+
+
+def _advanced(overflow_fix: str) -> Any:
+    """NNCF's overflow fix: 7-bit weights where pre-VNNI 8-bit kernels would saturate; `enable`
+    (modelc's default) applies it to every layer, NNCF's own default to the first only."""
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    fix = {"enable": OverflowFix.ENABLE, "first_layer": OverflowFix.FIRST_LAYER, "disable": OverflowFix.DISABLE}
+    return AdvancedQuantizationParameters(overflow_fix=fix[overflow_fix])
+
+
+class _Samples:
+    """Calibration data as single samples, re-iterable (NNCF makes several passes), one batch in
+    memory at a time; `seen` is the most samples one pass handed out."""
+
+    def __init__(self, feeds: Callable[[], Iterator[dict[str, np.ndarray]]]) -> None:
+        self._feeds = feeds
+        self.seen = 0
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        count = 0
+        for feed in self._feeds():
+            for i in range(len(next(iter(feed.values())))):
+                count += 1
+                self.seen = max(self.seen, count)
+                yield {name: array[i:i + 1] for name, array in feed.items()}
+
+
+class _NncfLog(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def _quantize_with_accuracy_control(nncf: Any, model: Any, calibration: Any, request: CompileRequest,
+                                    settings: dict[str, Any], notes: dict[str, Any]) -> Any:
+    """`nncf.quantize_with_accuracy_control` scored with modelc's own task metric; which
+    quantizers it reverted (layers kept in float) is read from NNCF's log into the notes."""
+    control = request.accuracy_control
+    assert control is not None
+    names = [spec.name for spec in request.inputs]
+
+    def validate(compiled: Any, batches: Any) -> float:
+        def infer(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            result = compiled(feed)
+            return {control.output: np.asarray(result[compiled.output(control.output)])}
+
+        return control.metric(infer, batches) / 100.0
+
+    validation = nncf.Dataset(_Batches(control.evaluation), lambda batch: batch.inputs[names[0]] if len(names) == 1
+                              else tuple(batch.inputs[n] for n in names))
+    log = _NncfLog()
+    nncf_logger = logging.getLogger("nncf")
+    nncf_logger.addHandler(log)
+    level = nncf_logger.level
+    nncf_logger.setLevel(logging.INFO)
+    try:
+        tuned = {**settings, "advanced_quantization_parameters": settings["advanced_parameters"]}
+        del tuned["advanced_parameters"]
+        quantized = nncf.quantize_with_accuracy_control(
+            model, calibration, validation, validation_fn=validate, max_drop=control.max_drop / 100.0,
+            drop_type=nncf.DropType.ABSOLUTE, **tuned)
+    finally:
+        nncf_logger.removeHandler(log)
+        nncf_logger.setLevel(level)
+    notes["accuracy_control"] = {"max_drop_points": control.max_drop, "metric": control.task.type,
+                                 "reverted_to_float": _reverted_layers(log.lines),
+                                 "log": [line for line in log.lines if line.strip() and "Elapsed" not in line][-30:]}
+    return quantized
+
+
+def _reverted_layers(lines: list[str]) -> list[str]:
+    """NNCF ends with 'N out of M were reverted back to the floating-point precision:' and one
+    layer per following tab-indented line (its only report of which layers it kept in float)."""
+    for line in reversed(lines):
+        if "reverted back to the floating-point precision" in line:
+            return [part.strip() for part in line.split(":", 1)[1].split("\n") if part.strip()]
+    return []
+
+
+class _Batches:
+    def __init__(self, batches: Callable[[], Iterator[Any]]) -> None:
+        self._batches = batches
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._batches()

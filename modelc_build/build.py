@@ -1,0 +1,162 @@
+"""The story of a build: recipe → plan → engine runs the steps → release → store.
+
+1. `make_plan` draws the step graph from the recipe (modelc_build/plan.py);
+2. the engine runs it: every step cached by its key material, ready steps side by side, each in a
+   fresh process where it asks for one (modelc_build/engine.py); `--target` runs just that target's
+   steps and what they need, and stops there (a fanned-out CI job);
+3. the release applies the gates to the measurements, writes the reports and the manifest, signs,
+   and hands the finished folder to the store (modelc_build/release.py).
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modelc_build.cache import Cache
+from modelc_build.engine import Engine, RunSummary, start_fresh_process_server
+from modelc_build.errors import InputError
+from modelc_build.fingerprint import Fingerprints, check_disjoint
+from modelc_build.plan import Plan, data_source, make_plan, target_step_ids, verify_settings
+from modelc_build.progress import BuildLog
+from modelc_build.recipe import Recipe
+from modelc_build.release import CompiledArtifact, Measured, Released, make_report, release, summary_lines
+from modelc_build.report import Report
+from modelc_build.steps.compile import compile_step_id
+from modelc_build.steps.qdq import QDQ_STEP
+from modelc_build.steps.sensitivity import SENSITIVITY_STEP
+
+if TYPE_CHECKING:
+    from modelc_build.signing import Signer
+    from modelc_build.stores import Store
+
+# What the fresh-process server imports once, so a step's process starts without paying for it.
+PRELOAD = ("modelc_build.plan", "modelc_build.accuracy", "modelc_build.data", "modelc_build.tasks", "modelc_build.backends.openvino",
+           "modelc_build.backends.onnxruntime", "modelc_build.backends.torchscript", "modelc_build.sources", "onnxruntime",
+           "openvino", "torch", "PIL.Image")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    failed_reports_dir: Path
+    force: bool = False
+    share_steps: bool = False  # pull and push step outputs through the store's step cache
+    only_targets: tuple[str, ...] = ()  # build just these targets' steps; no verify, no release
+    jobs: int = 1  # steps run side by side
+    signer: Signer | None = None  # sign the release before it goes to the store
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    released: Released
+    steps_run: int
+    steps_cached: int
+
+    @property
+    def location(self) -> str:
+        return self.released.location
+
+    @property
+    def created(self) -> bool:
+        return self.released.created
+
+    @property
+    def report(self) -> Report:
+        return self.released.report
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.released.manifest
+
+
+BUILD_MODULES = ("numpy", "PIL", "onnx", "onnxsim", "onnxruntime")
+
+
+def check_build_extra(recipe: Recipe) -> None:
+    """A core install (pull, verify, validate) has none of the build libraries: say which extra."""
+    import importlib.util
+
+    from modelc_build.errors import BackendUnavailable
+
+    needed = BUILD_MODULES + (("torch",) if recipe.model.kind != "onnx" else ())
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise BackendUnavailable(f"building needs {', '.join(missing)}, which this install lacks: run "
+                                 "`pip install torch==2.13.0 'modelc-build[build]'` (the core install pulls and verifies only)")
+
+
+def build(recipe: Recipe, store: Store, log: BuildLog, cache: Cache, options: BuildOptions) -> BuildResult | None:
+    """Run the plan and release it; returns None when only some targets' steps were asked for."""
+    check_build_extra(recipe)
+    plan = make_plan(recipe)
+    steps = plan.steps
+    if options.only_targets:
+        unknown = [t for t in options.only_targets if t not in {target.id for target in recipe.targets}]
+        if unknown:
+            raise InputError(f"--target {', '.join(unknown)}: the recipe builds {', '.join(t.id for t in recipe.targets)}")
+        steps = plan.only(target_step_ids(recipe, options.only_targets))
+    shared = store.step_cache() if options.share_steps else None
+    if options.share_steps and shared is None:
+        raise InputError("--share-steps: this store keeps no step cache")
+    facts = Fingerprints(cache)
+    _check_data(recipe, facts, log)
+    try:
+        engine = Engine(cache, log, jobs=options.jobs, force=options.force, shared=shared, preload=PRELOAD)
+        if any(step.fresh_process for step in steps):  # its imports overlap with the first step's work
+            engine.before_first_run = lambda: start_fresh_process_server(PRELOAD)
+        done = engine.run(steps, facts)
+    finally:
+        if shared is not None and hasattr(shared, "close"):
+            shared.close()
+    counts = f"{len(done.ran)} step(s) run, {len(done.cached)} cached"
+    if options.only_targets:
+        log(f"✓ built {', '.join(options.only_targets)}: {counts}; verification and release happen in a full build")
+        return None
+    return _release(recipe, plan, done, store, log, options, counts, cache, facts)
+
+
+def _release(recipe: Recipe, plan: Plan, done: RunSummary, store: Store, log: BuildLog, options: BuildOptions,
+             counts: str, cache: Cache, facts: Fingerprints) -> BuildResult:
+    measured = Measured(graph=done.entries[plan.graph], qdq=done.entries.get(QDQ_STEP),
+                        artifacts=[CompiledArtifact(t, done.entries[compile_step_id(t)]) for t in recipe.targets],
+                        entries=done.entries, settings={t.id: verify_settings(recipe, t) for t in recipe.targets})
+    report = make_report(recipe, measured, SENSITIVITY_STEP, data_summary(recipe, facts))
+    for line in summary_lines(report):
+        log(line)
+    staging = Path(tempfile.mkdtemp(prefix=f"release-{recipe.name}-", dir=cache.root))
+    try:
+        released = release(recipe, measured, report, store, staging, options.failed_reports_dir, options.signer, log)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log(f"{'✓ release' if released.created else '✓ release (identical version already stored)'}: {counts}")
+    return BuildResult(released, len(done.ran), len(done.cached))
+
+
+MIN_CALIBRATION_SAMPLES = 32  # NNCF's statistics degraded visibly at 8 samples
+
+
+def _check_data(recipe: Recipe, facts: Fingerprints, log: BuildLog) -> None:
+    """Before any work: the data roles are disjoint, and int8 has enough calibration samples."""
+    check_disjoint([data_source(recipe, role) for role in ("calibration", "validation", "evaluation")])
+    calibration = data_source(recipe, "calibration")
+    if calibration.dataset is not None and any(t.precision == "int8" for t in recipe.targets):
+        count = facts.samples(calibration)
+        if count < MIN_CALIBRATION_SAMPLES:
+            log(f"warning: data.calibration holds {count} samples; INT8 statistics want at least "
+                f"{MIN_CALIBRATION_SAMPLES} (NNCF degraded at 8)")
+
+
+def data_summary(recipe: Recipe, facts: Fingerprints) -> dict[str, Any]:
+    """Each data set's role, path (as the recipe names it), sample count and digest."""
+    import os
+
+    summary: dict[str, Any] = {}
+    for role in ("calibration", "validation", "evaluation"):
+        source = data_source(recipe, role)
+        if source.dataset is None:
+            continue
+        summary[role] = {"path": os.path.relpath(source.dataset.path, recipe.path.parent), "samples": facts.samples(source),
+                         "digest": facts.data(source)["digest"], "note": source.note}
+    return summary

@@ -1,0 +1,386 @@
+"""The `modelc` command: parse, call, print, exit code. Thin on purpose."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from modelc_build import __version__
+from modelc_build.errors import ModelcError, RecipeError
+
+DEFAULT_STORE = "artifacts"
+DEFAULT_CACHE = ".modelc/cache"
+
+cache_option = click.option("--cache", "cache_dir", type=click.Path(path_type=Path),
+                            default=lambda: os.environ.get("MODELC_CACHE", DEFAULT_CACHE), show_default=DEFAULT_CACHE,
+                            help="Step cache folder (env MODELC_CACHE).")
+
+
+def _stderr(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def use_color() -> bool:
+    """NO_COLOR (any value) turns colour off, FORCE_COLOR on; otherwise colour on a terminal only."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    return sys.stderr.isatty()
+
+
+def _json(document: Any) -> None:
+    click.echo(json.dumps(document, indent=2, sort_keys=True, default=str))
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout "
+                           "(schemas: docs/cli-json.md); errors stay one line on stderr with their exit code.")
+
+
+def _fail(error: ModelcError, debug: bool) -> None:
+    if debug:  # the whole story, causes included, and still the documented exit code
+        import traceback
+
+        traceback.print_exception(error)
+    color = use_color()
+    prefix = click.style("error:", fg="red", bold=True) if color else "error:"
+    if isinstance(error, RecipeError):
+        for problem in error.problems:
+            click.echo(f"{prefix} {problem}", err=True, color=color)
+    else:
+        click.echo(f"{prefix} {error.message}", err=True, color=color)
+    sys.exit(error.exit_code)
+
+
+def _guarded(debug: bool, action: Callable[[], Any]) -> Any:
+    try:
+        return action()
+    except ModelcError as error:
+        _fail(error, debug)
+    except KeyboardInterrupt:
+        _stderr("interrupted: nothing was stored")
+        sys.exit(130)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="modelc")
+def main() -> None:
+    """modelc: build, check and store compiled models from a declarative recipe.
+
+    Exit codes: 0 ok, 1 internal error, 2 invalid recipe or usage, 3 unusable input, 4 accuracy
+    gate missed, 5 store refused or unreachable, 6 backend unavailable here, 7 export/compile
+    failed, 8 verification failed (signature, signer or digest; nothing written).
+    """
+
+
+def signing_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option("--sigstore", is_flag=True, help="Sign keyless with Sigstore, using the GitHub Actions "
+                           "OIDC identity (needs `id-token: write`).")(command)
+    command = click.option("--certificate-chain", "certificate_chain", multiple=True, type=click.Path(path_type=Path),
+                           help="Sign with a certificate: the signing certificate first, then its chain (repeat).")(command)
+    command = click.option("--signing-key", type=click.Path(path_type=Path),
+                           help="ECDSA private key (PEM) to sign the release with; or PEM text in MODELC_SIGNING_KEY.")(command)
+    return command
+
+
+def trust_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option("--sigstore-issuer", default="https://token.actions.githubusercontent.com", show_default=True,
+                           help="OIDC issuer of the Sigstore identity.")(command)
+    command = click.option("--sigstore-identity", help="Expected Sigstore signer, e.g. the workflow "
+                           "https://github.com/ORG/REPO/.github/workflows/build-models.yml@refs/heads/main.")(command)
+    command = click.option("--certificate-identity", help="With --certificate-chain: the signer's certificate name "
+                           "(CN, e-mail or URI) that must match.")(command)
+    command = click.option("--certificate-chain", "certificate_chain", multiple=True, type=click.Path(path_type=Path),
+                           help="Verify against this certificate chain (repeat; root last).")(command)
+    command = click.option("--public-key", type=click.Path(path_type=Path), help="ECDSA public key (PEM) the release "
+                           "must be signed with.")(command)
+    return command
+
+
+def _trust(public_key: Path | None, certificate_chain: tuple[Path, ...], certificate_identity: str | None,
+           sigstore_identity: str | None, sigstore_issuer: str) -> Any:
+    from modelc_build.signing import Trust
+
+    given = sum(bool(x) for x in (public_key, certificate_chain, sigstore_identity))
+    if given != 1:
+        raise click.UsageError("give exactly one of --public-key, --certificate-chain (with --certificate-identity) "
+                               "or --sigstore-identity")
+    return Trust(public_key, tuple(certificate_chain), certificate_identity, sigstore_identity, sigstore_issuer)
+
+
+@main.command()
+@click.option("--out", "prefix", required=True, type=click.Path(path_type=Path),
+              help="Writes PREFIX.key (private, mode 0600) and PREFIX.pub.")
+@click.option("--debug", is_flag=True)
+def keygen(prefix: Path, debug: bool) -> None:
+    """Write an ECDSA P-256 key pair for signing releases."""
+    from modelc_build.signing import write_key_pair
+
+    private, public = _guarded(debug, lambda: write_key_pair(prefix))
+    click.echo(f"wrote {private} (keep it secret; CI: store its text as a secret and set MODELC_SIGNING_KEY) "
+               f"and {public} (give it to deploy stages: modelc pull --public-key {public})")
+
+
+@main.command()
+@click.argument("reference", metavar="NAME:VERSION")
+@click.option("--store", "store_url", default=lambda: os.environ.get("MODELC_STORE", DEFAULT_STORE), show_default="artifacts",
+              help="A folder, file:// URL or oci://HOST/REPOSITORY (env MODELC_STORE).")
+@click.option("--target", help="Only this artifact (e.g. openvino-int8), with the manifest, reports and signature.")
+@click.option("--dest", type=click.Path(path_type=Path), required=True, help="A new or empty folder.")
+@trust_options
+@json_option
+@click.option("--debug", is_flag=True)
+def pull(reference: str, store_url: str, target: str | None, dest: Path, public_key: Path | None,
+         certificate_chain: tuple[Path, ...], certificate_identity: str | None, sigstore_identity: str | None,
+         sigstore_issuer: str, as_json: bool, debug: bool) -> None:
+    """Download a release, verify its signature and every digest, then move it into DEST."""
+    from modelc_build.deploy import parse_reference
+    from modelc_build.deploy import pull as pull_release
+    from modelc_build.stores import open_store
+
+    trust = _trust(public_key, certificate_chain, certificate_identity, sigstore_identity, sigstore_issuer)
+
+    def action() -> Any:
+        name, version = parse_reference(reference)
+        return pull_release(open_store(store_url), name, version, dest, trust, target)
+
+    pulled = _guarded(debug, action)
+    if as_json:
+        _json({"reference": reference, "destination": str(pulled.destination), "files": pulled.files,
+               "verified_with": trust.describe()})
+        return
+    click.echo(f"verified and wrote {len(pulled.files)} files of {reference} to {pulled.destination} ({trust.describe()})")
+
+
+@main.command()
+@click.argument("release", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@trust_options
+@json_option
+@click.option("--debug", is_flag=True)
+def verify(release: Path, public_key: Path | None, certificate_chain: tuple[Path, ...], certificate_identity: str | None,
+           sigstore_identity: str | None, sigstore_issuer: str, as_json: bool, debug: bool) -> None:
+    """Check a release folder on disk against its signature: every file, nothing extra, the signer."""
+    from modelc_build.deploy import verify_folder
+
+    trust = _trust(public_key, certificate_chain, certificate_identity, sigstore_identity, sigstore_issuer)
+    _guarded(debug, lambda: verify_folder(release, trust))
+    if as_json:
+        _json({"release": str(release), "verified": True, "verified_with": trust.describe()})
+        return
+    click.echo(f"{release}: every file matches the signature ({trust.describe()})")
+
+
+@main.command()
+@click.argument("recipes", nargs=-1, required=True, type=click.Path(path_type=Path))
+@json_option
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def validate(recipes: tuple[Path, ...], as_json: bool, debug: bool) -> None:
+    """Check recipes against the schema and cross-field rules; report every problem."""
+    from modelc_build.recipe import load_recipe, path_problems
+
+    problems = []
+    for path in recipes:
+        try:
+            load_recipe(path)
+            problems += path_problems(path)
+        except RecipeError as error:
+            problems += error.problems
+        except ModelcError as error:
+            _fail(error, debug)
+    if as_json:
+        _json({"recipes": [{"path": str(path), "ok": not any(p.file == str(path) for p in problems)} for path in recipes],
+               "problems": [{"file": p.file, "line": p.line, "column": p.column, "key": p.key_path, "message": p.message}
+                            for p in problems]})
+        if problems:
+            sys.exit(RecipeError.exit_code)
+        return
+    if problems:
+        _fail(RecipeError(problems), debug)
+    for path in recipes:
+        click.echo(f"{path}: ok")
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--matrix", is_flag=True, help="Print a GitHub Actions matrix (JSON) of recipe x target jobs; "
+              "RECIPE may be a folder of recipes.")
+@cache_option
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool) -> None:
+    """Print the steps a build of RECIPE runs, in order, with their dependencies and cache state."""
+    from modelc_build.cache import Cache
+    from modelc_build.engine import Engine
+    from modelc_build.fingerprint import Fingerprints
+    from modelc_build.plan import RELEASE_STEP, ci_matrix, make_plan
+    from modelc_build.progress import BuildLog
+    from modelc_build.recipe import load_recipe
+
+    if matrix:
+        paths = sorted(recipe.glob("*.yaml")) + sorted(recipe.glob("*.yml")) if recipe.is_dir() else [recipe]
+        loaded = _guarded(debug, lambda: [(p.as_posix(), load_recipe(p)) for p in paths])
+        click.echo(json.dumps(ci_matrix(loaded), separators=(",", ":")))
+        return
+    loaded_recipe = _guarded(debug, lambda: load_recipe(recipe))
+    the_plan = make_plan(loaded_recipe)
+    cache = _guarded(debug, lambda: Cache(Path(cache_dir)))
+    status = _guarded(debug, lambda: Engine(cache, BuildLog()).dry_run(the_plan.steps, Fingerprints(cache)))
+    rows = [(s.id, s.kind, list(s.needs), s.description, status[s.id]) for s in the_plan.steps]
+    rows.append((RELEASE_STEP, "release", [s.id for s in the_plan.steps if s.kind in ("verify", "latency")],
+                 f"apply gates; write manifest and reports; store {the_plan.recipe_name} {the_plan.version}",
+                 "runs every build (gates, manifest, store)"))
+    if as_json:
+        click.echo(json.dumps({"name": the_plan.recipe_name, "version": the_plan.version,
+                               "steps": [{"id": i, "kind": k, "depends_on": d, "description": text, "status": state}
+                                         for i, k, d, text, state in rows]}, indent=2))
+        return
+    click.echo(f"{the_plan.recipe_name} {the_plan.version}")
+    for step_id, _, needs, text, state in rows:
+        after = f" (after {', '.join(needs)})" if needs else ""
+        click.echo(f"  {step_id:<26} [{state}] {text}{after}")
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--store", "store_url", default=lambda: os.environ.get("MODELC_STORE", DEFAULT_STORE), show_default="artifacts",
+              help="Where releases go: a folder, file:// URL or oci://HOST/REPOSITORY (env MODELC_STORE).")
+@click.option("--reports-dir", type=click.Path(path_type=Path), default=Path(".modelc/failed"), show_default=True,
+              help="Where the report of a build that missed a gate is kept.")
+@cache_option
+@click.option("--force", is_flag=True, help="Run every step again, ignoring cached results.")
+@click.option("--target", "targets", multiple=True, help="Build only this target's steps (e.g. openvino-fp16); "
+              "repeatable; no verification or release. For fanned-out CI jobs.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=lambda: os.cpu_count() or 1, show_default="CPU count",
+              help="Independent steps run side by side, up to this many.")
+@click.option("--share-steps", is_flag=True, help="Pull and push step outputs through the store's step cache, "
+              "so jobs of one fanned-out build reuse each other's work.")
+@click.option("--push", is_flag=True, help="Publish to a registry store (oci://); the release must be signed.")
+@signing_options
+@click.option("-q", "--quiet", is_flag=True, help="No step lines: warnings, errors and the result only.")
+@click.option("-v", "--verbose", is_flag=True, help="One plain line per event, also on a terminal (no live lines).")
+@json_option
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def build(recipe: Path, store_url: str, reports_dir: Path, cache_dir: Path, force: bool, targets: tuple[str, ...],
+          share_steps: bool, jobs: int, push: bool, signing_key: Path | None, certificate_chain: tuple[Path, ...],
+          sigstore: bool, quiet: bool, verbose: bool, as_json: bool, debug: bool) -> None:
+    """Build every target of RECIPE, check accuracy, sign (when a key is given) and store the release."""
+    from modelc_build.build import BuildOptions
+    from modelc_build.build import build as run_build
+    from modelc_build.cache import Cache
+    from modelc_build.recipe import load_recipe
+    from modelc_build.stores import open_store
+
+    def action() -> Any:
+        from modelc_build.progress import build_log
+        from modelc_build.signing import signer_from_options
+
+        signer = signer_from_options(signing_key, certificate_chain, sigstore)
+        remote = store_url.startswith("oci://")
+        if remote and not push and not targets:
+            raise click.UsageError(f"--store {store_url} is a registry: add --push to publish there")
+        if push and not remote:
+            raise click.UsageError("--push publishes to a registry: give --store oci://HOST/REPOSITORY")
+        if push and signer is None and not targets:
+            raise click.UsageError("--push publishes signed releases only: give --signing-key FILE (or MODELC_SIGNING_KEY), "
+                                   "or --sigstore in GitHub Actions; `modelc keygen` makes a key pair")
+        loaded = load_recipe(recipe, passed_schema_memo=Path(cache_dir) / "schema-passed")
+        store = open_store(store_url)
+        options = BuildOptions(reports_dir, force=force, share_steps=share_steps, only_targets=targets, jobs=jobs,
+                               signer=signer)
+        log = build_log(quiet=quiet, plain=verbose or debug)
+        try:
+            return run_build(loaded, store, log, Cache(Path(cache_dir)), options)
+        finally:
+            log.close()
+
+    result = _guarded(debug, action)
+    if as_json:
+        _json(_build_summary(result, targets))
+        return
+    if result is None:
+        return
+    name, version = result.manifest["name"], result.manifest["version"]
+    if result.created:
+        click.echo(f"stored {name} {version} at {result.location}")
+    elif result.steps_run == 0:
+        click.echo(f"{name} {version} is up to date at {result.location}: every step cached, nothing to do")
+    else:
+        click.echo(f"{name} {version} is already stored with identical content at {result.location}: nothing to do")
+
+
+def _build_summary(result: Any, targets: tuple[str, ...]) -> dict[str, Any]:
+    """`modelc build --json` (docs/cli-json.md)."""
+    if result is None:
+        return {"targets_built": list(targets), "released": False}
+    report = result.report
+    return {"name": result.manifest["name"], "version": result.manifest["version"], "location": result.location,
+            "created": result.created, "passed": report.passed, "steps_run": result.steps_run,
+            "steps_cached": result.steps_cached, "flags": report.flags(), "released": True,
+            "artifacts": [{"target": a.target, "passed": a.passed, "latency_ms": a.latency_ms,
+                           "cosine": min((m.cosine for m in a.evaluation.outputs), default=None),
+                           "task_metric": None if a.evaluation.task is None else
+                           {"name": a.evaluation.task.name, "value": a.evaluation.task.value}} for a in report.artifacts]}
+
+
+@main.group()
+def cache() -> None:
+    """Inspect and clean the step cache."""
+
+
+@cache.command(name="ls")
+@cache_option
+def cache_ls(cache_dir: Path) -> None:
+    """List cache entries: key, step, size, age."""
+    import time
+
+    from modelc_build.cache import Cache
+
+    entries = _guarded(False, lambda: Cache(Path(cache_dir)).entries())
+    for entry in sorted(entries, key=lambda e: e.created):
+        age_h = (time.time() - entry.created) / 3600
+        click.echo(f"{entry.key[:12]}  {entry.step:<28} {_size(entry.size):>10}  {age_h:7.1f} h")
+    click.echo(f"{len(entries)} entries, {_size(sum(e.size for e in entries))} in {cache_dir}")
+
+
+@cache.command(name="gc")
+@click.option("--keep-days", type=float, required=True, help="Remove entries created more than this many days ago.")
+@cache_option
+def cache_gc(keep_days: float, cache_dir: Path) -> None:
+    """Remove old cache entries."""
+    from modelc_build.cache import Cache
+
+    removed, freed = _guarded(False, lambda: Cache(Path(cache_dir)).gc(keep_days))
+    click.echo(f"removed {removed} entries, freed {_size(freed)}")
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024  # type: ignore[assignment]
+    return f"{size} B"
+
+
+@main.command(name="ls")
+@click.argument("name", required=False)
+@click.option("--store", "store_url", default=lambda: os.environ.get("MODELC_STORE", DEFAULT_STORE), show_default="artifacts")
+@json_option
+@click.option("--debug", is_flag=True)
+def list_releases(name: str | None, store_url: str, as_json: bool, debug: bool) -> None:
+    """List stored releases (NAME VERSION per line)."""
+    from modelc_build.stores import open_store
+
+    releases = _guarded(debug, lambda: open_store(store_url).list(name))
+    if as_json:
+        _json([{"name": release, "version": version} for release, version in releases])
+        return
+    for release, version in releases:
+        click.echo(f"{release} {version}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,301 @@
+"""Runs a step graph: any graph of `modelc_build.steps.Step`s, whatever their kinds.
+
+For each step whose needs are met, in plan order:
+1. key = sha256 over canonical JSON of `{key_format, kind, **step.material(inputs)}`;
+2. look the key up: the local cache, then the store's shared step cache; a hit is done at once;
+3. otherwise run it under the key's file lock (another build on the same cache may be making it),
+   up to `jobs` steps at once, each in this process or, where the step asks for it, in a fresh
+   process forked from a server that has only imported the libraries;
+4. move its output folder into the cache (and the shared cache) as soon as it finishes.
+
+Results are taken as they complete, so start and finish times are real and a failure never loses
+a sibling's finished work: the engine keeps running every step that does not depend on a failed
+one, then raises (the failure itself when there is one, `StepsFailed` naming each when several).
+A step marked `exclusive` (latency measurement) starts only when nothing else runs or can start,
+and nothing starts beside it. `dry_run` walks the same graph with the same keys and reports what
+is cached: `modelc plan` has no copy of any key.
+
+Why fresh processes: torch (TorchScript type mangling) and OpenVINO (generated layer names) number
+things with process-wide counters, so a step's bytes would otherwise depend on what the same
+process did before it. In a fresh process a step's output is a function of its inputs alone,
+whatever the schedule, cache state or `-j`.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from modelc_build.cache import Cache, CacheEntry, cache_key
+from modelc_build.errors import ModelcError, first_line
+from modelc_build.steps import KEY_FORMAT, Step, StepInputs
+
+if TYPE_CHECKING:
+    from modelc_build.fingerprint import Fingerprints
+    from modelc_build.progress import BuildLog
+    from modelc_build.stores import StepCache
+
+
+def step_key(step: Step, inputs: StepInputs) -> str:
+    return cache_key({"key_format": KEY_FORMAT, "step": step.kind, **step.material(inputs)})
+
+
+class StepsFailed(ModelcError):
+    """More than one step failed; the exit code is that of the first failure in plan order."""
+
+    def __init__(self, failures: list[tuple[str, BaseException]]) -> None:
+        self.failures = failures
+        first = failures[0][1]
+        self.exit_code = first.exit_code if isinstance(first, ModelcError) else 1
+        lines = [f"{step_id}: {_message(error)}" for step_id, error in failures]
+        super().__init__(f"{len(failures)} steps failed: " + " | ".join(lines))
+
+
+def _message(error: BaseException) -> str:
+    text = error.message if isinstance(error, ModelcError) else f"{type(error).__name__}: {error}"
+    return text.strip() or type(error).__name__
+
+
+@dataclass
+class RunSummary:
+    """What a run did: every step's entry, and which ran, came from a cache, failed or was skipped."""
+
+    entries: dict[str, CacheEntry] = field(default_factory=dict)
+    ran: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    failed: dict[str, BaseException] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _run_in_fresh_process(step: Step, inputs: StepInputs, out: Path) -> None:
+    step.run(inputs, out)
+
+
+class Engine:
+    def __init__(self, cache: Cache, log: BuildLog, *, jobs: int = 1, force: bool = False,
+                 shared: StepCache | None = None, preload: tuple[str, ...] = ()) -> None:
+        self.cache, self.log, self.force, self.shared = cache, log, force, shared
+        self.jobs = max(1, jobs)
+        self.preload = preload  # modules the fresh-process server imports once
+        self._pool: ProcessPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        self._clock = time.perf_counter()
+        self.before_first_run: Callable[[], None] | None = None  # called once, before a step first runs
+
+    # --- dry run -------------------------------------------------------------------------
+
+    def dry_run(self, steps: Sequence[Step], facts: Fingerprints | None = None) -> dict[str, str]:
+        """Each step's state without running anything: cached (with its key) or will run."""
+        _check_graph(steps)
+        status: dict[str, str] = {}
+        entries: dict[str, CacheEntry] = {}
+        for step in steps:
+            if not all(need in entries for need in step.needs):
+                status[step.id] = "will run"
+                continue
+            entry, _ = self.cache.get(step_key(step, StepInputs(entries, facts)))
+            if entry is None:
+                status[step.id] = "will run"
+            else:
+                entries[step.id] = entry
+                status[step.id] = f"cached {entry.key[:12]}"
+        return status
+
+    # --- run -----------------------------------------------------------------------------
+
+    def run(self, steps: Sequence[Step], facts: Fingerprints | None = None) -> RunSummary:
+        """Run the graph; raises after every runnable step has finished if any step failed."""
+        _check_graph(steps)
+        self._clock = time.perf_counter()
+        summary = RunSummary()
+        pending = _by_priority(steps)
+        running: dict[Future[CacheEntry | None], Step] = {}
+        scratch = Path(tempfile.mkdtemp(prefix="build-", dir=self._scratch_root()))
+        try:
+            with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="step") as threads:
+                while True:
+                    self._start_ready(pending, running, summary, facts, threads, scratch)
+                    if not running:
+                        break
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        self._collect(running.pop(future), future, summary)
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+            shutil.rmtree(scratch, ignore_errors=True)
+        failures = _distinct([(s.id, summary.failed[s.id]) for s in steps if s.id in summary.failed])
+        if len(failures) == 1:
+            raise failures[0][1]
+        if failures:
+            raise StepsFailed(failures)
+        return summary
+
+    def _scratch_root(self) -> Path:
+        self.cache.root.mkdir(parents=True, exist_ok=True)
+        return self.cache.root
+
+    def _start_ready(self, pending: list[Step], running: dict[Future[CacheEntry | None], Step], summary: RunSummary,
+                     facts: Fingerprints | None, threads: ThreadPoolExecutor, scratch: Path) -> None:
+        """Start every step whose needs are met, up to `jobs`; cache hits finish on the spot."""
+        progress = True
+        while progress:
+            progress = False
+            if any(step.exclusive for step in running.values()):
+                return
+            for step in list(pending):
+                if any(need in summary.failed or need in summary.skipped for need in step.needs):
+                    pending.remove(step)
+                    summary.skipped.append(step.id)
+                    self.log(f"- {step.id}: skipped (a step it needs failed)")
+                    progress = True
+                    continue
+                if not all(need in summary.entries for need in step.needs):
+                    continue
+                if step.exclusive and (running or any(not s.exclusive and _ready(s, summary) for s in pending)):
+                    continue
+                if len(running) >= self.jobs:
+                    return
+                pending.remove(step)
+                progress = True
+                try:
+                    inputs = StepInputs({need: summary.entries[need] for need in step.needs}, facts)
+                    key = step_key(step, inputs)
+                    entry, reason = self._lookup(step, key)
+                except Exception as error:  # noqa: BLE001 - a step's failure is reported with the others
+                    self._fail(step, error, summary)
+                    continue
+                if entry is not None:
+                    summary.entries[step.id] = entry
+                    summary.cached.append(step.id)
+                    continue
+                if self.before_first_run is not None:
+                    self.before_first_run()
+                    self.before_first_run = None
+                running[threads.submit(self._execute, step, inputs, key, reason, scratch)] = step
+                if step.exclusive:
+                    return
+
+    def _lookup(self, step: Step, key: str) -> tuple[CacheEntry | None, str]:
+        if self.force:
+            return None, "--force"
+        entry, reason = self.cache.get(key)
+        if entry is not None:
+            self.log(f"✓ {step.id} (cached {key[:12]})")
+            return entry, ""
+        if self.shared is not None:
+            shared_entry, _ = self.shared.get(key)
+            if shared_entry is not None:
+                self.log(f"✓ {step.id} (from the store's step cache, {key[:12]})")
+                return self.cache.put(key, step.id, shared_entry.path), ""
+        return None, reason
+
+    def _execute(self, step: Step, inputs: StepInputs, key: str, reason: str, scratch: Path) -> CacheEntry | None:
+        """In a worker thread: run one step under its key's lock and cache its output. Returns
+        None when a concurrent build made the entry while this one waited for the lock."""
+        with self.cache.lock(key):
+            if not self.force:
+                entry, _ = self.cache.get(key)
+                if entry is not None:
+                    self.log(f"✓ {step.id} (made by a concurrent build, {key[:12]})")
+                    return entry
+            out = Path(tempfile.mkdtemp(prefix=f"{step.kind}-", dir=scratch))
+            started = time.perf_counter()
+            self.log.start(step.id, f"▶ {step.id}: {step.description} [{reason}, key {key[:12]}] "
+                                    f"at {started - self._clock:.1f} s")
+            if step.fresh_process:
+                self._fresh_processes().submit(_run_in_fresh_process, step, inputs, out).result()
+            else:
+                step.run(inputs, out)
+            entry = self.cache.put(key, step.id, out)
+            if self.shared is not None:
+                self.shared.put(key, step.id, out)
+            shutil.rmtree(out, ignore_errors=True)
+            finished = time.perf_counter()
+            self.log.done(step.id, f"✓ {step.id} ({finished - started:.1f} s, "
+                                   f"{started - self._clock:.1f}–{finished - self._clock:.1f} s)")
+            return entry
+
+    def _collect(self, step: Step, future: Future[CacheEntry | None], summary: RunSummary) -> None:
+        error = future.exception()
+        if error is not None:
+            self._fail(step, error, summary)
+            return
+        entry = future.result()
+        assert entry is not None
+        summary.entries[step.id] = entry
+        summary.ran.append(step.id)
+
+    def _fail(self, step: Step, error: BaseException, summary: RunSummary) -> None:
+        summary.failed[step.id] = error
+        self.log.done(step.id, f"✗ {step.id} failed: {first_line(RuntimeError(_message(error)), 500)}")
+
+    def _fresh_processes(self) -> ProcessPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(max_workers=self.jobs, mp_context=fresh_process_context(self.preload),
+                                                 max_tasks_per_child=1)
+            return self._pool
+
+
+def _distinct(failures: list[tuple[str, BaseException]]) -> list[tuple[str, BaseException]]:
+    """One failure per cause: steps that read the same missing file all fail with its message."""
+    seen: set[str] = set()
+    kept = []
+    for step_id, error in failures:
+        if _message(error) not in seen:
+            seen.add(_message(error))
+            kept.append((step_id, error))
+    return kept
+
+
+def _by_priority(steps: Sequence[Step]) -> list[Step]:
+    """Steps that many others wait for first (the critical path: the Q/DQ graph before a
+    sensitivity scan nobody waits for); plan order among equals."""
+    dependants: dict[str, set[str]] = {step.id: set() for step in steps}
+    for step in reversed(steps):
+        for need in step.needs:
+            dependants[need] |= {step.id} | dependants[step.id]
+    order = {step.id: index for index, step in enumerate(steps)}
+    return sorted(steps, key=lambda step: (-len(dependants[step.id]), order[step.id]))
+
+
+def _ready(step: Step, summary: RunSummary) -> bool:
+    return all(need in summary.entries for need in step.needs)
+
+
+def _check_graph(steps: Sequence[Step]) -> None:
+    """Ids are unique and every step comes after the steps it needs (a plan is in order)."""
+    seen: set[str] = set()
+    for step in steps:
+        if step.id in seen:
+            raise ValueError(f"two steps have the id {step.id!r}")
+        unknown = [need for need in step.needs if need not in seen]
+        if unknown:
+            raise ValueError(f"step {step.id!r} needs {unknown}, which do not come before it")
+        seen.add(step.id)
+
+
+def fresh_process_context(preload: tuple[str, ...]) -> Any:
+    """Processes forked from a server that has imported `preload` once: every task starts from the
+    same state as a new process without paying the imports of torch and OpenVINO per step."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["modelc_build.engine", *preload])
+    return context
+
+
+def start_fresh_process_server(preload: tuple[str, ...]) -> None:
+    """Start the server early, so its imports overlap with work done in this process."""
+    from multiprocessing import forkserver
+
+    fresh_process_context(preload)
+    forkserver.ensure_running()
+

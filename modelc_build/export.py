@@ -1,0 +1,141 @@
+"""torch -> ONNX (either exporter, opset, dynamic axes) and onnxsim.
+
+Each function takes typed inputs and writes exactly one file; the caller decides where.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from modelc_build.data import example_inputs
+from modelc_build.errors import CompileError, InputError, first_line
+from modelc_build.recipe import ExportOptions, TensorSpec
+
+TORCH_DTYPES = {"float32": "float32", "float16": "float16", "int64": "int64", "int32": "int32", "uint8": "uint8"}
+
+
+def check_model_accepts_inputs(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...]) -> None:
+    """Run the model once on example inputs so a shape mismatch is an input error, not an export crash."""
+    import torch
+
+    tensors = [torch.from_numpy(a) for a in example_inputs(inputs, dynamic_size=2)]
+    declared = ", ".join(f"{s.name}{list(s.shape)}" for s in inputs)
+    try:
+        with torch.no_grad():
+            result = model(*tensors)
+    except Exception as exc:
+        first = first_line(exc)
+        raise InputError(f"the model does not accept the declared inputs {declared}: {first}; "
+                         "fix model.inputs[].shape to the shape the model expects") from exc
+    got = len(result) if isinstance(result, (tuple, list)) else 1
+    if got != len(outputs):
+        raise InputError(f"the model returns {got} output(s) but model.outputs names {len(outputs)} "
+                         f"({', '.join(outputs)}): name each output once")
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporters print progress and deprecation notes; keep the build log readable."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with contextlib.redirect_stdout(io.StringIO()):
+                yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+@dataclass(frozen=True)
+class Exported:
+    """Which exporter wrote the graph, and why the first choice did not (exporter `auto`)."""
+
+    requested: str
+    used: str
+    fallback_reason: str | None = None
+
+
+def export_onnx(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...], options: ExportOptions,
+                destination: Path, scripted: bool = False) -> Exported:
+    """Export with the recipe's exporter; dynamic axes come from symbolic dimensions. `auto` tries
+    torch.export first and falls back to the TorchScript-based exporter, saying why; a TorchScript
+    source (`scripted`) goes to the TorchScript-based exporter directly."""
+    if options.exporter == "torchscript" or (options.exporter == "auto" and scripted):
+        _export_with(model, inputs, outputs, options.opset, "torchscript", destination)
+        return Exported(options.exporter, "torchscript")
+    try:
+        _export_with(model, inputs, outputs, options.opset, "dynamo", destination)
+        return Exported(options.exporter, "dynamo")
+    except CompileError as error:
+        if options.exporter != "auto":
+            raise CompileError(f"{error.message}; try export.exporter: torchscript (or auto), or another export.opset") from error
+        reason = error.message
+    destination.unlink(missing_ok=True)
+    _export_with(model, inputs, outputs, options.opset, "torchscript", destination)
+    return Exported("auto", "torchscript", reason)
+
+
+def _export_with(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...], opset: int, exporter: str,
+                 destination: Path) -> None:
+    """One exporter. The example input gives dynamic axes size 2: at size 1 torch.export
+    specialises an axis to a constant."""
+    import torch
+
+    example = tuple(torch.from_numpy(a) for a in example_inputs(inputs, dynamic_size=2))
+    names = [spec.name for spec in inputs]
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            if exporter == "dynamo":
+                dims: dict[str, Any] = {}
+                # positional, so the forward's own argument names need not match the recipe's input names
+                dynamic_shapes = tuple({axis: dims.setdefault(name, torch.export.Dim(name))
+                                        for axis, name in spec.dynamic_axes.items()} or None for spec in inputs)
+                torch.onnx.export(model, example, str(destination), input_names=names, output_names=list(outputs),
+                                  opset_version=opset, dynamo=True, external_data=False, verbose=False,
+                                  dynamic_shapes=dynamic_shapes if any(dynamic_shapes) else None)
+            else:
+                dynamic_axes: dict[str, dict[int, str]] = {spec.name: spec.dynamic_axes for spec in inputs if spec.dynamic_axes}
+                batch_like = next(iter(dynamic_axes.values()), {})
+                if 0 in batch_like:  # outputs share the leading dynamic axis, the common case
+                    dynamic_axes.update({name: {0: batch_like[0]} for name in outputs})
+                torch.onnx.export(model, example, str(destination), input_names=names, output_names=list(outputs),
+                                  opset_version=opset, dynamo=False, dynamic_axes=dynamic_axes or None)
+    except Exception as exc:
+        raise CompileError(f"torch.onnx.export ({exporter} exporter) failed: {_first_lines(exc)}") from exc
+    if not destination.is_file():
+        raise CompileError(f"torch.onnx.export ({exporter} exporter) wrote no file at {destination}")
+
+
+def _first_lines(exc: BaseException) -> str:
+    """The first line, and torch.export's own one-line summary of the cause where it gives one."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
+    summary = lines.index("## Exception summary") + 1 if "## Exception summary" in lines else len(lines)
+    telling = lines[summary:summary + 1] or [line for line in lines[1:] if "Constraints violated" in line]
+    text = "; ".join([lines[0][:300]] + [line[:300] for line in telling[:1]])
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)  # torch colours its messages
+
+
+def simplify_onnx(source: Path, destination: Path) -> None:
+    """onnxsim with its own check that the simplified graph computes the same results."""
+    import onnx
+    import onnxsim
+
+    model = onnx.load(str(source))
+    try:
+        simplified, ok = onnxsim.simplify(model)
+    except Exception as exc:
+        raise CompileError(f"onnxsim failed on {source.name}: {exc}; set export.simplify: false to skip it") from exc
+    if not ok:
+        raise CompileError("onnxsim's check says the simplified graph differs from the original; "
+                           "set export.simplify: false to skip simplification")
+    onnx.save(simplified, str(destination))

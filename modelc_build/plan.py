@@ -1,0 +1,170 @@
+"""A recipe becomes a plan: the one step graph of a build. Nothing else encodes the order of steps;
+the engine runs whatever this draws, and `modelc plan` shows it.
+
+```
+export ─ simplify ─┬─ compile:<target> ──────┬─ verify:<target> ─┐
+                   ├─ quantize:qdq ─ compile:<int8 target on the Q/DQ graph> ─ ... ├─ (release)
+                   ├─ sensitivity             └─ latency:<target> ┘
+reference ─────────┴── (every verify)          latency:reference
+```
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modelc_build.fingerprint import DataSource
+from modelc_build.recipe import Recipe, Target
+from modelc_build.steps import Step
+from modelc_build.steps.compile import AccuracyControlSpec, CompileStep, compile_step_id
+from modelc_build.steps.export import EXPORT_STEP, ExportStep
+from modelc_build.steps.latency import LatencyStep
+from modelc_build.steps.qdq import QDQ_STEP, QdqStep
+from modelc_build.steps.sensitivity import SENSITIVITY_STEP, SensitivityStep
+from modelc_build.steps.simplify import SIMPLIFY_STEP, SimplifyStep
+from modelc_build.steps.verify import ReferenceStep, Setting, VerifyStep
+
+QDQ_BACKENDS = {"tensorrt"}  # their int8 is ModelOpt's Q/DQ graph (placed where TensorRT fuses)
+GPU_BACKENDS = {"tensorrt"}
+RELEASE_STEP = "release"
+
+
+@dataclass(frozen=True)
+class Plan:
+    recipe_name: str
+    version: str
+    steps: tuple[Step, ...]
+    graph: str  # the id of the step whose model.onnx is the release's ONNX graph
+
+    def by_id(self, step_id: str) -> Step:
+        return next(step for step in self.steps if step.id == step_id)
+
+    def has(self, step_id: str) -> bool:
+        return any(step.id == step_id for step in self.steps)
+
+    def only(self, step_ids: list[str]) -> tuple[Step, ...]:
+        """These steps and everything they need, in plan order."""
+        wanted = set(step_ids)
+        for step in reversed(self.steps):
+            if step.id in wanted:
+                wanted.update(step.needs)
+        return tuple(step for step in self.steps if step.id in wanted)
+
+
+def uses_qdq_graph(target: Target) -> bool:
+    return target.precision == "int8" and target.backend in QDQ_BACKENDS
+
+
+VALIDATION_SPLIT = 4  # without data.validation, tuning reads every 4th calibration sample
+
+
+def data_source(recipe: Recipe, role: str) -> DataSource:
+    """One of the three data roles; validation falls back to a split of the calibration set."""
+    inputs, preprocess, classes = recipe.model.inputs, recipe.preprocess, recipe.task.classes
+    if role == "validation" and recipe.validation is None:
+        return DataSource(role, recipe.calibration, inputs, preprocess, classes, every=VALIDATION_SPLIT,
+                          note=f"every {VALIDATION_SPLIT}th sample of data.calibration (the recipe has no data.validation)")
+    dataset = {"calibration": recipe.calibration, "validation": recipe.validation, "evaluation": recipe.evaluation}[role]
+    return DataSource(role, dataset, inputs, preprocess, classes)
+
+
+def accuracy_controlled(recipe: Recipe, target: Target) -> bool:
+    """OpenVINO int8 whose recipe gates the task-metric drop is quantized with accuracy control,
+    tuned on labelled validation data (never the evaluation set)."""
+    gate = recipe.gate_for(target.precision)
+    tuning = data_source(recipe, "validation").dataset
+    return (target.backend == "openvino" and target.precision == "int8" and gate.max_metric_drop is not None
+            and recipe.task.type in ("classification", "detection") and tuning is not None and tuning.labels != "none")
+
+
+def make_plan(recipe: Recipe) -> Plan:
+    model = recipe.model
+    steps: list[Step] = [ExportStep(model, recipe.export)]
+    graph = EXPORT_STEP
+    if recipe.export.simplify:
+        steps.append(SimplifyStep())
+        graph = SIMPLIFY_STEP
+    int8 = any(t.precision == "int8" for t in recipe.targets)
+    if recipe.quantization.sensitivity_layers and int8:
+        steps.append(SensitivityStep(graph, data_source(recipe, "calibration"), data_source(recipe, "validation"),
+                                     recipe.task, model.outputs, recipe.quantization))
+    if any(uses_qdq_graph(t) for t in recipe.targets):
+        steps.append(QdqStep(graph, data_source(recipe, "calibration"), recipe.quantization))
+    for target in recipe.targets:
+        steps.append(_compile_step(recipe, target, graph))
+    evaluation = data_source(recipe, "evaluation")
+    steps.append(ReferenceStep(model, evaluation))
+    for target in recipe.targets:
+        for setting in verify_settings(recipe, target):
+            steps.append(VerifyStep(target, evaluation, recipe.task, model.outputs, setting))
+    if recipe.latency.runs > 0:
+        steps.append(LatencyStep(None, model, evaluation, recipe.latency))
+        for target in recipe.targets:
+            steps.append(LatencyStep(target, model, evaluation, recipe.latency, deploy_config(recipe, target)))
+    return Plan(recipe.name, recipe.version, tuple(steps), graph)
+
+
+def deploy_config(recipe: Recipe, target: Target) -> tuple[tuple[str, str], ...]:
+    """The runtime settings a deploy stage passes with this artifact (recorded in the manifest)."""
+    precision = recipe.verify.openvino_inference_precision
+    if target.backend == "openvino" and precision != "default":
+        return (("INFERENCE_PRECISION_HINT", precision),)
+    return ()
+
+
+def verify_settings(recipe: Recipe, target: Target) -> list[Setting]:
+    """As deployed (gated); OpenVINO IR also pinned to f32 where the deploy setting is another;
+    OpenVINO int8 also on an older instruction set (pre-VNNI oneDNN kernels), gated too. A second
+    run that would compute the same thing on this machine is left out: pinned f32 where the CPU has
+    no bf16/fp16 (the plugin's default is f32 there). The second-ISA run always runs: on a machine
+    without VNNI it repeats the deploy run on the same kernels, a cheap proof the switch works."""
+    from modelc_build.host import cpu_info
+
+    host = cpu_info()
+    settings = [Setting("deploy", deploy_config(recipe, target))]
+    if target.backend != "openvino":
+        return settings
+    precision = recipe.verify.openvino_inference_precision
+    if precision != "f32" and (precision != "default" or host["low_precision_float"]):
+        settings.append(Setting("f32", (("INFERENCE_PRECISION_HINT", "f32"),)))
+    if target.precision == "int8" and recipe.verify.second_isa != "none":
+        isa = recipe.verify.second_isa
+        settings.append(Setting(isa.lower(), deploy_config(recipe, target), isa))
+    return settings
+
+
+def _compile_step(recipe: Recipe, target: Target, graph: str) -> CompileStep:
+    if target.backend == "torchscript":
+        source = EXPORT_STEP  # made from the torch model; waits for the export's input checks
+    elif uses_qdq_graph(target):
+        source = QDQ_STEP
+    else:
+        source = graph
+    calibration = None
+    if target.precision == "int8" and not uses_qdq_graph(target):
+        calibration = data_source(recipe, "calibration")
+    control = None
+    if accuracy_controlled(recipe, target):
+        max_drop = recipe.gate_for(target.precision).max_metric_drop
+        assert max_drop is not None
+        control = AccuracyControlSpec(max_drop, recipe.task, recipe.task.output or recipe.model.outputs[0],
+                                      data_source(recipe, "validation"))
+    return CompileStep(target, source, recipe.model, calibration, recipe.quantization, control)
+
+
+def target_step_ids(recipe: Recipe, target_ids: tuple[str, ...]) -> list[str]:
+    return [compile_step_id(t) for t in recipe.targets if t.id in target_ids]
+
+
+def ci_matrix(recipes: list[tuple[str, Recipe]]) -> dict[str, list[dict[str, str]]]:
+    """A GitHub Actions matrix: one job per recipe x target. Jobs run
+    `modelc build RECIPE --target TARGET --share-steps`; export and simplify are shared through
+    the store's step cache, and a final `modelc build RECIPE --share-steps` verifies and releases."""
+    include = []
+    for path, recipe in recipes:
+        for target in recipe.targets:
+            include.append({"recipe": path, "name": recipe.name, "version": recipe.version, "target": target.id,
+                            "runner": "gpu" if target.backend in GPU_BACKENDS else "cpu"})
+    return {"include": include}
+
+
+__all__ = ["Plan", "make_plan", "ci_matrix", "uses_qdq_graph", "RELEASE_STEP", "SENSITIVITY_STEP", "QDQ_STEP"]

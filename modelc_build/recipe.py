@@ -1,0 +1,611 @@
+"""The recipe format: load YAML, validate against the shipped JSON Schema, apply defaults, and
+return a typed, frozen `Recipe`.
+
+Every problem is collected before anything is raised, and each names file:line:column and the
+key path, so one run of `modelc validate` shows the whole list.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modelc_build.errors import InputError, RecipeError, RecipeProblem
+from modelc_build.preprocess import Preprocess
+
+Precision = str  # "fp32" | "fp16"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str = "float32"
+
+    @property
+    def dynamic_axes(self) -> dict[int, str]:
+        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
+
+    def concrete_shape(self, dynamic_size: int = 1) -> tuple[int, ...]:
+        return tuple(d if isinstance(d, int) else dynamic_size for d in self.shape)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: str  # torch | onnx | torchscript
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[str, ...]
+    factory: str | None = None
+    factory_args: tuple[tuple[str, Any], ...] = ()
+    weights: Path | None = None
+    path: Path | None = None
+    base_dir: Path = Path(".")
+    strict: bool = True  # torch: unexpected checkpoint entries are an error
+    ignore_weights: tuple[str, ...] = ()  # torch: checkpoint entries dropped before loading (regexes)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    exporter: str = "auto"  # auto | dynamo | torchscript
+    opset: int = 18
+    simplify: bool = True
+
+
+@dataclass(frozen=True)
+class Dataset:
+    path: Path
+    format: str  # images | npy | npz | python
+    labels: str = "none"
+    samples: int | None = None
+    batch_size: int = 16
+    shuffle: bool = False
+    seed: int = 0
+    function: str | None = None  # python only: the function in `path` that yields batches
+    labels_path: Path | None = None  # csv, coco, ultralytics: the labels file
+
+
+@dataclass(frozen=True)
+class Task:
+    type: str = "generic"
+    output: str | None = None
+    classes: tuple[str, ...] = ()
+    confidence_threshold: float = 0.001
+    nms_iou: float = 0.6
+    match_iou: float = 0.5
+    layout: str = "yolov5"  # detection: yolov5 | yolov8 | boxes
+    metric: str | None = None  # custom: FILE.py:FUNCTION, resolved against `base_dir`
+    higher_is_better: bool = True
+    base_dir: Path = Path(".")
+
+
+@dataclass(frozen=True)
+class Target:
+    backend: str
+    precision: Precision
+    mode: str | None = None
+
+    @property
+    def id(self) -> str:
+        """The artifact folder name, e.g. `openvino-fp16`."""
+        return f"{self.backend}-{self.precision}"
+
+
+@dataclass(frozen=True)
+class Gate:
+    min_cosine: float | None = None
+    max_abs_error: float | None = None
+    max_mean_abs_error: float | None = None
+    min_snr_db: float | None = None
+    max_metric_drop: float | None = None
+    min_metric: float | None = None
+    min_top5_containment: float | None = None  # classification, percent
+    min_reference_map50: float | None = None  # detection, percent
+
+
+# Gates every recipe gets, per precision, unless it sets its own (docs/recipe.md). INT8: healthy
+# artifacts of a real ImageNet classifier measured 0.97-0.99 output cosine, every broken one at or
+# below 0.93; the reference's top-1 class within the artifact's top-5 for >= 95 % of samples.
+DEFAULT_GATES: dict[str, Gate] = {
+    "fp32": Gate(min_cosine=0.999, min_top5_containment=99.0, min_reference_map50=95.0),
+    "fp16": Gate(min_cosine=0.99, min_top5_containment=98.0, min_reference_map50=90.0),
+    "int8": Gate(min_cosine=0.95, min_top5_containment=95.0, min_reference_map50=60.0),
+}
+LOWER_IS_STRICTER = {"max_abs_error", "max_mean_abs_error", "max_metric_drop"}
+
+
+@dataclass(frozen=True)
+class Quantization:
+    preset: str = "performance"
+    subset_size: int = 300
+    fast_bias_correction: bool = True
+    model_type: str = "cnn"
+    calibration_method: str = "entropy"  # Q/DQ graphs: how activation ranges are chosen
+    sensitivity_layers: int = 0  # list this many of the most sensitive layers; 0: do not measure
+    ignore_names: tuple[str, ...] = ()
+    ignore_types: tuple[str, ...] = ()
+    ignore_patterns: tuple[str, ...] = ()
+    overflow_fix: str = "enable"  # openvino int8: enable | first_layer | disable
+    onnxruntime_weights: str = "uint8"  # onnxruntime int8: uint8 (exact everywhere) | int8 (7-bit, faster)
+    float_input_layers: bool = True  # onnxruntime int8: layers reading a model input stay float
+    float_output_head: bool = False  # nodes after the last Conv/Gemm/MatMul stay float (default: detection)
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    openvino_inference_precision: str = "default"  # the deploy setting the gates judge
+    second_isa: str = "AVX2"  # openvino int8 again with oneDNN limited to this ISA; "none": skip
+
+
+@dataclass(frozen=True)
+class Latency:
+    runs: int = 30
+    warmup: int = 5
+
+
+@dataclass(frozen=True)
+class Recipe:
+    path: Path
+    digest: str  # sha256 of the recipe file's bytes
+    name: str
+    version: str
+    description: str
+    model: ModelSource
+    export: ExportOptions
+    preprocess: Preprocess | None
+    calibration: Dataset | None
+    evaluation: Dataset | None
+    task: Task
+    targets: tuple[Target, ...]
+    gates: dict[str, Gate] = field(hash=False)
+    latency: Latency
+    quantization: Quantization = Quantization()
+    explicit_gate_keys: dict[str, frozenset[str]] = field(default_factory=dict, hash=False)
+    verify: VerifyOptions = VerifyOptions()
+    validation: Dataset | None = None
+
+    def gate_for(self, precision: Precision) -> Gate:
+        """modelc's default gate for the precision, with the recipe's `default` and per-precision
+        keys on top."""
+        return Gate(**{key: value for key, (value, _, _) in self._gate_keys(precision).items()})
+
+    def gate_sources(self, precision: Precision) -> dict[str, tuple[str, float | None]]:
+        """Per gate key: recipe | default | relaxed (looser than modelc's default), and that default."""
+        return {key: (source, default) for key, (_, source, default) in self._gate_keys(precision).items()
+                if source != "unset"}
+
+    def _gate_keys(self, precision: Precision) -> dict[str, tuple[float | None, str, float | None]]:
+        default = DEFAULT_GATES.get(precision, Gate())
+        chosen = self.gates.get(precision, self.gates.get("default", Gate()))
+        explicit = self.explicit_gate_keys.get(precision, self.explicit_gate_keys.get("default", frozenset()))
+        keys: dict[str, tuple[float | None, str, float | None]] = {}
+        for name in Gate.__dataclass_fields__:
+            ours, theirs = getattr(default, name), getattr(chosen, name)
+            if name not in explicit:
+                keys[name] = (ours, "default" if ours is not None else "unset", None)
+                continue
+            looser = ours is not None and theirs is not None and (
+                theirs > ours if name in LOWER_IS_STRICTER else theirs < ours)
+            keys[name] = (theirs, "relaxed" if looser else "recipe", ours if looser else None)
+        return keys
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def recipe_schema() -> dict[str, Any]:
+    text = resources.files("modelc_build.schema").joinpath("recipe.schema.json").read_text()
+    return json.loads(text)
+
+
+@dataclass(frozen=True)
+class _Located:
+    """The parsed document and the source position of every key and value in it."""
+
+    data: Any
+    value_marks: dict[tuple[Any, ...], tuple[int, int]]
+    key_marks: dict[tuple[Any, ...], tuple[int, int]]
+
+
+def _mark(node: yaml.Node) -> tuple[int, int]:
+    return (node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+def _walk(node: yaml.Node, path: tuple[Any, ...], located: _Located, problems: list[tuple[tuple[int, int], str, str]]) -> None:
+    located.value_marks[path] = _mark(node)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                problems.append((_mark(key_node), _key_path(path + (key,)), f"duplicate key '{key}': keep only one"))
+            seen.add(key)
+            located.key_marks[path + (key,)] = _mark(key_node)
+            _walk(value_node, path + (key,), located, problems)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _walk(item, path + (index,), located, problems)
+
+
+def _key_path(path: tuple[Any, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+MAX_EXPANDED_NODES = 100_000  # a recipe is a page; aliases may not blow it up ("billion laughs")
+
+
+def _expanded_size(node: yaml.Node | None) -> int:
+    """Nodes the document would have with every alias expanded, counted without expanding: the
+    composed tree shares one node object per anchor, so sizes are memoised by identity."""
+    sizes: dict[int, int] = {}
+
+    def size(current: yaml.Node) -> int:
+        if id(current) in sizes:
+            return sizes[id(current)]
+        sizes[id(current)] = MAX_EXPANDED_NODES + 1  # a cycle counts as too big
+        children: list[yaml.Node] = []
+        if isinstance(current, yaml.MappingNode):
+            children = [part for pair in current.value for part in pair]
+        elif isinstance(current, yaml.SequenceNode):
+            children = list(current.value)
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_EXPANDED_NODES:
+                break
+        sizes[id(current)] = total
+        return total
+
+    return 0 if node is None else size(node)
+
+
+def _parse(path: Path, text: str) -> tuple[_Located, list[RecipeProblem]]:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if _expanded_size(node) > MAX_EXPANDED_NODES:
+            raise RecipeError([RecipeProblem(str(path), 1, 1, "", f"the YAML expands to more than {MAX_EXPANDED_NODES:,} "
+                                             "nodes through its aliases (&anchor / *alias): write the recipe out without "
+                                             "nested aliases")])
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError([RecipeProblem(str(path), line, column, "", f"not valid YAML: {problem}")]) from exc
+    located = _Located(data, {}, {})
+    raw_problems: list[tuple[tuple[int, int], str, str]] = []
+    if node is not None:
+        _walk(node, (), located, raw_problems)
+    problems = [RecipeProblem(str(path), line, col, key, msg) for (line, col), key, msg in raw_problems]
+    return located, problems
+
+
+def _schema_problems(path: Path, located: _Located) -> list[RecipeProblem]:
+    import jsonschema  # imported here: `modelc --help` should not pay for it
+
+    validator = jsonschema.Draft202012Validator(recipe_schema())
+    problems: list[RecipeProblem] = []
+    for error in validator.iter_errors(located.data):
+        problems.extend(_explain(path, located, error))
+    return problems
+
+
+def _explain(path: Path, located: _Located, error: Any) -> list[RecipeProblem]:
+    """Turn one jsonschema error into problems a person can act on."""
+    at = tuple(error.absolute_path)
+    line, column = located.value_marks.get(at, (1, 1))
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        problems = []
+        for key in sorted(set(error.instance) - set(allowed)):
+            kline, kcol = located.key_marks.get(at + (key,), (line, column))
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"allowed keys here: {', '.join(allowed)}"
+            problems.append(RecipeProblem(str(path), kline, kcol, _key_path(at + (key,)), f"unknown key '{key}': {hint}"))
+        return problems
+    if error.validator == "required":
+        missing = [k for k in error.validator_value if isinstance(error.instance, dict) and k not in error.instance]
+        return [RecipeProblem(str(path), line, column, _key_path(at), f"missing required key '{k}': add it") for k in missing]
+    if error.validator == "enum":
+        message = f"{error.instance!r} is not one of {', '.join(map(repr, error.validator_value))}"
+        return [RecipeProblem(str(path), line, column, _key_path(at), message)]
+    if error.validator == "const":
+        message = f"must be {error.validator_value!r}, got {error.instance!r}"
+        return [RecipeProblem(str(path), line, column, _key_path(at), message)]
+    if error.validator == "pattern" and "description" in error.schema:
+        message = f"{error.instance!r} is not allowed here: {error.schema['description']}"
+        return [RecipeProblem(str(path), line, column, _key_path(at), message)]
+    if error.validator == "oneOf" and at and "shape" in at:
+        message = f"{error.instance!r} is neither a positive integer nor a symbolic dimension name such as 'batch'"
+        return [RecipeProblem(str(path), line, column, _key_path(at), message)]
+    return [RecipeProblem(str(path), line, column, _key_path(at), error.message)]
+
+
+# Which backends can produce which precision today, and why not otherwise.
+TORCHSCRIPT_INT8_REMOVED = (
+    "torchscript int8 is not offered: PyTorch FX post-training quantization collapsed on a real ImageNet "
+    "MobileNetV2 (output cosine 0.63-0.82 against FP32) and PyTorch 2.13 deprecates quantized tensors; build "
+    "openvino int8 or onnxruntime int8 instead (docs/recipe.md)")
+SUPPORTED_PRECISIONS = {
+    "openvino": {"fp32", "fp16", "int8"},
+    "onnxruntime": {"fp32", "int8"},
+    "torchscript": {"fp32"},
+    "tensorrt": {"fp32", "fp16", "int8"},
+}
+
+
+def _not_finite(value: Any, at: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], float]]:
+    """Every .nan / .inf in the document (JSON Schema's minimum and maximum let NaN through)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [(at, value)]
+    if isinstance(value, dict):
+        return [found for key, item in value.items() for found in _not_finite(item, at + (key,))]
+    if isinstance(value, list):
+        return [found for index, item in enumerate(value) for found in _not_finite(item, at + (index,))]
+    return []
+
+
+def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
+    """Rules JSON Schema cannot say clearly: combinations of keys."""
+    data = located.data
+    problems: list[RecipeProblem] = []
+
+    def add(at: tuple[Any, ...], message: str) -> None:
+        line, column = located.value_marks.get(at, located.value_marks.get(at[:-1], (1, 1)))
+        problems.append(RecipeProblem(str(path), line, column, _key_path(at), message))
+
+    for at, value in _not_finite(data):
+        add(at, f"{value} is not a number a gate or setting can use: write a finite number")
+
+    model = data.get("model", {})
+    source = model.get("source")
+    if source == "torch":
+        for key in ("factory", "weights"):
+            if key not in model:
+                add(("model",), f"missing required key '{key}': a torch source needs a factory and a weights file")
+        if "path" in model:
+            add(("model", "path"), "'path' is for onnx and torchscript sources; a torch source uses 'factory' and 'weights'")
+    elif source in ("onnx", "torchscript"):
+        if "path" not in model:
+            add(("model",), f"missing required key 'path': a {source} source needs the model file")
+        for key in ("factory", "weights", "factory_args", "strict", "ignore_weights"):
+            if key in model:
+                add(("model", key), f"'{key}' is only for torch sources; remove it")
+    export = data.get("export", {})
+    if source == "torchscript" and export.get("exporter", "auto") == "dynamo":
+        add(("export", "exporter") if "exporter" in export else ("model", "source"),
+            "a torchscript source can only be exported by the TorchScript-based exporter: set export.exporter: torchscript "
+            "or auto")
+    for index, target in enumerate(data.get("targets", [])):
+        backend = target.get("backend")
+        for p_index, precision in enumerate(target.get("precisions", [])):
+            if backend == "torchscript" and precision == "int8":
+                add(("targets", index, "precisions", p_index), TORCHSCRIPT_INT8_REMOVED)
+            elif backend in SUPPORTED_PRECISIONS and precision not in SUPPORTED_PRECISIONS[backend]:
+                add(("targets", index, "precisions", p_index),
+                    f"{backend} {precision} is not supported; {backend} supports {', '.join(sorted(SUPPORTED_PRECISIONS[backend]))}")
+        if backend == "torchscript" and source == "onnx":
+            add(("targets", index, "backend"), "a TorchScript target needs a torch or torchscript source, not an ONNX file")
+        if "mode" in target and backend != "torchscript":
+            add(("targets", index, "mode"), "'mode' applies to torchscript targets only; remove it")
+        if backend == "torchscript" and source == "torchscript" and target.get("mode") == "script":
+            add(("targets", index, "mode"), "the source is already TorchScript; remove 'mode'")
+    ids = [(t.get("backend"), p) for t in data.get("targets", []) for p in t.get("precisions", [])]
+    if any(p == "int8" for _, p in ids) and "calibration" not in data.get("data", {}):
+        add(("targets",), "an int8 target is calibrated on representative data: add data.calibration")
+    if "quantization" in data and not any(p == "int8" for _, p in ids):
+        add(("quantization",), "no target builds int8: remove this section or add an int8 target")
+    for duplicate in sorted({i for i in ids if ids.count(i) > 1}, key=str):
+        add(("targets",), f"target {duplicate[0]}-{duplicate[1]} is listed twice")
+    data_section = data.get("data", {})
+    task = data.get("task", {})
+    evaluation = data_section.get("evaluation", {})
+    for name in ("calibration", "validation", "evaluation"):
+        dataset = data_section.get(name)
+        if dataset and _dataset_format(dataset) == "images" and "preprocess" not in data_section:
+            add(("data", name), "an image folder needs data.preprocess (size, resize, scale, ...)")
+        if dataset and _dataset_format(dataset) != "images" and dataset.get("labels", "none") != "none":
+            add(("data", name, "labels"), "labels are read from image folders only; use format: images")
+        if dataset and _dataset_format(dataset) == "python":
+            if ":" not in str(dataset.get("path", "")):
+                add(("data", name, "path"), "a python data source is FILE.py:FUNCTION, e.g. data/make.py:batches")
+            if dataset.get("shuffle"):
+                add(("data", name, "shuffle"), "a python data source yields its own order; remove shuffle")
+    if task.get("type") in ("classification", "detection"):
+        wanted = ("folders", "csv") if task["type"] == "classification" else ("yolo", "ultralytics", "coco")
+        for role in ("evaluation", "validation"):
+            dataset = data_section.get(role, {})
+            if dataset.get("labels", "none") not in ("none", *wanted):
+                add(("data", role, "labels"), f"a {task['type']} task reads labels {' or '.join(wanted)}: set one of them, "
+                    "or leave labels out to judge by agreement with the reference")
+        if not evaluation:
+            add(("task",), f"a {task['type']} task is measured on data.evaluation (labels optional): add it")
+    for role in ("calibration", "validation", "evaluation"):
+        dataset = data_section.get(role) or {}
+        needs_file = dataset.get("labels") in ("csv", "coco", "ultralytics")
+        if needs_file and "labels_path" not in dataset:
+            add(("data", role, "labels"), f"labels: {dataset['labels']} reads a labels file: add data.{role}.labels_path")
+        if "labels_path" in dataset and not needs_file:
+            add(("data", role, "labels_path"), "labels_path is for labels: csv, coco or ultralytics; remove it")
+    size = data_section.get("preprocess", {}).get("size")
+    image_input = (model.get("inputs") or [{}])[0].get("shape", [])
+    if size and len(image_input) == 4:
+        layout = data_section["preprocess"].get("layout", "nchw")
+        spatial = image_input[2:4] if layout == "nchw" else image_input[1:3]
+        fixed = [(axis, want, got) for axis, want, got in zip(("height", "width"), spatial, size) if isinstance(want, int)
+                 and want != got]
+        if fixed:
+            add(("data", "preprocess", "size"), f"size {size} does not match model.inputs[0].shape {image_input} "
+                "(" + ", ".join(f"{axis} {want}" for axis, want, _ in fixed) + "): make them agree")
+    if "layout" in task and task.get("type") != "detection":
+        add(("task", "layout"), f"'layout' describes detector outputs; a {task.get('type', 'generic')} task has none: remove it")
+    if task.get("type") == "custom" and "metric" not in task:
+        add(("task",), "a custom task names its metric: task.metric: path/to/file.py:function")
+    if task.get("type") != "custom":
+        for key in ("metric", "higher_is_better"):
+            if key in task:
+                add(("task", key), f"'{key}' is for task type custom; remove it")
+    if task.get("output") and task["output"] not in model.get("outputs", []):
+        add(("task", "output"), f"'{task['output']}' is not one of model.outputs {model.get('outputs')}")
+    gates = data.get("gates", {})
+    for precision in gates:
+        if precision != "default" and precision not in {p for _, p in ids}:
+            add(("gates", precision), f"no target builds {precision}; remove this gate or add a target")
+    for precision, gate in gates.items():
+        if ("max_metric_drop" in gate or "min_metric" in gate) and task.get("type", "generic") in ("generic", "none"):
+            add(("gates", precision), "task-metric gates need task.type classification, detection, embedding or custom")
+    return problems
+
+
+def _dataset_format(dataset: dict[str, Any]) -> str:
+    if "format" in dataset:
+        return str(dataset["format"])
+    path = str(dataset.get("path", ""))
+    if ".py:" in path:
+        return "python"
+    suffix = Path(path).suffix.lower()
+    return {".npy": "npy", ".npz": "npz"}.get(suffix, "images")
+
+
+def path_problems(recipe_path: Path) -> list[RecipeProblem]:
+    """Referenced files that do not exist (used by `modelc validate`; builds raise InputError)."""
+    located, _ = _parse(recipe_path, recipe_path.read_text())
+    base = recipe_path.parent
+    checks: list[tuple[tuple[Any, ...], str]] = []
+    model = located.data.get("model", {})
+    for key in ("weights", "path"):
+        if key in model:
+            checks.append((("model", key), model[key]))
+    factory = model.get("factory", "")
+    if ".py:" in factory:
+        checks.append((("model", "factory"), factory.rsplit(":", 1)[0]))
+    for name in ("calibration", "validation", "evaluation"):
+        dataset = located.data.get("data", {}).get(name)
+        if dataset and "path" in dataset:
+            location = str(dataset["path"])
+            checks.append((("data", name, "path"), location.rpartition(":")[0] if ".py:" in location else location))
+        if dataset and "labels_path" in dataset:
+            checks.append((("data", name, "labels_path"), str(dataset["labels_path"])))
+    problems = []
+    for at, relative in checks:
+        if not (base / relative).exists():
+            line, column = located.value_marks.get(at, (1, 1))
+            problems.append(RecipeProblem(str(recipe_path), line, column, _key_path(at),
+                                          f"{(base / relative).resolve()} does not exist: fix the path (relative paths start at the recipe's folder)"))
+    return problems
+
+
+def load_recipe(path: Path, passed_schema_memo: Path | None = None) -> Recipe:
+    """Read, validate and type a recipe; raise RecipeError listing every problem.
+
+    `passed_schema_memo` (a folder, used by builds) remembers recipe texts that already passed the
+    schema, keyed by the digest of the text, the schema and modelc's version: a rebuild then skips
+    loading jsonschema, which costs more than the rest of an up-to-date build.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the recipe ({exc.strerror}): check the path") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RecipeError([RecipeProblem(str(path), 1, 1, "", "the recipe is not UTF-8 text")]) from None
+    located, problems = _parse(path, text)
+    if not isinstance(located.data, dict):
+        raise RecipeError([RecipeProblem(str(path), 1, 1, "", "a recipe must be a YAML mapping (key: value lines)")])
+    memo = _schema_memo_file(passed_schema_memo, raw) if passed_schema_memo else None
+    if memo is None or not memo.exists():
+        problems += _schema_problems(path, located)
+    if not problems:
+        problems += _cross_field_problems(path, located)
+    if problems:  # each problem once (a schema with several branches may report one thing per branch)
+        raise RecipeError(sorted(dict.fromkeys(problems), key=lambda p: (p.line, p.column)))
+    if memo is not None and not memo.exists():
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        memo.touch()
+    return _to_recipe(path, hashlib.sha256(raw).hexdigest(), located.data)
+
+
+def _schema_memo_file(folder: Path, raw: bytes) -> Path:
+    from modelc_build import __version__
+
+    schema = json.dumps(recipe_schema(), sort_keys=True).encode()
+    return folder / hashlib.sha256(raw + b"\0" + schema + b"\0" + __version__.encode()).hexdigest()
+
+
+def _to_recipe(path: Path, digest: str, data: dict[str, Any]) -> Recipe:
+    base = path.resolve().parent
+    model = data["model"]
+    source = ModelSource(
+        kind=model["source"],
+        inputs=tuple(TensorSpec(i["name"], tuple(d if isinstance(d, str) else int(d) for d in i["shape"]),
+                                i.get("dtype", "float32")) for i in model["inputs"]),
+        outputs=tuple(model["outputs"]),
+        factory=model.get("factory"),
+        factory_args=tuple(sorted(model.get("factory_args", {}).items())),
+        weights=base / model["weights"] if "weights" in model else None,
+        path=base / model["path"] if "path" in model else None,
+        base_dir=base,
+        strict=model.get("strict", True),
+        ignore_weights=tuple(model.get("ignore_weights", ())),
+    )
+    export = ExportOptions(**data.get("export", {}))
+    data_section = data.get("data", {})
+    preprocess = None
+    if "preprocess" in data_section:
+        spec = dict(data_section["preprocess"])
+        height, width = (int(v) for v in spec.pop("size"))
+        if isinstance(spec.get("scale"), str):  # "1/255", as the docs write it
+            spec["scale"] = 1.0 / float(spec["scale"].split("/")[1])
+        for key in ("mean", "std"):
+            if key in spec:
+                spec[key] = tuple(float(v) for v in spec[key])
+        preprocess = Preprocess(height=height, width=width, **spec)
+
+    def dataset(name: str) -> Dataset | None:
+        entry = data_section.get(name)
+        if entry is None:
+            return None
+        data_format = _dataset_format(entry)
+        location, function = str(entry["path"]), None
+        if data_format == "python":
+            location, _, function = location.rpartition(":")
+        samples = entry.get("samples")  # YAML may write integers as 1.0e+3: the schema accepts them, Python wants ints
+        return Dataset(path=base / location, format=data_format, labels=entry.get("labels", "none"),
+                       samples=None if samples is None else int(samples), batch_size=int(entry.get("batch_size", 16)),
+                       shuffle=entry.get("shuffle", False), seed=int(entry.get("seed", 0)), function=function,
+                       labels_path=base / entry["labels_path"] if "labels_path" in entry else None)
+
+    task_data = dict(data.get("task", {"type": "generic"}))
+    task_data["classes"] = tuple(task_data.get("classes", ()))
+    task_data["base_dir"] = base
+    targets = tuple(Target(t["backend"], p, t.get("mode")) for t in data["targets"] for p in t["precisions"])
+    raw_gates = data.get("gates", {})
+    gates = {k: Gate(**{**raw_gates.get("default", {}), **v}) for k, v in raw_gates.items()}
+    explicit = {k: frozenset({**raw_gates.get("default", {}), **v}) for k, v in raw_gates.items()}
+    return Recipe(path=path, digest=digest, name=data["name"], version=data["version"],
+                  description=data.get("description", ""), model=source, export=export, preprocess=preprocess,
+                  calibration=dataset("calibration"), evaluation=dataset("evaluation"), task=Task(**task_data),
+                  targets=targets, gates=gates, latency=Latency(**data.get("latency", {})),
+                  quantization=_quantization(data.get("quantization", {}), task_data["type"]), explicit_gate_keys=explicit,
+                  verify=VerifyOptions(**data.get("verify", {})), validation=dataset("validation"))
+
+
+def _quantization(section: dict[str, Any], task_type: str) -> Quantization:
+    """The schema has checked the keys; defaults live in the dataclass alone, but for the output
+    head, float by default for detectors."""
+    settings: dict[str, Any] = {key: value for key, value in section.items() if not key.endswith("ignore")}
+    settings.setdefault("float_output_head", task_type == "detection")
+    for group in ("ignore",):
+        settings.update({f"{group}_{key}": tuple(values) for key, values in section.get(group, {}).items()})
+    return Quantization(**settings)

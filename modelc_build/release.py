@@ -1,0 +1,239 @@
+"""What a version is: the measured artifacts judged by the gates, then report → manifest →
+signature → store.
+
+It reads only the step outputs the engine produced (cache entries) and the recipe's gates; gates
+are applied here, to cached measurements, so changing a threshold re-runs no step. The store sees
+only a finished, gate-checked, signed release, so a failure leaves it as it was.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from modelc_build.accuracy import Evaluation, apply_gates, evaluation_from_dict
+from modelc_build.cache import CacheEntry
+from modelc_build.errors import GateFailed, StoreError
+from modelc_build.manifest import QUANTIZATION_NOTES, ArtifactEntry, FileEntry, build_manifest, content_digest, file_entries
+from modelc_build.recipe import Recipe, Target
+from modelc_build.report import ArtifactReport, CalibrationData, Measurement, Report, to_json_text, to_markdown
+from modelc_build.steps.export import EXPORT_NOTES, EXPORT_STEP
+from modelc_build.steps.latency import LATENCY_FILE, REFERENCE_LATENCY_STEP, latency_step_id
+from modelc_build.steps.verify import EVALUATION_FILE, REFERENCE_STEP, Setting, verify_step_id
+
+if TYPE_CHECKING:
+    from modelc_build.signing import Signer
+    from modelc_build.stores import PushResult, Store
+
+
+@dataclass(frozen=True)
+class CompiledArtifact:
+    target: Target
+    entry: CacheEntry
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Everything the engine produced that a release is made of."""
+
+    graph: CacheEntry  # the ONNX graph shipped as onnx/model.onnx
+    qdq: CacheEntry | None  # the Q/DQ INT8 graph, shipped as onnx-int8/
+    artifacts: list[CompiledArtifact]
+    entries: dict[str, CacheEntry]  # every step's output by step id
+    settings: dict[str, list[Setting]]  # per target: as deployed first, then the other measurements
+
+    def json(self, step_id: str, name: str) -> Any:
+        entry = self.entries.get(step_id)
+        return json.loads(entry.file(name).read_text()) if entry is not None else None
+
+
+@dataclass(frozen=True)
+class Released:
+    location: str
+    created: bool
+    report: Report
+    manifest: dict[str, Any]
+
+
+def make_report(recipe: Recipe, measured: Measured, sensitivity_step: str, data: dict[str, Any] | None = None) -> Report:
+    from modelc_build.host import cpu_info
+
+    reference = measured.json(REFERENCE_STEP, "reference.json")
+    artifacts = []
+    reference_metric = None
+    for artifact in measured.artifacts:
+        target = artifact.target
+        evaluation = _judged(recipe, target, measured.json(verify_step_id(target), EVALUATION_FILE))
+        others = [Measurement(setting.name, dict(setting.config), setting.isa,
+                              _judged(recipe, target, measured.json(verify_step_id(target) + setting.suffix, EVALUATION_FILE)),
+                              gated=setting.isa is not None)
+                  for setting in measured.settings[target.id][1:]]
+        files = [(f"{target.id}/{name}", artifact.entry.file(name).stat().st_size) for name in artifact.entry.files]
+        notes = artifact.entry.files.get(QUANTIZATION_NOTES) and json.loads(artifact.entry.file(QUANTIZATION_NOTES).read_text())
+        timing = measured.json(latency_step_id(target), LATENCY_FILE)
+        artifacts.append(ArtifactReport(target.id, target.backend, target.precision, files, evaluation,
+                                        _latency_ms(measured, latency_step_id(target)), notes or None,
+                                        dict(measured.settings[target.id][0].config), _latency_summary(timing), others))
+        if evaluation.task is not None:
+            reference_metric = evaluation.task.reference
+    return Report(recipe.name, recipe.version, reference["reference"], reference["data"], reference["samples"],
+                  recipe.task.type, reference_metric, _latency_ms(measured, REFERENCE_LATENCY_STEP), artifacts,
+                  _calibration(recipe, artifacts), _sensitivity(recipe, measured.json(sensitivity_step, "sensitivity.json")),
+                  cpu_info(), data, measured.json(EXPORT_STEP, EXPORT_NOTES))
+
+
+def _latency_ms(measured: Measured, step_id: str) -> float | None:
+    timing = measured.json(step_id, LATENCY_FILE)
+    return timing["ms"]["p50"] if timing and timing["ms"] else None
+
+
+def _judged(recipe: Recipe, target: Target, measured: dict[str, Any]) -> Evaluation:
+    evaluation = evaluation_from_dict(measured)
+    evaluation.gates = apply_gates(evaluation, recipe.gate_for(target.precision), recipe.gate_sources(target.precision))
+    return evaluation
+
+
+def _latency_summary(timing: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not timing or not timing.get("ms"):
+        return None
+    return {**timing["ms"], "batch": timing["batch"], "runs": timing["runs"], "warmup": timing["warmup"],
+            "threads": timing["threads"]}
+
+
+def _calibration(recipe: Recipe, artifacts: list[ArtifactReport]) -> CalibrationData | None:
+    noted = [a.quantization["calibration_samples_available"] for a in artifacts
+             if a.quantization and "calibration_samples_available" in a.quantization]
+    if recipe.calibration is None or not noted:
+        return None
+    where = os.path.relpath(recipe.calibration.path, recipe.path.parent)  # as the recipe names it
+    return CalibrationData(where, max(noted), recipe.calibration.samples)
+
+
+def _sensitivity(recipe: Recipe, sensitivity: dict[str, Any] | None) -> dict[str, Any] | None:
+    if sensitivity is None:
+        return None
+    return {**sensitivity, "layers_measured": len(sensitivity["layers"]),  # the worst, as many as asked for
+            "layers": sensitivity["layers"][:recipe.quantization.sensitivity_layers]}
+
+
+def summary_lines(report: Report) -> list[str]:
+    lines = []
+    for a in report.artifacts:
+        task = ""
+        if a.evaluation.task is not None:
+            t = a.evaluation.task
+            task = f", {t.name} {t.value:.2f}% (reference {t.reference:.2f}%)"
+        worst = min((m.cosine for m in a.evaluation.outputs), default=1.0)
+        latency = f", {a.latency_ms:.2f} ms" if a.latency_ms is not None else ""
+        free = a.evaluation.task.label_free if a.evaluation.task is not None else {}
+        if "top5_containment" in free:
+            task += f", top-5 containment {free['top5_containment']:.1f}%, confident agreement {free['confident_agreement']:.1f}%"
+        for m in a.measurements:
+            cos = min((o.cosine for o in m.evaluation.outputs), default=1.0)
+            task += f"; {m.isa or m.setting}: cosine {cos:.6f}" + ("" if m.evaluation.passed or not m.gated else " FAIL")
+        verdict = "pass" if a.passed else "FAIL"
+        lines.append(f"  {a.target}: cosine {worst:.6f}{task}{latency} [{verdict}]")
+    lines += [f"  warning: {flag}" for flag in report.flags()]
+    return lines
+
+
+def release(recipe: Recipe, measured: Measured, report: Report, store: Store, staging: Path, failed_reports: Path,
+            signer: Signer | None, log: Callable[[str], None]) -> Released:
+    """Gates → files → manifest → signature → store. An identical stored version is left alone."""
+    artifact_files = _artifact_files(measured)
+    judged_by = measurement_digest(recipe, report)
+    if report.passed:
+        stored = store.stored_manifest(recipe.name, recipe.version)
+        if stored is not None and stored.get("content_digest") == content_digest(artifact_files):
+            if stored.get("measurement_digest") != judged_by:
+                raise StoreError(f"{recipe.name} {recipe.version} is stored with the same model files but was judged "
+                                 "differently (task, gates, data or verification settings changed): its report would "
+                                 "no longer match the release; bump version")
+            return Released(store.location(recipe.name, recipe.version), False, report, stored)
+    folder = staging / "release"
+    _assemble(folder, measured, report)
+    _append_step_summary(folder / "report.md")
+    if not report.passed:
+        kept = failed_reports / recipe.name / recipe.version
+        kept.mkdir(parents=True, exist_ok=True)
+        for name in ("report.json", "report.md"):
+            shutil.copyfile(folder / name, kept / name)
+        raise GateFailed(f"{len(report.failures())} accuracy gate(s) missed, nothing was stored: "
+                         + "; ".join(report.failures()) + f". Report: {kept / 'report.md'}")
+    manifest = _manifest(recipe, folder, measured, artifact_files, report)
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    if signer is not None:  # after every gate passed; the signature covers every file above
+        from modelc_build.signing import sign_release
+
+        sign_release(folder, signer)
+        log(f"✓ signed with {signer.describe()}")
+    result: PushResult = store.push(folder, recipe.name, recipe.version, content_digest(artifact_files))
+    return Released(result.location, result.created, report, manifest)
+
+
+def measurement_digest(recipe: Recipe, report: Report) -> str:
+    """What a release's report was judged by, besides its model files: the task, the effective
+    gates, each data role's digest and the verification settings (not latencies, which vary run
+    to run). Part of a version's identity: the same files judged otherwise are another version."""
+    from dataclasses import asdict
+
+    from modelc_build.cache import cache_key
+
+    precisions = sorted({a.precision for a in report.artifacts})
+    task = {key: value for key, value in asdict(recipe.task).items() if key != "base_dir"}
+    return cache_key({"task": task, "gates": {p: asdict(recipe.gate_for(p)) for p in precisions},
+                      "data": {role: d.get("digest") for role, d in (report.data or {}).items()},
+                      "verify": asdict(recipe.verify)})
+
+
+def _assemble(folder: Path, measured: Measured, report: Report) -> None:
+    (folder / "onnx").mkdir(parents=True)
+    shutil.copyfile(measured.graph.file("model.onnx"), folder / "onnx" / "model.onnx")
+    if measured.qdq is not None:  # the Q/DQ graph, for TensorRT builds elsewhere
+        (folder / "onnx-int8").mkdir()
+        for name in measured.qdq.files:
+            shutil.copyfile(measured.qdq.file(name), folder / "onnx-int8" / name)
+    for artifact in measured.artifacts:
+        (folder / artifact.target.id).mkdir()
+        for name in artifact.entry.files:
+            shutil.copyfile(artifact.entry.file(name), folder / artifact.target.id / name)
+    (folder / "report.json").write_text(to_json_text(report))
+    (folder / "report.md").write_text(to_markdown(report))
+
+
+def _artifact_files(measured: Measured) -> list[FileEntry]:
+    """The release's model files with digests and sizes, read off the cache entries (whose digests
+    were checked this build) rather than re-hashed."""
+    sources = {"onnx/model.onnx": (measured.graph, "model.onnx")}
+    if measured.qdq is not None:
+        sources.update({f"onnx-int8/{name}": (measured.qdq, name) for name in measured.qdq.files})
+    sources.update({f"{a.target.id}/{name}": (a.entry, name) for a in measured.artifacts for name in a.entry.files})
+    return [FileEntry(path, entry.files[name], entry.file(name).stat().st_size)
+            for path, (entry, name) in sorted(sources.items())]
+
+
+def _manifest(recipe: Recipe, folder: Path, measured: Measured, artifact_files: list[FileEntry],
+              report: Report) -> dict[str, Any]:
+    entries = [ArtifactEntry("onnx", "onnx", "fp32", ["onnx/model.onnx"])]
+    if measured.qdq is not None:
+        entries.append(ArtifactEntry("onnx-int8", "onnx", "int8", [f"onnx-int8/{name}" for name in sorted(measured.qdq.files)]))
+    entries += [ArtifactEntry(a.target.id, a.target.backend, a.target.precision,
+                              [f"{a.target.id}/{name}" for name in a.entry.files],
+                              dict(measured.settings[a.target.id][0].config)) for a in measured.artifacts]
+    return build_manifest(name=recipe.name, version=recipe.version, recipe_file=recipe.path,
+                          recipe_digest=recipe.digest, exporter=(report.export or {}).get("used", "none"),
+                          opset=recipe.export.opset, simplified=recipe.export.simplify, artifacts=entries,
+                          artifact_files=artifact_files, report_files=file_entries(folder, ["report.json", "report.md"]),
+                          passed=report.passed, machine=report.machine, data=report.data,
+                          measurement_digest=measurement_digest(recipe, report))
+
+
+def _append_step_summary(markdown: Path) -> None:
+    """In GitHub Actions, the report becomes the job summary."""
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as handle:
+            handle.write(markdown.read_text())

@@ -1,0 +1,76 @@
+"""Steps: the units of work the engine runs, caches and plans.
+
+Every step kind is one module here and has the same small interface:
+
+- `id`, `kind`, `description` and `needs` (the ids of the steps whose outputs it reads);
+- `material(inputs)`: the exact key material of its output, nothing else;
+- `run(inputs, out)`: write its files into the folder `out`.
+
+A step is a frozen dataclass of the typed values it reads (never the whole recipe), so it can be
+pickled into a fresh process. `inputs` gives the cache entries of the steps it needs and the
+build's `Fingerprints` (input digests computed once per build).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+
+from modelc_build import __version__
+from modelc_build.manifest import package_version
+
+if TYPE_CHECKING:
+    from modelc_build.cache import CacheEntry
+    from modelc_build.fingerprint import Fingerprints
+
+KEY_FORMAT = 3  # bump when the meaning of key material or the shape of step outputs changes
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """What a step may read: the outputs of the steps it needs, and the build's input digests."""
+
+    entries: Mapping[str, CacheEntry]
+    facts: Fingerprints | None = None
+
+    def entry(self, step_id: str) -> CacheEntry:
+        return self.entries[step_id]
+
+    def file(self, step_id: str, name: str) -> Path:
+        return self.entries[step_id].file(name)
+
+    def digest(self, step_id: str, name: str) -> str:
+        return self.entries[step_id].files[name]
+
+    @property
+    def fingerprints(self) -> Fingerprints:
+        assert self.facts is not None, "this step needs the build's fingerprints"
+        return self.facts
+
+
+class Step(ABC):
+    """One node of the step graph. Subclasses are frozen dataclasses that provide `id` (unique in
+    a plan, e.g. `compile:openvino-fp16`), `needs` (ids of the steps whose outputs it reads) and
+    `description` (one line for people), as fields or properties."""
+
+    kind: ClassVar[str] = ""
+    fresh_process: ClassVar[bool] = False  # run in a new process (see modelc_build/engine.py)
+    exclusive: ClassVar[bool] = False  # run with nothing beside it (timing)
+
+    id: str
+    needs: tuple[str, ...]
+    description: str
+
+    @abstractmethod
+    def material(self, inputs: StepInputs) -> dict[str, Any]:
+        """The key material of this step's output: everything it depends on, listed explicitly."""
+
+    @abstractmethod
+    def run(self, inputs: StepInputs, out: Path) -> None:
+        """Write this step's files into `out`."""
+
+
+def tool_versions(names: tuple[str, ...]) -> dict[str, str]:
+    """Installed versions (read from package metadata: no heavy imports)."""
+    return {"modelc": __version__, **{name: package_version(name) or "absent" for name in names}}

@@ -1,0 +1,133 @@
+"""compile:<target>: one artifact (OpenVINO IR, TorchScript, ONNX for onnxruntime, TensorRT) from
+the graph it needs, through the target's backend."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+from modelc_build.fingerprint import DataSource
+from modelc_build.recipe import ModelSource, Quantization, Target, Task
+from modelc_build.steps import Step, StepInputs, tool_versions
+from modelc_build.steps.qdq import warn_shortfall
+
+BACKEND_TOOLS = {"onnxruntime": ("onnxruntime",), "openvino": ("openvino",), "torchscript": ("torch",),
+                 "tensorrt": ("tensorrt",)}
+IN_PROCESS_BACKENDS = {"onnxruntime"}  # fp32 compile = copy a file; the others run in a fresh process
+
+
+def compile_step_id(target: Target) -> str:
+    return f"compile:{target.id}"
+
+
+@dataclass(frozen=True)
+class AccuracyControlSpec:
+    """Accuracy-controlled quantization: the gate's drop, scored on `data` with the task metric."""
+
+    max_drop: float
+    task: Task
+    output: str
+    data: DataSource
+
+
+@dataclass(frozen=True)
+class CompileStep(Step):
+    target: Target
+    graph: str  # id of the step whose model.onnx is compiled; `export` for TorchScript (made from torch)
+    model: ModelSource
+    calibration: DataSource | None = None  # int8 targets that calibrate themselves
+    quantization: Quantization = Quantization()
+    accuracy_control: AccuracyControlSpec | None = None
+    kind = "compile"
+
+    @property
+    def id(self) -> str:  # type: ignore[override]
+        return compile_step_id(self.target)
+
+    @property
+    def needs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.graph,)
+
+    @property
+    def fresh_process(self) -> bool:  # type: ignore[override]
+        return self.target.backend not in IN_PROCESS_BACKENDS or self.calibration is not None
+
+    @property
+    def description(self) -> str:  # type: ignore[override]
+        if self.target.backend == "torchscript":
+            source = f"the torch model ({self.target.mode or 'trace'})"
+        else:
+            source = "the Q/DQ ONNX graph" if self.graph.startswith("quantize") else "the ONNX graph"
+        return f"build {self.target.backend} {self.target.precision} from {source}"
+
+    def material(self, inputs: StepInputs) -> dict[str, Any]:
+        """TorchScript is made from the torch model, so its input is the source, not the graph; an
+        int8 build that calibrates itself also depends on the data and how it is read."""
+        facts = inputs.fingerprints
+        graph: Any = facts.source(self.model) if self.target.backend == "torchscript" else inputs.digest(self.graph, "model.onnx")
+        tools: tuple[str, ...] = BACKEND_TOOLS[self.target.backend]
+        material: dict[str, Any] = {"target": asdict(self.target), "graph": graph}
+        if self.calibration is not None:
+            material["calibration"] = facts.data(self.calibration)
+            material["quantization"] = asdict(self.quantization)
+            tools = tools + (("nncf",) if self.target.backend == "openvino" else ())
+        if self.accuracy_control is not None:
+            control = self.accuracy_control
+            material["accuracy_control"] = {"max_drop": control.max_drop, "task": facts.task(control.task),
+                                            "output": control.output, "data": facts.data(control.data)}
+        material["tools"] = tool_versions(tools)
+        return material
+
+    def run(self, inputs: StepInputs, out: Path) -> None:
+        from modelc_build.backends import CompileRequest, get_backend
+
+        facts = inputs.fingerprints
+        torch_model: Callable[[], Any] | None = None
+        if self.model.kind != "onnx":
+            torch_model = partial(_load_torch_model, self.model)
+        calibration = None
+        reader = None
+        if self.calibration is not None:
+            reader = facts.reader(self.calibration)
+            warn_shortfall(reader)
+            calibration = reader.feeds
+        request = CompileRequest(self.target, inputs.file(self.graph, "model.onnx"), self.model.inputs,
+                                 self.model.outputs, out, torch_model, calibration, self.quantization,
+                                 self._accuracy_control(inputs))
+        get_backend(self.target.backend).compile(request)
+        if reader is not None:
+            _note_samples_available(out, len(reader))
+
+    def _accuracy_control(self, inputs: StepInputs) -> Any:
+        if self.accuracy_control is None:
+            return None
+        from modelc_build.accuracy import task_metric
+        from modelc_build.backends import AccuracyControl
+
+        control = self.accuracy_control
+        reader = inputs.fingerprints.reader(control.data)
+        metric = partial(_scored, task_metric, self.model.inputs, control.task, control.output)
+        return AccuracyControl(control.max_drop, control.task, control.output, reader.batches, metric)
+
+
+def _scored(task_metric: Callable[..., float], model_inputs: Any, task: Task, output: str, infer: Any, batches: Any) -> float:
+    return task_metric(infer, batches, model_inputs, task, output)
+
+
+def _load_torch_model(model: ModelSource) -> Any:
+    from modelc_build.sources import load_torch_model
+
+    return load_torch_model(model)
+
+
+def _note_samples_available(out: Path, available: int) -> None:
+    """The report's calibration line reads this (so a no-op rebuild needs no data reader)."""
+    from modelc_build.manifest import QUANTIZATION_NOTES
+
+    notes_file = out / QUANTIZATION_NOTES
+    if notes_file.is_file():
+        notes = json.loads(notes_file.read_text())
+        notes["calibration_samples_available"] = available
+        notes_file.write_text(json.dumps(notes, indent=2, sort_keys=True) + "\n")

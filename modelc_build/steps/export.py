@@ -1,0 +1,77 @@
+"""export: the model as an ONNX graph (torch.onnx.export of a torch or TorchScript source, or the
+ONNX source file itself, checked against the declared inputs and outputs)."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from modelc_build.errors import InputError
+from modelc_build.recipe import ExportOptions, ModelSource
+from modelc_build.steps import Step, StepInputs, tool_versions
+
+EXPORT_STEP = "export"
+EXPORT_NOTES = "export.json"  # which exporter ran, and why the first choice did not
+
+
+@dataclass(frozen=True)
+class ExportStep(Step):
+    model: ModelSource
+    options: ExportOptions
+    kind: ClassVar[str] = "export"
+    id: ClassVar[str] = EXPORT_STEP  # type: ignore[misc]
+    needs: ClassVar[tuple[str, ...]] = ()  # type: ignore[misc]
+
+    @property
+    def description(self) -> str:  # type: ignore[override]
+        if self.model.kind == "onnx":
+            return f"read ONNX {self.model.path.name if self.model.path else ''}"
+        return f"export {self.model.kind} model to ONNX (exporter {self.options.exporter}, opset {self.options.opset})"
+
+    def material(self, inputs: StepInputs) -> dict[str, Any]:
+        return {"source": inputs.fingerprints.source(self.model),
+                "export": asdict(self.options) if self.model.kind != "onnx" else {},
+                "tools": tool_versions(("torch", "onnx", "onnxscript"))}
+
+    def run(self, inputs: StepInputs, out: Path) -> None:
+        destination = out / "model.onnx"
+        if self.model.kind == "onnx":
+            read_onnx_source(self.model, destination)
+            (out / EXPORT_NOTES).write_text(json.dumps({"requested": "none", "used": "none", "fallback_reason": None},
+                                                      indent=2, sort_keys=True) + "\n")
+            return
+        from modelc_build.export import check_model_accepts_inputs, export_onnx
+        from modelc_build.sources import load_torch_model
+
+        model = load_torch_model(self.model)
+        check_model_accepts_inputs(model, self.model.inputs, self.model.outputs)
+        exported = export_onnx(model, self.model.inputs, self.model.outputs, self.options, destination,
+                               scripted=self.model.kind == "torchscript")
+        if exported.fallback_reason:
+            print(f"note: torch.export could not capture the model ({exported.fallback_reason}); exported with the "
+                  "TorchScript-based exporter instead (export.exporter: auto)", file=sys.stderr, flush=True)
+        (out / EXPORT_NOTES).write_text(json.dumps(asdict(exported), indent=2, sort_keys=True) + "\n")
+
+
+def read_onnx_source(model: ModelSource, destination: Path) -> None:
+    import onnx
+
+    path = model.path
+    assert path is not None
+    try:
+        graph = onnx.load(str(path))
+        onnx.checker.check_model(graph)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise InputError(f"{path}: not a valid ONNX model ({first})") from exc
+    initializers = {i.name for i in graph.graph.initializer}
+    graph_inputs = [i.name for i in graph.graph.input if i.name not in initializers]
+    graph_outputs = [o.name for o in graph.graph.output]
+    declared_inputs = [s.name for s in model.inputs]
+    if graph_inputs != declared_inputs or graph_outputs != list(model.outputs):
+        raise InputError(f"{path}: the graph's inputs {graph_inputs} and outputs {graph_outputs} differ from the recipe's "
+                         f"model.inputs {declared_inputs} and model.outputs {list(model.outputs)}: make them match")
+    shutil.copyfile(path, destination)

@@ -1,0 +1,27 @@
+"""simplify: the exported graph through onnxsim (constant folding, shape inference)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from modelc_build.steps import Step, StepInputs, tool_versions
+from modelc_build.steps.export import EXPORT_STEP
+
+SIMPLIFY_STEP = "simplify"
+
+
+@dataclass(frozen=True)
+class SimplifyStep(Step):
+    kind: ClassVar[str] = "simplify"
+    id: ClassVar[str] = SIMPLIFY_STEP  # type: ignore[misc]
+    needs: ClassVar[tuple[str, ...]] = (EXPORT_STEP,)  # type: ignore[misc]
+    description: ClassVar[str] = "simplify the ONNX graph with onnxsim"  # type: ignore[misc]
+
+    def material(self, inputs: StepInputs) -> dict[str, Any]:
+        return {"graph": inputs.digest(EXPORT_STEP, "model.onnx"), "tools": tool_versions(("onnx", "onnxsim"))}
+
+    def run(self, inputs: StepInputs, out: Path) -> None:
+        from modelc_build.export import simplify_onnx
+
+        simplify_onnx(inputs.file(EXPORT_STEP, "model.onnx"), out / "model.onnx")
