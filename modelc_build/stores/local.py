@@ -35,6 +35,7 @@ class LocalStore(Store):
         if existing is not None:
             return self._same_or_refuse(final, name, version, existing, content_digest)
         incoming = final.parent / f".incoming-{version}-{uuid.uuid4().hex[:8]}"
+        _remove_abandoned(final.parent)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             shutil.copytree(staged, incoming)
@@ -105,6 +106,23 @@ class LocalStore(Store):
                 versions = [v.name for v in folder.iterdir() if not v.name.startswith(".") and (v / "manifest.json").exists()]
                 found += [(release, version) for version in version_order(versions)]
         return found
+
+
+ABANDONED_SECONDS = 3600  # no push copies into its incoming folder for an hour
+
+
+def _remove_abandoned(folder: Path) -> None:
+    """Incoming copies left by a push that was killed (kill -9 between copy and rename)."""
+    import time
+
+    if not folder.is_dir():
+        return
+    for stale in folder.glob(".incoming-*"):
+        try:
+            if stale.stat().st_mtime < time.time() - ABANDONED_SECONDS:
+                shutil.rmtree(stale, ignore_errors=True)
+        except OSError:
+            continue  # another push just renamed or removed it
 
 
 def _copy_regular(source: Path, destination: Path) -> None:

@@ -282,22 +282,24 @@ class OciStore(Store):
         """Stream a blob to `destination`, resuming a `.part` file, checking size and digest."""
         partial = destination.with_name(destination.name + ".part")
         destination.parent.mkdir(parents=True, exist_ok=True)
+        hasher = _Sha256Stream(partial)  # hashes what is written as it is written: one read of each byte
         for attempt in range(RETRIES):
-            have = partial.stat().st_size if partial.exists() else 0
+            have = hasher.size
             if have > descriptor.size:
                 partial.unlink()
+                hasher = _Sha256Stream(partial)
                 have = 0
             headers = {"Range": f"bytes={have}-"} if 0 < have < descriptor.size else {}
             try:
                 if have < descriptor.size or descriptor.size == 0:
-                    self._fetch_into(repository, descriptor, partial, headers)
+                    self._fetch_into(repository, descriptor, hasher, headers)
                 break
             except _Interrupted:
                 if attempt == RETRIES - 1:
                     raise StoreError(f"{self.url}: downloading {descriptor.digest[:19]} kept failing") from None
                 time.sleep(self.backoff * 2 ** attempt)
-        digest = _sha256_of(partial)
-        served = partial.stat().st_size
+        digest = hasher.hexdigest()
+        served = hasher.size
         if served != descriptor.size or f"sha256:{digest}" != descriptor.digest:
             partial.unlink()
             raise VerificationError(f"{self.url}: the registry served a blob whose sha256 is {digest[:16]}… "
@@ -306,18 +308,20 @@ class OciStore(Store):
                                     "is corrupt or was replaced)")
         os.replace(partial, destination)
 
-    def _fetch_into(self, repository: str, descriptor: Descriptor, partial: Path, headers: dict[str, str]) -> None:
+    def _fetch_into(self, repository: str, descriptor: Descriptor, stream: _Sha256Stream, headers: dict[str, str]) -> None:
         import requests
 
         response = self._request("GET", f"{repository}/blobs/{descriptor.digest}", repository, stream=True,
                                  expect=(200, 206), headers=headers)
-        mode = "ab" if response.status_code == 206 else "wb"  # 200: the registry ignored the range
+        if response.status_code == 200:  # the registry ignored the range: start over
+            stream.restart()
         try:
-            with partial.open(mode) as handle:
+            with stream.path.open("ab") as handle:
                 for chunk in response.iter_content(chunk_size=256 * 1024):
                     handle.write(chunk)
-                    if handle.tell() > descriptor.size:
-                        break  # more than the descriptor says: the digest check below refuses it
+                    stream.update(chunk)
+                    if stream.size > descriptor.size:
+                        break  # more than the descriptor says: the digest check refuses it
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError, requests.Timeout):
             raise _Interrupted() from None
         finally:
@@ -573,6 +577,32 @@ class OciStepCache:
 
 class _Interrupted(Exception):
     pass
+
+
+class _Sha256Stream:
+    """sha256 and size of a file being appended to; an existing partial file (a resumed download)
+    is read once, new bytes are hashed as they arrive."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.restart(keep=path.exists())
+
+    def restart(self, keep: bool = False) -> None:
+        self._hash = hashlib.sha256()
+        self.size = 0
+        if keep:
+            with self.path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    self.update(block)
+        else:
+            self.path.write_bytes(b"")
+
+    def update(self, data: bytes) -> None:
+        self._hash.update(data)
+        self.size += len(data)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
 
 
 def _sha256_of(path: Path) -> str:
