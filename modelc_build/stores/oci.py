@@ -265,7 +265,9 @@ class OciStore(Store):
         self._request("PUT", f"{location}{separator}digest={digest}", repository, expect=(201,), push=True,
                       headers={"Content-Length": "0"})
 
-    def _upload_file(self, repository: str, path: Path, digest: str) -> None:
+    # --- blobs and manifests: the public interface the step cache (and any other artifact kind) uses ----
+
+    def upload_file(self, repository: str, path: Path, digest: str) -> None:
         with path.open("rb") as handle:
             def read_range(offset: int, length: int) -> bytes:
                 handle.seek(offset)
@@ -273,12 +275,12 @@ class OciStore(Store):
 
             self._upload(repository, digest, path.stat().st_size, read_range)
 
-    def _upload_bytes(self, repository: str, data: bytes) -> Descriptor:
+    def upload_bytes(self, repository: str, data: bytes) -> Descriptor:
         digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
         self._upload(repository, digest, len(data), lambda offset, length: data[offset:offset + length])
         return Descriptor("", digest, len(data))
 
-    def _download(self, repository: str, descriptor: Descriptor, destination: Path) -> None:
+    def download_blob(self, repository: str, descriptor: Descriptor, destination: Path) -> None:
         """Stream a blob to `destination`, resuming a `.part` file, checking size and digest."""
         partial = destination.with_name(destination.name + ".part")
         destination.parent.mkdir(parents=True, exist_ok=True)
@@ -329,7 +331,7 @@ class OciStore(Store):
 
     # --- manifests ----------------------------------------------------------------------------
 
-    def _get_manifest(self, repository: str, reference: str, accept: str = MANIFEST_TYPE) -> tuple[dict[str, Any], str, int] | None:
+    def get_manifest(self, repository: str, reference: str, accept: str = MANIFEST_TYPE) -> tuple[dict[str, Any], str, int] | None:
         response = self._request("GET", f"{repository}/manifests/{reference}", repository, expect=(200, 404),
                                  headers={"Accept": accept})
         if response.status_code == 404:
@@ -343,7 +345,7 @@ class OciStore(Store):
         except ValueError:
             raise VerificationError(f"{self.url}: {repository}:{reference} is not a JSON manifest") from None
 
-    def _put_manifest(self, repository: str, reference: str, manifest: dict[str, Any], media_type: str) -> tuple[str, int, Any]:
+    def put_manifest(self, repository: str, reference: str, manifest: dict[str, Any], media_type: str) -> tuple[str, int, Any]:
         body = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()
         response = self._request("PUT", f"{repository}/manifests/{reference}", repository, body=lambda: body,
                                  expect=(201,), push=True, headers={"Content-Type": media_type})
@@ -362,19 +364,19 @@ class OciStore(Store):
         import tempfile
 
         repository = self.repository(name)
-        found = self._get_manifest(repository, version)
+        found = self.get_manifest(repository, version)
         if found is None:
             return None
         with tempfile.TemporaryDirectory(prefix="modelc-manifest-") as scratch:
             path = Path(scratch) / RELEASE_MANIFEST
-            self._download(repository, Descriptor.from_json(found[0]["config"]), path)
+            self.download_blob(repository, Descriptor.from_json(found[0]["config"]), path)
             manifest: dict[str, Any] = json.loads(path.read_text())
         return manifest
 
     def push(self, staged: Path, name: str, version: str, content_digest: str) -> PushResult:
         repository = self.repository(name)
         location = self.location(name, version)
-        existing = self._get_manifest(repository, version)
+        existing = self.get_manifest(repository, version)
         if existing is not None:
             theirs = (existing[0].get("annotations") or {}).get(CONTENT_DIGEST)
             if theirs == content_digest:
@@ -388,9 +390,9 @@ class OciStore(Store):
             path = str(entry["path"])
             safe_relative_path(path)
             digest = f"sha256:{entry['sha256']}"
-            self._upload_file(repository, staged / path, digest)
+            self.upload_file(repository, staged / path, digest)
             layers.append(Descriptor(layer_media_type(path), digest, int(entry["size"]), {TITLE: path, FILEPATH: path}))
-        config = self._upload_bytes(repository, (staged / RELEASE_MANIFEST).read_bytes())
+        config = self.upload_bytes(repository, (staged / RELEASE_MANIFEST).read_bytes())
         manifest = {"schemaVersion": 2, "mediaType": MANIFEST_TYPE, "artifactType": RELEASE_TYPE,
                     "config": Descriptor(CONFIG_TYPE, config.digest, config.size).to_json(),
                     "layers": [layer.to_json() for layer in layers],
@@ -399,31 +401,31 @@ class OciStore(Store):
                                     CONTENT_DIGEST: content_digest}}
         body = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()
         release_digest = f"sha256:{hashlib.sha256(body).hexdigest()}"
-        self._put_manifest(repository, release_digest, manifest, MANIFEST_TYPE)  # by digest: not visible yet
+        self.put_manifest(repository, release_digest, manifest, MANIFEST_TYPE)  # by digest: not visible yet
         if (staged / SIGNATURE_FILE).is_file():
             self._push_signature(repository, staged / SIGNATURE_FILE, Descriptor(MANIFEST_TYPE, release_digest, len(body)))
-        self._put_manifest(repository, version, manifest, MANIFEST_TYPE)  # the tag last: complete when visible
+        self.put_manifest(repository, version, manifest, MANIFEST_TYPE)  # the tag last: complete when visible
         return PushResult(location, created=True)
 
     def _push_signature(self, repository: str, signature: Path, subject: Descriptor) -> None:
-        bundle = self._upload_bytes(repository, signature.read_bytes())
-        empty = self._upload_bytes(repository, EMPTY_BLOB)
+        bundle = self.upload_bytes(repository, signature.read_bytes())
+        empty = self.upload_bytes(repository, EMPTY_BLOB)
         manifest = {"schemaVersion": 2, "mediaType": MANIFEST_TYPE, "artifactType": SIGNATURE_TYPE,
                     "config": Descriptor(EMPTY_TYPE, empty.digest, empty.size).to_json(),
                     "layers": [Descriptor(SIGNATURE_TYPE, bundle.digest, bundle.size,
                                           {TITLE: SIGNATURE_FILE}).to_json()],
                     "subject": subject.to_json()}
         body = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()
-        digest, size, response = self._put_manifest(repository, f"sha256:{hashlib.sha256(body).hexdigest()}", manifest,
+        digest, size, response = self.put_manifest(repository, f"sha256:{hashlib.sha256(body).hexdigest()}", manifest,
                                                     MANIFEST_TYPE)
         if response.headers.get("OCI-Subject") == subject.digest:
             return  # the registry indexes referrers itself
         # Tag fallback (OCI distribution 1.1): an index tagged after the subject's digest.
         tag = subject.digest.replace(":", "-")
-        current = self._get_manifest(repository, tag, INDEX_TYPE)
+        current = self.get_manifest(repository, tag, INDEX_TYPE)
         entries = [m for m in (current[0].get("manifests", []) if current else []) if m.get("digest") != digest]
         entries.append(Descriptor(MANIFEST_TYPE, digest, size, artifact_type=SIGNATURE_TYPE).to_json())
-        self._put_manifest(repository, tag, {"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": entries}, INDEX_TYPE)
+        self.put_manifest(repository, tag, {"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": entries}, INDEX_TYPE)
 
     def _signature_descriptor(self, repository: str, subject: str) -> Descriptor | None:
         response = self._request("GET", f"{repository}/referrers/{subject}?artifactType={SIGNATURE_TYPE}", repository,
@@ -435,7 +437,7 @@ class OciStore(Store):
             except ValueError:
                 index = None
         if not index or not index.get("manifests"):
-            found = self._get_manifest(repository, subject.replace(":", "-"), INDEX_TYPE)
+            found = self.get_manifest(repository, subject.replace(":", "-"), INDEX_TYPE)
             index = found[0] if found else None
         for entry in (index or {}).get("manifests", []):
             if entry.get("artifactType") == SIGNATURE_TYPE:
@@ -446,7 +448,7 @@ class OciStore(Store):
         """Download the release (or the files `wanted` picks from its manifest.json) and its
         signature into `destination`, every blob checked against its digest."""
         repository = self.repository(name)
-        found = self._get_manifest(repository, version)
+        found = self.get_manifest(repository, version)
         if found is None:
             raise StoreError(f"{name}:{version} is not in {self.url}")
         manifest, digest, _ = found
@@ -454,7 +456,7 @@ class OciStore(Store):
             raise StoreError(f"{self.url}: {name}:{version} is not a modelc release (artifactType "
                              f"{manifest.get('artifactType')})")
         config = Descriptor.from_json(manifest["config"])
-        self._download(repository, config, destination / RELEASE_MANIFEST)
+        self.download_blob(repository, config, destination / RELEASE_MANIFEST)
         chosen = wanted(json.loads((destination / RELEASE_MANIFEST).read_text()))
         for layer in manifest.get("layers", []):
             descriptor = Descriptor.from_json(layer)
@@ -463,15 +465,15 @@ class OciStore(Store):
             if chosen is None or path in chosen:
                 target = destination / relative
                 if not (target.is_file() and f"sha256:{_sha256_of(target)}" == descriptor.digest):
-                    self._download(repository, descriptor, target)
+                    self.download_blob(repository, descriptor, target)
         signature = self._signature_descriptor(repository, digest)
         if signature is not None:
-            signed = self._get_manifest(repository, signature.digest)
+            signed = self.get_manifest(repository, signature.digest)
             if signed is None or not signed[0].get("layers"):
                 raise VerificationError(f"{self.url}: the signature of {name}:{version} is listed but its manifest "
                                         f"{signature.digest[:19]}… is missing or empty: refused")
             bundle = Descriptor.from_json(signed[0]["layers"][0])
-            self._download(repository, bundle, destination / SIGNATURE_FILE)
+            self.download_blob(repository, bundle, destination / SIGNATURE_FILE)
 
     def list(self, name: str | None = None) -> list[tuple[str, str]]:
         names = [name] if name else self._catalog()
@@ -544,7 +546,7 @@ class OciStepCache:
         entry, _ = self.local.get(key)
         if entry is not None:
             return entry, ""
-        found = self.store._get_manifest(self.repository, self._tag(key))
+        found = self.store.get_manifest(self.repository, self._tag(key))
         if found is None or found[0].get("artifactType") != STEP_TYPE:
             return None, "not in the registry's step cache"
         import tempfile
@@ -554,25 +556,25 @@ class OciStepCache:
             for layer in found[0].get("layers", []):
                 descriptor = Descriptor.from_json(layer)
                 relative = safe_relative_path((descriptor.annotations or {}).get(TITLE, ""))
-                self.store._download(self.repository, descriptor, folder / relative)
+                self.store.download_blob(self.repository, descriptor, folder / relative)
             step = (found[0].get("annotations") or {}).get("dev.modelc.step", "step")
             return self.local.put(key, step, folder), ""
 
     def put(self, key: str, step: str, produced: Path) -> None:
-        if self.store._get_manifest(self.repository, self._tag(key)) is not None:
+        if self.store.get_manifest(self.repository, self._tag(key)) is not None:
             return  # another job stored it: same key, same content
         layers = []
         for path in sorted(p for p in produced.rglob("*") if p.is_file()):
             relative = str(path.relative_to(produced))
             digest = f"sha256:{_sha256_of(path)}"
-            self.store._upload_file(self.repository, path, digest)
+            self.store.upload_file(self.repository, path, digest)
             layers.append(Descriptor(layer_media_type(relative), digest, path.stat().st_size,
                                      {TITLE: relative}).to_json())
-        config = self.store._upload_bytes(self.repository, json.dumps({"key": key, "step": step}).encode())
+        config = self.store.upload_bytes(self.repository, json.dumps({"key": key, "step": step}).encode())
         manifest = {"schemaVersion": 2, "mediaType": MANIFEST_TYPE, "artifactType": STEP_TYPE,
                     "config": Descriptor(STEP_CONFIG_TYPE, config.digest, config.size).to_json(), "layers": layers,
                     "annotations": {"dev.modelc.step": step}}
-        self.store._put_manifest(self.repository, self._tag(key), manifest, MANIFEST_TYPE)
+        self.store.put_manifest(self.repository, self._tag(key), manifest, MANIFEST_TYPE)
 
 
 class _Interrupted(Exception):
