@@ -92,7 +92,7 @@ def test_calibration_is_deterministic(tmp_path: Path, onnx_file: Path) -> None:
 
 def test_missing_modelopt_names_the_extra(tmp_path: Path, onnx_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "modelopt.onnx.quantization", None)  # import now fails
-    with pytest.raises(BackendUnavailable, match=r"pip install 'modelc\[modelopt\]'"):
+    with pytest.raises(BackendUnavailable, match=r"pip install 'modelc-build\[modelopt\]'"):
         quantize(onnx_file, tmp_path / "q.onnx")
 
 

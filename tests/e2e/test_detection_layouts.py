@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # six builds of the shipped detector
 
 
 def layout_recipe(tmp_path: Path, factory: str, layout: str | None) -> Path:
