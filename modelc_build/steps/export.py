@@ -74,4 +74,30 @@ def read_onnx_source(model: ModelSource, destination: Path) -> None:
     if graph_inputs != declared_inputs or graph_outputs != list(model.outputs):
         raise InputError(f"{path}: the graph's inputs {graph_inputs} and outputs {graph_outputs} differ from the recipe's "
                          f"model.inputs {declared_inputs} and model.outputs {list(model.outputs)}: make them match")
-    shutil.copyfile(path, destination)
+    if apply_declared_shapes(graph, model):
+        onnx.save(graph, str(destination))
+    else:
+        shutil.copyfile(path, destination)
+
+
+def apply_declared_shapes(graph: Any, model: ModelSource) -> bool:
+    """Fixed dimensions the recipe declares become fixed in the graph (runtimes, OpenVINO above
+    all, are faster with static shapes); dynamic ones stay dynamic. A fixed dimension of the graph
+    that the recipe declares otherwise is an input error naming both. True when the graph changed."""
+    changed = False
+    by_name = {i.name: i for i in graph.graph.input}
+    for spec in model.inputs:
+        dims = by_name[spec.name].type.tensor_type.shape.dim
+        if len(dims) != len(spec.shape):
+            raise InputError(f"{model.path}: input '{spec.name}' has {len(dims)} axes, model.inputs declares "
+                             f"{list(spec.shape)}: make them match")
+        for axis, (dim, declared) in enumerate(zip(dims, spec.shape)):
+            if isinstance(declared, str):
+                continue
+            if dim.HasField("dim_value") and dim.dim_value != declared:
+                raise InputError(f"{model.path}: input '{spec.name}' axis {axis} is {dim.dim_value} in the graph, "
+                                 f"{declared} in model.inputs: make them match")
+            if not dim.HasField("dim_value"):
+                dim.dim_value = declared  # clears dim_param
+                changed = True
+    return changed

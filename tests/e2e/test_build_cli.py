@@ -406,3 +406,24 @@ def test_task_none_says_it_judges_by_tensor_metrics_only(tmp_path: Path, tiny_re
     assert result.exit_code == 0, result.stderr
     assert "No task metric (task type none): artifacts are judged by tensor metrics only." in \
         (tmp_path / "store/tiny/0.1.0/report.md").read_text()
+
+
+def test_a_declared_fixed_shape_is_applied_to_a_dynamic_onnx_source(tmp_path: Path, tiny_recipe, run_cli) -> None:
+    import onnx
+
+    from tests.fixtures.tiny_net import build_model
+
+    onnx_path = tmp_path / "dynamic.onnx"
+    torch.onnx.export(build_model().eval(), (torch.zeros(1, 3, 16, 16),), str(onnx_path), input_names=["images"],
+                      output_names=["logits"], opset_version=17, dynamo=False,
+                      dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch"}})
+    inputs = yaml.safe_load(tiny_recipe().read_text())["model"]["inputs"]  # [batch, 3, 16, 16]
+    recipe = tiny_recipe({"name": "fixed", "model": {"source": "onnx", "path": str(onnx_path), "inputs": inputs,
+                                                     "outputs": ["logits"]},
+                          "targets": [{"backend": "openvino", "precisions": ["fp32"]}], "gates": None}, name="fixed.yaml")
+    result = run_cli("build", recipe, "--store", tmp_path / "store")
+    assert result.exit_code == 0, result.stderr
+    release = tmp_path / "store/fixed/0.1.0"
+    dims = onnx.load(str(release / "onnx/model.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["batch", 3, 16, 16]  # H x W fixed, batch still dynamic
+    assert 'shape="?,3,16,16"' in (release / "openvino-fp32/model.xml").read_text()
