@@ -20,18 +20,35 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cache
 
 
-@pytest.fixture
-def tiny_weights(tmp_path: Path) -> Path:
+def stale_and_fresh_folders(stale: Path, fresh: Path, hours: float = 2.0) -> None:
+    """Two folders with a file each, the first last touched `hours` ago (a killed process's leftover)."""
+    import os
+    import time
+
+    for folder in (stale, fresh):
+        (folder / "inner").mkdir(parents=True)
+    then = time.time() - hours * 3600
+    os.utime(stale, (then, then))
+
+
+def fixture_weights(module: str, destination: Path) -> Path:
+    """Save the state_dict of `tests/fixtures/MODULE.py:build_model()` to `destination`."""
+    import importlib
+
     import torch
 
     sys.path.insert(0, str(FIXTURES))
     try:
-        from tiny_net import build_model
+        build_model = importlib.import_module(module).build_model
     finally:
         sys.path.remove(str(FIXTURES))
-    path = tmp_path / "tiny.pt"
-    torch.save(build_model().state_dict(), path)
-    return path
+    torch.save(build_model().state_dict(), destination)
+    return destination
+
+
+@pytest.fixture
+def tiny_weights(tmp_path: Path) -> Path:
+    return fixture_weights("tiny_net", tmp_path / "tiny.pt")
 
 
 def write_images(folder: Path, count: int, size: tuple[int, int] = (20, 16), classes: tuple[str, ...] = ()) -> None:

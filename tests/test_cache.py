@@ -77,14 +77,10 @@ def test_a_cache_path_that_is_a_file_is_an_input_error(tmp_path: Path) -> None:
 
 
 def test_gc_removes_a_killed_builds_scratch_folders(tmp_path: Path) -> None:
-    import os
-    import time
+    from tests.conftest import stale_and_fresh_folders
 
     cache = Cache(tmp_path / "cache")
     old, fresh = tmp_path / "cache/build-abc", tmp_path / "cache/release-x-def"
-    for folder in (old, fresh):
-        (folder / "inner").mkdir(parents=True)
-    hours_ago = time.time() - 2 * 3600
-    os.utime(old, (hours_ago, hours_ago))
+    stale_and_fresh_folders(old, fresh)
     cache.gc(keep_days=30)
     assert not old.exists() and fresh.exists()  # a running build's scratch stays

@@ -73,15 +73,11 @@ def test_versions_are_listed_in_release_order(tmp_path: Path) -> None:
 
 
 def test_a_killed_pushs_incoming_copy_is_removed_by_the_next_push(tmp_path: Path) -> None:
-    import os
-    import time
+    from tests.conftest import stale_and_fresh_folders
 
     store = LocalStore(tmp_path / "store")
     abandoned, recent = tmp_path / "store/m/.incoming-1.0-dead", tmp_path / "store/m/.incoming-2.0-live"
-    for folder in (abandoned, recent):
-        (folder / "onnx").mkdir(parents=True)
-    hours_ago = time.time() - 2 * 3600
-    os.utime(abandoned, (hours_ago, hours_ago))
+    stale_and_fresh_folders(abandoned, recent)
     staged, digest = staged_release(tmp_path, b"new")
     assert store.push(staged, "m", "3.0", digest).created
     assert not abandoned.exists() and recent.exists()  # a push still copying is left alone

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from modelc_build.manifest import sha256_file
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, fixture_weights
 
 
 def test_tiny_build_stores_every_artifact_and_rebuild_is_a_no_op(tmp_path: Path, tiny_recipe, run_cli_process) -> None:
@@ -176,23 +176,18 @@ def test_plan_lists_steps_in_order_with_cache_state(tmp_path: Path, tiny_recipe,
     assert all(s["status"].startswith("cached ") for s in after[:-1]), after
 
 
+def branchy_recipe(tmp_path: Path, tiny_recipe, export: dict) -> Path:
+    """A model torch.export cannot capture (a data-dependent `if`), for the onnxruntime target only."""
+    weights = fixture_weights("branchy_net", tmp_path / "branchy.pt")
+    return tiny_recipe({"model": {"source": "torch", "factory": str(FIXTURES / "branchy_net.py") + ":build_model",
+                                  "weights": str(weights), "inputs": [{"name": "images", "shape": ["batch", 3, 16, 16]}],
+                                  "outputs": ["logits"]},
+                        "export": export, "targets": [{"backend": "onnxruntime", "precisions": ["fp32"]}], "gates": None},
+                       name="branchy.yaml")
+
+
 def test_exporter_auto_falls_back_to_the_torchscript_exporter_and_says_why(tmp_path: Path, tiny_recipe, run_cli) -> None:
-    import sys
-
-    import torch
-
-    sys.path.insert(0, str(FIXTURES))
-    try:
-        from branchy_net import build_model
-    finally:
-        sys.path.remove(str(FIXTURES))
-    weights = tmp_path / "branchy.pt"
-    torch.save(build_model().state_dict(), weights)
-    recipe = tiny_recipe({"model": {"source": "torch", "factory": str(FIXTURES / "branchy_net.py") + ":build_model",
-                                    "weights": str(weights), "inputs": [{"name": "images", "shape": ["batch", 3, 16, 16]}],
-                                    "outputs": ["logits"]},
-                          "export": {"opset": 18}, "targets": [{"backend": "onnxruntime", "precisions": ["fp32"]}],
-                          "gates": None}, name="branchy.yaml")
+    recipe = branchy_recipe(tmp_path, tiny_recipe, {"opset": 18})
     result = run_cli("build", recipe, "--store", tmp_path / "store")
     assert result.exit_code == 0, result.stderr
     assert "note: torch.export could not capture the model (" in result.stderr
@@ -206,22 +201,7 @@ def test_exporter_auto_falls_back_to_the_torchscript_exporter_and_says_why(tmp_p
 
 
 def test_exporter_dynamo_forced_fails_with_the_cause(tmp_path: Path, tiny_recipe, run_cli) -> None:
-    import sys
-
-    import torch
-
-    sys.path.insert(0, str(FIXTURES))
-    try:
-        from branchy_net import build_model
-    finally:
-        sys.path.remove(str(FIXTURES))
-    weights = tmp_path / "branchy.pt"
-    torch.save(build_model().state_dict(), weights)
-    recipe = tiny_recipe({"model": {"source": "torch", "factory": str(FIXTURES / "branchy_net.py") + ":build_model",
-                                    "weights": str(weights), "inputs": [{"name": "images", "shape": ["batch", 3, 16, 16]}],
-                                    "outputs": ["logits"]},
-                          "export": {"exporter": "dynamo", "opset": 18},
-                          "targets": [{"backend": "onnxruntime", "precisions": ["fp32"]}], "gates": None}, name="forced.yaml")
+    recipe = branchy_recipe(tmp_path, tiny_recipe, {"exporter": "dynamo", "opset": 18})
     result = run_cli("build", recipe, "--store", tmp_path / "store")
     assert result.exit_code == 7, result.stderr
     assert "torch.onnx.export (dynamo exporter) failed" in result.stderr
