@@ -70,6 +70,7 @@ def test_corrupted_cache_entry_is_rebuilt(tmp_path: Path, tiny_recipe, run_cli, 
     assert steps_run(again.stderr) == ["compile:openvino-fp32"]
 
 
+@pytest.mark.slow  # processes and whole cold builds: the slow tier
 def test_kill_9_mid_step_leaves_no_partial_entry(tmp_path: Path, tiny_recipe, private_cache: Path) -> None:
     recipe = tiny_recipe()
     store = tmp_path / "store"
@@ -91,6 +92,7 @@ def test_kill_9_mid_step_leaves_no_partial_entry(tmp_path: Path, tiny_recipe, pr
     assert (store / "tiny/0.1.0/manifest.json").exists()
 
 
+@pytest.mark.slow  # processes and whole cold builds: the slow tier
 def test_two_builds_at_once_both_succeed_and_work_is_done_once(tmp_path: Path, tiny_recipe) -> None:
     recipe = tiny_recipe()
     store = tmp_path / "store"
@@ -103,6 +105,7 @@ def test_two_builds_at_once_both_succeed_and_work_is_done_once(tmp_path: Path, t
     assert sorted(ran) == sorted(set(ran)) and len(ran) == 16  # each step ran in exactly one of the two builds
 
 
+@pytest.mark.slow  # processes and whole cold builds: the slow tier
 def test_two_cold_builds_are_byte_identical(tmp_path: Path, tiny_recipe, run_cli_process) -> None:
     recipe = tiny_recipe()
     digests = []
