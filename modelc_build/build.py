@@ -110,6 +110,7 @@ def build(recipe: Recipe, store: Store, log: BuildLog, cache: Cache, options: Bu
     finally:
         if shared is not None and hasattr(shared, "close"):
             shared.close()
+    _note_export(done, log)
     counts = f"{len(done.ran)} step(s) run, {len(done.cached)} cached"
     if options.only_targets:
         log(f"✓ built {', '.join(options.only_targets)}: {counts}; verification and release happen in a full build")
@@ -132,6 +133,21 @@ def _release(recipe: Recipe, plan: Plan, done: RunSummary, store: Store, log: Bu
         shutil.rmtree(staging, ignore_errors=True)
     log(f"{'✓ release' if released.created else '✓ release (identical version already stored)'}: {counts}")
     return BuildResult(released, len(done.ran), len(done.cached))
+
+
+def _note_export(done: RunSummary, log: BuildLog) -> None:
+    """Say when exporter auto fell back, and why (the export step runs in its own process)."""
+    import json
+
+    from modelc_build.steps.export import EXPORT_NOTES, EXPORT_STEP
+
+    entry = done.entries.get(EXPORT_STEP)
+    if entry is None or EXPORT_NOTES not in entry.files:
+        return
+    reason = json.loads(entry.file(EXPORT_NOTES).read_text()).get("fallback_reason")
+    if reason:
+        log(f"note: torch.export could not capture the model ({reason}); exported with the TorchScript-based "
+            "exporter instead (export.exporter: auto)")
 
 
 MIN_CALIBRATION_SAMPLES = 32  # NNCF's statistics degraded visibly at 8 samples

@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -72,8 +71,40 @@ class RunSummary:
     skipped: list[str] = field(default_factory=list)
 
 
-def _run_in_fresh_process(step: Step, inputs: StepInputs, out: Path) -> None:
-    step.run(inputs, out)
+def _child(step: Step, inputs: StepInputs, out: Path, answer: Any) -> None:
+    """In the fresh process: run the step and send back None or the exception it raised."""
+    outcome: BaseException | None = None
+    try:
+        step.run(inputs, out)
+    except BaseException as error:  # noqa: BLE001 - every outcome goes back to the parent
+        outcome = error
+    try:
+        answer.send(outcome)
+    except Exception:  # noqa: BLE001 - an exception that cannot be pickled: its text goes back
+        answer.send(RuntimeError(f"{type(outcome).__name__}: {outcome}"))
+    finally:
+        answer.close()
+
+
+def run_in_fresh_process(step: Step, inputs: StepInputs, out: Path, preload: tuple[str, ...]) -> None:
+    """One process per step, forked from the preloaded server. A process that ends without an
+    answer (a crash in a library, `os._exit` in the model's code) fails this step alone, with the
+    error the step names for it; it can never end modelc itself."""
+    context = fresh_process_context(preload)
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(step, inputs, out, send), name=f"modelc {step.id}")
+    process.start()
+    send.close()
+    try:
+        outcome = receive.recv()
+    except EOFError:  # the child ended without sending anything
+        process.join()
+        raise step.crashed(process.exitcode) from None
+    finally:
+        receive.close()
+    process.join()
+    if outcome is not None:
+        raise outcome
 
 
 class Engine:
@@ -82,8 +113,6 @@ class Engine:
         self.cache, self.log, self.force, self.shared = cache, log, force, shared
         self.jobs = max(1, jobs)
         self.preload = preload  # modules the fresh-process server imports once
-        self._pool: ProcessPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
         self._clock = time.perf_counter()
         self.before_first_run: Callable[[], None] | None = None  # called once, before a step first runs
 
@@ -126,9 +155,6 @@ class Engine:
                     for future in finished:
                         self._collect(running.pop(future), future, summary)
         finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
             shutil.rmtree(scratch, ignore_errors=True)
         failures = _distinct([(s.id, summary.failed[s.id]) for s in steps if s.id in summary.failed])
         if len(failures) == 1:
@@ -210,7 +236,7 @@ class Engine:
             self.log.start(step.id, f"▶ {step.id}: {step.description} [{reason}, key {key[:12]}] "
                                     f"at {started - self._clock:.1f} s")
             if step.fresh_process:
-                self._fresh_processes().submit(_run_in_fresh_process, step, inputs, out).result()
+                run_in_fresh_process(step, inputs, out, self.preload)
             else:
                 step.run(inputs, out)
             entry = self.cache.put(key, step.id, out)
@@ -236,12 +262,6 @@ class Engine:
         summary.failed[step.id] = error
         self.log.done(step.id, f"✗ {step.id} failed: {first_line(RuntimeError(_message(error)), 500)}")
 
-    def _fresh_processes(self) -> ProcessPoolExecutor:
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(max_workers=self.jobs, mp_context=fresh_process_context(self.preload),
-                                                 max_tasks_per_child=1)
-            return self._pool
 
 
 def _distinct(failures: list[tuple[str, BaseException]]) -> list[tuple[str, BaseException]]:

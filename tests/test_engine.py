@@ -57,6 +57,16 @@ class FreshStep(WriteStep):
 
 
 @dataclass(frozen=True)
+class ExitingStep(FreshStep):
+    """Ends its process without a word, as `os._exit` in a model's code would."""
+
+    def run(self, inputs: StepInputs, out: Path) -> None:
+        import os
+
+        os._exit(7)
+
+
+@dataclass(frozen=True)
 class TimedStep(WriteStep):
     exclusive: ClassVar[bool] = True
 
@@ -208,3 +218,11 @@ def test_a_graph_out_of_order_is_a_bug_not_a_hang(tmp_path: Path) -> None:
 def test_timed_steps_are_a_kind_too(tmp_path: Path) -> None:
     summary = Engine(Cache(tmp_path / "cache"), Recorder()).run([WriteStep("a", "A"), TimedStep("t", "T", ("a",))])
     assert summary.entries["t"].file("out.txt").read_text() == "T+A"
+
+
+def test_a_process_that_ends_without_an_answer_fails_only_its_step(tmp_path: Path) -> None:
+    steps: list[Step] = [ExitingStep("dies", "D"), FreshStep("lives", "L", seconds=0.2)]
+    log = Recorder()
+    with pytest.raises(CompileError, match="the dies step's process ended with exit code 7 before it finished"):
+        Engine(Cache(tmp_path / "cache"), log, jobs=2).run(steps)
+    assert any(line.startswith("✓ lives (") for line in log.lines)  # its sibling finished and was cached

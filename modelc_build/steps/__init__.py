@@ -62,6 +62,14 @@ class Step(ABC):
     needs: tuple[str, ...]
     description: str
 
+    def crashed(self, exit_code: int | None) -> Exception:
+        """The error for a fresh process that ended without an answer; steps that run the user's
+        own code (a model factory) say so."""
+        from modelc_build.errors import CompileError
+
+        return CompileError(f"the {self.id} step's process ended with exit code {exit_code} before it finished "
+                            "(a crash in a library): rerun with --debug, and report it if it repeats")
+
     @abstractmethod
     def material(self, inputs: StepInputs) -> dict[str, Any]:
         """The key material of this step's output: everything it depends on, listed explicitly."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,6 +21,7 @@ class ExportStep(Step):
     model: ModelSource
     options: ExportOptions
     kind: ClassVar[str] = "export"
+    fresh_process: ClassVar[bool] = True  # the model's own code runs here: it can never end modelc itself
     id: ClassVar[str] = EXPORT_STEP  # type: ignore[misc]
     needs: ClassVar[tuple[str, ...]] = ()  # type: ignore[misc]
 
@@ -30,6 +30,9 @@ class ExportStep(Step):
         if self.model.kind == "onnx":
             return f"read ONNX {self.model.path.name if self.model.path else ''}"
         return f"export {self.model.kind} model to ONNX (exporter {self.options.exporter}, opset {self.options.opset})"
+
+    def crashed(self, exit_code: int | None) -> Exception:
+        return model_code_crashed(self.model, self.id, exit_code)
 
     def material(self, inputs: StepInputs) -> dict[str, Any]:
         return {"source": inputs.fingerprints.source(self.model),
@@ -50,10 +53,16 @@ class ExportStep(Step):
         check_model_accepts_inputs(model, self.model.inputs, self.model.outputs)
         exported = export_onnx(model, self.model.inputs, self.model.outputs, self.options, destination,
                                scripted=self.model.kind == "torchscript")
-        if exported.fallback_reason:
-            print(f"note: torch.export could not capture the model ({exported.fallback_reason}); exported with the "
-                  "TorchScript-based exporter instead (export.exporter: auto)", file=sys.stderr, flush=True)
         (out / EXPORT_NOTES).write_text(json.dumps(asdict(exported), indent=2, sort_keys=True) + "\n")
+
+
+def model_code_crashed(model: ModelSource, step_id: str, exit_code: int | None) -> Exception:
+    """A step that runs the model's own code ended its process without an answer."""
+    if model.kind == "torch":
+        return InputError(f"the {step_id} step's process ended with exit code {exit_code} while running the model from "
+                          f"model.factory '{model.factory}' (os._exit or a crash in its code): fix the factory or the model")
+    return InputError(f"the {step_id} step's process ended with exit code {exit_code} while running the "
+                      f"{model.kind} model {model.path}: check the model file")
 
 
 def read_onnx_source(model: ModelSource, destination: Path) -> None:

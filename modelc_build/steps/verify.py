@@ -60,6 +60,11 @@ class ReferenceStep(Step):
     def description(self) -> str:  # type: ignore[override]
         return f"run the reference model on {self.evaluation.label}"
 
+    def crashed(self, exit_code: int | None) -> Exception:
+        from modelc_build.steps.export import model_code_crashed
+
+        return model_code_crashed(self.model, self.id, exit_code)
+
     def material(self, inputs: StepInputs) -> dict[str, Any]:
         return {"model": inputs.fingerprints.source(self.model), "data": inputs.fingerprints.data(self.evaluation),
                 "tools": tool_versions(MEASURE_TOOLS)}
