@@ -9,7 +9,6 @@ lock makes two builds on one cache do each step once.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -113,14 +112,12 @@ class Cache:
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
         """Exclusive per-key lock across processes (released by the OS if the holder dies)."""
+        from filelock import FileLock
+
         locks = self.root / "locks"
         locks.mkdir(parents=True, exist_ok=True)
-        with open(locks / f"{key}.lock", "a+") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        with FileLock(str(locks / f"{key}.lock")):  # an OS lock: released if the holder dies
+            yield
 
     def entries(self) -> list[CacheEntry]:
         found: list[CacheEntry] = []
