@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_the_core_install_pulls_and_verifies_without_torch(tmp_path: Path) -> None:
+def test_the_core_install_pulls_and_verifies_without_torch(tmp_path: Path, registry) -> None:
     environment = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(environment)
     python = environment / "bin" / "python"
@@ -29,7 +29,17 @@ def test_the_core_install_pulls_and_verifies_without_torch(tmp_path: Path) -> No
     print(f"core venv: {size_mb:.0f} MB")
 
     signed_release(tmp_path, {"onnx/model.onnx": b"graph" * 1000, "report.json": b"{}", "report.md": b"# r"})
+    from modelc_build.stores import open_store
+
+    stored = tmp_path / "store/m/1.0"
+    registry_url = registry.url("core")
+    open_store(registry_url).push(stored, "m", "1.0", json.loads((stored / "manifest.json").read_text())["content_digest"])
     modelc = environment / "bin" / "modelc"
+    from_registry = subprocess.run([str(modelc), "pull", "m:1.0", "--store", registry_url, "--target", "onnx", "--dest",
+                                    str(tmp_path / "from-registry"), "--public-key", str(tmp_path / "key.pub")],
+                                   capture_output=True, text=True)
+    assert from_registry.returncode == 0, from_registry.stderr
+    assert (tmp_path / "from-registry/onnx/model.onnx").read_bytes() == b"graph" * 1000
     pulled = subprocess.run([str(modelc), "pull", "m:1.0", "--store", str(tmp_path / "store"), "--dest",
                              str(tmp_path / "deploy"), "--public-key", str(tmp_path / "key.pub"), "--json"],
                             capture_output=True, text=True)
