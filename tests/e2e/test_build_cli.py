@@ -108,24 +108,20 @@ def test_debug_shows_the_traceback_and_keeps_the_exit_code(tmp_path: Path, tiny_
     assert "the weights file does not exist: fix model.weights" in result.stderr.splitlines()[-1]
 
 
-def test_a_factory_that_exits_is_an_input_error_naming_it(tmp_path: Path, tiny_recipe, run_cli_process) -> None:
-    (tmp_path / "exits.py").write_text("import sys\ndef build_model():\n    sys.exit(0)\n")
+@pytest.mark.parametrize("body,message", [
+    ("import sys\ndef build_model():\n    sys.exit(0)\n", "factory.py:build_model' called sys.exit(0) instead of returning a model"),
+    ("import os\ndef build_model():\n    os._exit(9)\n",
+     "process ended with exit code 9 while running the model from model.factory"),
+])
+def test_a_factory_that_ends_the_process_is_an_input_error_naming_it(tmp_path: Path, tiny_recipe, run_cli_process,
+                                                                     body: str, message: str) -> None:
+    (tmp_path / "factory.py").write_text(body)
     recipe = tiny_recipe({"model": {**yaml.safe_load(tiny_recipe().read_text())["model"],
-                                    "factory": str(tmp_path / "exits.py") + ":build_model"}}, name="exits.yaml")
+                                    "factory": str(tmp_path / "factory.py") + ":build_model"}}, name="exits.yaml")
     result = run_cli_process("build", recipe, "--store", tmp_path / "store")
     assert result.returncode == 3, result.stderr
-    assert "exits.py:build_model' called sys.exit(0) instead of returning a model" in result.stderr
+    assert message in result.stderr and "factory.py:build_model" in result.stderr
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
-
-
-def test_a_factory_that_ends_the_process_is_an_input_error_naming_it(tmp_path: Path, tiny_recipe, run_cli_process) -> None:
-    (tmp_path / "ends.py").write_text("import os\ndef build_model():\n    os._exit(9)\n")
-    recipe = tiny_recipe({"model": {**yaml.safe_load(tiny_recipe().read_text())["model"],
-                                    "factory": str(tmp_path / "ends.py") + ":build_model"}}, name="ends.yaml")
-    result = run_cli_process("build", recipe, "--store", tmp_path / "store")
-    assert result.returncode == 3, result.stderr
-    assert "process ended with exit code 9 while running the model from model.factory" in result.stderr
-    assert "ends.py:build_model" in result.stderr
 
 
 def test_weights_of_another_size_are_an_input_error(tmp_path: Path, tiny_recipe, run_cli) -> None:
