@@ -155,7 +155,7 @@ MIN_CALIBRATION_SAMPLES = 32  # NNCF's statistics degraded visibly at 8 samples
 
 def _check_data(recipe: Recipe, facts: Fingerprints, log: BuildLog) -> None:
     """Before any work: the data roles are disjoint, and int8 has enough calibration samples."""
-    check_disjoint([data_source(recipe, role) for role in ("calibration", "validation", "evaluation")])
+    check_disjoint([data_source(recipe, role) for role in ("calibration", "validation", "evaluation")], facts)
     calibration = data_source(recipe, "calibration")
     if calibration.dataset is not None and any(t.precision == "int8" for t in recipe.targets):
         count = facts.samples(calibration)

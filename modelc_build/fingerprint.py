@@ -50,9 +50,11 @@ class Fingerprints:
         self._sources: dict[str, dict[str, Any]] = {}  # by repr: factory arguments may be lists
         self._data: dict[DataSource, dict[str, Any]] = {}
         self._materialized: dict[tuple[Dataset | None, tuple[TensorSpec, ...]], tuple[str, Path]] = {}  # a function's output
+        self._files: dict[Path, str] = {}  # sha256 of each data file, read once per build
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"_cache": None, "_sources": self._sources, "_data": self._data, "_materialized": self._materialized}
+        return {"_cache": None, "_sources": self._sources, "_data": self._data, "_materialized": self._materialized,
+                "_files": self._files}
 
     # --- the model -------------------------------------------------------------------------
 
@@ -60,6 +62,12 @@ class Fingerprints:
         if repr(model) not in self._sources:
             self._sources[repr(model)] = source_material(model)
         return self._sources[repr(model)]
+
+    def file_digest(self, path: Path) -> str:
+        """sha256 of a data file, read once per build (the overlap check and the keys share it)."""
+        if path not in self._files:
+            self._files[path] = sha256_file(path)
+        return self._files[path]
 
     def task(self, task: Task) -> dict[str, Any]:
         """Key material of a task: its settings, and a custom metric's source file by digest."""
@@ -88,7 +96,7 @@ class Fingerprints:
         if dataset.format == "python":
             digest = self._materialized_output(source)[0]
         else:
-            digest = tree_digest(dataset.path)
+            digest = tree_digest(dataset.path, self.file_digest)
         return {"digest": digest, "format": dataset.format, "labels": dataset.labels, "function": dataset.function,
                 "samples": dataset.samples, "batch_size": dataset.batch_size, "shuffle": dataset.shuffle,
                 "seed": dataset.seed, "preprocess": asdict(source.preprocess) if source.preprocess else None,
@@ -194,7 +202,7 @@ def source_material(model: ModelSource) -> dict[str, Any]:
 
 
 
-def check_disjoint(sources: list[DataSource]) -> None:
+def check_disjoint(sources: list[DataSource], facts: Fingerprints) -> None:
     """Calibration, validation and evaluation share no sample: the same file content in two roles
     is an error naming the files (a gate measured on data that tuned the artifact is optimistic)."""
     seen: dict[str, tuple[str, Path]] = {}
@@ -203,7 +211,7 @@ def check_disjoint(sources: list[DataSource]) -> None:
         if source.dataset is None or source.every != 1 or not source.dataset.path.exists():
             continue
         for path in _sample_files(source.dataset):
-            digest = sha256_file(path)
+            digest = facts.file_digest(path)
             if digest in seen and seen[digest][0] != source.role:
                 role, first = seen[digest]
                 clashes.append(f"{_shown(path)} ({source.role}) = {_shown(first)} ({role})")

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from functools import cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from modelc_build.errors import VerificationError
 
@@ -43,13 +43,14 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def tree_digest(path: Path) -> str:
-    """sha256 over every file below `path` (relative name + content digest), or of one file."""
+def tree_digest(path: Path, file_digest: Callable[[Path], str] = sha256_file) -> str:
+    """sha256 over every file below `path` (relative name + content digest), or of one file;
+    `file_digest` lets a caller that already hashed the files reuse their digests."""
     digest = hashlib.sha256()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for file in files:
         name = file.name if file == path else file.relative_to(path).as_posix()
-        digest.update(f"{name}:{sha256_file(file)};".encode())
+        digest.update(f"{name}:{file_digest(file)};".encode())
     return digest.hexdigest()
 
 
