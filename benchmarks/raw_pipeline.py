@@ -14,12 +14,11 @@ verification side by side). Prints the median wall time of each and the ratio mo
 from __future__ import annotations
 
 import argparse
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from timing import print_ratio, timed
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -99,12 +98,6 @@ with torch.no_grad():
 '''
 
 
-def timed(command: list[str]) -> float:
-    started = time.perf_counter()
-    subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - started
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--recipe", default="recipes/yolo.yaml")
@@ -115,15 +108,12 @@ def main() -> None:
     evaluation = REPO / "calibration/shapes-detect/evaluation"
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory() as scratch:
-            plain.append(timed([sys.executable, "-c", PLAIN, scratch, str(REPO), str(evaluation)]))
+            plain.append(timed([sys.executable, "-c", PLAIN, scratch, str(REPO), str(evaluation)], REPO))
         with tempfile.TemporaryDirectory() as scratch:
             modelc.append(timed([sys.executable, "-m", "modelc_build", "build", args.recipe, "--store", f"{scratch}/store",
-                                 "--cache", f"{scratch}/cache", "-j", str(args.jobs)]))  # cold: an empty cache
+                                 "--cache", f"{scratch}/cache", "-j", str(args.jobs)], REPO))  # cold: an empty cache
 
-    p, m = statistics.median(plain), statistics.median(modelc)
-    print(f"plain script : median {p:.2f} s  runs {[round(t, 2) for t in plain]}")
-    print(f"modelc build : median {m:.2f} s  runs {[round(t, 2) for t in modelc]}")
-    print(f"ratio modelc / plain: {m / p:.3f} (target <= 0.8 with -j 2)")
+    print_ratio(("plain script", plain), ("modelc build", modelc), "modelc / plain", "target <= 0.8 with -j 2")
 
 
 if __name__ == "__main__":

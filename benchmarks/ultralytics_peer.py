@@ -16,12 +16,11 @@ onnxruntime fp32/int8 and openvino fp32/fp16/int8, calibrated on 212 photos and 
 from __future__ import annotations
 
 import argparse
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from timing import print_ratio, timed
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,14 +53,6 @@ gates:
 """
 
 
-def timed(command: list[str], cwd: Path) -> float:
-    started = time.perf_counter()
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"{command[:3]} failed:\n{result.stderr[-3000:]}")
-    return time.perf_counter() - started
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--ultralytics-python", required=True, help="python of a venv with ultralytics installed")
@@ -81,10 +72,9 @@ def main() -> None:
             recipe.write_text(RECIPE.format(onnx=exports / "yolov8n.onnx", photos=photos))
             modelc.append(timed([sys.executable, "-m", "modelc_build", "build", str(recipe), "--store", str(work / f"store-{run}"),
                                  "--cache", str(work / f"cache-{run}"), "-j", "2"], REPO))
-    u, m = statistics.median(ultralytics), statistics.median(modelc)
-    print(f"ultralytics, 4 exports (onnx, openvino fp32/fp16, torchscript): median {u:.1f} s  runs {[round(t, 1) for t in ultralytics]}")
-    print(f"modelc build -j 2, 5 targets + verification + latency:     median {m:.1f} s  runs {[round(t, 1) for t in modelc]}")
-    print(f"ratio modelc / ultralytics: {m / u:.2f} (target <= 3)")
+    print_ratio(("ultralytics, 4 exports (onnx, openvino fp32/fp16, torchscript)", ultralytics),
+                ("modelc build -j 2, 5 targets + verification + latency", modelc), "modelc / ultralytics", "target <= 3",
+                digits=1)
 
 
 if __name__ == "__main__":
