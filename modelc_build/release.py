@@ -163,7 +163,7 @@ def release(recipe: Recipe, measured: Measured, report: Report, store: Store, st
             shutil.copyfile(folder / name, kept / name)
         raise GateFailed(f"{len(report.failures())} accuracy gate(s) missed, nothing was stored: "
                          + "; ".join(report.failures()) + f". Report: {kept / 'report.md'}")
-    manifest = _manifest(recipe, folder, measured, artifact_files, report)
+    manifest = _manifest(recipe, folder, measured, artifact_files, judged_by, report)
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     if signer is not None:  # after every gate passed; the signature covers every file above
         from modelc_build.signing import sign_release
@@ -215,7 +215,7 @@ def _artifact_files(measured: Measured) -> list[FileEntry]:
             for path, (entry, name) in sorted(sources.items())]
 
 
-def _manifest(recipe: Recipe, folder: Path, measured: Measured, artifact_files: list[FileEntry],
+def _manifest(recipe: Recipe, folder: Path, measured: Measured, artifact_files: list[FileEntry], judged_by: str,
               report: Report) -> dict[str, Any]:
     entries = [ArtifactEntry("onnx", "onnx", "fp32", ["onnx/model.onnx"])]
     if measured.qdq is not None:
@@ -228,7 +228,7 @@ def _manifest(recipe: Recipe, folder: Path, measured: Measured, artifact_files: 
                           opset=recipe.export.opset, simplified=recipe.export.simplify, artifacts=entries,
                           artifact_files=artifact_files, report_files=file_entries(folder, ["report.json", "report.md"]),
                           passed=report.passed, machine=report.machine, data=report.data,
-                          measurement_digest=measurement_digest(recipe, report))
+                          measurement_digest=judged_by)
 
 
 def _append_step_summary(markdown: Path) -> None:
