@@ -118,9 +118,9 @@ class _TaskScorer:
     def update(self, outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], batch: Batch) -> None:
         import numpy as np
 
-        from modelc_build.tasks import decode_detections, detections_as_truth
+        from modelc_build.tasks import decode_detections, detections_as_truth, detector_output
 
-        values = outputs[self.output]
+        values = detector_output(outputs, self.task, self.output) if self.task.type == "detection" else outputs[self.output]
         self.labelled = self.labelled or bool(batch.labels)
         if self.task.type == "classification":
             rows = values.reshape(len(values), -1)
@@ -149,7 +149,8 @@ class _TaskScorer:
                 found = decode_detections(rows, self.task)
                 if batch.labels:
                     self.detections.add(found, batch.labels[index])
-                truth = detections_as_truth(decode_detections(reference[self.output][index], self.task),
+                expected_rows = detector_output(reference, self.task, self.output)[index]
+                truth = detections_as_truth(decode_detections(expected_rows, self.task),
                                             REFERENCE_DETECTION_SCORE)
                 self.versus_reference.add(found, truth)
 
@@ -299,7 +300,9 @@ def compare(batches: Iterable[tuple[Batch, dict[str, np.ndarray]]], artifacts: d
     """Each batch with the reference's outputs for it (computed now or read back from a cache)
     against every artifact's outputs."""
     task_output = task.output or outputs[0]
-    slices = [f"{task_output}:boxes", f"{task_output}:scores"] if task.type == "detection" else []
+    # boxes and scores apart, unless the model already returns them apart
+    slices = [f"{task_output}:boxes", f"{task_output}:scores"] if task.type == "detection" and task.layout != "separate" \
+        else []
     accumulators = {key: {name: _OutputAccumulator() for name in (*outputs, *slices)} for key in artifacts}
     use_task = task.type in ("classification", "detection", "embedding", "custom")
     reference_scorer = _TaskScorer(task, task_output)
@@ -307,7 +310,7 @@ def compare(batches: Iterable[tuple[Batch, dict[str, np.ndarray]]], artifacts: d
     samples = 0
     for batch, expected in batches:
         if task.type == "detection" and samples == 0:
-            _check_layout(expected[task_output], task, task_output)
+            _check_layout(expected, task, task_output)
         samples += len(batch)
         if use_task:
             reference_scorer.update(expected, expected, batch)
@@ -323,6 +326,8 @@ def compare(batches: Iterable[tuple[Batch, dict[str, np.ndarray]]], artifacts: d
                     accumulators[key][name].update(want, have)
             if use_task:
                 scorers[key].update(got, expected, batch)
+    if use_task:
+        _check_metric_can_fail(reference_scorer, samples)
     results = {}
     for key in artifacts:
         metric = scorers[key].metric(reference_scorer) if use_task else None
@@ -330,13 +335,33 @@ def compare(batches: Iterable[tuple[Batch, dict[str, np.ndarray]]], artifacts: d
     return results
 
 
-def _check_layout(output: np.ndarray, task: Task, name: str) -> None:
+def _check_metric_can_fail(reference: _TaskScorer, samples: int) -> None:
+    """A task metric the reference itself cannot score on is no measurement: every artifact would
+    match it (mAP 0 against mAP 0) and every gate would pass."""
     from modelc_build.errors import InputError
-    from modelc_build.tasks import layout_problem
 
-    problem = layout_problem(tuple(output.shape), task)
+    task = reference.task
+    if task.type == "detection" and not sum(reference.versus_reference.positives().values()):
+        raise InputError(
+            f"the reference model found no detection scoring >= {REFERENCE_DETECTION_SCORE} on the {samples} evaluation "
+            f"images, so agreement with it cannot fail: check task.layout ({task.layout}), task.classes and "
+            "data.preprocess (scale, mean, std, color) against how the model was trained")
+    if task.type in ("classification", "detection") and reference.labelled and reference.value() == 0.0:
+        name = "top-1 accuracy" if task.type == "classification" else "mAP@0.5"
+        raise InputError(
+            f"the reference model scores {name} 0 % on the labelled evaluation data, so the labelled metric cannot "
+            "fail: check that task.classes is in the model's class order and that the labels match the images "
+            "(labels, labels_path)")
+
+
+def _check_layout(outputs: dict[str, np.ndarray], task: Task, name: str) -> None:
+    from modelc_build.errors import InputError
+    from modelc_build.tasks import detector_output, layout_problem
+
+    problem = layout_problem(tuple(detector_output(outputs, task, name).shape), task)
     if problem:
-        raise InputError(f"output '{name}' does not fit task.layout {task.layout}: {problem}")
+        what = f"outputs '{task.boxes_output}' and '{task.scores_output}'" if task.layout == "separate" else f"output '{name}'"
+        raise InputError(f"{what} do{'' if task.layout == 'separate' else 'es'} not fit task.layout {task.layout}: {problem}")
 
 
 def task_metric(infer: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], batches: Iterable[Batch],
@@ -348,7 +373,7 @@ def task_metric(infer: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
     scorer = _TaskScorer(task, output)
     for batch in batches:
         parts = [infer(feed) for feed in _chunks(batch, inputs)]
-        got = {output: np.concatenate([p[output] for p in parts])}
+        got = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
         scorer.update(got, got, batch)
     return scorer.value()
 

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import click
 
 from modelc_build import __version__
-from modelc_build.errors import ModelcError, RecipeError
+from modelc_build.errors import ModelcError, RecipeError, RecipeProblem
 
 DEFAULT_STORE = "artifacts"
 DEFAULT_CACHE = ".modelc/cache"
@@ -180,24 +180,31 @@ def verify(release: Path, public_key: Path | None, certificate_chain: tuple[Path
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def validate(recipes: tuple[Path, ...], as_json: bool, debug: bool) -> None:
     """Check recipes against the schema and cross-field rules; report every problem."""
-    from modelc_build.recipe import load_recipe, path_problems
+    from modelc_build.recipe import load_recipe, path_problems, recipe_warnings
 
     problems = []
+    warnings = []
     for path in recipes:
         try:
             load_recipe(path)
             problems += path_problems(path)
+            warnings += recipe_warnings(path)
         except RecipeError as error:
             problems += error.problems
         except ModelcError as error:
             _fail(error, debug)
     if as_json:
+        def listed(found: list[RecipeProblem]) -> list[dict[str, object]]:
+            return [{"file": p.file, "line": p.line, "column": p.column, "key": p.key_path, "message": p.message}
+                    for p in found]
+
         _json({"recipes": [{"path": str(path), "ok": not any(p.file == str(path) for p in problems)} for path in recipes],
-               "problems": [{"file": p.file, "line": p.line, "column": p.column, "key": p.key_path, "message": p.message}
-                            for p in problems]})
+               "problems": listed(problems), "warnings": listed(warnings)})
         if problems:
             sys.exit(RecipeError.exit_code)
         return
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
     if problems:
         _fail(RecipeError(problems), debug)
     for path in recipes:

@@ -80,7 +80,9 @@ class Task:
     confidence_threshold: float = 0.001
     nms_iou: float = 0.6
     match_iou: float = 0.5
-    layout: str = "yolov5"  # detection: yolov5 | yolov8 | boxes
+    layout: str = "yolov5"  # detection: yolov5 | yolov8 | boxes | separate
+    boxes_output: str | None = None  # detection, layout separate: [B, N, 4] x1, y1, x2, y2
+    scores_output: str | None = None  # detection, layout separate: [B, N, classes]
     metric: str | None = None  # custom: FILE.py:FUNCTION, resolved against `base_dir`
     higher_is_better: bool = True
     base_dir: Path = Path(".")
@@ -447,6 +449,17 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
         if fixed:
             add(("data", "preprocess", "size"), f"size {size} does not match model.inputs[0].shape {image_input} "
                 "(" + ", ".join(f"{axis} {want}" for axis, want, _ in fixed) + "): make them agree")
+    separate = task.get("layout") == "separate"
+    for key in ("boxes_output", "scores_output"):
+        if key in task and not separate:
+            add(("task", key), f"'{key}' names an output of the separate detection layout: set task.layout: separate "
+                "or remove it")
+        elif separate and key not in task:
+            add(("task",), f"task.layout separate reads two outputs: add task.{key} (one of model.outputs)")
+        elif separate and task[key] not in model.get("outputs", []):
+            add(("task", key), f"'{task[key]}' is not one of model.outputs {model.get('outputs')}")
+    if separate and "output" in task:
+        add(("task", "output"), "the separate layout reads task.boxes_output and task.scores_output; remove task.output")
     if "layout" in task and task.get("type") != "detection":
         add(("task", "layout"), f"'layout' describes detector outputs; a {task.get('type', 'generic')} task has none: remove it")
     if task.get("type") == "custom" and "metric" not in task:
@@ -503,6 +516,24 @@ def path_problems(recipe_path: Path) -> list[RecipeProblem]:
             problems.append(RecipeProblem(str(recipe_path), line, column, _key_path(at),
                                           f"{(base / relative).resolve()} does not exist: fix the path (relative paths start at the recipe's folder)"))
     return problems
+
+
+def recipe_warnings(recipe_path: Path) -> list[RecipeProblem]:
+    """What is allowed but costs something the author may not know (used by `modelc validate`)."""
+    located, _ = _parse(recipe_path, recipe_path.read_text())
+    warnings = []
+    for index, spec in enumerate(located.data.get("model", {}).get("inputs") or []):
+        shape = spec.get("shape") or []
+        axis = spec.get("batch_axis", 0)
+        if isinstance(axis, int) and axis < len(shape) and isinstance(shape[axis], int):
+            at = ("model", "inputs", index, "shape")
+            line, column = located.value_marks.get(at, (1, 1))
+            warnings.append(RecipeProblem(
+                str(recipe_path), line, column, _key_path(at),
+                f"the batch axis of '{spec.get('name')}' is fixed at {shape[axis]}: calibration, verification and "
+                f"latency feed {shape[axis]} sample(s) per call (slower, and int8 calibration sees batches of that size); "
+                "if the model allows it, export it with a dynamic batch axis and name it here (e.g. batch)"))
+    return warnings
 
 
 def load_recipe(path: Path, passed_schema_memo: Path | None = None) -> Recipe:

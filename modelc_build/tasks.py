@@ -5,7 +5,9 @@ Detector outputs, per image, in one of the layouts people ship (`task.layout`):
   class probabilities; a score is objectness x class probability;
 - yolov8 `[4 + classes, boxes]` (Ultralytics v8/v11): centre x, centre y, width, height, class
   scores, no objectness;
-- boxes `[boxes, 6]`: x1, y1, x2, y2, score, class id, already after NMS.
+- boxes `[boxes, 6]`: x1, y1, x2, y2, score, class id, already after NMS;
+- separate: two outputs, boxes `[boxes, 4]` (x1, y1, x2, y2) and class scores `[boxes, classes]`,
+  read here side by side as one `[boxes, 4 + classes]` array.
 """
 from __future__ import annotations
 
@@ -48,7 +50,23 @@ def non_max_suppression(boxes: np.ndarray, scores: np.ndarray, iou_threshold: fl
     return keep
 
 
-LAYOUT_COLUMNS = {"yolov5": 5, "yolov8": 4, "boxes": 6}  # values per box besides the class scores
+LAYOUT_COLUMNS = {"yolov5": 5, "yolov8": 4, "boxes": 6, "separate": 4}  # values per box besides the class scores
+
+
+def detector_output(outputs: dict[str, np.ndarray], task: Task, output: str) -> np.ndarray:
+    """The batch's detector output as one array in the task's layout; the separate layout's boxes
+    and scores side by side, `[batch, boxes, 4 + classes]`."""
+    if task.layout != "separate":
+        return outputs[output]
+    assert task.boxes_output is not None and task.scores_output is not None
+    boxes, scores = outputs[task.boxes_output], outputs[task.scores_output]
+    if boxes.ndim != 3 or boxes.shape[2] != 4 or scores.ndim != 3 or boxes.shape[:2] != scores.shape[:2]:
+        from modelc_build.errors import InputError
+
+        raise InputError(f"task.layout separate reads '{task.boxes_output}' as [batch, boxes, 4] and "
+                         f"'{task.scores_output}' as [batch, boxes, classes] with the same boxes; they are "
+                         f"{list(boxes.shape)} and {list(scores.shape)}: fix task.boxes_output / task.scores_output")
+    return np.concatenate((boxes, scores), axis=2)
 
 
 def layout_problem(shape: tuple[int, ...], task: Task) -> str | None:
@@ -72,6 +90,9 @@ def _boxes_and_scores(rows: np.ndarray, layout: str) -> tuple[np.ndarray, np.nda
     """Boxes (x1, y1, x2, y2), class ids and scores of every row, whatever the layout."""
     if layout == "boxes":
         return rows[:, :4], rows[:, 5].astype(np.int64), rows[:, 4]
+    if layout == "separate":
+        class_ids = rows[:, 4:].argmax(axis=1)
+        return rows[:, :4], class_ids, rows[np.arange(len(rows)), 4 + class_ids]
     if layout == "yolov8":
         rows = rows.T
         class_scores = rows[:, 4:]

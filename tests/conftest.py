@@ -51,10 +51,11 @@ def tiny_weights(tmp_path: Path) -> Path:
     return fixture_weights("tiny_net", tmp_path / "tiny.pt")
 
 
-def write_images(folder: Path, count: int, size: tuple[int, int] = (20, 16), classes: tuple[str, ...] = ()) -> None:
+def write_images(folder: Path, count: int, size: tuple[int, int] = (20, 16), classes: tuple[str, ...] = (),
+                 seed: int = 0) -> None:
     from PIL import Image
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for index in range(count):
         where = folder / classes[index % len(classes)] if classes else folder
         where.mkdir(parents=True, exist_ok=True)

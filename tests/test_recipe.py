@@ -238,3 +238,37 @@ def test_integers_written_as_floats_become_integers(tmp_path: Path) -> None:
 def test_absurd_dimensions_are_refused_up_front(tmp_path: Path) -> None:
     found = problems_of(tmp_path, GOOD.replace("shape: [batch, 3, 8, 8]", "shape: [batch, 3, 1000000000000, 8]"))
     assert any("model.inputs[0].shape[2]" in p for p in found), found
+
+
+DETECTOR = GOOD.replace("  outputs: [y]", "  outputs: [boxes, scores]") + (
+    "data:\n  preprocess: {size: [8, 8]}\n  evaluation: {path: imgs}\n")
+
+
+def test_separate_detection_layout_needs_both_outputs_named(tmp_path: Path) -> None:
+    found = problems_of(tmp_path, DETECTOR + "task: {type: detection, classes: [a], layout: separate, boxes_output: boxes}\n")
+    assert any("task.layout separate reads two outputs: add task.scores_output" in p for p in found)
+    found = problems_of(tmp_path, DETECTOR + "task: {type: detection, classes: [a], layout: separate, boxes_output: bx, "
+                        "scores_output: scores}\n")
+    assert any(":18:71:" in p and "task.boxes_output: 'bx' is not one of model.outputs ['boxes', 'scores']" in p for p in found)
+    found = problems_of(tmp_path, DETECTOR + "task: {type: detection, classes: [a], boxes_output: boxes}\n")
+    assert any("task.boxes_output: 'boxes_output' names an output of the separate detection layout" in p for p in found)
+
+
+def test_a_detection_layout_on_a_classification_task_is_named(tmp_path: Path) -> None:
+    text = GOOD + ("data:\n  preprocess: {size: [8, 8]}\n  evaluation: {path: imgs}\n"
+                   "task: {type: classification, layout: yolov8}\n")
+    found = problems_of(tmp_path, text)
+    assert any(":18:38:" in p and "task.layout: 'layout' describes detector outputs; a classification task has none" in p
+               for p in found)
+
+
+def test_cli_validate_warns_about_a_fixed_batch(tmp_path: Path, run_cli) -> None:
+    (tmp_path / "net.py").write_text("")
+    (tmp_path / "w.pt").write_text("")
+    path = tmp_path / "r.yaml"
+    path.write_text(GOOD.replace("shape: [batch, 3, 8, 8]", "shape: [1, 3, 8, 8]"))
+    result = run_cli("validate", path)
+    assert result.exit_code == 0, result.stderr
+    assert f"warning: {path}:10:14: model.inputs[0].shape: the batch axis of 'x' is fixed at 1" in result.stderr
+    path.write_text(GOOD)
+    assert "warning" not in run_cli("validate", path).stderr

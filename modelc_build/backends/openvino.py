@@ -154,7 +154,7 @@ def _quantize_with_accuracy_control(nncf: Any, model: Any, calibration: Any, req
     def validate(compiled: Any, batches: Any) -> float:
         def infer(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             result = compiled(feed)
-            return {control.output: np.asarray(result[compiled.output(control.output)])}
+            return {port.get_any_name(): np.asarray(result[port]) for port in compiled.outputs}
 
         return control.metric(infer, batches) / 100.0
 

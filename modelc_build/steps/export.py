@@ -102,6 +102,10 @@ def apply_declared_shapes(graph: Any, model: ModelSource) -> bool:
                              f"{list(spec.shape)}: make them match")
         for axis, (dim, declared) in enumerate(zip(dims, spec.shape)):
             if isinstance(declared, str):
+                if dim.HasField("dim_value"):
+                    raise InputError(f"{model.path}: input '{spec.name}' axis {axis} is fixed at {dim.dim_value} in the "
+                                     f"graph, model.inputs declares it dynamic ('{declared}'): declare {dim.dim_value}, "
+                                     "or export the model with that axis dynamic")
                 continue
             if dim.HasField("dim_value") and dim.dim_value != declared:
                 raise InputError(f"{model.path}: input '{spec.name}' axis {axis} is {dim.dim_value} in the graph, "

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from modelc_build.manifest import sha256_file
-from tests.conftest import FIXTURES, fixture_weights
+from tests.conftest import FIXTURES, fixture_weights, write_images
 
 
 def test_tiny_build_stores_every_artifact_and_rebuild_is_a_no_op(tmp_path: Path, tiny_recipe, run_cli_process) -> None:
@@ -413,3 +413,32 @@ def test_a_declared_fixed_shape_is_applied_to_a_dynamic_onnx_source(tmp_path: Pa
     dims = onnx.load(str(release / "onnx/model.onnx")).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param or d.dim_value for d in dims] == ["batch", 3, 16, 16]  # H x W fixed, batch still dynamic
     assert 'shape="?,3,16,16"' in (release / "openvino-fp32/model.xml").read_text()
+
+
+def test_a_fixed_batch_onnx_declared_dynamic_is_named_and_builds_once_declared(tmp_path: Path, tiny_recipe,
+                                                                              run_cli) -> None:
+    """Ultralytics exports a fixed batch of 1 by default: a recipe declaring `batch` is told so up front
+    (it used to fail inside int8 calibration), and the same model declared [1, ...] builds, int8 included,
+    calibrated one sample per call."""
+    from tests.fixtures.tiny_net import build_model
+
+    onnx_path = tmp_path / "fixed.onnx"
+    torch.onnx.export(build_model().eval(), (torch.zeros(1, 3, 16, 16),), str(onnx_path), input_names=["images"],
+                      output_names=["logits"], opset_version=17, dynamo=False)
+    inputs = yaml.safe_load(tiny_recipe().read_text())["model"]["inputs"]  # [batch, 3, 16, 16]
+    overrides = {"name": "fixed", "model": {"source": "onnx", "path": str(onnx_path), "inputs": inputs,
+                                            "outputs": ["logits"]},
+                 "targets": [{"backend": "onnxruntime", "precisions": ["fp32", "int8"]},
+                             {"backend": "openvino", "precisions": ["int8"]}], "gates": None}
+    data = yaml.safe_load(tiny_recipe().read_text())["data"]
+    write_images(tmp_path / "calibration", 4, classes=("a", "b", "c"), seed=7)
+    overrides["data"] = {**data, "calibration": {"path": str(tmp_path / "calibration")}}
+    result = run_cli("build", tiny_recipe(overrides, name="dynamic.yaml"), "--store", tmp_path / "store")
+    assert result.exit_code == 3, result.stderr
+    assert "input 'images' axis 0 is fixed at 1 in the graph, model.inputs declares it dynamic ('batch'): declare 1" \
+        in result.stderr
+    inputs[0]["shape"][0] = 1
+    result = run_cli("build", tiny_recipe(overrides, name="fixed.yaml"), "--store", tmp_path / "store")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "store/fixed/0.1.0/report.json").read_text())
+    assert {a["target"] for a in report["artifacts"]} == {"onnxruntime-fp32", "onnxruntime-int8", "openvino-int8"}

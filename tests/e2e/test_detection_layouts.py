@@ -25,6 +25,9 @@ def layout_recipe(tmp_path: Path, factory: str, layout: str | None) -> Path:
     recipe["latency"] = {"runs": 2, "warmup": 1}
     if layout:
         recipe["task"]["layout"] = layout
+    if layout == "separate":
+        recipe["model"]["outputs"] = ["boxes", "scores"]
+        recipe["task"].update(boxes_output="boxes", scores_output="scores")
     path = tmp_path / f"{layout}.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
@@ -32,7 +35,8 @@ def layout_recipe(tmp_path: Path, factory: str, layout: str | None) -> Path:
 
 @pytest.mark.parametrize("factory,layout", [("tiny_yolo.py:build_model", None),
                                             ("tiny_yolo_layouts.py:build_yolov8_layout", "yolov8"),
-                                            ("tiny_yolo_layouts.py:build_boxes_layout", "boxes")])
+                                            ("tiny_yolo_layouts.py:build_boxes_layout", "boxes"),
+                                            ("tiny_yolo_layouts.py:build_separate_layout", "separate")])
 def test_each_layout_builds_and_scores_the_same_detections(tmp_path: Path, run_cli, factory: str, layout: str | None) -> None:
     result = run_cli("build", layout_recipe(tmp_path, factory, layout), "--store", tmp_path / "store")
     assert result.exit_code == 0, result.stderr
@@ -41,7 +45,8 @@ def test_each_layout_builds_and_scores_the_same_detections(tmp_path: Path, run_c
     assert artifact["task_metric"]["name"] == "map50"
     assert artifact["task_metric"]["reference"] == pytest.approx(99.65, abs=0.01)  # the shipped detector's mAP@0.5
     assert artifact["task_metric"]["label_free"]["reference_map50"] == pytest.approx(100.0)
-    assert [o["output"] for o in artifact["outputs"]] == ["detections", "detections:boxes", "detections:scores"]
+    expected = ["boxes", "scores"] if layout == "separate" else ["detections", "detections:boxes", "detections:scores"]
+    assert [o["output"] for o in artifact["outputs"]] == expected
 
 
 def test_a_layout_that_does_not_fit_the_output_is_named(tmp_path: Path, run_cli) -> None:
@@ -99,3 +104,35 @@ def test_detection_labels_from_coco_and_ultralytics_give_the_same_map(tmp_path: 
     report = json.loads((tmp_path / "store/tiny-yolo-shapes/1.0.0/report.json").read_text())
     assert report["artifacts"][0]["task_metric"]["name"] == "map50"
     assert report["artifacts"][0]["task_metric"]["reference"] == pytest.approx(99.65, abs=0.01)  # as with YOLO text labels
+
+
+def test_a_reference_with_no_detections_is_an_error_not_a_pass(tmp_path: Path, run_cli) -> None:
+    """Agreement with a reference that found nothing cannot fail (mAP 0 against mAP 0)."""
+    recipe = yaml.safe_load(layout_recipe(tmp_path, "tiny_yolo.py:build_model", None).read_text())
+    recipe["data"]["evaluation"]["labels"] = "none"
+    recipe["task"]["confidence_threshold"] = 0.9999
+    path = tmp_path / "nothing.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    result = run_cli("build", path, "--store", tmp_path / "store")
+    assert result.exit_code == 3, result.stderr
+    assert "the reference model found no detection scoring >= 0.25 on the 96 evaluation images" in result.stderr
+    assert not (tmp_path / "store/tiny-yolo-shapes").exists()
+
+
+def test_a_labelled_reference_scoring_zero_is_an_error(tmp_path: Path, run_cli) -> None:
+    """Classes listed in the wrong order: the reference scores 0 against the labels."""
+    recipe = yaml.safe_load((REPO / "recipes/classifier.yaml").read_text())
+    for key in ("factory", "weights"):
+        recipe["model"][key] = str(REPO / "recipes" / recipe["model"][key])
+    recipe["data"].pop("calibration")
+    recipe["data"]["evaluation"]["path"] = str(REPO / "calibration/shapes-classify/evaluation")
+    recipe["task"]["classes"] = ["square", "triangle", "cross", "circle"]
+    recipe["targets"] = [{"backend": "onnxruntime", "precisions": ["fp32"]}]
+    recipe.pop("quantization")
+    recipe["gates"] = {"fp32": {"max_metric_drop": 0.0}}
+    recipe["latency"] = {"runs": 0}
+    path = tmp_path / "rotated.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    result = run_cli("build", path, "--store", tmp_path / "store")
+    assert result.exit_code == 3, result.stderr
+    assert "the reference model scores top-1 accuracy 0 % on the labelled evaluation data" in result.stderr
