@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # numpy and the runners load only when something is measured
 
     from modelc_build.backends import Runner
     from modelc_build.data import Batch
+    from modelc_build.feeds import ModelCaller
 
 
 @dataclass(frozen=True)
@@ -272,26 +273,18 @@ class Evaluation:
         return all(check.passed for check in self.gates)
 
 
-def _chunks(batch: Batch, inputs: tuple[TensorSpec, ...]) -> Iterator[dict[str, np.ndarray]]:
-    """Split a batch when the model's batch axis is fixed (e.g. shape [1, 3, H, W])."""
-    leading = inputs[0].shape[0]
-    size = leading if isinstance(leading, int) else len(batch)
-    for start in range(0, len(batch), size):
-        yield {name: array[start:start + size] for name, array in batch.inputs.items()}
+def caller(runner: Runner, inputs: tuple[TensorSpec, ...]) -> ModelCaller:
+    """One pass of sample-first batches through a runner (see modelc_build/feeds.py)."""
+    from modelc_build.feeds import ModelCaller
 
-
-def run_batch(runner: Runner, batch: Batch, inputs: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
-    """One batch through a runner, split where the model's batch axis is fixed."""
-    import numpy as np
-
-    parts = [runner.infer(feed) for feed in _chunks(batch, inputs)]
-    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    return ModelCaller(inputs, runner.infer)
 
 
 def evaluate(reference: Runner, artifacts: dict[str, Runner], batches: Iterator[Batch], inputs: tuple[TensorSpec, ...],
              outputs: tuple[str, ...], task: Task) -> dict[str, Evaluation]:
     """Stream the batches through the reference and every artifact at once."""
-    pairs = ((batch, run_batch(reference, batch, inputs)) for batch in batches)
+    call_reference = caller(reference, inputs)
+    pairs = ((batch, call_reference(batch.inputs)) for batch in batches)
     return compare(pairs, artifacts, inputs, outputs, task)
 
 
@@ -308,14 +301,15 @@ def compare(batches: Iterable[tuple[Batch, dict[str, np.ndarray]]], artifacts: d
     reference_scorer = _TaskScorer(task, task_output)
     scorers = {key: _TaskScorer(task, task_output) for key in artifacts}
     samples = 0
+    calls = {key: caller(runner, inputs) for key, runner in artifacts.items()}
     for batch, expected in batches:
         if task.type == "detection" and samples == 0:
             _check_layout(expected, task, task_output)
         samples += len(batch)
         if use_task:
             reference_scorer.update(expected, expected, batch)
-        for key, runner in artifacts.items():
-            got = run_batch(runner, batch, inputs)
+        for key in artifacts:
+            got = calls[key](batch.inputs)
             for name in outputs:
                 accumulators[key][name].update(expected[name], got[name])
             if slices:  # boxes and scores apart (see modelc_build.tasks.score_slice)
@@ -368,12 +362,13 @@ def task_metric(infer: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
                 inputs: tuple[TensorSpec, ...], task: Task, output: str) -> float:
     """The task metric (top-1 or mAP@0.5, percent) of one model over labelled batches: used by
     accuracy-controlled quantization, which scores candidate models while it searches."""
-    import numpy as np
+
+    from modelc_build.feeds import ModelCaller
 
     scorer = _TaskScorer(task, output)
+    call = ModelCaller(inputs, infer)
     for batch in batches:
-        parts = [infer(feed) for feed in _chunks(batch, inputs)]
-        got = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        got = call(batch.inputs)
         scorer.update(got, got, batch)
     return scorer.value()
 

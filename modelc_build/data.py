@@ -54,8 +54,10 @@ class DataReader:
         """`materialized`: for a data function, the folder of batches its one run yielded (see
         modelc_build/fingerprint.py), read instead of calling it again. `count=False` only for
         `yielded()`: the samples are not counted up front."""
+        from modelc_build.feeds import data_inputs
+
         self.dataset = dataset
-        self.inputs = inputs
+        self.inputs = data_inputs(inputs)  # fixed values and carried state are not data
         self.preprocess = preprocess
         self.class_names = class_names
         self.materialized = materialized
@@ -270,11 +272,12 @@ class DataReader:
 
     @staticmethod
     def _check(spec: TensorSpec, array: np.ndarray, where: str) -> np.ndarray:
-        expected = spec.shape[1:]
+        expected = sample_shape(spec)
         got = array.shape[1:]
         if len(got) != len(expected) or any(isinstance(e, int) and e != g for e, g in zip(expected, got)):
             raise InputError(f"{where}: samples for input '{spec.name}' have shape {list(got)} but the model expects "
-                             f"{list(expected)} (after the batch axis): fix the data or data.preprocess")
+                             f"{list(expected)} per sample (its shape without the batch axis; data is sample-first): "
+                             "fix the data or data.preprocess")
         if np.issubdtype(array.dtype, np.floating) != spec.dtype.startswith("float"):
             raise InputError(f"{where}: samples for input '{spec.name}' are {array.dtype} but the model input is "
                              f"{spec.dtype}: convert the data")
@@ -283,13 +286,39 @@ class DataReader:
         return np.ascontiguousarray(array, dtype=spec.dtype)
 
 
+def sample_shape(spec: TensorSpec) -> tuple[int | str, ...]:
+    """One sample's shape: the input's shape without its batch axis."""
+    if spec.batch_axis is None:
+        return spec.shape
+    return spec.shape[:spec.batch_axis] + spec.shape[spec.batch_axis + 1:]
+
+
+def random_samples(inputs: tuple[TensorSpec, ...], count: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded random sample-first arrays for the inputs data would give (named axes get 2)."""
+    from modelc_build.feeds import data_inputs
+
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for spec in data_inputs(inputs):
+        shape = (count, *(d if isinstance(d, int) else 2 for d in sample_shape(spec)))
+        if spec.dtype.startswith("float"):
+            arrays[spec.name] = rng.random(shape, dtype=np.float32).astype(spec.dtype)
+        else:
+            arrays[spec.name] = rng.integers(0, 2, size=shape).astype(spec.dtype)
+    return arrays
+
+
 def example_inputs(inputs: tuple[TensorSpec, ...], dynamic_size: int = 1, seed: int = 0) -> list[np.ndarray]:
     """Seeded random arrays of the declared shapes: symbolic dimensions get `dynamic_size`."""
     rng = np.random.default_rng(seed)
     arrays = []
     for spec in inputs:
         shape = spec.concrete_shape(dynamic_size)
-        if spec.dtype.startswith("float"):
+        if spec.value is not None:  # a sample rate the model may branch on: the declared one
+            arrays.append(np.broadcast_to(np.asarray(spec.value, dtype=spec.dtype), shape).copy())
+        elif spec.dtype == "bool":
+            arrays.append(rng.integers(0, 2, size=shape).astype(bool))
+        elif spec.dtype.startswith("float"):
             arrays.append(rng.random(shape, dtype=np.float32).astype(spec.dtype))
         else:
             arrays.append(rng.integers(0, 2, size=shape).astype(spec.dtype))

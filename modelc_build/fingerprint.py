@@ -169,12 +169,10 @@ class Fingerprints:
 
 
 def _random_batches(inputs: tuple[TensorSpec, ...]) -> Iterator[Batch]:
-    from modelc_build.data import Batch, example_inputs
+    from modelc_build.data import Batch, random_samples
 
-    arrays = example_inputs(inputs, dynamic_size=RANDOM_EVALUATION_SAMPLES, seed=1)
-    if not all(isinstance(s.shape[0], str) for s in inputs):
-        arrays = example_inputs(inputs, dynamic_size=1, seed=1)
-    yield Batch({s.name: a for s, a in zip(inputs, arrays)}, [f"random[{i}]" for i in range(len(arrays[0]))])
+    arrays = random_samples(inputs, RANDOM_EVALUATION_SAMPLES, seed=1)
+    yield Batch(arrays, [f"random[{i}]" for i in range(RANDOM_EVALUATION_SAMPLES)])
 
 
 def source_material(model: ModelSource) -> dict[str, Any]:

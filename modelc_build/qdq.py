@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from modelc_build.errors import BackendUnavailable, CompileError, InputError, ModelcError, first_line
+from modelc_build.feeds import model_feed, samples_per_call, split
 from modelc_build.recipe import Quantization, TensorSpec
 
 INSTALL_HINT = "pip install 'modelc-build[modelopt]'"
@@ -45,6 +46,7 @@ class FeedReader:
     def __init__(self, feeds: Callable[[], Iterator[dict[str, Any]]], limit: int,
                  inputs: tuple[TensorSpec, ...] = ()) -> None:
         self._feeds = lambda: _fitted(feeds(), inputs)
+        self._inputs = inputs
         self._limit = limit
         self._iterator: Iterator[dict[str, Any]] | None = None
         self._given = 0
@@ -63,12 +65,12 @@ class FeedReader:
         count = len(next(iter(feed.values())))
         self._given += count
         self.samples = self._given
-        return feed
+        return model_feed(self._inputs, feed)
 
     def get_first(self) -> dict[str, Any] | None:
         """ModelOpt peeks at one feed to try the session; it does not move the reader."""
         first = next(iter(self._feeds()), None)
-        return None if first is None else {name: array[:self._limit] for name, array in first.items()}
+        return None if first is None else model_feed(self._inputs, {name: array[:self._limit] for name, array in first.items()})
 
     def rewind(self) -> None:
         self._iterator = None
@@ -76,14 +78,11 @@ class FeedReader:
 
 
 def _fitted(feeds: Iterator[dict[str, Any]], inputs: tuple[TensorSpec, ...]) -> Iterator[dict[str, Any]]:
-    fixed = inputs[0].shape[0] if inputs and isinstance(inputs[0].shape[0], int) else None
+    """Sample-first feeds cut to the model's fixed batch (a short remainder is dropped)."""
+    size = samples_per_call(inputs)
     for feed in feeds:
-        if fixed is None:
-            yield feed
-            continue
-        count = len(next(iter(feed.values())))
-        for start in range(0, count - fixed + 1, fixed):
-            yield {name: array[start:start + fixed] for name, array in feed.items()}
+        for call, _ in split(feed, size, pad=False):
+            yield call
 
 
 def output_head(onnx_model: Path) -> list[str]:

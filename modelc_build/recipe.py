@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -26,9 +26,14 @@ Precision = str  # "fp32" | "fp16"
 
 @dataclass(frozen=True)
 class TensorSpec:
+    """One model input (see modelc_build/feeds.py for how samples become calls)."""
+
     name: str
     shape: tuple[int | str, ...]
     dtype: str = "float32"
+    batch_axis: int | None = 0  # None: no batch axis (a scalar)
+    value: Any = None  # a fixed value fed on every call (a number, a bool or nested tuples)
+    state_from: str | None = None  # a recurrent state: the output it is carried from
 
     @property
     def dynamic_axes(self) -> dict[int, str]:
@@ -50,6 +55,7 @@ class ModelSource:
     base_dir: Path = Path(".")
     strict: bool = True  # torch: unexpected checkpoint entries are an error
     ignore_weights: tuple[str, ...] = ()  # torch: checkpoint entries dropped before loading (regexes)
+    arguments: tuple[tuple[str, Any], ...] = ()  # torch/torchscript: Python values passed to forward by keyword
 
 
 @dataclass(frozen=True)
@@ -383,6 +389,7 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
         for key in ("factory", "weights", "factory_args", "strict", "ignore_weights"):
             if key in model:
                 add(("model", key), f"'{key}' is only for torch sources; remove it")
+    _check_inputs(model, add)
     export = data.get("export", {})
     if source == "torchscript" and export.get("exporter", "auto") == "dynamo":
         add(("export", "exporter") if "exporter" in export else ("model", "source"),
@@ -480,6 +487,49 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
     return problems
 
 
+def _nested_shape(value: Any) -> list[int] | None:
+    """The shape of a number (`[]`) or of a regular nested list; None when ragged."""
+    if not isinstance(value, list):
+        return []
+    inner = [_nested_shape(v) for v in value]
+    if not value or any(i is None or i != inner[0] for i in inner):
+        return None
+    return [len(value), *inner[0]]  # type: ignore[misc]
+
+
+def _check_inputs(model: dict[str, Any], add: Callable[[tuple[Any, ...], str], None]) -> None:
+    """batch_axis, value and state_from against each input's shape and the model's outputs."""
+    outputs = model.get("outputs", [])
+    for index, spec in enumerate(model.get("inputs") or []):
+        at = ("model", "inputs", index)
+        shape = spec.get("shape", [])
+        axis = spec.get("batch_axis", 0)
+        if shape and axis is not None and axis >= len(shape):
+            add((*at, "batch_axis"), f"batch_axis {axis} is not an axis of shape {shape}")
+        if not shape and spec.get("batch_axis") is not None:
+            add((*at, "batch_axis"), "a scalar input (shape []) has no batch axis: remove batch_axis")
+        if (not shape or axis is None) and "value" not in spec:
+            add(at, f"the input '{spec.get('name')}' has no batch axis, so data (sample-first) cannot give it: "
+                "give it a value (e.g. value: 16000)")
+        if "value" in spec:
+            value_shape = _nested_shape(spec["value"])
+            if value_shape is None:
+                add((*at, "value"), "a value is a number, a bool or a nested list of them with one length per axis")
+            elif value_shape and any(isinstance(d, str) for d in shape):
+                add((*at, "value"), f"a list value needs a fixed shape; shape {shape} has named axes")
+            elif value_shape and value_shape != list(shape):
+                add((*at, "value"), f"the value has shape {value_shape}, the input {shape}")
+            if "state_from" in spec:
+                add((*at, "value"), "an input is either fixed (value) or carried state (state_from), not both")
+        if "state_from" in spec:
+            if spec["state_from"] not in outputs:
+                add((*at, "state_from"), f"'{spec['state_from']}' is not one of model.outputs {outputs}")
+            others = [d for i, d in enumerate(shape) if i != axis and isinstance(d, str)]
+            if others:
+                add((*at, "shape"), f"a state's axes other than its batch axis must be fixed to start from zeros; "
+                    f"{others} are named")
+
+
 def _dataset_format(dataset: dict[str, Any]) -> str:
     if "format" in dataset:
         return str(dataset["format"])
@@ -574,13 +624,23 @@ def _schema_memo_file(folder: Path, raw: bytes) -> Path:
     return folder / hashlib.sha256(raw + b"\0" + schema + b"\0" + __version__.encode()).hexdigest()
 
 
+def _frozen(value: Any) -> Any:
+    return tuple(_frozen(v) for v in value) if isinstance(value, list) else value
+
+
+def _tensor_spec(declared: dict[str, Any]) -> TensorSpec:
+    shape = tuple(d if isinstance(d, str) else int(d) for d in declared["shape"])
+    return TensorSpec(declared["name"], shape, declared.get("dtype", "float32"),
+                      declared.get("batch_axis", 0) if shape else None, _frozen(declared.get("value")),
+                      declared.get("state_from"))
+
+
 def _to_recipe(path: Path, digest: str, data: dict[str, Any]) -> Recipe:
     base = path.resolve().parent
     model = data["model"]
     source = ModelSource(
         kind=model["source"],
-        inputs=tuple(TensorSpec(i["name"], tuple(d if isinstance(d, str) else int(d) for d in i["shape"]),
-                                i.get("dtype", "float32")) for i in model["inputs"]),
+        inputs=tuple(_tensor_spec(i) for i in model["inputs"]),
         outputs=tuple(model["outputs"]),
         factory=model.get("factory"),
         factory_args=tuple(sorted(model.get("factory_args", {}).items())),
@@ -589,6 +649,7 @@ def _to_recipe(path: Path, digest: str, data: dict[str, Any]) -> Recipe:
         base_dir=base,
         strict=model.get("strict", True),
         ignore_weights=tuple(model.get("ignore_weights", ())),
+        arguments=tuple(sorted(model.get("arguments", {}).items())),
     )
     export = ExportOptions(**data.get("export", {}))
     data_section = data.get("data", {})

@@ -65,7 +65,7 @@ def load_torch_model(source: ModelSource) -> Any:
         except Exception as exc:
             raise InputError(f"{source.path}: not a TorchScript file torch.jit.load can read ({exc}); "
                              "save it with torch.jit.save") from exc
-        return module.eval()
+        return _as_declared(module.eval(), source)
     assert source.kind == "torch" and source.factory and source.weights
     factory = resolve_factory(source.factory, source.base_dir)
     try:
@@ -98,7 +98,7 @@ def load_torch_model(source: ModelSource) -> Any:
         hint = "" if result.missing_keys else "; stale entries: set model.strict: false or list them in model.ignore_weights"
         raise InputError(f"{source.weights}: the state_dict does not match the model from '{source.factory}' "
                          f"({'; '.join(details)}): check model.factory_args and that the weights belong to this model{hint}")
-    return _with_named_outputs(model.eval(), source)
+    return _as_declared(model.eval(), source)
 
 
 @functools.lru_cache(maxsize=1)
@@ -109,13 +109,14 @@ def _named_outputs_class() -> Any:
         """The model with its outputs as the recipe names them: a dict or ModelOutput is read by
         name (a subset is fine), a longer tuple is cut to the names given; tensors pass through."""
 
-        def __init__(self, model: torch.nn.Module, names: tuple[str, ...]) -> None:
+        def __init__(self, model: torch.nn.Module, names: tuple[str, ...], arguments: dict[str, Any]) -> None:
             super().__init__()
             self.model = model
             self.names = names
+            self.arguments = arguments  # Python values for forward, fixed in the recipe (model.arguments)
 
         def forward(self, *args: Any) -> Any:
-            result = self.model(*args)
+            result = self.model(*args, **self.arguments)
             if isinstance(result, Mapping):
                 missing = [name for name in self.names if name not in result]
                 if missing:
@@ -129,20 +130,22 @@ def _named_outputs_class() -> Any:
     return NamedOutputsModule
 
 
-def _with_named_outputs(model: Any, source: ModelSource) -> Any:
-    """Wrap the model only where its outputs need it (a dict, a ModelOutput, a longer tuple): one
-    probe with example inputs tells; a model that fails the probe is left for the input check."""
+def _as_declared(model: Any, source: ModelSource) -> Any:
+    """Wrap the model only where it needs it: Python arguments fixed in the recipe, or outputs in a
+    dict, a ModelOutput or a longer tuple (one probe with example inputs tells; a model that fails
+    the probe is left for the input check)."""
     import torch
 
     from modelc_build.data import example_inputs
 
+    arguments = dict(source.arguments)
     try:
         with torch.no_grad():
-            result = model(*(torch.from_numpy(a) for a in example_inputs(source.inputs, dynamic_size=2)))
+            result = model(*(torch.from_numpy(a) for a in example_inputs(source.inputs, dynamic_size=2)), **arguments)
     except Exception:  # noqa: BLE001 - reported, with the declared shapes, by check_model_accepts_inputs
-        return model
-    if isinstance(result, Mapping) or (isinstance(result, (tuple, list)) and len(result) > len(source.outputs)):
-        return _named_outputs_class()(model, source.outputs).eval()
+        return _named_outputs_class()(model, source.outputs, arguments).eval() if arguments else model
+    if arguments or isinstance(result, Mapping) or (isinstance(result, (tuple, list)) and len(result) > len(source.outputs)):
+        return _named_outputs_class()(model, source.outputs, arguments).eval()
     return model
 
 

@@ -72,7 +72,7 @@ class OpenVinoBackend(Backend):
 
         excluded_nodes(request.onnx_model, options)  # unknown ignore.names: exit 3 here as for every backend
         head = output_head(request.onnx_model) if options.float_output_head else []
-        samples = _Samples(request.calibration)
+        samples = _Samples(request.calibration, request.inputs)
         names = [spec.name for spec in request.inputs]
         dataset = nncf.Dataset(samples, lambda item: item[names[0]] if len(names) == 1 else tuple(item[n] for n in names))
         settings: dict[str, Any] = dict(
@@ -121,17 +121,20 @@ class _Samples:
     """Calibration data as single samples, re-iterable (NNCF makes several passes), one batch in
     memory at a time; `seen` is the most samples one pass handed out."""
 
-    def __init__(self, feeds: Callable[[], Iterator[dict[str, np.ndarray]]]) -> None:
+    def __init__(self, feeds: Callable[[], Iterator[dict[str, np.ndarray]]], inputs: tuple[TensorSpec, ...]) -> None:
         self._feeds = feeds
+        self._inputs = inputs
         self.seen = 0
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        from modelc_build.feeds import model_feed, samples_per_call, split
+
         count = 0
         for feed in self._feeds():
-            for i in range(len(next(iter(feed.values())))):
-                count += 1
+            for call, real in split(feed, samples_per_call(self._inputs) or 1, pad=False):
+                count += real
                 self.seen = max(self.seen, count)
-                yield {name: array[i:i + 1] for name, array in feed.items()}
+                yield model_feed(self._inputs, call)
 
 
 class _NncfLog(logging.Handler):
@@ -158,8 +161,13 @@ def _quantize_with_accuracy_control(nncf: Any, model: Any, calibration: Any, req
 
         return control.metric(infer, batches) / 100.0
 
-    validation = nncf.Dataset(_Batches(control.evaluation), lambda batch: batch.inputs[names[0]] if len(names) == 1
-                              else tuple(batch.inputs[n] for n in names))
+    from modelc_build.feeds import model_feed
+
+    def feed(batch: Any) -> Any:
+        complete = model_feed(request.inputs, batch.inputs)
+        return complete[names[0]] if len(names) == 1 else tuple(complete[n] for n in names)
+
+    validation = nncf.Dataset(_Batches(control.evaluation), feed)
     log = _NncfLog()
     nncf_logger = logging.getLogger("nncf")
     nncf_logger.addHandler(log)

@@ -82,6 +82,7 @@ class CompileStep(Step):
 
     def run(self, inputs: StepInputs, out: Path) -> None:
         from modelc_build.backends import CompileRequest, get_backend
+        from modelc_build.feeds import with_carried_state
 
         facts = inputs.fingerprints
         torch_model: Callable[[], Any] | None = None
@@ -92,7 +93,7 @@ class CompileStep(Step):
         if self.calibration is not None:
             reader = facts.reader(self.calibration)
             warn_shortfall(reader)
-            calibration = reader.feeds
+            calibration = with_carried_state(reader.feeds, inputs.file(self.graph, "model.onnx"), self.model.inputs)
         request = CompileRequest(self.target, inputs.file(self.graph, "model.onnx"), self.model.inputs,
                                  self.model.outputs, out, torch_model, calibration, self.quantization,
                                  self._accuracy_control(inputs))

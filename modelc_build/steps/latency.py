@@ -68,10 +68,9 @@ class LatencyStep(Step):
                 "tools": tool_versions(tools)}
 
     def run(self, inputs: StepInputs, out: Path) -> None:
-        import numpy as np
-
         from modelc_build.accuracy import measure_latency
         from modelc_build.backends import get_backend
+        from modelc_build.feeds import ModelCaller, samples_per_call
 
         if self.target is None:
             runner, _ = reference_runner(self.model)
@@ -80,10 +79,10 @@ class LatencyStep(Step):
             runner = get_backend(self.target.backend).runner([artifact.file(n) for n in artifact.files],
                                                              self.model.inputs, self.model.outputs, dict(self.config))
         first = next(iter(inputs.fingerprints.batches(self.data)))
-        feed = {name: np.ascontiguousarray(array[:1]) for name, array in first.inputs.items()}
+        feed = ModelCaller(self.model.inputs, runner.infer).first_feed(first.inputs)
         with runner:
             measured = measure_latency(runner, feed, self.settings.runs, self.settings.warmup)
-        result = {"ms": measured, "batch": 1, "runs": self.settings.runs, "warmup": self.settings.warmup,
+        result = {"ms": measured, "batch": samples_per_call(self.model.inputs) or 1, "runs": self.settings.runs, "warmup": self.settings.warmup,
                   "threads": f"runtime default ({machine()['cores']} cores)", "config": dict(self.config),
                   "machine": machine()}
         (out / LATENCY_FILE).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

@@ -34,11 +34,13 @@ class QdqStep(Step):
 
     def run(self, inputs: StepInputs, out: Path) -> None:
         from modelc_build.backends import write_quantization_notes
+        from modelc_build.feeds import with_carried_state
         from modelc_build.qdq import quantize_qdq
 
         reader = inputs.fingerprints.reader(self.calibration)
         warn_shortfall(reader)
-        notes = quantize_qdq(inputs.file(self.graph, "model.onnx"), self.calibration.inputs, reader.feeds,
+        graph = inputs.file(self.graph, "model.onnx")
+        notes = quantize_qdq(graph, self.calibration.inputs, with_carried_state(reader.feeds, graph, self.calibration.inputs),
                              self.quantization, out / "model.onnx")
         write_quantization_notes(out, {**notes, "calibration_samples_available": len(reader)})
 

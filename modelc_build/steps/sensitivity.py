@@ -41,11 +41,14 @@ class SensitivityStep(Step):
                 "quantization": asdict(self.quantization), "tools": tool_versions(("nvidia-modelopt", "onnxruntime", "onnx"))}
 
     def run(self, inputs: StepInputs, out: Path) -> None:
+        from modelc_build.feeds import with_carried_state
         from modelc_build.sensitivity import measure_sensitivity
 
         facts = inputs.fingerprints
         calibration = facts.reader(self.calibration)
         scoring = facts.reader(self.scoring)
-        result = measure_sensitivity(inputs.file(self.graph, "model.onnx"), self.calibration.inputs, self.outputs,
-                                     calibration.feeds, scoring.batches, self.task, self.quantization)
+        graph = inputs.file(self.graph, "model.onnx")
+        feeds = with_carried_state(calibration.feeds, graph, self.calibration.inputs)
+        result = measure_sensitivity(graph, self.calibration.inputs, self.outputs, feeds, scoring.batches, self.task,
+                                     self.quantization)
         (out / "sensitivity.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

@@ -72,13 +72,14 @@ class ReferenceStep(Step):
     def run(self, inputs: StepInputs, out: Path) -> None:
         import numpy as np
 
-        from modelc_build.accuracy import run_batch
+        from modelc_build.accuracy import caller
 
         runner, label = reference_runner(self.model)
         samples = 0
         with runner:
+            call = caller(runner, self.model.inputs)
             for number, batch in enumerate(inputs.fingerprints.batches(self.evaluation)):
-                outputs = run_batch(runner, batch, self.model.inputs)
+                outputs = call(batch.inputs)
                 np.savez(out / f"outputs-{number:06d}.npz", **outputs)  # type: ignore[arg-type]
                 samples += len(batch)
         (out / "reference.json").write_text(json.dumps({"reference": label, "data": self.evaluation.label,

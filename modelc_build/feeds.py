@@ -1,0 +1,167 @@
+"""From samples to model calls: the one place that knows how a model wants to be fed.
+
+Data is always sample-first: every array a data set yields (image folders, .npy/.npz, a data
+function) has its samples on axis 0, whatever the model's own layout. A model call differs in
+three ways the recipe declares per input (`model.inputs`):
+
+- `batch_axis`: where the model keeps the batch (axis 1 for a `[layers, batch, hidden]` recurrent
+  state; none for a scalar such as a sample rate). Samples are moved there for the call.
+- `value`: a fixed value fed on every call (a scalar input like `sr: 16000`); data does not give it.
+- `state_from`: a recurrent state, carried from that output of the previous call into this input.
+  The model then reads its samples as one stream, in order, one step per call: the first call gets
+  zeros, each later one the state the same model returned before. Each model carries its own state,
+  so an artifact whose error builds up over time is measured as such.
+
+A model whose batch axis is fixed (an ONNX exported for batch 1) is fed that many samples per call;
+the last call of an evaluation is padded with copies of its last sample and the padding's outputs
+dropped, so every sample is measured.
+
+Calibration data for a model with state needs realistic states, not zeros: `with_carried_state`
+runs the float model over the calibration stream and adds, sample by sample, the state it carried
+in, so quantizers see the value ranges the model meets.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from modelc_build.recipe import TensorSpec
+
+Infer = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def data_inputs(inputs: tuple[TensorSpec, ...]) -> tuple[TensorSpec, ...]:
+    """The inputs data sets provide: not fixed in the recipe, not carried state."""
+    return tuple(spec for spec in inputs if spec.value is None and spec.state_from is None)
+
+
+def stateful(inputs: tuple[TensorSpec, ...]) -> bool:
+    return any(spec.state_from is not None for spec in inputs)
+
+
+def samples_per_call(inputs: tuple[TensorSpec, ...]) -> int | None:
+    """1 for a model with state (one step per call), the fixed batch where the model has one, else
+    None (any number)."""
+    if stateful(inputs):
+        return 1
+    for spec in inputs:
+        if spec.batch_axis is not None and isinstance(spec.shape[spec.batch_axis], int):
+            return int(spec.shape[spec.batch_axis])
+    return None
+
+
+def fixed_value(spec: TensorSpec) -> np.ndarray:
+    assert spec.value is not None
+    value = np.asarray(spec.value, dtype=spec.dtype)
+    return np.broadcast_to(value, spec.concrete_shape(1)).copy() if spec.shape else value
+
+
+def initial_state(spec: TensorSpec, samples: int = 1) -> np.ndarray:
+    """Zeros in the state input's shape, `samples` along its batch axis (data layout: axis 0 first)."""
+    shape = list(spec.concrete_shape(1))
+    if spec.batch_axis is not None:
+        del shape[spec.batch_axis]
+    return np.zeros((samples, *shape), dtype=spec.dtype)
+
+
+def model_feed(inputs: tuple[TensorSpec, ...], data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One call's feed from sample-first arrays (state included, values not): samples moved to each
+    input's batch axis, fixed values added."""
+    feed = {}
+    for spec in inputs:
+        if spec.value is not None:
+            feed[spec.name] = fixed_value(spec)
+        elif spec.batch_axis in (None, 0):
+            feed[spec.name] = data[spec.name] if spec.batch_axis == 0 else data[spec.name][0]
+        else:
+            feed[spec.name] = np.ascontiguousarray(np.moveaxis(data[spec.name], 0, spec.batch_axis))
+    return feed
+
+
+def sample_first(inputs: tuple[TensorSpec, ...], outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A call's outputs with a state output's batch axis moved to axis 0 (like its input's)."""
+    moved = dict(outputs)
+    for spec in inputs:
+        if spec.state_from in moved and spec.batch_axis not in (None, 0):
+            moved[spec.state_from] = np.moveaxis(moved[spec.state_from], spec.batch_axis, 0)
+    return moved
+
+
+def split(data: dict[str, np.ndarray], size: int | None, pad: bool) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+    """Sample-first arrays cut into calls of `size` samples, with how many of each are real; a short
+    last call is padded with its last sample (`pad`) or dropped."""
+    count = len(next(iter(data.values()))) if data else 1
+    if size is None:
+        yield data, count
+        return
+    for start in range(0, count, size):
+        part = {name: array[start:start + size] for name, array in data.items()}
+        real = min(size, count - start)
+        if real < size:
+            if not pad:
+                return
+            part = {name: np.concatenate([array, np.repeat(array[-1:], size - real, axis=0)])
+                    for name, array in part.items()}
+        yield part, real
+
+
+class ModelCaller:
+    """Runs sample-first batches through one model (`infer`, a runner's), one evaluation pass:
+    calls cut to the model's batch, layouts moved, fixed values added, state carried from call to
+    call. Make a new one for each pass."""
+
+    def __init__(self, inputs: tuple[TensorSpec, ...], infer: Infer) -> None:
+        self.inputs = inputs
+        self.infer = infer
+        self.per_call = samples_per_call(inputs)
+        self.state = {spec.name: initial_state(spec) for spec in inputs if spec.state_from is not None}
+
+    def __call__(self, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        parts = []
+        for call, real in split(self.provided(data), self.per_call, pad=True):
+            outputs = sample_first(self.inputs, self.infer(model_feed(self.inputs, {**call, **self.state})))
+            for spec in self.inputs:
+                if spec.state_from is not None:
+                    self.state[spec.name] = outputs[spec.state_from]
+            parts.append({name: array[:real] for name, array in outputs.items()})
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+    def first_feed(self, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The feed of a first call with one sample (or the model's fixed batch): for timing."""
+        size = self.per_call or 1
+        call = {name: np.ascontiguousarray(array[:size]) for name, array in self.provided(data).items()}
+        return model_feed(self.inputs, {**call, **{name: np.repeat(s, size, axis=0) for name, s in self.state.items()}})
+
+    def provided(self, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = {spec.name for spec in data_inputs(self.inputs)}
+        return {name: array for name, array in data.items() if name in names}
+
+
+def with_carried_state(feeds: Callable[[], Iterable[dict[str, np.ndarray]]], float_model: Any,
+                       inputs: tuple[TensorSpec, ...]) -> Callable[[], Iterator[dict[str, np.ndarray]]]:
+    """Calibration feeds (sample-first) with each state input added: the state the float ONNX model
+    `float_model` carried into that sample when run over the stream in order. Without state: `feeds`."""
+    if not stateful(inputs):
+        return lambda: iter(feeds())
+
+    def carried() -> Iterator[dict[str, np.ndarray]]:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(float_model), providers=["CPUExecutionProvider"])
+
+        def infer(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            names = [o.name for o in session.get_outputs()]
+            return dict(zip(names, session.run(names, feed)))
+
+        caller = ModelCaller(inputs, infer)
+        for feed in feeds():
+            states: dict[str, list[np.ndarray]] = {name: [] for name in caller.state}
+            for call, _ in split(caller.provided(feed), 1, pad=False):
+                for name, value in caller.state.items():
+                    states[name].append(value)
+                caller(call)
+            yield {**caller.provided(feed), **{name: np.concatenate(values) for name, values in states.items()}}
+
+    return carried
+
