@@ -98,22 +98,47 @@ def _export_with(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[str,
             if exporter == "dynamo":
                 dims: dict[str, Any] = {}
                 # positional, so the forward's own argument names need not match the recipe's input names
-                dynamic_shapes = tuple({axis: dims.setdefault(name, torch.export.Dim(name))
-                                        for axis, name in spec.dynamic_axes.items()} or None for spec in inputs)
+                dynamic_shapes: Any = tuple({axis: dims.setdefault(name, torch.export.Dim(name))
+                                             for axis, name in spec.dynamic_axes.items()} or None for spec in inputs)
+                if _takes_varargs(model):  # modelc's wrapper (sources.py): forward(*args) holds them all
+                    dynamic_shapes = (dynamic_shapes,)
                 torch.onnx.export(model, example, str(destination), input_names=names, output_names=list(outputs),
                                   opset_version=opset, dynamo=True, external_data=False, verbose=False,
                                   dynamic_shapes=dynamic_shapes if any(dynamic_shapes) else None)
             else:
+                if _wraps_script_module(model):  # the exporter cannot trace into it: trace the whole first
+                    model = torch.jit.trace(model, example, check_trace=False)
                 dynamic_axes: dict[str, dict[int, str]] = {spec.name: spec.dynamic_axes for spec in inputs if spec.dynamic_axes}
                 batch_like = next(iter(dynamic_axes.values()), {})
                 if 0 in batch_like:  # outputs share the leading dynamic axis, the common case
                     dynamic_axes.update({name: {0: batch_like[0]} for name in outputs})
+                for spec in inputs:  # a state output keeps its state input's axes (batch on axis 1, say)
+                    if spec.state_from in outputs:
+                        dynamic_axes[spec.state_from] = spec.dynamic_axes
                 torch.onnx.export(model, example, str(destination), input_names=names, output_names=list(outputs),
                                   opset_version=opset, dynamo=False, dynamic_axes=dynamic_axes or None)
     except Exception as exc:
         raise CompileError(f"torch.onnx.export ({exporter} exporter) failed: {_first_lines(exc)}") from exc
     if not destination.is_file():
         raise CompileError(f"torch.onnx.export ({exporter} exporter) wrote no file at {destination}")
+
+
+def _wraps_script_module(model: Any) -> bool:
+    """modelc's wrapper (sources.py) around a TorchScript source, holding Python arguments."""
+    import torch
+
+    inner = getattr(model, "model", None)
+    return _takes_varargs(model) and isinstance(inner, torch.jit.ScriptModule)
+
+
+def _takes_varargs(model: Any) -> bool:
+    import inspect
+
+    try:
+        parameters = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters)
 
 
 def _first_lines(exc: BaseException) -> str:

@@ -43,8 +43,13 @@ def stateful(inputs: tuple[TensorSpec, ...]) -> bool:
 def samples_per_call(inputs: tuple[TensorSpec, ...]) -> int | None:
     """1 for a model with state (one step per call), the fixed batch where the model has one, else
     None (any number)."""
-    if stateful(inputs):
-        return 1
+    return 1 if stateful(inputs) else fixed_batch(inputs)
+
+
+def fixed_batch(inputs: tuple[TensorSpec, ...]) -> int | None:
+    """The model's fixed batch size, or None where the batch axis is dynamic. Calibration feeds of a
+    model with state hold their states already (`with_carried_state`), so they need not go one
+    step at a time: only a fixed batch limits them."""
     for spec in inputs:
         if spec.batch_axis is not None and isinstance(spec.shape[spec.batch_axis], int):
             return int(spec.shape[spec.batch_axis])

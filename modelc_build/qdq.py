@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from modelc_build.errors import BackendUnavailable, CompileError, InputError, ModelcError, first_line
-from modelc_build.feeds import model_feed, samples_per_call, split
+from modelc_build.feeds import fixed_batch, model_feed, split
 from modelc_build.recipe import Quantization, TensorSpec
 
 INSTALL_HINT = "pip install 'modelc-build[modelopt]'"
@@ -72,6 +72,11 @@ class FeedReader:
         first = next(iter(self._feeds()), None)
         return None if first is None else model_feed(self._inputs, {name: array[:self._limit] for name, array in first.items()})
 
+    def samples_per_feed(self) -> int:
+        """How many samples the first feed holds (the model's fixed batch, or a data batch)."""
+        first = next(iter(self._feeds()), None)
+        return 0 if first is None else min(self._limit, len(next(iter(first.values()))))
+
     def rewind(self) -> None:
         self._iterator = None
         self._given = 0
@@ -79,7 +84,7 @@ class FeedReader:
 
 def _fitted(feeds: Iterator[dict[str, Any]], inputs: tuple[TensorSpec, ...]) -> Iterator[dict[str, Any]]:
     """Sample-first feeds cut to the model's fixed batch (a short remainder is dropped)."""
-    size = samples_per_call(inputs)
+    size = fixed_batch(inputs)
     for feed in feeds:
         for call, _ in split(feed, size, pad=False):
             yield call

@@ -390,6 +390,13 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
             if key in model:
                 add(("model", key), f"'{key}' is only for torch sources; remove it")
     _check_inputs(model, add)
+    if "arguments" in model:
+        if source == "onnx":
+            add(("model", "arguments"), "an ONNX graph takes tensors only: declare the value as an input with value: …")
+        for index, target in enumerate(data.get("targets", [])):
+            if target.get("backend") == "torchscript" and target.get("mode") == "script":
+                add(("targets", index, "mode"), "model.arguments are fixed by tracing; scripting keeps forward's "
+                    "parameters: use mode: trace")
     export = data.get("export", {})
     if source == "torchscript" and export.get("exporter", "auto") == "dynamo":
         add(("export", "exporter") if "exporter" in export else ("model", "source"),

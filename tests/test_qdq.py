@@ -109,3 +109,37 @@ def test_sensitivity_scores_each_quantized_layer_alone(onnx_file: Path) -> None:
     assert result["metric"] is None and all(layer["metric_drop"] is None for layer in layers)  # generic task
     cosines = [layer["min_cosine"] for layer in layers]
     assert all(0.9 < c < 1.0 for c in cosines)  # really quantized, and close
+
+
+def test_a_fixed_batch_streaming_model_with_state_and_a_scalar_input(tmp_path: Path) -> None:
+    """ModelOpt used to crash on a fixed-batch graph ("'<=' not supported between 'NoneType' and
+    'int'"); the calibration feeds now hold one call's batch, the state the float model carried in,
+    and the scalar sample rate."""
+    import onnxruntime
+
+    from modelc_build.feeds import ModelCaller, with_carried_state
+    from modelc_build.recipe import TensorSpec
+    from models.tiny_stream import ScalarRateStream, make_stream
+
+    model = ScalarRateStream()
+    model.load_state_dict(torch.load(Path(__file__).parents[1] / "models/tiny_stream.pt", weights_only=True))
+    source = tmp_path / "stream.onnx"
+    torch.onnx.export(model.eval(), (torch.zeros(1, 64), torch.zeros(2, 1, 16), torch.tensor(16000)), str(source),
+                      input_names=["x", "state", "sr"], output_names=["probability", "state_out"], opset_version=17,
+                      dynamo=False)
+    inputs = (TensorSpec("x", (1, 64)), TensorSpec("state", (2, 1, 16), batch_axis=1, state_from="state_out"),
+              TensorSpec("sr", (), "int64", batch_axis=None, value=16000))
+    chunks = make_stream(256, seed=21)[0]
+    calibration = with_carried_state(lambda: iter([{"x": chunks[i:i + 16]} for i in range(0, 256, 16)]), source, inputs)
+    notes = quantize_qdq(source, inputs, calibration, Quantization(), tmp_path / "int8.onnx")
+    assert notes["calibration_samples"] == 256
+    graph = onnx.load(str(tmp_path / "int8.onnx"))
+    assert any(node.op_type == "QuantizeLinear" for node in graph.graph.node)
+
+    def streamed(path: Path) -> np.ndarray:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        call = ModelCaller(inputs, lambda feed: dict(zip(["probability", "state_out"], session.run(None, feed))))
+        return call({"x": make_stream(200, seed=22)[0]})["probability"][:, 0]
+
+    reference, quantized = streamed(source), streamed(tmp_path / "int8.onnx")
+    assert np.mean((reference > 0.5) == (quantized > 0.5)) > 0.9

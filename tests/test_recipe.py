@@ -272,3 +272,34 @@ def test_cli_validate_warns_about_a_fixed_batch(tmp_path: Path, run_cli) -> None
     assert f"warning: {path}:10:14: model.inputs[0].shape: the batch axis of 'x' is fixed at 1" in result.stderr
     path.write_text(GOOD)
     assert "warning" not in run_cli("validate", path).stderr
+
+
+STREAM = GOOD.replace("""  inputs:
+    - name: x
+      shape: [batch, 3, 8, 8]
+  outputs: [y]""", """  inputs:
+    - name: x
+      shape: [batch, 64]
+    - {name: state, shape: [2, batch, 16], batch_axis: 1, state_from: state_out}
+    - {name: sr, shape: [], dtype: int64, value: 16000}
+  outputs: [y, state_out]""")
+
+
+def test_state_scalar_and_batch_axis_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text(STREAM)
+    x, state, rate = load_recipe(path).model.inputs
+    assert (x.batch_axis, state.batch_axis, state.state_from, rate.batch_axis, rate.value) == (0, 1, "state_out", None, 16000)
+
+
+@pytest.mark.parametrize("old,new,message", [
+    ("state_from: state_out}", "state_from: nope}", "model.inputs[1].state_from: 'nope' is not one of model.outputs"),
+    ("{name: sr, shape: [], dtype: int64, value: 16000}", "{name: sr, shape: [], dtype: int64}",
+     "the input 'sr' has no batch axis, so data (sample-first) cannot give it: give it a value"),
+    ("batch_axis: 1,", "batch_axis: 3,", "model.inputs[1].batch_axis: batch_axis 3 is not an axis of shape [2, 'batch', 16]"),
+    ("[2, batch, 16]", "[2, batch, hidden]", "a state's axes other than its batch axis must be fixed"),
+    ("value: 16000}", "value: [1, [2]]}", "a value is a number, a bool or a nested list"),
+])
+def test_wrong_state_and_scalar_declarations_are_named(tmp_path: Path, old: str, new: str, message: str) -> None:
+    found = problems_of(tmp_path, STREAM.replace(old, new))
+    assert any(message in p for p in found), found

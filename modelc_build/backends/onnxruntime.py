@@ -70,6 +70,9 @@ class OnnxRuntimeBackend(Backend):
         return {"onnxruntime": require("onnxruntime", self.name, "onnxruntime").__version__}
 
 
+MOVING_AVERAGE_MIN_SAMPLES = 8
+
+
 def quantize_for_cpu(request: CompileRequest, destination: Path) -> dict[str, Any]:
     """onnxruntime `quantize_static` on the recipe's calibration data (see the module docstring)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -89,6 +92,9 @@ def quantize_for_cpu(request: CompileRequest, destination: Path) -> dict[str, An
         from modelc_build.qdq import output_head
 
         exclude += [name for name in output_head(request.onnx_model) if name not in exclude]
+    # a moving average of each feed's extremes narrows the ranges when feeds are small (a model
+    # with a fixed batch of 1: a streaming model's INT8 lost every positive decision that way)
+    moving_average = reader.samples_per_feed() >= MOVING_AVERAGE_MIN_SAMPLES
     try:
         with tempfile.TemporaryDirectory() as scratch, contextlib.redirect_stdout(io.StringIO()):
             prepared = Path(scratch) / "prepared.onnx"
@@ -98,15 +104,16 @@ def quantize_for_cpu(request: CompileRequest, destination: Path) -> dict[str, An
                             weight_type=QuantType.QInt8 if int8_weights else QuantType.QUInt8,
                             calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
                             op_types_to_quantize=_quantized_op_types(prepared, options.ignore_types),
-                            extra_options={"CalibMovingAverage": True})
+                            extra_options={"CalibMovingAverage": moving_average})
     except ModelcError:  # e.g. bad calibration data: its own message and exit code
         raise
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise CompileError(f"onnxruntime static quantization of {request.onnx_model.name} failed: {first}") from exc
     weights = "7-bit int8 weights (reduce_range)" if int8_weights else "uint8 weights"
-    return {"method": f"onnxruntime static quantization (QDQ; {weights} per channel, uint8 activations; "
-                      "MinMax, moving average)", "calibration_samples": reader.samples,
+    ranges = "MinMax, moving average" if moving_average else f"MinMax over all feeds ({reader.samples_per_feed()} per feed)"
+    return {"method": f"onnxruntime static quantization (QDQ; {weights} per channel, uint8 activations; {ranges})",
+            "calibration_samples": reader.samples,
             "kept_in_float": {"nodes": exclude, "op_types": list(options.ignore_types)}}
 
 

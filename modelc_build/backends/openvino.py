@@ -127,11 +127,11 @@ class _Samples:
         self.seen = 0
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        from modelc_build.feeds import model_feed, samples_per_call, split
+        from modelc_build.feeds import fixed_batch, model_feed, split
 
         count = 0
         for feed in self._feeds():
-            for call, real in split(feed, samples_per_call(self._inputs) or 1, pad=False):
+            for call, real in split(feed, fixed_batch(self._inputs) or 1, pad=False):
                 count += real
                 self.seen = max(self.seen, count)
                 yield model_feed(self._inputs, call)
