@@ -87,6 +87,8 @@ class DataReader:
             items: list[Any] = self._index_images(path)
         elif self.dataset.format == "python":
             items = list(range(sum(len(next(iter(feed.values()))) for feed in self._function_feeds())))
+        elif self.dataset.format == "tokens":
+            items = list(range(len(self._read_token_file(path))))
         else:
             items = list(range(self._array_length(path)))
         if self.dataset.shuffle:
@@ -232,9 +234,58 @@ class DataReader:
             if start > max(wanted, default=-1):
                 return
 
+    def _read_token_file(self, path: Path) -> list[list[int]]:
+        """One sample per non-empty line: token ids separated by spaces, cut to max_length."""
+        fields = self.dataset.tokens
+        assert fields is not None
+        names = {spec.name for spec in self.inputs}
+        self._token_inputs = {"ids": fields.ids or self.inputs[0].name, "mask": fields.mask, "type_ids": fields.type_ids}
+        unfed = sorted(names - {name for name in self._token_inputs.values() if name})
+        if unfed:
+            raise InputError(f"{path}: a token file feeds {sorted(n for n in self._token_inputs.values() if n)}; the "
+                             f"model also takes {unfed}: name them in data.*.tokens (mask, type_ids) or give them a value")
+        ids_spec = next(spec for spec in self.inputs if spec.name == self._token_inputs["ids"])
+        fixed = sample_shape(ids_spec)[0] if sample_shape(ids_spec) and isinstance(sample_shape(ids_spec)[0], int) else None
+        self._token_length = fixed
+        limit = fields.max_length or fixed
+        rows = []
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = [int(token) for token in line.split()]
+            except ValueError:
+                raise InputError(f"{path}:{number}: expected token ids separated by spaces, got {line[:60]!r}") from None
+            if min(row) < 0:
+                raise InputError(f"{path}:{number}: token ids are not negative; found {min(row)}")
+            rows.append(row[:limit] if limit else row)
+        self._token_rows = rows
+        return rows
+
+    def _read_tokens(self, items: list[Any]) -> Batch:
+        """A batch of token rows, padded to the longest (or to the model's fixed length)."""
+        fields = self.dataset.tokens
+        assert fields is not None
+        rows = [self._token_rows[i] for i in items]
+        length = self._token_length or max(len(row) for row in rows)
+        ids = np.full((len(rows), length), fields.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), length), dtype=np.int64)
+        for index, row in enumerate(rows):
+            ids[index, :len(row)] = row
+            mask[index, :len(row)] = 1
+        arrays = {self._token_inputs["ids"]: ids}
+        if self._token_inputs["mask"]:
+            arrays[self._token_inputs["mask"]] = mask
+        if self._token_inputs["type_ids"]:
+            arrays[self._token_inputs["type_ids"]] = np.zeros_like(ids)
+        inputs = {spec.name: self._check(spec, arrays[spec.name], str(self.dataset.path)) for spec in self.inputs}
+        return Batch(inputs=inputs, sources=[f"{self.dataset.path}[{i}]" for i in items])
+
     def _read(self, items: list[Any]) -> Batch:
         if self.dataset.format == "images":
             return self._read_images(items)
+        if self.dataset.format == "tokens":
+            return self._read_tokens(items)
         rows = np.asarray(items)
         contiguous = bool(np.all(np.diff(rows) == 1))
         inputs = {name: np.asarray(array[rows[0]:rows[-1] + 1] if contiguous else array[rows])

@@ -105,6 +105,7 @@ def _export_with(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[str,
                 torch.onnx.export(model, example, str(destination), input_names=names, output_names=list(outputs),
                                   opset_version=opset, dynamo=True, external_data=False, verbose=False,
                                   dynamic_shapes=dynamic_shapes if any(dynamic_shapes) else None)
+                _single_assignment(destination)
             else:
                 if _wraps_script_module(model):  # the exporter cannot trace into it: trace the whole first
                     model = torch.jit.trace(model, example, check_trace=False)
@@ -121,6 +122,48 @@ def _export_with(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[str,
         raise CompileError(f"torch.onnx.export ({exporter} exporter) failed: {_first_lines(exc)}") from exc
     if not destination.is_file():
         raise CompileError(f"torch.onnx.export ({exporter} exporter) wrote no file at {destination}")
+
+
+def _single_assignment(path: Path) -> None:
+    """torch's exporter names some values after their operator; an output the recipe names
+    `embedding` then shares its name with an `aten.embedding` result inside the graph, which onnx
+    and onnxsim refuse. Every value produced more than once keeps its name at its last producer
+    (the graph output); earlier ones, and the nodes reading them, get `NAME__K`."""
+    import onnx
+
+    model = onnx.load(str(path))
+    producers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.output:
+            producers[name] = producers.get(name, 0) + 1
+    repeated = {name for name, count in producers.items() if count > 1}
+    if not repeated:
+        return
+    seen: dict[str, int] = {}
+
+    def current(name: str) -> str:
+        made = seen.get(name, 0)
+        return f"{name}__{made - 1}" if name in repeated and 0 < made < producers[name] else name
+
+    for node in model.graph.node:
+        for index, name in enumerate(node.input):
+            node.input[index] = current(name)
+        for index, name in enumerate(node.output):
+            if name in repeated:
+                seen[name] = seen.get(name, 0) + 1
+                node.output[index] = current(name)
+    # the shapes recorded under those names may be the other value's: drop them, inference redoes them
+    kept = [info for info in model.graph.value_info if info.name not in repeated]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
+    for output in model.graph.output:
+        if output.name in repeated:
+            output.type.tensor_type.ClearField("shape")
+    model = onnx.shape_inference.infer_shapes(model)
+    for output in model.graph.output:
+        if output.name in repeated and not output.type.tensor_type.HasField("shape"):
+            output.type.tensor_type.shape.SetInParent()  # rank unknown: onnxsim fills it in
+    onnx.save(model, str(path))
 
 
 def _wraps_script_module(model: Any) -> bool:

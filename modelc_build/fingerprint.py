@@ -101,6 +101,7 @@ class Fingerprints:
                 "samples": dataset.samples, "batch_size": dataset.batch_size, "shuffle": dataset.shuffle,
                 "seed": dataset.seed, "preprocess": asdict(source.preprocess) if source.preprocess else None,
                 "classes": list(source.classes), "every": source.every,
+                "tokens": asdict(dataset.tokens) if dataset.tokens else None,
                 "labels_file": sha256_file(dataset.labels_path) if dataset.labels_path and dataset.labels_path.is_file() else None}
 
     def _materialized_output(self, source: DataSource) -> tuple[str, Path]:

@@ -76,6 +76,18 @@ class Dataset:
     seed: int = 0
     function: str | None = None  # python only: the function in `path` that yields batches
     labels_path: Path | None = None  # csv, coco, ultralytics: the labels file
+    tokens: TokenFields | None = None  # tokens: which inputs the token file feeds
+
+
+@dataclass(frozen=True)
+class TokenFields:
+    """A tokenized text file's inputs: ids (and optionally a mask and zero type ids), padded per batch."""
+
+    ids: str | None = None  # default: the model's first input
+    mask: str | None = None
+    type_ids: str | None = None
+    pad_id: int = 0
+    max_length: int | None = None
 
 
 @dataclass(frozen=True)
@@ -432,6 +444,14 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
             add(("data", name), "an image folder needs data.preprocess (size, resize, scale, ...)")
         if dataset and _dataset_format(dataset) != "images" and dataset.get("labels", "none") != "none":
             add(("data", name, "labels"), "labels are read from image folders only; use format: images")
+        if dataset and "tokens" in dataset and _dataset_format(dataset) != "tokens":
+            add(("data", name, "tokens"), "tokens describes a tokenized text file (format: tokens); remove it")
+        if dataset and _dataset_format(dataset) == "tokens":
+            names = [i.get("name") for i in model.get("inputs") or []]
+            for key in ("ids", "mask", "type_ids"):
+                chosen = (dataset.get("tokens") or {}).get(key)
+                if chosen is not None and chosen not in names:
+                    add(("data", name, "tokens", key), f"'{chosen}' is not one of model.inputs {names}")
         if dataset and _dataset_format(dataset) == "python":
             if ":" not in str(dataset.get("path", "")):
                 add(("data", name, "path"), "a python data source is FILE.py:FUNCTION, e.g. data/make.py:batches")
@@ -544,7 +564,7 @@ def _dataset_format(dataset: dict[str, Any]) -> str:
     if ".py:" in path:
         return "python"
     suffix = Path(path).suffix.lower()
-    return {".npy": "npy", ".npz": "npz"}.get(suffix, "images")
+    return {".npy": "npy", ".npz": "npz", ".txt": "tokens"}.get(suffix, "images")
 
 
 def path_problems(recipe_path: Path) -> list[RecipeProblem]:
@@ -683,7 +703,8 @@ def _to_recipe(path: Path, digest: str, data: dict[str, Any]) -> Recipe:
         return Dataset(path=base / location, format=data_format, labels=entry.get("labels", "none"),
                        samples=None if samples is None else int(samples), batch_size=int(entry.get("batch_size", 16)),
                        shuffle=entry.get("shuffle", False), seed=int(entry.get("seed", 0)), function=function,
-                       labels_path=base / entry["labels_path"] if "labels_path" in entry else None)
+                       labels_path=base / entry["labels_path"] if "labels_path" in entry else None,
+                       tokens=TokenFields(**entry.get("tokens", {})) if data_format == "tokens" else None)
 
     task_data = dict(data.get("task", {"type": "generic"}))
     task_data["classes"] = tuple(task_data.get("classes", ()))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +166,43 @@ def test_python_function_problems_name_the_function(tmp_path: Path, body: str, m
     path = write_data_function(tmp_path, body)
     with pytest.raises(InputError, match=message):
         DataReader(Dataset(path, "python", function="batches"), INPUT, None)
+
+
+TOKEN_INPUTS = (TensorSpec("input_ids", ("batch", "seq"), "int64"), TensorSpec("attention_mask", ("batch", "seq"), "int64"),
+                TensorSpec("token_type_ids", ("batch", "seq"), "int64"))
+
+
+def token_reader(tmp_path: Path, text: str, inputs: tuple[TensorSpec, ...] = TOKEN_INPUTS, **fields: object) -> DataReader:
+    from modelc_build.recipe import TokenFields
+
+    path = tmp_path / "tokens.txt"
+    path.write_text(text)
+    chosen = {"ids": "input_ids", "mask": "attention_mask", "type_ids": "token_type_ids", **fields}
+    return DataReader(Dataset(path, "tokens", batch_size=2, tokens=TokenFields(**chosen)), inputs, None)  # type: ignore[arg-type]
+
+
+def test_a_token_file_is_padded_per_batch_with_a_mask_and_zero_type_ids(tmp_path: Path) -> None:
+    first, second = token_reader(tmp_path, "2 5 9\n2 7\n\n2 4 4 4 4\n2 8\n").batches()
+    assert first.inputs["input_ids"].tolist() == [[2, 5, 9], [2, 7, 0]]
+    assert first.inputs["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert second.inputs["input_ids"].shape == (2, 5)  # each batch as long as its longest sample
+    assert second.inputs["token_type_ids"].tolist() == [[0] * 5, [0] * 5]
+    assert first.inputs["input_ids"].dtype == np.int64
+
+
+def test_token_rows_are_cut_to_max_length_or_a_fixed_sequence(tmp_path: Path) -> None:
+    (batch,) = token_reader(tmp_path, "1 2 3 4 5\n1 2\n", max_length=3, pad_id=9).batches()
+    assert batch.inputs["input_ids"].tolist() == [[1, 2, 3], [1, 2, 9]]
+    fixed = tuple(TensorSpec(s.name, ("batch", 4), "int64") for s in TOKEN_INPUTS)
+    (batch,) = token_reader(tmp_path, "1 2 3 4 5\n1 2\n", inputs=fixed).batches()
+    assert batch.inputs["input_ids"].tolist() == [[1, 2, 3, 4], [1, 2, 0, 0]]
+
+
+@pytest.mark.parametrize("text,fields,message", [
+    ("1 2\n1 x 3\n", {}, "tokens.txt:2: expected token ids separated by spaces, got '1 x 3'"),
+    ("1 -2\n", {}, "tokens.txt:1: token ids are not negative; found -2"),
+    ("1 2\n", {"type_ids": None}, "the model also takes ['token_type_ids']: name them in data.*.tokens"),
+])
+def test_token_file_problems_are_named(tmp_path: Path, text: str, fields: dict[str, object], message: str) -> None:
+    with pytest.raises(InputError, match=re.escape(message)):
+        token_reader(tmp_path, text, **fields)

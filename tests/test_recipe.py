@@ -144,7 +144,7 @@ def test_cli_validate_reports_missing_files(tmp_path: Path, run_cli) -> None:
 def test_cli_validate_ok_on_shipped_recipes(run_cli, mobilenet_v2) -> None:
     result = run_cli("validate", *sorted((REPO / "recipes").glob("*.yaml")))
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.count(": ok") == 3
+    assert result.stdout.count(": ok") == 4
 
 
 def test_int8_needs_calibration_data(tmp_path: Path) -> None:
@@ -303,3 +303,11 @@ def test_state_scalar_and_batch_axis_are_read(tmp_path: Path) -> None:
 def test_wrong_state_and_scalar_declarations_are_named(tmp_path: Path, old: str, new: str, message: str) -> None:
     found = problems_of(tmp_path, STREAM.replace(old, new))
     assert any(message in p for p in found), found
+
+
+def test_token_fields_must_name_model_inputs(tmp_path: Path) -> None:
+    text = GOOD + "data:\n  evaluation: {path: t.txt, tokens: {ids: x, mask: attention_mask}}\n"
+    found = problems_of(tmp_path, text)
+    assert any("data.evaluation.tokens.mask: 'attention_mask' is not one of model.inputs ['x']" in p for p in found), found
+    found = problems_of(tmp_path, GOOD + "data:\n  evaluation: {path: t.npz, tokens: {ids: x}}\n")
+    assert any("tokens describes a tokenized text file (format: tokens)" in p for p in found), found

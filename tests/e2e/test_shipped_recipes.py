@@ -102,3 +102,41 @@ def test_shipped_recipe_builds_and_every_artifact_loads_back(tmp_path: Path, run
     if recipe.quantization.sensitivity_layers:
         assert len(report["sensitivity"]["layers"]) == recipe.quantization.sensitivity_layers
         assert "### INT8 sensitivity" in markdown
+
+
+@pytest.mark.slow
+def test_the_shipped_text_encoder_builds_with_token_inputs(tmp_path: Path, run_cli) -> None:
+    """Two int64 inputs with dynamic batch and sequence, data from a tokenized text file; INT8
+    through NNCF's transformer mode (OpenVINO) and Q/DQ on MatMul/Gemm alone (onnxruntime)."""
+    import onnxruntime as ort
+
+    recipe_path = REPO / "recipes/text_encoder.yaml"
+    result = run_cli("build", recipe_path, "--store", tmp_path / "store")
+    assert result.exit_code == 0, result.stderr
+    release = tmp_path / "store/tiny-encoder-text/1.0.0"
+    report = json.loads((release / "report.json").read_text())
+    jsonschema.validate(report, REPORT_SCHEMA)
+    assert report["samples"] == 300
+    found = {a["target"]: a for a in report["artifacts"]}
+    assert set(found) == {"onnxruntime-fp32", "onnxruntime-int8", "openvino-fp32", "openvino-fp16", "openvino-int8"}
+    for target, artifact in found.items():
+        metric = artifact["task_metric"]
+        assert metric["name"] == "mean_sample_cosine"
+        assert metric["value"] > (99.5 if target.endswith("int8") else 99.99), (target, metric)
+        assert metric["label_free"]["min_sample_cosine"] > (0.98 if target.endswith("int8") else 0.9999), (target, metric)
+    graph = onnx.load(str(release / "onnxruntime-int8/model.onnx")).graph
+    quantized = {n.op_type for n in graph.node for i in n.input if any(i == q.output[0] for q in graph.node
+                                                                          if q.op_type == "DequantizeLinear")}
+    assert {"MatMul", "Gemm"} <= quantized and not quantized & {"Add", "Softmax", "LayerNormalization", "Erf", "Mul"}, \
+        quantized  # the mask's Add, Softmax, LayerNorm and GELU read float values
+    notes = json.loads((release / "onnxruntime-int8/quantization.json").read_text())
+    assert notes["quantized_op_types"] == ["Gemm", "MatMul"]
+    assert json.loads((release / "openvino-int8/quantization.json").read_text())["method"].startswith("NNCF")
+    dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+            for i in onnx.load(str(release / "onnx/model.onnx")).graph.input]
+    assert dims == [["batch", "seq"], ["batch", "seq"]]
+    session = ort.InferenceSession(str(release / "onnxruntime-fp32/model.onnx"), providers=["CPUExecutionProvider"])
+    for batch, length in ((1, 5), (3, 41)):  # any batch, any length
+        ids = np.full((batch, length), 7, dtype=np.int64)
+        embedding, logits = session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+        assert embedding.shape == (batch, 128) and logits.shape == (batch, 2)
