@@ -245,8 +245,9 @@ class DataReader:
             raise InputError(f"{path}: a token file feeds {sorted(n for n in self._token_inputs.values() if n)}; the "
                              f"model also takes {unfed}: name them in data.*.tokens (mask, type_ids) or give them a value")
         ids_spec = next(spec for spec in self.inputs if spec.name == self._token_inputs["ids"])
-        fixed = sample_shape(ids_spec)[0] if sample_shape(ids_spec) and isinstance(sample_shape(ids_spec)[0], int) else None
-        self._token_length = fixed
+        per_sample = sample_shape(ids_spec)
+        fixed = per_sample[0] if per_sample and isinstance(per_sample[0], int) else None
+        self._token_length: int | None = fixed
         limit = fields.max_length or fixed
         rows = []
         for number, line in enumerate(path.read_text().splitlines(), start=1):
