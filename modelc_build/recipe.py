@@ -34,13 +34,18 @@ class TensorSpec:
     batch_axis: int | None = 0  # None: no batch axis (a scalar)
     value: Any = None  # a fixed value fed on every call (a number, a bool or nested tuples)
     state_from: str | None = None  # a recurrent state: the output it is carried from
+    examples: tuple[tuple[str, int], ...] = ()  # sizes named non-batch axes take in example inputs
 
     @property
     def dynamic_axes(self) -> dict[int, str]:
         return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
 
     def concrete_shape(self, dynamic_size: int = 1) -> tuple[int, ...]:
-        return tuple(d if isinstance(d, int) else dynamic_size for d in self.shape)
+        """The shape with the batch axis at `dynamic_size` and other named axes at their example
+        size (an image's height and width from data.preprocess, else one no fixed axis has)."""
+        sizes = dict(self.examples)
+        return tuple(d if isinstance(d, int) else dynamic_size if axis == self.batch_axis else sizes.get(d, dynamic_size)
+                     for axis, d in enumerate(self.shape))
 
 
 @dataclass(frozen=True)
@@ -655,11 +660,34 @@ def _frozen(value: Any) -> Any:
     return tuple(_frozen(v) for v in value) if isinstance(value, list) else value
 
 
-def _tensor_spec(declared: dict[str, Any]) -> TensorSpec:
+def _tensor_spec(declared: dict[str, Any], examples: tuple[tuple[str, int], ...]) -> TensorSpec:
     shape = tuple(d if isinstance(d, str) else int(d) for d in declared["shape"])
     return TensorSpec(declared["name"], shape, declared.get("dtype", "float32"),
                       declared.get("batch_axis", 0) if shape else None, _frozen(declared.get("value")),
-                      declared.get("state_from"))
+                      declared.get("state_from"), examples)
+
+
+def _example_sizes(inputs: list[dict[str, Any]], preprocess: dict[str, Any] | None) -> tuple[tuple[str, int], ...]:
+    """Example sizes of named axes other than the batch: at 1 or 2 a CNN's feature map vanishes
+    and torch.export specialises or confuses the axis with a fixed one, so an image's height and
+    width take data.preprocess.size and every other name the smallest size >= 8 no fixed axis has."""
+    fixed = {d for spec in inputs for d in spec.get("shape", []) if isinstance(d, int)}
+    sizes: dict[str, int] = {}
+    if preprocess and inputs and len(inputs[0].get("shape", [])) == 4:
+        shape = inputs[0]["shape"]
+        spatial = shape[2:4] if preprocess.get("layout", "nchw") == "nchw" else shape[1:3]
+        for name, size in zip(spatial, preprocess["size"]):
+            if isinstance(name, str):
+                sizes.setdefault(name, int(size))
+    free = 8
+    for spec in inputs:
+        for axis, name in enumerate(spec.get("shape", [])):
+            if isinstance(name, str) and axis != spec.get("batch_axis", 0) and name not in sizes:
+                while free in fixed:
+                    free += 1
+                sizes[name] = free
+                free += 1
+    return tuple(sorted(sizes.items()))
 
 
 def _to_recipe(path: Path, digest: str, data: dict[str, Any]) -> Recipe:
@@ -667,7 +695,8 @@ def _to_recipe(path: Path, digest: str, data: dict[str, Any]) -> Recipe:
     model = data["model"]
     source = ModelSource(
         kind=model["source"],
-        inputs=tuple(_tensor_spec(i) for i in model["inputs"]),
+        inputs=tuple(_tensor_spec(i, _example_sizes(model["inputs"], data.get("data", {}).get("preprocess")))
+                     for i in model["inputs"]),
         outputs=tuple(model["outputs"]),
         factory=model.get("factory"),
         factory_args=tuple(sorted(model.get("factory_args", {}).items())),

@@ -311,3 +311,16 @@ def test_token_fields_must_name_model_inputs(tmp_path: Path) -> None:
     assert any("data.evaluation.tokens.mask: 'attention_mask' is not one of model.inputs ['x']" in p for p in found), found
     found = problems_of(tmp_path, GOOD + "data:\n  evaluation: {path: t.npz, tokens: {ids: x}}\n")
     assert any("tokens describes a tokenized text file (format: tokens)" in p for p in found), found
+
+
+def test_example_sizes_of_named_axes(tmp_path: Path) -> None:
+    """Height and width from data.preprocess.size; other names a size no fixed axis has; the batch 2."""
+    path = tmp_path / "r.yaml"
+    path.write_text(GOOD.replace("shape: [batch, 3, 8, 8]", "shape: [batch, 3, height, width]")
+                    + "data:\n  preprocess: {size: [48, 40]}\n")
+    assert load_recipe(path).model.inputs[0].concrete_shape(2) == (2, 3, 48, 40)
+    path.write_text(GOOD.replace("""    - name: x
+      shape: [batch, 3, 8, 8]""", """    - {name: ids, shape: [batch, seq], dtype: int64}
+    - {name: extra, shape: [batch, 8, 9, other]}"""))
+    ids, extra = load_recipe(path).model.inputs
+    assert ids.concrete_shape(2) == (2, 10) and extra.concrete_shape(2) == (2, 8, 9, 11)
