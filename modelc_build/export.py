@@ -17,8 +17,6 @@ from modelc_build.data import example_inputs
 from modelc_build.errors import CompileError, InputError, first_line
 from modelc_build.recipe import ExportOptions, TensorSpec
 
-TORCH_DTYPES = {"float32": "float32", "float16": "float16", "int64": "int64", "int32": "int32", "uint8": "uint8"}
-
 
 def check_model_accepts_inputs(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...]) -> None:
     """Run the model once on example inputs so a shape mismatch is an input error, not an export crash."""

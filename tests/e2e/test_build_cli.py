@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -442,3 +443,40 @@ def test_a_fixed_batch_onnx_declared_dynamic_is_named_and_builds_once_declared(t
     assert result.exit_code == 0, result.stderr
     report = json.loads((tmp_path / "store/fixed/0.1.0/report.json").read_text())
     assert {a["target"] for a in report["artifacts"]} == {"onnxruntime-fp32", "onnxruntime-int8", "openvino-int8"}
+
+
+@pytest.mark.slow
+def test_inputs_of_every_declared_dtype_build_end_to_end(tmp_path: Path, run_cli) -> None:
+    """float16, bool, int32 and int64 inputs side by side, from an .npz file, through onnxruntime and
+    OpenVINO (fp32 and int8)."""
+    from tests.fixtures.mixed_inputs import build_model
+
+    torch.save(build_model().state_dict(), tmp_path / "mixed.pt")
+    rng = np.random.default_rng(0)
+    for role, count in (("calibration", 64), ("evaluation", 40)):
+        np.savez(tmp_path / f"{role}.npz", features=rng.normal(size=(count, 8)).astype(np.float16),
+                 mask=rng.random((count, 8)) > 0.3, offset=rng.integers(0, 5, (count, 1)).astype(np.int32),
+                 ids=rng.integers(0, 16, (count, 8)).astype(np.int64))
+    recipe = {"format_version": 1, "name": "mixed", "version": "1.0.0",
+              "model": {"source": "torch", "factory": str(FIXTURES / "mixed_inputs.py") + ":build_model",
+                        "weights": str(tmp_path / "mixed.pt"),
+                        "inputs": [{"name": "features", "shape": ["batch", 8], "dtype": "float16"},
+                                   {"name": "mask", "shape": ["batch", 8], "dtype": "bool"},
+                                   {"name": "offset", "shape": ["batch", 1], "dtype": "int32"},
+                                   {"name": "ids", "shape": ["batch", 8], "dtype": "int64"}],
+                        "outputs": ["y"]},
+              "data": {"calibration": {"path": str(tmp_path / "calibration.npz")},
+                       "evaluation": {"path": str(tmp_path / "evaluation.npz")}},
+              "targets": [{"backend": "onnxruntime", "precisions": ["fp32", "int8"]},
+                          {"backend": "openvino", "precisions": ["fp32", "int8"]}],
+              "latency": {"runs": 2, "warmup": 1}}
+    path = tmp_path / "mixed.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    result = run_cli("build", path, "--store", tmp_path / "store")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "store/mixed/1.0.0/report.json").read_text())
+    assert report["samples"] == 40
+    cosines = {a["target"]: a["outputs"][0]["cosine"] for a in report["artifacts"]}
+    assert set(cosines) == {"onnxruntime-fp32", "onnxruntime-int8", "openvino-fp32", "openvino-int8"}
+    assert min(cosines["onnxruntime-fp32"], cosines["openvino-fp32"]) > 0.9999
+    assert min(cosines["onnxruntime-int8"], cosines["openvino-int8"]) > 0.95
