@@ -332,6 +332,8 @@ def _quantization_lines(report: Report) -> list[str]:
     for a in quantized:
         q = a.quantization or {}
         kept = [str(v) for values in q.get("kept_in_float", {}).values() for v in values]
+        if isinstance(q.get("quantized_op_types"), list):  # e.g. a transformer: MatMul/Gemm alone
+            kept.insert(0, "every operator but " + ", ".join(q["quantized_op_types"]))
         control = q.get("accuracy_control")
         if control is not None:
             reverted = control.get("reverted_to_float", [])

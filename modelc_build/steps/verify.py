@@ -82,7 +82,11 @@ class ReferenceStep(Step):
                 outputs = call(batch.inputs)
                 np.savez(out / f"outputs-{number:06d}.npz", **outputs)  # type: ignore[arg-type]
                 samples += len(batch)
-        (out / "reference.json").write_text(json.dumps({"reference": label, "data": self.evaluation.label,
+        data = self.evaluation.label
+        carried = [f"{spec.name} ← {spec.state_from}" for spec in self.model.inputs if spec.state_from]
+        if carried:
+            data += f", read as one stream, one sample per call, state carried ({', '.join(carried)})"
+        (out / "reference.json").write_text(json.dumps({"reference": label, "data": data,
                                                         "samples": samples}, indent=2, sort_keys=True) + "\n")
 
 

@@ -55,6 +55,7 @@ def stream_recipe(tmp_path: Path, model: dict[str, Any], targets: list[dict[str,
 def artifacts(tmp_path: Path) -> dict[str, Any]:
     report = json.loads((tmp_path / "store/stream/1.0.0/report.json").read_text())
     assert report["samples"] == 300
+    assert "read as one stream, one sample per call, state carried (state ← state_out)" in report["evaluation_data"]
     return {a["target"]: a for a in report["artifacts"]}
 
 
