@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from modelc_build.errors import InputError
+from modelc_build.feeds import data_inputs, sample_shape
 from modelc_build.preprocess import Placement, Preprocess, preprocess_image
 from modelc_build.recipe import Dataset, Recipe, TensorSpec
 
@@ -54,7 +55,6 @@ class DataReader:
         """`materialized`: for a data function, the folder of batches its one run yielded (see
         modelc_build/fingerprint.py), read instead of calling it again. `count=False` only for
         `yielded()`: the samples are not counted up front."""
-        from modelc_build.feeds import data_inputs
 
         self.dataset = dataset
         self.inputs = data_inputs(inputs)  # fixed values and carried state are not data
@@ -336,45 +336,6 @@ class DataReader:
         if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
             raise InputError(f"{where}: samples for input '{spec.name}' contain NaN or Inf: clean the data")
         return np.ascontiguousarray(array, dtype=spec.dtype)
-
-
-def sample_shape(spec: TensorSpec) -> tuple[int | str, ...]:
-    """One sample's shape: the input's shape without its batch axis."""
-    if spec.batch_axis is None:
-        return spec.shape
-    return spec.shape[:spec.batch_axis] + spec.shape[spec.batch_axis + 1:]
-
-
-def random_samples(inputs: tuple[TensorSpec, ...], count: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded random sample-first arrays for the inputs data would give (named axes get 2)."""
-    from modelc_build.feeds import data_inputs
-
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for spec in data_inputs(inputs):
-        shape = (count, *(d if isinstance(d, int) else 2 for d in sample_shape(spec)))
-        if spec.dtype.startswith("float"):
-            arrays[spec.name] = rng.random(shape, dtype=np.float32).astype(spec.dtype)
-        else:
-            arrays[spec.name] = rng.integers(0, 2, size=shape).astype(spec.dtype)
-    return arrays
-
-
-def example_inputs(inputs: tuple[TensorSpec, ...], dynamic_size: int = 1, seed: int = 0) -> list[np.ndarray]:
-    """Seeded random arrays of the declared shapes: symbolic dimensions get `dynamic_size`."""
-    rng = np.random.default_rng(seed)
-    arrays = []
-    for spec in inputs:
-        shape = spec.concrete_shape(dynamic_size)
-        if spec.value is not None:  # a sample rate the model may branch on: the declared one
-            arrays.append(np.broadcast_to(np.asarray(spec.value, dtype=spec.dtype), shape).copy())
-        elif spec.dtype == "bool":
-            arrays.append(rng.integers(0, 2, size=shape).astype(bool))
-        elif spec.dtype.startswith("float"):
-            arrays.append(rng.random(shape, dtype=np.float32).astype(spec.dtype))
-        else:
-            arrays.append(rng.integers(0, 2, size=shape).astype(spec.dtype))
-    return arrays
 
 
 def read_yolo_labels(image_path: Path, placement: Placement, size: tuple[int, int],

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from modelc_build.data import example_inputs
 from modelc_build.errors import CompileError, InputError, first_line
+from modelc_build.feeds import example_inputs
 from modelc_build.recipe import ExportOptions, TensorSpec
 
 

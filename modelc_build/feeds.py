@@ -170,3 +170,39 @@ def with_carried_state(feeds: Callable[[], Iterable[dict[str, np.ndarray]]], flo
 
     return carried
 
+
+def sample_shape(spec: TensorSpec) -> tuple[int | str, ...]:
+    """One sample's shape: the input's shape without its batch axis."""
+    if spec.batch_axis is None:
+        return spec.shape
+    return spec.shape[:spec.batch_axis] + spec.shape[spec.batch_axis + 1:]
+
+
+def random_samples(inputs: tuple[TensorSpec, ...], count: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded random sample-first arrays for the inputs data would give (named axes get 2)."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for spec in data_inputs(inputs):
+        shape = (count, *(d if isinstance(d, int) else 2 for d in sample_shape(spec)))
+        if spec.dtype.startswith("float"):
+            arrays[spec.name] = rng.random(shape, dtype=np.float32).astype(spec.dtype)
+        else:
+            arrays[spec.name] = rng.integers(0, 2, size=shape).astype(spec.dtype)
+    return arrays
+
+
+def example_inputs(inputs: tuple[TensorSpec, ...], dynamic_size: int = 1, seed: int = 0) -> list[np.ndarray]:
+    """Seeded random arrays of the declared shapes: symbolic dimensions get `dynamic_size`."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for spec in inputs:
+        shape = spec.concrete_shape(dynamic_size)
+        if spec.value is not None:  # a sample rate the model may branch on: the declared one
+            arrays.append(np.broadcast_to(np.asarray(spec.value, dtype=spec.dtype), shape).copy())
+        elif spec.dtype == "bool":
+            arrays.append(rng.integers(0, 2, size=shape).astype(bool))
+        elif spec.dtype.startswith("float"):
+            arrays.append(rng.random(shape, dtype=np.float32).astype(spec.dtype))
+        else:
+            arrays.append(rng.integers(0, 2, size=shape).astype(spec.dtype))
+    return arrays

@@ -170,7 +170,8 @@ class Fingerprints:
 
 
 def _random_batches(inputs: tuple[TensorSpec, ...]) -> Iterator[Batch]:
-    from modelc_build.data import Batch, random_samples
+    from modelc_build.data import Batch
+    from modelc_build.feeds import random_samples
 
     arrays = random_samples(inputs, RANDOM_EVALUATION_SAMPLES, seed=1)
     yield Batch(arrays, [f"random[{i}]" for i in range(RANDOM_EVALUATION_SAMPLES)])

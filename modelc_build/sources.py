@@ -136,7 +136,7 @@ def _as_declared(model: Any, source: ModelSource) -> Any:
     the probe is left for the input check)."""
     import torch
 
-    from modelc_build.data import example_inputs
+    from modelc_build.feeds import example_inputs
 
     arguments = dict(source.arguments)
     try:

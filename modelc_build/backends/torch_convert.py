@@ -6,8 +6,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from modelc_build.data import example_inputs
 from modelc_build.errors import CompileError, first_line
+from modelc_build.feeds import example_inputs
 from modelc_build.recipe import TensorSpec
 
 
