@@ -1,6 +1,8 @@
-"""Train TinyYolo on generated shapes images and write `models/tiny_yolo.pt` (a state_dict).
+"""Train TinyYolo on generated shapes images and write `models/tiny_yolo.pt` (a state_dict);
+with `--head v8`, TinyYoloV8 (models/tiny_yolov8.py: no objectness, IoU-aware class scores) to
+`models/tiny_yolov8.pt`.
 
-    python -m models.train_detector [--epochs 40] [--images 4000]
+    python -m models.train_detector [--head v5|v8] [--epochs 40] [--images 4000]
 
 Runs on the CPU in about ten minutes on two cores. Seeds are fixed; bitwise-identical weights
 across machines are not promised (thread scheduling), the committed file is the reference.
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 from modelc_build.preprocess import Preprocess, preprocess_image
 from models.shapes import detection_image
 from models.tiny_yolo import TinyYolo, build_model
+from models.tiny_yolov8 import build_model as build_yolov8
 
 TRAIN_SEED = 1
 SPEC = Preprocess(height=128, width=128, resize="letterbox")
@@ -93,7 +96,29 @@ def loss_for_scale(model_head: torch.nn.Module, raw: torch.Tensor, targets: list
     return box_loss, cls_loss, obj_loss
 
 
-def train(model: TinyYolo, images: np.ndarray, targets: list[np.ndarray], epochs: int, batch: int) -> None:
+def loss_for_scale_v8(model_head: torch.nn.Module, raw: torch.Tensor, targets: list[np.ndarray], stride: int,
+                      side_range: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """No objectness: every cell's class scores are trained, towards the IoU of the cell's box with
+    its object for the object's class at positive cells and towards 0 everywhere else."""
+    cells = int(round(raw.shape[1] ** 0.5))
+    b_idx, c_idx, rows = assign(targets, stride, cells, *side_range)
+    cls_target = torch.zeros(raw.shape[0], raw.shape[1], raw.shape[2] - 4)
+    zero = raw.sum() * 0
+    if not rows:
+        return zero, F.binary_cross_entropy_with_logits(raw[..., 4:], cls_target), zero
+    b = torch.tensor(b_idx)
+    c = torch.tensor(c_idx)
+    gt = torch.tensor(np.stack(rows))
+    decoded = model_head.decode(raw[b, c], grid=model_head.grid[0, c])
+    pred_xyxy = torch.cat((decoded[:, 0:2] - decoded[:, 2:4] / 2, decoded[:, 0:2] + decoded[:, 2:4] / 2), dim=1)
+    iou, giou = box_giou(pred_xyxy, gt[:, 1:5])
+    cls_target[b, c, gt[:, 0].long()] = iou.detach().clamp(min=0).float()
+    cls_loss = F.binary_cross_entropy_with_logits(raw[..., 4:], cls_target, reduction="sum") / max(len(rows), 1)
+    return (1.0 - giou).mean(), cls_loss, zero
+
+
+def train(model: TinyYolo, images: np.ndarray, targets: list[np.ndarray], epochs: int, batch: int,
+          head: str = "v5") -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
     steps = epochs * (len(images) // batch)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps, pct_start=0.1)
@@ -111,8 +136,9 @@ def train(model: TinyYolo, images: np.ndarray, targets: list[np.ndarray], epochs
             for k in np.nonzero(flip)[0]:
                 t[k][:, [1, 3]] = SPEC.width - t[k][:, [3, 1]]
             raw_small, raw_large = model.raw(x)
-            box_s, cls_s, obj_s = loss_for_scale(model.head_small, raw_small, t, 8, (0.0, 28.0))
-            box_l, cls_l, obj_l = loss_for_scale(model.head_large, raw_large, t, 16, (20.0, 1e9))
+            scale_loss = loss_for_scale_v8 if head == "v8" else loss_for_scale
+            box_s, cls_s, obj_s = scale_loss(model.head_small, raw_small, t, 8, (0.0, 28.0))
+            box_l, cls_l, obj_l = scale_loss(model.head_large, raw_large, t, 16, (20.0, 1e9))
             loss = 5.0 * (box_s + box_l) + 1.0 * (cls_s + cls_l) + 4.0 * obj_s + 1.0 * obj_l
             optimizer.zero_grad()
             loss.backward()
@@ -127,15 +153,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--images", type=int, default=4000)
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--head", choices=("v5", "v8"), default="v5")
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.manual_seed(0)
     images, targets = make_training_set(args.images)
-    model = build_model()
-    train(model, images, targets, args.epochs, batch=32)
+    model = build_model() if args.head == "v5" else build_yolov8()
+    train(model, images, targets, args.epochs, batch=32, head=args.head)
     model.eval()
-    torch.save(model.state_dict(), args.out)
-    print(f"wrote {args.out}")
+    out = args.out or OUT.with_name("tiny_yolo.pt" if args.head == "v5" else "tiny_yolov8.pt")
+    torch.save(model.state_dict(), out)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -140,3 +140,22 @@ def test_the_shipped_text_encoder_builds_with_token_inputs(tmp_path: Path, run_c
         ids = np.full((batch, length), 7, dtype=np.int64)
         embedding, logits = session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
         assert embedding.shape == (batch, 128) and logits.shape == (batch, 2)
+
+
+@pytest.mark.slow
+def test_the_shipped_yolov8_style_detector_builds_in_its_own_layout(tmp_path: Path, run_cli) -> None:
+    """A detector trained with a YOLOv8-style head (no objectness, IoU-aware class scores) in
+    Ultralytics' [batch, 4 + classes, boxes] layout; its INT8 keeps the decode head in float."""
+    result = run_cli("build", REPO / "recipes/yolov8.yaml", "--store", tmp_path / "store")
+    assert result.exit_code == 0, result.stderr
+    release = tmp_path / "store/tiny-yolov8-shapes/1.0.0"
+    report = json.loads((release / "report.json").read_text())
+    jsonschema.validate(report, REPORT_SCHEMA)
+    assert report["reference_metric"] > 99.0  # mAP@0.5 on 96 labelled images
+    for artifact in report["artifacts"]:
+        metric, slices = artifact["task_metric"], {o["output"]: o["cosine"] for o in artifact["outputs"]}
+        assert metric["name"] == "map50" and metric["value"] > 99.0, artifact["target"]
+        assert metric["label_free"]["reference_map50"] > 99.0, artifact["target"]
+        assert slices["detections:scores"] > 0.999, (artifact["target"], slices)
+    head = json.loads((release / "onnxruntime-int8/quantization.json").read_text())["kept_in_float"]["nodes"]
+    assert any("Sigmoid" in name or "sigmoid" in name for name in head), head  # the class scores' activation
