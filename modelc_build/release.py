@@ -99,8 +99,11 @@ def _judged(recipe: Recipe, target: Target, measured: dict[str, Any]) -> Evaluat
 def _latency_summary(timing: dict[str, Any] | None) -> dict[str, Any] | None:
     if not timing or not timing.get("ms"):
         return None
-    return {**timing["ms"], "batch": timing["batch"], "runs": timing["runs"], "warmup": timing["warmup"],
-            "threads": timing["threads"]}
+    summary = {**timing["ms"], "batch": timing["batch"], "runs": timing["runs"], "warmup": timing["warmup"],
+               "threads": timing["threads"]}
+    if timing.get("kernels"):
+        summary["kernels"] = timing["kernels"]
+    return summary
 
 
 def _calibration(recipe: Recipe, artifacts: list[ArtifactReport]) -> CalibrationData | None:

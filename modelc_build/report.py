@@ -115,8 +115,11 @@ class Report:
             versus = compare_with_fp32(a, self.artifacts)
             if (a.precision == "int8" and versus is not None and versus.speedup is not None and versus.speedup <= 1.0
                     and a.latency_ms is not None):
+                kernels = (a.latency or {}).get("kernels") or []
+                where = "; its time by kernel: " + ", ".join(f"{k['kernel']} {k['share']:.0f} %" for k in kernels[:3]) \
+                    if kernels else ""
                 found.append(f"{a.target} is not faster than {versus.target}: {a.latency_ms:.3f} ms vs "
-                             f"{a.latency_ms * versus.speedup:.3f} ms (ratio {1 / versus.speedup:.2f})")
+                             f"{a.latency_ms * versus.speedup:.3f} ms (ratio {1 / versus.speedup:.2f}){where}")
         return found
 
 

@@ -59,6 +59,10 @@ class Runner(ABC):
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ...
 
+    def kernel_profile(self, feed: dict[str, np.ndarray], runs: int = 10) -> list[dict[str, Any]] | None:
+        """Where a call's time goes, by kernel (most first), where the runtime can say; else None."""
+        return None
+
 
 @dataclass(frozen=True)
 class AccuracyControl:

@@ -82,7 +82,8 @@ class LatencyStep(Step):
         feed = ModelCaller(self.model.inputs, runner.infer).first_feed(first.inputs)
         with runner:
             measured = measure_latency(runner, feed, self.settings.runs, self.settings.warmup)
+            kernels = runner.kernel_profile(feed) if measured else None  # after the timed runs, apart
         result = {"ms": measured, "batch": samples_per_call(self.model.inputs) or 1, "runs": self.settings.runs, "warmup": self.settings.warmup,
                   "threads": f"runtime default ({machine()['cores']} cores)", "config": dict(self.config),
-                  "machine": machine()}
+                  "machine": machine(), "kernels": kernels}
         (out / LATENCY_FILE).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

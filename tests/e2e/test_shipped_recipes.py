@@ -132,6 +132,11 @@ def test_the_shipped_text_encoder_builds_with_token_inputs(tmp_path: Path, run_c
     notes = json.loads((release / "onnxruntime-int8/quantization.json").read_text())
     assert notes["quantized_op_types"] == ["Gemm", "MatMul"]
     assert json.loads((release / "openvino-int8/quantization.json").read_text())["method"].startswith("NNCF")
+    kernels = found["openvino-int8"]["latency"]["kernels"]  # where its time goes, from OpenVINO's own counters
+    shares = [k["share"] for k in kernels]
+    assert kernels and shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100.1
+    assert any("FakeQuantize" in k["kernel"] or "Quantized" in k["kernel"] or "i8" in k["kernel"] for k in kernels)
+    assert "kernels" not in (found["onnxruntime-int8"]["latency"] or {})
     dims = [[d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
             for i in onnx.load(str(release / "onnx/model.onnx")).graph.input]
     assert dims == [["batch", "seq"], ["batch", "seq"]]
