@@ -89,6 +89,8 @@ class DataReader:
             items = list(range(sum(len(next(iter(feed.values()))) for feed in self._function_feeds())))
         elif self.dataset.format == "tokens":
             items = list(range(len(self._read_token_file(path))))
+        elif path.is_dir():  # a folder of .npy/.npz files, one sample each
+            items = array_files(path, self.dataset.format)
         else:
             items = list(range(self._array_length(path)))
         if self.dataset.shuffle:
@@ -118,6 +120,9 @@ class DataReader:
         if self.preprocess is None:
             raise InputError(f"{folder}: an image folder needs data.preprocess in the recipe")
         files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        arrays = [kind for kind in ("npz", "npy") if array_files(folder, kind)]
+        if not files and arrays:
+            raise InputError(f"{folder}: holds .{arrays[0]} files, not images: set format: {arrays[0]} on this data set")
         if self.dataset.labels in ("csv", "coco", "ultralytics"):
             from modelc_build.labels import LabelIndex
 
@@ -287,6 +292,8 @@ class DataReader:
             return self._read_images(items)
         if self.dataset.format == "tokens":
             return self._read_tokens(items)
+        if self.dataset.path.is_dir():
+            return self._read_sample_files(items)
         rows = np.asarray(items)
         contiguous = bool(np.all(np.diff(rows) == 1))
         inputs = {name: np.asarray(array[rows[0]:rows[-1] + 1] if contiguous else array[rows])
@@ -295,6 +302,22 @@ class DataReader:
         for spec in self.inputs:
             inputs[spec.name] = self._check(spec, inputs[spec.name], str(self.dataset.path))
         return batch
+
+    def _read_sample_files(self, files: list[Path]) -> Batch:
+        """One sample per file: each input's array without the batch axis; stacked into a batch."""
+        samples = [self._load_npz(path) if path.suffix == ".npz" else {self.inputs[0].name: self._load_npy(path)}
+                   for path in files]
+        if self.dataset.format == "npy" and len(self.inputs) != 1:
+            raise InputError(f"{self.dataset.path}: .npy files feed one input, the model has {len(self.inputs)}: use .npz")
+        inputs = {}
+        for spec in self.inputs:
+            shapes = {array.shape for array in (sample[spec.name] for sample in samples)}
+            if len(shapes) > 1:
+                raise InputError(f"{self.dataset.path}: the files {files[0].name} … {files[-1].name} of one batch hold "
+                                 f"'{spec.name}' in shapes {sorted(shapes)}: give the samples of a batch one shape "
+                                 "(or set batch_size: 1)")
+            inputs[spec.name] = self._check(spec, np.stack([sample[spec.name] for sample in samples]), str(files[0]))
+        return Batch(inputs=inputs, sources=[str(path) for path in files])
 
     def _read_images(self, items: list[Any]) -> Batch:
         from PIL import Image, UnidentifiedImageError
@@ -336,6 +359,11 @@ class DataReader:
         if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
             raise InputError(f"{where}: samples for input '{spec.name}' contain NaN or Inf: clean the data")
         return np.ascontiguousarray(array, dtype=spec.dtype)
+
+
+def array_files(folder: Path, data_format: str) -> list[Path]:
+    """The .npy or .npz files of a folder (and its sub-folders), in name order."""
+    return sorted(p for p in folder.rglob(f"*.{data_format}") if p.is_file())
 
 
 def read_yolo_labels(image_path: Path, placement: Placement, size: tuple[int, int],

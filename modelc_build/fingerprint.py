@@ -233,4 +233,6 @@ def _shown(path: Path) -> str:
 def _sample_files(dataset: Dataset) -> list[Path]:
     if dataset.format == "images" and dataset.path.is_dir():
         return sorted(p for p in dataset.path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if dataset.format in ("npy", "npz") and dataset.path.is_dir():  # one sample per file (data.array_files)
+        return sorted(p for p in dataset.path.rglob(f"*.{dataset.format}") if p.is_file())
     return [dataset.path] if dataset.path.is_file() else []

@@ -206,3 +206,24 @@ def test_token_rows_are_cut_to_max_length_or_a_fixed_sequence(tmp_path: Path) ->
 def test_token_file_problems_are_named(tmp_path: Path, text: str, fields: dict[str, object], message: str) -> None:
     with pytest.raises(InputError, match=re.escape(message)):
         token_reader(tmp_path, text, **fields)
+
+
+def test_a_folder_of_npz_files_holds_one_sample_per_file(tmp_path: Path) -> None:
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    inputs = (TensorSpec("ids", ("batch", "seq"), "int64"), TensorSpec("x", ("batch", 3)))
+    for index in range(5):
+        np.savez(folder / f"{index:03d}.npz", ids=np.full(4 if index < 4 else 6, index, dtype=np.int64),
+                 x=np.full(3, index, dtype=np.float32))
+    reader = DataReader(Dataset(folder, "npz", batch_size=2), inputs, None)
+    first, second, third = reader.batches()
+    assert len(reader) == 5 and first.inputs["ids"].tolist() == [[0] * 4, [1] * 4]
+    assert first.sources == [str(folder / "000.npz"), str(folder / "001.npz")] and third.inputs["ids"].shape == (1, 6)
+    with pytest.raises(InputError, match=r"hold 'ids' in shapes \[\(4,\), \(6,\)\]: give the samples of a batch one shape"):
+        list(DataReader(Dataset(folder, "npz", batch_size=5), inputs, None).batches())
+
+
+def test_an_image_folder_that_holds_arrays_says_which_format(tmp_path: Path) -> None:
+    np.save(tmp_path / "a.npy", np.zeros((3, 16, 16), dtype=np.float32))
+    with pytest.raises(InputError, match="holds .npy files, not images: set format: npy"):
+        DataReader(Dataset(tmp_path, "images"), INPUT, SPEC)

@@ -447,16 +447,21 @@ def test_a_fixed_batch_onnx_declared_dynamic_is_named_and_builds_once_declared(t
 
 @pytest.mark.slow
 def test_inputs_of_every_declared_dtype_build_end_to_end(tmp_path: Path, run_cli) -> None:
-    """float16, bool, int32 and int64 inputs side by side, from an .npz file, through onnxruntime and
-    OpenVINO (fp32 and int8)."""
+    """float16, bool, int32 and int64 inputs side by side, calibrated from one .npz file and measured on a
+    folder of .npz files (one sample each), through onnxruntime and OpenVINO (fp32 and int8)."""
     from tests.fixtures.mixed_inputs import build_model
 
     torch.save(build_model().state_dict(), tmp_path / "mixed.pt")
     rng = np.random.default_rng(0)
+    arrays = {}
     for role, count in (("calibration", 64), ("evaluation", 40)):
-        np.savez(tmp_path / f"{role}.npz", features=rng.normal(size=(count, 8)).astype(np.float16),
-                 mask=rng.random((count, 8)) > 0.3, offset=rng.integers(0, 5, (count, 1)).astype(np.int32),
-                 ids=rng.integers(0, 16, (count, 8)).astype(np.int64))
+        arrays[role] = dict(features=rng.normal(size=(count, 8)).astype(np.float16), mask=rng.random((count, 8)) > 0.3,
+                            offset=rng.integers(0, 5, (count, 1)).astype(np.int32),
+                            ids=rng.integers(0, 16, (count, 8)).astype(np.int64))
+    np.savez(tmp_path / "calibration.npz", **arrays["calibration"])
+    (tmp_path / "evaluation").mkdir()
+    for index in range(40):
+        np.savez(tmp_path / f"evaluation/{index:03d}.npz", **{k: v[index] for k, v in arrays["evaluation"].items()})
     recipe = {"format_version": 1, "name": "mixed", "version": "1.0.0",
               "model": {"source": "torch", "factory": str(FIXTURES / "mixed_inputs.py") + ":build_model",
                         "weights": str(tmp_path / "mixed.pt"),
@@ -466,7 +471,7 @@ def test_inputs_of_every_declared_dtype_build_end_to_end(tmp_path: Path, run_cli
                                    {"name": "ids", "shape": ["batch", 8], "dtype": "int64"}],
                         "outputs": ["y"]},
               "data": {"calibration": {"path": str(tmp_path / "calibration.npz")},
-                       "evaluation": {"path": str(tmp_path / "evaluation.npz")}},
+                       "evaluation": {"path": str(tmp_path / "evaluation"), "format": "npz"}},
               "targets": [{"backend": "onnxruntime", "precisions": ["fp32", "int8"]},
                           {"backend": "openvino", "precisions": ["fp32", "int8"]}],
               "latency": {"runs": 2, "warmup": 1}}
