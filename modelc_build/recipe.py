@@ -519,6 +519,10 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
     return problems
 
 
+def _leaves(value: Any) -> list[Any]:
+    return [leaf for item in value for leaf in _leaves(item)] if isinstance(value, list) else [value]
+
+
 def _nested_shape(value: Any) -> list[int] | None:
     """The shape of a number (`[]`) or of a regular nested list; None when ragged."""
     if not isinstance(value, list):
@@ -551,6 +555,12 @@ def _check_inputs(model: dict[str, Any], add: Callable[[tuple[Any, ...], str], N
                 add((*at, "value"), f"a list value needs a fixed shape; shape {shape} has named axes")
             elif value_shape and value_shape != list(shape):
                 add((*at, "value"), f"the value has shape {value_shape}, the input {shape}")
+            else:
+                dtype = spec.get("dtype", "float32")
+                wrong = [v for v in _leaves(spec["value"]) if (dtype == "bool") != isinstance(v, bool)
+                         or (dtype.startswith(("int", "uint")) and not isinstance(v, int))]
+                if wrong:
+                    add((*at, "value"), f"{wrong[0]!r} does not fit dtype {dtype}: write the value in the input's dtype")
             if "state_from" in spec:
                 add((*at, "value"), "an input is either fixed (value) or carried state (state_from), not both")
         if "state_from" in spec:

@@ -299,6 +299,8 @@ def test_state_scalar_and_batch_axis_are_read(tmp_path: Path) -> None:
     ("batch_axis: 1,", "batch_axis: 3,", "model.inputs[1].batch_axis: batch_axis 3 is not an axis of shape [2, 'batch', 16]"),
     ("[2, batch, 16]", "[2, batch, hidden]", "a state's axes other than its batch axis must be fixed"),
     ("value: 16000}", "value: [1, [2]]}", "a value is a number, a bool or a nested list"),
+    ("value: 16000}", "value: 16000.5}", "16000.5 does not fit dtype int64: write the value in the input's dtype"),
+    ("value: 16000}", "value: true}", "True does not fit dtype int64"),
 ])
 def test_wrong_state_and_scalar_declarations_are_named(tmp_path: Path, old: str, new: str, message: str) -> None:
     found = problems_of(tmp_path, STREAM.replace(old, new))
