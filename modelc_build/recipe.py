@@ -443,8 +443,14 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
     data_section = data.get("data", {})
     task = data.get("task", {})
     evaluation = data_section.get("evaluation", {})
+    stateful = any("state_from" in spec for spec in model.get("inputs") or [])
     for name in ("calibration", "validation", "evaluation"):
         dataset = data_section.get(name)
+        if name == "validation" and stateful and not dataset and data.get("quantization", {}).get("sensitivity_layers"):
+            add(("quantization", "sensitivity_layers"), "a model with state is measured on a stream; every 4th "
+                "calibration sample is not one: add data.validation")
+        if dataset and stateful and dataset.get("shuffle"):
+            add(("data", name, "shuffle"), "a model with state reads its data as one stream, in order: remove shuffle")
         if dataset and _dataset_format(dataset) == "images" and "preprocess" not in data_section:
             add(("data", name), "an image folder needs data.preprocess (size, resize, scale, ...)")
         if dataset and _dataset_format(dataset) != "images" and dataset.get("labels", "none") != "none":

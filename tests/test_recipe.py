@@ -301,6 +301,10 @@ def test_state_scalar_and_batch_axis_are_read(tmp_path: Path) -> None:
     ("value: 16000}", "value: [1, [2]]}", "a value is a number, a bool or a nested list"),
     ("value: 16000}", "value: 16000.5}", "16000.5 does not fit dtype int64: write the value in the input's dtype"),
     ("value: 16000}", "value: true}", "True does not fit dtype int64"),
+    ("  outputs: [y, state_out]", "  outputs: [y, state_out]\ndata:\n  evaluation: {path: e.npz, shuffle: true}",
+     "data.evaluation.shuffle: a model with state reads its data as one stream, in order: remove shuffle"),
+    ("  outputs: [y, state_out]", "  outputs: [y, state_out]\ndata:\n  calibration: {path: c.npz}\n"
+     "quantization: {sensitivity_layers: 3}", "every 4th calibration sample is not one: add data.validation"),
 ])
 def test_wrong_state_and_scalar_declarations_are_named(tmp_path: Path, old: str, new: str, message: str) -> None:
     found = problems_of(tmp_path, STREAM.replace(old, new))
