@@ -143,3 +143,42 @@ def test_a_fixed_batch_streaming_model_with_state_and_a_scalar_input(tmp_path: P
 
     reference, quantized = streamed(source), streamed(tmp_path / "int8.onnx")
     assert np.mean((reference > 0.5) == (quantized > 0.5)) > 0.9
+
+
+@pytest.mark.slow
+def test_the_shipped_transformer_gets_qdq_on_its_matmul_and_gemm_only(tmp_path: Path) -> None:
+    """The TensorRT path for a transformer: ModelOpt's Q/DQ graph of the shipped text encoder (int64
+    token inputs, dynamic batch and sequence) quantizes the MatMul/Gemm layers and nothing else, and
+    its sentence embeddings stay close to the float model's."""
+    import collections
+
+    import onnxruntime
+
+    from modelc_build.data import DataReader
+    from modelc_build.export import export_onnx, simplify_onnx
+    from modelc_build.feeds import ModelCaller
+    from modelc_build.recipe import load_recipe
+    from modelc_build.sources import load_torch_model
+
+    recipe = load_recipe(Path(__file__).parents[1] / "recipes/text_encoder.yaml")
+    assert recipe.calibration is not None and recipe.evaluation is not None
+    exported, source = tmp_path / "exported.onnx", tmp_path / "encoder.onnx"
+    export_onnx(load_torch_model(recipe.model), recipe.model.inputs, recipe.model.outputs, recipe.export, exported)
+    simplify_onnx(exported, source)
+    calibration = DataReader(recipe.calibration, recipe.model.inputs, None)
+    notes = quantize_qdq(source, recipe.model.inputs, calibration.feeds, Quantization(), tmp_path / "int8.onnx")
+    assert notes["calibration_samples"] == 300
+    graph = onnx.load(str(tmp_path / "int8.onnx")).graph
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    readers = collections.Counter(n.op_type for n in graph.node if set(n.input) & dequantized)
+    assert set(readers) == {"Gemm", "MatMul"}, readers
+
+    def embeddings(path: Path) -> np.ndarray:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        call = ModelCaller(recipe.model.inputs, lambda feed: dict(zip(["embedding", "logits"], session.run(None, feed))))
+        return np.concatenate([call(batch.inputs)["embedding"] for batch in
+                               DataReader(recipe.evaluation, recipe.model.inputs, None).batches()])
+
+    want, got = embeddings(source), embeddings(tmp_path / "int8.onnx")
+    cosines = (want * got).sum(axis=1) / np.linalg.norm(want, axis=1) / np.linalg.norm(got, axis=1)
+    assert cosines.mean() > 0.999 and cosines.min() > 0.99, (cosines.mean(), cosines.min())
