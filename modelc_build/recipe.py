@@ -444,6 +444,11 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
     task = data.get("task", {})
     evaluation = data_section.get("evaluation", {})
     stateful = any("state_from" in spec for spec in model.get("inputs") or [])
+    for index, spec in enumerate(model.get("inputs") or []):
+        axis, shape = spec.get("batch_axis", 0), spec.get("shape") or []
+        if stateful and axis is not None and axis < len(shape) and isinstance(shape[axis], int) and shape[axis] != 1:
+            add(("model", "inputs", index, "shape"), f"a model with state is stepped one sample per call; the batch "
+                f"axis of '{spec.get('name')}' is fixed at {shape[axis]}: make it 1 or a name")
     for name in ("calibration", "validation", "evaluation"):
         dataset = data_section.get(name)
         if name == "validation" and stateful and not dataset and data.get("quantization", {}).get("sensitivity_layers"):

@@ -305,6 +305,7 @@ def test_state_scalar_and_batch_axis_are_read(tmp_path: Path) -> None:
      "data.evaluation.shuffle: a model with state reads its data as one stream, in order: remove shuffle"),
     ("  outputs: [y, state_out]", "  outputs: [y, state_out]\ndata:\n  calibration: {path: c.npz}\n"
      "quantization: {sensitivity_layers: 3}", "every 4th calibration sample is not one: add data.validation"),
+    ("shape: [batch, 64]", "shape: [4, 64]", "the batch axis of 'x' is fixed at 4: make it 1 or a name"),
 ])
 def test_wrong_state_and_scalar_declarations_are_named(tmp_path: Path, old: str, new: str, message: str) -> None:
     found = problems_of(tmp_path, STREAM.replace(old, new))
