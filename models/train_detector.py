@@ -74,6 +74,19 @@ def assign(targets: list[np.ndarray], stride: int, cells: int, min_side: float, 
     return batch_idx, cell_idx, boxes
 
 
+def matched_boxes(model_head: torch.nn.Module, raw: torch.Tensor, b_idx: list[int], c_idx: list[int],
+                  rows: list[np.ndarray]) -> tuple[torch.Tensor, ...]:
+    """The positive cells' batch and cell indices, their objects, and the IoU and GIoU of each
+    cell's decoded box with its object."""
+    b = torch.tensor(b_idx)
+    c = torch.tensor(c_idx)
+    gt = torch.tensor(np.stack(rows))
+    decoded = model_head.decode(raw[b, c], grid=model_head.grid[0, c])
+    pred_xyxy = torch.cat((decoded[:, 0:2] - decoded[:, 2:4] / 2, decoded[:, 0:2] + decoded[:, 2:4] / 2), dim=1)
+    iou, giou = box_giou(pred_xyxy, gt[:, 1:5])
+    return b, c, gt, iou, giou
+
+
 def loss_for_scale(model_head: torch.nn.Module, raw: torch.Tensor, targets: list[np.ndarray], stride: int,
                    side_range: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     cells = int(round(raw.shape[1] ** 0.5))
@@ -82,12 +95,7 @@ def loss_for_scale(model_head: torch.nn.Module, raw: torch.Tensor, targets: list
     zero = raw.sum() * 0
     if not rows:
         return zero, zero, F.binary_cross_entropy_with_logits(raw[..., 4], obj_target)
-    b = torch.tensor(b_idx)
-    c = torch.tensor(c_idx)
-    gt = torch.tensor(np.stack(rows))
-    decoded = model_head.decode(raw[b, c], grid=model_head.grid[0, c])
-    pred_xyxy = torch.cat((decoded[:, 0:2] - decoded[:, 2:4] / 2, decoded[:, 0:2] + decoded[:, 2:4] / 2), dim=1)
-    iou, giou = box_giou(pred_xyxy, gt[:, 1:5])
+    b, c, gt, iou, giou = matched_boxes(model_head, raw, b_idx, c_idx, rows)
     box_loss = (1.0 - giou).mean()
     obj_target[b, c] = iou.detach().clamp(min=0).float()
     obj_loss = F.binary_cross_entropy_with_logits(raw[..., 4], obj_target)
@@ -106,12 +114,7 @@ def loss_for_scale_v8(model_head: torch.nn.Module, raw: torch.Tensor, targets: l
     zero = raw.sum() * 0
     if not rows:
         return zero, F.binary_cross_entropy_with_logits(raw[..., 4:], cls_target), zero
-    b = torch.tensor(b_idx)
-    c = torch.tensor(c_idx)
-    gt = torch.tensor(np.stack(rows))
-    decoded = model_head.decode(raw[b, c], grid=model_head.grid[0, c])
-    pred_xyxy = torch.cat((decoded[:, 0:2] - decoded[:, 2:4] / 2, decoded[:, 0:2] + decoded[:, 2:4] / 2), dim=1)
-    iou, giou = box_giou(pred_xyxy, gt[:, 1:5])
+    b, c, gt, iou, giou = matched_boxes(model_head, raw, b_idx, c_idx, rows)
     cls_target[b, c, gt[:, 0].long()] = iou.detach().clamp(min=0).float()
     cls_loss = F.binary_cross_entropy_with_logits(raw[..., 4:], cls_target, reduction="sum") / max(len(rows), 1)
     return (1.0 - giou).mean(), cls_loss, zero
