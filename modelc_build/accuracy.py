@@ -18,7 +18,6 @@ if TYPE_CHECKING:  # numpy and the runners load only when something is measured
 
     from modelc_build.backends import Runner
     from modelc_build.data import Batch
-    from modelc_build.feeds import ModelCaller
 
 
 @dataclass(frozen=True)
@@ -146,13 +145,12 @@ class _TaskScorer:
             cosines = np.where(norms > 0, (got * want).sum(axis=1) / np.maximum(norms, 1e-300), 1.0)
             self.sample_cosines += [float(c) for c in np.minimum(cosines, 1.0)]
         elif self.task.type == "detection":
+            expected = detector_output(reference, self.task, self.output)
             for index, rows in enumerate(values):
                 found = decode_detections(rows, self.task)
                 if batch.labels:
                     self.detections.add(found, batch.labels[index])
-                expected_rows = detector_output(reference, self.task, self.output)[index]
-                truth = detections_as_truth(decode_detections(expected_rows, self.task),
-                                            REFERENCE_DETECTION_SCORE)
+                truth = detections_as_truth(decode_detections(expected[index], self.task), REFERENCE_DETECTION_SCORE)
                 self.versus_reference.add(found, truth)
 
     def value(self) -> float:
@@ -273,17 +271,12 @@ class Evaluation:
         return all(check.passed for check in self.gates)
 
 
-def caller(runner: Runner, inputs: tuple[TensorSpec, ...]) -> ModelCaller:
-    """One pass of sample-first batches through a runner (see modelc_build/feeds.py)."""
-    from modelc_build.feeds import ModelCaller
-
-    return ModelCaller(inputs, runner.infer)
-
-
 def evaluate(reference: Runner, artifacts: dict[str, Runner], batches: Iterator[Batch], inputs: tuple[TensorSpec, ...],
              outputs: tuple[str, ...], task: Task) -> dict[str, Evaluation]:
     """Stream the batches through the reference and every artifact at once."""
-    call_reference = caller(reference, inputs)
+    from modelc_build.feeds import ModelCaller
+
+    call_reference = ModelCaller(inputs, reference.infer)
     pairs = ((batch, call_reference(batch.inputs)) for batch in batches)
     return compare(pairs, artifacts, inputs, outputs, task)
 
@@ -292,6 +285,8 @@ def compare(batches: Iterable[tuple[Batch, dict[str, np.ndarray]]], artifacts: d
             inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...], task: Task) -> dict[str, Evaluation]:
     """Each batch with the reference's outputs for it (computed now or read back from a cache)
     against every artifact's outputs."""
+    from modelc_build.feeds import ModelCaller
+
     task_output = task.output or outputs[0]
     # boxes and scores apart, unless the model already returns them apart
     slices = [f"{task_output}:boxes", f"{task_output}:scores"] if task.type == "detection" and task.layout != "separate" \
@@ -301,7 +296,7 @@ def compare(batches: Iterable[tuple[Batch, dict[str, np.ndarray]]], artifacts: d
     reference_scorer = _TaskScorer(task, task_output)
     scorers = {key: _TaskScorer(task, task_output) for key in artifacts}
     samples = 0
-    calls = {key: caller(runner, inputs) for key, runner in artifacts.items()}
+    calls = {key: ModelCaller(inputs, runner.infer) for key, runner in artifacts.items()}  # one pass each
     for batch, expected in batches:
         if task.type == "detection" and samples == 0:
             _check_layout(expected, task, task_output)
@@ -362,7 +357,6 @@ def task_metric(infer: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
                 inputs: tuple[TensorSpec, ...], task: Task, output: str) -> float:
     """The task metric (top-1 or mAP@0.5, percent) of one model over labelled batches: used by
     accuracy-controlled quantization, which scores candidate models while it searches."""
-
     from modelc_build.feeds import ModelCaller
 
     scorer = _TaskScorer(task, output)

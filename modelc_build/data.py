@@ -11,7 +11,7 @@ values) and a problem names the file.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,8 +21,6 @@ from modelc_build.errors import InputError
 from modelc_build.feeds import data_inputs, sample_shape
 from modelc_build.preprocess import Placement, Preprocess, preprocess_image
 from modelc_build.recipe import Dataset, Recipe, TensorSpec
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
 @dataclass(frozen=True)
@@ -90,7 +88,7 @@ class DataReader:
         elif self.dataset.format == "tokens":
             items = list(range(len(self._read_token_file(path))))
         elif path.is_dir():  # a folder of .npy/.npz files, one sample each
-            items = array_files(path, self.dataset.format)
+            items = self.dataset.sample_files()
         else:
             items = list(range(self._array_length(path)))
         if self.dataset.shuffle:
@@ -119,8 +117,8 @@ class DataReader:
                              "use an .npz file with one array per input")
         if self.preprocess is None:
             raise InputError(f"{folder}: an image folder needs data.preprocess in the recipe")
-        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        arrays = [kind for kind in ("npz", "npy") if array_files(folder, kind)]
+        files = self.dataset.sample_files()
+        arrays = [kind for kind in ("npz", "npy") if replace(self.dataset, format=kind).sample_files()]
         if not files and arrays:
             raise InputError(f"{folder}: holds .{arrays[0]} files, not images: set format: {arrays[0]} on this data set")
         if self.dataset.labels in ("csv", "coco", "ultralytics"):
@@ -359,11 +357,6 @@ class DataReader:
         if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
             raise InputError(f"{where}: samples for input '{spec.name}' contain NaN or Inf: clean the data")
         return np.ascontiguousarray(array, dtype=spec.dtype)
-
-
-def array_files(folder: Path, data_format: str) -> list[Path]:
-    """The .npy or .npz files of a folder (and its sub-folders), in name order."""
-    return sorted(p for p in folder.rglob(f"*.{data_format}") if p.is_file())
 
 
 def read_yolo_labels(image_path: Path, placement: Placement, size: tuple[int, int],

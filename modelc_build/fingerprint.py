@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from modelc_build.data import Batch, DataReader
 
 RANDOM_EVALUATION_SAMPLES = 8
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
 @dataclass(frozen=True)
@@ -157,7 +156,7 @@ class Fingerprints:
             return RANDOM_EVALUATION_SAMPLES
         if dataset.format != "images":
             return len(self.reader(source))
-        count = len(_sample_files(dataset))
+        count = len(dataset.sample_files())
         if dataset.samples is not None:
             count = min(count, dataset.samples)
         return count // source.every
@@ -210,7 +209,7 @@ def check_disjoint(sources: list[DataSource], facts: Fingerprints) -> None:
     for source in sources:
         if source.dataset is None or source.every != 1 or not source.dataset.path.exists():
             continue
-        for path in _sample_files(source.dataset):
+        for path in source.dataset.sample_files():
             digest = facts.file_digest(path)
             if digest in seen and seen[digest][0] != source.role:
                 role, first = seen[digest]
@@ -230,9 +229,3 @@ def _shown(path: Path) -> str:
         return str(path.resolve())
 
 
-def _sample_files(dataset: Dataset) -> list[Path]:
-    if dataset.format == "images" and dataset.path.is_dir():
-        return sorted(p for p in dataset.path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if dataset.format in ("npy", "npz") and dataset.path.is_dir():  # one sample per file (data.array_files)
-        return sorted(p for p in dataset.path.rglob(f"*.{dataset.format}") if p.is_file())
-    return [dataset.path] if dataset.path.is_file() else []

@@ -22,6 +22,7 @@ from modelc_build.errors import InputError, RecipeError, RecipeProblem
 from modelc_build.preprocess import Preprocess
 
 Precision = str  # "fp32" | "fp16"
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class ExportOptions:
 @dataclass(frozen=True)
 class Dataset:
     path: Path
-    format: str  # images | npy | npz | python
+    format: str  # images | npy | npz | tokens | python
     labels: str = "none"
     samples: int | None = None
     batch_size: int = 16
@@ -82,6 +83,14 @@ class Dataset:
     function: str | None = None  # python only: the function in `path` that yields batches
     labels_path: Path | None = None  # csv, coco, ultralytics: the labels file
     tokens: TokenFields | None = None  # tokens: which inputs the token file feeds
+
+    def sample_files(self) -> list[Path]:
+        """A folder's files that hold one sample each (its images, or its .npy/.npz files), in name
+        order, sub-folders included; a file data set is its one file."""
+        if not self.path.is_dir():
+            return [self.path] if self.path.is_file() else []
+        wanted = IMAGE_SUFFIXES if self.format == "images" else {f".{self.format}"}
+        return sorted(p for p in self.path.rglob("*") if p.suffix.lower() in wanted and p.is_file())
 
 
 @dataclass(frozen=True)

@@ -72,12 +72,12 @@ class ReferenceStep(Step):
     def run(self, inputs: StepInputs, out: Path) -> None:
         import numpy as np
 
-        from modelc_build.accuracy import caller
+        from modelc_build.feeds import ModelCaller
 
         runner, label = reference_runner(self.model)
         samples = 0
         with runner:
-            call = caller(runner, self.model.inputs)
+            call = ModelCaller(self.model.inputs, runner.infer)
             for number, batch in enumerate(inputs.fingerprints.batches(self.evaluation)):
                 outputs = call(batch.inputs)
                 np.savez(out / f"outputs-{number:06d}.npz", **outputs)  # type: ignore[arg-type]
