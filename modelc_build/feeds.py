@@ -56,18 +56,15 @@ def fixed_batch(inputs: tuple[TensorSpec, ...]) -> int | None:
     return None
 
 
-def fixed_value(spec: TensorSpec) -> np.ndarray:
+def fixed_value(spec: TensorSpec, dynamic_size: int = 1) -> np.ndarray:
+    """The input's declared value, in its dtype, broadcast to its shape (batch `dynamic_size`)."""
     assert spec.value is not None
-    value = np.asarray(spec.value, dtype=spec.dtype)
-    return np.broadcast_to(value, spec.concrete_shape(1)).copy() if spec.shape else value
+    return np.broadcast_to(np.asarray(spec.value, dtype=spec.dtype), spec.concrete_shape(dynamic_size)).copy()
 
 
-def initial_state(spec: TensorSpec, samples: int = 1) -> np.ndarray:
-    """Zeros in the state input's shape, `samples` along its batch axis (data layout: axis 0 first)."""
-    shape = list(spec.concrete_shape(1))
-    if spec.batch_axis is not None:
-        del shape[spec.batch_axis]
-    return np.zeros((samples, *shape), dtype=spec.dtype)
+def initial_state(spec: TensorSpec) -> np.ndarray:
+    """Zeros for one sample of the state input, sample-first (its batch axis moved to axis 0)."""
+    return np.moveaxis(np.zeros(spec.concrete_shape(1), dtype=spec.dtype), spec.batch_axis or 0, 0)
 
 
 def model_feed(inputs: tuple[TensorSpec, ...], data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -181,28 +178,20 @@ def sample_shape(spec: TensorSpec) -> tuple[int | str, ...]:
 def random_samples(inputs: tuple[TensorSpec, ...], count: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded random sample-first arrays for the inputs data would give (named axes get 2)."""
     rng = np.random.default_rng(seed)
-    arrays = {}
-    for spec in data_inputs(inputs):
-        shape = (count, *(d if isinstance(d, int) else 2 for d in sample_shape(spec)))
-        if spec.dtype.startswith("float"):
-            arrays[spec.name] = rng.random(shape, dtype=np.float32).astype(spec.dtype)
-        else:
-            arrays[spec.name] = rng.integers(0, 2, size=shape).astype(spec.dtype)
-    return arrays
+    return {spec.name: _random(rng, spec, (count, *(d if isinstance(d, int) else 2 for d in sample_shape(spec))))
+            for spec in data_inputs(inputs)}
 
 
 def example_inputs(inputs: tuple[TensorSpec, ...], dynamic_size: int = 1, seed: int = 0) -> list[np.ndarray]:
     """Seeded random arrays of the declared shapes: symbolic dimensions get `dynamic_size`."""
     rng = np.random.default_rng(seed)
-    arrays = []
-    for spec in inputs:
-        shape = spec.concrete_shape(dynamic_size)
-        if spec.value is not None:  # a sample rate the model may branch on: the declared one
-            arrays.append(np.broadcast_to(np.asarray(spec.value, dtype=spec.dtype), shape).copy())
-        elif spec.dtype == "bool":
-            arrays.append(rng.integers(0, 2, size=shape).astype(bool))
-        elif spec.dtype.startswith("float"):
-            arrays.append(rng.random(shape, dtype=np.float32).astype(spec.dtype))
-        else:
-            arrays.append(rng.integers(0, 2, size=shape).astype(spec.dtype))
-    return arrays
+    # a fixed value (a sample rate the model may branch on) is the declared one
+    return [fixed_value(spec, dynamic_size) if spec.value is not None
+            else _random(rng, spec, spec.concrete_shape(dynamic_size)) for spec in inputs]
+
+
+def _random(rng: np.random.Generator, spec: TensorSpec, shape: tuple[int, ...]) -> np.ndarray:
+    """Uniform [0, 1) for float inputs, 0 or 1 for the others (ids, masks, flags)."""
+    if spec.dtype.startswith("float"):
+        return rng.random(shape, dtype=np.float32).astype(spec.dtype)
+    return rng.integers(0, 2, size=shape).astype(spec.dtype)
