@@ -176,9 +176,10 @@ def sample_shape(spec: TensorSpec) -> tuple[int | str, ...]:
 
 
 def random_samples(inputs: tuple[TensorSpec, ...], count: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded random sample-first arrays for the inputs data would give (named axes get 2)."""
+    """Seeded random sample-first arrays for the inputs data would give; named axes other than the
+    batch take their example sizes (an image's height and width from data.preprocess.size)."""
     rng = np.random.default_rng(seed)
-    return {spec.name: _random(rng, spec, (count, *(d if isinstance(d, int) else 2 for d in sample_shape(spec))))
+    return {spec.name: np.moveaxis(_random(rng, spec, spec.concrete_shape(count)), spec.batch_axis or 0, 0)
             for spec in data_inputs(inputs)}
 
 

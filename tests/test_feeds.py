@@ -65,3 +65,14 @@ def test_a_fixed_batch_is_fed_that_many_samples_and_the_last_call_is_padded() ->
 def test_calibration_drops_a_short_remainder_instead_of_padding() -> None:
     parts = list(split({"x": np.zeros((10, 3))}, 4, pad=False))
     assert [real for _, real in parts] == [4, 4]
+
+
+def test_random_samples_are_sample_first_and_take_the_example_sizes() -> None:
+    """Without evaluation data a CNN with dynamic height and width gets images of the preprocess
+    size, not 2 x 2 (its feature map would vanish)."""
+    from modelc_build.feeds import random_samples
+
+    image = TensorSpec("images", ("batch", 3, "height", "width"), examples=(("height", 48), ("width", 40)))
+    arrays = random_samples((image, STATE, RATE), count=8)
+    assert set(arrays) == {"images"} and arrays["images"].shape == (8, 3, 48, 40)
+    assert random_samples((TensorSpec("s", (2, "batch", 4), batch_axis=1),), count=5)["s"].shape == (5, 2, 4)
