@@ -453,11 +453,6 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
     task = data.get("task", {})
     evaluation = data_section.get("evaluation", {})
     stateful = any("state_from" in spec for spec in model.get("inputs") or [])
-    for index, spec in enumerate(model.get("inputs") or []):
-        axis, shape = spec.get("batch_axis", 0), spec.get("shape") or []
-        if stateful and axis is not None and axis < len(shape) and isinstance(shape[axis], int) and shape[axis] != 1:
-            add(("model", "inputs", index, "shape"), f"a model with state is stepped one sample per call; the batch "
-                f"axis of '{spec.get('name')}' is fixed at {shape[axis]}: make it 1 or a name")
     for name in ("calibration", "validation", "evaluation"):
         dataset = data_section.get(name)
         if name == "validation" and stateful and not dataset and data.get("quantization", {}).get("sensitivity_layers"):
@@ -501,8 +496,7 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
     size = data_section.get("preprocess", {}).get("size")
     image_input = (model.get("inputs") or [{}])[0].get("shape", [])
     if size and len(image_input) == 4:
-        layout = data_section["preprocess"].get("layout", "nchw")
-        spatial = image_input[2:4] if layout == "nchw" else image_input[1:3]
+        spatial = _spatial(image_input, data_section["preprocess"].get("layout", "nchw"))
         fixed = [(axis, want, got) for axis, want, got in zip(("height", "width"), spatial, size) if isinstance(want, int)
                  and want != got]
         if fixed:
@@ -553,13 +547,29 @@ def _nested_shape(value: Any) -> list[int] | None:
     return [len(value), *inner[0]]  # type: ignore[misc]
 
 
+def _fixed_batch(spec: dict[str, Any]) -> int | None:
+    """A declared input's batch size where its batch axis is fixed, else None."""
+    shape, axis = spec.get("shape") or [], spec.get("batch_axis", 0)
+    return shape[axis] if isinstance(axis, int) and axis < len(shape) and isinstance(shape[axis], int) else None
+
+
+def _spatial(shape: list[Any], layout: str) -> list[Any]:
+    """An image input's height and width axes, `[batch, 3, H, W]` (nchw) or `[batch, H, W, 3]`."""
+    return shape[2:4] if layout == "nchw" else shape[1:3]
+
+
 def _check_inputs(model: dict[str, Any], add: Callable[[tuple[Any, ...], str], None]) -> None:
     """batch_axis, value and state_from against each input's shape and the model's outputs."""
     outputs = model.get("outputs", [])
+    stateful = any("state_from" in spec for spec in model.get("inputs") or [])
     for index, spec in enumerate(model.get("inputs") or []):
         at = ("model", "inputs", index)
         shape = spec.get("shape", [])
         axis = spec.get("batch_axis", 0)
+        fixed = _fixed_batch(spec)
+        if stateful and fixed not in (None, 1):
+            add((*at, "shape"), f"a model with state is stepped one sample per call; the batch axis of "
+                f"'{spec.get('name')}' is fixed at {fixed}: make it 1 or a name")
         if shape and axis is not None and axis >= len(shape):
             add((*at, "batch_axis"), f"batch_axis {axis} is not an axis of shape {shape}")
         if not shape and spec.get("batch_axis") is not None:
@@ -635,15 +645,14 @@ def recipe_warnings(recipe_path: Path) -> list[RecipeProblem]:
     located, _ = _parse(recipe_path, recipe_path.read_text())
     warnings = []
     for index, spec in enumerate(located.data.get("model", {}).get("inputs") or []):
-        shape = spec.get("shape") or []
-        axis = spec.get("batch_axis", 0)
-        if isinstance(axis, int) and axis < len(shape) and isinstance(shape[axis], int):
+        fixed = _fixed_batch(spec)
+        if fixed is not None:
             at = ("model", "inputs", index, "shape")
             line, column = located.value_marks.get(at, (1, 1))
             warnings.append(RecipeProblem(
                 str(recipe_path), line, column, _key_path(at),
-                f"the batch axis of '{spec.get('name')}' is fixed at {shape[axis]}: calibration, verification and "
-                f"latency feed {shape[axis]} sample(s) per call (slower, and int8 calibration sees batches of that size); "
+                f"the batch axis of '{spec.get('name')}' is fixed at {fixed}: calibration, verification and "
+                f"latency feed {fixed} sample(s) per call (slower, and int8 calibration sees batches of that size); "
                 "if the model allows it, export it with a dynamic batch axis and name it here (e.g. batch)"))
     return warnings
 
@@ -704,9 +713,7 @@ def _example_sizes(inputs: list[dict[str, Any]], preprocess: dict[str, Any] | No
     fixed = {d for spec in inputs for d in spec.get("shape", []) if isinstance(d, int)}
     sizes: dict[str, int] = {}
     if preprocess and inputs and len(inputs[0].get("shape", [])) == 4:
-        shape = inputs[0]["shape"]
-        spatial = shape[2:4] if preprocess.get("layout", "nchw") == "nchw" else shape[1:3]
-        for name, size in zip(spatial, preprocess["size"]):
+        for name, size in zip(_spatial(inputs[0]["shape"], preprocess.get("layout", "nchw")), preprocess["size"]):
             if isinstance(name, str):
                 sizes.setdefault(name, int(size))
     free = 8
@@ -723,10 +730,10 @@ def _example_sizes(inputs: list[dict[str, Any]], preprocess: dict[str, Any] | No
 def _to_recipe(path: Path, digest: str, data: dict[str, Any]) -> Recipe:
     base = path.resolve().parent
     model = data["model"]
+    examples = _example_sizes(model["inputs"], data.get("data", {}).get("preprocess"))
     source = ModelSource(
         kind=model["source"],
-        inputs=tuple(_tensor_spec(i, _example_sizes(model["inputs"], data.get("data", {}).get("preprocess")))
-                     for i in model["inputs"]),
+        inputs=tuple(_tensor_spec(i, examples) for i in model["inputs"]),
         outputs=tuple(model["outputs"]),
         factory=model.get("factory"),
         factory_args=tuple(sorted(model.get("factory_args", {}).items())),
