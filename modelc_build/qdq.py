@@ -90,6 +90,9 @@ def _fitted(feeds: Iterator[dict[str, Any]], inputs: tuple[TensorSpec, ...]) -> 
             yield call
 
 
+WEIGHTED_LAYERS = ("Conv", "Gemm", "MatMul")  # the layers INT8 is for
+
+
 def output_head(onnx_model: Path) -> list[str]:
     """Nodes from which no Conv/Gemm/MatMul can be reached: the graph's tail after its last layers
     with weights (a detector's box decode, concatenations, activations of the outputs)."""
@@ -106,13 +109,13 @@ def output_head(onnx_model: Path) -> list[str]:
         if node.name in feeds_a_layer:
             return feeds_a_layer[node.name]
         feeds_a_layer[node.name] = False  # graphs are acyclic; this only guards the recursion
-        found = any(consumer.op_type in ("Conv", "Gemm", "MatMul") or reaches_layer(consumer)
+        found = any(consumer.op_type in WEIGHTED_LAYERS or reaches_layer(consumer)
                     for output in node.output for consumer in consumers.get(output, []))
         feeds_a_layer[node.name] = found
         return found
 
     return [node.name for node in graph.node
-            if node.op_type not in ("Conv", "Gemm", "MatMul") and node.name and not reaches_layer(node)]
+            if node.op_type not in WEIGHTED_LAYERS and node.name and not reaches_layer(node)]
 
 
 def excluded_nodes(onnx_model: Path, options: Quantization) -> list[str]:

@@ -94,7 +94,8 @@ def quantize_for_cpu(request: CompileRequest, destination: Path) -> dict[str, An
         exclude += [name for name in output_head(request.onnx_model) if name not in exclude]
     # a moving average of each feed's extremes narrows the ranges when feeds are small (a model
     # with a fixed batch of 1: a streaming model's INT8 lost every positive decision that way)
-    moving_average = reader.samples_per_feed() >= MOVING_AVERAGE_MIN_SAMPLES
+    per_feed = reader.samples_per_feed()  # reads one batch (runs the float model for a stateful one): once
+    moving_average = per_feed >= MOVING_AVERAGE_MIN_SAMPLES
     try:
         with tempfile.TemporaryDirectory() as scratch, contextlib.redirect_stdout(io.StringIO()):
             prepared = Path(scratch) / "prepared.onnx"
@@ -112,7 +113,7 @@ def quantize_for_cpu(request: CompileRequest, destination: Path) -> dict[str, An
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise CompileError(f"onnxruntime static quantization of {request.onnx_model.name} failed: {first}") from exc
     weights = "7-bit int8 weights (reduce_range)" if int8_weights else "uint8 weights"
-    ranges = "MinMax, moving average" if moving_average else f"MinMax over all feeds ({reader.samples_per_feed()} per feed)"
+    ranges = "MinMax, moving average" if moving_average else f"MinMax over all feeds ({per_feed} per feed)"
     return {"method": f"onnxruntime static quantization (QDQ; {weights} per channel, uint8 activations; {ranges})",
             "calibration_samples": reader.samples,
             "quantized_op_types": op_types or "onnxruntime's default list",
@@ -123,9 +124,11 @@ def _input_layers(model: Path) -> list[str]:
     """Conv/Gemm/MatMul nodes that read a graph input directly (the stem of a CNN)."""
     import onnx
 
+    from modelc_build.qdq import WEIGHTED_LAYERS
+
     graph = onnx.load(str(model), load_external_data=False).graph
     inputs = {i.name for i in graph.input} - {i.name for i in graph.initializer}
-    return [n.name for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and inputs & set(n.input)]
+    return [n.name for n in graph.node if n.op_type in WEIGHTED_LAYERS and inputs & set(n.input)]
 
 
 TRANSFORMER_OPS = ("MatMul", "Gemm")
