@@ -90,16 +90,13 @@ def _boxes_and_scores(rows: np.ndarray, layout: str) -> tuple[np.ndarray, np.nda
     """Boxes (x1, y1, x2, y2), class ids and scores of every row, whatever the layout."""
     if layout == "boxes":
         return rows[:, :4], rows[:, 5].astype(np.int64), rows[:, 4]
-    if layout == "separate":
-        class_ids = rows[:, 4:].argmax(axis=1)
-        return rows[:, :4], class_ids, rows[np.arange(len(rows)), 4 + class_ids]
     if layout == "yolov8":
         rows = rows.T
-        class_scores = rows[:, 4:]
-    else:
-        class_scores = rows[:, 4:5] * rows[:, 5:]
+    class_scores = rows[:, 4:5] * rows[:, 5:] if layout == "yolov5" else rows[:, 4:]
     class_ids = class_scores.argmax(axis=1)
     scores = class_scores[np.arange(len(rows)), class_ids]
+    if layout == "separate":  # already corners
+        return rows[:, :4], class_ids, scores
     boxes = np.stack((rows[:, 0] - rows[:, 2] / 2, rows[:, 1] - rows[:, 3] / 2,
                       rows[:, 0] + rows[:, 2] / 2, rows[:, 1] + rows[:, 3] / 2), axis=1)
     return boxes, class_ids, scores
