@@ -70,7 +70,7 @@ class Fingerprints:
 
     def task(self, task: Task) -> dict[str, Any]:
         """Key material of a task: its settings, and a custom metric's source file by digest."""
-        material = {key: value for key, value in asdict(task).items() if key != "base_dir"}
+        material = task.settings()
         if task.metric is not None:
             location = task.base_dir / task.metric.rsplit(":", 1)[0]
             if not location.is_file():

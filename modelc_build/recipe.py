@@ -10,7 +10,7 @@ import difflib
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -118,6 +118,10 @@ class Task:
     metric: str | None = None  # custom: FILE.py:FUNCTION, resolved against `base_dir`
     higher_is_better: bool = True
     base_dir: Path = Path(".")
+
+    def settings(self) -> dict[str, Any]:
+        """What the task judges by, without where the recipe lies (a moved checkout is the same task)."""
+        return {key: value for key, value in asdict(self).items() if key != "base_dir"}
 
 
 @dataclass(frozen=True)

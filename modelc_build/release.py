@@ -186,8 +186,7 @@ def measurement_digest(recipe: Recipe, report: Report) -> str:
     from modelc_build.cache import cache_key
 
     precisions = sorted({a.precision for a in report.artifacts})
-    task = {key: value for key, value in asdict(recipe.task).items() if key != "base_dir"}
-    return cache_key({"task": task, "gates": {p: asdict(recipe.gate_for(p)) for p in precisions},
+    return cache_key({"task": recipe.task.settings(), "gates": {p: asdict(recipe.gate_for(p)) for p in precisions},
                       "data": {role: d.get("digest") for role, d in (report.data or {}).items()},
                       "verify": asdict(recipe.verify)})
 
