@@ -287,24 +287,33 @@ def compare(batches: Iterable[tuple[Batch, dict[str, np.ndarray]]], artifacts: d
     against every artifact's outputs."""
     from modelc_build.feeds import ModelCaller
 
+    calls = {key: ModelCaller(inputs, runner.infer) for key, runner in artifacts.items()}  # one pass each
+    produced = ((batch, expected, {key: call(batch.inputs) for key, call in calls.items()}) for batch, expected in batches)
+    return score(produced, tuple(artifacts), outputs, task)
+
+
+def score(produced: Iterable[tuple[Batch, dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]], keys: tuple[str, ...],
+          outputs: tuple[str, ...], task: Task, whole_set: bool = True) -> dict[str, Evaluation]:
+    """Each batch, the reference's outputs for it and each model's (by key) outputs, already
+    computed (e.g. under an emulated CPU). `whole_set`: the batches are the evaluation set, so a
+    task metric the reference cannot score on is an error (a sample subset is not judged so)."""
     task_output = task.output or outputs[0]
     # boxes and scores apart, unless the model already returns them apart
     slices = [f"{task_output}:boxes", f"{task_output}:scores"] if task.type == "detection" and task.layout != "separate" \
         else []
-    accumulators = {key: {name: _OutputAccumulator() for name in (*outputs, *slices)} for key in artifacts}
+    accumulators = {key: {name: _OutputAccumulator() for name in (*outputs, *slices)} for key in keys}
     use_task = task.type in ("classification", "detection", "embedding", "custom")
     reference_scorer = _TaskScorer(task, task_output)
-    scorers = {key: _TaskScorer(task, task_output) for key in artifacts}
+    scorers = {key: _TaskScorer(task, task_output) for key in keys}
     samples = 0
-    calls = {key: ModelCaller(inputs, runner.infer) for key, runner in artifacts.items()}  # one pass each
-    for batch, expected in batches:
+    for batch, expected, results in produced:
         if task.type == "detection" and samples == 0:
             _check_layout(expected, task, task_output)
         samples += len(batch)
         if use_task:
             reference_scorer.update(expected, expected, batch)
-        for key in artifacts:
-            got = calls[key](batch.inputs)
+        for key in keys:
+            got = results[key]
             for name in outputs:
                 accumulators[key][name].update(expected[name], got[name])
             if slices:  # boxes and scores apart (see modelc_build.tasks.score_slice)
@@ -315,13 +324,23 @@ def compare(batches: Iterable[tuple[Batch, dict[str, np.ndarray]]], artifacts: d
                     accumulators[key][name].update(want, have)
             if use_task:
                 scorers[key].update(got, expected, batch)
-    if use_task:
+    if use_task and whole_set:
         _check_metric_can_fail(reference_scorer, samples)
-    results = {}
-    for key in artifacts:
+    results_by_key = {}
+    for key in keys:
         metric = scorers[key].metric(reference_scorer) if use_task else None
-        results[key] = Evaluation([accumulators[key][n].result(n) for n in (*outputs, *slices)], metric, samples)
-    return results
+        results_by_key[key] = Evaluation([accumulators[key][n].result(n) for n in (*outputs, *slices)], metric, samples)
+    return results_by_key
+
+
+def output_agreement(first: list[dict[str, np.ndarray]], second: list[dict[str, np.ndarray]],
+                     outputs: tuple[str, ...]) -> list[OutputMetrics]:
+    """Per output, how closely two runs of one model agree (e.g. emulated against native)."""
+    accumulators = {name: _OutputAccumulator() for name in outputs}
+    for a, b in zip(first, second):
+        for name in outputs:
+            accumulators[name].update(a[name], b[name])
+    return [accumulators[name].result(name) for name in outputs]
 
 
 def _check_metric_can_fail(reference: _TaskScorer, samples: int) -> None:

@@ -19,7 +19,7 @@ from modelc_build.cache import Cache
 from modelc_build.engine import Engine, RunSummary, start_fresh_process_server
 from modelc_build.errors import InputError
 from modelc_build.fingerprint import Fingerprints, check_disjoint
-from modelc_build.plan import Plan, data_source, make_plan, target_step_ids, verify_settings
+from modelc_build.plan import Plan, checked_cpus, data_source, make_plan, target_step_ids, verify_settings
 from modelc_build.progress import BuildLog
 from modelc_build.recipe import Recipe
 from modelc_build.release import CompiledArtifact, Measured, Released, make_report, release, summary_lines
@@ -122,7 +122,8 @@ def _release(recipe: Recipe, plan: Plan, done: RunSummary, store: Store, log: Bu
              counts: str, cache: Cache, facts: Fingerprints) -> BuildResult:
     measured = Measured(graph=done.entries[plan.graph], qdq=done.entries.get(QDQ_STEP),
                         artifacts=[CompiledArtifact(t, done.entries[compile_step_id(t)]) for t in recipe.targets],
-                        entries=done.entries, settings={t.id: verify_settings(recipe, t) for t in recipe.targets})
+                        entries=done.entries, settings={t.id: verify_settings(recipe, t) for t in recipe.targets},
+                        cpus=checked_cpus(recipe))
     report = make_report(recipe, measured, SENSITIVITY_STEP, data_summary(recipe, facts))
     for line in summary_lines(report):
         log(line)

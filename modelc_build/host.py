@@ -1,5 +1,11 @@
 """The machine a build runs on: CPU model and the instruction sets that decide which INT8 kernels
-run (VNNI, AMX, AVX-512, AVX2). Recorded in the report and the manifest."""
+run (VNNI, AMX, AVX-512, AVX2). Recorded in the report and the manifest.
+
+INT8 kernels come in families by CPU class, and the families differ in speed and in accuracy:
+pre-VNNI 8-bit kernels (AVX2, AVX-512 without VNNI) sum products in saturating int16, VNNI and AMX
+kernels do not. A result measured on one class holds for that class only, so the class is key
+material of every native measurement and names the CPUs an emulated check stands for.
+"""
 from __future__ import annotations
 
 import os
@@ -11,9 +17,24 @@ from typing import Any
 ISA_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI",
              "avx512_bf16": "AVX-512 BF16", "amx_int8": "AMX-INT8", "amx_bf16": "AMX-BF16"}
 
+# CPU classes by the INT8 kernels they run, newest first: (class, the /proc/cpuinfo flag that makes it)
+KERNEL_CLASSES = (("amx", "amx_int8"), ("avx512-vnni", "avx512_vnni"), ("avx-vnni", "avx_vnni"),
+                  ("avx512", "avx512f"), ("avx2", "avx2"), ("avx", "avx"), ("sse4", "sse4_2"))
+PRE_VNNI = frozenset({"avx512", "avx2", "avx", "sse4"})  # 8-bit products summed in saturating int16
 
-@lru_cache(maxsize=1)
-def cpu_info() -> dict[str, Any]:
+# QEMU CPU models that QEMU 7.2's TCG emulates completely (up to AVX2), by the class they stand for.
+# Models that ask for AVX-512 or VNNI (Skylake-Server, Cascadelake-Server, ...) lose those under TCG.
+EMULATED_CLASSES = {"Haswell": "avx2", "Broadwell": "avx2", "Skylake-Client": "avx2", "EPYC": "avx2",
+                    "EPYC-Rome": "avx2", "EPYC-Milan": "avx2", "SandyBridge": "avx", "IvyBridge": "avx",
+                    "Nehalem": "sse4", "Westmere": "sse4"}
+
+
+def kernel_class(flags: set[str]) -> str:
+    """The CPU class of a set of /proc/cpuinfo flags (see KERNEL_CLASSES)."""
+    return next((name for name, flag in KERNEL_CLASSES if flag in flags), "unknown")
+
+
+def _cpu_flags() -> tuple[str, set[str]]:
     model, flags = platform.processor() or "unknown", set[str]()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -24,9 +45,26 @@ def cpu_info() -> dict[str, Any]:
                 flags = set(value.split())
     except OSError:
         pass
+    return model, flags
+
+
+@lru_cache(maxsize=1)
+def cpu_info() -> dict[str, Any]:
+    model, flags = _cpu_flags()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     isa = [name for flag, name in ISA_FLAGS.items() if flag in flags]
     return {"cpu": model, "machine": platform.machine(), "cores": cores, "isa": isa,
             "vnni": any(flag in flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8")),
-            "avx512": "avx512f" in flags,
+            "avx512": "avx512f" in flags, "kernel_class": kernel_class(flags),
             "low_precision_float": any(flag in flags for flag in ("avx512_bf16", "amx_bf16", "amx_fp16"))}
+
+
+def host_class() -> str:
+    return str(cpu_info()["kernel_class"])
+
+
+def class_words(name: str) -> str:
+    """A CPU class for people: 'AVX2, no VNNI (pre-VNNI INT8 kernels)'."""
+    words = {"amx": "AMX", "avx512-vnni": "AVX-512 VNNI", "avx-vnni": "AVX-VNNI", "avx512": "AVX-512, no VNNI",
+             "avx2": "AVX2, no AVX-512, no VNNI", "avx": "AVX, no AVX2", "sse4": "SSE4.2, no AVX"}.get(name, name)
+    return words + (" (pre-VNNI INT8 kernels)" if name in PRE_VNNI else "")

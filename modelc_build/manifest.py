@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from modelc_build.errors import VerificationError
 
-MANIFEST_FORMAT_VERSION = 2  # 2: deploy settings per artifact, build machine, data roles
+MANIFEST_FORMAT_VERSION = 3  # 2: deploy settings per artifact, build machine, data roles; 3: CPUs verified on, golden set
 CHUNK = 1024 * 1024
 TOOLCHAIN_PACKAGES = ("modelc-build", "torch", "onnx", "onnxsim", "onnxruntime", "openvino", "numpy")
 
@@ -100,6 +100,7 @@ class ArtifactEntry:
     precision: str
     files: list[str]
     runtime_config: dict[str, str] | None = None  # what a deploy stage passes the runtime (as verified)
+    verified_on: list[dict[str, Any]] | None = None  # the CPUs it was judged on: the build machine's, emulated ones
 
 
 def build_manifest(*, name: str, version: str, recipe_file: Path, recipe_digest: str, exporter: str, opset: int,
@@ -119,7 +120,8 @@ def build_manifest(*, name: str, version: str, recipe_file: Path, recipe_digest:
         "measurement_digest": measurement_digest,  # task, gates, data, verification settings judged by
         "gates_passed": passed,
         "artifacts": [{"target": a.target, "backend": a.backend, "precision": a.precision, "files": a.files,
-                       **({"runtime_config": a.runtime_config} if a.runtime_config is not None else {})}
+                       **({"runtime_config": a.runtime_config} if a.runtime_config is not None else {}),
+                       **({"verified_on": a.verified_on} if a.verified_on is not None else {})}
                       for a in artifacts],
         "build_machine": machine,
         "data": data,

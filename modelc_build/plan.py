@@ -111,24 +111,54 @@ def deploy_config(recipe: Recipe, target: Target) -> tuple[tuple[str, str], ...]
     return ()
 
 
+EMULATED_BACKENDS = ("onnxruntime", "openvino")  # CPU runtimes whose INT8 kernels differ by CPU class
+
+
+def emulated_cpus(recipe: Recipe, target: Target) -> list[tuple[str, str]]:
+    """Each CPU model of `verify.cpus` with what happens for this target: `emulate`, `native` (the
+    build machine is of that class: its native run is that check), or `not int8`."""
+    from modelc_build.host import EMULATED_CLASSES, host_class
+
+    if target.precision != "int8" or target.backend not in EMULATED_BACKENDS:
+        return []
+    here = host_class()
+    return [(cpu, "native" if EMULATED_CLASSES.get(cpu) == here and not recipe.verify.emulate_host_class else "emulate")
+            for cpu in recipe.verify.cpus]
+
+
+def checked_cpus(recipe: Recipe) -> list[dict[str, str]] | None:
+    """verify.cpus as this build treats them, for the report: emulated, or covered by the build
+    machine's own class."""
+    from modelc_build.host import EMULATED_CLASSES, host_class
+
+    seen: dict[str, str] = {}
+    for target in recipe.targets:
+        seen.update(emulated_cpus(recipe, target))
+    if not seen:
+        return None
+    return [{"cpu": cpu, "class": EMULATED_CLASSES.get(cpu, "unknown"), "how": how, "build_machine_class": host_class()}
+            for cpu, how in seen.items()]
+
+
 def verify_settings(recipe: Recipe, target: Target) -> list[Setting]:
-    """As deployed (gated); OpenVINO IR also pinned to f32 where the deploy setting is another;
-    OpenVINO int8 also on an older instruction set (pre-VNNI oneDNN kernels), gated too. A second
-    run that would compute the same thing on this machine is left out: pinned f32 where the CPU has
-    no bf16/fp16 (the plugin's default is f32 there). The second-ISA run always runs: on a machine
-    without VNNI it repeats the deploy run on the same kernels, a cheap proof the switch works."""
+    """As deployed (gated); OpenVINO IR also under the other precision setting where this CPU
+    would compute differently (its bf16 default beside a pinned f32, or f32 beside the plugin's
+    default), reported beside; INT8 also on each emulated CPU of `verify.cpus`, gated."""
     from modelc_build.host import cpu_info
 
-    host = cpu_info()
-    settings = [Setting("deploy", deploy_config(recipe, target))]
-    if target.backend != "openvino":
-        return settings
+    deploy = Setting("deploy", deploy_config(recipe, target))
+    settings = [deploy]
     precision = recipe.verify.openvino_inference_precision
-    if precision != "f32" and (precision != "default" or host["low_precision_float"]):
-        settings.append(Setting("f32", (("INFERENCE_PRECISION_HINT", "f32"),)))
-    if target.precision == "int8" and recipe.verify.second_isa != "none":
-        isa = recipe.verify.second_isa
-        settings.append(Setting(isa.lower(), deploy_config(recipe, target), isa))
+    if target.backend == "openvino":
+        low_precision_float = bool(cpu_info()["low_precision_float"])
+        if precision == "f32" and low_precision_float:
+            settings.append(Setting("runtime-default"))
+        elif precision != "f32" and (precision != "default" or low_precision_float):
+            settings.append(Setting("f32", (("INFERENCE_PRECISION_HINT", "f32"),)))
+    for cpu, how in emulated_cpus(recipe, target):
+        if how == "emulate":
+            settings.append(Setting(cpu.lower(), deploy.config, cpu, recipe.verify.emulated_samples,
+                                    recipe.verify.emulation_budget_s))
     return settings
 
 

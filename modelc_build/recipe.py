@@ -37,6 +37,19 @@ class TensorSpec:
     state_from: str | None = None  # a recurrent state: the output it is carried from
     examples: tuple[tuple[str, int], ...] = ()  # sizes named non-batch axes take in example inputs
 
+    def to_json(self) -> dict[str, Any]:
+        """For files this process writes for another (an emulated run, a release's golden set)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TensorSpec:
+        def frozen(value: Any) -> Any:
+            return tuple(frozen(v) for v in value) if isinstance(value, list) else value
+
+        return cls(str(data["name"]), tuple(data["shape"]), str(data.get("dtype", "float32")), data.get("batch_axis", 0),
+                   frozen(data.get("value")), data.get("state_from"),
+                   tuple((str(name), int(size)) for name, size in data.get("examples", ())))
+
     @property
     def dynamic_axes(self) -> dict[int, str]:
         return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
@@ -178,8 +191,17 @@ class Quantization:
 
 @dataclass(frozen=True)
 class VerifyOptions:
-    openvino_inference_precision: str = "default"  # the deploy setting the gates judge
-    second_isa: str = "AVX2"  # openvino int8 again with oneDNN limited to this ISA; "none": skip
+    openvino_inference_precision: str = "f32"  # the deploy setting the gates judge (see the schema)
+    cpus: tuple[str, ...] = ("Haswell",)  # QEMU CPU models every onnxruntime/openvino int8 artifact is checked on
+    emulated_samples: int = 32
+    emulation_budget_s: float = 60.0
+    emulate_host_class: bool = False
+    golden_samples: int = 8  # shipped with the release for `modelc verify --run`
+    golden_max_mb: float = 4.0
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> VerifyOptions:
+        return cls(**{**data, **({"cpus": tuple(data["cpus"])} if "cpus" in data else {})})
 
 
 @dataclass(frozen=True)
@@ -788,7 +810,7 @@ def _to_recipe(path: Path, digest: str, data: dict[str, Any]) -> Recipe:
                   calibration=dataset("calibration"), evaluation=dataset("evaluation"), task=Task(**task_data),
                   targets=targets, gates=gates, latency=Latency(**data.get("latency", {})),
                   quantization=_quantization(data.get("quantization", {}), task_data["type"]), explicit_gate_keys=explicit,
-                  verify=VerifyOptions(**data.get("verify", {})), validation=dataset("validation"))
+                  verify=VerifyOptions.from_data(data.get("verify") or {}), validation=dataset("validation"))
 
 
 def _quantization(section: dict[str, Any], task_type: str) -> Quantization:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -44,6 +44,7 @@ class Measured:
     artifacts: list[CompiledArtifact]
     entries: dict[str, CacheEntry]  # every step's output by step id
     settings: dict[str, list[Setting]]  # per target: as deployed first, then the other measurements
+    cpus: list[dict[str, Any]] | None = None  # verify.cpus: each emulated or covered by the build machine's class
 
     def json(self, step_id: str, name: str) -> Any:
         entry = self.entries.get(step_id)
@@ -66,23 +67,39 @@ def make_report(recipe: Recipe, measured: Measured, sensitivity_step: str, data:
     reference_metric = None
     for artifact in measured.artifacts:
         target = artifact.target
-        evaluation = _judged(recipe, target, measured.json(verify_step_id(target), EVALUATION_FILE))
-        others = [Measurement(setting.name, dict(setting.config), setting.isa,
-                              _judged(recipe, target, measured.json(verify_step_id(target) + setting.suffix, EVALUATION_FILE)),
-                              gated=setting.isa is not None)
+        deployed = measured.json(verify_step_id(target), EVALUATION_FILE)
+        evaluation = _judged(recipe, target, deployed)
+        others = [_measurement(recipe, target, setting, measured.json(verify_step_id(target) + setting.suffix, EVALUATION_FILE))
                   for setting in measured.settings[target.id][1:]]
         files = [(f"{target.id}/{name}", artifact.entry.file(name).stat().st_size) for name in artifact.entry.files]
         notes = artifact.entry.files.get(QUANTIZATION_NOTES) and json.loads(artifact.entry.file(QUANTIZATION_NOTES).read_text())
         timing = measured.json(latency_step_id(target), LATENCY_FILE)
         artifacts.append(ArtifactReport(target.id, target.backend, target.precision, files, evaluation,
                                         _latency_ms(measured, latency_step_id(target)), notes or None,
-                                        dict(measured.settings[target.id][0].config), _latency_summary(timing), others))
+                                        dict(measured.settings[target.id][0].config), _latency_summary(timing), others,
+                                        deployed.get("runtime") or {}))
         if evaluation.task is not None:
             reference_metric = evaluation.task.reference
     return Report(recipe.name, recipe.version, reference["reference"], reference["data"], reference["samples"],
                   recipe.task.type, reference_metric, _latency_ms(measured, REFERENCE_LATENCY_STEP), artifacts,
                   _calibration(recipe, artifacts), _sensitivity(recipe, measured.json(sensitivity_step, "sensitivity.json")),
-                  cpu_info(), data, measured.json(EXPORT_STEP, EXPORT_NOTES))
+                  cpu_info(), data, measured.json(EXPORT_STEP, EXPORT_NOTES), measured.cpus)
+
+
+def _measurement(recipe: Recipe, target: Target, setting: Setting, measured: dict[str, Any]) -> Measurement:
+    """Another setting's measurement; an emulated CPU's is gated on its tensor metrics (a sample
+    subset is too small for task-metric gates), unless the check could not run or be trusted."""
+    problem = measured.get("not_run")
+    if measured.get("emulation_broken"):
+        problem = f"the emulation is broken, so the artifact was not judged on this CPU: {measured['emulation_broken']}"
+    evaluation = evaluation_from_dict(measured)
+    if setting.gated and problem is None:
+        gate = recipe.gate_for(target.precision)
+        if setting.emulate:
+            gate = replace(gate, max_metric_drop=None, min_metric=None, min_top5_containment=None, min_reference_map50=None)
+        evaluation.gates = apply_gates(evaluation, gate, recipe.gate_sources(target.precision))
+    return Measurement(setting.name, dict(setting.config), setting.emulate, evaluation, setting.gated,
+                       measured.get("emulation"), problem, measured.get("runtime") or {})
 
 
 def _latency_ms(measured: Measured, step_id: str) -> float | None:
@@ -135,8 +152,11 @@ def summary_lines(report: Report) -> list[str]:
         if "top5_containment" in free:
             task += f", top-5 containment {free['top5_containment']:.1f}%, confident agreement {free['confident_agreement']:.1f}%"
         for m in a.measurements:
+            if m.problem:
+                task += f"; {m.words()}: not judged"
+                continue
             cos = min((o.cosine for o in m.evaluation.outputs), default=1.0)
-            task += f"; {m.isa or m.setting}: cosine {cos:.6f}" + ("" if m.evaluation.passed or not m.gated else " FAIL")
+            task += f"; {m.words()}: cosine {cos:.6f}" + ("" if m.evaluation.passed or not m.gated else " FAIL")
         verdict = "pass" if a.passed else "FAIL"
         lines.append(f"  {a.target}: cosine {worst:.6f}{task}{latency} [{verdict}]")
     lines += [f"  warning: {flag}" for flag in report.flags()]
@@ -222,15 +242,32 @@ def _manifest(recipe: Recipe, folder: Path, measured: Measured, artifact_files: 
     entries = [ArtifactEntry("onnx", "onnx", "fp32", ["onnx/model.onnx"])]
     if measured.qdq is not None:
         entries.append(ArtifactEntry("onnx-int8", "onnx", "int8", [f"onnx-int8/{name}" for name in sorted(measured.qdq.files)]))
+    judged = {a.target: a for a in report.artifacts}
     entries += [ArtifactEntry(a.target.id, a.target.backend, a.target.precision,
                               [f"{a.target.id}/{name}" for name in a.entry.files],
-                              dict(measured.settings[a.target.id][0].config)) for a in measured.artifacts]
+                              dict(measured.settings[a.target.id][0].config), _verified_on(judged[a.target.id], report))
+                for a in measured.artifacts]
     return build_manifest(name=recipe.name, version=recipe.version, recipe_file=recipe.path,
                           recipe_digest=recipe.digest, exporter=(report.export or {}).get("used", "none"),
                           opset=recipe.export.opset, simplified=recipe.export.simplify, artifacts=entries,
                           artifact_files=artifact_files, report_files=file_entries(folder, ["report.json", "report.md"]),
                           passed=report.passed, machine=report.machine, data=report.data,
                           measurement_digest=judged_by)
+
+
+def _verified_on(artifact: ArtifactReport, report: Report) -> list[dict[str, Any]]:
+    """The CPUs an artifact was judged on: the build machine natively (as deployed), and each
+    emulated CPU model with what its check saw."""
+    machine = report.machine or {}
+    found: list[dict[str, Any]] = [{"cpu": machine.get("cpu"), "class": machine.get("kernel_class"), "how": "native",
+                                    "samples": artifact.evaluation.samples, "runtime": artifact.runtime}]
+    for m in artifact.measurements:
+        if m.emulate:
+            e = m.emulation or {}
+            found.append({"cpu": m.emulate, "class": e.get("class"), "how": "emulated (QEMU user mode)",
+                          "samples": m.evaluation.samples, "passed": m.evaluation.passed and m.problem is None,
+                          **({"problem": m.problem} if m.problem else {})})
+    return found
 
 
 def _append_step_summary(markdown: Path) -> None:

@@ -9,18 +9,31 @@ from typing import Any
 
 from modelc_build.accuracy import Evaluation
 
-REPORT_FORMAT_VERSION = 2
+REPORT_FORMAT_VERSION = 3
 
 
 @dataclass(frozen=True)
 class Measurement:
-    """The artifact measured under other runtime settings than its deployment's."""
+    """The artifact measured under other runtime settings than its deployment's, or on an
+    emulated deploy CPU."""
 
-    setting: str  # f32 | avx2 | avx512_core
+    setting: str  # f32 | runtime-default | an emulated CPU model in lower case
     config: dict[str, str]
-    isa: str | None
+    emulate: str | None  # the QEMU CPU model, for an emulated check
     evaluation: Evaluation
     gated: bool
+    emulation: dict[str, Any] | None = None  # cpu, features, class, kernels, samples, times, versus_native
+    problem: str | None = None  # the check did not run or cannot be trusted (no emulator, a broken one)
+    runtime: dict[str, str] = field(default_factory=dict)  # what the runtime really ran with
+
+    def words(self) -> str:
+        if self.emulate:
+            samples = (self.emulation or {}).get("samples")
+            return f"emulated {self.emulate} (QEMU)" + (f", {samples} samples" if samples else "")
+        precision = self.runtime.get("INFERENCE_PRECISION_HINT")
+        if self.setting == "runtime-default":
+            return "the runtime's own default on this CPU" + (f" ({precision})" if precision else "")
+        return f"pinned {self.setting}"
 
 
 @dataclass(frozen=True)
@@ -35,6 +48,7 @@ class ArtifactReport:
     config: dict[str, str] = field(default_factory=dict)
     latency: dict[str, Any] | None = None  # p10/p50/p90, runs, warm-up, batch, threads
     measurements: list[Measurement] = field(default_factory=list)
+    runtime: dict[str, str] = field(default_factory=dict)  # what the runtime really ran with, as deployed
 
     @property
     def size_bytes(self) -> int:
@@ -48,12 +62,8 @@ class ArtifactReport:
         found = [f"{self.target}: {c.describe()}" for c in self.evaluation.gates if not c.passed]
         for m in self.measurements:
             if m.gated:
-                found += [f"{self.target} ({_setting_words(m)}): {c.describe()}" for c in m.evaluation.gates if not c.passed]
+                found += [f"{self.target} ({m.words()}): {c.describe()}" for c in m.evaluation.gates if not c.passed]
         return found
-
-
-def _setting_words(m: Measurement) -> str:
-    return f"oneDNN limited to {m.isa}" if m.isa else f"pinned {m.setting}"
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,7 @@ class Report:
     machine: dict[str, Any] | None = None  # CPU model and instruction sets of the build machine
     data: dict[str, Any] | None = None  # per role: path, samples, digest
     export: dict[str, Any] | None = None  # exporter requested and used, and why a fallback ran
+    cpus: list[dict[str, Any]] | None = None  # verify.cpus: per CPU model, emulated or native (the build machine's class)
 
     @property
     def passed(self) -> bool:
@@ -109,8 +120,9 @@ class Report:
         return [line for a in self.artifacts for line in a.failures()]
 
     def flags(self) -> list[str]:
-        """Warnings that do not fail the build: an INT8 artifact that is not faster than FP32."""
-        found = []
+        """Warnings that do not fail the build: an INT8 artifact that is not faster than FP32; a check
+        on an emulated CPU that did not run or whose emulator is broken."""
+        found = [f"{a.target} ({m.words()}): {m.problem}" for a in self.artifacts for m in a.measurements if m.problem]
         for a in self.artifacts:
             versus = compare_with_fp32(a, self.artifacts)
             if (a.precision == "int8" and versus is not None and versus.speedup is not None and versus.speedup <= 1.0
@@ -148,9 +160,12 @@ def to_json(report: Report) -> dict[str, Any]:
             "config": a.config,
             "latency": a.latency,
             "int8_latency_ratio": (1 / versus.speedup) if a.precision == "int8" and versus and versus.speedup else None,
-            "measurements": [{"setting": m.setting, "config": m.config, "isa": m.isa, "gated": m.gated,
-                              "passed": m.evaluation.passed, "outputs": _outputs_json(m.evaluation),
-                              "task_metric": _task_json(m.evaluation), "gates": _gates_json(m.evaluation)}
+            "runtime": a.runtime,
+            "measurements": [{"setting": m.setting, "config": m.config, "emulate": m.emulate, "gated": m.gated,
+                              "passed": m.evaluation.passed and m.problem is None, "problem": m.problem,
+                              "samples": m.evaluation.samples, "emulation": m.emulation, "runtime": m.runtime,
+                              "outputs": _outputs_json(m.evaluation), "task_metric": _task_json(m.evaluation),
+                              "gates": _gates_json(m.evaluation)}
                              for m in a.measurements],
             "versus_fp32": None if versus is None else {"target": versus.target, "metric_drop": versus.metric_drop,
                                                         "speedup": versus.speedup},
@@ -178,6 +193,7 @@ def to_json(report: Report) -> dict[str, Any]:
         "data": report.data,
         "flags": report.flags(),
         "export": report.export,
+        "cpus": report.cpus,
     }
 
 
@@ -288,15 +304,31 @@ def _label_free_lines(report: Report) -> list[str]:
 
 def _measurement_lines(report: Report) -> list[str]:
     rows = [(a, m) for a in report.artifacts for m in a.measurements]
-    if not rows:
-        return []
-    lines = ["", "### Under other runtime settings", "",
-             "| artifact | setting | lowest output cosine | task metric % | gated |", "|---|---|---:|---:|---|"]
-    for a, m in rows:
-        worst = min((o.cosine for o in m.evaluation.outputs), default=1.0)
-        task = f"{m.evaluation.task.value:.2f}" if m.evaluation.task else "—"
-        gated = ("✅" if m.evaluation.passed else "❌") if m.gated else "reported"
-        lines.append(f"| `{a.target}` | {_setting_words(m)} | {worst:.6f} | {task} | {gated} |")
+    lines = []
+    if rows:
+        lines += ["", "### On other CPUs and runtime settings", "",
+                  "| artifact | where | lowest output cosine | task metric % | gated |", "|---|---|---:|---:|---|"]
+        for a, m in rows:
+            worst = min((o.cosine for o in m.evaluation.outputs), default=None)
+            task = f"{m.evaluation.task.value:.2f}" if m.evaluation.task else "—"
+            if m.problem:
+                verdict = f"⚠️ {m.problem}"
+            else:
+                verdict = ("✅" if m.evaluation.passed else "❌") if m.gated else "reported"
+            cosine = "—" if worst is None else f"{worst:.6f}"
+            lines.append(f"| `{a.target}` | {m.words()} | {cosine} | {task} | {verdict} |")
+    emulated = [(a, m) for a, m in rows if m.emulation and not m.problem]
+    for a, m in emulated:
+        e = m.emulation or {}
+        versus = ", ".join(f"{v['output']} cosine {v['cosine']:.6f}" for v in e.get("versus_native", []))
+        lines.append(f"- `{a.target}` on emulated {e.get('cpu')}: {e.get('samples')} of {e.get('samples_asked')} samples "
+                     f"in {e.get('inference_s')} s (budget {e.get('budget_s'):g} s, start {e.get('startup_s')} s); CPU "
+                     f"features seen {', '.join(e.get('features', []))}; kernels {', '.join(e.get('kernels', [])[:4]) or '—'}; "
+                     f"against its native run: {versus}.")
+    for cpu in report.cpus or []:
+        if cpu["how"] == "native":
+            lines.append(f"- {cpu['cpu']} ({cpu['class']}): not emulated, the build machine is that class; its native "
+                         "runs above are that check.")
     return lines
 
 

@@ -46,6 +46,16 @@ def fixture_weights(module: str, destination: Path) -> Path:
     return destination
 
 
+def host_dependent_steps(recipe: Path) -> list[str]:
+    """The measurement steps a build of `recipe` runs on this machine's CPU and on no other kind:
+    OpenVINO under this CPU's own bf16 default (CPUs with AVX-512 BF16 or AMX), INT8 on an emulated
+    CPU of another class than this one. Tests that count steps add these."""
+    from modelc_build.plan import make_plan
+    from modelc_build.recipe import load_recipe
+
+    return [step.id for step in make_plan(load_recipe(recipe)).steps if "@" in step.id]
+
+
 @pytest.fixture
 def tiny_weights(tmp_path: Path) -> Path:
     return fixture_weights("tiny_net", tmp_path / "tiny.pt")

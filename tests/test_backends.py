@@ -23,12 +23,33 @@ def test_backend_compiles_and_runs(tmp_path: Path, onnx_file: Path, backend: str
     files = implementation.compile(request)
     assert files and all(f.is_file() and f.parent == tmp_path for f in files)
     x = np.random.default_rng(1).random((3, 3, 16, 16), dtype=np.float32)
-    with implementation.runner(files, INPUTS, ("logits",)) as runner:
+    deployed = {"INFERENCE_PRECISION_HINT": "f32"} if backend == "openvino" else {}  # modelc's default deploy setting
+    with implementation.runner(files, INPUTS, ("logits",), deployed) as runner:
         got = runner.infer({"images": x})["logits"]
     expected = model(torch.from_numpy(x)).detach().numpy()
     assert got.shape == (3, 3)
     assert np.abs(got - expected).max() < tolerance
     assert implementation.versions()
+
+
+def test_openvino_computes_in_what_the_cpu_offers_unless_pinned(tmp_path: Path, onnx_file: Path) -> None:
+    """The CPU plugin's own default is bf16 where the CPU has AVX-512 BF16 or AMX, f32 elsewhere;
+    pinned to f32 it is f32 on every CPU. Both branches, whichever this machine is."""
+    from modelc_build.host import cpu_info
+
+    files = get_backend("openvino").compile(CompileRequest(Target("openvino", "fp32"), onnx_file, INPUTS, ("logits",), tmp_path))
+    x = np.random.default_rng(1).random((3, 3, 16, 16), dtype=np.float32)
+    results = {}
+    for name, config in (("default", {}), ("pinned", {"INFERENCE_PRECISION_HINT": "f32"})):
+        with get_backend("openvino").runner(files, INPUTS, ("logits",), config) as runner:
+            results[name] = (runner.effective_settings()["INFERENCE_PRECISION_HINT"], runner.infer({"images": x})["logits"])
+    assert results["pinned"][0] == "f32"
+    if cpu_info()["low_precision_float"]:
+        assert results["default"][0] == "bf16"
+        assert np.abs(results["default"][1] - results["pinned"][1]).max() > 1e-5  # bf16 rounds visibly
+    else:
+        assert results["default"][0] == "f32"
+        assert np.array_equal(results["default"][1], results["pinned"][1])
 
 
 def test_openvino_fp16_weights_are_half_the_size(tmp_path: Path, onnx_file: Path) -> None:

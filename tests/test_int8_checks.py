@@ -1,10 +1,10 @@
-"""Label-free metrics, default gates, data roles in the plan, second-ISA runs, the latency flag."""
+"""Label-free metrics, default gates, data roles in the plan, emulated deploy CPUs and precision settings in the plan, the latency flag."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from modelc_build.accuracy import Evaluation, OutputMetrics, TaskMetric, apply_gates, compare
 from modelc_build.backends import Runner
@@ -90,47 +90,79 @@ def test_tuning_never_reads_the_evaluation_set(tmp_path: Path, tiny_recipe) -> N
     assert tuning.every == 4 and "data.calibration" in tuning.note  # no data.validation: a split, said so
 
 
-def environment_variable(name: str) -> str | None:
-    return os.environ.get(name)
+def plan_ids(recipe, monkeypatch, kernel_class: str, bf16: bool) -> list[str]:
+    """The plan's step ids as a build on a CPU of `kernel_class` (with or without bf16) makes it."""
+    from modelc_build import host
+    from modelc_build.plan import make_plan
+
+    measured = host.cpu_info()
+    monkeypatch.setattr(host, "cpu_info", lambda: {**measured, "kernel_class": kernel_class, "low_precision_float": bf16})
+    return [s.id for s in make_plan(recipe).steps]
 
 
-def test_a_second_instruction_set_is_set_before_the_interpreter_starts() -> None:
-    from modelc_build.steps.verify import in_fresh_interpreter
-
-    seen = in_fresh_interpreter(environment_variable, "ONEDNN_MAX_CPU_ISA", {"ONEDNN_MAX_CPU_ISA": "AVX2"})
-    assert seen == "AVX2" and os.environ.get("ONEDNN_MAX_CPU_ISA") != "AVX2"
-
-
-def test_openvino_int8_is_verified_on_pre_vnni_kernels_and_gated(tmp_path: Path, tiny_recipe) -> None:
+@pytest.mark.parametrize("kernel_class", ["avx512-vnni", "amx", "avx512", "avx2"])
+def test_int8_is_checked_on_an_emulated_haswell_unless_the_build_machine_is_that_class(
+        tiny_recipe, monkeypatch, kernel_class: str) -> None:
     import yaml
 
-    from modelc_build.plan import make_plan
     from modelc_build.recipe import load_recipe
 
     base = yaml.safe_load(tiny_recipe().read_text())
     base["data"]["calibration"] = {"path": base["data"]["evaluation"]["path"]}
-    base["targets"] = [{"backend": "openvino", "precisions": ["fp32", "int8"]}]
+    base["targets"] = [{"backend": "openvino", "precisions": ["fp32", "int8"]}, {"backend": "onnxruntime", "precisions": ["int8"]}]
     base["gates"] = None
-    ids = [s.id for s in make_plan(load_recipe(tiny_recipe(base, name="isa.yaml"))).steps]
-    assert "verify:openvino-int8@avx2" in ids and "verify:openvino-fp32@avx2" not in ids
-    assert "verify:openvino-int8@f32" not in ids  # deployed pinned to f32 already (the tiny recipe)
+    recipe = load_recipe(tiny_recipe(base, name="cpus.yaml"))
+    ids = plan_ids(recipe, monkeypatch, kernel_class, bf16=False)
+    emulated = {i for i in ids if i.endswith("@haswell")}
+    if kernel_class == "avx2":  # the build machine is itself the Haswell class: its native run is that check
+        assert emulated == set()
+    else:
+        assert emulated == {"verify:openvino-int8@haswell", "verify:onnxruntime-int8@haswell"}
+    forced = load_recipe(tiny_recipe({**base, "verify": {"emulate_host_class": True, "cpus": ["Haswell", "SandyBridge"]}},
+                                     name="forced.yaml"))
+    ids = plan_ids(forced, monkeypatch, kernel_class, bf16=False)
+    assert {"verify:openvino-int8@haswell", "verify:openvino-int8@sandybridge"} <= set(ids)
+    assert not any(i.startswith("verify:openvino-fp32@") for i in ids)  # float artifacts are not emulated
+    nothing = load_recipe(tiny_recipe({**base, "verify": {"cpus": []}}, name="none.yaml"))
+    assert not any("@" in i for i in plan_ids(nothing, monkeypatch, kernel_class, bf16=False))
 
 
-def test_the_ir_is_also_measured_pinned_to_f32_where_the_cpu_has_bf16(tmp_path: Path, tiny_recipe, monkeypatch) -> None:
+@pytest.mark.parametrize("precision", ["f32", "default", "bf16"])
+def test_openvino_is_also_measured_under_the_other_precision_where_the_cpu_computes_differently(
+        tiny_recipe, monkeypatch, precision: str) -> None:
     import yaml
 
-    from modelc_build import host
-    from modelc_build.plan import make_plan
+    from modelc_build.plan import deploy_config
     from modelc_build.recipe import load_recipe
 
     base = yaml.safe_load(tiny_recipe().read_text())
-    base["verify"] = None  # the runtime's defaults, as a deploy stage calls compile_model
-    recipe = load_recipe(tiny_recipe(base, name="bf16.yaml"))
-    measured = host.cpu_info()
-    for has_bf16 in (False, True):
-        monkeypatch.setattr(host, "cpu_info", lambda has_bf16=has_bf16: {**measured, "low_precision_float": has_bf16})
-        ids = [s.id for s in make_plan(recipe).steps]
-        assert ("verify:openvino-fp16@f32" in ids) == has_bf16
+    base["verify"] = {"openvino_inference_precision": precision}
+    recipe = load_recipe(tiny_recipe(base, name=f"{precision}.yaml"))
+    target = next(t for t in recipe.targets if t.backend == "openvino")
+    assert deploy_config(recipe, target) == (() if precision == "default" else (("INFERENCE_PRECISION_HINT", precision),))
+    for bf16 in (False, True):
+        ids = plan_ids(recipe, monkeypatch, "avx512-vnni", bf16)
+        extra = {i.split("@")[1] for i in ids if i.startswith(f"verify:{target.id}@")}
+        if precision == "f32":  # pinned, as deployed: this CPU's own bf16 default is reported beside
+            assert extra == ({"runtime-default"} if bf16 else set())
+        elif precision == "default":  # the plugin's choice, as deployed: f32 beside where it differs
+            assert extra == ({"f32"} if bf16 else set())
+        else:
+            assert extra == {"f32"}
+
+
+def test_a_recipe_without_verify_deploys_openvino_pinned_to_f32(tiny_recipe) -> None:
+    import yaml
+
+    from modelc_build.plan import deploy_config
+    from modelc_build.recipe import load_recipe
+
+    base = yaml.safe_load(tiny_recipe().read_text())
+    base["verify"] = None
+    recipe = load_recipe(tiny_recipe(base, name="plain.yaml"))
+    for target in recipe.targets:
+        expected = (("INFERENCE_PRECISION_HINT", "f32"),) if target.backend == "openvino" else ()
+        assert deploy_config(recipe, target) == expected, target
 
 
 def artifact(target: str, precision: str, latency: float) -> ArtifactReport:

@@ -58,7 +58,7 @@ def mutated(base: dict, path: tuple[str, ...], key: str | None, value: object) -
 @given(path=st.sampled_from(PATHS), key=st.one_of(st.none(), st.sampled_from(
            ["name", "shape", "dtype", "precisions", "backend", "min_cosine", "size", "scale", "labels", "labels_path",
             "path", "samples", "batch_size", "type", "layout", "metric", "exporter", "runs", "overflow_fix",
-            "second_isa", "mode", "classes", "strict", "ignore_weights", "format"]), st.text(max_size=6)),
+            "cpus", "mode", "classes", "strict", "ignore_weights", "format"]), st.text(max_size=6)),
        value=VALUES)
 def test_generated_recipes_give_a_recipe_or_a_documented_error(tmp_path: Path, path: tuple[str, ...], key: str | None,
                                                                 value: object) -> None:

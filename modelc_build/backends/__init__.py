@@ -26,6 +26,7 @@ class Runner(ABC):
         self.inputs = inputs
         self.outputs = outputs
         self._active = False
+        self.record_kernels = False  # set before entering: `kernels_used()` then names what ran
 
     def __enter__(self) -> Runner:
         self.activate()
@@ -58,6 +59,16 @@ class Runner(ABC):
     @abstractmethod
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ...
+
+    def kernels_used(self) -> list[str]:
+        """The kernels the calls so far ran (with `record_kernels` set), most used first; [] where
+        the runtime cannot say."""
+        return []
+
+    def effective_settings(self) -> dict[str, str]:
+        """What the runtime actually runs with (e.g. OpenVINO's inference precision), read back
+        from it after loading; {} where there is nothing to read."""
+        return {}
 
     def kernel_profile(self, feed: dict[str, np.ndarray], runs: int = 10) -> list[dict[str, Any]] | None:
         """Where a call's time goes, by kernel (most first), where the runtime can say; else None."""

@@ -31,7 +31,8 @@ class OnnxRuntimeRunner(Runner):
         super().__init__(inputs, outputs)
         self.model = model
         self.threads = threads
-        self._session = None
+        self._session: Any = None
+        self._profile_folder: str | None = None
 
     def activate(self) -> None:
         ort = require("onnxruntime", "onnxruntime", "onnxruntime")
@@ -39,10 +40,31 @@ class OnnxRuntimeRunner(Runner):
         options.log_severity_level = 3
         if self.threads:
             options.intra_op_num_threads = self.threads
+        if self.record_kernels:
+            self._profile_folder = tempfile.mkdtemp(prefix="modelc-ort-profile-")
+            options.enable_profiling = True
+            options.profile_file_prefix = str(Path(self._profile_folder) / "profile")
         self._session = ort.InferenceSession(str(self.model), options, providers=["CPUExecutionProvider"])
 
     def deactivate(self) -> None:
         self._session = None
+        if self._profile_folder:
+            shutil.rmtree(self._profile_folder, ignore_errors=True)
+            self._profile_folder = None
+
+    def kernels_used(self) -> list[str]:
+        """The operator kernels the calls ran, by time (e.g. `QLinearConv`: an integer convolution),
+        from onnxruntime's profiler."""
+        import json
+
+        if self._session is None or not self.record_kernels:
+            return []
+        spent: dict[str, float] = {}
+        for event in json.loads(Path(self._session.end_profiling()).read_text()):
+            args = event.get("args") or {}
+            if event.get("cat") == "Node" and "op_name" in args:
+                spent[args["op_name"]] = spent.get(args["op_name"], 0.0) + float(event.get("dur", 0))
+        return [name for name, _ in sorted(spent.items(), key=lambda item: -item[1])]
 
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self._session is not None

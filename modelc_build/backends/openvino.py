@@ -27,16 +27,36 @@ class OpenVinoRunner(Runner):
         super().__init__(inputs, outputs)
         self.xml = xml
         self.config = dict(config or {})  # {}: the CPU plugin's defaults (bf16 on CPUs that have it)
-        self._request = None
+        self._compiled: Any = None
+        self._request: Any = None
 
     def activate(self) -> None:
         ov = require("openvino", "openvino", "openvino")
         core = ov.Core()
-        compiled = core.compile_model(str(self.xml), "CPU", self.config)
-        self._request = compiled.create_infer_request()
+        config: dict[str, Any] = {**self.config, **({"PERF_COUNT": True} if self.record_kernels else {})}
+        self._compiled = core.compile_model(str(self.xml), "CPU", config)
+        self._request = self._compiled.create_infer_request()
 
     def deactivate(self) -> None:
         self._request = None
+        self._compiled = None
+
+    def effective_settings(self) -> dict[str, str]:
+        """The precision the CPU plugin really computes in (bf16 by default on CPUs that have it)."""
+        assert self._compiled is not None
+        precision = self._compiled.get_property("INFERENCE_PRECISION_HINT")
+        return {"INFERENCE_PRECISION_HINT": precision.to_string() if hasattr(precision, "to_string") else str(precision)}
+
+    def kernels_used(self) -> list[str]:
+        """Layer types with the kernels that ran them, by time spent (e.g. `Convolution (jit_avx2_I8)`)."""
+        if self._request is None or not self.record_kernels:
+            return []
+        spent: dict[str, float] = {}
+        for layer in self._request.get_profiling_info():
+            if layer.exec_type and layer.exec_type != "undef":
+                kernel = f"{layer.node_type} ({layer.exec_type})"
+                spent[kernel] = spent.get(kernel, 0.0) + layer.real_time.total_seconds()
+        return [kernel for kernel, _ in sorted(spent.items(), key=lambda item: -item[1])]
 
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self._request is not None

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from functools import lru_cache
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
@@ -102,15 +104,28 @@ def stored_reference_outputs(entry_folder: Path, batches: Iterator[Batch]) -> It
 @dataclass(frozen=True)
 class Setting:
     """How an artifact is run for one measurement: as deployed (the runtime settings the recipe
-    declares), pinned to f32, or with oneDNN limited to an older instruction set."""
+    declares; gated), under another runtime setting of this machine (reported beside), or on an
+    emulated deploy CPU (a QEMU CPU model; a sample subset, gated on the tensor metrics)."""
 
-    name: str  # deploy | f32 | avx2 | avx512_core
+    name: str  # deploy | f32 | runtime-default | the emulated CPU model in lower case (haswell)
     config: tuple[tuple[str, str], ...] = ()  # runtime properties (OpenVINO compile_model)
-    isa: str | None = None  # ONEDNN_MAX_CPU_ISA for a fresh interpreter
+    emulate: str | None = None  # a QEMU CPU model, e.g. Haswell
+    samples: int = 0  # emulated: at most this many evaluation samples ...
+    budget_s: float = 0.0  # ... and as many as fit in this time
 
     @property
     def suffix(self) -> str:
         return "" if self.name == "deploy" else f"@{self.name}"
+
+    @property
+    def gated(self) -> bool:
+        return self.name == "deploy" or self.emulate is not None
+
+    def describe(self) -> str:
+        if self.emulate:
+            return f"on an emulated {self.emulate} CPU (QEMU)"
+        return {"deploy": "as deployed", "f32": "pinned to f32",
+                "runtime-default": "with the runtime's own defaults on this CPU"}.get(self.name, self.name)
 
 
 DEPLOY = Setting("deploy")
@@ -136,53 +151,96 @@ class VerifyStep(Step):
 
     @property
     def description(self) -> str:  # type: ignore[override]
-        how = {"deploy": "as deployed", "f32": "pinned to f32"}.get(self.setting.name,
-                                                                      f"with oneDNN limited to {self.setting.isa}")
-        return f"measure {self.target.id} {how} against the reference on {self.evaluation.label}"
+        return f"measure {self.target.id} {self.setting.describe()} against the reference on {self.evaluation.label}"
 
     def material(self, inputs: StepInputs) -> dict[str, Any]:
+        from modelc_build.host import host_class
+
+        # a native measurement holds for this CPU class only; an emulated one for the emulator's
+        where = {"emulator": _emulator_identity()} if self.setting.emulate else {"cpu_class": host_class()}
         return {"artifact": inputs.entry(compile_step_id(self.target)).files,
                 "reference": inputs.entry(REFERENCE_STEP).files, "data": inputs.fingerprints.data(self.evaluation),
                 "task": inputs.fingerprints.task(self.task), "outputs": list(self.outputs), "setting": asdict(self.setting),
-                "tools": tool_versions(MEASURE_TOOLS)}
+                "tools": tool_versions(MEASURE_TOOLS), **where}
 
     def run(self, inputs: StepInputs, out: Path) -> None:
-        if self.setting.isa is None:
-            measured = self.measure(inputs)
-        else:
-            measured = in_fresh_interpreter(self.measure, inputs, {"ONEDNN_MAX_CPU_ISA": self.setting.isa})
-        measured["setting"] = {"name": self.setting.name, "config": dict(self.setting.config), "isa": self.setting.isa}
+        measured = self.measure_emulated(inputs, out) if self.setting.emulate else self.measure(inputs)
+        measured["setting"] = {"name": self.setting.name, "config": dict(self.setting.config), "emulate": self.setting.emulate}
         (out / EVALUATION_FILE).write_text(json.dumps(measured, indent=2, sort_keys=True) + "\n")
 
-    def measure(self, inputs: StepInputs) -> dict[str, Any]:
-        from modelc_build.accuracy import compare, evaluation_to_dict
+    def _runner(self, inputs: StepInputs) -> Runner:
         from modelc_build.backends import get_backend
 
         artifact = inputs.entry(compile_step_id(self.target))
         files = [artifact.file(name) for name in artifact.files]
-        runner = get_backend(self.target.backend).runner(files, self.evaluation.inputs, self.outputs,
-                                                         dict(self.setting.config))
+        return get_backend(self.target.backend).runner(files, self.evaluation.inputs, self.outputs, dict(self.setting.config))
+
+    def measure(self, inputs: StepInputs) -> dict[str, Any]:
+        from modelc_build.accuracy import compare, evaluation_to_dict
+
+        runner = self._runner(inputs)
         pairs = stored_reference_outputs(inputs.entry(REFERENCE_STEP).path, inputs.fingerprints.batches(self.evaluation))
         with runner:
             evaluation = compare(pairs, {self.target.id: runner}, self.evaluation.inputs, self.outputs, self.task)
-        return evaluation_to_dict(evaluation[self.target.id])
+            runtime = runner.effective_settings()
+        return {**evaluation_to_dict(evaluation[self.target.id]), "runtime": runtime}
+
+    def measure_emulated(self, inputs: StepInputs, out: Path) -> dict[str, Any]:
+        """The artifact on an emulated CPU, on the first evaluation samples that fit the budget,
+        against the reference's outputs (computed natively) and against its own native run."""
+        import tempfile
+
+        from modelc_build.accuracy import evaluation_to_dict, output_agreement, score
+        from modelc_build.emulation import INSTALL_HINT, emulator, run_emulated
+        from modelc_build.feeds import ModelCaller
+
+        cpu = self.setting.emulate
+        assert cpu is not None
+        if emulator() is None:
+            return {**_empty(), "not_run": f"the {cpu} check did not run: no emulator (qemu-x86_64) on this machine; "
+                                           f"install it ({INSTALL_HINT}) and build again"}
+        pairs = list(islice(one_sample_at_a_time(stored_reference_outputs(
+            inputs.entry(REFERENCE_STEP).path, inputs.fingerprints.batches(self.evaluation))), self.setting.samples))
+        artifact = inputs.entry(compile_step_id(self.target))
+        with tempfile.TemporaryDirectory(prefix="modelc-emulated-") as scratch:
+            run = run_emulated(cpu, self.target.backend, [artifact.file(name) for name in artifact.files],
+                               dict(self.setting.config), self.evaluation.inputs, self.outputs,
+                               [batch.inputs for batch, _ in pairs], self.setting.budget_s, Path(scratch))
+        emulation = {"cpu": cpu, "features": run.features, "class": run.seen_class, "kernels": run.kernels[:8],
+                     "samples": len(run.outputs), "samples_asked": self.setting.samples, "budget_s": self.setting.budget_s,
+                     "startup_s": round(run.startup_s, 2), "inference_s": round(run.inference_s, 2),
+                     "canary": run.canary.detail, "log": run.log_tail}
+        if run.broken:
+            return {**_empty(), "emulation": emulation, "emulation_broken": run.broken}
+        done = pairs[:len(run.outputs)]
+        runner = self._runner(inputs)
+        with runner:
+            call = ModelCaller(self.evaluation.inputs, runner.infer)
+            native = [call(batch.inputs) for batch, _ in done]
+        produced = ((batch, expected, {"emulated": got}) for (batch, expected), got in zip(done, run.outputs))
+        evaluation = score(produced, ("emulated",), self.outputs, self.task, whole_set=False)["emulated"]
+        emulation["versus_native"] = [{"output": m.output, "cosine": m.cosine, "max_abs_error": m.max_abs_error}
+                                      for m in output_agreement(run.outputs, native, self.outputs)]
+        return {**evaluation_to_dict(evaluation), "emulation": emulation}
 
 
-def in_fresh_interpreter(function: Any, argument: Any, environment: dict[str, str]) -> Any:
-    """`function(argument)` in a new Python interpreter started with `environment` set: libraries
-    such as oneDNN read their settings once per process, so the variable must be there first."""
-    import multiprocessing
-    import os
-    from concurrent.futures import ProcessPoolExecutor
+def _empty() -> dict[str, Any]:
+    return {"samples": 0, "outputs": [], "task": None}
 
-    saved = {name: os.environ.get(name) for name in environment}
-    os.environ.update(environment)
-    try:
-        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            return pool.submit(function, argument).result()
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+
+@lru_cache(maxsize=1)
+def _emulator_identity() -> str:
+    from modelc_build.emulation import emulator_identity
+
+    return emulator_identity()
+
+
+def one_sample_at_a_time(pairs: Iterator[tuple[Batch, dict[str, np.ndarray]]]) -> Iterator[tuple[Batch, dict[str, np.ndarray]]]:
+    """Evaluation batches with their reference outputs, cut into single samples, in order."""
+    from modelc_build.data import Batch
+
+    for batch, expected in pairs:
+        for index in range(len(batch)):
+            one = slice(index, index + 1)
+            yield (Batch({name: array[one] for name, array in batch.inputs.items()}, batch.sources[one], batch.labels[one]),
+                   {name: array[one] for name, array in expected.items()})

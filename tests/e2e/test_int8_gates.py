@@ -97,8 +97,14 @@ def test_mobilenet_v2_int8_keeps_its_accuracy_on_every_path(tmp_path: Path, run_
         assert artifact["task_metric"]["name"] == "top1_agreement"
         assert artifact["task_metric"]["label_free"]["top5_containment"] >= 97.0, target
         assert {g["source"] for g in artifact["gates"]} == {"default"}
-    second_isa = next(m for m in by_target["openvino-int8"]["measurements"] if m["isa"] == "AVX2")
-    assert second_isa["gated"] and second_isa["passed"] and second_isa["outputs"][0]["cosine"] >= 0.97
+    for target in ("openvino-int8", "onnxruntime-int8"):  # right on pre-VNNI CPUs too, whatever this one is
+        haswell = next((m for m in by_target[target]["measurements"] if m["emulate"] == "Haswell"), None)
+        if report["machine"]["kernel_class"] == "avx2":  # this machine is that class: its native run was the check
+            assert haswell is None and {"cpu": "Haswell", "how": "native"}.items() <= report["cpus"][0].items()
+        else:
+            assert haswell is not None and haswell["gated"] and haswell["passed"], haswell
+            assert haswell["emulation"]["class"] == "avx2" and haswell["samples"] >= 2
+            assert haswell["outputs"][0]["cosine"] >= 0.95, haswell
     assert by_target["openvino-int8"]["quantization"]["overflow_fix"] == "enable"
     assert manifest["build_machine"]["isa"] == report["machine"]["isa"]
     assert all(a["latency"]["p10"] <= a["latency"]["p50"] <= a["latency"]["p90"] for a in report["artifacts"])

@@ -1,0 +1,301 @@
+"""Run an artifact on an emulated deploy CPU: QEMU user mode playing an older CPU class.
+
+A result holds only on the CPU class it was measured on (modelc_build/host.py): pre-VNNI INT8
+kernels sum 8-bit products in saturating int16 and can be wrong where VNNI kernels are right.
+`qemu-x86_64 -cpu Haswell python …` runs this same interpreter with the CPUID of an AVX2 CPU, so
+OpenVINO and onnxruntime pick the kernels they would pick there (limiting oneDNN's ISA through
+`ONEDNN_MAX_CPU_ISA` does not: OpenVINO's own kernels ignore it and the process mixes families).
+
+Emulation is slow, unevenly: integer kernels run ~100x slower than natively, float kernels far
+more. So a check runs a subset of samples sized by a time budget, and the reference outputs are
+never computed under emulation; the caller compares what comes back with outputs computed natively.
+
+The child process is this module (`python -m modelc_build.emulation REQUEST_DIR`). It also runs a
+canary, a tiny float model with known native outputs, and reports the CPU features it saw, so a
+broken emulator is told apart from a broken artifact.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modelc_build.host import EMULATED_CLASSES
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from modelc_build.recipe import TensorSpec
+
+EMULATOR_VARIABLE = "MODELC_EMULATOR"  # another emulator (or a stand-in) with qemu-x86_64's arguments
+INSTALL_HINT = "apt-get install qemu-user"
+STARTUP_ALLOWANCE_S = 180.0  # interpreter + runtime start under emulation (about 9 s here)
+MIN_SAMPLES = 2
+CANARY_TOLERANCE = 1e-3  # relative to the canary output's largest magnitude
+
+
+def emulator() -> str | None:
+    """The emulator executable: $MODELC_EMULATOR, else qemu-x86_64 on the PATH."""
+    chosen = os.environ.get(EMULATOR_VARIABLE)
+    if chosen:
+        return chosen if shutil.which(chosen) else None
+    return shutil.which("qemu-x86_64")
+
+
+def emulator_identity() -> str:
+    """What ran the emulation, for cache keys: installing or changing the emulator re-runs checks."""
+    found = emulator()
+    if found is None:
+        return "absent"
+    try:
+        first = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=30).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        first = []
+    return f"{Path(found).name} {first[0] if first else ''}".strip()
+
+
+def expected_class(cpu: str) -> str | None:
+    return EMULATED_CLASSES.get(cpu)
+
+
+def class_from_features(features: dict[str, bool]) -> str:
+    """The CPU class from numpy's CPUID feature probe (AMX and AVX-VNNI are not in it)."""
+    for name, feature in (("avx512-vnni", "AVX512VNNI"), ("avx512", "AVX512F"), ("avx2", "AVX2"), ("avx", "AVX"),
+                          ("sse4", "SSE42")):
+        if features.get(feature):
+            return name
+    return "unknown"
+
+
+@dataclass(frozen=True)
+class Canary:
+    """What the canary model gave natively and under emulation."""
+
+    healthy: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class EmulatedRun:
+    cpu: str  # the QEMU CPU model
+    features: list[str]  # CPU features the emulated process saw (numpy's CPUID probe)
+    seen_class: str
+    kernels: list[str]  # the runtime's kernels that ran (OpenVINO exec types, onnxruntime op kernels)
+    outputs: list[dict[str, np.ndarray]]  # per sample, sample-first (batch of 1)
+    startup_s: float
+    inference_s: float
+    canary: Canary
+    problem: str | None = None  # the emulation itself failed (timed out, crashed): no artifact verdict
+    log_tail: list[str] = field(default_factory=list)
+
+    @property
+    def broken(self) -> str | None:
+        """Why the emulation cannot be trusted, or None."""
+        if self.problem:
+            return self.problem
+        if not self.canary.healthy:
+            return self.canary.detail
+        wanted = expected_class(self.cpu)
+        if wanted is not None and self.seen_class != wanted:
+            return (f"the emulated process saw a {self.seen_class} CPU ({', '.join(self.features[-4:])}), "
+                    f"not the {wanted} class of {self.cpu}: the emulator does not emulate that CPU")
+        return None
+
+
+def canary_model(folder: Path) -> Path:
+    """A tiny float CNN with seeded weights (conv, ReLU, pooling, a dense layer): any sound
+    emulation computes what native code computes, to float rounding."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    weights = {"conv_w": rng.standard_normal((8, 3, 3, 3)).astype(np.float32),
+               "conv_b": rng.standard_normal(8).astype(np.float32),
+               "dense_w": rng.standard_normal((8, 5)).astype(np.float32),
+               "dense_b": rng.standard_normal(5).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "conv_w", "conv_b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "dense_w", "dense_b"], ["y"])]
+    graph = helper.make_graph(nodes, "canary", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])],
+                              [numpy_helper.from_array(value, name) for name, value in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = folder / "canary.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def canary_input() -> dict[str, np.ndarray]:
+    import numpy as np
+
+    return {"x": np.random.default_rng(11).random((1, 3, 16, 16), dtype=np.float32)}
+
+
+def _canary_runner(backend: str, path: Path) -> Any:
+    """The canary runs in the artifact's own runtime, on its float kernels."""
+    from modelc_build.recipe import TensorSpec
+
+    spec = (TensorSpec("x", (1, 3, 16, 16)),)
+    if backend == "openvino":
+        from modelc_build.backends.openvino import OpenVinoRunner
+
+        return OpenVinoRunner(path, spec, ("y",), {"INFERENCE_PRECISION_HINT": "f32"})
+    from modelc_build.backends.onnxruntime import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner(path, spec, ("y",))
+
+
+def run_canary(backend: str, path: Path) -> np.ndarray:
+    with _canary_runner(backend, path) as runner:
+        return runner.infer(canary_input())["y"]
+
+
+def judge_canary(native: np.ndarray, emulated: np.ndarray | None) -> Canary:
+    import numpy as np
+
+    if emulated is None:
+        return Canary(False, "the canary model gave no output under emulation")
+    scale = float(np.abs(native).max()) or 1.0
+    error = float(np.abs(native.astype(np.float64) - emulated.astype(np.float64)).max()) / scale \
+        if emulated.shape == native.shape else float("inf")
+    if not np.isfinite(error) or error > CANARY_TOLERANCE:
+        return Canary(False, f"the canary model (a tiny float CNN) differs from its native outputs by {error:.3g} "
+                             f"of their scale under emulation (tolerance {CANARY_TOLERANCE:g}): the emulator is broken")
+    return Canary(True, f"canary within {error:.2g} of native")
+
+
+def run_emulated(cpu: str, backend: str, files: list[Path], config: dict[str, str], inputs: tuple[TensorSpec, ...],
+                 outputs: tuple[str, ...], samples: list[dict[str, np.ndarray]], budget_s: float, work: Path) -> EmulatedRun:
+    """Run `samples` (sample-first, one sample each, in order: a model with state carries it) on
+    the artifact under `qemu-x86_64 -cpu CPU`, for as many as fit in `budget_s` (at least two)."""
+    import numpy as np
+
+    found = emulator()
+    assert found is not None, "run_emulated needs an emulator: check emulator() first"
+    work.mkdir(parents=True, exist_ok=True)
+    canary = canary_model(work)
+    native_canary = run_canary(backend, canary)
+    for number, sample in enumerate(samples):
+        np.savez(work / f"sample-{number:06d}.npz", **sample)  # type: ignore[arg-type]
+    request = {"backend": backend, "files": [str(f) for f in files], "config": config,
+               "inputs": [spec.to_json() for spec in inputs], "outputs": list(outputs),
+               "samples": len(samples), "budget_s": budget_s, "canary": str(canary)}
+    (work / "request.json").write_text(json.dumps(request, indent=2))
+    command = [found, "-cpu", cpu, os.path.realpath(sys.executable), "-m", "modelc_build.emulation", str(work)]
+    log = work / "emulator.log"
+    problem = None
+    started = time.monotonic()
+    try:
+        with log.open("wb") as handle:
+            completed = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, timeout=budget_s + STARTUP_ALLOWANCE_S,
+                                       env=_child_environment(), preexec_fn=_die_with_parent)
+        if completed.returncode != 0:
+            problem = f"the emulated process exited with code {completed.returncode}"
+    except subprocess.TimeoutExpired:
+        problem = f"the emulated process did not finish within {budget_s + STARTUP_ALLOWANCE_S:.0f} s"
+    elapsed = time.monotonic() - started
+    tail = _log_tail(log)
+    result_file = work / "result.json"
+    if problem is None and not result_file.is_file():
+        problem = "the emulated process wrote no result"
+    if problem is not None:
+        return EmulatedRun(cpu, [], "unknown", [], [], elapsed, 0.0, Canary(False, problem), problem, tail)
+    result = json.loads(result_file.read_text())
+    if result.get("error"):
+        problem = f"the artifact could not run under emulation: {result['error']}"
+    emulated_outputs = []
+    for number in range(int(result.get("samples_done", 0))):
+        with np.load(work / f"output-{number:06d}.npz", allow_pickle=False) as archive:
+            emulated_outputs.append({name: archive[name] for name in archive.files})
+    emulated_canary = None
+    if (work / "canary-output.npz").is_file():
+        with np.load(work / "canary-output.npz", allow_pickle=False) as archive:
+            emulated_canary = archive["y"] if "y" in archive.files else None
+    features = [name for name, present in result.get("features", {}).items() if present]
+    return EmulatedRun(cpu, features, class_from_features(result.get("features", {})), result.get("kernels", []),
+                       emulated_outputs, float(result.get("startup_s", elapsed)), float(result.get("inference_s", 0.0)),
+                       judge_canary(native_canary, emulated_canary), problem, tail)
+
+
+def _child_environment() -> dict[str, str]:
+    environment = dict(os.environ)
+    environment.pop("ONEDNN_MAX_CPU_ISA", None)
+    environment["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # the same packages, found the same way
+    return environment
+
+
+def _die_with_parent() -> None:
+    """Linux: the emulated process gets SIGKILL when the process that started it dies."""
+    from modelc_build.processes import die_with_parent
+
+    die_with_parent()
+
+
+def _log_tail(log: Path, lines: int = 6) -> list[str]:
+    try:
+        text = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    return [line for line in text if "TCG doesn't support requested feature" not in line][-lines:]
+
+
+# --- the emulated process -------------------------------------------------------------------------
+
+def _features() -> dict[str, bool]:
+    import numpy as np
+
+    probe = getattr(np._core._multiarray_umath, "__cpu_features__", {})  # type: ignore[attr-defined]
+    wanted = ("SSE42", "AVX", "FMA3", "AVX2", "AVX512F", "AVX512BW", "AVX512VNNI", "AVX512BF16", "AVX512FP16")
+    return {name: bool(probe.get(name)) for name in wanted}
+
+
+def child_main(work: Path) -> int:
+    """Run the request in `work` on this (emulated) CPU; write outputs, canary and result.json."""
+    import numpy as np
+
+    from modelc_build.backends import get_backend
+    from modelc_build.feeds import ModelCaller
+    from modelc_build.recipe import TensorSpec
+
+    started = time.monotonic()
+    request = json.loads((work / "request.json").read_text())
+    result: dict[str, Any] = {"features": _features(), "samples_done": 0}
+    inputs = tuple(TensorSpec.from_json(spec) for spec in request["inputs"])
+    try:
+        emulated_canary = run_canary(request["backend"], Path(request["canary"]))
+        np.savez(work / "canary-output.npz", y=emulated_canary)
+        runner = get_backend(request["backend"]).runner([Path(f) for f in request["files"]], inputs,
+                                                        tuple(request["outputs"]), request["config"])
+        runner.record_kernels = True
+        with runner:
+            caller = ModelCaller(inputs, runner.infer)
+            result["startup_s"] = time.monotonic() - started
+            inference_started = time.monotonic()
+            for number in range(int(request["samples"])):
+                spent = time.monotonic() - inference_started
+                if number >= MIN_SAMPLES and spent + spent / number > float(request["budget_s"]):
+                    break
+                with np.load(work / f"sample-{number:06d}.npz", allow_pickle=False) as archive:
+                    sample = {name: archive[name] for name in archive.files}
+                np.savez(work / f"output-{number:06d}.npz", **caller(sample))  # type: ignore[arg-type]
+                result["samples_done"] = number + 1
+            result["inference_s"] = time.monotonic() - inference_started
+            result["kernels"] = runner.kernels_used()
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which says what failed
+        result["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:400]
+    (work / "result.json").write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(child_main(Path(sys.argv[1])))
