@@ -30,7 +30,7 @@ class OutputMetrics:
 
 
 @dataclass
-class _OutputAccumulator:
+class OutputAccumulator:
     """Running sums for one output; float64 so long streams do not lose precision."""
 
     count: int = 0
@@ -301,7 +301,7 @@ def score(produced: Iterable[tuple[Batch, dict[str, np.ndarray], dict[str, dict[
     # boxes and scores apart, unless the model already returns them apart
     slices = [f"{task_output}:boxes", f"{task_output}:scores"] if task.type == "detection" and task.layout != "separate" \
         else []
-    accumulators = {key: {name: _OutputAccumulator() for name in (*outputs, *slices)} for key in keys}
+    accumulators = {key: {name: OutputAccumulator() for name in (*outputs, *slices)} for key in keys}
     use_task = task.type in ("classification", "detection", "embedding", "custom")
     reference_scorer = _TaskScorer(task, task_output)
     scorers = {key: _TaskScorer(task, task_output) for key in keys}
@@ -336,7 +336,7 @@ def score(produced: Iterable[tuple[Batch, dict[str, np.ndarray], dict[str, dict[
 def output_agreement(first: list[dict[str, np.ndarray]], second: list[dict[str, np.ndarray]],
                      outputs: tuple[str, ...]) -> list[OutputMetrics]:
     """Per output, how closely two runs of one model agree (e.g. emulated against native)."""
-    accumulators = {name: _OutputAccumulator() for name in outputs}
+    accumulators = {name: OutputAccumulator() for name in outputs}
     for a, b in zip(first, second):
         for name in outputs:
             accumulators[name].update(a[name], b[name])

@@ -27,6 +27,7 @@ from modelc_build.report import Report
 from modelc_build.steps.compile import compile_step_id
 from modelc_build.steps.qdq import QDQ_STEP
 from modelc_build.steps.sensitivity import SENSITIVITY_STEP
+from modelc_build.steps.verify import GOLDEN_STEP
 
 if TYPE_CHECKING:
     from modelc_build.signing import Signer
@@ -120,7 +121,7 @@ def build(recipe: Recipe, store: Store, log: BuildLog, cache: Cache, options: Bu
 
 def _release(recipe: Recipe, plan: Plan, done: RunSummary, store: Store, log: BuildLog, options: BuildOptions,
              counts: str, cache: Cache, facts: Fingerprints) -> BuildResult:
-    measured = Measured(graph=done.entries[plan.graph], qdq=done.entries.get(QDQ_STEP),
+    measured = Measured(graph=done.entries[plan.graph], qdq=done.entries.get(QDQ_STEP), golden=done.entries.get(GOLDEN_STEP),
                         artifacts=[CompiledArtifact(t, done.entries[compile_step_id(t)]) for t in recipe.targets],
                         entries=done.entries, settings={t.id: verify_settings(recipe, t) for t in recipe.targets},
                         cpus=checked_cpus(recipe))

@@ -132,11 +132,13 @@ def keygen(prefix: Path, debug: bool) -> None:
 @click.option("--target", help="Only this artifact (e.g. openvino-int8), with the manifest, reports and signature.")
 @click.option("--dest", type=click.Path(path_type=Path), required=True, help="A new or empty folder.")
 @trust_options
+@click.option("--check", is_flag=True, help="After verifying, run each pulled artifact on the release's golden set "
+              "on this machine with its recorded settings (exit 4 when one misses; the pull stays).")
 @json_option
 @click.option("--debug", is_flag=True)
 def pull(reference: str, store_url: str, target: str | None, dest: Path, public_key: Path | None,
          certificate_chain: tuple[Path, ...], certificate_identity: str | None, sigstore_identity: str | None,
-         sigstore_issuer: str, as_json: bool, debug: bool) -> None:
+         sigstore_issuer: str, check: bool, as_json: bool, debug: bool) -> None:
     """Download a release, verify its signature and every digest, then move it into DEST."""
     from modelc_build.deploy import parse_reference
     from modelc_build.deploy import pull as pull_release
@@ -149,29 +151,71 @@ def pull(reference: str, store_url: str, target: str | None, dest: Path, public_
         return pull_release(open_store(store_url), name, version, dest, trust, target)
 
     pulled = _guarded(debug, action)
+    document: dict[str, Any] = {"reference": reference, "destination": str(pulled.destination), "files": pulled.files,
+                                "verified_with": trust.describe()}
+    if not as_json:
+        click.echo(f"verified and wrote {len(pulled.files)} files of {reference} to {pulled.destination} ({trust.describe()})")
+    failure = None
+    if check:
+        document["checks"], failure = _golden_checks(pulled.destination, [target] if target else None, as_json, debug)
     if as_json:
-        _json({"reference": reference, "destination": str(pulled.destination), "files": pulled.files,
-               "verified_with": trust.describe()})
-        return
-    click.echo(f"verified and wrote {len(pulled.files)} files of {reference} to {pulled.destination} ({trust.describe()})")
+        _json(document)
+    if failure is not None:
+        _fail(failure, debug)
 
 
 @main.command()
 @click.argument("release", type=click.Path(path_type=Path, exists=True, file_okay=False))
 @trust_options
+@click.option("--run", "run_golden", is_flag=True, help="Also run each artifact on the release's golden set on this "
+              "machine, with the runtime settings the manifest records; exit 4 naming the artifact and the CPU when "
+              "one misses the tolerances its gates implied.")
+@click.option("--target", "targets", multiple=True, help="With --run: only this artifact (repeat); its runtime must be "
+              "installed. Without: every artifact whose runtime is installed.")
 @json_option
 @click.option("--debug", is_flag=True)
 def verify(release: Path, public_key: Path | None, certificate_chain: tuple[Path, ...], certificate_identity: str | None,
-           sigstore_identity: str | None, sigstore_issuer: str, as_json: bool, debug: bool) -> None:
-    """Check a release folder on disk against its signature: every file, nothing extra, the signer."""
+           sigstore_identity: str | None, sigstore_issuer: str, run_golden: bool, targets: tuple[str, ...], as_json: bool,
+           debug: bool) -> None:
+    """Check a release folder on disk against its signature: every file, nothing extra, the signer;
+    with --run, prove its artifacts on this machine."""
     from modelc_build.deploy import verify_folder
 
     trust = _trust(public_key, certificate_chain, certificate_identity, sigstore_identity, sigstore_issuer)
     _guarded(debug, lambda: verify_folder(release, trust))
+    document: dict[str, Any] = {"release": str(release), "verified": True, "verified_with": trust.describe()}
+    if not as_json:
+        click.echo(f"{release}: every file matches the signature ({trust.describe()})")
+    failure = None
+    if run_golden:
+        document["checks"], failure = _golden_checks(release, list(targets) or None, as_json, debug)
     if as_json:
-        _json({"release": str(release), "verified": True, "verified_with": trust.describe()})
-        return
-    click.echo(f"{release}: every file matches the signature ({trust.describe()})")
+        _json(document)
+    if failure is not None:
+        _fail(failure, debug)
+
+
+def _golden_checks(folder: Path, targets: list[str] | None, as_json: bool,
+                   debug: bool) -> tuple[dict[str, Any], ModelcError | None]:
+    """Run the golden-set checks and print a line each (unless JSON); returns them and the error to
+    exit with: 4 when one misses, 6 when nothing could run here."""
+    from modelc_build.errors import BackendUnavailable, GateFailed
+    from modelc_build.runtime import check_release
+
+    results, skipped = _guarded(debug, lambda: check_release(folder, targets))
+    if not as_json:
+        for line in [r.describe() for r in results] + skipped:
+            click.echo(line)
+    failure: ModelcError | None = None
+    failed = [r for r in results if not r.passed]
+    if not results:
+        failure = BackendUnavailable(f"{folder}: no artifact could run on this machine: " + "; ".join(skipped))
+    elif failed:
+        failure = GateFailed("; ".join(f"{r.target} misses its golden set on {r.cpu} ({r.cpu_class}): " + "; ".join(r.misses)
+                                       for r in failed) + ": it does not compute here what was judged at build time")
+    return {"results": [{"target": r.target, "cpu": r.cpu, "class": r.cpu_class, "samples": r.samples, "passed": r.passed,
+                         "misses": r.misses, "tolerances": r.tolerances, "runtime": r.runtime,
+                         "outputs": [vars(m) for m in r.outputs]} for r in results], "skipped": skipped}, failure
 
 
 @main.command()

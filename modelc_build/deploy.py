@@ -37,13 +37,14 @@ def parse_reference(reference: str) -> tuple[str, str]:
 
 
 def selection(manifest: dict[str, Any], target: str | None) -> set[str] | None:
-    """The files a deploy of `target` needs (its artifact, the reports); None: every file."""
+    """The files a deploy of `target` needs (its artifact, the reports, the golden set); None: every file."""
     if target is None:
         return None
     artifacts = {a["target"]: a["files"] for a in manifest.get("artifacts", [])}
     if target not in artifacts:
         raise InputError(f"--target {target}: the release holds {', '.join(sorted(artifacts))}")
-    return set(artifacts[target]) | set(REPORT_FILES)
+    golden = (manifest.get("golden") or {}).get("files", []) if isinstance(manifest.get("golden"), dict) else []
+    return set(artifacts[target]) | set(REPORT_FILES) | {str(name) for name in golden}  # golden: for verify --run
 
 
 def pull(store: Store, name: str, version: str, destination: Path, trust: Trust, target: str | None = None) -> Pulled:

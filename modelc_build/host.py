@@ -48,9 +48,38 @@ def _cpu_flags() -> tuple[str, set[str]]:
     return model, flags
 
 
+# numpy's CPUID probe name -> the /proc/cpuinfo flag it confirms
+CPUID_FLAGS = {"AVX2": "avx2", "AVX512F": "avx512f", "AVX512VNNI": "avx512_vnni", "AVX512BF16": "avx512_bf16"}
+
+
+def _as_executed(flags: set[str]) -> tuple[set[str], bool]:
+    """The flags as this process's CPUID answers, where they differ from /proc/cpuinfo: under QEMU
+    user mode /proc/cpuinfo is the host's while the CPU the program runs on is the emulated one.
+    Returns the corrected flags and whether a correction was made (numpy's probe, when installed)."""
+    try:
+        import numpy as np
+
+        probe = getattr(np._core._multiarray_umath, "__cpu_features__", None)  # type: ignore[attr-defined]
+    except (ImportError, AttributeError):
+        return flags, False
+    if not probe:
+        return flags, False
+    missing = {flag for name, flag in CPUID_FLAGS.items() if flag in flags and not probe.get(name)}
+    if not missing:
+        return flags, False
+    if "avx512f" in missing:  # no AVX-512 at all: none of its extensions either, nor AMX
+        missing |= {f for f in flags if f.startswith(("avx512", "amx"))}
+    if "avx2" in missing:
+        missing |= {"avx_vnni"}
+    return flags - missing, True
+
+
 @lru_cache(maxsize=1)
 def cpu_info() -> dict[str, Any]:
     model, flags = _cpu_flags()
+    flags, emulated = _as_executed(flags)
+    if emulated:
+        model += " (emulated CPU: CPUID differs from /proc/cpuinfo)"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     isa = [name for flag, name in ISA_FLAGS.items() if flag in flags]
     return {"cpu": model, "machine": platform.machine(), "cores": cores, "isa": isa,

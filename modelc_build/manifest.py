@@ -106,7 +106,8 @@ class ArtifactEntry:
 def build_manifest(*, name: str, version: str, recipe_file: Path, recipe_digest: str, exporter: str, opset: int,
                    simplified: bool, artifacts: list[ArtifactEntry], artifact_files: list[FileEntry],
                    report_files: list[FileEntry], passed: bool, machine: dict[str, Any] | None = None,
-                   data: dict[str, Any] | None = None, measurement_digest: str | None = None) -> dict[str, Any]:
+                   data: dict[str, Any] | None = None, measurement_digest: str | None = None,
+                   golden: dict[str, Any] | None = None, model: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "format_version": MANIFEST_FORMAT_VERSION,
         "name": name,
@@ -115,6 +116,7 @@ def build_manifest(*, name: str, version: str, recipe_file: Path, recipe_digest:
         "recipe": {"file": recipe_file.name, "sha256": recipe_digest},
         "source": source_commit(recipe_file.resolve().parent),
         "export": {"exporter": exporter, "opset": opset, "simplified": simplified},
+        "model": model,  # inputs (name, shape, dtype, batch axis, fixed value, carried state) and outputs
         "toolchain": toolchain_versions(),
         "content_digest": content_digest(artifact_files),
         "measurement_digest": measurement_digest,  # task, gates, data, verification settings judged by
@@ -125,6 +127,7 @@ def build_manifest(*, name: str, version: str, recipe_file: Path, recipe_digest:
                       for a in artifacts],
         "build_machine": machine,
         "data": data,
+        "golden": golden,  # the golden set `modelc verify --run` proves artifacts on: samples, bytes, files
         "files": [{"path": e.path, "sha256": e.sha256, "size": e.size} for e in artifact_files + report_files],
     }
 

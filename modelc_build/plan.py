@@ -17,6 +17,7 @@ from modelc_build.recipe import Recipe, Target
 from modelc_build.steps import Step
 from modelc_build.steps.compile import AccuracyControlSpec, CompileStep, compile_step_id
 from modelc_build.steps.export import EXPORT_STEP, ExportStep
+from modelc_build.steps.golden import GoldenStep
 from modelc_build.steps.latency import LatencyStep
 from modelc_build.steps.qdq import QDQ_STEP, QdqStep
 from modelc_build.steps.sensitivity import SENSITIVITY_STEP, SensitivityStep
@@ -93,9 +94,13 @@ def make_plan(recipe: Recipe) -> Plan:
         steps.append(_compile_step(recipe, target, graph))
     evaluation = data_source(recipe, "evaluation")
     steps.append(ReferenceStep(model, evaluation))
+    golden = recipe.verify.golden_samples > 0
+    if golden:
+        steps.append(GoldenStep(evaluation, model.outputs, recipe.verify.golden_samples,
+                                int(recipe.verify.golden_max_mb * 2**20)))
     for target in recipe.targets:
         for setting in verify_settings(recipe, target):
-            steps.append(VerifyStep(target, evaluation, recipe.task, model.outputs, setting))
+            steps.append(VerifyStep(target, evaluation, recipe.task, model.outputs, setting, golden and setting.name == "deploy"))
     if recipe.latency.runs > 0:
         steps.append(LatencyStep(None, model, evaluation, recipe.latency))
         for target in recipe.targets:

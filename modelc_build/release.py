@@ -17,12 +17,15 @@ from typing import TYPE_CHECKING, Any, Callable
 from modelc_build.accuracy import Evaluation, apply_gates, evaluation_from_dict
 from modelc_build.cache import CacheEntry
 from modelc_build.errors import GateFailed, StoreError
+from modelc_build.golden import FOLDER as GOLDEN_FOLDER
 from modelc_build.manifest import QUANTIZATION_NOTES, ArtifactEntry, FileEntry, build_manifest, content_digest, file_entries
 from modelc_build.recipe import Recipe, Target
 from modelc_build.report import ArtifactReport, CalibrationData, Measurement, Report, to_json_text, to_markdown
 from modelc_build.steps.export import EXPORT_NOTES, EXPORT_STEP
 from modelc_build.steps.latency import LATENCY_FILE, REFERENCE_LATENCY_STEP, latency_step_id
-from modelc_build.steps.verify import EVALUATION_FILE, REFERENCE_STEP, Setting, verify_step_id
+from modelc_build.steps.verify import EVALUATION_FILE, GOLDEN_STEP, REFERENCE_STEP, Setting, verify_step_id
+
+GOLDEN_NOTES = "golden-step.json"
 
 if TYPE_CHECKING:
     from modelc_build.signing import Signer
@@ -41,6 +44,7 @@ class Measured:
 
     graph: CacheEntry  # the ONNX graph shipped as onnx/model.onnx
     qdq: CacheEntry | None  # the Q/DQ INT8 graph, shipped as onnx-int8/
+    golden: CacheEntry | None  # the golden set, shipped as golden/
     artifacts: list[CompiledArtifact]
     entries: dict[str, CacheEntry]  # every step's output by step id
     settings: dict[str, list[Setting]]  # per target: as deployed first, then the other measurements
@@ -77,13 +81,26 @@ def make_report(recipe: Recipe, measured: Measured, sensitivity_step: str, data:
         artifacts.append(ArtifactReport(target.id, target.backend, target.precision, files, evaluation,
                                         _latency_ms(measured, latency_step_id(target)), notes or None,
                                         dict(measured.settings[target.id][0].config), _latency_summary(timing), others,
-                                        deployed.get("runtime") or {}))
+                                        deployed.get("runtime") or {}, _golden_check(recipe, target, deployed, measured)))
         if evaluation.task is not None:
             reference_metric = evaluation.task.reference
     return Report(recipe.name, recipe.version, reference["reference"], reference["data"], reference["samples"],
                   recipe.task.type, reference_metric, _latency_ms(measured, REFERENCE_LATENCY_STEP), artifacts,
                   _calibration(recipe, artifacts), _sensitivity(recipe, measured.json(sensitivity_step, "sensitivity.json")),
-                  cpu_info(), data, measured.json(EXPORT_STEP, EXPORT_NOTES), measured.cpus)
+                  cpu_info(), data, measured.json(EXPORT_STEP, EXPORT_NOTES), measured.cpus, measured.json(GOLDEN_STEP, GOLDEN_NOTES))
+
+
+def _golden_check(recipe: Recipe, target: Target, deployed: dict[str, Any], measured: Measured) -> dict[str, Any] | None:
+    """The golden-set check the verify step ran, held to the tolerances the target's gate implies."""
+    from modelc_build.accuracy import OutputMetrics
+    from modelc_build.golden import misses, tolerances
+
+    kept = measured.json(GOLDEN_STEP, GOLDEN_NOTES)
+    if not kept or not kept.get("samples") or deployed.get("golden") is None:
+        return None
+    limits = tolerances(recipe.gate_for(target.precision))
+    metrics = [OutputMetrics(**m) for m in deployed["golden"]]
+    return {"samples": kept["samples"], "tolerances": limits, "outputs": deployed["golden"], "misses": misses(metrics, limits)}
 
 
 def _measurement(recipe: Recipe, target: Target, setting: Setting, measured: dict[str, Any]) -> Measurement:
@@ -222,8 +239,26 @@ def _assemble(folder: Path, measured: Measured, report: Report) -> None:
         (folder / artifact.target.id).mkdir()
         for name in artifact.entry.files:
             shutil.copyfile(artifact.entry.file(name), folder / artifact.target.id / name)
+    if measured.golden is not None and report.golden and report.golden.get("samples"):
+        _assemble_golden(folder / GOLDEN_FOLDER, measured.golden, report)
     (folder / "report.json").write_text(to_json_text(report))
     (folder / "report.md").write_text(to_markdown(report))
+
+
+def _assemble_golden(folder: Path, entry: CacheEntry, report: Report) -> None:
+    """golden/: the samples and reference outputs, and each artifact's tolerances and the settings
+    it runs with, so that a deploy machine can repeat the check."""
+    from modelc_build.golden import FILES, FORMAT_VERSION, TOLERANCES
+
+    folder.mkdir()
+    for name in FILES:
+        shutil.copyfile(entry.file(name), folder / name)
+    checks = {a.target: {"precision": a.precision, "tolerances": a.golden["tolerances"], "runtime_config": a.config,
+                         "build": {"outputs": a.golden["outputs"], "cpu": (report.machine or {}).get("cpu"),
+                                   "class": (report.machine or {}).get("kernel_class"), "runtime": a.runtime}}
+              for a in report.artifacts if a.golden}
+    (folder / TOLERANCES).write_text(json.dumps({"format_version": FORMAT_VERSION, "artifacts": checks},
+                                                indent=2, sort_keys=True) + "\n")
 
 
 def _artifact_files(measured: Measured) -> list[FileEntry]:
@@ -242,6 +277,8 @@ def _manifest(recipe: Recipe, folder: Path, measured: Measured, artifact_files: 
     entries = [ArtifactEntry("onnx", "onnx", "fp32", ["onnx/model.onnx"])]
     if measured.qdq is not None:
         entries.append(ArtifactEntry("onnx-int8", "onnx", "int8", [f"onnx-int8/{name}" for name in sorted(measured.qdq.files)]))
+    golden = sorted(p.relative_to(folder).as_posix() for p in (folder / GOLDEN_FOLDER).glob("*")) \
+        if (folder / GOLDEN_FOLDER).is_dir() else []
     judged = {a.target: a for a in report.artifacts}
     entries += [ArtifactEntry(a.target.id, a.target.backend, a.target.precision,
                               [f"{a.target.id}/{name}" for name in a.entry.files],
@@ -250,9 +287,17 @@ def _manifest(recipe: Recipe, folder: Path, measured: Measured, artifact_files: 
     return build_manifest(name=recipe.name, version=recipe.version, recipe_file=recipe.path,
                           recipe_digest=recipe.digest, exporter=(report.export or {}).get("used", "none"),
                           opset=recipe.export.opset, simplified=recipe.export.simplify, artifacts=entries,
-                          artifact_files=artifact_files, report_files=file_entries(folder, ["report.json", "report.md"]),
+                          artifact_files=artifact_files, report_files=file_entries(folder, ["report.json", "report.md"] + golden),
                           passed=report.passed, machine=report.machine, data=report.data,
-                          measurement_digest=judged_by)
+                          measurement_digest=judged_by, golden=_golden_summary(report, golden),
+                          model={"inputs": [spec.to_json() for spec in recipe.model.inputs],
+                                 "outputs": list(recipe.model.outputs)})
+
+
+def _golden_summary(report: Report, files: list[str]) -> dict[str, Any] | None:
+    if not files or not report.golden:
+        return None
+    return {"samples": report.golden["samples"], "bytes": report.golden["bytes"], "files": files}
 
 
 def _verified_on(artifact: ArtifactReport, report: Report) -> list[dict[str, Any]]:

@@ -49,6 +49,7 @@ class ArtifactReport:
     latency: dict[str, Any] | None = None  # p10/p50/p90, runs, warm-up, batch, threads
     measurements: list[Measurement] = field(default_factory=list)
     runtime: dict[str, str] = field(default_factory=dict)  # what the runtime really ran with, as deployed
+    golden: dict[str, Any] | None = None  # the golden-set check as built: samples, tolerances, outputs, misses
 
     @property
     def size_bytes(self) -> int:
@@ -56,10 +57,15 @@ class ArtifactReport:
 
     @property
     def passed(self) -> bool:
-        return self.evaluation.passed and all(m.evaluation.passed for m in self.measurements if m.gated)
+        return (self.evaluation.passed and all(m.evaluation.passed for m in self.measurements if m.gated)
+                and not (self.golden or {}).get("misses"))
 
     def failures(self) -> list[str]:
         found = [f"{self.target}: {c.describe()}" for c in self.evaluation.gates if not c.passed]
+        if self.golden and self.golden.get("misses"):
+            found.append(f"{self.target}: on the golden set ({self.golden['samples']} samples) it misses "
+                         + "; ".join(self.golden["misses"]) + ": the release would fail its own check where it is "
+                         "deployed (raise verify.golden_samples, or see why these samples are off)")
         for m in self.measurements:
             if m.gated:
                 found += [f"{self.target} ({m.words()}): {c.describe()}" for c in m.evaluation.gates if not c.passed]
@@ -111,6 +117,7 @@ class Report:
     data: dict[str, Any] | None = None  # per role: path, samples, digest
     export: dict[str, Any] | None = None  # exporter requested and used, and why a fallback ran
     cpus: list[dict[str, Any]] | None = None  # verify.cpus: per CPU model, emulated or native (the build machine's class)
+    golden: dict[str, Any] | None = None  # the golden set shipped: samples, bytes (and why fewer)
 
     @property
     def passed(self) -> bool:
@@ -161,6 +168,7 @@ def to_json(report: Report) -> dict[str, Any]:
             "latency": a.latency,
             "int8_latency_ratio": (1 / versus.speedup) if a.precision == "int8" and versus and versus.speedup else None,
             "runtime": a.runtime,
+            "golden": a.golden,
             "measurements": [{"setting": m.setting, "config": m.config, "emulate": m.emulate, "gated": m.gated,
                               "passed": m.evaluation.passed and m.problem is None, "problem": m.problem,
                               "samples": m.evaluation.samples, "emulation": m.emulation, "runtime": m.runtime,
@@ -194,6 +202,7 @@ def to_json(report: Report) -> dict[str, Any]:
         "flags": report.flags(),
         "export": report.export,
         "cpus": report.cpus,
+        "golden": report.golden,
     }
 
 
@@ -264,7 +273,7 @@ def to_markdown(report: Report) -> str:
             row += (f"{e.task.value:.2f} | {e.task.drop:+.2f} | {vs_fp32} | " if e.task else "— | — | — | ")
         row += ("✅" if a.passed else "❌") + f" {sum(g.passed for g in e.gates)}/{len(e.gates)} |"
         lines.append(row)
-    lines += _label_free_lines(report) + _measurement_lines(report) + _machine_lines(report)
+    lines += _label_free_lines(report) + _measurement_lines(report) + _machine_lines(report) + _golden_lines(report)
     lines += ["", "### Agreement with the reference, per output", "",
               "| artifact | output | max abs error | mean abs error | cosine | SNR dB |", "|---|---|---:|---:|---:|---:|"]
     for a in report.artifacts:
@@ -339,6 +348,18 @@ def _machine_lines(report: Report) -> list[str]:
     return ["", f"Build machine: {m['cpu']} ({m['machine']}, {m['cores']} cores), instruction sets: "
                 f"{', '.join(m['isa']) or 'none of AVX2/AVX-512/VNNI/AMX'}; INT8 kernels "
                 f"{'with' if m['vnni'] else 'without'} VNNI."]
+
+
+def _golden_lines(report: Report) -> list[str]:
+    g = report.golden
+    if not g:
+        return []
+    checked = [a for a in report.artifacts if a.golden]
+    words = f"{g['samples']} evaluation samples with the reference's outputs, {_size(g['bytes'])}"
+    return ["", f"Golden set (for `modelc verify --run` where the release is deployed): {words}"
+            + (f" — {g['note']}" if g.get("note") else "") + f"; all {len(checked)} artifacts checked on it here, "
+            + ("every one within its tolerances." if all(not a.golden.get("misses") for a in checked if a.golden)
+               else "some miss (see Missed gates).")]
 
 
 def _gate_lines(report: Report) -> list[str]:

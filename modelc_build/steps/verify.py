@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from modelc_build.data import Batch
 
 REFERENCE_STEP = "reference"
+GOLDEN_STEP = "golden"  # steps/golden.py: the samples a release carries to prove itself where it runs
 EVALUATION_FILE = "evaluation.json"
 MEASURE_TOOLS = ("torch", "onnxruntime", "openvino", "numpy", "pillow")
 
@@ -138,6 +139,7 @@ class VerifyStep(Step):
     task: Task
     outputs: tuple[str, ...]
     setting: Setting = DEPLOY
+    golden: bool = False  # also run the release's golden-set check, as a deploy machine will
     kind: ClassVar[str] = "verify"
     fresh_process: ClassVar[bool] = True
 
@@ -147,7 +149,7 @@ class VerifyStep(Step):
 
     @property
     def needs(self) -> tuple[str, ...]:  # type: ignore[override]
-        return (compile_step_id(self.target), REFERENCE_STEP)
+        return (compile_step_id(self.target), REFERENCE_STEP) + ((GOLDEN_STEP,) if self.golden else ())
 
     @property
     def description(self) -> str:  # type: ignore[override]
@@ -158,7 +160,8 @@ class VerifyStep(Step):
 
         # a native measurement holds for this CPU class only; an emulated one for the emulator's
         where = {"emulator": _emulator_identity()} if self.setting.emulate else {"cpu_class": host_class()}
-        return {"artifact": inputs.entry(compile_step_id(self.target)).files,
+        golden = {"golden": inputs.entry(GOLDEN_STEP).files} if self.golden else {}
+        return {"artifact": inputs.entry(compile_step_id(self.target)).files, **golden,
                 "reference": inputs.entry(REFERENCE_STEP).files, "data": inputs.fingerprints.data(self.evaluation),
                 "task": inputs.fingerprints.task(self.task), "outputs": list(self.outputs), "setting": asdict(self.setting),
                 "tools": tool_versions(MEASURE_TOOLS), **where}
@@ -183,7 +186,15 @@ class VerifyStep(Step):
         with runner:
             evaluation = compare(pairs, {self.target.id: runner}, self.evaluation.inputs, self.outputs, self.task)
             runtime = runner.effective_settings()
-        return {**evaluation_to_dict(evaluation[self.target.id]), "runtime": runtime}
+            golden = self._golden_check(inputs, runner) if self.golden else None
+        return {**evaluation_to_dict(evaluation[self.target.id]), "runtime": runtime, "golden": golden}
+
+    def _golden_check(self, inputs: StepInputs, runner: Runner) -> list[dict[str, Any]]:
+        """The deploy-time check, here: the same function on the same files a deploy machine runs."""
+        from modelc_build.golden import GoldenSet, measure
+
+        golden = GoldenSet.load(inputs.entry(GOLDEN_STEP).path)
+        return [vars(m) for m in measure(runner.infer, golden, self.outputs)] if golden.samples else []
 
     def measure_emulated(self, inputs: StepInputs, out: Path) -> dict[str, Any]:
         """The artifact on an emulated CPU, on the first evaluation samples that fit the budget,
