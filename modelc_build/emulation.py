@@ -48,9 +48,8 @@ def emulator() -> str | None:
     return shutil.which("qemu-x86_64")
 
 
-def emulator_identity() -> str:
-    """What ran the emulation, for cache keys: installing or changing the emulator re-runs checks."""
-    found = emulator()
+def emulator_identity(found: str | None) -> str:
+    """What runs the emulation, for cache keys: installing or changing the emulator re-runs checks."""
     if found is None:
         return "absent"
     try:
@@ -174,14 +173,12 @@ def judge_canary(native: np.ndarray, emulated: np.ndarray | None) -> Canary:
     return Canary(True, f"canary within {error:.2g} of native")
 
 
-def run_emulated(cpu: str, backend: str, files: list[Path], config: dict[str, str], inputs: tuple[TensorSpec, ...],
+def run_emulated(found: str, cpu: str, backend: str, files: list[Path], config: dict[str, str], inputs: tuple[TensorSpec, ...],
                  outputs: tuple[str, ...], samples: list[dict[str, np.ndarray]], budget_s: float, work: Path) -> EmulatedRun:
     """Run `samples` (sample-first, one sample each, in order: a model with state carries it) on
     the artifact under `qemu-x86_64 -cpu CPU`, for as many as fit in `budget_s` (at least two)."""
     import numpy as np
 
-    found = emulator()
-    assert found is not None, "run_emulated needs an emulator: check emulator() first"
     work.mkdir(parents=True, exist_ok=True)
     canary = canary_model(work)
     native_canary = run_canary(backend, canary)

@@ -162,7 +162,9 @@ def verify_settings(recipe: Recipe, target: Target) -> list[Setting]:
             settings.append(Setting("f32", (("INFERENCE_PRECISION_HINT", "f32"),)))
     for cpu, how in emulated_cpus(recipe, target):
         if how == "emulate":
-            settings.append(Setting(cpu.lower(), deploy.config, cpu, recipe.verify.emulated_samples,
+            from modelc_build.emulation import emulator
+
+            settings.append(Setting(cpu.lower(), deploy.config, cpu, emulator(), recipe.verify.emulated_samples,
                                     recipe.verify.emulation_budget_s))
     return settings
 

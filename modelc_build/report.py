@@ -28,7 +28,7 @@ class Measurement:
 
     def words(self) -> str:
         if self.emulate:
-            samples = (self.emulation or {}).get("samples")
+            samples = self.evaluation.samples  # 0 where the check did not run or was not judged
             return f"emulated {self.emulate} (QEMU)" + (f", {samples} samples" if samples else "")
         precision = self.runtime.get("INFERENCE_PRECISION_HINT")
         if self.setting == "runtime-default":

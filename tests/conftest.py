@@ -46,6 +46,36 @@ def fixture_weights(module: str, destination: Path) -> Path:
     return destination
 
 
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def shipped_recipe(name: str, folder: Path, **overrides: Any) -> Path:
+    """A shipped recipe written into `folder` with its relative paths made absolute and top-level
+    keys replaced (None removes one), for tests that build a variant of it."""
+    data = yaml.safe_load((RECIPES / name).read_text())
+
+    def absolute(value: str) -> str:
+        file, colon, function = value.partition(":")
+        return str((RECIPES / file).resolve()) + colon + function if file.startswith(".") else value
+
+    model = data["model"]
+    for key in ("factory", "weights", "path"):
+        if isinstance(model.get(key), str):
+            model[key] = absolute(model[key])
+    for role in ("calibration", "validation", "evaluation"):
+        for key in ("path", "labels_path"):
+            if isinstance((data.get("data") or {}).get(role), dict) and isinstance(data["data"][role].get(key), str):
+                data["data"][role][key] = absolute(data["data"][role][key])
+    for key, value in overrides.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    path = folder / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 def host_dependent_steps(recipe: Path) -> list[str]:
     """The measurement steps a build of `recipe` runs on this machine's CPU and on no other kind:
     OpenVINO under this CPU's own bf16 default (CPUs with AVX-512 BF16 or AMX), INT8 on an emulated

@@ -111,6 +111,7 @@ class Setting:
     name: str  # deploy | f32 | runtime-default | the emulated CPU model in lower case (haswell)
     config: tuple[tuple[str, str], ...] = ()  # runtime properties (OpenVINO compile_model)
     emulate: str | None = None  # a QEMU CPU model, e.g. Haswell
+    emulator: str | None = None  # its executable, found when the plan was made (None: not installed)
     samples: int = 0  # emulated: at most this many evaluation samples ...
     budget_s: float = 0.0  # ... and as many as fit in this time
 
@@ -159,7 +160,7 @@ class VerifyStep(Step):
         from modelc_build.host import host_class
 
         # a native measurement holds for this CPU class only; an emulated one for the emulator's
-        where = {"emulator": _emulator_identity()} if self.setting.emulate else {"cpu_class": host_class()}
+        where = {"emulator": _emulator_identity(self.setting.emulator)} if self.setting.emulate else {"cpu_class": host_class()}
         golden = {"golden": inputs.entry(GOLDEN_STEP).files} if self.golden else {}
         return {"artifact": inputs.entry(compile_step_id(self.target)).files, **golden,
                 "reference": inputs.entry(REFERENCE_STEP).files, "data": inputs.fingerprints.data(self.evaluation),
@@ -202,19 +203,19 @@ class VerifyStep(Step):
         import tempfile
 
         from modelc_build.accuracy import evaluation_to_dict, output_agreement, score
-        from modelc_build.emulation import INSTALL_HINT, emulator, run_emulated
+        from modelc_build.emulation import INSTALL_HINT, run_emulated
         from modelc_build.feeds import ModelCaller
 
         cpu = self.setting.emulate
         assert cpu is not None
-        if emulator() is None:
+        if self.setting.emulator is None:
             return {**_empty(), "not_run": f"the {cpu} check did not run: no emulator (qemu-x86_64) on this machine; "
                                            f"install it ({INSTALL_HINT}) and build again"}
         pairs = list(islice(one_sample_at_a_time(stored_reference_outputs(
             inputs.entry(REFERENCE_STEP).path, inputs.fingerprints.batches(self.evaluation))), self.setting.samples))
         artifact = inputs.entry(compile_step_id(self.target))
         with tempfile.TemporaryDirectory(prefix="modelc-emulated-") as scratch:
-            run = run_emulated(cpu, self.target.backend, [artifact.file(name) for name in artifact.files],
+            run = run_emulated(self.setting.emulator, cpu, self.target.backend, [artifact.file(name) for name in artifact.files],
                                dict(self.setting.config), self.evaluation.inputs, self.outputs,
                                [batch.inputs for batch, _ in pairs], self.setting.budget_s, Path(scratch))
         emulation = {"cpu": cpu, "features": run.features, "class": run.seen_class, "kernels": run.kernels[:8],
@@ -239,11 +240,11 @@ def _empty() -> dict[str, Any]:
     return {"samples": 0, "outputs": [], "task": None}
 
 
-@lru_cache(maxsize=1)
-def _emulator_identity() -> str:
+@lru_cache(maxsize=4)
+def _emulator_identity(executable: str | None) -> str:
     from modelc_build.emulation import emulator_identity
 
-    return emulator_identity()
+    return emulator_identity(executable)
 
 
 def one_sample_at_a_time(pairs: Iterator[tuple[Batch, dict[str, np.ndarray]]]) -> Iterator[tuple[Batch, dict[str, np.ndarray]]]:
