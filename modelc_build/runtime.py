@@ -137,15 +137,20 @@ def model_interface(manifest: dict[str, Any]) -> tuple[tuple[TensorSpec, ...], t
     return tuple(TensorSpec.from_json(spec) for spec in model["inputs"]), tuple(model["outputs"])
 
 
-def _backend(name: str) -> Any:
-    from modelc_build.backends import get_backend
+RUNTIME_MODULES = {"onnxruntime": ("numpy", "onnxruntime"), "openvino": ("numpy", "openvino"), "torchscript": ("numpy", "torch")}
 
-    try:
-        backend = get_backend(name)
-        backend.versions()  # imports the runtime: a missing one is named here, with the extra
-    except BackendUnavailable as exc:
-        raise BackendUnavailable(f"{exc.message} (for deploy: pip install 'modelc-build[{EXTRAS.get(name, name)}]')") from exc
-    return backend
+
+def _backend(name: str) -> Any:
+    """The backend that runs `name` artifacts, or BackendUnavailable naming the deploy extra."""
+    import importlib.util
+
+    missing = [module for module in RUNTIME_MODULES.get(name, ()) if importlib.util.find_spec(module) is None]
+    if missing:
+        raise BackendUnavailable(f"the {name} runtime is not installed here ({', '.join(missing)} missing): "
+                                 f"pip install 'modelc-build[{EXTRAS.get(name, name)}]'")
+    from modelc_build.backends import get_backend  # NumPy from here on
+
+    return get_backend(name)
 
 
 def _golden(folder: Path) -> Any:

@@ -214,3 +214,38 @@ def mobilenet_v2() -> Path:
         if fetched.returncode != 0:
             pytest.skip(f"cannot fetch the MobileNetV2 example: {fetched.stderr.strip().splitlines()[-1:]}")
     return REPO / "recipes/mobilenet_v2.yaml"
+
+
+@pytest.fixture(scope="session")
+def signed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One signed release of the tiny classifier: onnxruntime fp32/int8 and OpenVINO fp32, with an
+    fp32 gate on the largest error tight enough that bf16 arithmetic misses it."""
+    from click.testing import CliRunner
+
+    from modelc_build.cli import main
+    from modelc_build.signing import write_key_pair
+
+    root = tmp_path_factory.mktemp("signed")
+    write_images(root / "images", 6, classes=("a", "b", "c"))
+    write_images(root / "calibration", 8, size=(24, 20))
+    write_key_pair(root / "key")
+    recipe = {
+        "format_version": 1, "name": "tiny", "version": "0.1.0",
+        "model": {"source": "torch", "factory": str(FIXTURES / "tiny_net.py") + ":build_model",
+                  "weights": str(fixture_weights("tests.fixtures.tiny_net", root / "tiny.pt")),
+                  "inputs": [{"name": "images", "shape": ["batch", 3, 16, 16]}], "outputs": ["logits"]},
+        "export": {"exporter": "torchscript", "opset": 17},
+        "data": {"preprocess": {"size": [16, 16]}, "calibration": {"path": str(root / "calibration")},
+                 "evaluation": {"path": str(root / "images"), "labels": "folders", "batch_size": 4}},
+        "task": {"type": "classification", "classes": ["a", "b", "c"]},
+        "targets": [{"backend": "onnxruntime", "precisions": ["fp32", "int8"]}, {"backend": "openvino", "precisions": ["fp32"]}],
+        "gates": {"fp32": {"min_cosine": 0.9999, "max_abs_error": 1e-4}, "int8": {"min_cosine": 0.95}},
+        "latency": {"runs": 2, "warmup": 1},
+        "verify": {"golden_samples": 4},
+    }
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    result = CliRunner().invoke(main, ["build", str(path), "--store", str(root / "store"), "--cache", str(root / "cache"),
+                                       "--signing-key", str(root / "key.key")])
+    assert result.exit_code == 0, result.output
+    return {"release": root / "store/tiny/0.1.0", "key": root / "key.key", "pub": root / "key.pub"}

@@ -3,6 +3,7 @@ environment and pulls and verifies a signed release, with no torch anywhere."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import venv
@@ -16,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_the_core_install_pulls_and_verifies_without_torch(tmp_path: Path, registry) -> None:
+def test_the_core_install_pulls_and_verifies_without_torch(tmp_path: Path, registry, signed: dict[str, Path]) -> None:
     environment = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(environment)
     python = environment / "bin" / "python"
@@ -55,3 +56,23 @@ def test_the_core_install_pulls_and_verifies_without_torch(tmp_path: Path, regis
     assert building.returncode == 6, building.stderr
     assert "modelc-build[build]" in building.stderr and "Traceback" not in building.stderr
     assert sys.executable != str(python)
+
+    # a deploy stage with its runtime: the core and onnxruntime, still no torch, proves a real release here
+    real = tmp_path / "real-store"
+    shutil.copytree(signed["release"], real / "tiny/0.1.0")
+    no_runtime = subprocess.run([str(modelc), "verify", str(real / "tiny/0.1.0"), "--public-key", str(signed["pub"]),
+                                 "--run", "--target", "onnxruntime-int8"], capture_output=True, text=True)
+    assert no_runtime.returncode == 6 and "pip install 'modelc-build[onnxruntime]'" in no_runtime.stderr, no_runtime.stderr
+    extra = subprocess.run([str(python), "-m", "pip", "install", "-q", f"{REPO}[onnxruntime]"], capture_output=True, text=True)
+    if extra.returncode != 0:
+        pytest.skip(f"cannot install the onnxruntime extra here: {extra.stderr.strip().splitlines()[-1:]}")
+    assert subprocess.run([str(python), "-c", "import torch"], capture_output=True).returncode != 0
+    checked = subprocess.run([str(modelc), "pull", "tiny:0.1.0", "--store", str(real), "--target", "onnxruntime-int8",
+                              "--dest", str(tmp_path / "int8"), "--public-key", str(signed["pub"]), "--check"],
+                             capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    assert "onnxruntime-int8 on " in checked.stdout and "4 golden samples" in checked.stdout and "[pass]" in checked.stdout
+    every = subprocess.run([str(modelc), "verify", str(real / "tiny/0.1.0"), "--public-key", str(signed["pub"]), "--run"],
+                           capture_output=True, text=True)
+    assert every.returncode == 0, every.stderr  # the ones whose runtime is absent are said so, not failed
+    assert "openvino-fp32: not run here" in every.stdout and "modelc-build[openvino-runtime]" in every.stdout
