@@ -5,14 +5,14 @@ import math
 import numpy as np
 import pytest
 
-from modelc_build.accuracy import Evaluation, OutputMetrics, TaskMetric, _OutputAccumulator, apply_gates
+from modelc_build.accuracy import Evaluation, OutputAccumulator, OutputMetrics, TaskMetric, apply_gates
 from modelc_build.data import GroundTruthBox
 from modelc_build.recipe import Gate, Task
 from modelc_build.tasks import Detection, DetectionScorer, average_precision, decode_detections, iou_matrix, non_max_suppression
 
 
 def test_output_metrics_by_hand() -> None:
-    acc = _OutputAccumulator()
+    acc = OutputAccumulator()
     reference = np.array([3.0, 4.0])
     output = np.array([3.0, 3.0])
     acc.update(reference, output)
@@ -26,7 +26,7 @@ def test_output_metrics_by_hand() -> None:
 def test_output_metrics_accumulate_across_batches() -> None:
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=100), rng.normal(size=100)
-    whole, split = _OutputAccumulator(), _OutputAccumulator()
+    whole, split = OutputAccumulator(), OutputAccumulator()
     whole.update(a, b)
     split.update(a[:30], b[:30])
     split.update(a[30:], b[30:])
@@ -36,7 +36,7 @@ def test_output_metrics_accumulate_across_batches() -> None:
 
 
 def test_identical_outputs_have_infinite_snr() -> None:
-    acc = _OutputAccumulator()
+    acc = OutputAccumulator()
     acc.update(np.ones(4), np.ones(4))
     m = acc.result("y")
     assert m.snr_db is None and m.cosine == 1.0 and m.max_abs_error == 0.0

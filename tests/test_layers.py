@@ -20,6 +20,13 @@ FORBIDDEN = {
     "modelc_build.steps": {"modelc_build.plan", "modelc_build.build", "modelc_build.release", "modelc_build.cli"},
     "modelc_build.plan": {"modelc_build.engine", "modelc_build.build", "modelc_build.release", "modelc_build.backends", "modelc_build.cli"},
     "modelc_build.release": {"modelc_build.engine", "modelc_build.plan", "modelc_build.build", "modelc_build.backends", "modelc_build.cli"},
+    "modelc_build.runtime": {"modelc_build.plan", "modelc_build.engine", "modelc_build.build", "modelc_build.release",
+                             "modelc_build.steps", "modelc_build.export", "modelc_build.sources", "modelc_build.cli"},
+    "modelc_build.golden": {"modelc_build.plan", "modelc_build.engine", "modelc_build.build", "modelc_build.release",
+                            "modelc_build.steps", "modelc_build.export", "modelc_build.sources", "modelc_build.backends",
+                            "modelc_build.cli"},
+    "modelc_build.emulation": {"modelc_build.plan", "modelc_build.engine", "modelc_build.build", "modelc_build.release",
+                               "modelc_build.steps", "modelc_build.cli"},
 }
 
 
