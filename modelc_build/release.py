@@ -91,16 +91,16 @@ def make_report(recipe: Recipe, measured: Measured, sensitivity_step: str, data:
 
 
 def _golden_check(recipe: Recipe, target: Target, deployed: dict[str, Any], measured: Measured) -> dict[str, Any] | None:
-    """The golden-set check the verify step ran, held to the tolerances the target's gate implies."""
+    """What the build's own golden-set check saw, and the tolerances a deploy machine is held to."""
     from modelc_build.accuracy import OutputMetrics
-    from modelc_build.golden import misses, tolerances
+    from modelc_build.golden import tolerances
 
     kept = measured.json(GOLDEN_STEP, GOLDEN_NOTES)
     if not kept or not kept.get("samples") or deployed.get("golden") is None:
         return None
-    limits = tolerances(recipe.gate_for(target.precision))
-    metrics = [OutputMetrics(**m) for m in deployed["golden"]]
-    return {"samples": kept["samples"], "tolerances": limits, "outputs": deployed["golden"], "misses": misses(metrics, limits)}
+    built = [OutputMetrics(**m) for m in deployed["golden"]]
+    return {"samples": kept["samples"], "tolerances": tolerances(recipe.gate_for(target.precision), built),
+            "outputs": deployed["golden"]}
 
 
 def _measurement(recipe: Recipe, target: Target, setting: Setting, measured: dict[str, Any]) -> Measurement:

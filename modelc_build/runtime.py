@@ -43,7 +43,7 @@ class GoldenResult:
     cpu_class: str
     samples: int
     outputs: list[OutputMetrics]
-    tolerances: dict[str, float]
+    tolerances: dict[str, dict[str, float]]  # per output
     misses: list[str]
     runtime: dict[str, str] = field(default_factory=dict)  # what the runtime really ran with
 

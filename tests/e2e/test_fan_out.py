@@ -5,6 +5,8 @@ import json
 import re
 from pathlib import Path
 
+from tests.conftest import host_dependent_steps
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -46,9 +48,9 @@ def fan_out(run_cli, recipe: Path, store: str, tmp_path: Path, monkeypatch, *rel
     final = run_cli("build", recipe, "--store", store, "--share-steps", *release_options)
     assert final.exit_code == 0, final.stderr
     targets = ["onnxruntime-fp32", "openvino-fp16", "openvino-fp32", "torchscript-fp32"]
-    measured = ["reference", "latency:reference"] + [f"{kind}:{t}" for kind in ("verify", "latency") for t in targets]
+    measured = ["reference", "golden", "latency:reference"] + [f"{kind}:{t}" for kind in ("verify", "latency") for t in targets]
     assert sorted(re.findall(r"^▶ (\S+):", final.stderr, re.M)) == sorted(
-        ["compile:onnxruntime-fp32", "compile:openvino-fp16"] + measured)
+        ["compile:onnxruntime-fp32", "compile:openvino-fp16"] + measured + host_dependent_steps(recipe))
 
 
 def test_jobs_share_steps_through_the_store(tmp_path: Path, tiny_recipe, run_cli, monkeypatch) -> None:
