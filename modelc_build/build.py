@@ -47,6 +47,7 @@ class BuildOptions:
     only_targets: tuple[str, ...] = ()  # build just these targets' steps; no verify, no release
     jobs: int = 1  # steps run side by side
     signer: Signer | None = None  # sign the release before it goes to the store
+    skip_unavailable: bool = False  # leave out engines this machine cannot build (the report lists them)
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,9 @@ def check_build_extra(recipe: Recipe) -> None:
 def build(recipe: Recipe, store: Store, log: BuildLog, cache: Cache, options: BuildOptions) -> BuildResult | None:
     """Run the plan and release it; returns None when only some targets' steps were asked for."""
     check_build_extra(recipe)
+    recipe, skipped = buildable_here(recipe, options.skip_unavailable)
+    for line in skipped:
+        log(f"  skipped: {line}")
     plan = make_plan(recipe)
     steps = plan.steps
     if options.only_targets:
@@ -116,15 +120,47 @@ def build(recipe: Recipe, store: Store, log: BuildLog, cache: Cache, options: Bu
     if options.only_targets:
         log(f"✓ built {', '.join(options.only_targets)}: {counts}; verification and release happen in a full build")
         return None
-    return _release(recipe, plan, done, store, log, options, counts, cache, facts)
+    return _release(recipe, plan, done, store, log, options, counts, cache, facts, skipped)
+
+
+def buildable_here(recipe: Recipe, skip_unavailable: bool) -> tuple[Recipe, list[str]]:
+    """The recipe with only the engines this machine can build. A GPU generation nobody here can
+    build (or engines that must be verified on a GPU this machine lacks) is exit 6 naming it and
+    where it can be built; with `skip_unavailable` it is left out and listed instead."""
+    from dataclasses import replace
+
+    from modelc_build.errors import BackendUnavailable
+    from modelc_build.gpus import engine_builder, not_run_reason, runnable_here
+
+    targets, problems = [], []
+    for target in recipe.targets:
+        if target.backend != "tensorrt":
+            targets.append(target)
+            continue
+        unbuildable = {gpu: engine_builder(gpu).reason for gpu in target.gpus if engine_builder(gpu).flavour is None}
+        problems += [f"{target.id}: {reason}" for reason in unbuildable.values()]
+        kept = tuple(gpu for gpu in target.gpus if gpu not in unbuildable)
+        if kept and target.verify_on_gpu and runnable_here(kept) is None:
+            problems.append(f"{target.id}: the recipe requires its engines verified on their GPU (verify_on_gpu), and "
+                            f"{not_run_reason(kept)}: build it on the GPU runner, or leave it out with --skip-unavailable")
+            kept = ()
+        if kept:
+            targets.append(replace(target, gpus=kept))
+    if problems and not skip_unavailable:
+        raise BackendUnavailable("; ".join(problems))
+    if len(targets) == len(recipe.targets) and not problems:
+        return recipe, []
+    if not targets:
+        raise BackendUnavailable("nothing left to build here: " + "; ".join(problems))
+    return replace(recipe, targets=tuple(targets)), problems
 
 
 def _release(recipe: Recipe, plan: Plan, done: RunSummary, store: Store, log: BuildLog, options: BuildOptions,
-             counts: str, cache: Cache, facts: Fingerprints) -> BuildResult:
+             counts: str, cache: Cache, facts: Fingerprints, skipped: list[str]) -> BuildResult:
     measured = Measured(graph=done.entries[plan.graph], qdq=done.entries.get(QDQ_STEP), golden=done.entries.get(GOLDEN_STEP),
                         artifacts=[CompiledArtifact(t, done.entries[compile_step_id(t)]) for t in recipe.targets],
                         entries=done.entries, settings={t.id: verify_settings(recipe, t) for t in recipe.targets},
-                        cpus=checked_cpus(recipe))
+                        cpus=checked_cpus(recipe), skipped=skipped)
     report = make_report(recipe, measured, SENSITIVITY_STEP, data_summary(recipe, facts))
     for line in summary_lines(report):
         log(line)

@@ -131,12 +131,14 @@ def keygen(prefix: Path, debug: bool) -> None:
               help="A folder, file:// URL or oci://HOST/REPOSITORY (env MODELC_STORE).")
 @click.option("--target", help="Only this artifact (e.g. openvino-int8), with the manifest, reports and signature.")
 @click.option("--dest", type=click.Path(path_type=Path), required=True, help="A new or empty folder.")
+@click.option("--gpu", help="Only the TensorRT engines built for this GPU generation (sm89, ada, ...; `auto`: this "
+              "machine's GPU, from nvidia-smi), with their stamps, the reports and the golden set.")
 @trust_options
 @click.option("--check", is_flag=True, help="After verifying, run each pulled artifact on the release's golden set "
               "on this machine with its recorded settings (exit 4 when one misses; the pull stays).")
 @json_option
 @click.option("--debug", is_flag=True)
-def pull(reference: str, store_url: str, target: str | None, dest: Path, public_key: Path | None,
+def pull(reference: str, store_url: str, target: str | None, dest: Path, gpu: str | None, public_key: Path | None,
          certificate_chain: tuple[Path, ...], certificate_identity: str | None, sigstore_identity: str | None,
          sigstore_issuer: str, check: bool, as_json: bool, debug: bool) -> None:
     """Download a release, verify its signature and every digest, then move it into DEST."""
@@ -148,7 +150,7 @@ def pull(reference: str, store_url: str, target: str | None, dest: Path, public_
 
     def action() -> Any:
         name, version = parse_reference(reference)
-        return pull_release(open_store(store_url), name, version, dest, trust, target)
+        return pull_release(open_store(store_url), name, version, dest, trust, target, _gpu(gpu))
 
     pulled = _guarded(debug, action)
     document: dict[str, Any] = {"reference": reference, "destination": str(pulled.destination), "files": pulled.files,
@@ -193,6 +195,25 @@ def verify(release: Path, public_key: Path | None, certificate_chain: tuple[Path
         _json(document)
     if failure is not None:
         _fail(failure, debug)
+
+
+def _gpu(given: str | None) -> str | None:
+    """--gpu as a compute capability: a name (ada), an sm number, or `auto` (this machine's GPU)."""
+    from modelc_build.errors import BackendUnavailable, InputError
+    from modelc_build.gpus import GENERATIONS, canonical, local_gpus
+
+    if given is None:
+        return None
+    if given == "auto":
+        here = local_gpus()
+        if not here:
+            raise BackendUnavailable("--gpu auto: this machine has no NVIDIA GPU (nvidia-smi finds none): name one, e.g. --gpu sm89")
+        return here[0]
+    gpu = canonical(given)
+    if gpu is None:
+        raise InputError(f"--gpu {given}: not a GPU generation modelc knows; give one of {', '.join(GENERATIONS)} "
+                         "or a name (turing, a100, ampere, ada, hopper, blackwell, blackwell-rtx)")
+    return gpu
 
 
 def _golden_checks(folder: Path, targets: list[str] | None, as_json: bool,
@@ -310,14 +331,17 @@ def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool
 @click.option("--share-steps", is_flag=True, help="Pull and push step outputs through the store's step cache, "
               "so jobs of one fanned-out build reuse each other's work.")
 @click.option("--push", is_flag=True, help="Publish to a registry store (oci://); the release must be signed.")
+@click.option("--skip-unavailable", is_flag=True, help="Leave out TensorRT engines this machine cannot build (a GPU "
+              "generation TensorRT for RTX does not target, without that GPU here) instead of failing; the report "
+              "lists what was left out.")
 @signing_options
 @click.option("-q", "--quiet", is_flag=True, help="No step lines: warnings, errors and the result only.")
 @click.option("-v", "--verbose", is_flag=True, help="One plain line per event, also on a terminal (no live lines).")
 @json_option
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def build(recipe: Path, store_url: str, reports_dir: Path, cache_dir: Path, force: bool, targets: tuple[str, ...],
-          share_steps: bool, jobs: int, push: bool, signing_key: Path | None, certificate_chain: tuple[Path, ...],
-          sigstore: bool, quiet: bool, verbose: bool, as_json: bool, debug: bool) -> None:
+          share_steps: bool, jobs: int, push: bool, skip_unavailable: bool, signing_key: Path | None,
+          certificate_chain: tuple[Path, ...], sigstore: bool, quiet: bool, verbose: bool, as_json: bool, debug: bool) -> None:
     """Build every target of RECIPE, check accuracy, sign (when a key is given) and store the release."""
     from modelc_build.build import BuildOptions
     from modelc_build.build import build as run_build
@@ -341,7 +365,7 @@ def build(recipe: Path, store_url: str, reports_dir: Path, cache_dir: Path, forc
         loaded = load_recipe(recipe, passed_schema_memo=Path(cache_dir) / "schema-passed")
         store = open_store(store_url)
         options = BuildOptions(reports_dir, force=force, share_steps=share_steps, only_targets=targets, jobs=jobs,
-                               signer=signer)
+                               signer=signer, skip_unavailable=skip_unavailable)
         log = build_log(quiet=quiet, plain=verbose or debug)
         try:
             return run_build(loaded, store, log, Cache(Path(cache_dir)), options)

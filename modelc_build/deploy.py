@@ -36,18 +36,30 @@ def parse_reference(reference: str) -> tuple[str, str]:
     return name, version
 
 
-def selection(manifest: dict[str, Any], target: str | None) -> set[str] | None:
-    """The files a deploy of `target` needs (its artifact, the reports, the golden set); None: every file."""
-    if target is None:
-        return None
-    artifacts = {a["target"]: a["files"] for a in manifest.get("artifacts", [])}
-    if target not in artifacts:
-        raise InputError(f"--target {target}: the release holds {', '.join(sorted(artifacts))}")
+def selection(manifest: dict[str, Any], target: str | None, gpu: str | None = None) -> set[str] | None:
+    """The files a deploy of `target` needs (its artifact, the reports, the golden set); None: every
+    file. With `gpu`, only the TensorRT engines built for that generation (with their stamps)."""
+    artifacts = {a["target"]: a for a in manifest.get("artifacts", []) if isinstance(a, dict)}
     golden = (manifest.get("golden") or {}).get("files", []) if isinstance(manifest.get("golden"), dict) else []
-    return set(artifacts[target]) | set(REPORT_FILES) | {str(name) for name in golden}  # golden: for verify --run
+    common = set(REPORT_FILES) | {str(name) for name in golden}  # golden: for verify --run / pull --check
+    if target is not None and target not in artifacts:
+        raise InputError(f"--target {target}: the release holds {', '.join(sorted(artifacts))}")
+    if gpu is None:
+        return None if target is None else set(artifacts[target]["files"]) | common
+    chosen = [artifacts[target]] if target is not None else list(artifacts.values())
+    engines = [(a["target"], e) for a in chosen for e in ((a.get("engines") or {}).get("engines") or [])]
+    matching = [(name, e) for name, e in engines if e.get("gpu") == gpu]
+    if not matching:
+        held = "; ".join(f"{a['target']} for {', '.join(e['gpu'] for e in a['engines']['engines'])}"
+                         for a in chosen if (a.get("engines") or {}).get("engines")) or "no TensorRT engines"
+        raise InputError(f"--gpu {gpu}: no engine in {manifest.get('name')}:{manifest.get('version')} was built for "
+                         f"{gpu}; it holds {held}")
+    stamps = {f"{name}/engines.json" for name, _ in matching}
+    return {e["file"] for _, e in matching} | stamps | common
 
 
-def pull(store: Store, name: str, version: str, destination: Path, trust: Trust, target: str | None = None) -> Pulled:
+def pull(store: Store, name: str, version: str, destination: Path, trust: Trust, target: str | None = None,
+         gpu: str | None = None) -> Pulled:
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
         raise InputError(f"{destination}: exists and is not an empty folder: give a new or empty --dest")
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -58,15 +70,16 @@ def pull(store: Store, name: str, version: str, destination: Path, trust: Trust,
     with _locked(destination.parent):
         if destination.exists() and any(destination.iterdir()):
             raise InputError(f"{destination}: another pull filled it meanwhile: give a new or empty --dest")
-        _fetch_verified(store, name, version, staging, trust, target)
+        _fetch_verified(store, name, version, staging, trust, target, gpu)
         return _move_into_place(staging, destination)
 
 
-def _fetch_verified(store: Store, name: str, version: str, staging: Path, trust: Trust, target: str | None) -> None:
+def _fetch_verified(store: Store, name: str, version: str, staging: Path, trust: Trust, target: str | None,
+                    gpu: str | None) -> None:
     chosen: dict[str, set[str] | None] = {}
 
     def wanted(manifest: dict[str, Any]) -> set[str] | None:
-        chosen["files"] = selection(manifest, target)
+        chosen["files"] = selection(manifest, target, gpu)
         return chosen["files"]
 
     try:

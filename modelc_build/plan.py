@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from modelc_build.fingerprint import DataSource
 from modelc_build.recipe import Recipe, Target
 from modelc_build.steps import Step
+from modelc_build.steps.autocast import AUTOCAST_STEP, AutocastStep
 from modelc_build.steps.compile import AccuracyControlSpec, CompileStep, compile_step_id
 from modelc_build.steps.export import EXPORT_STEP, ExportStep
 from modelc_build.steps.golden import GoldenStep
@@ -25,6 +26,7 @@ from modelc_build.steps.simplify import SIMPLIFY_STEP, SimplifyStep
 from modelc_build.steps.verify import ReferenceStep, Setting, VerifyStep
 
 QDQ_BACKENDS = {"tensorrt"}  # their int8 is ModelOpt's Q/DQ graph (placed where TensorRT fuses)
+AUTOCAST_BACKENDS = {"tensorrt"}  # their fp16 is ModelOpt AutoCast's mixed-precision graph
 GPU_BACKENDS = {"tensorrt"}
 RELEASE_STEP = "release"
 
@@ -53,6 +55,17 @@ class Plan:
 
 def uses_qdq_graph(target: Target) -> bool:
     return target.precision == "int8" and target.backend in QDQ_BACKENDS
+
+
+def uses_autocast_graph(target: Target) -> bool:
+    return target.precision == "fp16" and target.backend in AUTOCAST_BACKENDS
+
+
+def measures_latency(target: Target) -> bool:
+    """GPU engines are timed only where their GPU is (their source graph's CPU speed says nothing)."""
+    from modelc_build.gpus import runnable_here
+
+    return target.backend not in GPU_BACKENDS or runnable_here(target.gpus) is not None
 
 
 VALIDATION_SPLIT = 4  # without data.validation, tuning reads every 4th calibration sample
@@ -90,6 +103,8 @@ def make_plan(recipe: Recipe) -> Plan:
                                      recipe.task, model.outputs, recipe.quantization))
     if any(uses_qdq_graph(t) for t in recipe.targets):
         steps.append(QdqStep(graph, data_source(recipe, "calibration"), recipe.quantization))
+    if any(uses_autocast_graph(t) for t in recipe.targets):
+        steps.append(AutocastStep(graph))
     for target in recipe.targets:
         steps.append(_compile_step(recipe, target, graph))
     evaluation = data_source(recipe, "evaluation")
@@ -104,7 +119,8 @@ def make_plan(recipe: Recipe) -> Plan:
     if recipe.latency.runs > 0:
         steps.append(LatencyStep(None, model, evaluation, recipe.latency))
         for target in recipe.targets:
-            steps.append(LatencyStep(target, model, evaluation, recipe.latency, deploy_config(recipe, target)))
+            if measures_latency(target):
+                steps.append(LatencyStep(target, model, evaluation, recipe.latency, deploy_config(recipe, target)))
     return Plan(recipe.name, recipe.version, tuple(steps), graph)
 
 
@@ -174,6 +190,8 @@ def _compile_step(recipe: Recipe, target: Target, graph: str) -> CompileStep:
         source = EXPORT_STEP  # made from the torch model; waits for the export's input checks
     elif uses_qdq_graph(target):
         source = QDQ_STEP
+    elif uses_autocast_graph(target):
+        source = AUTOCAST_STEP
     else:
         source = graph
     calibration = None
@@ -195,13 +213,21 @@ def target_step_ids(recipe: Recipe, target_ids: tuple[str, ...]) -> list[str]:
 def ci_matrix(recipes: list[tuple[str, Recipe]]) -> dict[str, list[dict[str, str]]]:
     """A GitHub Actions matrix: one job per recipe x target. Jobs run
     `modelc build RECIPE --target TARGET --share-steps`; export and simplify are shared through
-    the store's step cache, and a final `modelc build RECIPE --share-steps` verifies and releases."""
+    the store's step cache, and a final `modelc build RECIPE --share-steps` verifies and releases.
+    A TensorRT target runs on a GPU runner only where it must: a generation TensorRT for RTX does
+    not build (sm90, sm100), or engines that must be verified on their GPU."""
     include = []
     for path, recipe in recipes:
         for target in recipe.targets:
             include.append({"recipe": path, "name": recipe.name, "version": recipe.version, "target": target.id,
-                            "runner": "gpu" if target.backend in GPU_BACKENDS else "cpu"})
+                            "runner": "gpu" if needs_gpu_runner(target) else "cpu"})
     return {"include": include}
+
+
+def needs_gpu_runner(target: Target) -> bool:
+    from modelc_build.gpus import RTX_TARGETS
+
+    return target.backend in GPU_BACKENDS and (target.verify_on_gpu or any(g not in RTX_TARGETS for g in target.gpus))
 
 
 __all__ = ["Plan", "make_plan", "ci_matrix", "uses_qdq_graph", "RELEASE_STEP", "SENSITIVITY_STEP", "QDQ_STEP"]

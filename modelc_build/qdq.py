@@ -1,4 +1,5 @@
-"""INT8 as an explicit Q/DQ ONNX graph, calibrated on the CPU with NVIDIA ModelOpt.
+"""Precision in the graph, made on the CPU with NVIDIA ModelOpt: INT8 as an explicit Q/DQ ONNX
+graph (calibrated), FP16 as AutoCast's mixed-precision graph.
 
 TensorRT 10 (strongly typed) and 11 take INT8 only this way: the precision lives in the graph as
 QuantizeLinear/DequantizeLinear pairs, not in builder flags or calibrator classes. ModelOpt's ONNX
@@ -139,11 +140,13 @@ def quantize_qdq(onnx_model: Path, inputs: tuple[TensorSpec, ...], feeds: Callab
     quantize = _modelopt_quantize()
     reader = FeedReader(feeds, options.subset_size, inputs)
     exclude = excluded_nodes(onnx_model, options)
-    logging.getLogger("modelopt").setLevel(logging.ERROR)
+    _quiet_modelopt()
     try:
-        # histogram notes go to stdout, progress bars to stderr; failures raise
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            quantize(str(onnx_model), quantize_mode="int8", calibration_data_reader=reader,
+        # histogram notes go to stdout, progress bars to stderr; failures raise. ModelOpt writes
+        # intermediate graphs beside its input: the input is a private copy, never a cache entry.
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                _private_copy(onnx_model) as private:
+            quantize(str(private), quantize_mode="int8", calibration_data_reader=reader,
                      calibration_method=options.calibration_method, calibration_eps=["cpu"],
                      nodes_to_quantize=nodes_to_quantize, nodes_to_exclude=exclude or None, op_types_to_exclude=list(options.ignore_types) or None,
                      high_precision_dtype="fp32", dq_only=True, output_path=str(destination), log_level="ERROR")
@@ -157,3 +160,51 @@ def quantize_qdq(onnx_model: Path, inputs: tuple[TensorSpec, ...], feeds: Callab
     return {"method": "NVIDIA ModelOpt ONNX post-training quantization (Q/DQ, int8 weights per channel)",
             "calibration_method": options.calibration_method, "calibration_samples": reader.samples,
             "kept_in_float": {"nodes": exclude, "op_types": list(options.ignore_types)}}
+
+
+def autocast_fp16(onnx_model: Path, destination: Path) -> dict[str, Any]:
+    """ModelOpt AutoCast: the graph with its nodes in fp16 where that is safe (it keeps in fp32 the
+    nodes whose values overflow fp16 or that reduce over long axes), inputs and outputs kept fp32.
+    TensorRT 10/11 is strongly typed: this graph, not a builder flag, is what makes an FP16 engine."""
+    import onnx
+
+    try:
+        from modelopt.onnx.autocast import convert_to_mixed_precision
+    except ImportError as exc:
+        raise BackendUnavailable(f"TensorRT fp16 needs NVIDIA ModelOpt's AutoCast, which is not installed "
+                                 f"({exc.msg.splitlines()[0]}): run {INSTALL_HINT}") from exc
+    _quiet_modelopt()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                _private_copy(onnx_model) as private:
+            converted = convert_to_mixed_precision(str(private), low_precision_type="fp16", keep_io_types=True,
+                                                   providers=["cpu"])
+    except Exception as exc:
+        raise CompileError(f"ModelOpt AutoCast (fp16) of {onnx_model.name} failed: {first_line(exc)}") from exc
+    onnx.save(converted, str(destination))
+    float16 = onnx.TensorProto.FLOAT16
+    kinds = [node for node in converted.graph.node if node.op_type != "Cast"]
+    typed = {v.name: v.type.tensor_type.elem_type for v in list(converted.graph.value_info) + list(converted.graph.output)}
+    in_fp16 = sum(1 for node in kinds if any(typed.get(o) == float16 for o in node.output))
+    return {"method": "NVIDIA ModelOpt AutoCast (fp16, inputs and outputs kept fp32)", "nodes": len(kinds),
+            "nodes_in_fp16": in_fp16}
+
+
+def _quiet_modelopt() -> None:
+    """ModelOpt's ONNX loggers print INFO and WARNING lines to the stdout it saw at import (a
+    redirect does not reach them): errors only, which then become modelc's own messages."""
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("modelopt"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def _private_copy(onnx_model: Path) -> Iterator[Path]:
+    """The graph copied into a scratch folder of its own, for libraries that write beside their input."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="modelc-modelopt-") as scratch:
+        private = Path(scratch) / onnx_model.name
+        shutil.copyfile(onnx_model, private)
+        yield private

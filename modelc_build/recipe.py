@@ -142,11 +142,23 @@ class Target:
     backend: str
     precision: Precision
     mode: str | None = None
+    gpus: tuple[str, ...] = ()  # tensorrt: the GPU generations engines are built for (sm86, …)
+    max_batch: int = 32  # tensorrt: the optimization profile's batch range (min 1)
+    opt_batch: int = 8
+    verify_on_gpu: bool = False  # tensorrt: a build without a GPU that runs the engines fails
 
     @property
     def id(self) -> str:
         """The artifact folder name, e.g. `openvino-fp16`."""
         return f"{self.backend}-{self.precision}"
+
+    def material(self) -> dict[str, Any]:
+        """What of the target a step's key depends on (engine options only where they exist)."""
+        found = asdict(self)
+        if self.backend != "tensorrt":
+            for key in ("gpus", "max_batch", "opt_batch", "verify_on_gpu"):
+                del found[key]
+        return found
 
 
 @dataclass(frozen=True)
@@ -415,6 +427,17 @@ def _not_finite(value: Any, at: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, .
     return []
 
 
+def _target(entry: dict[str, Any], precision: str) -> Target:
+    from modelc_build.gpus import DEFAULT_GPUS, canonical
+
+    if entry["backend"] != "tensorrt":
+        return Target(entry["backend"], precision, entry.get("mode"))
+    gpus = tuple(dict.fromkeys(canonical(g) or g for g in entry.get("gpus", DEFAULT_GPUS)))
+    max_batch = int(entry.get("max_batch", 32))
+    return Target("tensorrt", precision, None, gpus, max_batch, int(entry.get("opt_batch", min(8, max_batch))),
+                  bool(entry.get("verify_on_gpu", False)))
+
+
 def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
     """Rules JSON Schema cannot say clearly: combinations of keys."""
     data = located.data
@@ -466,6 +489,13 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
             add(("targets", index, "backend"), "a TorchScript target needs a torch or torchscript source, not an ONNX file")
         if "mode" in target and backend != "torchscript":
             add(("targets", index, "mode"), "'mode' applies to torchscript targets only; remove it")
+        for key in ("gpus", "max_batch", "opt_batch", "verify_on_gpu"):
+            if key in target and backend != "tensorrt":
+                add(("targets", index, key), f"'{key}' applies to tensorrt targets only; remove it")
+        if isinstance(target.get("opt_batch"), int) and isinstance(target.get("max_batch", 32), int) \
+                and target["opt_batch"] > target.get("max_batch", 32):
+            add(("targets", index, "opt_batch"), f"opt_batch {target['opt_batch']} is above max_batch "
+                f"{target.get('max_batch', 32)}: the engines are tuned for a batch inside their range")
         if backend == "torchscript" and source == "torchscript" and target.get("mode") == "script":
             add(("targets", index, "mode"), "the source is already TorchScript; remove 'mode'")
     ids = [(t.get("backend"), p) for t in data.get("targets", []) for p in t.get("precisions", [])]
@@ -801,7 +831,7 @@ def _to_recipe(path: Path, digest: str, data: dict[str, Any]) -> Recipe:
     task_data = dict(data.get("task", {"type": "generic"}))
     task_data["classes"] = tuple(task_data.get("classes", ()))
     task_data["base_dir"] = base
-    targets = tuple(Target(t["backend"], p, t.get("mode")) for t in data["targets"] for p in t["precisions"])
+    targets = tuple(_target(t, p) for t in data["targets"] for p in t["precisions"])
     raw_gates = data.get("gates", {})
     gates = {k: Gate(**{**raw_gates.get("default", {}), **v}) for k, v in raw_gates.items()}
     explicit = {k: frozenset({**raw_gates.get("default", {}), **v}) for k, v in raw_gates.items()}

@@ -26,6 +26,7 @@ from modelc_build.steps.latency import LATENCY_FILE, REFERENCE_LATENCY_STEP, lat
 from modelc_build.steps.verify import EVALUATION_FILE, GOLDEN_STEP, REFERENCE_STEP, Setting, verify_step_id
 
 GOLDEN_NOTES = "golden-step.json"
+ENGINES_FILE = "engines.json"  # a tensorrt artifact's engine stamps (modelc_build/backends/tensorrt.py)
 
 if TYPE_CHECKING:
     from modelc_build.signing import Signer
@@ -49,6 +50,7 @@ class Measured:
     entries: dict[str, CacheEntry]  # every step's output by step id
     settings: dict[str, list[Setting]]  # per target: as deployed first, then the other measurements
     cpus: list[dict[str, Any]] | None = None  # verify.cpus: each emulated or covered by the build machine's class
+    skipped: list[str] | None = None  # what --skip-unavailable left out, and why
 
     def json(self, step_id: str, name: str) -> Any:
         entry = self.entries.get(step_id)
@@ -78,16 +80,19 @@ def make_report(recipe: Recipe, measured: Measured, sensitivity_step: str, data:
         files = [(f"{target.id}/{name}", artifact.entry.file(name).stat().st_size) for name in artifact.entry.files]
         notes = artifact.entry.files.get(QUANTIZATION_NOTES) and json.loads(artifact.entry.file(QUANTIZATION_NOTES).read_text())
         timing = measured.json(latency_step_id(target), LATENCY_FILE)
+        engines = artifact.entry.files.get(ENGINES_FILE) and json.loads(artifact.entry.file(ENGINES_FILE).read_text())
         artifacts.append(ArtifactReport(target.id, target.backend, target.precision, files, evaluation,
                                         _latency_ms(measured, latency_step_id(target)), notes or None,
                                         dict(measured.settings[target.id][0].config), _latency_summary(timing), others,
-                                        deployed.get("runtime") or {}, _golden_check(recipe, target, deployed, measured)))
+                                        deployed.get("runtime") or {}, _golden_check(recipe, target, deployed, measured),
+                                        engines or None))
         if evaluation.task is not None:
             reference_metric = evaluation.task.reference
     return Report(recipe.name, recipe.version, reference["reference"], reference["data"], reference["samples"],
                   recipe.task.type, reference_metric, _latency_ms(measured, REFERENCE_LATENCY_STEP), artifacts,
                   _calibration(recipe, artifacts), _sensitivity(recipe, measured.json(sensitivity_step, "sensitivity.json")),
-                  cpu_info(), data, measured.json(EXPORT_STEP, EXPORT_NOTES), measured.cpus, measured.json(GOLDEN_STEP, GOLDEN_NOTES))
+                  cpu_info(), data, measured.json(EXPORT_STEP, EXPORT_NOTES), measured.cpus, measured.json(GOLDEN_STEP, GOLDEN_NOTES),
+                  measured.skipped or None)
 
 
 def _golden_check(recipe: Recipe, target: Target, deployed: dict[str, Any], measured: Measured) -> dict[str, Any] | None:
@@ -175,6 +180,9 @@ def summary_lines(report: Report) -> list[str]:
             cos = min((o.cosine for o in m.evaluation.outputs), default=1.0)
             task += f"; {m.words()}: cosine {cos:.6f}" + ("" if m.evaluation.passed or not m.gated else " FAIL")
         verdict = "pass" if a.passed else "FAIL"
+        engines = a.runtime.get("engines")
+        if engines:  # what was measured was the engines' graph on the CPU
+            task += f"; source graph on onnxruntime CPU, engines for {', '.join(e['gpu'] for e in (a.engines or {}).get('engines', []))} {engines}"
         lines.append(f"  {a.target}: cosine {worst:.6f}{task}{latency} [{verdict}]")
     lines += [f"  warning: {flag}" for flag in report.flags()]
     return lines
@@ -282,7 +290,8 @@ def _manifest(recipe: Recipe, folder: Path, measured: Measured, artifact_files: 
     judged = {a.target: a for a in report.artifacts}
     entries += [ArtifactEntry(a.target.id, a.target.backend, a.target.precision,
                               [f"{a.target.id}/{name}" for name in a.entry.files],
-                              dict(measured.settings[a.target.id][0].config), _verified_on(judged[a.target.id], report))
+                              dict(measured.settings[a.target.id][0].config), _verified_on(judged[a.target.id], report),
+                              _engine_stamps(judged[a.target.id]))
                 for a in measured.artifacts]
     return build_manifest(name=recipe.name, version=recipe.version, recipe_file=recipe.path,
                           recipe_digest=recipe.digest, exporter=(report.export or {}).get("used", "none"),
@@ -298,6 +307,18 @@ def _golden_summary(report: Report, files: list[str]) -> dict[str, Any] | None:
     if not files or not report.golden:
         return None
     return {"samples": report.golden["samples"], "bytes": report.golden["bytes"], "files": files}
+
+
+def _engine_stamps(artifact: ArtifactReport) -> dict[str, Any] | None:
+    """A tensorrt artifact's engines as the manifest states them: what each is for, what built it,
+    from which graph, and whether it ran where it was built."""
+    if not artifact.engines:
+        return None
+    status = artifact.runtime.get("engines") or ("run and measured here" if "engine" in artifact.runtime.get("measured", "")
+                                                 else "built, not run")
+    return {"graph": {**artifact.engines["graph"], "file": f"{artifact.target}/{artifact.engines['graph']['file']}"},
+            "profile": artifact.engines["profile"], "status": status,
+            "engines": [{**e, "file": f"{artifact.target}/{e['file']}"} for e in artifact.engines["engines"]]}
 
 
 def _verified_on(artifact: ArtifactReport, report: Report) -> list[dict[str, Any]]:

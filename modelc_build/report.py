@@ -50,6 +50,7 @@ class ArtifactReport:
     measurements: list[Measurement] = field(default_factory=list)
     runtime: dict[str, str] = field(default_factory=dict)  # what the runtime really ran with, as deployed
     golden: dict[str, Any] | None = None  # the golden-set check as built: samples, tolerances, outputs, misses
+    engines: dict[str, Any] | None = None  # tensorrt: engines.json (graph, profile, one stamp per engine)
 
     @property
     def size_bytes(self) -> int:
@@ -113,6 +114,7 @@ class Report:
     export: dict[str, Any] | None = None  # exporter requested and used, and why a fallback ran
     cpus: list[dict[str, Any]] | None = None  # verify.cpus: per CPU model, emulated or native (the build machine's class)
     golden: dict[str, Any] | None = None  # the golden set shipped: samples, bytes (and why fewer)
+    skipped: list[str] | None = None  # what --skip-unavailable left out, and why
 
     @property
     def passed(self) -> bool:
@@ -164,6 +166,7 @@ def to_json(report: Report) -> dict[str, Any]:
             "int8_latency_ratio": (1 / versus.speedup) if a.precision == "int8" and versus and versus.speedup else None,
             "runtime": a.runtime,
             "golden": a.golden,
+            "engines": a.engines,
             "measurements": [{"setting": m.setting, "config": m.config, "emulate": m.emulate, "gated": m.gated,
                               "passed": m.evaluation.passed and m.problem is None, "problem": m.problem,
                               "samples": m.evaluation.samples, "emulation": m.emulation, "runtime": m.runtime,
@@ -198,6 +201,7 @@ def to_json(report: Report) -> dict[str, Any]:
         "export": report.export,
         "cpus": report.cpus,
         "golden": report.golden,
+        "skipped": report.skipped,
     }
 
 
@@ -275,7 +279,7 @@ def to_markdown(report: Report) -> str:
         for m in a.evaluation.outputs:
             lines.append(f"| `{a.target}` | {m.output} | {_fmt(m.max_abs_error)} | {_fmt(m.mean_abs_error)} | "
                          f"{m.cosine:.7f} | {_fmt(m.snr_db, -1) if m.snr_db is None else f'{m.snr_db:.1f}'} |")
-    lines += _quantization_lines(report) + _sensitivity_lines(report)
+    lines += _engine_lines(report) + _quantization_lines(report) + _sensitivity_lines(report)
     lines += _gate_lines(report)
     failures = report.failures()
     if failures:
@@ -343,6 +347,25 @@ def _machine_lines(report: Report) -> list[str]:
     return ["", f"Build machine: {m['cpu']} ({m['machine']}, {m['cores']} cores), instruction sets: "
                 f"{', '.join(m['isa']) or 'none of AVX2/AVX-512/VNNI/AMX'}; INT8 kernels "
                 f"{'with' if m['vnni'] else 'without'} VNNI."]
+
+
+def _engine_lines(report: Report) -> list[str]:
+    built = [a for a in report.artifacts if a.engines]
+    if not built:
+        return []
+    lines = ["", "### TensorRT engines", "",
+             "| artifact | GPU | built by | CUDA | size | build s | status |", "|---|---|---|---:|---:|---:|---|"]
+    for a in built:
+        status = a.runtime.get("engines") or a.runtime.get("measured", "")
+        for engine in (a.engines or {}).get("engines", []):
+            lines.append(f"| `{a.target}` | {engine['generation']} | {engine['flavour']} {engine['version']} | "
+                         f"{engine.get('cuda_major') or '—'} | {_size(engine['size'])} | {engine['build_s']:.2f} | {status} |")
+        graph = (a.engines or {}).get("graph", {})
+        lines.append(f"| `{a.target}` | source graph | {graph.get('precision_in_graph', '')} | | | | measured above: "
+                     f"{a.runtime.get('measured', 'as deployed')} |")
+    if report.skipped:
+        lines += ["", "Left out (--skip-unavailable): " + "; ".join(report.skipped) + "."]
+    return lines
 
 
 def _golden_lines(report: Report) -> list[str]:

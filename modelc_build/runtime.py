@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from modelc_build.recipe import TensorSpec
     from modelc_build.signing import Trust
 
-RUNNABLE = ("onnxruntime", "openvino", "torchscript")  # backends with a runner on this kind of machine
-EXTRAS = {"onnxruntime": "onnxruntime", "openvino": "openvino-runtime", "torchscript": "build"}
+RUNNABLE = ("onnxruntime", "openvino", "torchscript", "tensorrt")  # backends modelc can run an artifact of
+EXTRAS = {"onnxruntime": "onnxruntime", "openvino": "openvino-runtime", "torchscript": "build", "tensorrt": "tensorrt-rtx"}
 
 
 @dataclass(frozen=True)
@@ -110,10 +110,14 @@ def load(folder: Path | str, target: str, check: bool = False, trust: Trust | No
     if backend not in RUNNABLE:
         raise BackendUnavailable(f"{target}: modelc runs {', '.join(RUNNABLE)} artifacts; a {backend} artifact is "
                                  "loaded by its own runtime")
+    if backend == "tensorrt":
+        _gpu_here(target, entry)
     listed = {f["path"]: f["sha256"] for f in manifest.get("files", []) if isinstance(f, dict)}
     files = []
     for name in entry.get("files", []):
         path = folder / safe_relative_path(name)
+        if backend == "tensorrt" and not path.exists() and name.endswith((".engine", ".onnx")):
+            continue  # a pull for one GPU (--gpu) brings that generation's engine only
         if not path.is_file() or sha256_file(path) != listed.get(name):
             raise VerificationError(f"{folder}: {name} is missing or differs from the sha256 the manifest lists: refused")
         files.append(path)
@@ -127,6 +131,17 @@ def load(folder: Path | str, target: str, check: bool = False, trust: Trust | No
     return deployed
 
 
+def _gpu_here(target: str, entry: dict[str, Any]) -> str:
+    """The local GPU an engine of this artifact runs on, or BackendUnavailable saying why none does."""
+    from modelc_build.gpus import not_run_reason, runnable_here
+
+    built = tuple(e["gpu"] for e in (entry.get("engines") or {}).get("engines", []))
+    here = runnable_here(built)
+    if here is None:
+        raise BackendUnavailable(f"{target}: engines for {', '.join(built) or 'no GPU'}; {not_run_reason(built)}")
+    return here
+
+
 def model_interface(manifest: dict[str, Any]) -> tuple[tuple[TensorSpec, ...], tuple[str, ...]]:
     """The model's inputs (names, shapes, dtypes, how they are fed) and outputs, as the manifest records them."""
     from modelc_build.recipe import TensorSpec
@@ -137,7 +152,8 @@ def model_interface(manifest: dict[str, Any]) -> tuple[tuple[TensorSpec, ...], t
     return tuple(TensorSpec.from_json(spec) for spec in model["inputs"]), tuple(model["outputs"])
 
 
-RUNTIME_MODULES = {"onnxruntime": ("numpy", "onnxruntime"), "openvino": ("numpy", "openvino"), "torchscript": ("numpy", "torch")}
+RUNTIME_MODULES = {"onnxruntime": ("numpy", "onnxruntime"), "openvino": ("numpy", "openvino"), "torchscript": ("numpy", "torch"),
+                   "tensorrt": ("numpy", "polygraphy")}
 
 
 def _backend(name: str) -> Any:

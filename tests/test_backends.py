@@ -70,9 +70,35 @@ def test_runner_checks_feed_names(tmp_path: Path, onnx_file: Path) -> None:
         runner.infer({"x": np.zeros((1, 3, 16, 16), np.float32)})
 
 
-def test_tensorrt_says_where_it_can_be_built(tmp_path: Path, onnx_file: Path) -> None:
-    with pytest.raises(BackendUnavailable, match="NVIDIA GPU and the tensorrt package"):
-        get_backend("tensorrt").compile(CompileRequest(Target("tensorrt", "fp16"), onnx_file, INPUTS, ("logits",), tmp_path))
+def test_tensorrt_says_where_a_generation_can_be_built(tmp_path: Path, onnx_file: Path) -> None:
+    from modelc_build.gpus import local_gpus
+
+    if "sm90" in local_gpus():
+        pytest.skip("this machine has an SM90 GPU")
+    target = Target("tensorrt", "fp32", gpus=("sm90",))
+    with pytest.raises(BackendUnavailable, match=r"tensorrt-fp32: sm90 \(Hopper: H100, H200\) needs full TensorRT on a "
+                                                 r"machine with that GPU .* build it on the GPU runner"):
+        get_backend("tensorrt").compile(CompileRequest(target, onnx_file, INPUTS, ("logits",), tmp_path))
+
+
+def test_tensorrt_rtx_builds_an_engine_with_no_gpu_and_says_it_did_not_run(tmp_path: Path, onnx_file: Path) -> None:
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX is not installed (pip install 'modelc-build[tensorrt-rtx]')")
+    from modelc_build.gpus import local_gpus
+
+    files = get_backend("tensorrt").compile(CompileRequest(Target("tensorrt", "fp32", gpus=("sm86",)), onnx_file, INPUTS,
+                                                           ("logits",), tmp_path))
+    assert [f.name for f in files] == ["model.onnx", "sm86.engine", "engines.json"]
+    stamps = json.loads((tmp_path / "engines.json").read_text())
+    assert stamps["engines"][0]["gpu"] == "sm86" and stamps["engines"][0]["size"] > 10_000
+    x = np.random.default_rng(1).random((2, 3, 16, 16), dtype=np.float32)
+    with get_backend("tensorrt").runner(files, INPUTS, ("logits",)) as runner:
+        got = runner.infer({"images": x})["logits"]
+        settings = runner.effective_settings()
+    expected = build_model().eval()(torch.from_numpy(x)).detach().numpy()
+    assert np.abs(got - expected).max() < 1e-4
+    if not local_gpus():  # the source graph ran, on the CPU, and the runner says so
+        assert settings == {"measured": "the engines' source graph on onnxruntime (CPU)",
+                            "engines": "built, not run: no SM86 GPU on this machine (no NVIDIA GPU at all)"}
 
 
 def test_unknown_backend() -> None:

@@ -142,9 +142,10 @@ def test_cli_validate_reports_missing_files(tmp_path: Path, run_cli) -> None:
 
 
 def test_cli_validate_ok_on_shipped_recipes(run_cli, mobilenet_v2) -> None:
-    result = run_cli("validate", *sorted((REPO / "recipes").glob("*.yaml")))
+    shipped = sorted((REPO / "recipes").glob("*.yaml"))
+    result = run_cli("validate", *shipped)
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.count(": ok") == 5
+    assert result.stdout.count(": ok") == len(shipped) >= 6
 
 
 def test_int8_needs_calibration_data(tmp_path: Path) -> None:

@@ -1,30 +1,221 @@
-"""TensorRT: not built by this version of modelc.
+"""TensorRT engines, strongly typed: the precision is in the ONNX graph the engine is built from (the
+plain graph for fp32, ModelOpt AutoCast's mixed graph for fp16, ModelOpt's Q/DQ graph for int8);
+no builder precision flags, no calibrators (TensorRT 10/11 removed them).
 
-TensorRT engines need an NVIDIA GPU and NVIDIA's `tensorrt` wheels, which cannot be installed on
-the CPU machines that run modelc's CI. The engine builder layer (strongly typed networks from a
-Q/DQ or FP16 ONNX graph) is planned; until it lands, a tensorrt target stops the build with this
-message instead of producing something half-made.
+One artifact per precision: `model.onnx` (the graph the engines were built from), one
+`<gpu>.engine` per GPU generation (`sm86.engine`, …) and `engines.json`, which stamps each engine
+with the TensorRT flavour and version, compute capability, CUDA major version, the graph's sha256,
+the optimization profile and the build time.
+
+Builders: TensorRT for RTX (`tensorrt_rtx`) builds ahead of time, with no GPU, for the generations it
+targets; full TensorRT (`tensorrt`) builds for the GPU of the machine it runs on (SM90/SM100).
+Running an engine needs its GPU: where none is here, the runner measures the engines' source graph
+on onnxruntime's CPU provider and says so (`effective_settings`), and the engines are reported as
+built, not run.
 """
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import time
 from pathlib import Path
+from typing import Any
 
-from modelc_build.backends import Backend, CompileRequest, Runner
-from modelc_build.errors import BackendUnavailable
+import numpy as np
+
+from modelc_build.backends import Backend, CompileRequest, Runner, pick, require
+from modelc_build.backends.onnxruntime import OnnxRuntimeRunner
+from modelc_build.errors import BackendUnavailable, CompileError
+from modelc_build.manifest import package_version, sha256_file
 from modelc_build.recipe import TensorSpec
 
-MESSAGE = ("tensorrt targets are not built by this version of modelc: engines must be built on a machine "
-           "with an NVIDIA GPU and the tensorrt package from NVIDIA's index; remove the tensorrt target "
-           "from the recipe (the release's onnx/model.onnx, and onnx-int8/model.onnx for int8, are the graphs such a "
-           "build takes)")
+ENGINES_FILE = "engines.json"
+FORMAT_VERSION = 1
+RTX_PACKAGES = ("tensorrt-rtx-cu13-libs", "tensorrt-rtx-cu12-libs", "tensorrt-rtx-cu13", "tensorrt-rtx-cu12")
+FULL_PACKAGES = ("tensorrt-cu13-libs", "tensorrt-cu12-libs", "tensorrt-cu13", "tensorrt-cu12", "tensorrt")
+
+
+def _module(flavour: str) -> Any:
+    from modelc_build.gpus import RTX
+
+    if flavour == RTX:
+        return require("tensorrt_rtx", "tensorrt (TensorRT for RTX)", "tensorrt-rtx")
+    return require("tensorrt", "tensorrt", "tensorrt")
+
+
+def cuda_major(flavour: str) -> int | None:
+    """The CUDA major version the installed TensorRT wheels were built for (their name says: -cu13)."""
+    from modelc_build.gpus import RTX
+
+    for package in RTX_PACKAGES if flavour == RTX else FULL_PACKAGES:
+        if package_version(package) is not None and "-cu" in package:
+            return int(package.split("-cu")[1].split("-")[0])
+    return None
+
+
+def profile(inputs: tuple[TensorSpec, ...], opt_batch: int, max_batch: int) -> dict[str, dict[str, list[int]]]:
+    """min/opt/max shapes per input: the batch axis from 1 to max_batch where it is dynamic, other
+    named axes at their example sizes (an image's height and width from data.preprocess)."""
+    shapes = {}
+    for spec in inputs:
+        dynamic = spec.batch_axis is not None and isinstance(spec.shape[spec.batch_axis], str)
+        sizes = (1, opt_batch, max_batch) if dynamic else (1, 1, 1)
+        shapes[spec.name] = {name: list(spec.concrete_shape(size)) for name, size in zip(("min", "opt", "max"), sizes)}
+    return shapes
+
+
+class _Log:
+    """A TensorRT logger that keeps its warnings and errors for the message of a failure."""
+
+    def __init__(self, trt: Any) -> None:
+        outer = self
+
+        class Logger(trt.ILogger):
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
+
+            def log(self, severity: Any, message: str) -> None:
+                if severity <= trt.ILogger.Severity.WARNING:
+                    outer.lines.append(message)
+
+        self.lines: list[str] = []
+        self.logger = Logger()
+
+
+def build_engine(flavour: str, graph: Path, gpu: str, shapes: dict[str, dict[str, list[int]]]) -> bytes:
+    """One serialized engine for one GPU generation from a graph that carries its precision."""
+    from modelc_build.gpus import RTX
+
+    trt = _module(flavour)
+    log = _Log(trt)
+    builder = trt.Builder(log.logger)
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None) if flavour != RTX else None
+    network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
+    parser = trt.OnnxParser(network, log.logger)
+    if not parser.parse_from_file(str(graph)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise CompileError(f"{flavour} could not parse {graph.name}: " + "; ".join(errors[:3]))
+    config = builder.create_builder_config()
+    optimization = builder.create_optimization_profile()
+    for name, shape in shapes.items():
+        optimization.set_shape(name, shape["min"], shape["opt"], shape["max"])
+    config.add_optimization_profile(optimization)
+    if flavour == RTX:  # ahead of time, for a named generation; full TensorRT builds for its own GPU
+        config.num_compute_capabilities = 1
+        config.set_compute_capability(getattr(trt.ComputeCapability, gpu.upper()), 0)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise CompileError(f"{flavour} could not build an engine for {gpu} from {graph.name}: "
+                           + ("; ".join(log.lines[-3:]) or "no message"))
+    return bytes(serialized)
+
+
+class GraphOnCpuRunner(OnnxRuntimeRunner):
+    """The engines' source graph on onnxruntime's CPU provider: what a machine without their GPU
+    can measure. It says so, so that nobody mistakes it for the engines."""
+
+    def __init__(self, graph: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...], why: str) -> None:
+        super().__init__(graph, inputs, outputs)
+        self.why = why
+
+    def effective_settings(self) -> dict[str, str]:
+        return {"measured": "the engines' source graph on onnxruntime (CPU)", "engines": f"built, not run: {self.why}"}
+
+
+class TensorRtRunner(Runner):
+    """An engine on this machine's GPU, through Polygraphy's TensorRT runner (TensorRT for RTX with
+    POLYGRAPHY_USE_TENSORRT_RTX)."""
+
+    def __init__(self, engine: Path, flavour: str, gpu: str, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...]) -> None:
+        super().__init__(inputs, outputs)
+        self.engine = engine
+        self.flavour = flavour
+        self.gpu = gpu
+        self._runner: Any = None
+
+    def activate(self) -> None:
+        from modelc_build.gpus import RTX
+
+        if self.flavour == RTX:
+            os.environ["POLYGRAPHY_USE_TENSORRT_RTX"] = "1"
+            import polygraphy.config
+
+            polygraphy.config.USE_TENSORRT_RTX = True
+        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+        self._runner = TrtRunner(EngineFromBytes(self.engine.read_bytes()))
+        self._runner.activate()
+
+    def deactivate(self) -> None:
+        if self._runner is not None:
+            self._runner.deactivate()
+            self._runner = None
+
+    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        assert self._runner is not None
+        return {name: np.asarray(value) for name, value in self._runner.infer(feed).items()}
+
+    def effective_settings(self) -> dict[str, str]:
+        return {"measured": f"the {self.gpu} engine on this GPU", "flavour": self.flavour}
+
+
+def read_engines(files: list[Path]) -> dict[str, Any]:
+    stamps = next((f for f in files if f.name == ENGINES_FILE), None)
+    if stamps is None:
+        raise BackendUnavailable("a tensorrt artifact without engines.json: rebuild it with this modelc")
+    engines: dict[str, Any] = json.loads(stamps.read_text())
+    return engines
 
 
 class TensorRtBackend(Backend):
     name = "tensorrt"
 
     def compile(self, request: CompileRequest) -> list[Path]:
-        raise BackendUnavailable(MESSAGE)
+        from modelc_build.gpus import engine_builder, words
+
+        graph = request.out_dir / "model.onnx"
+        shutil.copyfile(request.onnx_model, graph)
+        target = request.target
+        shapes = profile(request.inputs, target.opt_batch, target.max_batch)
+        engines, files = [], [graph]
+        for gpu in target.gpus:
+            builder = engine_builder(gpu)
+            if builder.flavour is None:
+                raise BackendUnavailable(f"{target.id}: {builder.reason}")
+            started = time.perf_counter()
+            data = build_engine(builder.flavour, graph, gpu, shapes)
+            seconds = time.perf_counter() - started
+            engine = request.out_dir / f"{gpu}.engine"
+            engine.write_bytes(data)
+            files.append(engine)
+            engines.append({"file": engine.name, "gpu": gpu, "generation": words(gpu), "flavour": builder.flavour,
+                            "version": _module(builder.flavour).__version__, "cuda_major": cuda_major(builder.flavour),
+                            "sha256": sha256_file(engine), "size": engine.stat().st_size, "build_s": round(seconds, 2)})
+        stamps = {"format_version": FORMAT_VERSION, "precision": target.precision,
+                  "graph": {"file": graph.name, "sha256": sha256_file(graph), "precision_in_graph": _graph_kind(target.precision)},
+                  "profile": shapes, "engines": engines}
+        (request.out_dir / ENGINES_FILE).write_text(json.dumps(stamps, indent=2, sort_keys=True) + "\n")
+        return files + [request.out_dir / ENGINES_FILE]
 
     def runner(self, files: list[Path], inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...],
                config: dict[str, str] | None = None) -> Runner:
-        raise BackendUnavailable(MESSAGE)
+        from modelc_build.gpus import not_run_reason, runnable_here
+
+        stamps = read_engines(files)
+        built = {e["gpu"]: e for e in stamps["engines"]}
+        here = runnable_here(tuple(built))
+        if here is not None:
+            engine = built[here]
+            return TensorRtRunner(next(f for f in files if f.name == engine["file"]), engine["flavour"], here, inputs, outputs)
+        return GraphOnCpuRunner(pick(files, ".onnx"), inputs, outputs, not_run_reason(tuple(built)))
+
+    def versions(self) -> dict[str, str]:
+        from modelc_build.gpus import FULL, RTX, installed
+
+        return {flavour: _module(flavour).__version__ for flavour in (RTX, FULL) if installed(flavour)}
+
+
+def _graph_kind(precision: str) -> str:
+    return {"fp32": "fp32 (the simplified graph)", "fp16": "mixed fp16 (NVIDIA ModelOpt AutoCast)",
+            "int8": "int8 Q/DQ (NVIDIA ModelOpt)"}[precision]

@@ -14,7 +14,7 @@ from modelc_build.steps import Step, StepInputs, tool_versions
 from modelc_build.steps.qdq import warn_shortfall
 
 BACKEND_TOOLS = {"onnxruntime": ("onnxruntime",), "openvino": ("openvino",), "torchscript": ("torch",),
-                 "tensorrt": ("tensorrt",)}
+                 "tensorrt": ("tensorrt", "tensorrt-rtx-cu13", "tensorrt-rtx-cu12", "polygraphy")}
 IN_PROCESS_BACKENDS = {"onnxruntime"}  # fp32 compile = copy a file; the others run in a fresh process
 
 
@@ -58,9 +58,14 @@ class CompileStep(Step):
     def description(self) -> str:  # type: ignore[override]
         if self.target.backend == "torchscript":
             source = f"the torch model ({self.target.mode or 'trace'})"
+        elif self.graph.startswith("quantize"):
+            source = "the Q/DQ ONNX graph"
+        elif self.graph.startswith("autocast"):
+            source = "the AutoCast FP16 ONNX graph"
         else:
-            source = "the Q/DQ ONNX graph" if self.graph.startswith("quantize") else "the ONNX graph"
-        return f"build {self.target.backend} {self.target.precision} from {source}"
+            source = "the ONNX graph"
+        what = f"engines for {', '.join(self.target.gpus)}" if self.target.backend == "tensorrt" else ""
+        return f"build {self.target.backend} {self.target.precision} {what + ' ' if what else ''}from {source}"
 
     def material(self, inputs: StepInputs) -> dict[str, Any]:
         """TorchScript is made from the torch model, so its input is the source, not the graph; an
@@ -68,7 +73,7 @@ class CompileStep(Step):
         facts = inputs.fingerprints
         graph: Any = facts.source(self.model) if self.target.backend == "torchscript" else inputs.digest(self.graph, "model.onnx")
         tools: tuple[str, ...] = BACKEND_TOOLS[self.target.backend]
-        material: dict[str, Any] = {"target": asdict(self.target), "graph": graph}
+        material: dict[str, Any] = {"target": self.target.material(), "graph": graph}
         if self.calibration is not None:
             material["calibration"] = facts.data(self.calibration)
             material["quantization"] = asdict(self.quantization)

@@ -61,7 +61,7 @@ class LatencyStep(Step):
             what: Any = {"reference": facts.source(self.model)}
             tools: tuple[str, ...] = MEASURE_TOOLS
         else:
-            what = {"artifact": inputs.entry(compile_step_id(self.target)).files, "target": asdict(self.target),
+            what = {"artifact": inputs.entry(compile_step_id(self.target)).files, "target": self.target.material(),
                     "config": list(self.config)}
             tools = BACKEND_TOOLS[self.target.backend]
         return {**what, "data": facts.data(self.data), "settings": asdict(self.settings), "machine": machine(),

@@ -22,11 +22,20 @@ def test_matrix_lists_recipe_by_target_jobs(run_cli) -> None:
     assert len(jobs) == expected and all(j["runner"] == "cpu" for j in jobs)
 
 
-def test_matrix_marks_tensorrt_jobs_for_gpu_runners(tiny_recipe, run_cli) -> None:
-    recipe = tiny_recipe({"targets": [{"backend": "tensorrt", "precisions": ["fp16"]},
+def test_matrix_sends_to_gpu_runners_only_the_tensorrt_jobs_that_need_one(tiny_recipe, run_cli) -> None:
+    """TensorRT for RTX builds sm86/sm89 engines on a CPU runner; sm90 needs full TensorRT on its GPU."""
+    from modelc_build.plan import needs_gpu_runner
+    from modelc_build.recipe import Target
+
+    recipe = tiny_recipe({"targets": [{"backend": "tensorrt", "precisions": ["fp16"], "gpus": ["ada"]},
+                                      {"backend": "tensorrt", "precisions": ["fp32"], "gpus": ["ada", "hopper"]},
                                       {"backend": "openvino", "precisions": ["fp32"]}], "gates": None})
-    jobs = json.loads(run_cli("plan", recipe, "--matrix").stdout)["include"]
-    assert [(j["target"], j["runner"]) for j in jobs] == [("tensorrt-fp16", "gpu"), ("openvino-fp32", "cpu")]
+    listed = run_cli("plan", recipe, "--matrix")
+    assert listed.exit_code == 0, listed.stderr
+    jobs = json.loads(listed.stdout)["include"]
+    assert [(j["target"], j["runner"]) for j in jobs] == [("tensorrt-fp16", "cpu"), ("tensorrt-fp32", "gpu"),
+                                                          ("openvino-fp32", "cpu")]
+    assert needs_gpu_runner(Target("tensorrt", "fp32", gpus=("sm89",), verify_on_gpu=True))  # engines run where built
 
 
 def fan_out(run_cli, recipe: Path, store: str, tmp_path: Path, monkeypatch, *release_options: str) -> None:
