@@ -205,8 +205,8 @@ class Quantization:
 class VerifyOptions:
     openvino_inference_precision: str = "f32"  # the deploy setting the gates judge (see the schema)
     cpus: tuple[str, ...] = ("Haswell",)  # QEMU CPU models every onnxruntime/openvino int8 artifact is checked on
-    emulated_samples: int = 32
-    emulation_budget_s: float = 60.0
+    emulated_samples: int = 16
+    emulation_budget_s: float = 30.0
     emulate_host_class: bool = False
     golden_samples: int = 8  # shipped with the release for `modelc verify --run`
     golden_max_mb: float = 4.0
