@@ -22,6 +22,7 @@ whatever the schedule, cache state or `-j`.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -71,8 +72,13 @@ class RunSummary:
     skipped: list[str] = field(default_factory=list)
 
 
-def _child(step: Step, inputs: StepInputs, out: Path, answer: Any) -> None:
-    """In the fresh process: run the step and send back None or the exception it raised."""
+def _child(step: Step, inputs: StepInputs, out: Path, answer: Any, build_pid: int) -> None:
+    """In the fresh process: run the step and send back None or the exception it raised. It is a
+    child of the fork server, not of the build, so it watches the build's process and ends within
+    a second of it, whatever killed it (SIGKILL included)."""
+    from modelc_build.processes import end_with
+
+    end_with(build_pid)
     outcome: BaseException | None = None
     try:
         step.run(inputs, out)
@@ -92,7 +98,7 @@ def run_in_fresh_process(step: Step, inputs: StepInputs, out: Path, preload: tup
     error the step names for it; it can never end modelc itself."""
     context = fresh_process_context(preload)
     receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(step, inputs, out, send), name=f"modelc {step.id}")
+    process = context.Process(target=_child, args=(step, inputs, out, send, os.getpid()), name=f"modelc {step.id}")
     process.start()
     send.close()
     try:

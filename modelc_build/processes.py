@@ -1,6 +1,7 @@
-"""Child processes that end with the build: on Linux a child asks the kernel for SIGKILL when the
-process that started it dies (prctl PR_SET_PDEATHSIG), so no emulator or worker outlives a build
-that was killed, even by SIGKILL."""
+"""Child processes that end with the build. A process the build starts itself (an emulator) asks the
+kernel for SIGKILL when its parent dies (prctl PR_SET_PDEATHSIG, Linux); a step's worker, which is a
+child of the fork server rather than of the build, watches the build's process id and ends within
+a second of it. So no worker or emulator outlives a build, however it ended, SIGKILL included."""
 from __future__ import annotations
 
 import ctypes
@@ -8,6 +9,8 @@ import ctypes.util
 import os
 import signal
 import sys
+import threading
+import time
 
 PR_SET_PDEATHSIG = 1
 
@@ -25,3 +28,22 @@ def die_with_parent() -> None:
         return
     if os.getppid() != parent:  # the parent died between fork and prctl
         os._exit(1)
+
+
+WATCH_INTERVAL_S = 0.25
+
+
+def end_with(pid: int) -> None:
+    """End this process (SIGKILL to itself and, through PDEATHSIG, its own children) within a
+    moment of process `pid` ending: a daemon thread looks every WATCH_INTERVAL_S."""
+    def watch() -> None:
+        while True:
+            time.sleep(WATCH_INTERVAL_S)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os.kill(os.getpid(), signal.SIGKILL)
+            except PermissionError:  # alive, owned by another user (pid reused): keep watching
+                pass
+
+    threading.Thread(target=watch, name=f"end with {pid}", daemon=True).start()

@@ -16,6 +16,7 @@ import contextlib
 import io
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,8 @@ class OnnxRuntimeBackend(Backend):
         require("onnxruntime", self.name, "onnxruntime")
         destination = request.out_dir / "model.onnx"
         if request.target.precision == "int8":
-            notes = quantize_for_cpu(request, destination)
+            portable = "u8s8-7bit" if request.quantization.onnxruntime_weights == "int8" else "u8u8"
+            notes = quantize_for_cpu(request, {portable: destination})
             return [destination, write_quantization_notes(request.out_dir, notes)]
         shutil.copyfile(request.onnx_model, destination)
         return [destination]
@@ -95,8 +97,34 @@ class OnnxRuntimeBackend(Backend):
 MOVING_AVERAGE_MIN_SAMPLES = 8
 
 
-def quantize_for_cpu(request: CompileRequest, destination: Path) -> dict[str, Any]:
-    """onnxruntime `quantize_static` on the recipe's calibration data (see the module docstring)."""
+@dataclass(frozen=True)
+class Int8Format:
+    """How onnxruntime's QDQ int8 graph is laid out, which decides the CPU kernel that runs it:
+    unsigned activations x signed weights is VNNI's VPDPBUSD (fast there); on CPUs without VNNI the
+    same layout runs through VPMADDUBSW, whose int16 sums saturate unless the weights are 7-bit."""
+
+    name: str
+    activations: str  # QUInt8 | QInt8
+    weights: str
+    reduce_range: bool  # 7-bit weights
+
+    def words(self) -> str:
+        weights = {"QUInt8": "uint8", "QInt8": "int8"}[self.weights] + (" (7-bit)" if self.reduce_range else "")
+        return f"{weights} weights per channel, {'uint8' if self.activations == 'QUInt8' else 'int8'} activations"
+
+
+INT8_FORMATS = {f.name: f for f in (
+    Int8Format("u8u8", "QUInt8", "QUInt8", False),  # exact on every x86 CPU; slow on VNNI (no u8u8 VNNI kernel)
+    Int8Format("u8s8", "QUInt8", "QInt8", False),  # VNNI's kernel: fast there, saturates without VNNI
+    Int8Format("u8s8-7bit", "QUInt8", "QInt8", True),  # cannot saturate; loses a bit of weight precision
+    Int8Format("s8s8", "QInt8", "QInt8", False),
+)}
+
+
+def quantize_for_cpu(request: CompileRequest, destinations: dict[str, Path]) -> dict[str, Any]:
+    """onnxruntime `quantize_static` on the recipe's calibration data, once, written in each of
+    `destinations`' formats (format name -> file): the calibration ranges are computed once and
+    kept in a cache file the other formats reuse."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -106,7 +134,6 @@ def quantize_for_cpu(request: CompileRequest, destination: Path) -> dict[str, An
         raise CompileError("an int8 target needs data.calibration")
     options = request.quantization
     reader = FeedReader(request.calibration, options.subset_size, request.inputs)
-    int8_weights = options.onnxruntime_weights == "int8"
     exclude = excluded_nodes(request.onnx_model, options)
     if options.float_input_layers:
         exclude += [name for name in _input_layers(request.onnx_model) if name not in exclude]
@@ -121,22 +148,25 @@ def quantize_for_cpu(request: CompileRequest, destination: Path) -> dict[str, An
     try:
         with tempfile.TemporaryDirectory() as scratch, contextlib.redirect_stdout(io.StringIO()):
             prepared = Path(scratch) / "prepared.onnx"
+            ranges = Path(scratch) / "ranges.json"
             quant_pre_process(str(request.onnx_model), str(prepared), skip_symbolic_shape=True)
             op_types = _quantized_op_types(prepared, options)
-            quantize_static(str(prepared), str(destination), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, reduce_range=int8_weights,
-                            weight_type=QuantType.QInt8 if int8_weights else QuantType.QUInt8,
-                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
-                            op_types_to_quantize=op_types,
-                            extra_options={"CalibMovingAverage": moving_average})
+            for number, (name, destination) in enumerate(destinations.items()):
+                layout = INT8_FORMATS[name]
+                quantize_static(str(prepared), str(destination), reader if number == 0 else None, quant_format=QuantFormat.QDQ,
+                                per_channel=True, activation_type=getattr(QuantType, layout.activations),
+                                weight_type=getattr(QuantType, layout.weights), reduce_range=layout.reduce_range,
+                                calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
+                                op_types_to_quantize=op_types, calibration_cache_path=str(ranges),
+                                extra_options={"CalibMovingAverage": moving_average})
     except ModelcError:  # e.g. bad calibration data: its own message and exit code
         raise
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise CompileError(f"onnxruntime static quantization of {request.onnx_model.name} failed: {first}") from exc
-    weights = "7-bit int8 weights (reduce_range)" if int8_weights else "uint8 weights"
-    ranges = "MinMax, moving average" if moving_average else f"MinMax over all feeds ({per_feed} per feed)"
-    return {"method": f"onnxruntime static quantization (QDQ; {weights} per channel, uint8 activations; {ranges})",
+    ranges_words = "MinMax, moving average" if moving_average else f"MinMax over all feeds ({per_feed} per feed)"
+    return {"method": f"onnxruntime static quantization (QDQ, {ranges_words})",
+            "formats": {name: INT8_FORMATS[name].words() for name in destinations},
             "calibration_samples": reader.samples,
             "quantized_op_types": op_types or "onnxruntime's default list",
             "kept_in_float": {"nodes": exclude, "op_types": list(options.ignore_types)}}

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from modelc_build.cache import CacheEntry
     from modelc_build.fingerprint import Fingerprints
 
-KEY_FORMAT = 3  # bump when the meaning of key material or the shape of step outputs changes
+KEY_FORMAT = 4  # bump when the meaning of key material or the shape of step outputs changes
 
 
 @dataclass(frozen=True)
