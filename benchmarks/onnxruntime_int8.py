@@ -44,7 +44,9 @@ from modelc_build.steps.verify import one_sample_at_a_time  # noqa: E402
 def float_graph(recipe: Path, scratch: Path) -> Path:
     data = yaml.safe_load(recipe.read_text())
     data.update(targets=[{"backend": "onnxruntime", "precisions": ["fp32"]}], latency={"runs": 0, "warmup": 0},
-                gates=None, verify={"cpus": [], "golden_samples": 0})
+                verify={"cpus": [], "golden_samples": 0})
+    data.pop("gates", None)
+    data.pop("quantization", None)  # read by this script, not by the float build
     copy = recipe.parent / f".benchmark-{recipe.name}"
     copy.write_text(yaml.safe_dump(data, sort_keys=False))
     try:

@@ -92,6 +92,7 @@ class EmulatedRun:
     canary: Canary
     problem: str | None = None  # the emulation itself failed (timed out, crashed): no artifact verdict
     log_tail: list[str] = field(default_factory=list)
+    runtime: dict[str, str] = field(default_factory=dict)  # what the runtime ran with there (the variant it chose)
 
     @property
     def broken(self) -> str | None:
@@ -221,7 +222,7 @@ def run_emulated(found: str, cpu: str, backend: str, files: list[Path], config: 
     features = [name for name, present in result.get("features", {}).items() if present]
     return EmulatedRun(cpu, features, class_from_features(result.get("features", {})), result.get("kernels", []),
                        emulated_outputs, float(result.get("startup_s", elapsed)), float(result.get("inference_s", 0.0)),
-                       judge_canary(native_canary, emulated_canary), problem, tail)
+                       judge_canary(native_canary, emulated_canary), problem, tail, result.get("runtime") or {})
 
 
 def _child_environment() -> dict[str, str]:
@@ -288,6 +289,7 @@ def child_main(work: Path) -> int:
                 result["samples_done"] = number + 1
             result["inference_s"] = time.monotonic() - inference_started
             result["kernels"] = runner.kernels_used()
+            result["runtime"] = runner.effective_settings()
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which says what failed
         result["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:400]
     (work / "result.json").write_text(json.dumps(result, indent=2))

@@ -102,6 +102,7 @@ class ArtifactEntry:
     runtime_config: dict[str, str] | None = None  # what a deploy stage passes the runtime (as verified)
     verified_on: list[dict[str, Any]] | None = None  # the CPUs it was judged on: the build machine's, emulated ones
     engines: dict[str, Any] | None = None  # tensorrt: per engine its GPU, builder, CUDA major, source graph, status
+    variants: dict[str, Any] | None = None  # onnxruntime int8: per model file its layout and the CPUs it is for
 
 
 def build_manifest(*, name: str, version: str, recipe_file: Path, recipe_digest: str, exporter: str, opset: int,
@@ -125,7 +126,8 @@ def build_manifest(*, name: str, version: str, recipe_file: Path, recipe_digest:
         "artifacts": [{"target": a.target, "backend": a.backend, "precision": a.precision, "files": a.files,
                        **({"runtime_config": a.runtime_config} if a.runtime_config is not None else {}),
                        **({"verified_on": a.verified_on} if a.verified_on is not None else {}),
-                       **({"engines": a.engines} if a.engines is not None else {})}
+                       **({"engines": a.engines} if a.engines is not None else {}),
+                       **({"variants": a.variants} if a.variants is not None else {})}
                       for a in artifacts],
         "build_machine": machine,
         "data": data,

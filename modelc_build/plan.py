@@ -203,7 +203,16 @@ def _compile_step(recipe: Recipe, target: Target, graph: str) -> CompileStep:
         assert max_drop is not None
         control = AccuracyControlSpec(max_drop, recipe.task, recipe.task.output or recipe.model.outputs[0],
                                       data_source(recipe, "validation"))
-    return CompileStep(target, source, recipe.model, calibration, recipe.quantization, control)
+    return CompileStep(target, source, recipe.model, calibration, recipe.quantization, control, cpu_variants(recipe, target))
+
+
+def cpu_variants(recipe: Recipe, target: Target) -> tuple[str, ...]:
+    """onnxruntime int8 gets a VNNI layout beside the portable one where the build machine can
+    verify it (it has VNNI; QEMU cannot emulate VNNI)."""
+    from modelc_build.host import cpu_info
+
+    wanted = target.backend == "onnxruntime" and target.precision == "int8" and recipe.quantization.onnxruntime_vnni
+    return ("vnni",) if wanted and cpu_info()["vnni"] else ()
 
 
 def target_step_ids(recipe: Recipe, target_ids: tuple[str, ...]) -> list[str]:

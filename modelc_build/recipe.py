@@ -197,6 +197,7 @@ class Quantization:
     ignore_patterns: tuple[str, ...] = ()
     overflow_fix: str = "enable"  # openvino int8: enable | first_layer | disable
     onnxruntime_weights: str = "uint8"  # onnxruntime int8: uint8 (exact everywhere) | int8 (7-bit, faster)
+    onnxruntime_vnni: bool = True  # onnxruntime int8: also a u8s8 variant for CPUs with VNNI (built on one)
     float_input_layers: bool = True  # onnxruntime int8: layers reading a model input stay float
     float_output_head: bool = False  # nodes after the last Conv/Gemm/MatMul stay float (default: detection)
 

@@ -165,7 +165,7 @@ def _latency_summary(timing: dict[str, Any] | None) -> dict[str, Any] | None:
     if not timing or not timing.get("ms"):
         return None
     summary = {**timing["ms"], "batch": timing["batch"], "runs": timing["runs"], "warmup": timing["warmup"],
-               "threads": timing["threads"]}
+               "threads": timing["threads"], "cpu_class": timing.get("cpu_class"), "runtime": timing.get("runtime") or {}}
     if timing.get("kernels"):
         summary["kernels"] = timing["kernels"]
     return summary
@@ -317,7 +317,7 @@ def _manifest(recipe: Recipe, folder: Path, measured: Measured, artifact_files: 
     entries += [ArtifactEntry(a.target.id, a.target.backend, a.target.precision,
                               [f"{a.target.id}/{name}" for name in a.entry.files],
                               dict(measured.settings[a.target.id][0].config), _verified_on(judged[a.target.id], report),
-                              _engine_stamps(judged[a.target.id]))
+                              _engine_stamps(judged[a.target.id]), _variants(judged[a.target.id]))
                 for a in measured.artifacts]
     return build_manifest(name=recipe.name, version=recipe.version, recipe_file=recipe.path,
                           recipe_digest=recipe.digest, exporter=(report.export or {}).get("used", "none"),
@@ -333,6 +333,23 @@ def _golden_summary(report: Report, files: list[str]) -> dict[str, Any] | None:
     if not files or not report.golden:
         return None
     return {"samples": report.golden["samples"], "bytes": report.golden["bytes"], "files": files}
+
+
+def _variants(artifact: ArtifactReport) -> dict[str, Any] | None:
+    """onnxruntime int8 layouts by file, each with the CPUs it is for and where it was verified."""
+    variants = (artifact.quantization or {}).get("variants")
+    if not variants or len(variants) < 2:
+        return None
+    checked: dict[str, list[str]] = {}
+    native = artifact.runtime.get("variant", "")
+    emulated = [m for m in artifact.measurements if m.emulate and m.problem is None]
+    for name in variants:
+        checked[name] = []
+        if native.startswith(name):
+            checked[name].append("the build machine (native)")
+        checked[name] += [f"emulated {m.emulate}" for m in emulated
+                          if str((m.emulation or {}).get("runtime", {}).get("variant", "")).startswith(name)]
+    return {f"{artifact.target}/{name}": {**info, "verified_on": checked[name]} for name, info in variants.items()}
 
 
 def _engine_stamps(artifact: ArtifactReport) -> dict[str, Any] | None:

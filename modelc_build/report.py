@@ -134,8 +134,9 @@ class Report:
                 kernels = (a.latency or {}).get("kernels") or []
                 where = "; its time by kernel: " + ", ".join(f"{k['kernel']} {k['share']:.0f} %" for k in kernels[:3]) \
                     if kernels else ""
-                found.append(f"{a.target} is not faster than {versus.target}: {a.latency_ms:.3f} ms vs "
-                             f"{a.latency_ms * versus.speedup:.3f} ms (ratio {1 / versus.speedup:.2f}){where}")
+                on = (a.latency or {}).get("cpu_class")
+                found.append(f"{a.target} is not faster than {versus.target}{f' on this {on} CPU' if on else ''}: "
+                             f"{a.latency_ms:.3f} ms vs {a.latency_ms * versus.speedup:.3f} ms (ratio {1 / versus.speedup:.2f}){where}")
         return found
 
 
@@ -416,6 +417,8 @@ def _quantization_lines(report: Report) -> list[str]:
         method = q.get("method", "")
         if q.get("calibration_method"):
             method += f", {q['calibration_method']}"
+        for name, variant in (q.get("variants") or {}).items():
+            method += f"; `{name}`: {q.get('formats', {}).get(variant['format'], variant['format'])}, for {variant['for']}"
         lines.append(f"| `{a.target}` | {method} | {q.get('calibration_samples', '—')} | {'; '.join(kept) or '—'} |")
     return lines
 

@@ -149,7 +149,9 @@ def test_onnxruntime_int8_is_quantized_for_its_cpu_kernels(tmp_path: Path, onnx_
     assert stored and set(stored) == {expected}
     notes = json.loads((tmp_path / "quantization.json").read_text())
     assert notes["calibration_samples"] == 16
-    assert ("uint8 weights" if weights == "uint8" else "7-bit int8 weights") in notes["method"]
+    assert notes["formats"] == {"u8u8" if weights == "uint8" else "u8s8-7bit":
+                                "uint8 weights per channel, uint8 activations" if weights == "uint8"
+                                else "int8 (7-bit) weights per channel, uint8 activations"}
     x = rng.random((3, 3, 16, 16), dtype=np.float32)
     with get_backend("onnxruntime").runner(files, INPUTS, ("logits",)) as quantized, \
             get_backend("onnxruntime").runner([onnx_file], INPUTS, ("logits",)) as float_model:
@@ -183,3 +185,33 @@ def test_an_unknown_ignored_name_is_an_input_error_on_every_backend(tmp_path: Pa
         get_backend(backend).compile(CompileRequest(Target(backend, "int8"), onnx_file, INPUTS, ("logits",), tmp_path,
                                                        calibration=lambda: iter(feeds),
                                                        quantization=Quantization(ignore_names=("no_such_layer",))))
+
+
+def test_onnxruntime_int8_ships_a_vnni_layout_that_runs_only_where_the_cpu_has_vnni(tmp_path: Path, onnx_file: Path,
+                                                                                       monkeypatch) -> None:
+    """u8s8 (VNNI's kernel) beside the portable u8u8 model: the runner picks by the CPU it is on."""
+    import onnx
+
+    from modelc_build import host
+    from modelc_build.recipe import Quantization
+
+    rng = np.random.default_rng(4)
+    feeds = [{"images": rng.random((4, 3, 16, 16), dtype=np.float32)} for _ in range(4)]
+    request = CompileRequest(Target("onnxruntime", "int8"), onnx_file, INPUTS, ("logits",), tmp_path,
+                             calibration=lambda: iter(feeds), quantization=Quantization(), cpu_variants=("vnni",))
+    files = get_backend("onnxruntime").compile(request)
+    assert [f.name for f in files] == ["model.onnx", "model-vnni.onnx", "quantization.json"]
+    weights = {}
+    for file in files[:2]:
+        graph = onnx.load(str(file)).graph
+        types = {i.name: i.data_type for i in graph.initializer}
+        weights[file.name] = {types[n.input[0]] for n in graph.node if n.op_type == "DequantizeLinear"
+                              and types.get(n.input[0]) in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)}
+    assert weights == {"model.onnx": {onnx.TensorProto.UINT8}, "model-vnni.onnx": {onnx.TensorProto.INT8}}
+    measured = host.cpu_info()
+    for vnni, chosen in ((True, "model-vnni.onnx"), (False, "model.onnx")):
+        monkeypatch.setattr(host, "cpu_info", lambda vnni=vnni: {**measured, "vnni": vnni})
+        runner = get_backend("onnxruntime").runner(files, INPUTS, ("logits",))
+        assert runner.model.name == chosen and runner.effective_settings()["variant"].startswith(chosen)
+    pinned = get_backend("onnxruntime").runner(files, INPUTS, ("logits",), {"variant": "portable"})
+    assert pinned.model.name == "model.onnx"

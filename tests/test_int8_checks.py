@@ -151,6 +151,29 @@ def test_openvino_is_also_measured_under_the_other_precision_where_the_cpu_compu
             assert extra == {"f32"}
 
 
+@pytest.mark.parametrize("vnni", [True, False])
+def test_onnxruntime_int8_gets_a_vnni_layout_only_where_the_build_machine_can_verify_it(tiny_recipe, monkeypatch,
+                                                                                         vnni: bool) -> None:
+    import yaml
+
+    from modelc_build import host
+    from modelc_build.plan import make_plan
+    from modelc_build.recipe import load_recipe
+
+    base = yaml.safe_load(tiny_recipe().read_text())
+    base["data"]["calibration"] = {"path": base["data"]["evaluation"]["path"]}
+    base["targets"] = [{"backend": "onnxruntime", "precisions": ["int8"]}, {"backend": "openvino", "precisions": ["int8"]}]
+    base["gates"] = None
+    recipe = load_recipe(tiny_recipe(base, name="variants.yaml"))
+    measured = host.cpu_info()
+    monkeypatch.setattr(host, "cpu_info", lambda: {**measured, "vnni": vnni, "kernel_class": "avx512-vnni" if vnni else "avx2"})
+    steps = {s.id: s for s in make_plan(recipe).steps}
+    assert steps["compile:onnxruntime-int8"].cpu_variants == (("vnni",) if vnni else ())
+    assert steps["compile:openvino-int8"].cpu_variants == ()  # one IR, right on every class (overflow fix)
+    off = load_recipe(tiny_recipe({**base, "quantization": {"onnxruntime_vnni": False}}, name="off.yaml"))
+    assert {s.id: s for s in make_plan(off).steps}["compile:onnxruntime-int8"].cpu_variants == ()
+
+
 def test_a_recipe_without_verify_deploys_openvino_pinned_to_f32(tiny_recipe) -> None:
     import yaml
 

@@ -103,6 +103,7 @@ class CompileRequest:
     calibration: Callable[[], Iterator[dict[str, np.ndarray]]] | None = None
     quantization: Quantization = Quantization()
     accuracy_control: AccuracyControl | None = None
+    cpu_variants: tuple[str, ...] = ()  # onnxruntime int8: extra layouts for CPU classes ("vnni")
 
 
 def write_quantization_notes(out_dir: Path, notes: dict[str, Any]) -> Path:

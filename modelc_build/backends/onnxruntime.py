@@ -22,16 +22,18 @@ from typing import Any
 
 import numpy as np
 
-from modelc_build.backends import Backend, CompileRequest, Runner, pick, require, write_quantization_notes
+from modelc_build.backends import Backend, CompileRequest, Runner, require, write_quantization_notes
 from modelc_build.errors import CompileError, ModelcError
 from modelc_build.recipe import Quantization, TensorSpec
 
 
 class OnnxRuntimeRunner(Runner):
-    def __init__(self, model: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...], threads: int = 0) -> None:
+    def __init__(self, model: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...], threads: int = 0,
+                 variant: str | None = None) -> None:
         super().__init__(inputs, outputs)
         self.model = model
         self.threads = threads
+        self.variant = variant  # which layout of an int8 artifact this is, for people
         self._session: Any = None
         self._profile_folder: str | None = None
 
@@ -52,6 +54,9 @@ class OnnxRuntimeRunner(Runner):
         if self._profile_folder:
             shutil.rmtree(self._profile_folder, ignore_errors=True)
             self._profile_folder = None
+
+    def effective_settings(self) -> dict[str, str]:
+        return {"variant": self.variant} if self.variant else {}
 
     def kernels_used(self) -> list[str]:
         """The operator kernels the calls ran, by time (e.g. `QLinearConv`: an integer convolution),
@@ -81,20 +86,40 @@ class OnnxRuntimeBackend(Backend):
         destination = request.out_dir / "model.onnx"
         if request.target.precision == "int8":
             portable = "u8s8-7bit" if request.quantization.onnxruntime_weights == "int8" else "u8u8"
-            notes = quantize_for_cpu(request, {portable: destination})
-            return [destination, write_quantization_notes(request.out_dir, notes)]
+            layouts = {portable: destination}
+            if "vnni" in request.cpu_variants:
+                layouts["u8s8"] = request.out_dir / VNNI_FILE
+            notes = quantize_for_cpu(request, layouts)
+            notes["variants"] = {"model.onnx": {"format": portable, "for": "every x86 CPU"}}
+            if "vnni" in request.cpu_variants:
+                notes["variants"][VNNI_FILE] = {"format": "u8s8", "for": "CPUs with VNNI (AVX-512 VNNI, AVX-VNNI, AMX)",
+                                                "requires_any": list(VNNI_FLAGS)}
+            return [*layouts.values(), write_quantization_notes(request.out_dir, notes)]
         shutil.copyfile(request.onnx_model, destination)
         return [destination]
 
     def runner(self, files: list[Path], inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...],
                config: dict[str, str] | None = None) -> Runner:
-        return OnnxRuntimeRunner(pick(files, ".onnx"), inputs, outputs)
+        """An int8 artifact with a VNNI variant runs it where this CPU has VNNI (its kernels are
+        right there and only there), model.onnx elsewhere; `config` may pin one: variant=vnni|portable."""
+        from modelc_build.host import cpu_info
+
+        vnni = next((f for f in files if f.name == VNNI_FILE), None)
+        if vnni is None:
+            return OnnxRuntimeRunner(next(f for f in files if f.name != VNNI_FILE and f.suffix == ".onnx"), inputs, outputs)
+        chosen = (config or {}).get("variant") or ("vnni" if cpu_info()["vnni"] else "portable")
+        if chosen == "vnni":
+            return OnnxRuntimeRunner(vnni, inputs, outputs, variant=f"{VNNI_FILE} (u8s8, for VNNI)")
+        return OnnxRuntimeRunner(next(f for f in files if f.name == "model.onnx"), inputs, outputs,
+                                 variant="model.onnx (portable, every x86 CPU)")
 
     def versions(self) -> dict[str, str]:
         return {"onnxruntime": require("onnxruntime", self.name, "onnxruntime").__version__}
 
 
 MOVING_AVERAGE_MIN_SAMPLES = 8
+VNNI_FILE = "model-vnni.onnx"
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo flags of CPUs whose u8s8 kernel is exact
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ class CompileStep(Step):
     calibration: DataSource | None = None  # int8 targets that calibrate themselves
     quantization: Quantization = Quantization()
     accuracy_control: AccuracyControlSpec | None = None
+    cpu_variants: tuple[str, ...] = ()  # onnxruntime int8: extra layouts for CPU classes ("vnni")
     kind = "compile"
 
     @property
@@ -78,6 +79,8 @@ class CompileStep(Step):
             material["calibration"] = facts.data(self.calibration)
             material["quantization"] = asdict(self.quantization)
             tools = tools + (("nncf",) if self.target.backend == "openvino" else ())
+        if self.cpu_variants:
+            material["cpu_variants"] = list(self.cpu_variants)
         if self.accuracy_control is not None:
             control = self.accuracy_control
             material["accuracy_control"] = {"max_drop": control.max_drop, "task": facts.task(control.task),
@@ -101,7 +104,7 @@ class CompileStep(Step):
             calibration = with_carried_state(reader.feeds, inputs.file(self.graph, "model.onnx"), self.model.inputs)
         request = CompileRequest(self.target, inputs.file(self.graph, "model.onnx"), self.model.inputs,
                                  self.model.outputs, out, torch_model, calibration, self.quantization,
-                                 self._accuracy_control(inputs))
+                                 self._accuracy_control(inputs), self.cpu_variants)
         get_backend(self.target.backend).compile(request)
         if reader is not None:
             _note_samples_available(out, len(reader))

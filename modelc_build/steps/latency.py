@@ -83,7 +83,8 @@ class LatencyStep(Step):
         with runner:
             measured = measure_latency(runner, feed, self.settings.runs, self.settings.warmup)
             kernels = runner.kernel_profile(feed) if measured else None  # after the timed runs, apart
+            runtime = runner.effective_settings()
         result = {"ms": measured, "batch": samples_per_call(self.model.inputs) or 1, "runs": self.settings.runs, "warmup": self.settings.warmup,
                   "threads": f"runtime default ({machine()['cores']} cores)", "config": dict(self.config),
-                  "machine": machine(), "kernels": kernels}
+                  "machine": machine(), "kernels": kernels, "runtime": runtime, "cpu_class": machine()["kernel_class"]}
         (out / LATENCY_FILE).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

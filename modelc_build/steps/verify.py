@@ -221,7 +221,7 @@ class VerifyStep(Step):
         emulation = {"cpu": cpu, "features": run.features, "class": run.seen_class, "kernels": run.kernels[:8],
                      "samples": len(run.outputs), "samples_asked": self.setting.samples, "budget_s": self.setting.budget_s,
                      "startup_s": round(run.startup_s, 2), "inference_s": round(run.inference_s, 2),
-                     "canary": run.canary.detail, "log": run.log_tail}
+                     "canary": run.canary.detail, "log": run.log_tail, "runtime": run.runtime}
         if run.broken:
             return {**_empty(), "emulation": emulation, "emulation_broken": run.broken}
         done = pairs[:len(run.outputs)]

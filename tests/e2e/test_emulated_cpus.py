@@ -39,8 +39,11 @@ def test_the_shipped_detector_int8_is_verified_on_an_emulated_haswell(tmp_path: 
         assert all(v["cosine"] > 0.99 for v in emulation["versus_native"])  # the emulated kernels compute the same here
         if artifact["backend"] == "openvino":  # OpenVINO's own counters name the AVX2 integer kernels
             assert any("avx2" in k and "I8" in k for k in emulation["kernels"]), emulation["kernels"]
-        else:  # onnxruntime's profiler: the convolutions ran as integer QLinearConv
+        else:  # onnxruntime's profiler: the convolutions ran as integer QLinearConv, in the portable layout
             assert "QLinearConv" in emulation["kernels"], emulation["kernels"]
+            assert emulation["runtime"]["variant"].startswith("model.onnx (portable")
+            native = "model-vnni.onnx" if report["machine"]["vnni"] else "model.onnx"
+            assert artifact["runtime"]["variant"].startswith(native)  # each layout on the CPU class it is for
     markdown = (release / "report.md").read_text()
     assert "on emulated Haswell: 6 of 6 samples" in markdown and "kernels Convolution (jit_avx2" in markdown
     manifest = json.loads((release / "manifest.json").read_text())
