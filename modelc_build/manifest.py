@@ -103,6 +103,7 @@ class ArtifactEntry:
     verified_on: list[dict[str, Any]] | None = None  # the CPUs it was judged on: the build machine's, emulated ones
     engines: dict[str, Any] | None = None  # tensorrt: per engine its GPU, builder, CUDA major, source graph, status
     variants: dict[str, Any] | None = None  # onnxruntime int8: per model file its layout and the CPUs it is for
+    coverage: dict[str, Any] | None = None  # int8: per model file, how many weighted layers run in INT8
 
 
 def build_manifest(*, name: str, version: str, recipe_file: Path, recipe_digest: str, exporter: str, opset: int,
@@ -127,7 +128,8 @@ def build_manifest(*, name: str, version: str, recipe_file: Path, recipe_digest:
                        **({"runtime_config": a.runtime_config} if a.runtime_config is not None else {}),
                        **({"verified_on": a.verified_on} if a.verified_on is not None else {}),
                        **({"engines": a.engines} if a.engines is not None else {}),
-                       **({"variants": a.variants} if a.variants is not None else {})}
+                       **({"variants": a.variants} if a.variants is not None else {}),
+                       **({"int8_coverage": a.coverage} if a.coverage is not None else {})}
                       for a in artifacts],
         "build_machine": machine,
         "data": data,

@@ -95,7 +95,7 @@ def make_plan(recipe: Recipe) -> Plan:
     steps: list[Step] = [ExportStep(model, recipe.export)]
     graph = EXPORT_STEP
     if recipe.export.simplify:
-        steps.append(SimplifyStep())
+        steps.append(SimplifyStep(model.inputs))
         graph = SIMPLIFY_STEP
     int8 = any(t.precision == "int8" for t in recipe.targets)
     if recipe.quantization.sensitivity_layers and int8:

@@ -198,6 +198,7 @@ class Quantization:
     overflow_fix: str = "enable"  # openvino int8: enable | first_layer | disable
     onnxruntime_weights: str = "uint8"  # onnxruntime int8: uint8 (exact everywhere) | int8 (7-bit, faster)
     onnxruntime_vnni: bool = True  # onnxruntime int8: also a u8s8 variant for CPUs with VNNI (built on one)
+    allow_unquantized: bool = False  # an int8 artifact with no INT8 layer is stored instead of failing
     float_input_layers: bool = True  # onnxruntime int8: layers reading a model input stay float
     float_output_head: bool = False  # nodes after the last Conv/Gemm/MatMul stay float (default: detection)
 

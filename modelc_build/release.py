@@ -91,8 +91,19 @@ def make_report(recipe: Recipe, measured: Measured, sensitivity_step: str, data:
     return Report(recipe.name, recipe.version, reference["reference"], reference["data"], reference["samples"],
                   recipe.task.type, reference_metric, _latency_ms(measured, REFERENCE_LATENCY_STEP), artifacts,
                   _calibration(recipe, artifacts), _sensitivity(recipe, measured.json(sensitivity_step, "sensitivity.json")),
-                  cpu_info(), data, measured.json(EXPORT_STEP, EXPORT_NOTES), measured.cpus, measured.json(GOLDEN_STEP, GOLDEN_NOTES),
+                  cpu_info(), data, _export_notes(measured), measured.cpus, measured.json(GOLDEN_STEP, GOLDEN_NOTES),
                   measured.skipped or None)
+
+
+def _export_notes(measured: Measured) -> dict[str, Any] | None:
+    """Which exporter ran (and why), and whether the graph was simplified (and why not)."""
+    from modelc_build.steps.simplify import SIMPLIFY_NOTES, SIMPLIFY_STEP
+
+    notes = measured.json(EXPORT_STEP, EXPORT_NOTES)
+    simplified = measured.json(SIMPLIFY_STEP, SIMPLIFY_NOTES)
+    if notes is not None and simplified is not None:
+        return {**notes, "simplify": simplified}
+    return notes
 
 
 def _golden_check(recipe: Recipe, target: Target, deployed: dict[str, Any], measured: Measured) -> dict[str, Any] | None:
@@ -317,7 +328,8 @@ def _manifest(recipe: Recipe, folder: Path, measured: Measured, artifact_files: 
     entries += [ArtifactEntry(a.target.id, a.target.backend, a.target.precision,
                               [f"{a.target.id}/{name}" for name in a.entry.files],
                               dict(measured.settings[a.target.id][0].config), _verified_on(judged[a.target.id], report),
-                              _engine_stamps(judged[a.target.id]), _variants(judged[a.target.id]))
+                              _engine_stamps(judged[a.target.id]), _variants(judged[a.target.id]),
+                              (judged[a.target.id].quantization or {}).get("coverage"))
                 for a in measured.artifacts]
     return build_manifest(name=recipe.name, version=recipe.version, recipe_file=recipe.path,
                           recipe_digest=recipe.digest, exporter=(report.export or {}).get("used", "none"),

@@ -127,6 +127,8 @@ class Report:
         """Warnings that do not fail the build: an INT8 artifact that is not faster than FP32; a check
         on an emulated CPU that did not run or whose emulator is broken."""
         found = [f"{a.target} ({m.words()}): {m.problem}" for a in self.artifacts for m in a.measurements if m.problem]
+        if self.export and (self.export.get("simplify") or {}).get("warning"):
+            found.insert(0, self.export["simplify"]["warning"])
         for a in self.artifacts:
             versus = compare_with_fp32(a, self.artifacts)
             if (a.precision == "int8" and versus is not None and versus.speedup is not None and versus.speedup <= 1.0
@@ -256,6 +258,8 @@ def to_markdown(report: Report) -> str:
         reason = exported.get("fallback_reason")
         why = f" because torch.export could not capture the model: {reason}" if reason else ""
         lines.append(f"Exported to ONNX with the {exported['used']} exporter (export.exporter: {exported['requested']}){why}.")
+    if report.export and (report.export.get("simplify") or {}).get("warning"):
+        lines.append(f"⚠️ {report.export['simplify']['warning']}.")
     if report.data:
         lines.append("Data: " + "; ".join(f"{role} {d['path']} ({d['samples']} samples, sha256 {d['digest'][:12]})"
                                           + (f" — {d['note']}" if d.get("note") else "")
@@ -403,7 +407,7 @@ def _quantization_lines(report: Report) -> list[str]:
         c = report.calibration
         asked = f" (the recipe asked for {c.samples_asked})" if c.samples_asked is not None else ""
         lines += [f"Calibration data: {c.data}, {c.samples_available} samples available{asked}.", ""]
-    lines += ["| artifact | method | samples used | kept in float |", "|---|---|---:|---|"]
+    lines += ["| artifact | method | samples used | in INT8 | kept in float |", "|---|---|---:|---|---|"]
     for a in quantized:
         q = a.quantization or {}
         kept = [str(v) for values in q.get("kept_in_float", {}).values() for v in values]
@@ -419,8 +423,15 @@ def _quantization_lines(report: Report) -> list[str]:
             method += f", {q['calibration_method']}"
         for name, variant in (q.get("variants") or {}).items():
             method += f"; `{name}`: {q.get('formats', {}).get(variant['format'], variant['format'])}, for {variant['for']}"
-        lines.append(f"| `{a.target}` | {method} | {q.get('calibration_samples', '—')} | {'; '.join(kept) or '—'} |")
+        coverage = "; ".join(f"`{name}`: {_coverage_words(c)}" for name, c in (q.get("coverage") or {}).items()) or "—"
+        lines.append(f"| `{a.target}` | {method} | {q.get('calibration_samples', '—')} | {coverage} | {'; '.join(kept) or '—'} |")
     return lines
+
+
+def _coverage_words(c: dict[str, Any]) -> str:
+    share = f", {c['mac_share']:.1f} % of MACs" if c.get("mac_share") is not None else ""
+    inside = f" ({c['in_subgraphs']} in If/Loop bodies)" if c.get("in_subgraphs") else ""
+    return f"{c['quantized']}/{c['layers']} layers{share}{inside}"
 
 
 def _sensitivity_lines(report: Report) -> list[str]:

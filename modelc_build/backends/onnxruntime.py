@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from modelc_build.backends import Backend, CompileRequest, Runner, require, write_quantization_notes
-from modelc_build.errors import CompileError, ModelcError
+from modelc_build.errors import CompileError, ModelcError, first_line
 from modelc_build.recipe import Quantization, TensorSpec
 
 
@@ -175,6 +175,7 @@ def quantize_for_cpu(request: CompileRequest, destinations: dict[str, Path]) -> 
             prepared = Path(scratch) / "prepared.onnx"
             ranges = Path(scratch) / "ranges.json"
             quant_pre_process(str(request.onnx_model), str(prepared), skip_symbolic_shape=True)
+            converted = _at_least_opset(prepared, PER_CHANNEL_OPSET)
             op_types = _quantized_op_types(prepared, options)
             for number, (name, destination) in enumerate(destinations.items()):
                 layout = INT8_FORMATS[name]
@@ -190,11 +191,35 @@ def quantize_for_cpu(request: CompileRequest, destinations: dict[str, Path]) -> 
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise CompileError(f"onnxruntime static quantization of {request.onnx_model.name} failed: {first}") from exc
     ranges_words = "MinMax, moving average" if moving_average else f"MinMax over all feeds ({per_feed} per feed)"
+    if converted:
+        ranges_words += f"; the graph converted from opset {converted} to {PER_CHANNEL_OPSET} for per-channel Q/DQ"
     return {"method": f"onnxruntime static quantization (QDQ, {ranges_words})",
             "formats": {name: INT8_FORMATS[name].words() for name in destinations},
             "calibration_samples": reader.samples,
             "quantized_op_types": op_types or "onnxruntime's default list",
             "kept_in_float": {"nodes": exclude, "op_types": list(options.ignore_types)}}
+
+
+PER_CHANNEL_OPSET = 13  # DequantizeLinear's `axis` (per-channel weights) exists from opset 13
+
+
+def _at_least_opset(model: Path, opset: int) -> int | None:
+    """Convert the graph in place to `opset` where it is older (onnxruntime's quantizer writes
+    per-channel Q/DQ with an `axis` an opset-12 graph cannot hold: the result would not load);
+    returns the opset it had, or None when nothing changed."""
+    import onnx
+    from onnx import version_converter
+
+    graph = onnx.load(str(model))
+    current = next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), opset)
+    if current >= opset:
+        return None
+    try:
+        onnx.save(version_converter.convert_version(graph, opset), str(model))
+    except Exception as exc:
+        raise CompileError(f"the graph is opset {current}; per-channel INT8 needs opset {opset} and onnx could not convert "
+                           f"it ({first_line(exc)}): export with export.opset: {opset} or newer") from exc
+    return current
 
 
 def _input_layers(model: Path) -> list[str]:

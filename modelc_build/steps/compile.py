@@ -105,9 +105,13 @@ class CompileStep(Step):
         request = CompileRequest(self.target, inputs.file(self.graph, "model.onnx"), self.model.inputs,
                                  self.model.outputs, out, torch_model, calibration, self.quantization,
                                  self._accuracy_control(inputs), self.cpu_variants)
-        get_backend(self.target.backend).compile(request)
+        backend = get_backend(self.target.backend)
+        files = backend.compile(request)
         if reader is not None:
             _note_samples_available(out, len(reader))
+        if self.target.precision == "int8":
+            _check_coverage(self.target, files, out, self.quantization)
+        _check_it_runs(self.target, backend, files, self.model.inputs, self.model.outputs)
 
     def _accuracy_control(self, inputs: StepInputs) -> Any:
         if self.accuracy_control is None:
@@ -140,3 +144,52 @@ def _note_samples_available(out: Path, available: int) -> None:
         notes = json.loads(notes_file.read_text())
         notes["calibration_samples_available"] = available
         notes_file.write_text(json.dumps(notes, indent=2, sort_keys=True) + "\n")
+
+
+def _check_coverage(target: Target, files: list[Path], out: Path, quantization: Quantization) -> None:
+    """How much of an int8 artifact runs in INT8 (into its quantization.json); none at all fails
+    the build unless the recipe accepts it (quantization.allow_unquantized)."""
+    from modelc_build.coverage import onnx_coverage, openvino_coverage
+    from modelc_build.errors import CompileError
+    from modelc_build.manifest import QUANTIZATION_NOTES
+
+    measured = {}
+    for file in files:
+        if file.suffix == ".xml":
+            measured[file.name] = openvino_coverage(file)
+        elif file.suffix == ".onnx":
+            measured[file.name] = onnx_coverage(file)
+    if not measured:
+        return
+    notes_file = out / QUANTIZATION_NOTES
+    notes = json.loads(notes_file.read_text()) if notes_file.is_file() else {}
+    notes["coverage"] = {name: coverage.to_json() for name, coverage in measured.items()}
+    notes_file.write_text(json.dumps(notes, indent=2, sort_keys=True) + "\n")
+    if notes_file not in files:
+        files.append(notes_file)
+    empty = [(name, coverage) for name, coverage in measured.items() if coverage.quantized == 0]
+    if empty and not quantization.allow_unquantized:
+        name, coverage = empty[0]
+        raise CompileError(f"{target.id}: {name} holds no INT8 layer ({coverage.words()}): {coverage.why_none()}; "
+                           "or set quantization.allow_unquantized: true to ship it as it is")
+
+
+def _check_it_runs(target: Target, backend: Any, files: list[Path], inputs: Any, outputs: tuple[str, ...]) -> None:
+    """Every artifact is loaded in the runtime that will run it and run once on an example, where
+    it is made: a file the runtime refuses fails here, naming this step, not later in verify."""
+    from modelc_build.errors import CompileError, ModelcError, first_line
+    from modelc_build.feeds import ModelCaller, random_samples
+
+    configs: list[dict[str, str]] = [{}]
+    if any(f.name == "model-vnni.onnx" for f in files):
+        configs = [{"variant": "portable"}, {"variant": "vnni"}]
+    for config in configs:
+        try:
+            with backend.runner(files, inputs, outputs, config) as runner:
+                ModelCaller(inputs, runner.infer)(random_samples(inputs, 1, seed=5))
+        except ModelcError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the point of the check
+            which = f" ({config['variant']} layout)" if config else ""
+            raise CompileError(f"compile:{target.id}: the artifact{which} does not run in {target.backend}: "
+                               f"{first_line(exc)[:300]}") from exc

@@ -1,0 +1,153 @@
+"""Quantization coverage: how much of an INT8 artifact really runs in INT8.
+
+An "int8" file can hold no quantized layer at all (a quantizer that does not enter the branches of
+an `If`, or was told to skip every operator type): its accuracy then equals the float model's and
+every gate passes. Coverage counts the weighted layers (convolutions, matrix products) and those
+that run on 8-bit integers, inside control-flow subgraphs too, and their share of the
+multiply-accumulates where shapes are known, so the report says it and a build with none fails.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+WEIGHTED_ONNX = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+INTEGER_ONNX = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm")
+WEIGHTED_OPENVINO = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData", "MatMul")
+CONTROL_FLOW = ("If", "Loop", "Scan")
+
+
+@dataclass(frozen=True)
+class Coverage:
+    layers: int  # weighted layers in the artifact
+    quantized: int  # of them, running on 8-bit integers
+    in_subgraphs: int  # weighted layers inside If/Loop/Scan bodies
+    quantized_in_subgraphs: int
+    mac_share: float | None  # percent of the multiply-accumulates in quantized layers (None: shapes unknown)
+    float_layers: list[str] = field(default_factory=list)  # a few of those left in float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def words(self) -> str:
+        share = f", {self.mac_share:.1f} % of the multiply-accumulates" if self.mac_share is not None else ""
+        inside = f"; {self.in_subgraphs} inside If/Loop bodies, {self.quantized_in_subgraphs} of them quantized" \
+            if self.in_subgraphs else ""
+        return f"{self.quantized} of {self.layers} weighted layers in INT8{share}{inside}"
+
+    def why_none(self) -> str:
+        """Why nothing was quantized, as far as the graph tells."""
+        if self.layers == 0:
+            return "the graph has no convolution or matrix product to quantize"
+        if self.in_subgraphs == self.layers:
+            return (f"all {self.layers} weighted layers sit inside If/Loop bodies, which the quantizer does not enter: "
+                    "export the model with the branch it takes fixed (for a torch source, pass the condition as a "
+                    "Python value, model.arguments, so that tracing keeps one branch) so that its layers reach the "
+                    "main graph")
+        return "the quantizer left every weighted layer in float (quantization.ignore / model_type exclude them?)"
+
+
+def _subgraphs(node: Any) -> Iterator[Any]:
+    import onnx
+
+    for attribute in node.attribute:
+        if attribute.type == onnx.AttributeProto.GRAPH:
+            yield attribute.g
+        elif attribute.type == onnx.AttributeProto.GRAPHS:
+            yield from attribute.graphs
+
+
+def onnx_coverage(path: Path) -> Coverage:
+    """Q/DQ (a DequantizeLinear feeds the layer's weight) or QOperator (integer ops) layouts, the
+    main graph and every subgraph."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    try:
+        shaped = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - shapes are a nicety here
+        shaped = model
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else 0 for d in v.type.tensor_type.shape.dim]
+              for v in list(shaped.graph.value_info) + list(shaped.graph.output) + list(shaped.graph.input)}
+    counts = {"layers": 0, "quantized": 0, "sub": 0, "sub_q": 0}
+    macs = {"all": 0, "int8": 0, "unknown": False}
+    floats: list[str] = []
+
+    def visit(graph: Any, inside: bool) -> None:
+        initializers = {i.name: list(i.dims) for i in graph.initializer}
+        producers = {out: node for node in graph.node for out in node.output}
+        for node in graph.node:
+            for sub in _subgraphs(node):
+                visit(sub, True)
+            integer = node.op_type in INTEGER_ONNX
+            if node.op_type not in WEIGHTED_ONNX and not integer:
+                continue
+            weight_index = {"QLinearConv": 3, "QLinearMatMul": 3, "QGemm": 3}.get(node.op_type, 1)
+            weight = node.input[weight_index] if len(node.input) > weight_index else ""
+            producer = producers.get(weight)
+            quantized = integer or (producer is not None and producer.op_type == "DequantizeLinear")
+            if node.op_type == "MatMul" and not quantized and weight not in initializers and producer is None:
+                continue  # a product of two activations (attention): not a weighted layer
+            counts["layers"] += 1
+            counts["quantized"] += quantized
+            counts["sub"] += inside
+            counts["sub_q"] += inside and quantized
+            if not quantized and len(floats) < 8:
+                floats.append(node.name or node.op_type)
+            weight_shape = initializers.get(weight) or initializers.get(producer.input[0] if producer is not None else "")
+            out_shape = shapes.get(node.output[0], [])
+            if weight_shape and out_shape and all(out_shape[1:]):
+                per_output = 1
+                for size in weight_shape[1:] if node.op_type in ("Conv", "QLinearConv", "ConvInteger") else weight_shape[:1]:
+                    per_output *= size
+                outputs = 1
+                for size in out_shape[1:]:
+                    outputs *= size
+                macs["all"] += per_output * outputs
+                macs["int8"] += per_output * outputs if quantized else 0
+            else:
+                macs["unknown"] = True
+
+    visit(model.graph, False)
+    share = 100.0 * macs["int8"] / macs["all"] if macs["all"] and not macs["unknown"] else None
+    return Coverage(counts["layers"], counts["quantized"], counts["sub"], counts["sub_q"], share, floats)
+
+
+def openvino_coverage(xml: Path) -> Coverage:
+    """NNCF's INT8 IR: a layer runs on integers where a FakeQuantize (through shape-only or
+    conversion nodes) feeds its activations."""
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml))
+    passthrough = {"Convert", "Reshape", "Transpose", "Squeeze", "Unsqueeze"}
+    layers = quantized = 0
+    macs_all = macs_int8 = 0
+    unknown = False
+    floats: list[str] = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in WEIGHTED_OPENVINO:
+            continue
+        layers += 1
+        source = op.input_value(0).get_node()
+        while source.get_type_name() in passthrough and source.get_input_size():
+            source = source.input_value(0).get_node()
+        is_int8 = source.get_type_name() == "FakeQuantize"
+        quantized += is_int8
+        if not is_int8 and len(floats) < 8:
+            floats.append(op.get_friendly_name())
+        weights, out = op.input(1).get_partial_shape(), op.output(0).get_partial_shape()
+        if weights.is_static and out.rank.is_static and all(d.is_static for d in list(out)[1:]):
+            dims = [d.get_length() for d in weights]
+            per_output = 1
+            for size in (dims[1:] if "Convolution" in op.get_type_name() else dims[-2:-1] or dims[:1]):
+                per_output *= size
+            outputs = 1
+            for d in list(out)[1:]:
+                outputs *= d.get_length()
+            macs_all += per_output * outputs
+            macs_int8 += per_output * outputs if is_int8 else 0
+        else:
+            unknown = True
+    share = 100.0 * macs_int8 / macs_all if macs_all and not unknown else None
+    return Coverage(layers, quantized, 0, 0, share, floats)
