@@ -41,9 +41,13 @@ class OutputAccumulator:
     out_sq: float = 0.0
     err_sq: float = 0.0
 
-    def update(self, reference: np.ndarray, output: np.ndarray) -> None:
+    def update(self, reference: np.ndarray, output: np.ndarray, keep: np.ndarray | None = None) -> None:
+        """`keep`: a boolean mask over the leading axes (a token model's attention mask): only
+        those positions count (padding carries no meaning, and short sentences score against it)."""
         import numpy as np
 
+        if keep is not None:
+            reference, output = reference[keep], output[keep]
         ref = reference.astype(np.float64).ravel()
         out = output.astype(np.float64).ravel()
         diff = np.abs(ref - out)
@@ -65,6 +69,90 @@ class OutputAccumulator:
         else:
             snr = 10.0 * math.log10(self.ref_sq / self.err_sq)
         return OutputMetrics(name, self.max_abs, self.sum_abs / max(self.count, 1), min(cosine, 1.0), snr)
+
+
+PART_GAP = 100.0  # channels whose reference magnitudes differ this much are measured as separate parts
+MAX_PART_CHANNELS = 4096
+
+
+class ChannelAccumulator:
+    """Per-channel running sums of one output, so that it can be measured per part afterwards: the
+    channels grouped by their reference magnitude (box coordinates in pixels apart from class
+    probabilities), each group a part with its own cosine. A whole-tensor cosine hears only the
+    largest values: a detector whose class scores all collapsed to 0 kept cosine 0.9996."""
+
+    def __init__(self, axis: int) -> None:
+        self.axis = axis
+        self.sums: dict[str, Any] = {}
+
+    def update(self, reference: np.ndarray, output: np.ndarray, keep: np.ndarray | None = None) -> None:
+        import numpy as np
+
+        ref = np.moveaxis(reference.astype(np.float64), self.axis, -1)
+        out = np.moveaxis(output.astype(np.float64), self.axis, -1)
+        if keep is not None:
+            ref, out = ref[keep], out[keep]
+        ref, out = ref.reshape(-1, ref.shape[-1]), out.reshape(-1, out.shape[-1])
+        diff = np.abs(ref - out)
+        batch = {"count": np.full(ref.shape[1], ref.shape[0], np.float64), "sum_abs": diff.sum(axis=0),
+                 "dot": (ref * out).sum(axis=0), "ref_sq": (ref * ref).sum(axis=0), "out_sq": (out * out).sum(axis=0),
+                 "err_sq": (diff * diff).sum(axis=0)}
+        for key, value in batch.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.sums["max_abs"] = np.maximum(self.sums.get("max_abs", 0.0), diff.max(axis=0, initial=0.0))
+
+    def parts(self, name: str) -> list[OutputMetrics]:
+        """One measurement per group of channels of like magnitude; [] when there is one group."""
+        import numpy as np
+
+        if not self.sums:
+            return []
+        rms = np.sqrt(self.sums["ref_sq"] / np.maximum(self.sums["count"], 1))
+        live = np.nonzero(rms > 1e-12)[0]  # an all-zero reference channel has no scale to be judged at
+        if len(live) < 2:
+            return []
+        order = live[np.argsort(rms[live], kind="stable")]
+        groups, current = [], [order[0]]
+        for previous, channel in zip(order, order[1:]):
+            if rms[channel] > PART_GAP * rms[previous]:
+                groups.append(current)
+                current = []
+            current.append(channel)
+        groups.append(current)
+        if len(groups) < 2:
+            return []
+        return [self._metrics(f"{name}:{_channel_words(sorted(int(c) for c in group), self.axis)}", np.array(group))
+                for group in sorted(groups, key=min)]
+
+    def _metrics(self, name: str, channels: np.ndarray) -> OutputMetrics:
+        total = OutputAccumulator()
+        total.count = int(self.sums["count"][channels].sum())
+        total.max_abs = float(self.sums["max_abs"][channels].max())
+        for key in ("sum_abs", "dot", "ref_sq", "out_sq", "err_sq"):
+            setattr(total, key, float(self.sums[key][channels].sum()))
+        return total.result(name)
+
+
+def _channel_words(channels: list[int], axis: int) -> str:
+    """'channels 4-83 of axis 1' for a contiguous run, else the first few."""
+    if channels == list(range(channels[0], channels[-1] + 1)):
+        span = f"{channels[0]}" if len(channels) == 1 else f"{channels[0]}-{channels[-1]}"
+        return f"axis {axis} channels {span}"
+    shown = ",".join(str(c) for c in channels[:6]) + ("…" if len(channels) > 6 else "")
+    return f"axis {axis} channels {shown}"
+
+
+def channel_axis(shape: tuple[int, ...], sequence: int | None = None) -> int | None:
+    """The axis an output's parts lie along: none for a vector per sample ([batch, values]); the
+    last axis of a token model's [batch, tokens, …] output; else the shortest non-batch axis
+    ([batch, 4 + classes, boxes] -> 1; [batch, boxes, 5 + classes] -> 2; NCHW -> 1)."""
+    if len(shape) < 3:
+        return None
+    if sequence is not None and shape[1] == sequence:
+        return len(shape) - 1
+    sizes = [(size, axis) for axis, size in enumerate(shape) if axis > 0]
+    size, axis = min(sizes)
+    return axis if 2 <= size <= MAX_PART_CHANNELS else None
 
 
 CONFIDENT = 0.5  # a reference prediction this sure (softmax probability) counts as confident
@@ -282,26 +370,29 @@ def evaluate(reference: Runner, artifacts: dict[str, Runner], batches: Iterator[
 
 
 def compare(batches: Iterable[tuple[Batch, dict[str, np.ndarray]]], artifacts: dict[str, Runner],
-            inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...], task: Task) -> dict[str, Evaluation]:
+            inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...], task: Task, mask: str | None = None) -> dict[str, Evaluation]:
     """Each batch with the reference's outputs for it (computed now or read back from a cache)
     against every artifact's outputs."""
     from modelc_build.feeds import ModelCaller
 
     calls = {key: ModelCaller(inputs, runner.infer) for key, runner in artifacts.items()}  # one pass each
     produced = ((batch, expected, {key: call(batch.inputs) for key, call in calls.items()}) for batch, expected in batches)
-    return score(produced, tuple(artifacts), outputs, task)
+    return score(produced, tuple(artifacts), outputs, task, mask=mask)
 
 
 def score(produced: Iterable[tuple[Batch, dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]], keys: tuple[str, ...],
-          outputs: tuple[str, ...], task: Task, whole_set: bool = True) -> dict[str, Evaluation]:
+          outputs: tuple[str, ...], task: Task, whole_set: bool = True, mask: str | None = None) -> dict[str, Evaluation]:
     """Each batch, the reference's outputs for it and each model's (by key) outputs, already
     computed (e.g. under an emulated CPU). `whole_set`: the batches are the evaluation set, so a
-    task metric the reference cannot score on is an error (a sample subset is not judged so)."""
+    task metric the reference cannot score on is an error (a sample subset is not judged so).
+    `mask`: a token model's attention-mask input; outputs per token count where it is 1. Outputs
+    with channels are also measured per part (channels of like magnitude, ChannelAccumulator)."""
     task_output = task.output or outputs[0]
     # boxes and scores apart, unless the model already returns them apart
     slices = [f"{task_output}:boxes", f"{task_output}:scores"] if task.type == "detection" and task.layout != "separate" \
         else []
     accumulators = {key: {name: OutputAccumulator() for name in (*outputs, *slices)} for key in keys}
+    by_channel: dict[str, dict[str, ChannelAccumulator]] = {key: {} for key in keys}
     use_task = task.type in ("classification", "detection", "embedding", "custom")
     reference_scorer = _TaskScorer(task, task_output)
     scorers = {key: _TaskScorer(task, task_output) for key in keys}
@@ -312,10 +403,16 @@ def score(produced: Iterable[tuple[Batch, dict[str, np.ndarray], dict[str, dict[
         samples += len(batch)
         if use_task:
             reference_scorer.update(expected, expected, batch)
+        tokens = batch.inputs.get(mask) if mask else None
         for key in keys:
             got = results[key]
             for name in outputs:
-                accumulators[key][name].update(expected[name], got[name])
+                keep = _token_positions(tokens, expected[name])
+                accumulators[key][name].update(expected[name], got[name], keep)
+                if not (slices and name == task_output):  # a detector's layout already names its parts
+                    axis = channel_axis(expected[name].shape, None if tokens is None else tokens.shape[1])
+                    if axis is not None:
+                        by_channel[key].setdefault(name, ChannelAccumulator(axis)).update(expected[name], got[name], keep)
             if slices:  # boxes and scores apart (see modelc_build.tasks.score_slice)
                 from modelc_build.tasks import score_slice
 
@@ -329,8 +426,16 @@ def score(produced: Iterable[tuple[Batch, dict[str, np.ndarray], dict[str, dict[
     results_by_key = {}
     for key in keys:
         metric = scorers[key].metric(reference_scorer) if use_task else None
-        results_by_key[key] = Evaluation([accumulators[key][n].result(n) for n in (*outputs, *slices)], metric, samples)
+        parts = [part for name in outputs if name in by_channel[key] for part in by_channel[key][name].parts(name)]
+        results_by_key[key] = Evaluation([accumulators[key][n].result(n) for n in (*outputs, *slices)] + parts, metric, samples)
     return results_by_key
+
+
+def _token_positions(mask: np.ndarray | None, output: np.ndarray) -> np.ndarray | None:
+    """The attention mask as a selector for an output per token ([batch, tokens, …]), else None."""
+    if mask is None or output.ndim < 2 or output.shape[:2] != mask.shape:
+        return None
+    return mask.astype(bool)
 
 
 def output_agreement(first: list[dict[str, np.ndarray]], second: list[dict[str, np.ndarray]],

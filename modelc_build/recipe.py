@@ -710,9 +710,41 @@ def recipe_warnings(recipe_path: Path) -> list[RecipeProblem]:
             warnings.append(RecipeProblem(
                 str(recipe_path), line, column, _key_path(at),
                 f"the batch axis of '{spec.get('name')}' is fixed at {fixed}: calibration, verification and "
-                f"latency feed {fixed} sample(s) per call (slower, and int8 calibration sees batches of that size); "
-                "if the model allows it, export it with a dynamic batch axis and name it here (e.g. batch)"))
+                f"latency feed {fixed} sample(s) per call (slower, and int8 calibration sees batches of that size). "
+                "If axis 0 is not the batch, say where it is (batch_axis: 1 for a [layers, batch, hidden] state, "
+                "batch_axis: null for a scalar) or give the input a fixed value; if it is and the model allows it, "
+                "name it (e.g. batch)"))
+    warnings += _layout_hints(recipe_path, located)
     return warnings
+
+
+def _layout_hints(recipe_path: Path, located: _Located) -> list[RecipeProblem]:
+    """An ONNX source declared generic whose output is shaped like a detector: say which task fits
+    (read from the graph's declared output shapes; nothing is run)."""
+    data = located.data
+    model = data.get("model") or {}
+    task = (data.get("task") or {}).get("type", "generic")
+    if model.get("source") != "onnx" or task not in ("generic", "none") or not isinstance(model.get("path"), str):
+        return []
+    try:
+        import onnx
+    except ImportError:  # the core install: no onnx, no hint
+        return []
+    from modelc_build.tasks import layout_hint
+
+    path = (recipe_path.parent / model["path"]).resolve()
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - an unreadable model is reported elsewhere
+        return []
+    line, column = located.value_marks.get(("task",), located.value_marks.get(("model", "outputs"), (1, 1)))
+    hints = []
+    for output in graph.output:
+        shape = [d.dim_value if d.HasField("dim_value") else 0 for d in output.type.tensor_type.shape.dim]
+        hint = layout_hint(output.name, shape)
+        if hint:
+            hints.append(RecipeProblem(str(recipe_path), line, column, "task", hint))
+    return hints
 
 
 def load_recipe(path: Path, passed_schema_memo: Path | None = None) -> Recipe:

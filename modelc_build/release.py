@@ -92,7 +92,17 @@ def make_report(recipe: Recipe, measured: Measured, sensitivity_step: str, data:
                   recipe.task.type, reference_metric, _latency_ms(measured, REFERENCE_LATENCY_STEP), artifacts,
                   _calibration(recipe, artifacts), _sensitivity(recipe, measured.json(sensitivity_step, "sensitivity.json")),
                   cpu_info(), data, _export_notes(measured), measured.cpus, measured.json(GOLDEN_STEP, GOLDEN_NOTES),
-                  measured.skipped or None)
+                  measured.skipped or None, _hints(recipe, reference))
+
+
+def _hints(recipe: Recipe, reference: dict[str, Any]) -> list[str] | None:
+    """A model declared generic whose output is shaped like a detector: say which task to declare."""
+    from modelc_build.tasks import layout_hint
+
+    if recipe.task.type not in ("generic", "none"):
+        return None
+    found = [hint for name, shape in (reference.get("shapes") or {}).items() if (hint := layout_hint(name, shape))]
+    return found or None
 
 
 def _export_notes(measured: Measured) -> dict[str, Any] | None:

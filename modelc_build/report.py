@@ -115,6 +115,7 @@ class Report:
     cpus: list[dict[str, Any]] | None = None  # verify.cpus: per CPU model, emulated or native (the build machine's class)
     golden: dict[str, Any] | None = None  # the golden set shipped: samples, bytes (and why fewer)
     skipped: list[str] | None = None  # what --skip-unavailable left out, and why
+    hints: list[str] | None = None  # what the recipe could declare to be measured better (a detector layout)
 
     @property
     def passed(self) -> bool:
@@ -127,6 +128,7 @@ class Report:
         """Warnings that do not fail the build: an INT8 artifact that is not faster than FP32; a check
         on an emulated CPU that did not run or whose emulator is broken."""
         found = [f"{a.target} ({m.words()}): {m.problem}" for a in self.artifacts for m in a.measurements if m.problem]
+        found += self.hints or []
         if self.export and (self.export.get("simplify") or {}).get("warning"):
             found.insert(0, self.export["simplify"]["warning"])
         for a in self.artifacts:
@@ -205,6 +207,7 @@ def to_json(report: Report) -> dict[str, Any]:
         "cpus": report.cpus,
         "golden": report.golden,
         "skipped": report.skipped,
+        "hints": report.hints,
     }
 
 

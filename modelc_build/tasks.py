@@ -69,6 +69,23 @@ def detector_output(outputs: dict[str, np.ndarray], task: Task, output: str) -> 
     return np.concatenate((boxes, scores), axis=2)
 
 
+def layout_hint(name: str, shape: tuple[int, ...] | list[int]) -> str | None:
+    """For a model declared generic: an output shaped like a known detector layout, said so with
+    the task that measures it properly (boxes and scores apart, mAP), or None."""
+    if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+        return None
+    _, first, second = shape
+    if 5 <= first < second and first - 4 <= 1000:
+        layout, classes, what = "yolov8", first - 4, f"[batch, 4 + {first - 4} class scores, {second} boxes]"
+    elif 6 <= second < first and second - 5 <= 1000:
+        layout, classes, what = "yolov5", second - 5, f"[batch, {first} boxes, 4 + objectness + {second - 5} class scores]"
+    else:
+        return None
+    return (f"output '{name}' {list(shape)} looks like a {'YOLOv8' if layout == 'yolov8' else 'YOLOv5'}-layout detector ({what}): "
+            f"declare task: {{type: detection, layout: {layout}, classes: [...{classes} names]}} to measure its boxes and "
+            "scores apart and score mAP against the reference's detections")
+
+
 def layout_problem(shape: tuple[int, ...], task: Task) -> str | None:
     """Why an output of this shape (batch first) cannot be read in the task's layout, or None."""
     if len(shape) != 3:

@@ -103,3 +103,41 @@ def test_decode_detections_applies_scores_threshold_and_nms() -> None:
     found = decode_detections(rows, task)
     assert [(d.class_id, round(d.score, 2)) for d in found] == [(0, 0.81), (1, 0.4)]
     assert found[0].box == pytest.approx((0, 0, 10, 10))
+
+
+def test_outputs_per_token_are_measured_where_the_attention_mask_is_one() -> None:
+    """Padded positions carry no meaning: an artifact that differs only there agrees fully."""
+    from modelc_build.accuracy import score
+    from modelc_build.data import Batch
+
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal((2, 5, 4)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=np.int64)
+    artifact = reference.copy()
+    artifact[0, 3:] = 100.0  # garbage where the first sentence is padding
+    batch = Batch({"input_ids": np.ones((2, 5), np.int64), "attention_mask": mask}, ["a", "b"])
+    task = Task()
+    masked = score([(batch, {"hidden": reference}, {"x": {"hidden": artifact}})], ("x",), ("hidden",), task,
+                   mask="attention_mask")["x"]
+    unmasked = score([(batch, {"hidden": reference}, {"x": {"hidden": artifact}})], ("x",), ("hidden",), task)["x"]
+    assert masked.outputs[0].cosine == pytest.approx(1.0) and masked.outputs[0].max_abs_error == 0.0
+    assert unmasked.outputs[0].cosine < 0.5
+
+
+def test_an_output_is_measured_per_part_of_like_magnitude() -> None:
+    """Box coordinates in pixels and class probabilities in one [batch, 4 + classes, boxes] output:
+    scores that collapsed to 0 fail their part while the whole tensor's cosine stays near 1."""
+    from modelc_build.accuracy import score
+    from modelc_build.data import Batch
+
+    rng = np.random.default_rng(1)
+    reference = np.concatenate([rng.uniform(0, 640, (3, 4, 50)), rng.uniform(0, 1, (3, 2, 50))], axis=1).astype(np.float32)
+    collapsed = reference.copy()
+    collapsed[:, 4:] = 0.0
+    batch = Batch({"images": np.zeros((3, 1), np.float32)}, ["a", "b", "c"])
+    measured = score([(batch, {"out": reference}, {"x": {"out": collapsed}})], ("x",), ("out",), Task())["x"]
+    cosines = {m.output: m.cosine for m in measured.outputs}
+    assert cosines["out"] > 0.999
+    assert cosines["out:axis 1 channels 0-3"] == pytest.approx(1.0) and cosines["out:axis 1 channels 4-5"] == 0.0
+    vector = score([(batch, {"out": reference[:, :, 0]}, {"x": {"out": collapsed[:, :, 0]}})], ("x",), ("out",), Task())["x"]
+    assert [m.output for m in vector.outputs] == ["out"]  # a vector per sample has no parts

@@ -79,18 +79,20 @@ class ReferenceStep(Step):
 
         runner, label = reference_runner(self.model)
         samples = 0
+        shapes: dict[str, list[int]] = {}
         with runner:
             call = ModelCaller(self.model.inputs, runner.infer)
             for number, batch in enumerate(inputs.fingerprints.batches(self.evaluation)):
                 outputs = call(batch.inputs)
                 np.savez(out / f"outputs-{number:06d}.npz", **outputs)  # type: ignore[arg-type]
                 samples += len(batch)
+                shapes = shapes or {name: list(array.shape) for name, array in outputs.items()}
         data = self.evaluation.label
         carried = [f"{spec.name} ← {spec.state_from}" for spec in self.model.inputs if spec.state_from]
         if carried:
             data += f", read as one stream, one sample per call, state carried ({', '.join(carried)})"
-        (out / "reference.json").write_text(json.dumps({"reference": label, "data": data,
-                                                        "samples": samples}, indent=2, sort_keys=True) + "\n")
+        (out / "reference.json").write_text(json.dumps({"reference": label, "data": data, "samples": samples,
+                                                        "shapes": shapes}, indent=2, sort_keys=True) + "\n")
 
 
 def stored_reference_outputs(entry_folder: Path, batches: Iterator[Batch]) -> Iterator[tuple[Batch, dict[str, np.ndarray]]]:
@@ -185,7 +187,8 @@ class VerifyStep(Step):
         runner = self._runner(inputs)
         pairs = stored_reference_outputs(inputs.entry(REFERENCE_STEP).path, inputs.fingerprints.batches(self.evaluation))
         with runner:
-            evaluation = compare(pairs, {self.target.id: runner}, self.evaluation.inputs, self.outputs, self.task)
+            evaluation = compare(pairs, {self.target.id: runner}, self.evaluation.inputs, self.outputs, self.task,
+                                 mask_input(self.evaluation))
             runtime = runner.effective_settings()
             golden = self._golden_check(inputs, runner) if self.golden else None
         return {**evaluation_to_dict(evaluation[self.target.id]), "runtime": runtime, "golden": golden}
@@ -231,13 +234,21 @@ class VerifyStep(Step):
             native = [call(batch.inputs) for batch, _ in done]
         produced = ((batch, expected, {"emulated": got, "native": here})
                     for (batch, expected), got, here in zip(done, run.outputs, native))
-        evaluations = score(produced, ("emulated", "native"), self.outputs, self.task, whole_set=False)
+        evaluations = score(produced, ("emulated", "native"), self.outputs, self.task, whole_set=False,
+                            mask=mask_input(self.evaluation))
         emulation["versus_native"] = [{"output": m.output, "cosine": m.cosine, "max_abs_error": m.max_abs_error}
                                       for m in output_agreement(run.outputs, native, self.outputs)]
         # the same samples on this machine: what a handful of samples scores natively, which the
         # emulated run is held to beside the gate (modelc_build/golden.py: tolerances)
         emulation["native_subset"] = [vars(m) for m in evaluations["native"].outputs]
         return {**evaluation_to_dict(evaluations["emulated"]), "emulation": emulation}
+
+
+def mask_input(source: DataSource) -> str | None:
+    """A token data set's attention-mask input: outputs per token are measured where it is 1."""
+    dataset = source.dataset
+    tokens = dataset.tokens if dataset is not None and dataset.format == "tokens" else None
+    return tokens.mask if tokens is not None else None
 
 
 def _empty() -> dict[str, Any]:
