@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelc_build.cache import Cache
 from modelc_build.engine import Engine, RunSummary, start_fresh_process_server
-from modelc_build.errors import InputError
+from modelc_build.errors import InputError, ModelcError
 from modelc_build.fingerprint import Fingerprints, check_disjoint
 from modelc_build.plan import Plan, checked_cpus, data_source, make_plan, target_step_ids, verify_settings
 from modelc_build.progress import BuildLog
@@ -112,6 +112,8 @@ def build(recipe: Recipe, store: Store, log: BuildLog, cache: Cache, options: Bu
         if any(step.fresh_process for step in steps):  # its imports overlap with the first step's work
             engine.before_first_run = lambda: start_fresh_process_server(PRELOAD)
         done = engine.run(steps, facts)
+    except ModelcError as error:
+        raise _logs_kept(error, options.failed_reports_dir / recipe.name / recipe.version) from error
     finally:
         if shared is not None and hasattr(shared, "close"):
             shared.close()
@@ -121,6 +123,27 @@ def build(recipe: Recipe, store: Store, log: BuildLog, cache: Cache, options: Bu
         log(f"✓ built {', '.join(options.only_targets)}: {counts}; verification and release happen in a full build")
         return None
     return _release(recipe, plan, done, store, log, options, counts, cache, facts, skipped)
+
+
+def _logs_kept(error: ModelcError, folder: Path) -> ModelcError:
+    """Long logs a failed step left (an exporter's IR dump) go to files beside the failed report,
+    and the one-line message names the file."""
+    from modelc_build.engine import StepsFailed
+
+    failures = error.failures if isinstance(error, StepsFailed) else [(getattr(error, "step_id", ""), error)]
+    pointers = []
+    for step_id, failure in failures:
+        details = getattr(failure, "details", None)
+        if details:
+            folder.mkdir(parents=True, exist_ok=True)
+            log = folder / f"{(step_id or 'build').replace(':', '-')}.log"
+            log.write_text(details)
+            pointers.append(str(log))
+    if not pointers:
+        return error
+    error.message = f"{error.message} (full log: {', '.join(pointers)})"
+    error.args = (error.message,)
+    return error
 
 
 def buildable_here(recipe: Recipe, skip_unavailable: bool) -> tuple[Recipe, list[str]]:

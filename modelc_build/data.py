@@ -44,6 +44,16 @@ class Batch:
         return len(self.sources)
 
 
+def _require_label_files(images: list[Path], text_of: Any, kind: str) -> None:
+    """YOLO labels are one text file per image; a folder with none at all is a mistake in the
+    recipe (an image without objects has an empty file), not a data set without objects."""
+    if images and not any(text_of(image).is_file() for image in images):
+        first = images[0]
+        raise InputError(f"{first.parent}: labels: {kind}, but none of its {len(images)} images has a label file (for "
+                         f"{first.name}, {text_of(first)}): add the label files, or set labels: none to judge the model by "
+                         "agreement with the reference's own detections")
+
+
 class DataReader:
     """Reads one dataset for one model; `batches()` may be called more than once."""
 
@@ -127,7 +137,11 @@ class DataReader:
             self._labels = LabelIndex(self.dataset.labels, folder, self.dataset.labels_path, self.class_names)
             if self.dataset.labels == "csv":
                 return [(p, self._labels.class_of(p)) for p in files]
+            if self.dataset.labels == "ultralytics":
+                _require_label_files(files, self._labels.yolo_text_of, "ultralytics")
             return [(p, None) for p in files]
+        if self.dataset.labels == "yolo":
+            _require_label_files(files, lambda image: image.with_suffix(".txt"), "yolo")
         if self.dataset.labels == "folders":
             names = self.class_names or tuple(sorted({p.parent.name for p in files if p.parent != folder}))
             index = {name: i for i, name in enumerate(names)}
@@ -206,6 +220,11 @@ class DataReader:
         if missing:
             raise InputError(f"{path}: has arrays {archive.files} but the model inputs are {names}: "
                              f"add array(s) named {', '.join(missing)}")
+        unused = sorted(set(archive.files) - set(names))
+        if unused and not getattr(self, "_said_unused", False):
+            self._said_unused = True  # once per data set, not once per file
+            print(f"warning: {path}: arrays {unused} are not model inputs ({names}) and are not read; "
+                  "remove them, or name the input they are for in model.inputs", file=sys.stderr, flush=True)
         return {name: archive[name] for name in names}
 
     # --- reading -------------------------------------------------------------------------
@@ -253,6 +272,7 @@ class DataReader:
         self._token_length: int | None = fixed
         limit = fields.max_length or fixed
         rows = []
+        trailing: list[int] = []
         for number, line in enumerate(path.read_text().splitlines(), start=1):
             if not line.strip():
                 continue
@@ -262,7 +282,17 @@ class DataReader:
                 raise InputError(f"{path}:{number}: expected token ids separated by spaces, got {line[:60]!r}") from None
             if min(row) < 0:
                 raise InputError(f"{path}:{number}: token ids are not negative; found {min(row)}")
+            padded = 0
+            while len(row) > 1 and row[-1] == fields.pad_id:
+                row.pop()
+                padded += 1
+            if padded:
+                trailing.append(number)
             rows.append(row[:limit] if limit else row)
+        if trailing:
+            print(f"warning: {path}: {len(trailing)} line(s) end in padding (pad_id {fields.pad_id}; first at line "
+                  f"{trailing[0]}): those pad tokens are dropped, so the attention mask leaves them out; write the ids "
+                  "without padding, or set data.*.tokens.pad_id if that id is a real token", file=sys.stderr, flush=True)
         self._token_rows = rows
         return rows
 

@@ -266,6 +266,8 @@ class Engine:
 
     def _fail(self, step: Step, error: BaseException, summary: RunSummary) -> None:
         summary.failed[step.id] = error
+        if isinstance(error, ModelcError):
+            error.step_id = step.id  # type: ignore[attr-defined]  # where a kept log says it came from
         self.log.done(step.id, f"✗ {step.id} failed: {first_line(RuntimeError(_message(error)), 500)}")
 
 

@@ -27,13 +27,16 @@ def first_line(error: BaseException, limit: int = 300) -> str:
 
 
 class ModelcError(Exception):
-    """Base class of every error a user can act on."""
+    """Base class of every error a user can act on. `details`: a long log (an exporter's dump)
+    that belongs in a file, not on the terminal; the build writes it beside the failed report and
+    names the file (instance attributes survive the trip back from a step's process)."""
 
     exit_code = 1
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, details: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.details = details
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import re
 import sys
 import warnings
@@ -39,20 +40,37 @@ def check_model_accepts_inputs(model: Any, inputs: tuple[TensorSpec, ...], outpu
 
 
 @contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """The exporters print progress and deprecation notes; keep the build log readable."""
+def _quiet_exporter(log: list[str]) -> Iterator[None]:
+    """The exporters print progress, deprecation notes and, when they fail, hundreds of lines of
+    graph IR (from C++ too): everything they write goes to a scratch file, kept in `log` for the
+    error's details; the build log stays readable."""
+    import tempfile
+
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with contextlib.redirect_stdout(io.StringIO()):
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = (os.dup(1), os.dup(2))
+    with tempfile.TemporaryFile(mode="w+b") as scratch:
+        os.dup2(scratch.fileno(), 1)
+        os.dup2(scratch.fileno(), 2)
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()) as printed:
+                warnings.simplefilter("ignore")
                 yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+            scratch.seek(0)
+            log.append(printed.getvalue() + scratch.read().decode(errors="replace"))
 
 
 @dataclass(frozen=True)
@@ -77,7 +95,8 @@ def export_onnx(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[str, 
         return Exported(options.exporter, "dynamo")
     except CompileError as error:
         if options.exporter != "auto":
-            raise CompileError(f"{error.message}; try export.exporter: torchscript (or auto), or another export.opset") from error
+            raise CompileError(f"{error.message}; try export.exporter: torchscript (or auto), or another export.opset",
+                               error.details) from error
         reason = error.message
     destination.unlink(missing_ok=True)
     _export_with(model, inputs, outputs, options.opset, "torchscript", destination)
@@ -92,8 +111,9 @@ def _export_with(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[str,
 
     example = tuple(torch.from_numpy(a) for a in example_inputs(inputs, dynamic_size=2))
     names = [spec.name for spec in inputs]
+    log: list[str] = []
     try:
-        with _quiet_exporter(), torch.no_grad():
+        with _quiet_exporter(log), torch.no_grad():
             if exporter == "dynamo":
                 dims: dict[str, Any] = {}
                 # positional, so the forward's own argument names need not match the recipe's input names
@@ -118,7 +138,10 @@ def _export_with(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[str,
                 torch.onnx.export(model, example, str(destination), input_names=names, output_names=list(outputs),
                                   opset_version=opset, dynamo=False, dynamic_axes=dynamic_axes or None)
     except Exception as exc:
-        raise CompileError(f"torch.onnx.export ({exporter} exporter) failed: {_first_lines(exc)}") from exc
+        import traceback
+
+        details = "".join(log) + "\n" + "".join(traceback.format_exception(exc))
+        raise CompileError(f"torch.onnx.export ({exporter} exporter) failed: {_first_lines(exc)}", details) from exc
     if not destination.is_file():
         raise CompileError(f"torch.onnx.export ({exporter} exporter) wrote no file at {destination}")
 

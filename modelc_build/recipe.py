@@ -695,6 +695,17 @@ def path_problems(recipe_path: Path) -> list[RecipeProblem]:
             line, column = located.value_marks.get(at, (1, 1))
             problems.append(RecipeProblem(str(recipe_path), line, column, _key_path(at),
                                           f"{(base / relative).resolve()} does not exist: fix the path (relative paths start at the recipe's folder)"))
+    for name in ("calibration", "validation", "evaluation"):
+        dataset = located.data.get("data", {}).get(name)
+        if isinstance(dataset, dict) and dataset.get("labels") == "yolo" and isinstance(dataset.get("path"), str):
+            folder = base / dataset["path"]
+            images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+            if images and not any(p.with_suffix(".txt").is_file() for p in images):
+                line, column = located.value_marks.get(("data", name, "labels"), (1, 1))
+                problems.append(RecipeProblem(str(recipe_path), line, column, f"data.{name}.labels",
+                                              f"yolo, but none of the {len(images)} images in {folder.resolve()} has a "
+                                              f"label file beside it ({images[0].with_suffix('.txt').name} for "
+                                              f"{images[0].name}): add them, or set labels: none"))
     return problems
 
 

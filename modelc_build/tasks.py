@@ -98,8 +98,11 @@ def layout_problem(shape: tuple[int, ...], task: Task) -> str | None:
     where = "axis 1" if task.layout == "yolov8" else "the last axis"
     if values <= extra or (classes and values != extra + classes):
         wanted = f"{extra} + {classes} classes = {extra + classes}" if classes else f"more than {extra}"
+        other = {"yolov5": "yolov8", "yolov8": "yolov5"}[task.layout]
+        fits = layout_problem(shape, Task(layout=other, classes=task.classes)) is None
         return (f"the {task.layout} layout has {where} of {wanted} values; the output is {list(shape)}: "
-                "fix task.layout or task.classes")
+                + (f"it fits layout: {other} ([batch, 4 + classes, boxes] is YOLOv8's; [batch, boxes, 5 + classes] "
+                   "YOLOv5's)" if fits else "fix task.layout or task.classes"))
     return None
 
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from modelc_build.errors import InputError
+from modelc_build.errors import InputError, first_line
 from modelc_build.recipe import ExportOptions, ModelSource
 from modelc_build.steps import Step, StepInputs, tool_versions
 
@@ -80,13 +80,43 @@ def read_onnx_source(model: ModelSource, destination: Path) -> None:
     graph_inputs = [i.name for i in graph.graph.input if i.name not in initializers]
     graph_outputs = [o.name for o in graph.graph.output]
     declared_inputs = [s.name for s in model.inputs]
-    if graph_inputs != declared_inputs or graph_outputs != list(model.outputs):
-        raise InputError(f"{path}: the graph's inputs {graph_inputs} and outputs {graph_outputs} differ from the recipe's "
-                         f"model.inputs {declared_inputs} and model.outputs {list(model.outputs)}: make them match")
+    for what, found, declared in (("inputs", graph_inputs, declared_inputs), ("outputs", graph_outputs, list(model.outputs))):
+        if found != declared:
+            raise InputError(f"{path}: {_names_mismatch(what, found, declared)}")
     if apply_declared_shapes(graph, model):
+        _still_loads(path, graph, model)
         onnx.save(graph, str(destination))
     else:
         shutil.copyfile(path, destination)
+
+
+def _names_mismatch(what: str, found: list[str], declared: list[str]) -> str:
+    """What differs between the graph's input (or output) names and the recipe's, and how to fix it."""
+    if sorted(found) == sorted(declared):
+        return (f"the graph takes its {what} in the order {found}; model.{what} lists {declared}: list model.{what} in "
+                "the graph's order")
+    missing, extra = [n for n in declared if n not in found], [n for n in found if n not in declared]
+    parts = [f"model.{what} names {missing}, which the graph does not have" if missing else "",
+             f"the graph also has {extra}, which model.{what} does not name" if extra else ""]
+    return "; ".join(p for p in parts if p) + f" (the graph's {what}: {found}): make model.{what} match"
+
+
+def _still_loads(path: Path, graph: Any, model: ModelSource) -> None:
+    """Fixing a dimension the recipe declares can break a graph that computes shapes from it (a
+    Squeeze of an axis that is no longer 1): name the declared shapes as the cause."""
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - which fixed dimension broke it is said below
+        try:
+            ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception:  # noqa: BLE001 - the graph did not load as exported either: not our doing
+            return
+        fixed = [f"{spec.name} {list(spec.shape)}" for spec in model.inputs if any(isinstance(d, int) for d in spec.shape)]
+        raise InputError(f"{path}: with the fixed dimensions model.inputs declares ({'; '.join(fixed)}) the graph no longer "
+                         f"loads ({first_line(exc)[:200]}), while it loads as exported: declare those axes with a name "
+                         "(dynamic), as the graph has them") from exc
 
 
 def apply_declared_shapes(graph: Any, model: ModelSource) -> bool:

@@ -212,8 +212,11 @@ def test_exporter_dynamo_forced_fails_with_the_cause(tmp_path: Path, tiny_recipe
     recipe = branchy_recipe(tmp_path, tiny_recipe, {"exporter": "dynamo", "opset": 18})
     result = run_cli("build", recipe, "--store", tmp_path / "store")
     assert result.exit_code == 7, result.stderr
-    assert "torch.onnx.export (dynamo exporter) failed" in result.stderr
-    assert "try export.exporter: torchscript (or auto)" in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: torch.onnx.export (dynamo exporter) failed") and "try export.exporter: torchscript (or auto)" in line
+    kept = line.rsplit("(full log: ", 1)[1].rstrip(")")  # the exporter's own long output, kept in a file
+    assert kept.endswith(".modelc/failed/tiny/0.1.0/export.log") and len(Path(kept).read_text().splitlines()) > 20
+    assert len(result.stderr.splitlines()) < 40  # the terminal gets the step lines and one error line
 
 
 METRIC = '''
