@@ -48,12 +48,26 @@ class CacheEntry:
 
 class Cache:
     def __init__(self, root: Path) -> None:
-        from modelc_build.errors import InputError
+        from modelc_build.errors import WriteError
 
         if root.exists() and not root.is_dir():
-            raise InputError(f"{root}: the step cache must be a folder, and this is a file: give --cache (or "
+            raise WriteError(f"{root}: the step cache must be a folder, and this is a file: give --cache (or "
                              "MODELC_CACHE) a folder")
         self.root = root
+
+    def ensure_writable(self) -> None:
+        """A build writes every step's output here: find out before the first step runs."""
+        from modelc_build.errors import WriteError, write_problem
+
+        probe = self.root / f".probe-{uuid.uuid4().hex[:8]}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise (write_problem(exc, f"the step cache {self.root} cannot be written")
+                   or WriteError(f"the step cache {self.root} cannot be written ({exc.strerror}): give --cache (or "
+                                 "MODELC_CACHE) a folder that can be written")) from exc
 
     def _entry_path(self, key: str) -> Path:
         return self.root / key[:2] / key

@@ -1,9 +1,11 @@
 """The `modelc` command: parse, call, print, exit code. Thin on purpose."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,6 +20,11 @@ DEFAULT_CACHE = ".modelc/cache"
 cache_option = click.option("--cache", "cache_dir", type=click.Path(path_type=Path),
                             default=lambda: os.environ.get("MODELC_CACHE", DEFAULT_CACHE), show_default=DEFAULT_CACHE,
                             help="Step cache folder (env MODELC_CACHE).")
+
+
+timeout_option = click.option("--timeout", type=click.FloatRange(1, 86400), default=None,
+                              help="Seconds one registry operation (a push, a pull, a listing) may take, every "
+                                   "retry included (default 300, or MODELC_REGISTRY_TIMEOUT); then exit code 9.")
 
 
 def _stderr(message: str) -> None:
@@ -37,8 +44,29 @@ def _json(document: Any) -> None:
     click.echo(json.dumps(document, indent=2, sort_keys=True, default=str))
 
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout "
-                           "(schemas: docs/cli-json.md); errors stay one line on stderr with their exit code.")
+DEBUG_HELP = "On an error, also print its traceback (the exit code stays the documented one)."
+JSON_HELP = ("Print the result as JSON on stdout (schemas: docs/cli-json.md); errors stay one line on stderr with "
+             "their exit code.")
+
+
+@dataclass(frozen=True)
+class Globals:
+    """--debug and --json given before the command (`modelc --debug build ...`)."""
+
+    debug: bool = False
+    as_json: bool = False
+
+
+def global_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """--debug and --json on a command, also accepted before it: every command takes both, in
+    either place."""
+    @functools.wraps(function)
+    def run(*args: Any, debug: bool, as_json: bool, **kwargs: Any) -> Any:
+        root = click.get_current_context().find_root().obj or Globals()
+        return function(*args, debug=debug or root.debug, as_json=as_json or root.as_json, **kwargs)
+
+    run = click.option("--json", "as_json", is_flag=True, help=JSON_HELP)(run)
+    return click.option("--debug", is_flag=True, help=DEBUG_HELP)(run)
 
 
 def _fail(error: ModelcError, debug: bool) -> None:
@@ -50,10 +78,17 @@ def _fail(error: ModelcError, debug: bool) -> None:
     prefix = click.style("error:", fg="red", bold=True) if color else "error:"
     if isinstance(error, RecipeError):
         for problem in error.problems:
-            click.echo(f"{prefix} {problem}", err=True, color=color)
+            click.echo(f"{prefix} {_capped(str(problem))}", err=True, color=color)
     else:
-        click.echo(f"{prefix} {error.message}", err=True, color=color)
+        click.echo(f"{prefix} {_capped(error.message)}", err=True, color=color)
     sys.exit(error.exit_code)
+
+
+MAX_LINE = 1000  # an error is one readable line: a 100 kB value in it is cut, not echoed
+
+
+def _capped(line: str) -> str:
+    return line if len(line) <= MAX_LINE else line[:MAX_LINE] + f"… ({len(line) - MAX_LINE} more characters)"
 
 
 def _guarded(debug: bool, action: Callable[[], Any]) -> Any:
@@ -68,13 +103,19 @@ def _guarded(debug: bool, action: Callable[[], Any]) -> Any:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="modelc")
-def main() -> None:
+@click.option("--debug", is_flag=True, help=DEBUG_HELP)
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@click.pass_context
+def main(ctx: click.Context, debug: bool, as_json: bool) -> None:
     """modelc: build, check and store compiled models from a declarative recipe.
 
     Exit codes: 0 ok, 1 internal error, 2 invalid recipe or usage, 3 unusable input, 4 accuracy
-    gate missed, 5 store refused or unreachable, 6 backend unavailable here, 7 export/compile
-    failed, 8 verification failed (signature, signer or digest; nothing written).
+    gate missed, 5 store refused the release, 6 backend unavailable here, 7 export/compile failed,
+    8 verification failed (signature, signer, digest or identity; nothing written), 9 network
+    failure (registry unreachable or too slow for --timeout), 10 a local folder cannot be written
+    (read-only, a file in the way, disk full).
     """
+    ctx.obj = Globals(debug, as_json)
 
 
 def signing_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -115,12 +156,15 @@ def _trust(public_key: Path | None, certificate_chain: tuple[Path, ...], certifi
 @main.command()
 @click.option("--out", "prefix", required=True, type=click.Path(path_type=Path),
               help="Writes PREFIX.key (private, mode 0600) and PREFIX.pub.")
-@click.option("--debug", is_flag=True)
-def keygen(prefix: Path, debug: bool) -> None:
+@global_options
+def keygen(prefix: Path, debug: bool, as_json: bool) -> None:
     """Write an ECDSA P-256 key pair for signing releases."""
     from modelc_build.signing import write_key_pair
 
     private, public = _guarded(debug, lambda: write_key_pair(prefix))
+    if as_json:
+        _json({"private_key": str(private), "public_key": str(public), "algorithm": "ECDSA P-256"})
+        return
     click.echo(f"wrote {private} (keep it secret; CI: store its text as a secret and set MODELC_SIGNING_KEY) "
                f"and {public} (give it to deploy stages: modelc pull --public-key {public})")
 
@@ -129,6 +173,7 @@ def keygen(prefix: Path, debug: bool) -> None:
 @click.argument("reference", metavar="NAME:VERSION")
 @click.option("--store", "store_url", default=lambda: os.environ.get("MODELC_STORE", DEFAULT_STORE), show_default="artifacts",
               help="A folder, file:// URL or oci://HOST/REPOSITORY (env MODELC_STORE).")
+@timeout_option
 @click.option("--target", help="Only this artifact (e.g. openvino-int8), with the manifest, reports and signature.")
 @click.option("--dest", type=click.Path(path_type=Path), required=True, help="A new or empty folder.")
 @click.option("--gpu", help="Only the TensorRT engines built for this GPU generation (sm89, ada, ...; `auto`: this "
@@ -136,9 +181,9 @@ def keygen(prefix: Path, debug: bool) -> None:
 @trust_options
 @click.option("--check", is_flag=True, help="After verifying, run each pulled artifact on the release's golden set "
               "on this machine with its recorded settings (exit 4 when one misses; the pull stays).")
-@json_option
-@click.option("--debug", is_flag=True)
-def pull(reference: str, store_url: str, target: str | None, dest: Path, gpu: str | None, public_key: Path | None,
+@global_options
+def pull(reference: str, store_url: str, timeout: float | None, target: str | None, dest: Path, gpu: str | None,
+         public_key: Path | None,
          certificate_chain: tuple[Path, ...], certificate_identity: str | None, sigstore_identity: str | None,
          sigstore_issuer: str, check: bool, as_json: bool, debug: bool) -> None:
     """Download a release, verify its signature and every digest, then move it into DEST."""
@@ -150,7 +195,7 @@ def pull(reference: str, store_url: str, target: str | None, dest: Path, gpu: st
 
     def action() -> Any:
         name, version = parse_reference(reference)
-        return pull_release(open_store(store_url), name, version, dest, trust, target, _gpu(gpu))
+        return pull_release(open_store(store_url, timeout), name, version, dest, trust, target, _gpu(gpu))
 
     pulled = _guarded(debug, action)
     document: dict[str, Any] = {"reference": reference, "destination": str(pulled.destination), "files": pulled.files,
@@ -174,17 +219,19 @@ def pull(reference: str, store_url: str, target: str | None, dest: Path, gpu: st
               "one misses the tolerances its gates implied.")
 @click.option("--target", "targets", multiple=True, help="With --run: only this artifact (repeat); its runtime must be "
               "installed. Without: every artifact whose runtime is installed.")
-@json_option
-@click.option("--debug", is_flag=True)
+@click.option("--expect", "expected", metavar="NAME:VERSION", help="The release the folder must hold: the signed "
+              "manifest's name and version are compared with it (exit 8 when they differ).")
+@global_options
 def verify(release: Path, public_key: Path | None, certificate_chain: tuple[Path, ...], certificate_identity: str | None,
-           sigstore_identity: str | None, sigstore_issuer: str, run_golden: bool, targets: tuple[str, ...], as_json: bool,
-           debug: bool) -> None:
+           sigstore_identity: str | None, sigstore_issuer: str, run_golden: bool, targets: tuple[str, ...],
+           expected: str | None, as_json: bool, debug: bool) -> None:
     """Check a release folder on disk against its signature: every file, nothing extra, the signer;
     with --run, prove its artifacts on this machine."""
-    from modelc_build.deploy import verify_folder
+    from modelc_build.deploy import parse_reference, verify_folder
 
     trust = _trust(public_key, certificate_chain, certificate_identity, sigstore_identity, sigstore_issuer)
-    _guarded(debug, lambda: verify_folder(release, trust))
+    identity = _guarded(debug, lambda: parse_reference(expected)) if expected else None
+    _guarded(debug, lambda: verify_folder(release, trust, identity=identity))
     document: dict[str, Any] = {"release": str(release), "verified": True, "verified_with": trust.describe()}
     if not as_json:
         click.echo(f"{release}: every file matches the signature ({trust.describe()})")
@@ -241,8 +288,7 @@ def _golden_checks(folder: Path, targets: list[str] | None, as_json: bool,
 
 @main.command()
 @click.argument("recipes", nargs=-1, required=True, type=click.Path(path_type=Path))
-@json_option
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@global_options
 def validate(recipes: tuple[Path, ...], as_json: bool, debug: bool) -> None:
     """Check recipes against the schema and cross-field rules; report every problem."""
     from modelc_build.recipe import load_recipe, path_problems, recipe_warnings
@@ -278,11 +324,10 @@ def validate(recipes: tuple[Path, ...], as_json: bool, debug: bool) -> None:
 
 @main.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--matrix", is_flag=True, help="Print a GitHub Actions matrix (JSON) of recipe x target jobs; "
               "RECIPE may be a folder of recipes.")
 @cache_option
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@global_options
 def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool) -> None:
     """Print the steps a build of RECIPE runs, in order, with their dependencies and cache state."""
     from modelc_build.cache import Cache
@@ -300,7 +345,8 @@ def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool
     loaded_recipe = _guarded(debug, lambda: load_recipe(recipe))
     the_plan = make_plan(loaded_recipe)
     cache = _guarded(debug, lambda: Cache(Path(cache_dir)))
-    status = _guarded(debug, lambda: Engine(cache, BuildLog()).dry_run(the_plan.steps, Fingerprints(cache)))
+    # never runs recipe code (factories, data functions): plan and validate run on untrusted pull requests
+    status = _guarded(debug, lambda: Engine(cache, BuildLog()).dry_run(the_plan.steps, Fingerprints(cache, run_code=False)))
     rows = [(s.id, s.kind, list(s.needs), s.description, status[s.id]) for s in the_plan.steps]
     rows.append((RELEASE_STEP, "release", [s.id for s in the_plan.steps if s.kind in ("verify", "latency")],
                  f"apply gates; write manifest and reports; store {the_plan.recipe_name} {the_plan.version}",
@@ -320,6 +366,7 @@ def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--store", "store_url", default=lambda: os.environ.get("MODELC_STORE", DEFAULT_STORE), show_default="artifacts",
               help="Where releases go: a folder, file:// URL or oci://HOST/REPOSITORY (env MODELC_STORE).")
+@timeout_option
 @click.option("--reports-dir", type=click.Path(path_type=Path), default=Path(".modelc/failed"), show_default=True,
               help="Where the report of a build that missed a gate is kept.")
 @cache_option
@@ -337,9 +384,8 @@ def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool
 @signing_options
 @click.option("-q", "--quiet", is_flag=True, help="No step lines: warnings, errors and the result only.")
 @click.option("-v", "--verbose", is_flag=True, help="One plain line per event, also on a terminal (no live lines).")
-@json_option
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
-def build(recipe: Path, store_url: str, reports_dir: Path, cache_dir: Path, force: bool, targets: tuple[str, ...],
+@global_options
+def build(recipe: Path, store_url: str, timeout: float | None, reports_dir: Path, cache_dir: Path, force: bool, targets: tuple[str, ...],
           share_steps: bool, jobs: int, push: bool, skip_unavailable: bool, signing_key: Path | None,
           certificate_chain: tuple[Path, ...], sigstore: bool, quiet: bool, verbose: bool, as_json: bool, debug: bool) -> None:
     """Build every target of RECIPE, check accuracy, sign (when a key is given) and store the release."""
@@ -362,8 +408,9 @@ def build(recipe: Path, store_url: str, reports_dir: Path, cache_dir: Path, forc
         if push and signer is None and not targets:
             raise click.UsageError("--push publishes signed releases only: give --signing-key FILE (or MODELC_SIGNING_KEY), "
                                    "or --sigstore in GitHub Actions; `modelc keygen` makes a key pair")
+        Cache(Path(cache_dir)).ensure_writable()
         loaded = load_recipe(recipe, passed_schema_memo=Path(cache_dir) / "schema-passed")
-        store = open_store(store_url)
+        store = open_store(store_url, timeout)
         options = BuildOptions(reports_dir, force=force, share_steps=share_steps, only_targets=targets, jobs=jobs,
                                signer=signer, skip_unavailable=skip_unavailable)
         log = build_log(quiet=quiet, plain=verbose or debug)
@@ -408,13 +455,19 @@ def cache() -> None:
 
 @cache.command(name="ls")
 @cache_option
-def cache_ls(cache_dir: Path) -> None:
+@global_options
+def cache_ls(cache_dir: Path, debug: bool, as_json: bool) -> None:
     """List cache entries: key, step, size, age."""
     import time
 
     from modelc_build.cache import Cache
 
-    entries = _guarded(False, lambda: Cache(Path(cache_dir)).entries())
+    entries = _guarded(debug, lambda: Cache(Path(cache_dir)).entries())
+    if as_json:
+        _json({"cache": str(cache_dir), "entries": [{"key": e.key, "step": e.step, "size": e.size, "created": e.created}
+                                                    for e in sorted(entries, key=lambda e: e.created)],
+               "size": sum(e.size for e in entries)})
+        return
     for entry in sorted(entries, key=lambda e: e.created):
         age_h = (time.time() - entry.created) / 3600
         click.echo(f"{entry.key[:12]}  {entry.step:<28} {_size(entry.size):>10}  {age_h:7.1f} h")
@@ -424,11 +477,15 @@ def cache_ls(cache_dir: Path) -> None:
 @cache.command(name="gc")
 @click.option("--keep-days", type=float, required=True, help="Remove entries created more than this many days ago.")
 @cache_option
-def cache_gc(keep_days: float, cache_dir: Path) -> None:
+@global_options
+def cache_gc(keep_days: float, cache_dir: Path, debug: bool, as_json: bool) -> None:
     """Remove old cache entries."""
     from modelc_build.cache import Cache
 
-    removed, freed = _guarded(False, lambda: Cache(Path(cache_dir)).gc(keep_days))
+    removed, freed = _guarded(debug, lambda: Cache(Path(cache_dir)).gc(keep_days))
+    if as_json:
+        _json({"removed": removed, "freed": freed})
+        return
     click.echo(f"removed {removed} entries, freed {_size(freed)}")
 
 
@@ -443,13 +500,13 @@ def _size(size: int) -> str:
 @main.command(name="ls")
 @click.argument("name", required=False)
 @click.option("--store", "store_url", default=lambda: os.environ.get("MODELC_STORE", DEFAULT_STORE), show_default="artifacts")
-@json_option
-@click.option("--debug", is_flag=True)
-def list_releases(name: str | None, store_url: str, as_json: bool, debug: bool) -> None:
+@timeout_option
+@global_options
+def list_releases(name: str | None, store_url: str, timeout: float | None, as_json: bool, debug: bool) -> None:
     """List stored releases (NAME VERSION per line)."""
     from modelc_build.stores import open_store
 
-    releases = _guarded(debug, lambda: open_store(store_url).list(name))
+    releases = _guarded(debug, lambda: open_store(store_url, timeout).list(name))
     if as_json:
         _json([{"name": release, "version": version} for release, version in releases])
         return

@@ -225,7 +225,14 @@ class DataReader:
             self._said_unused = True  # once per data set, not once per file
             print(f"warning: {path}: arrays {unused} are not model inputs ({names}) and are not read; "
                   "remove them, or name the input they are for in model.inputs", file=sys.stderr, flush=True)
-        return {name: archive[name] for name in names}
+        arrays = {}
+        for name in names:
+            try:
+                arrays[name] = archive[name]
+            except ValueError as exc:  # allow_pickle=False: an object array is pickled Python, never loaded
+                raise InputError(f"{path}: array '{name}' holds Python objects (dtype object), which modelc does not "
+                                 "load (it would run pickle): save it as a numeric array") from exc
+        return arrays
 
     # --- reading -------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ verification deletes the staging folder and leaves the destination untouched.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from modelc_build.signing import SignatureError, Trust, verified_digests, verify
 from modelc_build.stores import Store
 
 REPORT_FILES = ("report.json", "report.md")
+PARTIAL_FILE = ".modelc-pulled.json"  # beside a --target/--gpu pull: which signed files it holds, to re-verify later
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,7 @@ def _fetch_verified(store: Store, name: str, version: str, staging: Path, trust:
 
     try:
         store.fetch(name, version, staging, wanted)
-        verify_folder(staging, trust, expected=chosen.get("files"))
-        _check_identity(staging, name, version)
+        verify_folder(staging, trust, expected=chosen.get("files"), identity=(name, version))
     except VerificationError as exc:
         shutil.rmtree(staging, ignore_errors=True)  # never keep what failed verification
         raise type(exc)(f"{name}:{version}: " + exc.message.replace(f"{staging}/", "").replace(f"{staging}: ", "")) from exc
@@ -93,6 +94,10 @@ def _fetch_verified(store: Store, name: str, version: str, staging: Path, trust:
         shutil.rmtree(staging, ignore_errors=True)  # e.g. an unknown --target: nothing worth resuming
         raise
     _remove_leftovers(staging)
+    if chosen.get("files") is not None:
+        (staging / PARTIAL_FILE).write_text(json.dumps({"format_version": 1, "release": f"{name}:{version}",
+                                                         "target": target, "gpu": gpu,
+                                                         "files": sorted(chosen["files"] or [])}, indent=2) + "\n")
 
 
 @contextlib.contextmanager
@@ -120,11 +125,47 @@ def _move_into_place(staging: Path, destination: Path) -> Pulled:
     return Pulled(destination, files)
 
 
-def verify_folder(folder: Path, trust: Trust, expected: set[str] | None = None) -> None:
-    """All of a release (expected None) or the `expected` part of it matches its signature."""
+def verify_folder(folder: Path, trust: Trust, expected: set[str] | None = None, identity: tuple[str, str] | None = None) -> None:
+    """All of a release (expected None) or the `expected` part of it matches its signature, and the
+    signed manifest names the release asked for (`identity`) or, in a store's NAME/VERSION folder,
+    the one the folder says. A folder a partial pull wrote (PARTIAL_FILE) is checked for its part."""
     _refuse_links(folder)
     if not (folder / SIGNATURE_FILE).is_file():
         raise SignatureError(f"{folder}: no {SIGNATURE_FILE}: the release is not signed; refusing it")
+    if expected is None and (folder / PARTIAL_FILE).is_file():
+        expected = _partial_selection(folder)
+    _verify_signed_files(folder, trust, expected)
+    check_identity(folder, identity)
+
+
+def _partial_selection(folder: Path) -> set[str]:
+    try:
+        listed = json.loads((folder / PARTIAL_FILE).read_text())["files"]
+        if not isinstance(listed, list) or not all(isinstance(name, str) for name in listed):
+            raise ValueError("files is not a list of names")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise VerificationError(f"{folder / PARTIAL_FILE}: not a readable record of a partial pull ({exc}): refused") from exc
+    return set(listed)
+
+
+def check_identity(folder: Path, identity: tuple[str, str] | None) -> None:
+    """The signed manifest names `identity` (NAME, VERSION) when one is asked for; without one, a
+    folder laid out as NAME/VERSION must hold that release (a version copied to another version's
+    folder is refused)."""
+    manifest = read_manifest(folder)
+    signed = (str(manifest.get("name")), str(manifest.get("version")))
+    if identity is not None:
+        if signed != identity:
+            raise VerificationError(f"{folder}: expected {identity[0]}:{identity[1]}, but the signed release is "
+                                    f"{signed[0]}:{signed[1]}: refused")
+        return
+    if folder.resolve().parent.name == signed[0] and folder.resolve().name != signed[1]:
+        raise VerificationError(f"{folder}: the folder says version {folder.resolve().name}, but the signed release is "
+                                f"{signed[0]}:{signed[1]} (copied or renamed?): refused; --expect NAME:VERSION says "
+                                "which release to accept")
+
+
+def _verify_signed_files(folder: Path, trust: Trust, expected: set[str] | None) -> None:
     if expected is None:
         try:
             verify_release(folder, trust)
@@ -140,7 +181,7 @@ def verify_folder(folder: Path, trust: Trust, expected: set[str] | None = None) 
 
 def _mismatches(folder: Path, signed: dict[str, str], only: set[str] | None = None) -> list[str]:
     present = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != SIGNATURE_FILE
-               and not p.name.endswith(".part")}
+               and p.name != PARTIAL_FILE and not p.name.endswith(".part")}
     problems = []
     for path in sorted(present):
         if path not in signed:
@@ -176,14 +217,6 @@ def _diagnosis(folder: Path, trust: Trust) -> str | None:
         return str(exc)
     problems = _mismatches(folder, signed)
     return f"{folder}: " + "; ".join(problems) if problems else None
-
-
-def _check_identity(folder: Path, name: str, version: str) -> None:
-    """The signed manifest.json must name the release that was asked for (no version swaps)."""
-    manifest = read_manifest(folder)
-    if (manifest.get("name"), manifest.get("version")) != (name, version):
-        raise VerificationError(f"asked for {name}:{version} but the signed release is "
-                                f"{manifest.get('name')}:{manifest.get('version')}: refused")
 
 
 def _refuse_links(folder: Path) -> None:

@@ -129,11 +129,18 @@ class Engine:
         _check_graph(steps)
         status: dict[str, str] = {}
         entries: dict[str, CacheEntry] = {}
+        from modelc_build.errors import CodeNotRun
+
         for step in steps:
             if not all(need in entries for need in step.needs):
                 status[step.id] = "will run"
                 continue
-            entry, _ = self.cache.get(step_key(step, StepInputs(entries, facts)))
+            try:
+                key = step_key(step, StepInputs(entries, facts))
+            except CodeNotRun as unknown:
+                status[step.id] = f"will run ({unknown})"
+                continue
+            entry, _ = self.cache.get(key)
             if entry is None:
                 status[step.id] = "will run"
             else:
@@ -265,6 +272,10 @@ class Engine:
         summary.ran.append(step.id)
 
     def _fail(self, step: Step, error: BaseException, summary: RunSummary) -> None:
+        from modelc_build.errors import write_problem
+
+        if not isinstance(error, ModelcError):  # a full disk, a read-only folder: said as such, not as a bug
+            error = write_problem(error, f"the {step.id} step could not write its output") or error
         summary.failed[step.id] = error
         if isinstance(error, ModelcError):
             error.step_id = step.id  # type: ignore[attr-defined]  # where a kept log says it came from

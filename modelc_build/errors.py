@@ -14,6 +14,8 @@ Exit codes (also in the README):
     7  a model failed to export or compile
     8  verification failed: a signature is missing, invalid or from another signer, or a file or
        downloaded blob does not match its signed digest (nothing was written)
+    9  a network failure: a registry could not be reached, or did not answer within --timeout
+   10  a local folder cannot be written: read-only, permission denied, a file in its way, disk full
 """
 from __future__ import annotations
 
@@ -88,6 +90,54 @@ class StoreError(ModelcError):
     """The artifact store refused or failed to take a release."""
 
     exit_code = 5
+
+
+class NetworkError(StoreError):
+    """A registry could not be reached, or did not answer within the operation's time budget."""
+
+    exit_code = 9
+
+
+class WriteError(ModelcError):
+    """A folder modelc writes (the step cache, a store folder, a destination) cannot be written."""
+
+    exit_code = 10
+
+
+WRITE_ERRNOS = {"ENOSPC": "no space left on the device", "EDQUOT": "the disk quota is used up",
+                "EROFS": "the file system is read-only", "EACCES": "permission denied", "EPERM": "permission denied",
+                "ENOTDIR": "a file is where a folder must be"}
+STRERRORS = {"No space left on device": "ENOSPC", "Disk quota exceeded": "EDQUOT", "Read-only file system": "EROFS",
+             "Permission denied": "EACCES", "Not a directory": "ENOTDIR"}
+
+
+def write_problem(error: BaseException, where: str) -> WriteError | None:
+    """A one-line WriteError naming the cause (ENOSPC, EROFS, …) when `error`, or what caused it,
+    is one of those operating-system errors (shutil.Error's list of failed copies included); else None."""
+    import errno
+    import shutil
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        code, name = "", None
+        if isinstance(current, OSError) and current.errno is not None:
+            code, name = errno.errorcode.get(current.errno, ""), current.filename
+        elif isinstance(current, shutil.Error) and current.args and isinstance(current.args[0], list) and current.args[0]:
+            text = str(current.args[0][0][-1])  # (source, destination, why) of the first failed copy
+            code = next((c for words, c in STRERRORS.items() if words in text), "")
+        if code in WRITE_ERRNOS:
+            target = f" ({name})" if name else ""
+            fix = "free space there" if code in ("ENOSPC", "EDQUOT") else "give a folder that can be written"
+            return WriteError(f"{where}{target}: {WRITE_ERRNOS[code]} ({code}): {fix}")
+        current = current.__cause__ or current.__context__
+    return None
+
+
+class CodeNotRun(Exception):
+    """A key that only the recipe's own Python code could decide (a data function's output), asked
+    for where recipe code must not run (`modelc plan`, on untrusted pull requests)."""
 
 
 class BackendUnavailable(ModelcError):

@@ -140,6 +140,11 @@ def _export_with(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[str,
     except Exception as exc:
         import traceback
 
+        from modelc_build.errors import write_problem
+
+        disk = write_problem(exc, f"torch.onnx.export could not write {destination.name}")
+        if disk is not None:  # a full or read-only disk, not a model the exporter cannot handle
+            raise disk from exc
         details = "".join(log) + "\n" + "".join(traceback.format_exception(exc))
         raise CompileError(f"torch.onnx.export ({exporter} exporter) failed: {_first_lines(exc)}", details) from exc
     if not destination.is_file():

@@ -44,16 +44,19 @@ class DataSource:
 class Fingerprints:
     """Memoised digests for one build; picklable, so steps in fresh processes read the same."""
 
-    def __init__(self, cache: Cache | None = None) -> None:
+    def __init__(self, cache: Cache | None = None, run_code: bool = True) -> None:
+        """`run_code=False` (`modelc plan`): never run the recipe's data functions; a key that
+        needs one raises CodeNotRun."""
         self._cache = cache
+        self._run_code = run_code
         self._sources: dict[str, dict[str, Any]] = {}  # by repr: factory arguments may be lists
         self._data: dict[DataSource, dict[str, Any]] = {}
         self._materialized: dict[tuple[Dataset | None, tuple[TensorSpec, ...]], tuple[str, Path]] = {}  # a function's output
         self._files: dict[Path, str] = {}  # sha256 of each data file, read once per build
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"_cache": None, "_sources": self._sources, "_data": self._data, "_materialized": self._materialized,
-                "_files": self._files}
+        return {"_cache": None, "_run_code": self._run_code, "_sources": self._sources, "_data": self._data,
+                "_materialized": self._materialized, "_files": self._files}
 
     # --- the model -------------------------------------------------------------------------
 
@@ -108,6 +111,10 @@ class Fingerprints:
         whichever roles and splits read it."""
         key = (source.dataset, source.inputs)
         if key not in self._materialized:
+            if not self._run_code:
+                from modelc_build.errors import CodeNotRun
+
+                raise CodeNotRun(f"data.{source.role} is a Python data function; plan does not run recipe code")
             self._materialized[key] = self._materialize(source)
         return self._materialized[key]
 

@@ -726,6 +726,15 @@ def recipe_warnings(recipe_path: Path) -> list[RecipeProblem]:
                 "batch_axis: null for a scalar) or give the input a fixed value; if it is and the model allows it, "
                 "name it (e.g. batch)"))
     warnings += _layout_hints(recipe_path, located)
+    for role in ("calibration", "validation", "evaluation"):
+        dataset = (located.data.get("data") or {}).get(role)
+        if isinstance(dataset, dict) and isinstance(dataset.get("path"), str) and ".py:" not in dataset["path"]:
+            folder = recipe_path.parent / dataset["path"]
+            if folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
+                line, column = located.value_marks.get(("data", role, "path"), (1, 1))
+                warnings.append(RecipeProblem(str(recipe_path), line, column, f"data.{role}.path",
+                                              f"{folder.resolve()} is an empty folder: a build reads no samples from "
+                                              "it and stops; put the data there or fix the path"))
     return warnings
 
 
@@ -777,6 +786,7 @@ def load_recipe(path: Path, passed_schema_memo: Path | None = None) -> Recipe:
     if not isinstance(located.data, dict):
         raise RecipeError([RecipeProblem(str(path), 1, 1, "", "a recipe must be a YAML mapping (key: value lines)")])
     memo = _schema_memo_file(passed_schema_memo, raw) if passed_schema_memo else None
+    problems += _identity_problems(path, located)  # always: no memo stands in for a check that guards paths
     if memo is None or not memo.exists():
         problems += _schema_problems(path, located)
     if not problems:
@@ -784,9 +794,26 @@ def load_recipe(path: Path, passed_schema_memo: Path | None = None) -> Recipe:
     if problems:  # each problem once (a schema with several branches may report one thing per branch)
         raise RecipeError(sorted(dict.fromkeys(problems), key=lambda p: (p.line, p.column)))
     if memo is not None and not memo.exists():
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        memo.touch()
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            memo.touch()
+        except OSError:
+            pass  # a speed-up only: a cache that cannot be written is reported by the build itself
     return _to_recipe(path, hashlib.sha256(raw).hexdigest(), located.data)
+
+
+def _identity_problems(path: Path, located: _Located) -> list[RecipeProblem]:
+    """The release name and version, which become folder names and registry tags."""
+    from modelc_build.identity import name_problem, version_problem
+
+    problems = []
+    for key, check in (("name", name_problem), ("version", version_problem)):
+        if key in located.data:
+            problem = check(located.data[key])
+            if problem:
+                line, column = located.value_marks.get((key,), (1, 1))
+                problems.append(RecipeProblem(str(path), line, column, key, problem))
+    return problems
 
 
 def _schema_memo_file(folder: Path, raw: bytes) -> Path:

@@ -270,17 +270,39 @@ def release(recipe: Recipe, measured: Measured, report: Report, store: Store, st
 
 
 def measurement_digest(recipe: Recipe, report: Report) -> str:
-    """What a release's report was judged by, besides its model files: the task, the effective
-    gates, each data role's digest and the verification settings (not latencies, which vary run
-    to run). Part of a version's identity: the same files judged otherwise are another version."""
-    from dataclasses import asdict
-
+    """What a release's report was judged by, besides its model files: the task (and a custom
+    metric's code), the effective gates and where each came from, every data role's digest and
+    every setting of how it is read (preprocessing, samples, order, seed, labels), and the
+    verification settings (not latencies, which vary run to run). Part of a version's identity:
+    the same files judged otherwise are another version. `measurement_material` lists it."""
     from modelc_build.cache import cache_key
 
-    precisions = sorted({a.precision for a in report.artifacts})
-    return cache_key({"task": recipe.task.settings(), "gates": {p: asdict(recipe.gate_for(p)) for p in precisions},
-                      "data": {role: d.get("digest") for role, d in (report.data or {}).items()},
-                      "verify": asdict(recipe.verify)})
+    return cache_key(measurement_material(recipe, {role: d.get("digest") for role, d in (report.data or {}).items()}))
+
+
+def measurement_material(recipe: Recipe, data_digests: dict[str, Any]) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from modelc_build.manifest import sha256_file
+
+    def how_read(dataset: Any) -> dict[str, Any] | None:
+        if dataset is None:
+            return None
+        settings = asdict(dataset)
+        settings.pop("path")  # where the files are is not what they are: their digest is
+        labels = settings.pop("labels_path")
+        settings["labels_file"] = sha256_file(labels) if labels is not None and Path(labels).is_file() else None
+        return settings
+
+    metric = recipe.task.metric
+    metric_file = recipe.task.base_dir / metric.rsplit(":", 1)[0] if metric else None
+    return {"task": recipe.task.settings(),
+            "metric_code": sha256_file(metric_file) if metric_file is not None and metric_file.is_file() else None,
+            "gates": {p: asdict(recipe.gate_for(p)) for p in ("fp32", "fp16", "int8")},
+            "gate_sources": {p: recipe.gate_sources(p) for p in ("fp32", "fp16", "int8")},
+            "data": data_digests, "preprocess": asdict(recipe.preprocess) if recipe.preprocess else None,
+            "reading": {role: how_read(getattr(recipe, role)) for role in ("calibration", "validation", "evaluation")},
+            "verify": asdict(recipe.verify)}
 
 
 def _assemble(folder: Path, measured: Measured, report: Report) -> None:

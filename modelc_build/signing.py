@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from modelc_build.errors import VerificationError
+from modelc_build.errors import UsageError, VerificationError
 from modelc_build.manifest import SIGNATURE_FILE
 
 SIGNING_KEY_ENV = "MODELC_SIGNING_KEY"
@@ -250,7 +250,7 @@ def write_key_pair(prefix: Path) -> tuple[Path, Path]:
     private, public = Path(f"{prefix}.key"), Path(f"{prefix}.pub")
     for path in (private, public):
         if path.exists():
-            raise SignatureError(f"{path} exists: choose another --out prefix (keys are never overwritten)")
+            raise UsageError(f"{path} exists: choose another --out prefix (keys are never overwritten)")
     private.parent.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())

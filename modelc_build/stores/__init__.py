@@ -58,6 +58,15 @@ class Store(ABC):
         return None
 
 
+def check_release_id(name: str, version: str) -> None:
+    """Every store checks a release's name and version before they become a path or a tag."""
+    from modelc_build.identity import name_problem, version_problem
+
+    problem = name_problem(name) or version_problem(version)
+    if problem:
+        raise StoreError(f"refused: {problem}")
+
+
 def version_order(versions: Iterable[str]) -> list[str]:
     """Versions in release order (1.2.0 before 1.10.0, PEP 440 rules via packaging); names that
     are no version sort after them, alphabetically."""
@@ -72,11 +81,13 @@ def version_order(versions: Iterable[str]) -> list[str]:
     return sorted(versions, key=key)
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, timeout: float | None = None) -> Store:
+    """`timeout`: seconds one registry operation may take, all attempts together (default 300,
+    or MODELC_REGISTRY_TIMEOUT)."""
     if url.startswith("oci://"):
         from modelc_build.stores.oci import OciStore
 
-        return OciStore(url)
+        return OciStore(url, timeout=timeout)
     if url.startswith("file://"):
         url = url[len("file://"):]
     elif "://" in url:

@@ -10,7 +10,7 @@ from typing import Any, Callable
 from modelc_build.cache import Cache
 from modelc_build.errors import StoreError, VerificationError
 from modelc_build.manifest import SIGNATURE_FILE, read_manifest
-from modelc_build.stores import PushResult, Store, version_order
+from modelc_build.stores import PushResult, Store, check_release_id, version_order
 
 
 class LocalStore(Store):
@@ -21,6 +21,7 @@ class LocalStore(Store):
         return Cache(self.root / ".step-cache")
 
     def release_path(self, name: str, version: str) -> Path:
+        check_release_id(name, version)  # never a path outside the store, whatever a caller was given
         return self.root / name / version
 
     def stored_manifest(self, name: str, version: str) -> dict[str, Any] | None:
@@ -46,7 +47,10 @@ class LocalStore(Store):
             existing = self._existing_digest(final)
             if existing is not None:
                 return self._same_or_refuse(final, name, version, existing, content_digest)
-            raise StoreError(f"{final}: cannot write the release ({exc.strerror or exc}): check the store folder") from exc
+            from modelc_build.errors import write_problem
+
+            raise write_problem(exc, f"{final}: cannot write the release") or StoreError(
+                f"{final}: cannot write the release ({exc.strerror or type(exc).__name__}): check the store folder") from exc
         return PushResult(str(final), created=True)
 
     @staticmethod
@@ -96,8 +100,10 @@ class LocalStore(Store):
             _copy_regular(source / SIGNATURE_FILE, destination / SIGNATURE_FILE)
 
     def list(self, name: str | None = None) -> list[tuple[str, str]]:
+        if not self.root.exists():
+            raise StoreError(f"{self.root}: no store here (the folder does not exist): check --store / MODELC_STORE")
         if not self.root.is_dir():
-            return []
+            raise StoreError(f"{self.root}: a file, not a store folder: check --store / MODELC_STORE")
         names = [name] if name else sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
         found = []
         for release in names:

@@ -26,6 +26,7 @@ tokens never appear in messages.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import functools
 import hashlib
 import json
@@ -34,12 +35,12 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 from urllib.parse import urljoin, urlparse
 
-from modelc_build.errors import StoreError, VerificationError
+from modelc_build.errors import NetworkError, StoreError, VerificationError
 from modelc_build.manifest import SIGNATURE_FILE, safe_relative_path
-from modelc_build.stores import PushResult, Store, version_order
+from modelc_build.stores import PushResult, Store, check_release_id, version_order
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
 INDEX_TYPE = "application/vnd.oci.image.index.v1+json"
@@ -59,6 +60,10 @@ FILEPATH = "org.cncf.model.filepath"
 CONTENT_DIGEST = "dev.modelc.content-digest"
 CHUNK = 8 * 1024 * 1024  # upload chunk and download buffer: what a transfer holds in memory
 RETRIES = 5
+CONNECT_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 60.0  # silence this long within a response ends the attempt
+RETRY_AFTER_CAP_S = 30.0  # a registry asking to come back in an hour is not waited for
+DEFAULT_TIMEOUT_S = 300.0  # one operation (a push, a pull, a listing), all attempts together
 TAGS_PER_PAGE = 1000
 MAX_TAG_PAGES = 1000
 LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
@@ -108,8 +113,18 @@ class _Credentials:
         return (self.user, self.secret) if self.secret else None
 
 
+def bounded(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A public store operation runs within the store's time budget (OciStore.operation)."""
+    @functools.wraps(method)
+    def run(self: OciStore, *args: Any, **kwargs: Any) -> Any:
+        with self.operation(method.__name__):
+            return method(self, *args, **kwargs)
+
+    return run
+
+
 class OciStore(Store):
-    def __init__(self, url: str, chunk_size: int = CHUNK) -> None:
+    def __init__(self, url: str, chunk_size: int = CHUNK, timeout: float | None = None) -> None:
         parsed = urlparse(url)
         if parsed.scheme != "oci" or not parsed.netloc:
             raise StoreError(f"store URL '{url}': expected oci://HOST[:PORT]/REPOSITORY")
@@ -120,12 +135,28 @@ class OciStore(Store):
         self.root = f"{'http' if plain else 'https'}://{self.host}"
         self.url = url
         self.chunk_size = chunk_size
-        self.backoff = 0.5  # seconds before the first retry; doubles each time
+        self.backoff = 0.5  # seconds before the first retry; doubles each time, with jitter
+        self.timeout = timeout if timeout is not None else float(os.environ.get("MODELC_REGISTRY_TIMEOUT", DEFAULT_TIMEOUT_S))
+        self._deadline: float | None = None
+        self._operation = ""
         self._session: Any = None
         self._credentials = _Credentials()
         self._tokens: dict[str, str] = {}
 
     # --- HTTP ---------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def operation(self, name: str) -> Iterator[None]:
+        """The deadline of one operation, every request and retry of it together; it starts with
+        the outermost operation (a push that lists tags first shares one budget)."""
+        if self._deadline is not None:
+            yield
+            return
+        self._deadline, self._operation = time.monotonic() + self.timeout, name
+        try:
+            yield
+        finally:
+            self._deadline = None
 
     @property
     def session(self) -> Any:
@@ -140,27 +171,27 @@ class OciStore(Store):
 
     def _request(self, method: str, url: str, repository: str, *, body: Callable[[], Any] | None = None,
                  expect: tuple[int, ...] = (200,), headers: dict[str, str] | None = None, stream: bool = False,
-                 push: bool = False) -> Any:
-        """One API call with auth and retries. `body` makes a fresh body for every attempt."""
+                 push: bool = False, retry: Any = None) -> Any:
+        """One API call with auth and retries, within the operation's deadline. `body` makes a fresh
+        body for every attempt. `retry`: a caller's retry state to draw on (a resumed download
+        counts every attempt against one budget); this is the client's only retry loop."""
         import requests
 
         full = url if url.startswith("http") else f"{self.root}/v2/{url}"
         scope = f"repository:{repository}:{'pull,push' if push else 'pull'}"
-        retry = self._retry_policy()
+        retry = retry if retry is not None else self._retry_policy()
         refreshed = False
-        attempts = 0
         while True:
-            attempts += 1
             sent = dict(headers or {})
             token = self._tokens.get(scope)
             if token:
                 sent["Authorization"] = token
             try:
                 response = self.session.request(method, full, data=body() if body else None, headers=sent,
-                                                stream=stream, timeout=(10, 300))
+                                                stream=stream, timeout=self._timeouts(method, full))
             except (requests.ConnectionError, requests.Timeout) as exc:
-                retry = self._next_retry(retry, method, full, attempts, error=exc)
-                retry.sleep()
+                retry = self._next_retry(retry, method, full, error=exc)
+                self._pause(retry, None, method, full)
                 continue
             if response.status_code == 401 and (not token or not refreshed):
                 # no token yet, or one that expired during a long transfer: (re)authenticate once
@@ -171,36 +202,66 @@ class OciStore(Store):
                     response.close()
                     continue
             if retry.is_retry(method, response.status_code, "Retry-After" in response.headers):
-                retry = self._next_retry(retry, method, full, attempts, response=response)
-                retry.sleep(response.raw)  # honours Retry-After (429, 503)
+                retry = self._next_retry(retry, method, full, response=response)
+                self._pause(retry, response, method, full)
                 response.close()
                 continue
             if response.status_code not in expect:
                 raise self._error(method, full, response)
             return response
 
+    def _remaining(self, method: str, full: str) -> float:
+        """Seconds left of the operation's budget; a NetworkError when there are none."""
+        if self._deadline is None:
+            return self.timeout
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise NetworkError(f"{self.url}: {self._operation or method} did not finish within {self.timeout:g} s "
+                               f"(--timeout; the registry was at {method} {_path_of(full)}): check the registry, "
+                               "or give it longer")
+        return left
+
+    def _timeouts(self, method: str, full: str) -> tuple[float, float]:
+        left = self._remaining(method, full)
+        return min(CONNECT_TIMEOUT_S, left), min(READ_TIMEOUT_S, left)
+
+    def _pause(self, retry: Any, response: Any, method: str, full: str) -> None:
+        """Back off before the next attempt: the registry's Retry-After (capped), else urllib3's
+        exponential backoff with jitter, and never past the deadline."""
+        asked = retry.get_retry_after(response.raw) if response is not None else None
+        wait = min(float(asked), RETRY_AFTER_CAP_S) if asked is not None else retry.get_backoff_time()
+        left = self._remaining(method, full)
+        if wait >= left:
+            said = f"asked to retry after {asked:g} s" if asked is not None else "kept failing"
+            raise NetworkError(f"{self.url}: {method} {_path_of(full)}: the registry {said}, beyond the "
+                               f"{self.timeout:g} s this operation may take (--timeout): try again later")
+        time.sleep(wait)
+
     def _retry_policy(self) -> Any:
         """urllib3's Retry: idempotent requests only, on 429 (with Retry-After), 5xx and dropped
-        connections, with exponential backoff; POST and PATCH (upload steps) are never repeated."""
+        connections, with exponential backoff and jitter; POST and PATCH (upload steps) are never
+        repeated."""
         from urllib3.util.retry import Retry
 
         return Retry(total=RETRIES - 1, backoff_factor=self.backoff, status_forcelist=(429, 500, 502, 503, 504),
                      allowed_methods=frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"}),
-                     respect_retry_after_header=True, raise_on_status=False, backoff_max=60)
+                     respect_retry_after_header=True, raise_on_status=False, backoff_max=RETRY_AFTER_CAP_S,
+                     backoff_jitter=self.backoff)
 
-    def _next_retry(self, retry: Any, method: str, full: str, attempts: int, *, error: Exception | None = None,
+    def _next_retry(self, retry: Any, method: str, full: str, *, error: Exception | None = None,
                     response: Any = None) -> Any:
         from urllib3.exceptions import MaxRetryError, ProtocolError
 
         if error is not None and method.upper() not in retry.allowed_methods:
-            raise StoreError(f"{self.url}: {method} {_path_of(full)} failed ({type(error).__name__}) and is not "
-                             "repeated (not idempotent): push again") from error
+            raise NetworkError(f"{self.url}: {method} {_path_of(full)} failed ({type(error).__name__}) and is not "
+                               "repeated (not idempotent): push again") from error
         try:
             return retry.increment(method, full, response=response.raw if response is not None else None,
                                    error=None if error is None else ProtocolError(str(error)))  # a dropped connection
         except MaxRetryError as exhausted:
             what = type(error).__name__ if error is not None else f"HTTP {response.status_code}"
-            raise StoreError(f"{self.url}: {method} {_path_of(full)} failed after {attempts} attempts: {what}") from exhausted
+            raise NetworkError(f"{self.url}: {method} {_path_of(full)} failed after {len(retry.history) + 1} "
+                               f"attempts: {what}") from exhausted
 
     def _authenticate(self, response: Any, scope: str) -> None:
         """Answer a 401 challenge: a bearer token from the named realm, or basic auth."""
@@ -218,7 +279,8 @@ class OciStore(Store):
         if kind.lower() != "bearer" or "realm" not in fields:
             return
         query = {"service": fields.get("service", ""), "scope": fields.get("scope", scope)}
-        answer = self.session.get(fields["realm"], params=query, auth=self._credentials.basic(), timeout=(10, 60))
+        answer = self.session.get(fields["realm"], params=query, auth=self._credentials.basic(),
+                                  timeout=self._timeouts("GET", fields["realm"]))
         if answer.status_code != 200:
             raise StoreError(f"{self.url}: the registry's token service refused access to {query['scope']} "
                              f"(HTTP {answer.status_code}): set MODELC_REGISTRY_USER and MODELC_REGISTRY_TOKEN "
@@ -285,7 +347,9 @@ class OciStore(Store):
         partial = destination.with_name(destination.name + ".part")
         destination.parent.mkdir(parents=True, exist_ok=True)
         hasher = _Sha256Stream(partial)  # hashes what is written as it is written: one read of each byte
-        for attempt in range(RETRIES):
+        retry = self._retry_policy()  # one budget for every attempt of this blob, resumed or not
+        full = f"{self.root}/v2/{repository}/blobs/{descriptor.digest}"
+        while True:
             have = hasher.size
             if have > descriptor.size:
                 partial.unlink()
@@ -294,12 +358,11 @@ class OciStore(Store):
             headers = {"Range": f"bytes={have}-"} if 0 < have < descriptor.size else {}
             try:
                 if have < descriptor.size or descriptor.size == 0:
-                    self._fetch_into(repository, descriptor, hasher, headers)
+                    self._fetch_into(repository, descriptor, hasher, headers, retry)
                 break
-            except _Interrupted:
-                if attempt == RETRIES - 1:
-                    raise StoreError(f"{self.url}: downloading {descriptor.digest[:19]} kept failing") from None
-                time.sleep(self.backoff * 2 ** attempt)
+            except _Interrupted as dropped:  # the body stopped mid-way: resume from what arrived
+                retry = self._next_retry(retry, "GET", full, error=dropped)
+                self._pause(retry, None, "GET", full)
         digest = hasher.hexdigest()
         served = hasher.size
         if served != descriptor.size or f"sha256:{digest}" != descriptor.digest:
@@ -310,11 +373,12 @@ class OciStore(Store):
                                     "is corrupt or was replaced)")
         os.replace(partial, destination)
 
-    def _fetch_into(self, repository: str, descriptor: Descriptor, stream: _Sha256Stream, headers: dict[str, str]) -> None:
+    def _fetch_into(self, repository: str, descriptor: Descriptor, stream: _Sha256Stream, headers: dict[str, str],
+                    retry: Any) -> None:
         import requests
 
         response = self._request("GET", f"{repository}/blobs/{descriptor.digest}", repository, stream=True,
-                                 expect=(200, 206), headers=headers)
+                                 expect=(200, 206), headers=headers, retry=retry)
         if response.status_code == 200:  # the registry ignored the range: start over
             stream.restart()
         try:
@@ -354,13 +418,16 @@ class OciStore(Store):
     # --- the Store interface ------------------------------------------------------------------
 
     def location(self, name: str, version: str) -> str:
+        check_release_id(name, version)
         return f"{self.url.rstrip('/')}/{name}:{version}"
 
     def step_cache(self) -> OciStepCache:
         return OciStepCache(self)
 
+    @bounded
     def stored_manifest(self, name: str, version: str) -> dict[str, Any] | None:
         """The config blob of the tagged release (small; checked against its digest)."""
+        check_release_id(name, version)
         import tempfile
 
         repository = self.repository(name)
@@ -373,7 +440,9 @@ class OciStore(Store):
             manifest: dict[str, Any] = json.loads(path.read_text())
         return manifest
 
+    @bounded
     def push(self, staged: Path, name: str, version: str, content_digest: str) -> PushResult:
+        check_release_id(name, version)
         repository = self.repository(name)
         location = self.location(name, version)
         existing = self.get_manifest(repository, version)
@@ -444,9 +513,11 @@ class OciStore(Store):
                 return Descriptor.from_json(entry)
         return None
 
+    @bounded
     def fetch(self, name: str, version: str, destination: Path, wanted: Callable[[dict[str, Any]], set[str] | None]) -> None:
         """Download the release (or the files `wanted` picks from its manifest.json) and its
         signature into `destination`, every blob checked against its digest."""
+        check_release_id(name, version)
         repository = self.repository(name)
         found = self.get_manifest(repository, version)
         if found is None:
@@ -475,6 +546,7 @@ class OciStore(Store):
             bundle = Descriptor.from_json(signed[0]["layers"][0])
             self.download_blob(repository, bundle, destination / SIGNATURE_FILE)
 
+    @bounded
     def list(self, name: str | None = None) -> list[tuple[str, str]]:
         names = [name] if name else self._catalog()
         found = []
@@ -546,6 +618,10 @@ class OciStepCache:
         entry, _ = self.local.get(key)
         if entry is not None:
             return entry, ""
+        with self.store.operation("step cache get"):
+            return self._download(key)
+
+    def _download(self, key: str) -> tuple[Any, str]:
         found = self.store.get_manifest(self.repository, self._tag(key))
         if found is None or found[0].get("artifactType") != STEP_TYPE:
             return None, "not in the registry's step cache"
@@ -561,6 +637,10 @@ class OciStepCache:
             return self.local.put(key, step, folder), ""
 
     def put(self, key: str, step: str, produced: Path) -> None:
+        with self.store.operation("step cache put"):
+            self._upload(key, step, produced)
+
+    def _upload(self, key: str, step: str, produced: Path) -> None:
         if self.store.get_manifest(self.repository, self._tag(key)) is not None:
             return  # another job stored it: same key, same content
         layers = []
