@@ -102,15 +102,16 @@ def _fetch_verified(store: Store, name: str, version: str, staging: Path, trust:
 
 @contextlib.contextmanager
 def _locked(folder: Path) -> Iterator[None]:
-    """An exclusive lock on a folder (flock on its descriptor), released by the OS if we die."""
-    import fcntl
+    """An exclusive lock for pulls into one folder (filelock: an OS lock, released if we die),
+    kept in the temporary folder so that nothing is left beside the destination."""
+    import hashlib
+    import tempfile
 
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
+    from filelock import FileLock
+
+    name = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]
+    with FileLock(str(Path(tempfile.gettempdir()) / f"modelc-pull-{name}.lock")):
         yield
-    finally:
-        os.close(descriptor)
 
 
 def _move_into_place(staging: Path, destination: Path) -> Pulled:

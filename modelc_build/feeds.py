@@ -196,3 +196,55 @@ def _random(rng: np.random.Generator, spec: TensorSpec, shape: tuple[int, ...]) 
     if spec.dtype.startswith("float"):
         return rng.random(shape, dtype=np.float32).astype(spec.dtype)
     return rng.integers(0, 2, size=shape).astype(spec.dtype)
+
+
+class FeedReader:
+    """onnxruntime's CalibrationDataReader protocol (plus ModelOpt's `get_first`) over modelc's
+    batches: one batch in memory at a time, at most `limit` samples, each feed cut to the model's
+    batch size where that is fixed (a `[1, 3, H, W]` model is fed one sample at a time)."""
+
+    def __init__(self, feeds: Callable[[], Iterator[dict[str, Any]]], limit: int,
+                 inputs: tuple[TensorSpec, ...] = ()) -> None:
+        self._feeds = lambda: _fitted(feeds(), inputs)
+        self._inputs = inputs
+        self._limit = limit
+        self._iterator: Iterator[dict[str, Any]] | None = None
+        self._given = 0
+        self.samples = 0
+
+    def get_next(self) -> dict[str, Any] | None:
+        if self._iterator is None:
+            self._iterator = self._feeds()
+        if self._given >= self._limit:
+            return None
+        feed = next(self._iterator, None)
+        if feed is None:
+            return None
+        room = self._limit - self._given
+        feed = {name: array[:room] for name, array in feed.items()}
+        count = len(next(iter(feed.values())))
+        self._given += count
+        self.samples = self._given
+        return model_feed(self._inputs, feed)
+
+    def get_first(self) -> dict[str, Any] | None:
+        """ModelOpt peeks at one feed to try the session; it does not move the reader."""
+        first = next(iter(self._feeds()), None)
+        return None if first is None else model_feed(self._inputs, {name: array[:self._limit] for name, array in first.items()})
+
+    def samples_per_feed(self) -> int:
+        """How many samples the first feed holds (the model's fixed batch, or a data batch)."""
+        first = next(iter(self._feeds()), None)
+        return 0 if first is None else min(self._limit, len(next(iter(first.values()))))
+
+    def rewind(self) -> None:
+        self._iterator = None
+        self._given = 0
+
+
+def _fitted(feeds: Iterator[dict[str, Any]], inputs: tuple[TensorSpec, ...]) -> Iterator[dict[str, Any]]:
+    """Sample-first feeds cut to the model's fixed batch (a short remainder is dropped)."""
+    size = fixed_batch(inputs)
+    for feed in feeds:
+        for call, _ in split(feed, size, pad=False):
+            yield call

@@ -18,12 +18,12 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from modelc_build.errors import BackendUnavailable, CompileError, InputError, ModelcError, first_line
-from modelc_build.feeds import fixed_batch, model_feed, split
+from modelc_build.errors import BackendUnavailable, CompileError, ModelcError, first_line
+from modelc_build.feeds import FeedReader
+from modelc_build.onnx_graph import WEIGHTED_LAYERS, excluded_nodes, output_head  # noqa: F401 - one place for callers
 from modelc_build.recipe import Quantization, TensorSpec
 
 INSTALL_HINT = "pip install 'modelc-build[modelopt]'"
@@ -37,101 +37,6 @@ def _modelopt_quantize() -> Callable[..., None]:
             f"Q/DQ INT8 (onnxruntime/tensorrt int8) needs NVIDIA ModelOpt's ONNX quantizer, which is not installed "
             f"({exc.msg.splitlines()[0]}): run {INSTALL_HINT}") from exc
     return quantize
-
-
-class FeedReader:
-    """onnxruntime's CalibrationDataReader protocol (plus ModelOpt's `get_first`) over modelc's
-    batches: one batch in memory at a time, at most `limit` samples, each feed cut to the model's
-    batch size where that is fixed (a `[1, 3, H, W]` model is fed one sample at a time)."""
-
-    def __init__(self, feeds: Callable[[], Iterator[dict[str, Any]]], limit: int,
-                 inputs: tuple[TensorSpec, ...] = ()) -> None:
-        self._feeds = lambda: _fitted(feeds(), inputs)
-        self._inputs = inputs
-        self._limit = limit
-        self._iterator: Iterator[dict[str, Any]] | None = None
-        self._given = 0
-        self.samples = 0
-
-    def get_next(self) -> dict[str, Any] | None:
-        if self._iterator is None:
-            self._iterator = self._feeds()
-        if self._given >= self._limit:
-            return None
-        feed = next(self._iterator, None)
-        if feed is None:
-            return None
-        room = self._limit - self._given
-        feed = {name: array[:room] for name, array in feed.items()}
-        count = len(next(iter(feed.values())))
-        self._given += count
-        self.samples = self._given
-        return model_feed(self._inputs, feed)
-
-    def get_first(self) -> dict[str, Any] | None:
-        """ModelOpt peeks at one feed to try the session; it does not move the reader."""
-        first = next(iter(self._feeds()), None)
-        return None if first is None else model_feed(self._inputs, {name: array[:self._limit] for name, array in first.items()})
-
-    def samples_per_feed(self) -> int:
-        """How many samples the first feed holds (the model's fixed batch, or a data batch)."""
-        first = next(iter(self._feeds()), None)
-        return 0 if first is None else min(self._limit, len(next(iter(first.values()))))
-
-    def rewind(self) -> None:
-        self._iterator = None
-        self._given = 0
-
-
-def _fitted(feeds: Iterator[dict[str, Any]], inputs: tuple[TensorSpec, ...]) -> Iterator[dict[str, Any]]:
-    """Sample-first feeds cut to the model's fixed batch (a short remainder is dropped)."""
-    size = fixed_batch(inputs)
-    for feed in feeds:
-        for call, _ in split(feed, size, pad=False):
-            yield call
-
-
-WEIGHTED_LAYERS = ("Conv", "Gemm", "MatMul")  # the layers INT8 is for
-
-
-def output_head(onnx_model: Path) -> list[str]:
-    """Nodes from which no Conv/Gemm/MatMul can be reached: the graph's tail after its last layers
-    with weights (a detector's box decode, concatenations, activations of the outputs)."""
-    import onnx
-
-    graph = onnx.load(str(onnx_model), load_external_data=False).graph
-    consumers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    feeds_a_layer: dict[str, bool] = {}
-
-    def reaches_layer(node: Any) -> bool:
-        if node.name in feeds_a_layer:
-            return feeds_a_layer[node.name]
-        feeds_a_layer[node.name] = False  # graphs are acyclic; this only guards the recursion
-        found = any(consumer.op_type in WEIGHTED_LAYERS or reaches_layer(consumer)
-                    for output in node.output for consumer in consumers.get(output, []))
-        feeds_a_layer[node.name] = found
-        return found
-
-    return [node.name for node in graph.node
-            if node.op_type not in WEIGHTED_LAYERS and node.name and not reaches_layer(node)]
-
-
-def excluded_nodes(onnx_model: Path, options: Quantization) -> list[str]:
-    """ONNX node names kept in higher precision: `ignore.names` must exist, `ignore.patterns` match."""
-    import onnx
-
-    names = [node.name for node in onnx.load(str(onnx_model), load_external_data=False).graph.node]
-    unknown = [n for n in options.ignore_names if n not in names]
-    if unknown:
-        raise InputError(f"quantization.ignore.names: {', '.join(unknown)} not in the ONNX graph; "
-                         f"its nodes include {', '.join(names[:8])}…")
-    chosen = list(options.ignore_names)
-    for pattern in options.ignore_patterns:
-        chosen += [n for n in names if re.fullmatch(pattern, n) and n not in chosen]
-    return chosen
 
 
 def quantize_qdq(onnx_model: Path, inputs: tuple[TensorSpec, ...], feeds: Callable[[], Iterator[dict[str, Any]]],

@@ -440,8 +440,11 @@ def _target(entry: dict[str, Any], precision: str) -> Target:
                   bool(entry.get("verify_on_gpu", False)))
 
 
+Add = Callable[[tuple[Any, ...], str], None]  # report a problem at a key path
+
+
 def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
-    """Rules JSON Schema cannot say clearly: combinations of keys."""
+    """Rules JSON Schema cannot say clearly: combinations of keys, one section at a time."""
     data = located.data
     problems: list[RecipeProblem] = []
 
@@ -451,7 +454,23 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
 
     for at, value in _not_finite(data):
         add(at, f"{value} is not a number a gate or setting can use: write a finite number")
+    _check_model_source(data, add)
+    _check_targets(data, add)
+    _check_datasets(data, add)
+    _check_labels(data, add)
+    _check_preprocess_size(data, add)
+    _check_task(data, add)
+    _check_gates(data, add)
+    return problems
 
+
+def _target_ids(data: dict[str, Any]) -> list[tuple[Any, Any]]:
+    return [(t.get("backend"), p) for t in data.get("targets", []) for p in t.get("precisions", [])]
+
+
+def _check_model_source(data: dict[str, Any], add: Add) -> None:
+    """A torch source has a factory and weights; a file source has a path; Python arguments and
+    the exporter fit the source."""
     model = data.get("model", {})
     source = model.get("source")
     if source == "torch":
@@ -479,6 +498,11 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
         add(("export", "exporter") if "exporter" in export else ("model", "source"),
             "a torchscript source can only be exported by the TorchScript-based exporter: set export.exporter: torchscript "
             "or auto")
+
+
+def _check_targets(data: dict[str, Any], add: Add) -> None:
+    """Each backend's precisions and options; int8 needs calibration data; no target twice."""
+    source = data.get("model", {}).get("source")
     for index, target in enumerate(data.get("targets", [])):
         backend = target.get("backend")
         for p_index, precision in enumerate(target.get("precisions", [])):
@@ -500,41 +524,52 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
                 f"{target.get('max_batch', 32)}: the engines are tuned for a batch inside their range")
         if backend == "torchscript" and source == "torchscript" and target.get("mode") == "script":
             add(("targets", index, "mode"), "the source is already TorchScript; remove 'mode'")
-    ids = [(t.get("backend"), p) for t in data.get("targets", []) for p in t.get("precisions", [])]
+    ids = _target_ids(data)
     if any(p == "int8" for _, p in ids) and "calibration" not in data.get("data", {}):
         add(("targets",), "an int8 target is calibrated on representative data: add data.calibration")
     if "quantization" in data and not any(p == "int8" for _, p in ids):
         add(("quantization",), "no target builds int8: remove this section or add an int8 target")
     for duplicate in sorted({i for i in ids if ids.count(i) > 1}, key=str):
         add(("targets",), f"target {duplicate[0]}-{duplicate[1]} is listed twice")
+
+
+def _check_datasets(data: dict[str, Any], add: Add) -> None:
+    """Each data role's format, preprocessing, token fields and order, for the model it feeds."""
+    model = data.get("model", {})
     data_section = data.get("data", {})
-    task = data.get("task", {})
-    evaluation = data_section.get("evaluation", {})
     stateful = any("state_from" in spec for spec in model.get("inputs") or [])
     for name in ("calibration", "validation", "evaluation"):
         dataset = data_section.get(name)
         if name == "validation" and stateful and not dataset and data.get("quantization", {}).get("sensitivity_layers"):
             add(("quantization", "sensitivity_layers"), "a model with state is measured on a stream; every 4th "
                 "calibration sample is not one: add data.validation")
-        if dataset and stateful and dataset.get("shuffle"):
+        if not dataset:
+            continue
+        kind = _dataset_format(dataset)
+        if stateful and dataset.get("shuffle"):
             add(("data", name, "shuffle"), "a model with state reads its data as one stream, in order: remove shuffle")
-        if dataset and _dataset_format(dataset) == "images" and "preprocess" not in data_section:
+        if kind == "images" and "preprocess" not in data_section:
             add(("data", name), "an image folder needs data.preprocess (size, resize, scale, ...)")
-        if dataset and _dataset_format(dataset) != "images" and dataset.get("labels", "none") != "none":
+        if kind != "images" and dataset.get("labels", "none") != "none":
             add(("data", name, "labels"), "labels are read from image folders only; use format: images")
-        if dataset and "tokens" in dataset and _dataset_format(dataset) != "tokens":
+        if "tokens" in dataset and kind != "tokens":
             add(("data", name, "tokens"), "tokens describes a tokenized text file (format: tokens); remove it")
-        if dataset and _dataset_format(dataset) == "tokens":
+        if kind == "tokens":
             names = [i.get("name") for i in model.get("inputs") or []]
             for key in ("ids", "mask", "type_ids"):
                 chosen = (dataset.get("tokens") or {}).get(key)
                 if chosen is not None and chosen not in names:
                     add(("data", name, "tokens", key), f"'{chosen}' is not one of model.inputs {names}")
-        if dataset and _dataset_format(dataset) == "python":
+        if kind == "python":
             if ":" not in str(dataset.get("path", "")):
                 add(("data", name, "path"), "a python data source is FILE.py:FUNCTION, e.g. data/make.py:batches")
             if dataset.get("shuffle"):
                 add(("data", name, "shuffle"), "a python data source yields its own order; remove shuffle")
+
+
+def _check_labels(data: dict[str, Any], add: Add) -> None:
+    """Labels in a format the task reads, with the labels file the format needs."""
+    data_section, task = data.get("data", {}), data.get("task", {})
     if task.get("type") in ("classification", "detection"):
         wanted = ("folders", "csv") if task["type"] == "classification" else ("yolo", "ultralytics", "coco")
         for role in ("evaluation", "validation"):
@@ -542,7 +577,7 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
             if dataset.get("labels", "none") not in ("none", *wanted):
                 add(("data", role, "labels"), f"a {task['type']} task reads labels {' or '.join(wanted)}: set one of them, "
                     "or leave labels out to judge by agreement with the reference")
-        if not evaluation:
+        if not data_section.get("evaluation", {}):
             add(("task",), f"a {task['type']} task is measured on data.evaluation (labels optional): add it")
     for role in ("calibration", "validation", "evaluation"):
         dataset = data_section.get(role) or {}
@@ -551,8 +586,13 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
             add(("data", role, "labels"), f"labels: {dataset['labels']} reads a labels file: add data.{role}.labels_path")
         if "labels_path" in dataset and not needs_file:
             add(("data", role, "labels_path"), "labels_path is for labels: csv, coco or ultralytics; remove it")
+
+
+def _check_preprocess_size(data: dict[str, Any], add: Add) -> None:
+    """data.preprocess.size agrees with the image input's fixed height and width."""
+    data_section = data.get("data", {})
     size = data_section.get("preprocess", {}).get("size")
-    image_input = (model.get("inputs") or [{}])[0].get("shape", [])
+    image_input = (data.get("model", {}).get("inputs") or [{}])[0].get("shape", [])
     if size and len(image_input) == 4:
         spatial = _spatial(image_input, data_section["preprocess"].get("layout", "nchw"))
         fixed = [(axis, want, got) for axis, want, got in zip(("height", "width"), spatial, size) if isinstance(want, int)
@@ -560,6 +600,11 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
         if fixed:
             add(("data", "preprocess", "size"), f"size {size} does not match model.inputs[0].shape {image_input} "
                 "(" + ", ".join(f"{axis} {want}" for axis, want, _ in fixed) + "): make them agree")
+
+
+def _check_task(data: dict[str, Any], add: Add) -> None:
+    """The task's layout, outputs and metric keys fit its type and the model's outputs."""
+    task, outputs = data.get("task", {}), data.get("model", {}).get("outputs", [])
     separate = task.get("layout") == "separate"
     for key in ("boxes_output", "scores_output"):
         if key in task and not separate:
@@ -567,8 +612,8 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
                 "or remove it")
         elif separate and key not in task:
             add(("task",), f"task.layout separate reads two outputs: add task.{key} (one of model.outputs)")
-        elif separate and task[key] not in model.get("outputs", []):
-            add(("task", key), f"'{task[key]}' is not one of model.outputs {model.get('outputs')}")
+        elif separate and task[key] not in outputs:
+            add(("task", key), f"'{task[key]}' is not one of model.outputs {outputs}")
     if separate and "output" in task:
         add(("task", "output"), "the separate layout reads task.boxes_output and task.scores_output; remove task.output")
     if "layout" in task and task.get("type") != "detection":
@@ -579,16 +624,20 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
         for key in ("metric", "higher_is_better"):
             if key in task:
                 add(("task", key), f"'{key}' is for task type custom; remove it")
-    if task.get("output") and task["output"] not in model.get("outputs", []):
-        add(("task", "output"), f"'{task['output']}' is not one of model.outputs {model.get('outputs')}")
-    gates = data.get("gates", {})
+    if task.get("output") and task["output"] not in outputs:
+        add(("task", "output"), f"'{task['output']}' is not one of model.outputs {outputs}")
+
+
+def _check_gates(data: dict[str, Any], add: Add) -> None:
+    """Gates for precisions some target builds; task-metric gates only where a task metric exists."""
+    gates, task = data.get("gates", {}), data.get("task", {})
+    built = {p for _, p in _target_ids(data)}
     for precision in gates:
-        if precision != "default" and precision not in {p for _, p in ids}:
+        if precision != "default" and precision not in built:
             add(("gates", precision), f"no target builds {precision}; remove this gate or add a target")
     for precision, gate in gates.items():
         if ("max_metric_drop" in gate or "min_metric" in gate) and task.get("type", "generic") in ("generic", "none"):
             add(("gates", precision), "task-metric gates need task.type classification, detection, embedding or custom")
-    return problems
 
 
 def _leaves(value: Any) -> list[Any]:
@@ -786,8 +835,10 @@ def load_recipe(path: Path, passed_schema_memo: Path | None = None) -> Recipe:
     if not isinstance(located.data, dict):
         raise RecipeError([RecipeProblem(str(path), 1, 1, "", "a recipe must be a YAML mapping (key: value lines)")])
     memo = _schema_memo_file(passed_schema_memo, raw) if passed_schema_memo else None
-    problems += _identity_problems(path, located)  # always: no memo stands in for a check that guards paths
-    if memo is None or not memo.exists():
+    schema_skipped = memo is not None and memo.exists()
+    # always: no memo stands in for the checks that guard paths (the schema checks the name's pattern too)
+    problems += _identity_problems(path, located, ("name", "version") if schema_skipped else ("version",))
+    if not schema_skipped:
         problems += _schema_problems(path, located)
     if not problems:
         problems += _cross_field_problems(path, located)
@@ -802,13 +853,13 @@ def load_recipe(path: Path, passed_schema_memo: Path | None = None) -> Recipe:
     return _to_recipe(path, hashlib.sha256(raw).hexdigest(), located.data)
 
 
-def _identity_problems(path: Path, located: _Located) -> list[RecipeProblem]:
+def _identity_problems(path: Path, located: _Located, keys: tuple[str, ...]) -> list[RecipeProblem]:
     """The release name and version, which become folder names and registry tags."""
     from modelc_build.identity import name_problem, version_problem
 
     problems = []
     for key, check in (("name", name_problem), ("version", version_problem)):
-        if key in located.data:
+        if key in keys and key in located.data:
             problem = check(located.data[key])
             if problem:
                 line, column = located.value_marks.get((key,), (1, 1))

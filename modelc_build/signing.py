@@ -195,10 +195,13 @@ def verified_digests(signature: Path, trust: Trust) -> dict[str, str]:
     """The file digests (path -> sha256 hex) a signature vouches for, after checking the signature
     itself; used to verify a partial download (one target of a release)."""
     config = _verifying_config(trust)
-    try:
+    try:  # model-signing 1.x has no public per-file API: its verifier, reached through a guard
         from model_signing._signing import sign_sigstore as sigstore_bundle
         from model_signing._signing import sign_sigstore_pb as sigstore_pb
-
+    except ImportError as exc:
+        raise SignatureError(f"{signature}: this model-signing ({_model_signing_version()}) cannot verify part of a "
+                             "release: pull the whole release, or install model-signing 1.1") from exc
+    try:
         reader = sigstore_bundle.Signature if trust.sigstore_identity else sigstore_pb.Signature
         manifest = config._verifier.verify(reader.read(signature))  # model-signing 1.1: no public per-file API
     except Exception as exc:
@@ -206,6 +209,12 @@ def verified_digests(signature: Path, trust: Trust) -> dict[str, str]:
     if trust.certificate_chain:
         _check_certificate_identity(signature, trust)
     return {descriptor.identifier: descriptor.digest.digest_hex for descriptor in manifest.resource_descriptors()}
+
+
+def _model_signing_version() -> str:
+    from modelc_build.manifest import package_version
+
+    return package_version("model-signing") or "unknown version"
 
 
 def _check_certificate_identity(signature: Path, trust: Trust) -> None:

@@ -11,7 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "modelc_build"
 
 FORBIDDEN = {
     "modelc_build.backends": {"modelc_build.accuracy", "modelc_build.sources", "modelc_build.export", "modelc_build.steps", "modelc_build.engine",
-                          "modelc_build.plan", "modelc_build.build", "modelc_build.release", "modelc_build.stores", "modelc_build.cli"},
+                          "modelc_build.plan", "modelc_build.build", "modelc_build.release", "modelc_build.stores", "modelc_build.cli",
+                          "modelc_build.qdq", "modelc_build.sensitivity"},
     "modelc_build.stores": {"modelc_build.build", "modelc_build.release", "modelc_build.plan", "modelc_build.engine", "modelc_build.steps",
                         "modelc_build.backends", "modelc_build.accuracy", "modelc_build.export", "modelc_build.sources", "modelc_build.recipe",
                         "modelc_build.cli"},

@@ -153,7 +153,8 @@ def quantize_for_cpu(request: CompileRequest, destinations: dict[str, Path]) -> 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from modelc_build.qdq import FeedReader, excluded_nodes
+    from modelc_build.feeds import FeedReader
+    from modelc_build.onnx_graph import excluded_nodes
 
     if request.calibration is None:
         raise CompileError("an int8 target needs data.calibration")
@@ -163,7 +164,7 @@ def quantize_for_cpu(request: CompileRequest, destinations: dict[str, Path]) -> 
     if options.float_input_layers:
         exclude += [name for name in _input_layers(request.onnx_model) if name not in exclude]
     if options.float_output_head:
-        from modelc_build.qdq import output_head
+        from modelc_build.onnx_graph import output_head
 
         exclude += [name for name in output_head(request.onnx_model) if name not in exclude]
     # a moving average of each feed's extremes narrows the ranges when feeds are small (a model
@@ -226,7 +227,7 @@ def _input_layers(model: Path) -> list[str]:
     """Conv/Gemm/MatMul nodes that read a graph input directly (the stem of a CNN)."""
     import onnx
 
-    from modelc_build.qdq import WEIGHTED_LAYERS
+    from modelc_build.onnx_graph import WEIGHTED_LAYERS
 
     graph = onnx.load(str(model), load_external_data=False).graph
     inputs = {i.name for i in graph.input} - {i.name for i in graph.initializer}

@@ -106,7 +106,7 @@ class OpenVinoBackend(Backend):
         if request.calibration is None:
             raise CompileError("an int8 target needs data.calibration")
         options = request.quantization
-        from modelc_build.qdq import excluded_nodes, output_head
+        from modelc_build.onnx_graph import excluded_nodes, output_head
 
         excluded_nodes(request.onnx_model, options)  # unknown ignore.names: exit 3 here as for every backend
         head = output_head(request.onnx_model) if options.float_output_head else []
