@@ -378,6 +378,9 @@ def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool
 @click.option("--share-steps", is_flag=True, help="Pull and push step outputs through the store's step cache, "
               "so jobs of one fanned-out build reuse each other's work.")
 @click.option("--push", is_flag=True, help="Publish to a registry store (oci://); the release must be signed.")
+@click.option("--compare-to", "compare_to", metavar="latest|VERSION", help="After the build, compare the release with "
+              "another version of it in the store (latest: the newest older one): accuracy, latency and size per "
+              "artifact, printed as a table (and under `comparison` with --json).")
 @click.option("--skip-unavailable", is_flag=True, help="Leave out TensorRT engines this machine cannot build (a GPU "
               "generation TensorRT for RTX does not target, without that GPU here) instead of failing; the report "
               "lists what was left out.")
@@ -386,7 +389,7 @@ def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool
 @click.option("-v", "--verbose", is_flag=True, help="One plain line per event, also on a terminal (no live lines).")
 @global_options
 def build(recipe: Path, store_url: str, timeout: float | None, reports_dir: Path, cache_dir: Path, force: bool, targets: tuple[str, ...],
-          share_steps: bool, jobs: int, push: bool, skip_unavailable: bool, signing_key: Path | None,
+          share_steps: bool, jobs: int, push: bool, compare_to: str | None, skip_unavailable: bool, signing_key: Path | None,
           certificate_chain: tuple[Path, ...], sigstore: bool, quiet: bool, verbose: bool, as_json: bool, debug: bool) -> None:
     """Build every target of RECIPE, check accuracy, sign (when a key is given) and store the release."""
     from modelc_build.build import BuildOptions
@@ -394,6 +397,8 @@ def build(recipe: Path, store_url: str, timeout: float | None, reports_dir: Path
     from modelc_build.cache import Cache
     from modelc_build.recipe import load_recipe
     from modelc_build.stores import open_store
+
+    opened: dict[str, Any] = {}
 
     def action() -> Any:
         from modelc_build.progress import build_log
@@ -410,7 +415,7 @@ def build(recipe: Path, store_url: str, timeout: float | None, reports_dir: Path
                                    "or --sigstore in GitHub Actions; `modelc keygen` makes a key pair")
         Cache(Path(cache_dir)).ensure_writable()
         loaded = load_recipe(recipe, passed_schema_memo=Path(cache_dir) / "schema-passed")
-        store = open_store(store_url, timeout)
+        store = opened["store"] = open_store(store_url, timeout)
         options = BuildOptions(reports_dir, force=force, share_steps=share_steps, only_targets=targets, jobs=jobs,
                                signer=signer, skip_unavailable=skip_unavailable)
         log = build_log(quiet=quiet, plain=verbose or debug)
@@ -420,8 +425,9 @@ def build(recipe: Path, store_url: str, timeout: float | None, reports_dir: Path
             log.close()
 
     result = _guarded(debug, action)
+    comparison = _compared(opened.get("store"), result, compare_to, debug) if compare_to and result is not None else None
     if as_json:
-        _json(_build_summary(result, targets))
+        _json({**_build_summary(result, targets), **({"comparison": comparison} if comparison is not None else {})})
         return
     if result is None:
         return
@@ -432,6 +438,46 @@ def build(recipe: Path, store_url: str, timeout: float | None, reports_dir: Path
         click.echo(f"{name} {version} is up to date at {result.location}: every step cached, nothing to do")
     else:
         click.echo(f"{name} {version} is already stored with identical content at {result.location}: nothing to do")
+    if comparison is not None:
+        click.echo(comparison["markdown"] if comparison.get("markdown") else comparison["note"])
+
+
+def _compared(store: Any, result: Any, compare_to: str, debug: bool) -> dict[str, Any]:
+    """The new release against another version of it in the store (`latest`: the newest older one)."""
+    from modelc_build.compare import changes, markdown, previous_version, report_of
+    from modelc_build.report import to_json
+
+    name, version = result.manifest["name"], result.manifest["version"]
+    other = previous_version(store, name, version) if compare_to == "latest" else compare_to
+    if other is None:
+        return {"against": None, "note": f"no older version of {name} in the store to compare with", "changes": []}
+    before, after = _guarded(debug, lambda: report_of(store, name, other)), to_json(result.report)
+    return {"against": f"{name}:{other}", "changes": [c.to_json() for c in changes(before, after)],
+            "markdown": markdown(before, after)}
+
+
+@main.command()
+@click.argument("older", metavar="NAME:VERSION")
+@click.argument("newer", metavar="NAME:VERSION")
+@click.option("--store", "store_url", default=lambda: os.environ.get("MODELC_STORE", DEFAULT_STORE), show_default="artifacts")
+@timeout_option
+@global_options
+def diff(older: str, newer: str, store_url: str, timeout: float | None, debug: bool, as_json: bool) -> None:
+    """Compare two stored releases: per artifact, task metric, lowest output cosine, p50 latency and
+    size, with the change and whether it is for the worse or beyond a gate."""
+    from modelc_build.compare import changes, markdown, report_of
+    from modelc_build.deploy import parse_reference
+    from modelc_build.stores import open_store
+
+    def action() -> tuple[dict[str, Any], dict[str, Any]]:
+        store = open_store(store_url, timeout)
+        return report_of(store, *parse_reference(older)), report_of(store, *parse_reference(newer))
+
+    before, after = _guarded(debug, action)
+    if as_json:
+        _json({"older": older, "newer": newer, "changes": [c.to_json() for c in changes(before, after)]})
+        return
+    click.echo(markdown(before, after))
 
 
 def _build_summary(result: Any, targets: tuple[str, ...]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from modelc_build.manifest import SIGNATURE_FILE, read_manifest, safe_relative_p
 from modelc_build.signing import SignatureError, Trust, verified_digests, verify_release
 from modelc_build.stores import Store
 
-REPORT_FILES = ("report.json", "report.md")
+REPORT_FILES = ("report.json", "report.md", "report.html")
 PARTIAL_FILE = ".modelc-pulled.json"  # beside a --target/--gpu pull: which signed files it holds, to re-verify later
 
 
@@ -43,7 +43,8 @@ def selection(manifest: dict[str, Any], target: str | None, gpu: str | None = No
     file. With `gpu`, only the TensorRT engines built for that generation (with their stamps)."""
     artifacts = {a["target"]: a for a in manifest.get("artifacts", []) if isinstance(a, dict)}
     golden = (manifest.get("golden") or {}).get("files", []) if isinstance(manifest.get("golden"), dict) else []
-    common = set(REPORT_FILES) | {str(name) for name in golden}  # golden: for verify --run / pull --check
+    listed = {str(f.get("path")) for f in manifest.get("files", []) if isinstance(f, dict)}
+    common = (set(REPORT_FILES) & listed) | {str(name) for name in golden}  # golden: for verify --run / pull --check
     if target is not None and target not in artifacts:
         raise InputError(f"--target {target}: the release holds {', '.join(sorted(artifacts))}")
     if gpu is None:

@@ -126,27 +126,35 @@ class Engine:
 
     def dry_run(self, steps: Sequence[Step], facts: Fingerprints | None = None) -> dict[str, str]:
         """Each step's state without running anything: cached (with its key) or will run."""
-        _check_graph(steps)
-        status: dict[str, str] = {}
-        entries: dict[str, CacheEntry] = {}
+        return {step_id: state for step_id, (state, _) in self._walk(steps, facts).items()}
+
+    def step_keys(self, steps: Sequence[Step], facts: Fingerprints | None = None) -> dict[str, str]:
+        """Each step's key where it can be computed without running anything, else why not (a
+        step waiting for an output that is not cached yet is keyed by its description)."""
+        return {step_id: key for step_id, (_, key) in self._walk(steps, facts).items()}
+
+    def _walk(self, steps: Sequence[Step], facts: Fingerprints | None) -> dict[str, tuple[str, str]]:
         from modelc_build.errors import CodeNotRun
 
+        _check_graph(steps)
+        found: dict[str, tuple[str, str]] = {}
+        entries: dict[str, CacheEntry] = {}
         for step in steps:
             if not all(need in entries for need in step.needs):
-                status[step.id] = "will run"
+                found[step.id] = ("will run", f"after {','.join(step.needs)}: {step.description}")
                 continue
             try:
                 key = step_key(step, StepInputs(entries, facts))
             except CodeNotRun as unknown:
-                status[step.id] = f"will run ({unknown})"
+                found[step.id] = (f"will run ({unknown})", str(unknown))
                 continue
             entry, _ = self.cache.get(key)
             if entry is None:
-                status[step.id] = "will run"
+                found[step.id] = ("will run", key)
             else:
                 entries[step.id] = entry
-                status[step.id] = f"cached {entry.key[:12]}"
-        return status
+                found[step.id] = (f"cached {entry.key[:12]}", key)
+        return found
 
     # --- run -----------------------------------------------------------------------------
 

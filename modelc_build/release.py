@@ -249,12 +249,12 @@ def release(recipe: Recipe, measured: Measured, report: Report, store: Store, st
                                  "no longer match the release; bump version")
             return Released(store.location(recipe.name, recipe.version), False, report, stored)
     folder = staging / "release"
-    _assemble(folder, measured, report)
+    _assemble(folder, measured, report, _history(store, recipe.name, recipe.version))
     _append_step_summary(folder / "report.md")
     if not report.passed:
         kept = failed_reports / recipe.name / recipe.version
         kept.mkdir(parents=True, exist_ok=True)
-        for name in ("report.json", "report.md"):
+        for name in ("report.json", "report.md", "report.html"):
             shutil.copyfile(folder / name, kept / name)
         raise GateFailed(f"{len(report.failures())} accuracy gate(s) missed, nothing was stored: "
                          + "; ".join(report.failures()) + f". Report: {kept / 'report.md'}")
@@ -305,7 +305,26 @@ def measurement_material(recipe: Recipe, data_digests: dict[str, Any]) -> dict[s
             "verify": asdict(recipe.verify)}
 
 
-def _assemble(folder: Path, measured: Measured, report: Report) -> None:
+HISTORY_VERSIONS = 10  # older versions the HTML report plots beside this one
+
+
+def _history(store: Store, name: str, version: str) -> list[dict[str, Any]]:
+    """The reports of up to HISTORY_VERSIONS older stored versions, oldest first (none where the
+    store cannot say: a history is a nicety, never a reason for a build to fail)."""
+    from packaging.version import InvalidVersion, Version
+
+    from modelc_build.compare import report_of
+    from modelc_build.errors import ModelcError
+
+    try:
+        current = Version(version)
+        older = [v for n, v in store.list(name) if n == name and Version(v) < current][-HISTORY_VERSIONS:]
+        return [report_of(store, name, v) for v in older]
+    except (ModelcError, InvalidVersion, OSError, ValueError, KeyError):
+        return []
+
+
+def _assemble(folder: Path, measured: Measured, report: Report, history: list[dict[str, Any]] | None = None) -> None:
     (folder / "onnx").mkdir(parents=True)
     shutil.copyfile(measured.graph.file("model.onnx"), folder / "onnx" / "model.onnx")
     if measured.qdq is not None:  # the Q/DQ graph, for TensorRT builds elsewhere
@@ -320,6 +339,10 @@ def _assemble(folder: Path, measured: Measured, report: Report) -> None:
         _assemble_golden(folder / GOLDEN_FOLDER, measured.golden, report)
     (folder / "report.json").write_text(to_json_text(report))
     (folder / "report.md").write_text(to_markdown(report))
+    from modelc_build.report import to_json
+    from modelc_build.report_html import to_html
+
+    (folder / "report.html").write_text(to_html(to_json(report), history))
 
 
 def _assemble_golden(folder: Path, entry: CacheEntry, report: Report) -> None:
@@ -366,7 +389,7 @@ def _manifest(recipe: Recipe, folder: Path, measured: Measured, artifact_files: 
     return build_manifest(name=recipe.name, version=recipe.version, recipe_file=recipe.path,
                           recipe_digest=recipe.digest, exporter=(report.export or {}).get("used", "none"),
                           opset=recipe.export.opset, simplified=recipe.export.simplify, artifacts=entries,
-                          artifact_files=artifact_files, report_files=file_entries(folder, ["report.json", "report.md"] + golden),
+                          artifact_files=artifact_files, report_files=file_entries(folder, ["report.json", "report.md", "report.html"] + golden),
                           passed=report.passed, machine=report.machine, data=report.data,
                           measurement_digest=judged_by, golden=_golden_summary(report, golden),
                           model={"inputs": [spec.to_json() for spec in recipe.model.inputs],

@@ -131,3 +131,33 @@ def test_tags_are_read_page_by_page(tmp_path: Path, proxy: str, faults: Faults, 
     faults.tags_page = 2
     assert store.list("client") == [("client", v) for v in ("0.9.0", "1.2.0", "1.3.0", "1.10.0", "2.0.0")]
     assert faults.tag_pages_served >= 3  # five tags (and the signature tags) two at a time
+
+
+@pytest.mark.parametrize("how", ["auths", "helper"])
+def test_credentials_come_from_the_docker_config_as_docker_login_leaves_them(tmp_path: Path, proxy: str,
+                                                                            monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """After docker/login-action (or `docker login`, `oras login`): an `auths` entry, or a
+    credential helper (a stand-in `docker-credential-modelctest` on the PATH)."""
+    import base64
+    import os
+    import stat
+
+    for name in ("MODELC_REGISTRY_USER", "MODELC_REGISTRY_TOKEN", "GITHUB_ACTOR", "GITHUB_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    config: dict[str, Any] = {}
+    if how == "auths":
+        config["auths"] = {proxy: {"auth": base64.b64encode(f"{USER}:{SECRET}".encode()).decode()}}
+    else:
+        helper = tmp_path / "bin" / "docker-credential-modelctest"
+        helper.parent.mkdir()
+        helper.write_text("#!/bin/sh\nread host\n"
+                          f"[ \"$host\" = \"{proxy}\" ] && echo '{{\"Username\": \"{USER}\", \"Secret\": \"{SECRET}\"}}'\n")
+        helper.chmod(helper.stat().st_mode | stat.S_IXUSR)
+        monkeypatch.setenv("PATH", f"{helper.parent}{os.pathsep}{os.environ['PATH']}")
+        config["credHelpers"] = {proxy: "modelctest"}
+    (tmp_path / "docker").mkdir()
+    (tmp_path / "docker" / "config.json").write_text(json.dumps(config))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+    store = OciStore(f"oci://{proxy}/docker-{how}")
+    assert store.push(fake_release(tmp_path), "client", "1.0.0", "c" * 64).created
+    assert store.list("client") == [("client", "1.0.0")]

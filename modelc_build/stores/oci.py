@@ -105,12 +105,70 @@ class Descriptor:
 
 
 class _Credentials:
-    def __init__(self) -> None:
+    """Who modelc is at a registry: MODELC_REGISTRY_USER / MODELC_REGISTRY_TOKEN, else GitHub
+    Actions' GITHUB_ACTOR / GITHUB_TOKEN, else what `docker login` (or docker/login-action, `oras
+    login`) left in ~/.docker/config.json ($DOCKER_CONFIG): an `auths` entry for the host, or the
+    credential helper `credHelpers` / `credsStore` names (`docker-credential-NAME get`)."""
+
+    def __init__(self, host: str = "") -> None:
+        self.host = host
         self.user = os.environ.get("MODELC_REGISTRY_USER") or os.environ.get("GITHUB_ACTOR") or "modelc"
         self.secret = os.environ.get("MODELC_REGISTRY_TOKEN") or os.environ.get("GITHUB_TOKEN")
+        self._looked_up = bool(self.secret)
 
     def basic(self) -> tuple[str, str] | None:
+        if not self._looked_up:
+            self._looked_up = True
+            found = docker_credentials(self.host)
+            if found is not None:
+                self.user, self.secret = found
         return (self.user, self.secret) if self.secret else None
+
+
+def docker_credentials(host: str) -> tuple[str, str] | None:
+    """(user, secret) for `host` from the Docker client's configuration, or None."""
+    import base64
+
+    folder = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    names = {host, f"https://{host}", f"http://{host}", f"https://{host}/v1/", f"https://{host}/v2/"}
+    helper = next((config["credHelpers"][n] for n in names if n in (config.get("credHelpers") or {})), None)
+    if helper is None:
+        auths = config.get("auths") or {}
+        entry = next((auths[n] for n in names if n in auths), None)
+        if isinstance(entry, dict) and entry.get("auth"):
+            try:
+                user, _, secret = base64.b64decode(entry["auth"]).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                return None
+            return (user, secret) if secret else None
+        if isinstance(entry, dict) and entry.get("identitytoken"):
+            return ("<token>", str(entry["identitytoken"]))
+        helper = config.get("credsStore")
+    return _from_helper(str(helper), host) if helper else None
+
+
+def _from_helper(helper: str, host: str) -> tuple[str, str] | None:
+    """`docker-credential-HELPER get` with the host on stdin answers {"Username", "Secret"}."""
+    import shutil
+    import subprocess
+
+    program = shutil.which(f"docker-credential-{helper}")
+    if program is None:
+        return None
+    try:
+        answer = subprocess.run([program, "get"], input=host, capture_output=True, text=True, timeout=30)
+        found = json.loads(answer.stdout) if answer.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    if not isinstance(found, dict) or not found.get("Secret"):
+        return None
+    return str(found.get("Username") or "<token>"), str(found["Secret"])
 
 
 def bounded(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -140,7 +198,7 @@ class OciStore(Store):
         self._deadline: float | None = None
         self._operation = ""
         self._session: Any = None
-        self._credentials = _Credentials()
+        self._credentials = _Credentials(self.host)
         self._tokens: dict[str, str] = {}
 
     # --- HTTP ---------------------------------------------------------------------------------
