@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelc_build.recipe import key_locations
+
 GATE_KEYS = ("min_cosine", "max_abs_error", "max_mean_abs_error", "min_snr_db", "max_metric_drop", "min_metric",
              "min_top5_containment", "min_reference_map50")
 
@@ -58,14 +60,6 @@ def set_outputs(values: dict[str, str]) -> None:
 
 # --- locating what a message is about in the recipe ---------------------------------------------
 
-def recipe_lines(path: Path) -> dict[tuple[Any, ...], tuple[int, int]]:
-    """Key path -> (line, column) of every key in a recipe (modelc's own YAML walk)."""
-    from modelc_build.recipe import _parse
-
-    located, _ = _parse(path, path.read_text())
-    return located.key_marks
-
-
 def gate_location(marks: dict[tuple[Any, ...], tuple[int, int]], recipe: dict[str, Any], target: str,
                   gate: str) -> tuple[int, int] | None:
     """The line of the gate that was missed: gates.<precision>.<gate>, gates.default.<gate>, or —
@@ -84,7 +78,7 @@ def missed_gate_annotations(recipe_path: Path, report: dict[str, Any]) -> list[s
     import yaml
 
     data = yaml.safe_load(recipe_path.read_text()) or {}
-    marks = recipe_lines(recipe_path)
+    marks = key_locations(recipe_path)
     found = []
     for artifact in report.get("artifacts", []):
         checks = [(artifact["target"], g, "") for g in artifact.get("gates") or []]
@@ -181,7 +175,7 @@ def build_one(recipe: Path, options: argparse.Namespace, print_line: Any = print
             f"{name} {version} is already released; this change (to modelc or the models, not the recipe) would give it "
             "other content: bump version in the recipe to release it")
         if changed:
-            print_line(annotation("error", line, str(recipe), *(recipe_lines(recipe).get(("version",)) or (None, None))))
+            print_line(annotation("error", line, str(recipe), *(key_locations(recipe).get(("version",)) or (None, None))))
         else:
             print_line(annotation("warning", line, str(recipe)))
             built.exit_code = 0

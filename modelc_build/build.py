@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -150,8 +150,6 @@ def buildable_here(recipe: Recipe, skip_unavailable: bool) -> tuple[Recipe, list
     """The recipe with only the engines this machine can build. A GPU generation nobody here can
     build (or engines that must be verified on a GPU this machine lacks) is exit 6 naming it and
     where it can be built; with `skip_unavailable` it is left out and listed instead."""
-    from dataclasses import replace
-
     from modelc_build.errors import BackendUnavailable
     from modelc_build.gpus import engine_builder, not_run_reason, runnable_here
 
@@ -184,7 +182,8 @@ def _release(recipe: Recipe, plan: Plan, done: RunSummary, store: Store, log: Bu
                         artifacts=[CompiledArtifact(t, done.entries[compile_step_id(t)]) for t in recipe.targets],
                         entries=done.entries, settings={t.id: verify_settings(recipe, t) for t in recipe.targets},
                         cpus=checked_cpus(recipe), skipped=skipped)
-    report = make_report(recipe, measured, SENSITIVITY_STEP, data_summary(recipe, facts))
+    report = replace(make_report(recipe, measured, SENSITIVITY_STEP, data_summary(recipe, facts)),
+                     steps=step_costs(plan, done))
     for line in summary_lines(report):
         log(line)
     staging = Path(tempfile.mkdtemp(prefix=f"release-{recipe.name}-", dir=cache.root))
@@ -194,6 +193,24 @@ def _release(recipe: Recipe, plan: Plan, done: RunSummary, store: Store, log: Bu
         shutil.rmtree(staging, ignore_errors=True)
     log(f"{'✓ release' if released.created else '✓ release (identical version already stored)'}: {counts}")
     return BuildResult(released, len(done.ran), len(done.cached))
+
+
+def step_costs(plan: Plan, done: RunSummary) -> dict[str, Any]:
+    """Per step of the plan, in plan order: ran here (wall seconds, peak memory of its own process)
+    or cached; and the build process's own peak, which the in-process steps share."""
+    from modelc_build.processes import peak_memory_bytes
+
+    def mib(size: int | None) -> float | None:
+        return None if size is None else round(size / 2**20, 1)
+
+    rows = []
+    for step in plan.steps:
+        if step.id not in done.entries:
+            continue
+        cost = done.costs.get(step.id)
+        rows.append({"id": step.id, "ran": cost is not None, "seconds": None if cost is None else round(cost.seconds, 2),
+                     "peak_rss_mib": None if cost is None else mib(cost.peak_rss_bytes)})
+    return {"steps": rows, "build_process_peak_rss_mib": mib(peak_memory_bytes())}
 
 
 def _note_export(done: RunSummary, log: BuildLog) -> None:

@@ -61,11 +61,21 @@ def _message(error: BaseException) -> str:
     return text.strip() or type(error).__name__
 
 
+@dataclass(frozen=True)
+class StepCost:
+    """What one step that ran cost: wall seconds, and the peak resident memory of its own process
+    (None for steps that run in the build's process, whose peak is shared: see RunSummary)."""
+
+    seconds: float
+    peak_rss_bytes: int | None
+
+
 @dataclass
 class RunSummary:
     """What a run did: every step's entry, and which ran, came from a cache, failed or was skipped."""
 
     entries: dict[str, CacheEntry] = field(default_factory=dict)
+    costs: dict[str, StepCost] = field(default_factory=dict)  # steps that ran
     ran: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)
     failed: dict[str, BaseException] = field(default_factory=dict)
@@ -76,33 +86,35 @@ def _child(step: Step, inputs: StepInputs, out: Path, answer: Any, build_pid: in
     """In the fresh process: run the step and send back None or the exception it raised. It is a
     child of the fork server, not of the build, so it watches the build's process and ends within
     a second of it, whatever killed it (SIGKILL included)."""
-    from modelc_build.processes import end_with
+    from modelc_build.processes import end_with, peak_memory_bytes, reset_peak_memory
 
     end_with(build_pid)
+    reset_peak_memory()  # the step's peak, not the fork server's
     outcome: BaseException | None = None
     try:
         step.run(inputs, out)
     except BaseException as error:  # noqa: BLE001 - every outcome goes back to the parent
         outcome = error
     try:
-        answer.send(outcome)
+        answer.send((outcome, peak_memory_bytes()))
     except Exception:  # noqa: BLE001 - an exception that cannot be pickled: its text goes back
-        answer.send(RuntimeError(f"{type(outcome).__name__}: {outcome}"))
+        answer.send((RuntimeError(f"{type(outcome).__name__}: {outcome}"), None))
     finally:
         answer.close()
 
 
-def run_in_fresh_process(step: Step, inputs: StepInputs, out: Path, preload: tuple[str, ...]) -> None:
+def run_in_fresh_process(step: Step, inputs: StepInputs, out: Path, preload: tuple[str, ...]) -> int | None:
     """One process per step, forked from the preloaded server. A process that ends without an
     answer (a crash in a library, `os._exit` in the model's code) fails this step alone, with the
-    error the step names for it; it can never end modelc itself."""
+    error the step names for it; it can never end modelc itself. Returns the process's peak
+    resident memory in bytes (None where the platform does not say)."""
     context = fresh_process_context(preload)
     receive, send = context.Pipe(duplex=False)
     process = context.Process(target=_child, args=(step, inputs, out, send, os.getpid()), name=f"modelc {step.id}")
     process.start()
     send.close()
     try:
-        outcome = receive.recv()
+        outcome, peak = receive.recv()
     except EOFError:  # the child ended without sending anything
         process.join()
         raise step.crashed(process.exitcode) from None
@@ -111,6 +123,7 @@ def run_in_fresh_process(step: Step, inputs: StepInputs, out: Path, preload: tup
     process.join()
     if outcome is not None:
         raise outcome
+    return peak
 
 
 class Engine:
@@ -121,6 +134,7 @@ class Engine:
         self.preload = preload  # modules the fresh-process server imports once
         self._clock = time.perf_counter()
         self.before_first_run: Callable[[], None] | None = None  # called once, before a step first runs
+        self._costs: dict[str, StepCost] = {}  # written by worker threads, one key each
 
     # --- dry run -------------------------------------------------------------------------
 
@@ -256,8 +270,9 @@ class Engine:
             started = time.perf_counter()
             self.log.start(step.id, f"▶ {step.id}: {step.description} [{reason}, key {key[:12]}] "
                                     f"at {started - self._clock:.1f} s")
+            peak = None
             if step.fresh_process:
-                run_in_fresh_process(step, inputs, out, self.preload)
+                peak = run_in_fresh_process(step, inputs, out, self.preload)
             else:
                 step.run(inputs, out)
             entry = self.cache.put(key, step.id, out)
@@ -265,8 +280,10 @@ class Engine:
                 self.shared.put(key, step.id, out)
             shutil.rmtree(out, ignore_errors=True)
             finished = time.perf_counter()
+            self._costs[step.id] = StepCost(finished - started, peak)
+            memory = f", peak {peak / 2**20:.0f} MiB" if peak is not None else ""
             self.log.done(step.id, f"✓ {step.id} ({finished - started:.1f} s, "
-                                   f"{started - self._clock:.1f}–{finished - self._clock:.1f} s)")
+                                   f"{started - self._clock:.1f}–{finished - self._clock:.1f} s{memory})")
             return entry
 
     def _collect(self, step: Step, future: Future[CacheEntry | None], summary: RunSummary) -> None:
@@ -278,6 +295,8 @@ class Engine:
         assert entry is not None
         summary.entries[step.id] = entry
         summary.ran.append(step.id)
+        if step.id in self._costs:
+            summary.costs[step.id] = self._costs.pop(step.id)
 
     def _fail(self, step: Step, error: BaseException, summary: RunSummary) -> None:
         from modelc_build.errors import write_problem

@@ -47,3 +47,31 @@ def end_with(pid: int) -> None:
                 pass
 
     threading.Thread(target=watch, name=f"end with {pid}", daemon=True).start()
+
+
+def reset_peak_memory() -> None:
+    """Start this process's peak resident memory (VmHWM) again from what it holds now (Linux:
+    /proc/self/clear_refs, value 5), so a forked worker's peak is its step's, not its parent's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
+def peak_memory_bytes() -> int | None:
+    """This process's peak resident memory (VmHWM on Linux; ru_maxrss elsewhere), None if unknown."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+    except (ImportError, OSError):
+        return None

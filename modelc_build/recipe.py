@@ -364,6 +364,13 @@ def _parse(path: Path, text: str) -> tuple[_Located, list[RecipeProblem]]:
     return located, problems
 
 
+def key_locations(path: Path) -> dict[tuple[Any, ...], tuple[int, int]]:
+    """Key path -> (line, column) of every key of a recipe file, for tools that point at a line
+    (the GitHub annotations of modelc_build.actions)."""
+    located, _ = _parse(path, path.read_text())
+    return located.key_marks
+
+
 def _schema_problems(path: Path, located: _Located) -> list[RecipeProblem]:
     import jsonschema  # imported here: `modelc --help` should not pay for it
 

@@ -116,6 +116,7 @@ class Report:
     golden: dict[str, Any] | None = None  # the golden set shipped: samples, bytes (and why fewer)
     skipped: list[str] | None = None  # what --skip-unavailable left out, and why
     hints: list[str] | None = None  # what the recipe could declare to be measured better (a detector layout)
+    steps: dict[str, Any] | None = None  # this build's steps: ran or cached, seconds, peak memory (build_costs)
 
     @property
     def passed(self) -> bool:
@@ -208,6 +209,7 @@ def to_json(report: Report) -> dict[str, Any]:
         "golden": report.golden,
         "skipped": report.skipped,
         "hints": report.hints,
+        "steps": report.steps,
     }
 
 
@@ -288,7 +290,7 @@ def to_markdown(report: Report) -> str:
             lines.append(f"| `{a.target}` | {m.output} | {_fmt(m.max_abs_error)} | {_fmt(m.mean_abs_error)} | "
                          f"{m.cosine:.7f} | {_fmt(m.snr_db, -1) if m.snr_db is None else f'{m.snr_db:.1f}'} |")
     lines += _engine_lines(report) + _quantization_lines(report) + _sensitivity_lines(report)
-    lines += _gate_lines(report)
+    lines += _gate_lines(report) + _step_lines(report)
     failures = report.failures()
     if failures:
         lines += ["", "### Missed gates", ""] + [f"- {f}" for f in failures]
@@ -452,4 +454,20 @@ def _sensitivity_lines(report: Report) -> list[str]:
     for layer in s["layers"]:
         drop = "—" if layer["metric_drop"] is None else f"{layer['metric_drop']:+.3f}"
         lines.append(f"| `{layer['layer']}` | {layer['op_type']} | {drop} | {layer['min_cosine']:.6f} |")
+    return lines
+
+
+def _step_lines(report: Report) -> list[str]:
+    steps = report.steps
+    if not steps:
+        return []
+    ran = [s for s in steps["steps"] if s["ran"]]
+    lines = ["", f"### Build steps: {len(ran)} ran, {len(steps['steps']) - len(ran)} cached", ""]
+    if steps.get("build_process_peak_rss_mib") is not None:
+        lines.append(f"The build's own process peaked at {steps['build_process_peak_rss_mib']:.0f} MiB "
+                     "(steps without a figure below ran in it).")
+    if ran:
+        lines += ["", "| step | seconds | peak memory MiB |", "|---|---:|---:|"]
+        lines += [f"| {s['id']} | {s['seconds']:.1f} | "
+                  + ("—" if s["peak_rss_mib"] is None else f"{s['peak_rss_mib']:.0f}") + " |" for s in ran]
     return lines

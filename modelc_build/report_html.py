@@ -121,6 +121,19 @@ def _sensitivity_chart(sensitivity: dict[str, Any] | None) -> str:
     return _svg("sensitivity", ROW * len(layers) + 10, body, "INT8 sensitivity: 1 - lowest output cosine per layer")
 
 
+def _steps_table(steps: dict[str, Any] | None) -> str:
+    if not steps or not steps.get("steps"):
+        return ""
+    ran = [s for s in steps["steps"] if s["ran"]]
+    rows = "".join(f"<tr><td>{_e(s['id'])}</td><td>{s['seconds']:.1f}</td><td>"
+                   + ("—" if s["peak_rss_mib"] is None else f"{s['peak_rss_mib']:.0f}") + "</td></tr>" for s in ran)
+    table = ("<table data-table=\"steps\"><tr><th>step</th><th>seconds</th><th>peak MiB</th></tr>" + rows
+             + "</table>") if ran else ""
+    return (f"<h2>Build steps</h2><p class=\"note\" data-note=\"steps\">{len(ran)} ran in this build, "
+            f"{len(steps['steps']) - len(ran)} came from a cache. Peak memory is the step's own process; a dash: "
+            "it ran in the build's process.</p>" + table)
+
+
 def _history_chart(history: list[dict[str, Any]], current: dict[str, Any]) -> str:
     """Each artifact's lowest output cosine across the stored versions and this one."""
     reports = history + [current]
@@ -195,6 +208,9 @@ def to_html(report: dict[str, Any], history: list[dict[str, Any]] | None = None)
     if trend:
         sections.append("<h2>History</h2><p class=\"note\">Lowest output cosine per artifact across the stored "
                         "versions and this one.</p>" + trend)
+    steps = _steps_table(report.get("steps"))
+    if steps:
+        sections.append(steps)
     flags = report.get("flags") or []
     if flags:
         sections.append("<h2>Flags</h2><ul>" + "".join(f"<li>{_e(flag)}</li>" for flag in flags) + "</ul>")

@@ -210,6 +210,32 @@ def test_fresh_process_steps_run_in_new_processes(tmp_path: Path) -> None:
     assert summary.entries["q"].file("out.txt").read_text() == "Q+P"
 
 
+@dataclass(frozen=True)
+class HungryStep(FreshStep):
+    """Touches `megabytes` of memory, then lets it go."""
+
+    megabytes: int = 0
+
+    def run(self, inputs: StepInputs, out: Path) -> None:
+        block = bytearray(self.megabytes * 2**20)
+        block[::4096] = b"x" * len(block[::4096])  # every page resident
+        del block
+        super().run(inputs, out)
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="per-process peak reset is Linux's")
+def test_each_step_that_ran_has_its_seconds_and_its_own_peak_memory(tmp_path: Path) -> None:
+    steps: list[Step] = [HungryStep("small", "S", megabytes=0), HungryStep("big", "B", ("small",), megabytes=300),
+                         WriteStep("here", "H", ("big",))]
+    summary = Engine(Cache(tmp_path / "cache"), Recorder(), jobs=1).run(steps)
+    small, big, here = (summary.costs[s] for s in ("small", "big", "here"))
+    assert big.peak_rss_bytes is not None and small.peak_rss_bytes is not None
+    assert big.peak_rss_bytes - small.peak_rss_bytes > 250 * 2**20  # each step's own process
+    assert here.peak_rss_bytes is None and here.seconds >= 0  # in the build's process: not its own figure
+    again = Engine(Cache(tmp_path / "cache"), Recorder(), jobs=1).run(steps)
+    assert again.costs == {} and sorted(again.cached) == ["big", "here", "small"]
+
+
 def test_a_graph_out_of_order_is_a_bug_not_a_hang(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs"):
         Engine(Cache(tmp_path / "cache"), Recorder()).run([WriteStep("b", "B", ("a",)), WriteStep("a", "A")])

@@ -47,6 +47,15 @@ def test_the_html_report_renders_its_plots_without_errors(tmp_path: Path, tiny_r
         layers = json.loads((page_file.parent / "report.json").read_text())["sensitivity"]["layers"]
         assert layers and page.locator('svg[data-chart="sensitivity"] rect').count() == len(layers)
         assert page.locator('svg[data-chart="history"] polyline').count() >= 1  # 0.1.0 and 0.2.0
+        steps = json.loads((page_file.parent / "report.json").read_text())["steps"]["steps"]
+        assert not any(step["ran"] for step in steps)  # the same model again: every step from the cache
+        assert page.locator('p[data-note="steps"]').inner_text().startswith(f"0 ran in this build, {len(steps)} came")
+        first = json.loads((tmp_path / "store/tiny/0.1.0/report.json").read_text())["steps"]["steps"]
+        assert all(step["ran"] for step in first) and len(first) == len(steps)
+        assert next(step for step in first if step["id"] == "export")["peak_rss_mib"] > 100  # torch is in it
+        page.goto((tmp_path / "store/tiny/0.1.0/report.html").as_uri())
+        assert page.locator('table[data-table="steps"] tr').count() == len(first) + 1
+        page.goto(page_file.as_uri())
         assert page.locator('svg[data-chart="accuracy"]').bounding_box()["width"] > 300
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         browser.close()
