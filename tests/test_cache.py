@@ -68,11 +68,11 @@ def test_an_entry_record_of_the_wrong_shape_is_dropped(tmp_path: Path, record: s
     assert cache.entries() == [] and not entry.path.exists()
 
 
-def test_a_cache_path_that_is_a_file_is_an_input_error(tmp_path: Path) -> None:
-    from modelc_build.errors import InputError
+def test_a_cache_path_that_is_a_file_is_a_write_error(tmp_path: Path) -> None:
+    from modelc_build.errors import WriteError
 
     (tmp_path / "file").write_text("x")
-    with pytest.raises(InputError, match="the step cache must be a folder"):
+    with pytest.raises(WriteError, match="the step cache must be a folder"):
         Cache(tmp_path / "file")
 
 

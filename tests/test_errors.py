@@ -30,7 +30,7 @@ def test_every_error_class_has_a_documented_code_and_every_code_a_class() -> Non
 def test_the_cli_help_lists_the_same_codes() -> None:
     from modelc_build.cli import main
 
-    listed = {int(code) for code in re.findall(r"(\d) [a-z]", main.help or "")}
+    listed = {int(code) for code in re.findall(r"\b(\d+) [a-z]", main.help or "")}
     assert listed == set(documented_codes())
 
 

@@ -29,7 +29,7 @@ def test_export_matches_torch_with_dynamic_batch(tmp_path: Path, exporter: str) 
     assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # batch stays symbolic
     assert [o.name for o in graph.graph.output] == ["logits"]
     simplified = tmp_path / "s.onnx"
-    simplify_onnx(path, simplified)
+    assert simplify_onnx(path, simplified, INPUTS) == {"simplified": True}
     x = np.random.default_rng(0).random((5, 3, 16, 16), dtype=np.float32)
     with OnnxRuntimeRunner(simplified, INPUTS, ("logits",)) as runner:
         got = runner.infer({"images": x})["logits"]

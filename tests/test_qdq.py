@@ -164,7 +164,7 @@ def test_the_shipped_transformer_gets_qdq_on_its_matmul_and_gemm_only(tmp_path: 
     assert recipe.calibration is not None and recipe.evaluation is not None
     exported, source = tmp_path / "exported.onnx", tmp_path / "encoder.onnx"
     export_onnx(load_torch_model(recipe.model), recipe.model.inputs, recipe.model.outputs, recipe.export, exported)
-    simplify_onnx(exported, source)
+    simplify_onnx(exported, source, recipe.model.inputs)
     calibration = DataReader(recipe.calibration, recipe.model.inputs, None)
     notes = quantize_qdq(source, recipe.model.inputs, calibration.feeds, Quantization(), tmp_path / "int8.onnx")
     assert notes["calibration_samples"] == 300

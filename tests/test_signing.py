@@ -96,8 +96,10 @@ def test_signature_covers_every_file_and_says_which_changed(tmp_path: Path) -> N
 
 
 def test_keygen_never_overwrites_and_other_key_types_are_explained(tmp_path: Path) -> None:
+    from modelc_build.errors import UsageError
+
     write_key_pair(tmp_path / "k")
-    with pytest.raises(SignatureError, match="exists: choose another --out prefix"):
+    with pytest.raises(UsageError, match="exists: choose another --out prefix"):  # exit 2: the command line
         write_key_pair(tmp_path / "k")
     from cryptography.hazmat.primitives.asymmetric import ed25519
 

@@ -46,8 +46,9 @@ def test_build_push_pull_verify_one_target(tmp_path: Path, tiny_recipe, run_cli,
     assert pulled.exit_code == 0, pulled.stderr
     files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
     golden = ["golden/golden.json", "golden/inputs.npz", "golden/reference.npz", "golden/tolerances.json"]  # verify --run
-    assert files == golden + ["manifest.json", "openvino-fp16/model.bin", "openvino-fp16/model.xml", "report.json",
-                              "report.md", SIGNATURE_FILE]
+    assert files == [".modelc-pulled.json"] + golden + ["manifest.json", "openvino-fp16/model.bin",  # what was pulled
+                                                        "openvino-fp16/model.xml", "report.html", "report.json",
+                                                        "report.md", SIGNATURE_FILE]
     assert not list(tmp_path.glob(".modelc-pull-*"))  # the staging folder became the destination
 
     everything = tmp_path / "all"
