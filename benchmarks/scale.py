@@ -4,7 +4,7 @@ samples, for three model sizes.
     python benchmarks/scale.py [--models mobilenet_v2,resnet50,encoder_100m] [--base 20] [--factors 1,4,16]
 
 Models: the shipped ImageNet MobileNetV2 (3.5 M parameters, real weights, real photographs), a
-ResNet-50 (25.6 M) and a BERT-base-shaped encoder (109 M) with seeded random weights
+ResNet-50 (25.6 M) and a BERT-base-shaped encoder (108.9 M) with seeded random weights
 (benchmarks/scale_models.py). Every build is cold (an empty step cache and store) and makes
 onnxruntime and OpenVINO fp32 + int8 with all of modelc's checks but the emulated-CPU one, whose
 cost is bounded by `verify.emulation_budget_s`, not by the sample count (it would hide the growth).
@@ -58,7 +58,7 @@ MODELS = {
         "source": "torch", "factory": str(REPO / "benchmarks/scale_models.py") + ":resnet50",
         "inputs": [{"name": "images", "shape": ["batch", 3, 224, 224]}], "outputs": ["logits"]},
         "photos", {"type": "none"}),
-    "encoder_100m": Model("encoder_100m", 109.5, {
+    "encoder_100m": Model("encoder_100m", 108.9, {
         "source": "torch", "factory": str(REPO / "benchmarks/scale_models.py") + ":encoder_100m",
         "inputs": [{"name": "input_ids", "shape": ["batch", "seq"], "dtype": "int64"},
                    {"name": "attention_mask", "shape": ["batch", "seq"], "dtype": "int64"}],
@@ -82,6 +82,20 @@ def token_file(path: Path, count: int, seed: int) -> dict:
     return {"path": str(path), "tokens": {"ids": "input_ids", "mask": "attention_mask"}}
 
 
+def weights_file(model: Model) -> Path:
+    """A random-weight model's state_dict, saved once (a torch source is a factory plus weights)."""
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import scale_models
+
+    path = Path(tempfile.gettempdir()) / f"modelc-scale-{model.name}.pt"
+    if not path.is_file():
+        factory = getattr(scale_models, model.model["factory"].rsplit(":", 1)[1])
+        torch.save(factory().state_dict(), path)
+    return path
+
+
 def recipe_for(model: Model, samples: int, folder: Path) -> Path:
     if model.data_kind == "photos":
         data = {"preprocess": {"size": [224, 224], "resize": "stretch", "scale": 1 / 255,
@@ -91,8 +105,10 @@ def recipe_for(model: Model, samples: int, folder: Path) -> Path:
     else:
         data = {"calibration": token_file(folder / "calibration.txt", 128, 1),
                 "evaluation": {**token_file(folder / "evaluation.txt", samples, 2), "batch_size": 16}}
+    declared = dict(model.model)
+    declared.setdefault("weights", str(weights_file(model)))
     recipe = {"format_version": 1, "name": f"scale-{model.name.replace('_', '-')}", "version": "1.0.0",
-              "model": model.model, "data": data, "task": model.task,
+              "model": declared, "data": data, "task": model.task,
               "targets": [{"backend": "onnxruntime", "precisions": ["fp32", "int8"]},
                           {"backend": "openvino", "precisions": ["fp32", "int8"]}],
               "verify": {"cpus": []}, "latency": {"runs": 20, "warmup": 3}}

@@ -4,7 +4,7 @@ a build depends on the graph, not on what the weights learned).
 - `resnet50`: the ResNet-50 v1.5 layout (bottlenecks 3-4-6-3, 25.6 M parameters), written out here
   because torchvision's wheels do not load against the CPU torch this project pins.
 - `encoder_100m`: a BERT-base-shaped encoder (12 layers, width 768, 12 heads, 30522-word vocabulary;
-  109 M parameters) with token ids and an attention mask in, a mean-pooled embedding out.
+  108.9 M parameters) with token ids and an attention mask in, a mean-pooled embedding out.
 """
 from __future__ import annotations
 

@@ -82,13 +82,15 @@ class RunSummary:
     skipped: list[str] = field(default_factory=list)
 
 
-def _child(step: Step, inputs: StepInputs, out: Path, answer: Any, build_pid: int) -> None:
+def _child(step: Step, inputs: StepInputs, out: Path, answer: Any, build_pid: int, threads: int | None) -> None:
     """In the fresh process: run the step and send back None or the exception it raised. It is a
     child of the fork server, not of the build, so it watches the build's process and ends within
     a second of it, whatever killed it (SIGKILL included)."""
-    from modelc_build.processes import end_with, peak_memory_bytes, reset_peak_memory
+    from modelc_build.processes import end_with, peak_memory_bytes, reset_peak_memory, share_cores
 
     end_with(build_pid)
+    if threads is not None:
+        share_cores(threads)
     reset_peak_memory()  # the step's peak, not the fork server's
     outcome: BaseException | None = None
     try:
@@ -103,14 +105,16 @@ def _child(step: Step, inputs: StepInputs, out: Path, answer: Any, build_pid: in
         answer.close()
 
 
-def run_in_fresh_process(step: Step, inputs: StepInputs, out: Path, preload: tuple[str, ...]) -> int | None:
+def run_in_fresh_process(step: Step, inputs: StepInputs, out: Path, preload: tuple[str, ...],
+                         threads: int | None = None) -> int | None:
     """One process per step, forked from the preloaded server. A process that ends without an
     answer (a crash in a library, `os._exit` in the model's code) fails this step alone, with the
     error the step names for it; it can never end modelc itself. Returns the process's peak
-    resident memory in bytes (None where the platform does not say)."""
+    resident memory in bytes (None where the platform does not say). `threads`: how many threads
+    its kernels may use (None: the runtimes' defaults)."""
     context = fresh_process_context(preload)
     receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(step, inputs, out, send, os.getpid()), name=f"modelc {step.id}")
+    process = context.Process(target=_child, args=(step, inputs, out, send, os.getpid(), threads), name=f"modelc {step.id}")
     process.start()
     send.close()
     try:
@@ -272,7 +276,7 @@ class Engine:
                                     f"at {started - self._clock:.1f} s")
             peak = None
             if step.fresh_process:
-                peak = run_in_fresh_process(step, inputs, out, self.preload)
+                peak = run_in_fresh_process(step, inputs, out, self.preload, self._threads(step))
             else:
                 step.run(inputs, out)
             entry = self.cache.put(key, step.id, out)
@@ -285,6 +289,13 @@ class Engine:
             self.log.done(step.id, f"✓ {step.id} ({finished - started:.1f} s, "
                                    f"{started - self._clock:.1f}–{finished - self._clock:.1f} s{memory})")
             return entry
+
+    def _threads(self, step: Step) -> int | None:
+        """A step that may share the machine gets its share of the cores (steps side by side with a
+        thread per core each oversubscribe it); an exclusive step (a timing) gets them all."""
+        if step.exclusive or self.jobs == 1:
+            return None
+        return max(1, (os.cpu_count() or 1) // self.jobs)
 
     def _collect(self, step: Step, future: Future[CacheEntry | None], summary: RunSummary) -> None:
         error = future.exception()

@@ -236,6 +236,45 @@ def test_each_step_that_ran_has_its_seconds_and_its_own_peak_memory(tmp_path: Pa
     assert again.costs == {} and sorted(again.cached) == ["big", "here", "small"]
 
 
+@dataclass(frozen=True)
+class ThreadsStep(FreshStep):
+    """Writes the threads it was given: the step setting, OMP's and torch's."""
+
+    def run(self, inputs: StepInputs, out: Path) -> None:
+        import json
+        import os
+
+        import torch
+
+        from modelc_build.processes import step_threads
+
+        super().run(inputs, out)
+        (out / "threads.json").write_text(json.dumps([step_threads(), os.environ.get("OMP_NUM_THREADS"),
+                                                      torch.get_num_threads()]))
+
+
+@dataclass(frozen=True)
+class ExclusiveThreadsStep(ThreadsStep):
+    exclusive: ClassVar[bool] = True
+
+
+def test_steps_side_by_side_share_the_cores_and_an_exclusive_step_gets_them_all(tmp_path: Path, monkeypatch) -> None:
+    import json
+    import os
+
+    import torch
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    steps: list[Step] = [ThreadsStep("shared", "S"), ExclusiveThreadsStep("alone", "A", ("shared",))]
+    summary = Engine(Cache(tmp_path / "cache"), Recorder(), jobs=2).run(steps)
+    assert json.loads(summary.entries["shared"].file("threads.json").read_text()) == [1, "1", 1]  # 2 cores / 2 jobs
+    default = torch.get_num_threads()  # the fork server's, untouched
+    assert json.loads(summary.entries["alone"].file("threads.json").read_text()) == [None, None, default]
+    one_job = Engine(Cache(tmp_path / "other"), Recorder(), jobs=1).run([ThreadsStep("shared", "S")])
+    assert json.loads(one_job.entries["shared"].file("threads.json").read_text())[0] is None
+
+
 def test_a_graph_out_of_order_is_a_bug_not_a_hang(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs"):
         Engine(Cache(tmp_path / "cache"), Recorder()).run([WriteStep("b", "B", ("a",)), WriteStep("a", "A")])

@@ -41,8 +41,11 @@ class OnnxRuntimeRunner(Runner):
         ort = require("onnxruntime", "onnxruntime", "onnxruntime")
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        if self.threads:
-            options.intra_op_num_threads = self.threads
+        from modelc_build.processes import step_threads
+
+        threads = self.threads or step_threads()  # a step beside others: its share of the cores
+        if threads:
+            options.intra_op_num_threads = threads
         if self.record_kernels:
             self._profile_folder = tempfile.mkdtemp(prefix="modelc-ort-profile-")
             options.enable_profiling = True

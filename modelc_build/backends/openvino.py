@@ -33,7 +33,12 @@ class OpenVinoRunner(Runner):
     def activate(self) -> None:
         ov = require("openvino", "openvino", "openvino")
         core = ov.Core()
+        from modelc_build.processes import step_threads
+
         config: dict[str, Any] = {**self.config, **({"PERF_COUNT": True} if self.record_kernels else {})}
+        threads = step_threads()  # a step beside others: its share of the cores (not a deploy setting)
+        if threads and "INFERENCE_NUM_THREADS" not in config:
+            config["INFERENCE_NUM_THREADS"] = threads
         self._compiled = core.compile_model(str(self.xml), "CPU", config)
         self._request = self._compiled.create_infer_request()
 
