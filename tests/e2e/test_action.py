@@ -136,7 +136,11 @@ def test_the_pull_request_comment_shows_deltas_against_the_last_release(tmp_path
     """The shipped classifier released as 1.0.0, then changed (its onnxruntime int8 in 7-bit
     weights) and built as 1.1.0: the comment compares the two, artifact by artifact."""
     store = registry.url("pull-request")
-    first = shipped_recipe("classifier.yaml", tmp_path, verify={"cpus": []}, latency={"runs": 10, "warmup": 2})
+    first = shipped_recipe("classifier.yaml", tmp_path, verify={"cpus": []}, latency={"runs": 10, "warmup": 2},
+                           targets=[{"backend": "onnxruntime", "precisions": ["fp32", "int8"]},
+                                    {"backend": "openvino", "precisions": ["fp32"]}],
+                           gates={"fp32": {"max_abs_error": 0.001}, "int8": {"min_cosine": 0.99, "max_metric_drop": 0.5}},
+                           quantization={"sensitivity_layers": 0})
     done, outputs = action(tmp_path, "build", "--recipes", str(first), "--store", store, "--push", "--sign", "key",
                            "--signing-key", str(signed["key"]))
     assert done.returncode == 0, done.stdout + done.stderr
