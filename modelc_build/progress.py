@@ -3,14 +3,25 @@ and a plain line per event otherwise (CI logs)."""
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Any, Callable
+
+_STDERR_LOCK = threading.Lock()
+
+
+def _write_stderr(line: str) -> None:
+    """One whole line per write, under a lock: steps finish on worker threads, and print()'s
+    separate write of the newline let two steps' lines run together in CI logs."""
+    with _STDERR_LOCK:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
 
 
 class BuildLog:
     """Plain log: every start, finish and note is one line on stderr."""
 
     def __init__(self, write: Callable[[str], None] | None = None) -> None:
-        self._write = write or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._write = write or _write_stderr
 
     def __call__(self, line: str) -> None:
         self._write(line)

@@ -291,3 +291,31 @@ def test_a_process_that_ends_without_an_answer_fails_only_its_step(tmp_path: Pat
     with pytest.raises(CompileError, match="the dies step's process ended with exit code 7 before it finished"):
         Engine(Cache(tmp_path / "cache"), log, jobs=2).run(steps)
     assert any(line.startswith("✓ lives (") for line in log.lines)  # its sibling finished and was cached
+
+
+def test_the_plain_log_writes_each_line_whole_from_any_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Steps start and finish on worker threads: a line and its newline written apart let two
+    steps' lines run together in a CI log (a concurrent-build test once missed a step that way)."""
+    import io
+    import threading
+
+    class Writes(io.StringIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[str] = []
+
+        def write(self, text: str) -> int:
+            self.calls.append(text)
+            return super().write(text)
+
+    stderr = Writes()
+    monkeypatch.setattr("sys.stderr", stderr)
+    log = BuildLog()
+    workers = [threading.Thread(target=lambda n=n: [log.start(f"s{n}", f"▶ s{n}: line {i}") for i in range(200)])
+               for n in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert all(call.count("\n") == 1 and call.endswith("\n") for call in stderr.calls)
+    assert len(stderr.getvalue().splitlines()) == 800

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from modelc_build.emulation import emulator
-from tests.conftest import write_images
+from tests.conftest import shipped_recipe, write_images
 
 
 def int8_recipe(tiny_recipe, tmp_path: Path, calibration: Path, **data: dict) -> Path:
@@ -30,6 +30,7 @@ def broken_calibration(tmp_path: Path, shape: tuple[int, ...]) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("mobilenet")
 def test_int8_calibrated_on_wrong_data_fails_the_default_gate(tmp_path: Path, run_cli, mobilenet_v2: Path) -> None:
     """A real ImageNet model whose INT8 collapsed: the default gates (the recipe sets none) fail it."""
     recipe = yaml.safe_load(mobilenet_v2.read_text())
@@ -84,9 +85,14 @@ def test_the_same_image_in_two_roles_is_refused_naming_it(tmp_path: Path, tiny_r
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("mobilenet")  # the real model's builds take GBs: one at a time
 def test_mobilenet_v2_int8_keeps_its_accuracy_on_every_path(tmp_path: Path, run_cli, mobilenet_v2: Path) -> None:
-    """The real example: ImageNet MobileNetV2 on real photos, no labels, modelc's default gates."""
-    result = run_cli("build", mobilenet_v2, "--store", tmp_path / "store", "-j", "2")
+    """The real example: ImageNet MobileNetV2 on real photos, no labels, modelc's default gates; its
+    INT8 paths, each beside the FP32 artifact of its runtime (fp16 and TorchScript are float paths
+    the smaller shipped recipes build in full)."""
+    recipe = shipped_recipe(mobilenet_v2.name, tmp_path, targets=[{"backend": "onnxruntime", "precisions": ["fp32", "int8"]},
+                                                                  {"backend": "openvino", "precisions": ["fp32", "int8"]}])
+    result = run_cli("build", recipe, "--store", tmp_path / "store", "-j", "2")
     assert result.exit_code == 0, result.stderr
     release = tmp_path / "store/mobilenet-v2-imagenet/1.0.0"
     report = json.loads((release / "report.json").read_text())
