@@ -12,6 +12,22 @@ REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: a worker per core, but no more than the memory holds (a whole build of the real
+    MobileNetV2 peaks near 2 GiB in one step, 3 GiB with its build process) and at most 4: the
+    tests' builds run their own steps side by side, so more workers only oversubscribe the cores."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    available = 8 * 2**30  # where /proc/meminfo is not there to ask
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    return max(1, min(cores, 4, int(available // (4 * 2**30))))
+
+
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test builds into its own step cache (never the repository's .modelc/)."""
