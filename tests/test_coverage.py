@@ -1,0 +1,57 @@
+"""INT8 coverage as the runtime sees it: the count in the report is the CPU plugin's own."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelc_build.coverage import openvino_coverage
+
+
+def c2f_like_model() -> object:
+    """YOLOv8's C2f and SPPF in small: convolutions fed through Split, Concat and MaxPool, where
+    the FakeQuantize sits before the split or on every concat input rather than on the conv."""
+    import torch
+    from torch import nn
+
+    def conv(cin: int, cout: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.SiLU())
+
+    class C2fLike(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.cv1, self.m, self.cv2 = conv(3, 16), conv(16, 16), conv(8, 8), conv(24, 16)
+            self.pool, self.cv3 = nn.MaxPool2d(5, 1, 2), conv(32, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a, b = self.cv1(self.stem(x)).chunk(2, 1)
+            y = self.cv2(torch.cat([a, b, self.m(b)], 1))
+            return self.cv3(torch.cat([y, self.pool(y)], 1))
+
+    torch.manual_seed(0)
+    return C2fLike().eval()
+
+
+@pytest.mark.slow
+def test_openvino_coverage_counts_what_the_cpu_plugin_runs_in_int8(tmp_path: Path) -> None:
+    nncf = pytest.importorskip("nncf")
+    ov = pytest.importorskip("openvino")
+    import torch
+
+    nncf.set_log_level(logging.ERROR)
+    onnx_path = tmp_path / "c2f.onnx"
+    torch.onnx.export(c2f_like_model(), (torch.rand(1, 3, 32, 32),), str(onnx_path), input_names=["x"], opset_version=17, dynamo=False)
+    samples = [np.random.default_rng(i).random((1, 3, 32, 32), dtype=np.float32) for i in range(8)]
+    quantized = nncf.quantize(ov.convert_model(str(onnx_path)), nncf.Dataset(samples), subset_size=8)
+    xml = tmp_path / "model.xml"
+    ov.save_model(quantized, str(xml))
+
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    runtime = [op.get_rt_info()["runtimePrecision"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()
+               if op.get_rt_info()["layerType"].astype(str) == "Convolution"]
+    coverage = openvino_coverage(xml)
+    assert coverage.layers == len(runtime) == 5
+    assert coverage.quantized == sum(precision in ("u8", "i8") for precision in runtime)
+    assert coverage.quantized == 5  # the split halves, the concats and the pooled branch included
