@@ -181,9 +181,12 @@ def quantize_for_cpu(request: CompileRequest, destinations: dict[str, Path]) -> 
             quant_pre_process(str(request.onnx_model), str(prepared), skip_symbolic_shape=True)
             converted = _at_least_opset(prepared, PER_CHANNEL_OPSET)
             op_types = _quantized_op_types(prepared, options)
-            for number, (name, destination) in enumerate(destinations.items()):
+            # pieces only where every input keeps its samples on axis 0 and none is a fixed value
+            chunk = CALIBRATION_CHUNK if all(spec.batch_axis == 0 and spec.value is None for spec in request.inputs) else None
+            _calibrate(prepared, reader, op_types, moving_average, ranges, Path(scratch), chunk)
+            for name, destination in destinations.items():
                 layout = INT8_FORMATS[name]
-                quantize_static(str(prepared), str(destination), reader if number == 0 else None, quant_format=QuantFormat.QDQ,
+                quantize_static(str(prepared), str(destination), None, quant_format=QuantFormat.QDQ,
                                 per_channel=True, activation_type=getattr(QuantType, layout.activations),
                                 weight_type=getattr(QuantType, layout.weights), reduce_range=layout.reduce_range,
                                 calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
@@ -202,6 +205,56 @@ def quantize_for_cpu(request: CompileRequest, destinations: dict[str, Path]) -> 
             "calibration_samples": reader.samples,
             "quantized_op_types": op_types or "onnxruntime's default list",
             "kept_in_float": {"nodes": exclude, "op_types": list(options.ignore_types)}}
+
+
+CALIBRATION_CHUNK = 4  # samples per calibration run
+
+
+def _calibrate(model: Path, reader: Any, op_types: list[str] | None, moving_average: bool, cache: Path, scratch: Path,
+               chunk: int | None) -> None:
+    """onnxruntime's MinMax calibration, written to the calibration cache that `quantize_static`
+    then reads. Its calibration session holds every activation of a run at once (MobileNetV2:
+    ~110 MB a sample, 1.9 GB for a feed of 16), so each feed runs in pieces of CALIBRATION_CHUNK
+    samples and the pieces' minima and maxima are combined into the feed's own: the same ranges,
+    moving average included, in a fraction of the memory."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    types = op_types or sorted(set(QLinearOpsRegistry) | set(QDQRegistry))  # quantize_static's default
+    calibrator = create_calibrator(model, types, augmented_model_path=str(scratch / "augmented.onnx"),
+                                   calibrate_method=CalibrationMethod.MinMax, extra_options={"moving_average": moving_average})
+    session = calibrator.infer_session
+    names = [output.name for output in session.get_outputs()]
+    originals = calibrator.model_original_outputs
+    feed = reader.get_next()
+    while feed:
+        runs = [session.run(None, piece) for piece in (_pieces(feed, chunk) if chunk else [feed])]
+        calibrator.intermediate_outputs.append([None if name in originals else _extreme(name, [run[i] for run in runs])
+                                                for i, name in enumerate(names)])
+        feed = reader.get_next()
+    if not calibrator.intermediate_outputs:
+        raise CompileError("the calibration data gave no sample: check data.calibration")
+    save_tensors_data(calibrator.compute_data(), cache)
+
+
+def _pieces(feed: dict[str, Any], size: int) -> list[dict[str, Any]]:
+    """A feed cut along axis 0 into pieces of `size` samples; a feed whose inputs disagree on
+    their first axis is run whole."""
+    counts = {np.shape(value)[0] if np.ndim(value) else None for value in feed.values()}
+    if len(counts) != 1 or None in counts:
+        return [feed]
+    total = counts.pop()
+    assert total is not None
+    return [{name: value[start:start + size] for name, value in feed.items()} for start in range(0, total, size)] or [feed]
+
+
+def _extreme(name: str, values: list[np.ndarray]) -> np.ndarray:
+    """The ReduceMin/ReduceMax outputs of the pieces of one feed, combined into the feed's."""
+    if name.endswith("_ReduceMin"):
+        return np.minimum.reduce(values)
+    if name.endswith("_ReduceMax"):
+        return np.maximum.reduce(values)
+    raise CompileError(f"onnxruntime's calibration model has an output modelc does not know how to combine: {name}")
 
 
 PER_CHANNEL_OPSET = 13  # DequantizeLinear's `axis` (per-channel weights) exists from opset 13
