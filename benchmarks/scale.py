@@ -11,9 +11,11 @@ cost is bounded by `verify.emulation_budget_s`, not by the sample count (it woul
 Images repeat the photo sets when more are asked for than exist; token sentences are seeded random
 ids of 32-128 words.
 
-Per build it prints wall seconds, the peak resident memory of the whole process tree (sampled every
-0.2 s) and of the costliest step (the report's per-step figures), and the bound the issue sets,
-4x the FP32 model size + 1.5 GB. Then, per model, how time and memory grew from the smallest to
+Per build it prints wall seconds, the peak memory of the whole process tree (sampled every 0.2 s)
+as the sum of its processes' PSS (what the build occupies: pages the step workers share with the
+fork server count once) and, beside it, of their RSS (which counts shared pages once per process),
+the peak of the costliest step's own process (the report's per-step figures), and the bound the
+issue sets, 4x the FP32 model size + 1.5 GB, judged on the PSS sum. Then, per model, how time and memory grew from the smallest to
 the largest sample count against how the samples grew (at most linear: ratio <= 1).
 """
 from __future__ import annotations
@@ -122,28 +124,40 @@ def recipe_for(model: Model, samples: int, folder: Path) -> Path:
     return path
 
 
-def tree_rss(process: psutil.Process) -> int:
-    total = 0
+def _pss(pid: int) -> int:
+    """Proportional set size: a page shared by n processes counts 1/n in each (the forked step
+    workers share the fork server's libraries; summing their RSS counts those pages once per
+    process)."""
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        return next(int(line.split()[1]) * 1024 for line in rollup if line.startswith("Pss:"))
+
+
+def tree_memory(process: psutil.Process) -> tuple[int, int]:
+    """The build's process tree now: the sum of PSS (the memory it occupies) and of RSS."""
+    pss = rss = 0
     for member in [process, *process.children(recursive=True)]:
         try:
-            total += member.memory_info().rss
-        except psutil.Error:
+            rss += member.memory_info().rss
+            pss += _pss(member.pid)
+        except (psutil.Error, OSError, StopIteration):
             pass
-    return total
+    return pss, rss
 
 
-def build(recipe: Path, scratch: Path) -> tuple[float, int, dict]:
-    """Wall seconds, peak tree RSS, and the release's report.json of one cold build."""
+def build(recipe: Path, scratch: Path) -> tuple[float, tuple[int, int], dict]:
+    """Wall seconds, the peak of the tree's PSS and RSS sums, and the release's report.json of one
+    cold build."""
     command = [sys.executable, "-m", "modelc_build", "build", str(recipe), "--store", str(scratch / "store"),
                "--cache", str(scratch / "cache"), "-j", "2"]
     started = time.perf_counter()
     child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = [0]
+    peak = [0, 0]
 
     def sample() -> None:
         watched = psutil.Process(child.pid)
         while child.poll() is None:
-            peak[0] = max(peak[0], tree_rss(watched))
+            pss, rss = tree_memory(watched)
+            peak[0], peak[1] = max(peak[0], pss), max(peak[1], rss)
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -154,7 +168,7 @@ def build(recipe: Path, scratch: Path) -> tuple[float, int, dict]:
     if child.returncode != 0:
         sys.exit(f"modelc build {recipe} failed (exit {child.returncode}):\n{output[-3000:]}")
     report = json.loads(next((scratch / "store").glob("*/*/report.json")).read_text())
-    return seconds, peak[0], report
+    return seconds, (peak[0], peak[1]), report
 
 
 def fp32_size(report: dict) -> int:
@@ -168,7 +182,7 @@ def main() -> None:
     parser.add_argument("--factors", default="1,4,16")
     args = parser.parse_args()
     factors = [int(f) for f in args.factors.split(",")]
-    print(f"{'model':<14}{'samples':>8}{'wall s':>9}{'peak tree MiB':>15}{'costliest step':>34}"
+    print(f"{'model':<14}{'samples':>8}{'wall s':>9}{'tree PSS MiB':>14}{'tree RSS MiB':>14}{'costliest step':>34}"
           f"{'bound MiB':>11}  within")
     for name in args.models.split(","):
         model = MODELS[name]
@@ -177,14 +191,14 @@ def main() -> None:
             scratch = Path(tempfile.mkdtemp(prefix=f"modelc-scale-{name}-"))
             try:
                 samples = args.base * factor
-                seconds, peak, report = build(recipe_for(model, samples, scratch), scratch)
+                seconds, (peak, rss), report = build(recipe_for(model, samples, scratch), scratch)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
             steps = [s for s in report["steps"]["steps"] if s["peak_rss_mib"] is not None]
             worst = max(steps, key=lambda s: s["peak_rss_mib"])
             bound = 4 * fp32_size(report) + 1.5 * GIB
             rows.append((samples, seconds, peak))
-            print(f"{name:<14}{samples:>8}{seconds:>9.1f}{peak / 2**20:>15.0f}"
+            print(f"{name:<14}{samples:>8}{seconds:>9.1f}{peak / 2**20:>14.0f}{rss / 2**20:>14.0f}"
                   f"{worst['id'][:24]:>26} {worst['peak_rss_mib']:>6.0f}{bound / 2**20:>11.0f}  "
                   f"{'yes' if peak <= bound else 'NO'}")
         (s0, t0, m0), (s1, t1, m1) = rows[0], rows[-1]
