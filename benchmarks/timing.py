@@ -14,7 +14,7 @@ def timed(command: list[str], cwd: Path) -> float:
     started = time.perf_counter()
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
     if result.returncode != 0:
-        sys.exit(f"{command[:3]} failed:\n{result.stderr[-3000:]}")
+        sys.exit(f"{command[:3]} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
     return time.perf_counter() - started
 
 

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from timing import timed
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -144,14 +145,6 @@ def yolo_dataset(root: Path, splits: dict[str, Path]) -> Path:
     return described
 
 
-def run(command: list[str], cwd: Path) -> float:
-    started = time.perf_counter()
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"{command[:4]} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
-    return time.perf_counter() - started
-
-
 def trained_weights(python: str, weights: Path, epochs: int) -> Path:
     """Ultralytics' YOLOv8n trained on 1,500 generated shape images (once; kept in `weights`)."""
     if weights.exists():
@@ -163,7 +156,7 @@ def trained_weights(python: str, weights: Path, epochs: int) -> Path:
         write_detection_split(work / "generated", 1, 1500)
         data = yolo_dataset(work / "dataset", {"train": work / "generated", "val": work / "generated"})
         print(f"training YOLOv8n for {epochs} epochs (once; kept in {weights}) ...", flush=True)
-        seconds = run([python, "-c", TRAINING, str(data), str(IMAGE_SIZE), str(epochs), str(work / "runs")], work)
+        seconds = timed([python, "-c", TRAINING, str(data), str(IMAGE_SIZE), str(epochs), str(work / "runs")], work)
         print(f"trained in {seconds:.0f} s", flush=True)
         weights.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(work / "runs/train/weights/last.pt", weights)
@@ -281,7 +274,7 @@ def main() -> None:
         peer_root = work / "ultralytics"
         peer_root.mkdir()
         data = yolo_dataset(work / "dataset", {"train": SHAPES / "calibration", "val": SHAPES / "evaluation"})
-        peer_seconds = run([args.ultralytics_python, "-c", DELIVERABLES, str(weights), str(data), str(IMAGE_SIZE), str(peer_root)], work)
+        peer_seconds = timed([args.ultralytics_python, "-c", DELIVERABLES, str(weights), str(data), str(IMAGE_SIZE), str(peer_root)], work)
         peer = json.loads((peer_root / "ultralytics.json").read_text())
         onnx = Path(peer["files"]["onnx-fp32"])
 
