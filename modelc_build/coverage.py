@@ -8,6 +8,7 @@ multiply-accumulates where shapes are known, so the report says it and a build w
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -46,6 +47,12 @@ class Coverage:
                     "Python value, model.arguments, so that tracing keeps one branch) so that its layers reach the "
                     "main graph")
         return "the quantizer left every weighted layer in float (quantization.ignore / model_type exclude them?)"
+
+
+def _macs(per_output: list[int], output_dims: list[int]) -> int:
+    """A layer's multiply-accumulates per sample: the weight dimensions each output value sums over,
+    times the output values (the output's dimensions after the batch)."""
+    return math.prod(per_output) * math.prod(output_dims)
 
 
 def _subgraphs(node: Any) -> Iterator[Any]:
@@ -98,14 +105,10 @@ def onnx_coverage(path: Path) -> Coverage:
             weight_shape = initializers.get(weight) or initializers.get(producer.input[0] if producer is not None else "")
             out_shape = shapes.get(node.output[0], [])
             if weight_shape and out_shape and all(out_shape[1:]):
-                per_output = 1
-                for size in weight_shape[1:] if node.op_type in ("Conv", "QLinearConv", "ConvInteger") else weight_shape[:1]:
-                    per_output *= size
-                outputs = 1
-                for size in out_shape[1:]:
-                    outputs *= size
-                macs["all"] += per_output * outputs
-                macs["int8"] += per_output * outputs if quantized else 0
+                per_output = weight_shape[1:] if node.op_type in ("Conv", "QLinearConv", "ConvInteger") else weight_shape[:1]
+                layer = _macs(per_output, out_shape[1:])
+                macs["all"] += layer
+                macs["int8"] += layer if quantized else 0
             else:
                 macs["unknown"] = True
 
@@ -156,14 +159,10 @@ def openvino_coverage(xml: Path) -> Coverage:
         weights, out = op.input(1).get_partial_shape(), op.output(0).get_partial_shape()
         if weights.is_static and out.rank.is_static and all(d.is_static for d in list(out)[1:]):
             dims = [d.get_length() for d in weights]
-            per_output = 1
-            for size in (dims[1:] if "Convolution" in op.get_type_name() else dims[-2:-1] or dims[:1]):
-                per_output *= size
-            outputs = 1
-            for d in list(out)[1:]:
-                outputs *= d.get_length()
-            macs_all += per_output * outputs
-            macs_int8 += per_output * outputs if is_int8 else 0
+            per_output = dims[1:] if "Convolution" in op.get_type_name() else dims[-2:-1] or dims[:1]
+            layer = _macs(per_output, [d.get_length() for d in list(out)[1:]])
+            macs_all += layer
+            macs_int8 += layer if is_int8 else 0
         else:
             unknown = True
     share = 100.0 * macs_int8 / macs_all if macs_all and not unknown else None
