@@ -55,7 +55,7 @@ from timing import timed
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from modelc_build.backends.onnxruntime import VNNI_FILE  # noqa: E402
+from modelc_build.backends.onnxruntime import variant_file  # noqa: E402
 from modelc_build.data import DataReader  # noqa: E402
 from modelc_build.host import cpu_info  # noqa: E402
 from modelc_build.plan import data_source  # noqa: E402
@@ -177,15 +177,12 @@ def modelc_build(recipe: Path, work: Path, cache: Path) -> tuple[float, str, Pat
 
 
 def artifact_file(release: Path, target: str, suffix: str) -> Path:
-    """The file of `target` this machine would run: an onnxruntime INT8 artifact's VNNI variant on a
-    CPU with VNNI, as modelc's runtime picks it."""
+    """The file of `target` this machine would run: for onnxruntime the variant modelc's runtime
+    picks here (an INT8 artifact's VNNI variant on a CPU with VNNI)."""
     manifest = json.loads((release / "manifest.json").read_text())
     artifact = next(a for a in manifest["artifacts"] if a["target"] == target)
     files = [release / f for f in artifact["files"] if f.endswith(suffix)]
-    vnni = [f for f in files if f.name == VNNI_FILE]
-    if vnni and cpu_info()["vnni"]:
-        return vnni[0]
-    return next(f for f in files if f.name != VNNI_FILE)
+    return variant_file(files)[0] if suffix == ".onnx" else files[0]
 
 
 def evaluation_inputs(recipe: Path) -> np.ndarray:

@@ -103,18 +103,8 @@ class OnnxRuntimeBackend(Backend):
 
     def runner(self, files: list[Path], inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...],
                config: dict[str, str] | None = None) -> Runner:
-        """An int8 artifact with a VNNI variant runs it where this CPU has VNNI (its kernels are
-        right there and only there), model.onnx elsewhere; `config` may pin one: variant=vnni|portable."""
-        from modelc_build.host import cpu_info
-
-        vnni = next((f for f in files if f.name == VNNI_FILE), None)
-        if vnni is None:
-            return OnnxRuntimeRunner(next(f for f in files if f.name != VNNI_FILE and f.suffix == ".onnx"), inputs, outputs)
-        chosen = (config or {}).get("variant") or ("vnni" if cpu_info()["vnni"] else "portable")
-        if chosen == "vnni":
-            return OnnxRuntimeRunner(vnni, inputs, outputs, variant=f"{VNNI_FILE} (u8s8, for VNNI)")
-        return OnnxRuntimeRunner(next(f for f in files if f.name == "model.onnx"), inputs, outputs,
-                                 variant="model.onnx (portable, every x86 CPU)")
+        path, variant = variant_file(files, config)
+        return OnnxRuntimeRunner(path, inputs, outputs, variant=variant)
 
     def versions(self) -> dict[str, str]:
         return {"onnxruntime": require("onnxruntime", self.name, "onnxruntime").__version__}
@@ -122,6 +112,22 @@ class OnnxRuntimeBackend(Backend):
 
 MOVING_AVERAGE_MIN_SAMPLES = 8
 VNNI_FILE = "model-vnni.onnx"
+
+
+def variant_file(files: list[Path], config: dict[str, str] | None = None) -> tuple[Path, str | None]:
+    """The file of an onnxruntime artifact this machine runs, and which variant it is (None for an
+    artifact with one file): an int8 artifact with a VNNI variant runs it where this CPU has VNNI
+    (its kernels are right there and only there), model.onnx elsewhere; `config` may pin one:
+    variant=vnni|portable."""
+    from modelc_build.host import cpu_info
+
+    vnni = next((f for f in files if f.name == VNNI_FILE), None)
+    if vnni is None:
+        return next(f for f in files if f.name != VNNI_FILE and f.suffix == ".onnx"), None
+    chosen = (config or {}).get("variant") or ("vnni" if cpu_info()["vnni"] else "portable")
+    if chosen == "vnni":
+        return vnni, f"{VNNI_FILE} (u8s8, for VNNI)"
+    return next(f for f in files if f.name == "model.onnx"), "model.onnx (portable, every x86 CPU)"
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo flags of CPUs whose u8s8 kernel is exact
 
 
