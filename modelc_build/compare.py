@@ -52,12 +52,10 @@ def report_of(store: Store, name: str, version: str) -> dict[str, Any]:
         return report
 
 
-def previous_version(store: Store, name: str, version: str | None = None) -> str | None:
-    """The latest stored version of `name` other than `version` (PEP 440 order), or None."""
-    try:
-        versions = [v for n, v in store.list(name) if n == name and v != version]
-    except StoreError:
-        return None
+def older_versions(store: Store, name: str, version: str | None = None) -> list[str]:
+    """The stored versions of `name` released before `version` (every other one where `version`
+    is None or no PEP 440 version), oldest first."""
+    versions = [v for n, v in store.list(name) if n == name and v != version]
     if version is not None:
         from packaging.version import InvalidVersion, Version
 
@@ -66,7 +64,15 @@ def previous_version(store: Store, name: str, version: str | None = None) -> str
             versions = [v for v in versions if Version(v) < current]
         except InvalidVersion:
             pass
-    ordered = version_order(versions)
+    return version_order(versions)
+
+
+def previous_version(store: Store, name: str, version: str | None = None) -> str | None:
+    """The latest stored version of `name` before `version` (PEP 440 order), or None."""
+    try:
+        ordered = older_versions(store, name, version)
+    except StoreError:
+        return None
     return ordered[-1] if ordered else None
 
 

@@ -311,15 +311,13 @@ HISTORY_VERSIONS = 10  # older versions the HTML report plots beside this one
 def _history(store: Store, name: str, version: str) -> list[dict[str, Any]]:
     """The reports of up to HISTORY_VERSIONS older stored versions, oldest first (none where the
     store cannot say: a history is a nicety, never a reason for a build to fail)."""
-    from packaging.version import InvalidVersion, Version
+    from packaging.version import InvalidVersion
 
-    from modelc_build.compare import report_of
+    from modelc_build.compare import older_versions, report_of
     from modelc_build.errors import ModelcError
 
     try:
-        current = Version(version)
-        older = [v for n, v in store.list(name) if n == name and Version(v) < current][-HISTORY_VERSIONS:]
-        return [report_of(store, name, v) for v in older]
+        return [report_of(store, name, v) for v in older_versions(store, name, version)[-HISTORY_VERSIONS:]]
     except (ModelcError, InvalidVersion, OSError, ValueError, KeyError):
         return []
 
