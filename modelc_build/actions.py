@@ -188,15 +188,16 @@ def _keep_reports(store_url: str, name: str, version: str, folder: Path) -> str 
     import shutil
 
     from modelc_build.errors import ModelcError
+    from modelc_build.manifest import REPORT_FILES
     from modelc_build.stores import open_store
 
     destination = folder / name / version
     try:
         staging = folder / f".{name}-{version}-reports"
         shutil.rmtree(staging, ignore_errors=True)
-        open_store(store_url).fetch(name, version, staging, lambda manifest: {"report.json", "report.md", "report.html"})
+        open_store(store_url).fetch(name, version, staging, lambda manifest: set(REPORT_FILES))
         destination.mkdir(parents=True, exist_ok=True)
-        for report in ("report.json", "report.md", "report.html"):
+        for report in REPORT_FILES:
             if (staging / report).is_file():
                 shutil.copyfile(staging / report, destination / report)
         shutil.rmtree(staging, ignore_errors=True)
@@ -205,8 +206,13 @@ def _keep_reports(store_url: str, name: str, version: str, folder: Path) -> str 
     return str(destination.resolve())
 
 
+def recipe_files(patterns: str) -> list[Path]:
+    """The recipe files the space-separated glob patterns name, each once, in order."""
+    return sorted({Path(p) for pattern in patterns.split() for p in glob.glob(pattern)})
+
+
 def command_build(options: argparse.Namespace) -> int:
-    recipes = sorted({Path(p) for pattern in options.recipes.split() for p in glob.glob(pattern)})
+    recipes = recipe_files(options.recipes)
     if not recipes:
         print(annotation("error", f"no recipe matches {options.recipes!r}"))
         set_outputs({"releases": "[]", "report": "", "passed": "false", "upload": ""})
@@ -249,7 +255,7 @@ def command_cache_key(options: argparse.Namespace) -> int:
 
     digest = hashlib.sha256()
     cache = Cache(Path(options.cache))
-    for recipe in sorted({Path(p) for pattern in options.recipes.split() for p in glob.glob(pattern)}):
+    for recipe in recipe_files(options.recipes):
         plan = make_plan(load_recipe(recipe))
         keys = Engine(cache, BuildLog()).step_keys(plan.steps, Fingerprints(cache, run_code=False))
         digest.update(json.dumps(keys, sort_keys=True).encode())

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from modelc_build.errors import InputError, VerificationError
-from modelc_build.manifest import SIGNATURE_FILE, read_manifest, safe_relative_path, sha256_file
+from modelc_build.manifest import REPORT_FILES, SIGNATURE_FILE, read_manifest, safe_relative_path, sha256_file
 from modelc_build.signing import SignatureError, Trust, verified_digests, verify_release
 from modelc_build.stores import Store
 
-REPORT_FILES = ("report.json", "report.md", "report.html")
 PARTIAL_FILE = ".modelc-pulled.json"  # beside a --target/--gpu pull: which signed files it holds, to re-verify later
 
 

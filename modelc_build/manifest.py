@@ -20,6 +20,7 @@ from modelc_build.errors import VerificationError
 
 MANIFEST_FORMAT_VERSION = 3  # 2: deploy settings per artifact, build machine, data roles; 3: CPUs verified on, golden set
 CHUNK = 1024 * 1024
+REPORT_FILES = ("report.json", "report.md", "report.html")  # beside the artifacts in every release
 TOOLCHAIN_PACKAGES = ("modelc-build", "torch", "onnx", "onnxsim", "onnxruntime", "openvino", "numpy")
 
 # Beside every int8 artifact: how it was calibrated and what stayed in float (read into the report).

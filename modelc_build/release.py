@@ -18,7 +18,7 @@ from modelc_build.accuracy import Evaluation, GateCheck, apply_gates, evaluation
 from modelc_build.cache import CacheEntry
 from modelc_build.errors import GateFailed, StoreError
 from modelc_build.golden import FOLDER as GOLDEN_FOLDER
-from modelc_build.manifest import QUANTIZATION_NOTES, ArtifactEntry, FileEntry, build_manifest, content_digest, file_entries
+from modelc_build.manifest import QUANTIZATION_NOTES, REPORT_FILES, ArtifactEntry, FileEntry, build_manifest, content_digest, file_entries
 from modelc_build.recipe import Recipe, Target
 from modelc_build.report import ArtifactReport, CalibrationData, Measurement, Report, to_json_text, to_markdown
 from modelc_build.steps.export import EXPORT_NOTES, EXPORT_STEP
@@ -254,7 +254,7 @@ def release(recipe: Recipe, measured: Measured, report: Report, store: Store, st
     if not report.passed:
         kept = failed_reports / recipe.name / recipe.version
         kept.mkdir(parents=True, exist_ok=True)
-        for name in ("report.json", "report.md", "report.html"):
+        for name in REPORT_FILES:
             shutil.copyfile(folder / name, kept / name)
         raise GateFailed(f"{len(report.failures())} accuracy gate(s) missed, nothing was stored: "
                          + "; ".join(report.failures()) + f". Report: {kept / 'report.md'}")
@@ -387,7 +387,7 @@ def _manifest(recipe: Recipe, folder: Path, measured: Measured, artifact_files: 
     return build_manifest(name=recipe.name, version=recipe.version, recipe_file=recipe.path,
                           recipe_digest=recipe.digest, exporter=(report.export or {}).get("used", "none"),
                           opset=recipe.export.opset, simplified=recipe.export.simplify, artifacts=entries,
-                          artifact_files=artifact_files, report_files=file_entries(folder, ["report.json", "report.md", "report.html"] + golden),
+                          artifact_files=artifact_files, report_files=file_entries(folder, [*REPORT_FILES, *golden]),
                           passed=report.passed, machine=report.machine, data=report.data,
                           measurement_digest=judged_by, golden=_golden_summary(report, golden),
                           model={"inputs": [spec.to_json() for spec in recipe.model.inputs],
