@@ -27,6 +27,13 @@ timeout_option = click.option("--timeout", type=click.FloatRange(1, 86400), defa
                                    "retry included (default 300, or MODELC_REGISTRY_TIMEOUT); then exit code 9.")
 
 
+def store_options(help: str = "A folder, file:// URL or oci://HOST/REPOSITORY (env MODELC_STORE).") -> Callable[..., Any]:
+    """--store (default: artifacts, or MODELC_STORE) and --timeout for its registry operations."""
+    store = click.option("--store", "store_url", default=lambda: os.environ.get("MODELC_STORE", DEFAULT_STORE),
+                         show_default=DEFAULT_STORE, help=help)
+    return lambda function: store(timeout_option(function))
+
+
 def _stderr(message: str) -> None:
     click.echo(message, err=True)
 
@@ -171,9 +178,7 @@ def keygen(prefix: Path, debug: bool, as_json: bool) -> None:
 
 @main.command()
 @click.argument("reference", metavar="NAME:VERSION")
-@click.option("--store", "store_url", default=lambda: os.environ.get("MODELC_STORE", DEFAULT_STORE), show_default="artifacts",
-              help="A folder, file:// URL or oci://HOST/REPOSITORY (env MODELC_STORE).")
-@timeout_option
+@store_options()
 @click.option("--target", help="Only this artifact (e.g. openvino-int8), with the manifest, reports and signature.")
 @click.option("--dest", type=click.Path(path_type=Path), required=True, help="A new or empty folder.")
 @click.option("--gpu", help="Only the TensorRT engines built for this GPU generation (sm89, ada, ...; `auto`: this "
@@ -364,9 +369,7 @@ def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool
 
 @main.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
-@click.option("--store", "store_url", default=lambda: os.environ.get("MODELC_STORE", DEFAULT_STORE), show_default="artifacts",
-              help="Where releases go: a folder, file:// URL or oci://HOST/REPOSITORY (env MODELC_STORE).")
-@timeout_option
+@store_options("Where releases go: a folder, file:// URL or oci://HOST/REPOSITORY (env MODELC_STORE).")
 @click.option("--reports-dir", type=click.Path(path_type=Path), default=Path(".modelc/failed"), show_default=True,
               help="Where the report of a build that missed a gate is kept.")
 @cache_option
@@ -459,8 +462,7 @@ def _compared(store: Any, result: Any, compare_to: str, debug: bool) -> dict[str
 @main.command()
 @click.argument("older", metavar="NAME:VERSION")
 @click.argument("newer", metavar="NAME:VERSION")
-@click.option("--store", "store_url", default=lambda: os.environ.get("MODELC_STORE", DEFAULT_STORE), show_default="artifacts")
-@timeout_option
+@store_options()
 @global_options
 def diff(older: str, newer: str, store_url: str, timeout: float | None, debug: bool, as_json: bool) -> None:
     """Compare two stored releases: per artifact, task metric, lowest output cosine, p50 latency and
@@ -545,8 +547,7 @@ def _size(size: int) -> str:
 
 @main.command(name="ls")
 @click.argument("name", required=False)
-@click.option("--store", "store_url", default=lambda: os.environ.get("MODELC_STORE", DEFAULT_STORE), show_default="artifacts")
-@timeout_option
+@store_options()
 @global_options
 def list_releases(name: str | None, store_url: str, timeout: float | None, as_json: bool, debug: bool) -> None:
     """List stored releases (NAME VERSION per line)."""
