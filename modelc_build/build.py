@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 # What the fresh-process server imports once, so a step's process starts without paying for it.
 PRELOAD = ("modelc_build.plan", "modelc_build.accuracy", "modelc_build.data", "modelc_build.tasks", "modelc_build.backends.openvino",
            "modelc_build.backends.onnxruntime", "modelc_build.backends.torchscript", "modelc_build.sources", "onnxruntime",
-           "openvino", "torch", "PIL.Image")
+           "openvino", "torch", "PIL.Image", "onnx", "onnxsim")
 
 
 @dataclass(frozen=True)

@@ -333,14 +333,20 @@ def _distinct(failures: list[tuple[str, BaseException]]) -> list[tuple[str, Base
 
 
 def _by_priority(steps: Sequence[Step]) -> list[Step]:
-    """Steps that many others wait for first (the critical path: the Q/DQ graph before a
-    sensitivity scan nobody waits for); plan order among equals."""
-    dependants: dict[str, set[str]] = {step.id: set() for step in steps}
-    for step in reversed(steps):
+    """Steps on the longest chain of expected work first (critical-path order): a step's priority
+    is its own cost hint plus the largest priority among the steps that wait for it, so the INT8
+    compile whose emulated check is long starts before cheap float compiles, and that check starts
+    as soon as its artifact exists rather than after every quick measurement. Plan order among
+    equals."""
+    waiting: dict[str, list[str]] = {step.id: [] for step in steps}
+    for step in steps:
         for need in step.needs:
-            dependants[need] |= {step.id} | dependants[step.id]
+            waiting[need].append(step.id)
+    chain: dict[str, float] = {}
+    for step in reversed(steps):  # a plan is in order: every step's dependants come after it
+        chain[step.id] = step.cost_hint + max((chain[later] for later in waiting[step.id]), default=0.0)
     order = {step.id: index for index, step in enumerate(steps)}
-    return sorted(steps, key=lambda step: (-len(dependants[step.id]), order[step.id]))
+    return sorted(steps, key=lambda step: (-chain[step.id], order[step.id]))
 
 
 def _ready(step: Step, summary: RunSummary) -> bool:
@@ -365,7 +371,7 @@ def fresh_process_context(preload: tuple[str, ...]) -> Any:
     import multiprocessing
 
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["modelc_build.engine", *preload])
+    context.set_forkserver_preload(["modelc_build.fork_server", "modelc_build.engine", *preload])
     return context
 
 

@@ -319,3 +319,30 @@ def test_the_plain_log_writes_each_line_whole_from_any_thread(monkeypatch: pytes
         worker.join()
     assert all(call.count("\n") == 1 and call.endswith("\n") for call in stderr.calls)
     assert len(stderr.getvalue().splitlines()) == 800
+
+
+@dataclass(frozen=True)
+class CostlyStep(WriteStep):
+    """A step that declares what it is expected to cost (as an emulated check does)."""
+
+    cost: float = 1.0
+
+    @property
+    def cost_hint(self) -> float:
+        return self.cost
+
+
+def test_the_longest_chain_of_expected_work_starts_first(tmp_path: Path) -> None:
+    """One worker, two ready chains: the cheap steps many others wait for used to go first; now
+    the compile whose long check follows it runs first, and the check as soon as it can."""
+    steps: list[Step] = [WriteStep("graph", "G"),
+                         CostlyStep("compile-int8", "I", ("graph",), cost=3.0),
+                         CostlyStep("compile-fp32", "F", ("graph",), cost=0.5),
+                         CostlyStep("verify-fp32", "VF", ("compile-fp32",), cost=0.5),
+                         CostlyStep("verify-fp32-again", "VF2", ("compile-fp32",), cost=0.5),
+                         CostlyStep("check-int8-emulated", "E", ("compile-int8",), cost=7.0),
+                         CostlyStep("verify-int8", "VI", ("compile-int8",), cost=0.5)]
+    log = Recorder()
+    Engine(Cache(tmp_path / "cache"), log, jobs=1).run(steps)
+    assert started(log) == ["graph", "compile-int8", "check-int8-emulated", "compile-fp32", "verify-fp32",
+                            "verify-fp32-again", "verify-int8"]

@@ -57,10 +57,18 @@ class Step(ABC):
     kind: ClassVar[str] = ""
     fresh_process: ClassVar[bool] = False  # run in a new process (see modelc_build/engine.py)
     exclusive: ClassVar[bool] = False  # run with nothing beside it (timing)
+    expected_seconds: ClassVar[float] = 1.0  # a rough relative cost, for the engine's order (see below)
 
     id: str
     needs: tuple[str, ...]
     description: str
+
+    @property
+    def cost_hint(self) -> float:
+        """What this step is expected to cost relative to others (seconds on a small model, on 2
+        cores). Only the order of work depends on it: the engine starts first the steps on the
+        longest chain of expected work, so a slow check (an emulated CPU) does not start last."""
+        return self.expected_seconds
 
     def crashed(self, exit_code: int | None) -> Exception:
         """The error for a fresh process that ended without an answer; steps that run the user's

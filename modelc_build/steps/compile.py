@@ -44,6 +44,15 @@ class CompileStep(Step):
     kind = "compile"
 
     @property
+    def cost_hint(self) -> float:
+        """Calibrating is the slow part; OpenVINO's NNCF more so, with accuracy control most."""
+        if self.calibration is None:
+            return 0.7
+        if self.target.backend == "openvino":
+            return 5.0 if self.accuracy_control is not None else 3.5
+        return 2.0
+
+    @property
     def id(self) -> str:  # type: ignore[override]
         return compile_step_id(self.target)
 

@@ -28,6 +28,7 @@ class GoldenStep(Step):
     samples: int
     max_bytes: int
     kind: ClassVar[str] = "golden"
+    expected_seconds: ClassVar[float] = 0.2
     id: ClassVar[str] = GOLDEN_STEP  # type: ignore[misc]
     needs: ClassVar[tuple[str, ...]] = (REFERENCE_STEP,)  # type: ignore[misc]
 

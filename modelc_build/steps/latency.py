@@ -39,6 +39,7 @@ class LatencyStep(Step):
     settings: Latency
     config: tuple[tuple[str, str], ...] = ()  # the runtime settings it is deployed with
     kind: ClassVar[str] = "latency"
+    expected_seconds: ClassVar[float] = 0.3
     fresh_process: ClassVar[bool] = True
     exclusive: ClassVar[bool] = True
 

@@ -20,6 +20,7 @@ class QdqStep(Step):
     calibration: DataSource
     quantization: Quantization
     kind: ClassVar[str] = "qdq"
+    expected_seconds: ClassVar[float] = 3.0
     fresh_process: ClassVar[bool] = True
     id: ClassVar[str] = QDQ_STEP  # type: ignore[misc]
     description: ClassVar[str] = "calibrate an INT8 Q/DQ ONNX graph (ModelOpt, on the CPU)"  # type: ignore[misc]

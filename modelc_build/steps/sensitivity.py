@@ -23,6 +23,7 @@ class SensitivityStep(Step):
     outputs: tuple[str, ...]
     quantization: Quantization
     kind: ClassVar[str] = "sensitivity"
+    expected_seconds: ClassVar[float] = 10.0
     fresh_process: ClassVar[bool] = True
     id: ClassVar[str] = SENSITIVITY_STEP  # type: ignore[misc]
 

@@ -18,6 +18,8 @@ SIMPLIFY_NOTES = "simplify.json"  # whether the graph was simplified, and why no
 class SimplifyStep(Step):
     inputs: tuple[TensorSpec, ...] = ()  # to feed both graphs one example and compare
     kind: ClassVar[str] = "simplify"
+    expected_seconds: ClassVar[float] = 0.5
+    fresh_process: ClassVar[bool] = True  # onnx, onnxsim and onnxruntime are imported once, by the fork server
     id: ClassVar[str] = SIMPLIFY_STEP  # type: ignore[misc]
     needs: ClassVar[tuple[str, ...]] = (EXPORT_STEP,)  # type: ignore[misc]
     description: ClassVar[str] = "simplify the ONNX graph with onnxsim"  # type: ignore[misc]

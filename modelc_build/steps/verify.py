@@ -147,6 +147,11 @@ class VerifyStep(Step):
     fresh_process: ClassVar[bool] = True
 
     @property
+    def cost_hint(self) -> float:
+        """An emulated CPU runs a handful of samples ~100x slower than native: the longest check."""
+        return 7.0 if self.setting.emulate else 0.7
+
+    @property
     def id(self) -> str:  # type: ignore[override]
         return verify_step_id(self.target) + self.setting.suffix
 
