@@ -11,11 +11,16 @@ from pathlib import Path
 
 def timed(command: list[str], cwd: Path) -> float:
     """Wall seconds of one run; a failed run stops the benchmark with its error output."""
+    return timed_with_output(command, cwd)[0]
+
+
+def timed_with_output(command: list[str], cwd: Path) -> tuple[float, str]:
+    """Wall seconds of one run and what it printed; a failed run stops the benchmark."""
     started = time.perf_counter()
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"{command[:3]} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
-    return time.perf_counter() - started
+    return time.perf_counter() - started, result.stdout
 
 
 def print_ratio(baseline: tuple[str, list[float]], ours: tuple[str, list[float]], ratio_label: str, target: str,
