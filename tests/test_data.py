@@ -11,7 +11,7 @@ from modelc_build.data import DataReader
 from modelc_build.errors import InputError
 from modelc_build.preprocess import Preprocess, preprocess_image
 from modelc_build.recipe import Dataset, TensorSpec
-from tests.conftest import write_images
+from tests.conftest import REPO, write_images
 
 INPUT = (TensorSpec("images", ("batch", 3, 16, 16)),)
 SPEC = Preprocess(height=16, width=16)
@@ -227,3 +227,36 @@ def test_an_image_folder_that_holds_arrays_says_which_format(tmp_path: Path) -> 
     np.save(tmp_path / "a.npy", np.zeros((3, 16, 16), dtype=np.float32))
     with pytest.raises(InputError, match="holds .npy files, not images: set format: npy"):
         DataReader(Dataset(tmp_path, "images"), INPUT, SPEC)
+
+
+@pytest.mark.parametrize("recipe_file", ["recipes/yolo.yaml", "recipes/classifier.yaml", "recipes/text_encoder.yaml"])
+def test_the_decoded_set_is_the_data_as_read_batch_for_batch(tmp_path: Path, recipe_file: str) -> None:
+    """The decode step's batches (memory-mapped copy-on-write) are the reader's own: the same
+    arrays, sample names and labels (detection boxes, class ids), and a runtime may write into them
+    without touching the cached files."""
+    import numpy as np
+
+    from modelc_build.fingerprint import Fingerprints
+    from modelc_build.plan import data_source
+    from modelc_build.recipe import load_recipe
+    from modelc_build.steps import StepInputs
+    from modelc_build.steps.decode import DecodeStep, decode_step_id, decoded_batches
+
+    source = data_source(load_recipe(REPO / recipe_file), "evaluation")
+    facts = Fingerprints(None)
+    out = tmp_path / "decoded"
+    out.mkdir()
+    DecodeStep(source).run(StepInputs({}, facts), out)
+    read = list(facts.batches(source))
+    decoded = list(decoded_batches(out))
+    assert len(decoded) == len(read) > 1
+    for mine, theirs in zip(decoded, read):
+        assert mine.sources == theirs.sources and mine.labels == theirs.labels
+        assert mine.inputs.keys() == theirs.inputs.keys()
+        for name, array in theirs.inputs.items():
+            assert mine.inputs[name].dtype == array.dtype and np.array_equal(mine.inputs[name], array)
+    first = decoded[0].inputs[next(iter(decoded[0].inputs))]
+    before = (out / "batch-000000-0.npy").read_bytes()
+    first[...] = 0  # copy-on-write: this process's copy changes, the cache entry does not
+    assert (out / "batch-000000-0.npy").read_bytes() == before
+    assert decode_step_id(source) == "decode:evaluation"

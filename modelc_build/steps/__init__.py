@@ -15,14 +15,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping
 
 from modelc_build import __version__
 from modelc_build.manifest import package_version
 
 if TYPE_CHECKING:
     from modelc_build.cache import CacheEntry
-    from modelc_build.fingerprint import Fingerprints
+    from modelc_build.data import Batch
+    from modelc_build.fingerprint import DataSource, Fingerprints
 
 KEY_FORMAT = 4  # bump when the meaning of key material or the shape of step outputs changes
 
@@ -47,6 +48,16 @@ class StepInputs:
     def fingerprints(self) -> Fingerprints:
         assert self.facts is not None, "this step needs the build's fingerprints"
         return self.facts
+
+    def batches(self, source: DataSource) -> Iterator[Batch]:
+        """A data set's batches: decoded once by its decode step where this step needs it
+        (steps/decode.py), else read here."""
+        from modelc_build.steps.decode import decode_step_id, decoded_batches
+
+        decoded = self.entries.get(decode_step_id(source))
+        if decoded is not None:
+            return decoded_batches(decoded.path)
+        return self.fingerprints.batches(source)
 
 
 class Step(ABC):

@@ -27,10 +27,14 @@ class GoldenStep(Step):
     outputs: tuple[str, ...]
     samples: int
     max_bytes: int
+    decoded: str | None = None  # the decode step whose batches it reads (None: reads the data itself)
     kind: ClassVar[str] = "golden"
     expected_seconds: ClassVar[float] = 0.2
     id: ClassVar[str] = GOLDEN_STEP  # type: ignore[misc]
-    needs: ClassVar[tuple[str, ...]] = (REFERENCE_STEP,)  # type: ignore[misc]
+
+    @property
+    def needs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (REFERENCE_STEP,) + ((self.decoded,) if self.decoded else ())
 
     @property
     def description(self) -> str:  # type: ignore[override]
@@ -45,6 +49,6 @@ class GoldenStep(Step):
         from modelc_build.golden import write_golden_set
 
         pairs = one_sample_at_a_time(stored_reference_outputs(inputs.entry(REFERENCE_STEP).path,
-                                                              inputs.fingerprints.batches(self.evaluation)))
+                                                              inputs.batches(self.evaluation)))
         kept = write_golden_set(out, pairs, self.evaluation.inputs, self.outputs, self.samples, self.max_bytes)
         (out / "golden-step.json").write_text(json.dumps({"data": self.evaluation.label, **kept}, indent=2, sort_keys=True) + "\n")

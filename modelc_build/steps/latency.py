@@ -38,6 +38,7 @@ class LatencyStep(Step):
     data: DataSource  # the first sample of it is timed
     settings: Latency
     config: tuple[tuple[str, str], ...] = ()  # the runtime settings it is deployed with
+    decoded: str | None = None  # the decode step whose first sample it times (None: reads the data itself)
     kind: ClassVar[str] = "latency"
     expected_seconds: ClassVar[float] = 0.3
     fresh_process: ClassVar[bool] = True
@@ -49,7 +50,8 @@ class LatencyStep(Step):
 
     @property
     def needs(self) -> tuple[str, ...]:  # type: ignore[override]
-        return (compile_step_id(self.target),) if self.target is not None else ()
+        return (((compile_step_id(self.target),) if self.target is not None else ())
+                + ((self.decoded,) if self.decoded else ()))
 
     @property
     def description(self) -> str:  # type: ignore[override]
@@ -79,7 +81,7 @@ class LatencyStep(Step):
             artifact = inputs.entry(compile_step_id(self.target))
             runner = get_backend(self.target.backend).runner([artifact.file(n) for n in artifact.files],
                                                              self.model.inputs, self.model.outputs, dict(self.config))
-        first = next(iter(inputs.fingerprints.batches(self.data)))
+        first = next(iter(inputs.batches(self.data)))
         feed = ModelCaller(self.model.inputs, runner.infer).first_feed(first.inputs)
         with runner:
             measured = measure_latency(runner, feed, self.settings.runs, self.settings.warmup)

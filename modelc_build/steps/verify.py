@@ -54,10 +54,14 @@ def reference_runner(model: ModelSource) -> tuple[Runner, str]:
 class ReferenceStep(Step):
     model: ModelSource
     evaluation: DataSource
+    decoded: str | None = None  # the decode step whose batches it reads (None: reads the data itself)
     kind: ClassVar[str] = "reference"
     fresh_process: ClassVar[bool] = True
     id: ClassVar[str] = REFERENCE_STEP  # type: ignore[misc]
-    needs: ClassVar[tuple[str, ...]] = ()  # type: ignore[misc]
+
+    @property
+    def needs(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.decoded,) if self.decoded else ()
 
     @property
     def description(self) -> str:  # type: ignore[override]
@@ -82,7 +86,7 @@ class ReferenceStep(Step):
         shapes: dict[str, list[int]] = {}
         with runner:
             call = ModelCaller(self.model.inputs, runner.infer)
-            for number, batch in enumerate(inputs.fingerprints.batches(self.evaluation)):
+            for number, batch in enumerate(inputs.batches(self.evaluation)):
                 outputs = call(batch.inputs)
                 np.savez(out / f"outputs-{number:06d}.npz", **outputs)  # type: ignore[arg-type]
                 samples += len(batch)
@@ -143,6 +147,7 @@ class VerifyStep(Step):
     outputs: tuple[str, ...]
     setting: Setting = DEPLOY
     golden: bool = False  # also run the release's golden-set check, as a deploy machine will
+    decoded: str | None = None  # the decode step whose batches it reads (None: reads the data itself)
     kind: ClassVar[str] = "verify"
     fresh_process: ClassVar[bool] = True
 
@@ -157,7 +162,8 @@ class VerifyStep(Step):
 
     @property
     def needs(self) -> tuple[str, ...]:  # type: ignore[override]
-        return (compile_step_id(self.target), REFERENCE_STEP) + ((GOLDEN_STEP,) if self.golden else ())
+        return ((compile_step_id(self.target), REFERENCE_STEP) + ((GOLDEN_STEP,) if self.golden else ())
+                + ((self.decoded,) if self.decoded else ()))
 
     @property
     def description(self) -> str:  # type: ignore[override]
@@ -190,7 +196,7 @@ class VerifyStep(Step):
         from modelc_build.accuracy import compare, evaluation_to_dict
 
         runner = self._runner(inputs)
-        pairs = stored_reference_outputs(inputs.entry(REFERENCE_STEP).path, inputs.fingerprints.batches(self.evaluation))
+        pairs = stored_reference_outputs(inputs.entry(REFERENCE_STEP).path, inputs.batches(self.evaluation))
         with runner:
             evaluation = compare(pairs, {self.target.id: runner}, self.evaluation.inputs, self.outputs, self.task,
                                  mask_input(self.evaluation))
@@ -220,7 +226,7 @@ class VerifyStep(Step):
             return {**_empty(), "not_run": f"the {cpu} check did not run: no emulator (qemu-x86_64) on this machine; "
                                            f"install it ({INSTALL_HINT}) and build again"}
         pairs = list(islice(one_sample_at_a_time(stored_reference_outputs(
-            inputs.entry(REFERENCE_STEP).path, inputs.fingerprints.batches(self.evaluation))), self.setting.samples))
+            inputs.entry(REFERENCE_STEP).path, inputs.batches(self.evaluation))), self.setting.samples))
         artifact = inputs.entry(compile_step_id(self.target))
         with tempfile.TemporaryDirectory(prefix="modelc-emulated-") as scratch:
             run = run_emulated(self.setting.emulator, cpu, self.target.backend, [artifact.file(name) for name in artifact.files],

@@ -32,7 +32,7 @@ def test_tiny_build_stores_every_artifact_and_rebuild_is_a_no_op(tmp_path: Path,
     again = run_cli_process("build", recipe, "--store", store)
     assert again.returncode == 0, again.stderr
     assert again.stdout == f"tiny 0.1.0 is up to date at {release}: every step cached, nothing to do\n"
-    assert f"0 step(s) run, {17 + len(host_dependent_steps(recipe))} cached" in again.stderr
+    assert f"0 step(s) run, {18 + len(host_dependent_steps(recipe))} cached" in again.stderr  # 18 with decode:evaluation
 
 
 def test_changed_content_under_same_version_is_refused(tmp_path: Path, tiny_recipe, run_cli) -> None:
@@ -172,13 +172,15 @@ def test_plan_lists_steps_in_order_with_cache_state(tmp_path: Path, tiny_recipe,
     targets = ["onnxruntime-fp32", "openvino-fp32", "openvino-fp16", "torchscript-fp32"]
     extra = host_dependent_steps(tiny_recipe())  # OpenVINO under this CPU's own bf16 default, where it has one
     verify = [step for t in targets for step in [f"verify:{t}"] + [e for e in extra if e.startswith(f"verify:{t}@")]]
-    assert [s["id"] for s in steps] == (["export", "simplify"] + [f"compile:{t}" for t in targets] + ["reference", "golden"]
+    assert [s["id"] for s in steps] == (["export", "simplify"] + [f"compile:{t}" for t in targets]
+                                        + ["decode:evaluation", "reference", "golden"]
                                         + verify + ["latency:reference"]
                                         + [f"latency:{t}" for t in targets] + ["release"])
     by_id = {s["id"]: s for s in steps}
     assert by_id["compile:openvino-fp16"]["depends_on"] == ["simplify"]
     assert by_id["compile:torchscript-fp32"]["depends_on"] == ["export"]
-    assert by_id["verify:openvino-fp16"]["depends_on"] == ["compile:openvino-fp16", "reference", "golden"]
+    assert by_id["verify:openvino-fp16"]["depends_on"] == ["compile:openvino-fp16", "reference", "golden",
+                                                          "decode:evaluation"]
     assert run_cli("build", tiny_recipe(), "--store", tmp_path / "store").exit_code == 0
     after = json.loads(run_cli("plan", tiny_recipe(), "--json").stdout)["steps"]
     assert all(s["status"].startswith("cached ") for s in after[:-1]), after

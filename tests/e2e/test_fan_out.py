@@ -57,7 +57,7 @@ def fan_out(run_cli, recipe: Path, store: str, tmp_path: Path, monkeypatch, *rel
     final = run_cli("build", recipe, "--store", store, "--share-steps", *release_options)
     assert final.exit_code == 0, final.stderr
     targets = ["onnxruntime-fp32", "openvino-fp16", "openvino-fp32", "torchscript-fp32"]
-    measured = ["reference", "golden", "latency:reference"] + [f"{kind}:{t}" for kind in ("verify", "latency") for t in targets]
+    measured = ["decode:evaluation", "reference", "golden", "latency:reference"] + [f"{kind}:{t}" for kind in ("verify", "latency") for t in targets]
     assert sorted(re.findall(r"^▶ (\S+):", final.stderr, re.M)) == sorted(
         ["compile:onnxruntime-fp32", "compile:openvino-fp16"] + measured + host_dependent_steps(recipe))
 

@@ -4,6 +4,7 @@ whose per-channel INT8 would not load, an INT8 artifact that quantized nothing (
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,26 +27,40 @@ def onnx_recipe(tiny_recipe, tmp_path: Path, model: Path, targets: list[dict], *
     return tiny_recipe(base, name="graph.yaml")
 
 
-def test_a_simplifier_that_breaks_the_graph_is_left_out_with_a_warning(tmp_path: Path, tiny_recipe, run_cli,
+STAND_IN_ONNXSIM = """
+import os
+
+import onnx
+import numpy as np
+from onnx import helper, numpy_helper
+
+
+def simplify(model, *args, **kwargs):
+    if os.environ.get("STAND_IN_ONNXSIM") == "fail":
+        raise RuntimeError("[ShapeInferenceError] (op_type:Concat, node name: /Concat): axis must be in range")
+    broken = onnx.ModelProto()
+    broken.CopyFrom(model)
+    graph = broken.graph
+    final = graph.output[0].name
+    for node in graph.node:
+        node.output[:] = [final + "_raw" if name == final else name for name in node.output]
+    graph.initializer.append(numpy_helper.from_array(np.array(2.0, np.float32), "two"))
+    graph.node.append(helper.make_node("Mul", [final + "_raw", "two"], [final]))
+    return broken, True  # and it says all is well
+"""
+
+
+def test_a_simplifier_that_breaks_the_graph_is_left_out_with_a_warning(tmp_path: Path, tiny_recipe, run_cli_process,
                                                                         monkeypatch) -> None:
-    """A stand-in onnxsim that returns a valid graph computing something else (every output doubled)."""
-    import onnxsim
-
-    def doubling(model: onnx.ModelProto, *args: object, **kwargs: object) -> tuple[onnx.ModelProto, bool]:
-        broken = onnx.ModelProto()
-        broken.CopyFrom(model)
-        graph = broken.graph
-        final = graph.output[0].name
-        for node in graph.node:
-            node.output[:] = [f"{final}_raw" if name == final else name for name in node.output]
-        graph.initializer.append(numpy_helper.from_array(np.array(2.0, np.float32), "two"))
-        graph.node.append(helper.make_node("Mul", [f"{final}_raw", "two"], [final]))
-        return broken, True  # and it says all is well
-
-    monkeypatch.setattr(onnxsim, "simplify", doubling)
+    """A stand-in onnxsim that returns a valid graph computing something else (every output doubled),
+    found first on the path of a real CLI process (the simplify step runs in a forked worker)."""
+    stand_in = tmp_path / "stand-in" / "onnxsim"
+    stand_in.mkdir(parents=True)
+    (stand_in / "__init__.py").write_text(STAND_IN_ONNXSIM)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(stand_in.parent), os.environ.get("PYTHONPATH", "")]))
     recipe = tiny_recipe()
-    result = run_cli("build", recipe, "--store", tmp_path / "store")
-    assert result.exit_code == 0, result.stderr
+    result = run_cli_process("build", recipe, "--store", tmp_path / "store")
+    assert result.returncode == 0, result.stderr
     assert ("warning: simplify: onnxsim's graph computes output 'logits' differently (largest difference 1 of its "
             "scale); the exported graph is used unsimplified (set export.simplify: false to skip this step)") in result.stderr
     release = tmp_path / "store/tiny/0.1.0"
@@ -53,12 +68,9 @@ def test_a_simplifier_that_breaks_the_graph_is_left_out_with_a_warning(tmp_path:
     assert report["export"]["simplify"]["simplified"] is False and report["passed"]
     assert "⚠️ simplify: onnxsim's graph computes output 'logits' differently" in (release / "report.md").read_text()
 
-    def failing(model: onnx.ModelProto, *args: object, **kwargs: object) -> tuple[onnx.ModelProto, bool]:
-        raise RuntimeError("[ShapeInferenceError] (op_type:Concat, node name: /Concat): axis must be in range")
-
-    monkeypatch.setattr(onnxsim, "simplify", failing)
-    again = run_cli("build", tiny_recipe({"version": "0.2.0"}), "--store", tmp_path / "store", "--force")
-    assert again.exit_code == 0, again.stderr
+    monkeypatch.setenv("STAND_IN_ONNXSIM", "fail")
+    again = run_cli_process("build", tiny_recipe({"version": "0.2.0"}), "--store", tmp_path / "store", "--force")
+    assert again.returncode == 0, again.stderr
     assert "warning: simplify: onnxsim failed: [ShapeInferenceError] (op_type:Concat" in again.stderr
 
 

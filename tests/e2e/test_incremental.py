@@ -30,10 +30,10 @@ def test_gate_change_reruns_nothing_data_change_reruns_verify_only(tmp_path: Pat
     store = tmp_path / "store"
     first = run_cli("build", recipe, "--store", store)
     assert first.exit_code == 0, first.stderr
-    # export, simplify, reference, golden, 4 x (compile, verify, latency), latency:reference; with
-    # bf16 the OpenVINO IR is also measured under the CPU's own default
+    # export, simplify, decode:evaluation, reference, golden, 4 x (compile, verify, latency),
+    # latency:reference; with bf16 the OpenVINO IR is also measured under the CPU's own default
     extra = host_dependent_steps(recipe)
-    assert len(steps_run(first.stderr)) == 17 + len(extra)
+    assert len(steps_run(first.stderr)) == 18 + len(extra)
 
     data = yaml.safe_load(recipe.read_text())
     data["gates"]["fp16"]["min_cosine"] = 0.99
@@ -49,7 +49,8 @@ def test_gate_change_reruns_nothing_data_change_reruns_verify_only(tmp_path: Pat
     data_changed = run_cli("build", recipe, "--store", tmp_path / "third-store")
     assert data_changed.exit_code == 0
     # the reference and each artifact's measurements, nothing that builds an artifact
-    assert {step.split(":")[0] for step in steps_run(data_changed.stderr)} == {"reference", "golden", "verify", "latency"}
+    assert {step.split(":")[0] for step in steps_run(data_changed.stderr)} == {"decode", "reference", "golden", "verify",
+                                                                            "latency"}
 
     data["export"]["opset"] = 16
     data["version"] = "0.2.0"
@@ -59,7 +60,7 @@ def test_gate_change_reruns_nothing_data_change_reruns_verify_only(tmp_path: Pat
     assert steps_run(export_changed.stderr)[:2] == ["export", "simplify"]
 
     forced = run_cli("build", recipe, "--store", tmp_path / "forced", "--force")
-    assert forced.exit_code == 0 and len(steps_run(forced.stderr)) == 17 + len(extra)
+    assert forced.exit_code == 0 and len(steps_run(forced.stderr)) == 18 + len(extra)
 
 
 def test_corrupted_cache_entry_is_rebuilt(tmp_path: Path, tiny_recipe, run_cli, private_cache: Path) -> None:
@@ -107,7 +108,7 @@ def test_two_builds_at_once_both_succeed_and_work_is_done_once(tmp_path: Path, t
     assert [p.returncode for p in processes] == [0, 0], results
     ran = [step for _, stderr in results for step in steps_run(stderr)]
     # each step ran in exactly one of the two builds
-    assert sorted(ran) == sorted(set(ran)) and len(ran) == 17 + len(host_dependent_steps(recipe))
+    assert sorted(ran) == sorted(set(ran)) and len(ran) == 18 + len(host_dependent_steps(recipe))
 
 
 @pytest.mark.slow  # processes and whole cold builds: the slow tier
@@ -126,7 +127,7 @@ def test_two_cold_builds_are_byte_identical(tmp_path: Path, tiny_recipe, run_cli
 
 def test_cache_ls_and_gc_commands(tmp_path: Path, tiny_recipe, run_cli, private_cache: Path) -> None:
     assert run_cli("build", tiny_recipe(), "--store", tmp_path / "store").exit_code == 0
-    entries = 17 + len(host_dependent_steps(tiny_recipe()))
+    entries = 18 + len(host_dependent_steps(tiny_recipe()))
     listing = run_cli("cache", "ls")
     assert listing.exit_code == 0 and "compile:openvino-fp16" in listing.stdout
     assert listing.stdout.strip().splitlines()[-1].startswith(f"{entries} entries, ")
