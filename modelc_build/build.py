@@ -13,9 +13,10 @@ import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from modelc_build.cache import Cache
+from modelc_build.emulation import EmulationServices
 from modelc_build.engine import Engine, RunSummary, start_fresh_process_server
 from modelc_build.errors import InputError, ModelcError
 from modelc_build.fingerprint import Fingerprints, check_disjoint
@@ -24,10 +25,11 @@ from modelc_build.progress import BuildLog
 from modelc_build.recipe import Recipe
 from modelc_build.release import CompiledArtifact, Measured, Released, make_report, release, summary_lines
 from modelc_build.report import Report
+from modelc_build.steps import Step
 from modelc_build.steps.compile import compile_step_id
 from modelc_build.steps.qdq import QDQ_STEP
 from modelc_build.steps.sensitivity import SENSITIVITY_STEP
-from modelc_build.steps.verify import GOLDEN_STEP
+from modelc_build.steps.verify import GOLDEN_STEP, VerifyStep
 
 if TYPE_CHECKING:
     from modelc_build.signing import Signer
@@ -107,14 +109,15 @@ def build(recipe: Recipe, store: Store, log: BuildLog, cache: Cache, options: Bu
         raise InputError("--share-steps: this store keeps no step cache")
     facts = Fingerprints(cache)
     _check_data(recipe, facts, log)
+    engine = Engine(cache, log, jobs=options.jobs, force=options.force, shared=shared, preload=PRELOAD)
+    services = EmulationServices(emulated_checks(steps), engine.shared_threads())
     try:
-        engine = Engine(cache, log, jobs=options.jobs, force=options.force, shared=shared, preload=PRELOAD)
-        if any(step.fresh_process for step in steps):  # its imports overlap with the first step's work
-            engine.before_first_run = lambda: start_fresh_process_server(PRELOAD)
+        engine.before_first_run = lambda: _start_helpers(engine, services, steps)
         done = engine.run(steps, facts)
     except ModelcError as error:
         raise _logs_kept(error, options.failed_reports_dir / recipe.name / recipe.version) from error
     finally:
+        services.stop()
         if shared is not None and hasattr(shared, "close"):
             shared.close()
     _note_export(done, log)
@@ -123,6 +126,21 @@ def build(recipe: Recipe, store: Store, log: BuildLog, cache: Cache, options: Bu
         log(f"✓ built {', '.join(options.only_targets)}: {counts}; verification and release happen in a full build")
         return None
     return _release(recipe, plan, done, store, log, options, counts, cache, facts, skipped)
+
+
+def _start_helpers(engine: Engine, services: EmulationServices, steps: Sequence[Step]) -> None:
+    """Once some step is about to run: the fork server (its imports overlap with the first step's
+    work) and the warm emulated processes the plan's CPU checks will use."""
+    if any(step.fresh_process for step in steps):
+        start_fresh_process_server(PRELOAD)
+    services.start()
+    engine.services.update(services.addresses())
+
+
+def emulated_checks(steps: Sequence[Step]) -> list[tuple[str, str, str]]:
+    """(emulator, CPU model, backend) of every emulated check the steps hold."""
+    return [(step.setting.emulator, step.setting.emulate, step.target.backend) for step in steps
+            if isinstance(step, VerifyStep) and step.setting.emulate and step.setting.emulator]
 
 
 def _logs_kept(error: ModelcError, folder: Path) -> ModelcError:

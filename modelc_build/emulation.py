@@ -93,6 +93,7 @@ class EmulatedRun:
     problem: str | None = None  # the emulation itself failed (timed out, crashed): no artifact verdict
     log_tail: list[str] = field(default_factory=list)
     runtime: dict[str, str] = field(default_factory=dict)  # what the runtime ran with there (the variant it chose)
+    process: str = "own"  # own: a process for this check alone; service: the build's warm one (EmulationServices)
 
     @property
     def broken(self) -> str | None:
@@ -175,9 +176,12 @@ def judge_canary(native: np.ndarray, emulated: np.ndarray | None) -> Canary:
 
 
 def run_emulated(found: str, cpu: str, backend: str, files: list[Path], config: dict[str, str], inputs: tuple[TensorSpec, ...],
-                 outputs: tuple[str, ...], samples: list[dict[str, np.ndarray]], budget_s: float, work: Path) -> EmulatedRun:
+                 outputs: tuple[str, ...], samples: list[dict[str, np.ndarray]], budget_s: float, work: Path,
+                 service: str | None = None) -> EmulatedRun:
     """Run `samples` (sample-first, one sample each, in order: a model with state carries it) on
-    the artifact under `qemu-x86_64 -cpu CPU`, for as many as fit in `budget_s` (at least two)."""
+    the artifact under `qemu-x86_64 -cpu CPU`, for as many as fit in `budget_s` (at least two).
+    `service`: the socket of a warm emulated process for this CPU and backend (EmulationServices),
+    used where it answers; else a process is started for this run alone. Both run the same code."""
     import numpy as np
 
     work.mkdir(parents=True, exist_ok=True)
@@ -189,25 +193,19 @@ def run_emulated(found: str, cpu: str, backend: str, files: list[Path], config: 
                "inputs": [spec.to_json() for spec in inputs], "outputs": list(outputs),
                "samples": len(samples), "budget_s": budget_s, "canary": str(canary)}
     (work / "request.json").write_text(json.dumps(request, indent=2))
-    command = [found, "-cpu", cpu, os.path.realpath(sys.executable), "-m", "modelc_build.emulation", str(work)]
     log = work / "emulator.log"
-    problem = None
     started = time.monotonic()
-    try:
-        with log.open("wb") as handle:
-            completed = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, timeout=budget_s + STARTUP_ALLOWANCE_S,
-                                       env=_child_environment(), preexec_fn=_die_with_parent)
-        if completed.returncode != 0:
-            problem = f"the emulated process exited with code {completed.returncode}"
-    except subprocess.TimeoutExpired:
-        problem = f"the emulated process did not finish within {budget_s + STARTUP_ALLOWANCE_S:.0f} s"
+    problem = _run_in_service(service, work, budget_s) if service else SERVICE_UNAVAILABLE
+    process = "service"
+    if problem == SERVICE_UNAVAILABLE:
+        problem, process = _run_once(found, cpu, work, log, budget_s), "own"
     elapsed = time.monotonic() - started
     tail = _log_tail(log)
     result_file = work / "result.json"
     if problem is None and not result_file.is_file():
         problem = "the emulated process wrote no result"
     if problem is not None:
-        return EmulatedRun(cpu, [], "unknown", [], [], elapsed, 0.0, Canary(False, problem), problem, tail)
+        return EmulatedRun(cpu, [], "unknown", [], [], elapsed, 0.0, Canary(False, problem), problem, tail, process=process)
     result = json.loads(result_file.read_text())
     if result.get("error"):
         problem = f"the artifact could not run under emulation: {result['error']}"
@@ -222,7 +220,153 @@ def run_emulated(found: str, cpu: str, backend: str, files: list[Path], config: 
     features = [name for name, present in result.get("features", {}).items() if present]
     return EmulatedRun(cpu, features, class_from_features(result.get("features", {})), result.get("kernels", []),
                        emulated_outputs, float(result.get("startup_s", elapsed)), float(result.get("inference_s", 0.0)),
-                       judge_canary(native_canary, emulated_canary), problem, tail, result.get("runtime") or {})
+                       judge_canary(native_canary, emulated_canary), problem, tail, result.get("runtime") or {}, process)
+
+
+SERVICE_UNAVAILABLE = "no emulation service answered"  # run_emulated then starts a process of its own
+
+
+def _run_once(found: str, cpu: str, work: Path, log: Path, budget_s: float) -> str | None:
+    """The request in `work`, in an emulated process of its own; None, or why it gave nothing."""
+    command = [found, "-cpu", cpu, os.path.realpath(sys.executable), "-m", "modelc_build.emulation", str(work)]
+    try:
+        with log.open("wb") as handle:
+            completed = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, timeout=budget_s + STARTUP_ALLOWANCE_S,
+                                       env=_child_environment(), preexec_fn=_die_with_parent)
+    except subprocess.TimeoutExpired:
+        return f"the emulated process did not finish within {budget_s + STARTUP_ALLOWANCE_S:.0f} s"
+    if completed.returncode != 0:
+        return f"the emulated process exited with code {completed.returncode}"
+    return None
+
+
+def _run_in_service(address: str, work: Path, budget_s: float) -> str | None:
+    """The request in `work`, by a warm service: None when it answered, SERVICE_UNAVAILABLE when
+    it never took the request (not started, gone: the caller runs it alone), else what went wrong
+    while it ran the request (that is the emulation failing, as a crash of a lone process is)."""
+    import socket
+
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        connection.connect(address)  # refused (or not found) when the service is gone
+        connection.settimeout(budget_s + STARTUP_ALLOWANCE_S)
+        connection.sendall(f"{work}\n".encode())
+        replies = _lines(connection)
+        if next(replies, None) != "started":
+            return SERVICE_UNAVAILABLE
+        return None if next(replies, None) == "done" else "the emulation service ended while it ran this check"
+    except TimeoutError:
+        return f"the emulation service did not finish within {budget_s + STARTUP_ALLOWANCE_S:.0f} s"
+    except OSError:
+        return SERVICE_UNAVAILABLE
+    finally:
+        connection.close()
+
+
+def _lines(connection: Any) -> Any:
+    """The newline-ended words a service sends, one at a time, until it closes the connection."""
+    pending = b""
+    while True:
+        chunk = connection.recv(256)
+        if not chunk:
+            return
+        pending += chunk
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            yield line.decode()
+
+
+class EmulationServices:
+    """Warm emulated processes for a build, one per (emulator, CPU model, backend) its checks use.
+
+    An emulated check spends about as long starting (the interpreter, NumPy and the runtime, each
+    ~100x slower under QEMU) as measuring; a service pays that once, at the start of the build,
+    while export keeps one core busy, and then runs each check of its CPU and backend in turn, with
+    the same code a lone process would. Services run at a lower priority (nice), so while they warm
+    up they take only the cores the build leaves idle; a check waits on its service without using
+    a core, so while it runs the service has that core to itself. A service ends with the build
+    (stop(), and the kernel's parent-death signal if the build is killed); a check whose service is
+    gone runs in a process of its own."""
+
+    NICENESS = 10
+
+    def __init__(self, wanted: list[tuple[str, str, str]], threads: int | None) -> None:
+        self.wanted = sorted(set(wanted))  # (emulator executable, CPU model, backend)
+        self.threads = threads
+        self.folder: Path | None = None
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def address(self, emulator_path: str, cpu: str, backend: str) -> str | None:
+        """The socket of the service for these, once started (None: none planned or started)."""
+        if self.folder is None or (emulator_path, cpu, backend) not in self.wanted:
+            return None
+        return str(self.folder / f"{self.wanted.index((emulator_path, cpu, backend))}.sock")
+
+    def addresses(self) -> dict[str, str]:
+        """Each service's socket, keyed as VerifyStep looks it up (service_name)."""
+        found = {}
+        for emulator_path, cpu, backend in self.wanted:
+            address = self.address(emulator_path, cpu, backend)
+            if address:
+                found[service_name(emulator_path, cpu, backend)] = address
+        return found
+
+    def start(self) -> None:
+        import tempfile
+
+        if not self.wanted or self.folder is not None:
+            return
+        self.folder = Path(tempfile.mkdtemp(prefix="modelc-emu-"))  # short: a socket path has ~100 bytes
+        environment = _child_environment()
+        if self.threads is not None:
+            from modelc_build.processes import STEP_THREADS_ENV
+
+            environment[STEP_THREADS_ENV] = environment["OMP_NUM_THREADS"] = str(self.threads)
+        for emulator_path, cpu, backend in self.wanted:
+            address = self.address(emulator_path, cpu, backend)
+            assert address is not None
+            self._start_one(emulator_path, cpu, backend, address, environment)
+
+    def _start_one(self, emulator_path: str, cpu: str, backend: str, address: str, environment: dict[str, str]) -> None:
+        """The socket is bound and listening here, then handed to the service, which holds its only
+        copy: checks can connect (and queue) at once, and when the service is gone for any reason
+        the socket is closed with it, so a check learns so at once and runs alone."""
+        import socket
+
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(address)
+        listener.listen(16)
+        command = [emulator_path, "-cpu", cpu, os.path.realpath(sys.executable), "-m", "modelc_build.emulation",
+                   "--serve", str(listener.fileno()), backend]
+        try:
+            with open(f"{address}.log", "wb") as log:
+                self.processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment,
+                                                       pass_fds=(listener.fileno(),), preexec_fn=_die_with_parent_niced))
+        except OSError:
+            os.unlink(address)  # checks run in processes of their own
+        finally:
+            listener.close()
+
+    def stop(self) -> None:
+        import shutil
+
+        for process in self.processes:
+            process.kill()
+        for process in self.processes:
+            process.wait()
+        self.processes = []
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+
+def service_name(emulator_path: str, cpu: str, backend: str) -> str:
+    return f"emulation:{emulator_path}:{cpu}:{backend}"
+
+
+def _die_with_parent_niced() -> None:
+    _die_with_parent()
+    os.nice(EmulationServices.NICENESS)
 
 
 def _child_environment() -> dict[str, str]:
@@ -259,13 +403,18 @@ def _features() -> dict[str, bool]:
 
 def child_main(work: Path) -> int:
     """Run the request in `work` on this (emulated) CPU; write outputs, canary and result.json."""
+    run_request(work, time.monotonic())
+    return 0
+
+
+def run_request(work: Path, started: float) -> None:
+    """One check's request, in a lone emulated process or in a service (the same code)."""
     import numpy as np
 
     from modelc_build.backends import get_backend
     from modelc_build.feeds import ModelCaller
     from modelc_build.recipe import TensorSpec
 
-    started = time.monotonic()
     request = json.loads((work / "request.json").read_text())
     result: dict[str, Any] = {"features": _features(), "samples_done": 0}
     inputs = tuple(TensorSpec.from_json(spec) for spec in request["inputs"])
@@ -293,8 +442,52 @@ def child_main(work: Path) -> int:
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which says what failed
         result["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:400]
     (work / "result.json").write_text(json.dumps(result, indent=2))
-    return 0
+
+
+def serve(listening_fd: int, backend: str) -> int:
+    """The service (EmulationServices), on the listening socket it was handed (checks may queue
+    there already): import the runtime and load its CPU kernels, then run each request in turn,
+    saying `started` and `done` on its connection."""
+    import socket
+
+    listener = socket.socket(fileno=listening_fd)
+    _warm_up(backend)
+    while True:
+        connection, _ = listener.accept()
+        with connection:
+            started = time.monotonic()
+            work = Path(next(_lines(connection), "") or ".")
+            if not (work / "request.json").is_file():
+                continue
+            connection.sendall(b"started\n")
+            try:
+                run_request(work, started)
+            except Exception as exc:  # noqa: BLE001 - this request wrote no result (the check says so); serve the next
+                print(f"request {work} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            connection.sendall(b"done\n")
+
+
+def _warm_up(backend: str) -> None:
+    """Import what a request of this backend imports, and load OpenVINO's CPU plugin (a first
+    compile costs ~1 s under emulation)."""
+    import numpy  # noqa: F401
+
+    from modelc_build.backends import get_backend
+    from modelc_build.feeds import ModelCaller  # noqa: F401
+
+    get_backend(backend)
+    if backend == "openvino":
+        import numpy as np
+        import openvino as ov
+        import openvino.opset13 as ops
+
+        parameter = ops.parameter([1, 4], np.float32)
+        ov.Core().compile_model(ov.Model([ops.relu(parameter)], [parameter]), "CPU")
+    elif backend == "onnxruntime":
+        import onnxruntime  # noqa: F401
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "--serve":
+        sys.exit(serve(int(sys.argv[2]), sys.argv[3]))
     sys.exit(child_main(Path(sys.argv[1])))

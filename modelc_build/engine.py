@@ -139,6 +139,7 @@ class Engine:
         self._clock = time.perf_counter()
         self.before_first_run: Callable[[], None] | None = None  # called once, before a step first runs
         self._costs: dict[str, StepCost] = {}  # written by worker threads, one key each
+        self.services: dict[str, str] = {}  # helper processes steps may use (StepInputs.services), by name
 
     # --- dry run -------------------------------------------------------------------------
 
@@ -230,7 +231,7 @@ class Engine:
                 pending.remove(step)
                 progress = True
                 try:
-                    inputs = StepInputs({need: summary.entries[need] for need in step.needs}, facts)
+                    inputs = StepInputs({need: summary.entries[need] for need in step.needs}, facts, dict(self.services))
                     key = step_key(step, inputs)
                     entry, reason = self._lookup(step, key)
                 except Exception as error:  # noqa: BLE001 - a step's failure is reported with the others
@@ -293,9 +294,11 @@ class Engine:
     def _threads(self, step: Step) -> int | None:
         """A step that may share the machine gets its share of the cores (steps side by side with a
         thread per core each oversubscribe it); an exclusive step (a timing) gets them all."""
-        if step.exclusive or self.jobs == 1:
-            return None
-        return max(1, (os.cpu_count() or 1) // self.jobs)
+        return None if step.exclusive else self.shared_threads()
+
+    def shared_threads(self) -> int | None:
+        """The threads of work that runs beside other steps (None: the runtimes' defaults)."""
+        return None if self.jobs == 1 else max(1, (os.cpu_count() or 1) // self.jobs)
 
     def _collect(self, step: Step, future: Future[CacheEntry | None], summary: RunSummary) -> None:
         error = future.exception()

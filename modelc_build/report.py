@@ -340,7 +340,8 @@ def _measurement_lines(report: Report) -> list[str]:
         e = m.emulation or {}
         versus = ", ".join(f"{v['output']} cosine {v['cosine']:.6f}" for v in e.get("versus_native", []))
         lines.append(f"- `{a.target}` on emulated {e.get('cpu')}: {e.get('samples')} of {e.get('samples_asked')} samples "
-                     f"in {e.get('inference_s')} s (budget {e.get('budget_s'):g} s, start {e.get('startup_s')} s); CPU "
+                     f"in {e.get('inference_s')} s (budget {e.get('budget_s'):g} s, start {e.get('startup_s')} s"
+                     f"{', warm process' if e.get('process') == 'service' else ''}); CPU "
                      f"features seen {', '.join(e.get('features', []))}; kernels {', '.join(e.get('kernels', [])[:4]) or '—'}; "
                      f"against its native run: {versus}.")
     for cpu in report.cpus or []:

@@ -13,7 +13,7 @@ build's `Fingerprints` (input digests computed once per build).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping
 
@@ -34,6 +34,7 @@ class StepInputs:
 
     entries: Mapping[str, CacheEntry]
     facts: Fingerprints | None = None
+    services: Mapping[str, str] = field(default_factory=dict)  # warm helpers by name (emulation), never key material
 
     def entry(self, step_id: str) -> CacheEntry:
         return self.entries[step_id]

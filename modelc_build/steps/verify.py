@@ -217,7 +217,7 @@ class VerifyStep(Step):
         import tempfile
 
         from modelc_build.accuracy import evaluation_to_dict, output_agreement, score
-        from modelc_build.emulation import INSTALL_HINT, run_emulated
+        from modelc_build.emulation import INSTALL_HINT, run_emulated, service_name
         from modelc_build.feeds import ModelCaller
 
         cpu = self.setting.emulate
@@ -231,11 +231,12 @@ class VerifyStep(Step):
         with tempfile.TemporaryDirectory(prefix="modelc-emulated-") as scratch:
             run = run_emulated(self.setting.emulator, cpu, self.target.backend, [artifact.file(name) for name in artifact.files],
                                dict(self.setting.config), self.evaluation.inputs, self.outputs,
-                               [batch.inputs for batch, _ in pairs], self.setting.budget_s, Path(scratch))
+                               [batch.inputs for batch, _ in pairs], self.setting.budget_s, Path(scratch),
+                               inputs.services.get(service_name(self.setting.emulator, cpu, self.target.backend)))
         emulation = {"cpu": cpu, "features": run.features, "class": run.seen_class, "kernels": run.kernels[:8],
                      "samples": len(run.outputs), "samples_asked": self.setting.samples, "budget_s": self.setting.budget_s,
                      "startup_s": round(run.startup_s, 2), "inference_s": round(run.inference_s, 2),
-                     "canary": run.canary.detail, "log": run.log_tail, "runtime": run.runtime}
+                     "canary": run.canary.detail, "log": run.log_tail, "runtime": run.runtime, "process": run.process}
         if run.broken:
             return {**_empty(), "emulation": emulation, "emulation_broken": run.broken}
         done = pairs[:len(run.outputs)]

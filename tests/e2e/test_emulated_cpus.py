@@ -37,6 +37,7 @@ def test_the_shipped_detector_int8_is_verified_on_an_emulated_haswell(tmp_path: 
         assert {g["gate"] for g in haswell["gates"]} >= {"min_cosine"}  # tensor gates; task gates need the whole set
         assert not {g["gate"] for g in haswell["gates"]} & {"max_metric_drop", "min_reference_map50"}
         assert all(v["cosine"] > 0.99 for v in emulation["versus_native"])  # the emulated kernels compute the same here
+        assert emulation["process"] == "service"  # the build's warm emulated process for this backend ran it
         if artifact["backend"] == "openvino":  # OpenVINO's own counters name the AVX2 integer kernels
             assert any("avx2" in k and "I8" in k for k in emulation["kernels"]), emulation["kernels"]
         else:  # onnxruntime's profiler: the convolutions ran as integer QLinearConv, in the portable layout
@@ -54,10 +55,12 @@ def test_the_shipped_detector_int8_is_verified_on_an_emulated_haswell(tmp_path: 
 
 def stand_in_emulator(folder: Path, canary: str) -> Path:
     """An 'emulator' with qemu-x86_64's arguments that runs the command natively (so the process
-    sees this machine's CPU, not a Haswell), then overwrites the canary's outputs with garbage."""
+    sees this machine's CPU, not a Haswell), then overwrites the canary's outputs with garbage. It
+    cannot keep a warm service (it exits at once when asked to), so each check runs alone."""
     script = folder / "fake-qemu"
     script.write_text(f"""#!/bin/sh
 shift 2  # -cpu MODEL
+case "$*" in *--serve*) exit 3;; esac
 "$@"
 status=$?
 work="$(eval echo \\${{$#}})"
@@ -93,6 +96,7 @@ def test_a_broken_emulator_is_reported_as_such_not_as_a_broken_artifact(tmp_path
         haswell = next(m for m in artifact["measurements"] if m["emulate"] == "Haswell")
         assert artifact["passed"] and not haswell["passed"] and haswell["gates"] == []
         assert haswell["problem"].startswith("the emulation is broken")
+        assert haswell["emulation"]["process"] == "own"  # its service was gone: the check ran in a process of its own
     assert any("the emulation is broken" in flag for flag in report["flags"])
 
 
