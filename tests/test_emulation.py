@@ -1,0 +1,73 @@
+"""The warm emulation service's protocol, from the check's side: a check trusts a service only
+for what it said, and runs alone whenever the service never took its request."""
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from modelc_build.emulation import SERVICE_UNAVAILABLE, EmulationServices, _run_in_service, service_name
+
+
+def one_connection(address: Path, replies: bytes) -> threading.Thread:
+    """A stand-in service: takes one request, sends `replies`, closes."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(address))
+    listener.listen(1)
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(4096)
+            if replies:
+                connection.sendall(replies)
+        listener.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize(("replies", "expected"), [
+    (b"started\ndone\n", None),  # it ran the request: the result files are its word
+    (b"", SERVICE_UNAVAILABLE),  # it closed without taking the request: run alone
+    (b"started\n", "the emulation service ended while it ran this check"),  # a crash mid-check: said, not judged
+])
+def test_a_check_reads_what_the_service_said(tmp_path: Path, replies: bytes, expected: str | None) -> None:
+    address = tmp_path / "service.sock"
+    thread = one_connection(address, replies)
+    assert _run_in_service(str(address), tmp_path, budget_s=5) == expected
+    thread.join(timeout=5)
+
+
+def test_a_service_that_is_gone_sends_the_check_to_a_process_of_its_own(tmp_path: Path) -> None:
+    assert _run_in_service(str(tmp_path / "never-started.sock"), tmp_path, budget_s=5) == SERVICE_UNAVAILABLE
+    gone = tmp_path / "gone.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(gone))
+    listener.close()  # the socket file stays; nobody listens
+    assert _run_in_service(str(gone), tmp_path, budget_s=5) == SERVICE_UNAVAILABLE
+
+
+def test_services_are_one_per_emulator_cpu_and_backend_and_leave_nothing_behind(tmp_path: Path) -> None:
+    """`true` as the emulator: each service exits at once, so its socket closes with it."""
+    wanted = [("true", "Haswell", "openvino"), ("true", "Haswell", "onnxruntime"), ("true", "Haswell", "openvino")]
+    services = EmulationServices(wanted, threads=1)
+    assert services.addresses() == {}  # nothing before start
+    services.start()
+    try:
+        addresses = services.addresses()
+        assert set(addresses) == {service_name("true", "Haswell", "openvino"), service_name("true", "Haswell", "onnxruntime")}
+        assert len(services.processes) == 2
+        for address in addresses.values():
+            assert Path(address).exists()
+        for process in services.processes:
+            process.wait(timeout=10)
+        for address in addresses.values():  # its only listener is gone with it
+            assert _run_in_service(address, tmp_path, budget_s=5) == SERVICE_UNAVAILABLE
+        folder = services.folder
+    finally:
+        services.stop()
+    assert folder is not None and not folder.exists() and services.processes == []
