@@ -11,6 +11,8 @@ cost is bounded by `verify.emulation_budget_s`, not by the sample count (it woul
 Images repeat the photo sets when more are asked for than exist; token sentences are seeded random
 ids of 32-128 words.
 
+Each build is given the bound as its memory limit (`--max-memory`, 4x the weights file + 1.5 GB;
+`--no-limit` leaves the machine's own memory as the limit), as a CI job on a small runner would.
 Per build it prints wall seconds, the peak memory of the whole process tree (sampled every 0.2 s)
 as the sum of its processes' PSS (what the build occupies: pages the step workers share with the
 fork server count once) and, beside it, of their RSS (which counts shared pages once per process),
@@ -144,11 +146,13 @@ def tree_memory(process: psutil.Process) -> tuple[int, int]:
     return pss, rss
 
 
-def build(recipe: Path, scratch: Path) -> tuple[float, tuple[int, int], dict]:
+def build(recipe: Path, scratch: Path, max_memory: int | None) -> tuple[float, tuple[int, int], dict]:
     """Wall seconds, the peak of the tree's PSS and RSS sums, and the release's report.json of one
     cold build."""
     command = [sys.executable, "-m", "modelc_build", "build", str(recipe), "--store", str(scratch / "store"),
                "--cache", str(scratch / "cache"), "-j", "2"]
+    if max_memory is not None:
+        command += ["--max-memory", str(max_memory)]
     started = time.perf_counter()
     child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = [0, 0]
@@ -180,6 +184,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--base", type=int, default=20, help="evaluation samples at 1x")
     parser.add_argument("--factors", default="1,4,16")
+    parser.add_argument("--no-limit", action="store_true", help="build without --max-memory (the machine's own memory)")
     args = parser.parse_args()
     factors = [int(f) for f in args.factors.split(",")]
     print(f"{'model':<14}{'samples':>8}{'wall s':>9}{'tree PSS MiB':>14}{'tree RSS MiB':>14}{'costliest step':>34}"
@@ -191,7 +196,10 @@ def main() -> None:
             scratch = Path(tempfile.mkdtemp(prefix=f"modelc-scale-{name}-"))
             try:
                 samples = args.base * factor
-                seconds, (peak, rss), report = build(recipe_for(model, samples, scratch), scratch)
+                recipe = recipe_for(model, samples, scratch)
+                weights = Path(yaml.safe_load(recipe.read_text())["model"]["weights"])
+                limit = None if args.no_limit else int(4 * weights.stat().st_size + 1.5 * GIB)
+                seconds, (peak, rss), report = build(recipe, scratch, limit)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
             steps = [s for s in report["steps"]["steps"] if s["peak_rss_mib"] is not None]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from modelc_build.cache import Cache
 from modelc_build.emulation import EmulationServices
-from modelc_build.engine import Engine, RunSummary, start_fresh_process_server
+from modelc_build.engine import Engine, MemoryBudget, RunSummary, start_fresh_process_server
 from modelc_build.errors import InputError, ModelcError
 from modelc_build.fingerprint import Fingerprints, check_disjoint
 from modelc_build.plan import Plan, checked_cpus, data_source, make_plan, target_step_ids, verify_settings
@@ -50,6 +50,7 @@ class BuildOptions:
     jobs: int = 1  # steps run side by side
     signer: Signer | None = None  # sign the release before it goes to the store
     skip_unavailable: bool = False  # leave out engines this machine cannot build (the report lists them)
+    max_memory: int | None = None  # bytes the build may hold at once (None: the memory this machine has available)
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,8 @@ def build(recipe: Recipe, store: Store, log: BuildLog, cache: Cache, options: Bu
         raise InputError("--share-steps: this store keeps no step cache")
     facts = Fingerprints(cache)
     _check_data(recipe, facts, log)
-    engine = Engine(cache, log, jobs=options.jobs, force=options.force, shared=shared, preload=PRELOAD)
+    engine = Engine(cache, log, jobs=options.jobs, force=options.force, shared=shared, preload=PRELOAD,
+                    memory=memory_budget(recipe, options.max_memory))
     services = EmulationServices(emulated_checks(steps), engine.shared_threads())
     try:
         engine.before_first_run = lambda: _start_helpers(engine, services, steps)
@@ -135,6 +137,19 @@ def _start_helpers(engine: Engine, services: EmulationServices, steps: Sequence[
         start_fresh_process_server(PRELOAD)
     services.start()
     engine.services.update(services.addresses())
+
+
+def memory_budget(recipe: Recipe, max_memory: int | None) -> MemoryBudget | None:
+    """What steps side by side may hold: --max-memory, else what this machine has available now;
+    None where the model's size or the machine's memory is unknown (a factory without weights)."""
+    from modelc_build.processes import available_memory_bytes
+
+    model = recipe.model
+    source = model.weights if model.kind == "torch" else model.path
+    limit = max_memory if max_memory is not None else available_memory_bytes()
+    if source is None or not source.is_file() or limit is None:
+        return None
+    return MemoryBudget(limit, source.stat().st_size)
 
 
 def emulated_checks(steps: Sequence[Step]) -> list[tuple[str, str, str]]:

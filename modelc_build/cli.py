@@ -108,6 +108,27 @@ def _guarded(debug: bool, action: Callable[[], Any]) -> Any:
         sys.exit(130)
 
 
+class MemorySize(click.ParamType):
+    """A memory size: bytes, or a number with K, M, G or T (powers of 1024; KiB, MB and the like
+    read the same)."""
+
+    name = "size"
+    UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+        number, unit = (text[:-1], text[-1]) if text and text[-1] in self.UNITS else (text, "")
+        try:
+            size = int(float(number) * self.UNITS[unit])
+        except ValueError:
+            self.fail(f"{value!r} is not a memory size: write e.g. 6G, 3500M or a number of bytes", param, ctx)
+        if size <= 0:
+            self.fail(f"{value!r}: a memory size is more than zero", param, ctx)
+        return size
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="modelc")
 @click.option("--debug", is_flag=True, help=DEBUG_HELP)
@@ -378,6 +399,9 @@ def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool
               "repeatable; no verification or release. For fanned-out CI jobs.")
 @click.option("-j", "--jobs", type=click.IntRange(1, 64), default=lambda: os.cpu_count() or 1, show_default="CPU count",
               help="Independent steps run side by side, up to this many.")
+@click.option("--max-memory", "max_memory", type=MemorySize(), envvar="MODELC_MAX_MEMORY", metavar="SIZE",
+              help="Memory the build may hold at once (e.g. 6G, 3500M; env MODELC_MAX_MEMORY): a step starts beside "
+              "others only when all of them are expected to fit. Default: what the machine has available.")
 @click.option("--share-steps", is_flag=True, help="Pull and push step outputs through the store's step cache, "
               "so jobs of one fanned-out build reuse each other's work.")
 @click.option("--push", is_flag=True, help="Publish to a registry store (oci://); the release must be signed.")
@@ -392,7 +416,7 @@ def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool
 @click.option("-v", "--verbose", is_flag=True, help="One plain line per event, also on a terminal (no live lines).")
 @global_options
 def build(recipe: Path, store_url: str, timeout: float | None, reports_dir: Path, cache_dir: Path, force: bool, targets: tuple[str, ...],
-          share_steps: bool, jobs: int, push: bool, compare_to: str | None, skip_unavailable: bool, signing_key: Path | None,
+          share_steps: bool, jobs: int, max_memory: int | None, push: bool, compare_to: str | None, skip_unavailable: bool, signing_key: Path | None,
           certificate_chain: tuple[Path, ...], sigstore: bool, quiet: bool, verbose: bool, as_json: bool, debug: bool) -> None:
     """Build every target of RECIPE, check accuracy, sign (when a key is given) and store the release."""
     from modelc_build.build import BuildOptions
@@ -420,7 +444,7 @@ def build(recipe: Path, store_url: str, timeout: float | None, reports_dir: Path
         loaded = load_recipe(recipe, passed_schema_memo=Path(cache_dir) / "schema-passed")
         store = opened["store"] = open_store(store_url, timeout)
         options = BuildOptions(reports_dir, force=force, share_steps=share_steps, only_targets=targets, jobs=jobs,
-                               signer=signer, skip_unavailable=skip_unavailable)
+                               signer=signer, skip_unavailable=skip_unavailable, max_memory=max_memory)
         log = build_log(quiet=quiet, plain=verbose or debug)
         try:
             return run_build(loaded, store, log, Cache(Path(cache_dir)), options)

@@ -29,7 +29,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Sequence
 
 from modelc_build.cache import Cache, CacheEntry, cache_key
 from modelc_build.errors import ModelcError, first_line
@@ -132,9 +132,10 @@ def run_in_fresh_process(step: Step, inputs: StepInputs, out: Path, preload: tup
 
 class Engine:
     def __init__(self, cache: Cache, log: BuildLog, *, jobs: int = 1, force: bool = False,
-                 shared: StepCache | None = None, preload: tuple[str, ...] = ()) -> None:
+                 shared: StepCache | None = None, preload: tuple[str, ...] = (), memory: MemoryBudget | None = None) -> None:
         self.cache, self.log, self.force, self.shared = cache, log, force, shared
         self.jobs = max(1, jobs)
+        self.memory = memory  # None: steps start side by side whatever they are expected to hold
         self.preload = preload  # modules the fresh-process server imports once
         self._clock = time.perf_counter()
         self.before_first_run: Callable[[], None] | None = None  # called once, before a step first runs
@@ -228,6 +229,8 @@ class Engine:
                     continue
                 if len(running) >= self.jobs:
                     return
+                if running and self.memory is not None and not self.memory.fits(step, running.values()):
+                    continue  # waits for memory to be freed; a smaller step further down may start
                 pending.remove(step)
                 progress = True
                 try:
@@ -322,6 +325,27 @@ class Engine:
             error.step_id = step.id  # type: ignore[attr-defined]  # where a kept log says it came from
         self.log.done(step.id, f"✗ {step.id} failed: {first_line(RuntimeError(_message(error)), 500)}")
 
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """Steps side by side stay within `limit_bytes`: a step starts beside others only when the
+    expected peaks of all of them fit (a step alone always starts). A step's expected peak is a
+    bare worker's plus its memory_peak_hint times the FP32 model's size; the build's own process
+    and the fork server are set aside first."""
+
+    limit_bytes: int
+    model_bytes: int
+
+    BUILD_BYTES: ClassVar[int] = 768 * 2**20  # the build's process and the fork server (torch, OpenVINO, onnxruntime loaded)
+    WORKER_BYTES: ClassVar[int] = 192 * 2**20  # a forked worker's own pages before its step runs
+
+    def expected(self, step: Step) -> int:
+        return self.WORKER_BYTES + int(step.memory_peak_hint * self.model_bytes)
+
+    def fits(self, step: Step, running: Iterable[Step]) -> bool:
+        held = sum(self.expected(other) for other in running)
+        return self.BUILD_BYTES + held + self.expected(step) <= self.limit_bytes
 
 
 def _distinct(failures: list[tuple[str, BaseException]]) -> list[tuple[str, BaseException]]:

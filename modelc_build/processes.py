@@ -77,6 +77,18 @@ def peak_memory_bytes() -> int | None:
         return None
 
 
+def available_memory_bytes() -> int | None:
+    """Memory this machine can give without swapping (MemAvailable; Linux), None if unknown."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 STEP_THREADS_ENV = "MODELC_STEP_THREADS"
 
 

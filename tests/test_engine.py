@@ -1,6 +1,7 @@
 """The engine runs any step graph: step kinds defined here, in the test file alone."""
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -346,3 +347,47 @@ def test_the_longest_chain_of_expected_work_starts_first(tmp_path: Path) -> None
     Engine(Cache(tmp_path / "cache"), log, jobs=1).run(steps)
     assert started(log) == ["graph", "compile-int8", "check-int8-emulated", "compile-fp32", "verify-fp32",
                             "verify-fp32-again", "verify-int8"]
+
+
+@dataclass(frozen=True)
+class HeavyStep(WriteStep):
+    """A step expected to hold `hint` times the model's size."""
+
+    hint: float = 4.0
+
+    @property
+    def memory_peak_hint(self) -> float:
+        return self.hint
+
+
+def spans(log: Recorder) -> dict[str, tuple[float, float]]:
+    found = {}
+    for line in log.lines:
+        match = re.match(r"✓ (\S+) \([\d.]+ s, ([\d.]+)–([\d.]+) s", line)
+        if match:
+            found[match.group(1)] = (float(match.group(2)), float(match.group(3)))
+    return found
+
+
+def test_steps_side_by_side_stay_within_the_memory_limit(tmp_path: Path) -> None:
+    """Two steps that would not fit together run one after the other; a small one runs beside
+    either; with no limit all three run at once."""
+    from modelc_build.engine import MemoryBudget
+
+    mib = 2**20
+    steps: list[Step] = [HeavyStep("heavy-a", "A", seconds=0.4), HeavyStep("heavy-b", "B", seconds=0.4),
+                         HeavyStep("small", "S", seconds=0.4, hint=0.2)]
+    budget = MemoryBudget(limit_bytes=0, model_bytes=100 * mib)
+    heavy, small = budget.expected(steps[0]), budget.expected(steps[2])
+    limit = MemoryBudget.BUILD_BYTES + heavy + small + mib  # one heavy and the small one fit; two heavy do not
+    log = Recorder()
+    Engine(Cache(tmp_path / "limited"), log, jobs=3, memory=MemoryBudget(limit, 100 * mib)).run(steps)
+    ran = spans(log)
+    (a_start, a_end), (b_start, b_end) = ran["heavy-a"], ran["heavy-b"]
+    assert b_start >= a_end or a_start >= b_end  # never side by side
+    assert ran["small"][0] < min(a_end, b_end)  # beside the first heavy one
+
+    log = Recorder()
+    Engine(Cache(tmp_path / "unlimited"), log, jobs=3).run(steps)
+    ran = spans(log)
+    assert max(start for start, _ in ran.values()) < min(end for _, end in ran.values())  # all at once

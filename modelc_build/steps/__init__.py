@@ -70,10 +70,18 @@ class Step(ABC):
     fresh_process: ClassVar[bool] = False  # run in a new process (see modelc_build/engine.py)
     exclusive: ClassVar[bool] = False  # run with nothing beside it (timing)
     expected_seconds: ClassVar[float] = 1.0  # a rough relative cost, for the engine's order (see below)
+    memory_hint: ClassVar[float] = 2.0  # its process's peak above a bare worker, in FP32 model sizes (engine: memory)
 
     id: str
     needs: tuple[str, ...]
     description: str
+
+    @property
+    def memory_peak_hint(self) -> float:
+        """Its process's expected peak above a bare worker, in multiples of the FP32 model's size
+        (export: ~5.5x, an INT8 calibration ~4.5x, a measurement ~2x). Only used to keep steps
+        side by side within a memory limit (engine.py); a step may override it by what it does."""
+        return self.memory_hint
 
     @property
     def cost_hint(self) -> float:

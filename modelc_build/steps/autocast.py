@@ -18,6 +18,7 @@ class AutocastStep(Step):
     graph: str  # the id of the step whose model.onnx is converted
     kind: ClassVar[str] = "autocast"
     expected_seconds: ClassVar[float] = 2.0
+    memory_hint: ClassVar[float] = 3.0
     fresh_process: ClassVar[bool] = True
     id: ClassVar[str] = AUTOCAST_STEP  # type: ignore[misc]
     description: ClassVar[str] = "convert the graph to mixed FP16 (ModelOpt AutoCast, on the CPU)"  # type: ignore[misc]

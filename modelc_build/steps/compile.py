@@ -44,6 +44,14 @@ class CompileStep(Step):
     kind = "compile"
 
     @property
+    def memory_peak_hint(self) -> float:
+        """Calibration holds the graph several times over (onnxruntime's pre-processing, the
+        calibration session, one quantizer per layout); a float compile about twice."""
+        if self.calibration is None:
+            return 2.0
+        return 4.5 if self.target.backend == "onnxruntime" else 4.0
+
+    @property
     def cost_hint(self) -> float:
         """Calibrating is the slow part; OpenVINO's NNCF more so, with accuracy control most."""
         if self.calibration is None:

@@ -34,6 +34,7 @@ class DecodeStep(Step):
     kind: ClassVar[str] = "decode"
     fresh_process: ClassVar[bool] = True  # Pillow and the preprocessing run apart from the build
     expected_seconds: ClassVar[float] = 0.5
+    memory_hint: ClassVar[float] = 0.2
     needs: ClassVar[tuple[str, ...]] = ()  # type: ignore[misc]
 
     @property

@@ -22,6 +22,7 @@ class ExportStep(Step):
     options: ExportOptions
     kind: ClassVar[str] = "export"
     expected_seconds: ClassVar[float] = 5.0
+    memory_hint: ClassVar[float] = 5.5
     fresh_process: ClassVar[bool] = True  # the model's own code runs here: it can never end modelc itself
     id: ClassVar[str] = EXPORT_STEP  # type: ignore[misc]
     needs: ClassVar[tuple[str, ...]] = ()  # type: ignore[misc]

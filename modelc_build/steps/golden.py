@@ -30,6 +30,7 @@ class GoldenStep(Step):
     decoded: str | None = None  # the decode step whose batches it reads (None: reads the data itself)
     kind: ClassVar[str] = "golden"
     expected_seconds: ClassVar[float] = 0.2
+    memory_hint: ClassVar[float] = 0.2
     id: ClassVar[str] = GOLDEN_STEP  # type: ignore[misc]
 
     @property

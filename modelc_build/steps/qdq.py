@@ -21,6 +21,7 @@ class QdqStep(Step):
     quantization: Quantization
     kind: ClassVar[str] = "qdq"
     expected_seconds: ClassVar[float] = 3.0
+    memory_hint: ClassVar[float] = 4.5
     fresh_process: ClassVar[bool] = True
     id: ClassVar[str] = QDQ_STEP  # type: ignore[misc]
     description: ClassVar[str] = "calibrate an INT8 Q/DQ ONNX graph (ModelOpt, on the CPU)"  # type: ignore[misc]

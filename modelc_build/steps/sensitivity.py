@@ -24,6 +24,7 @@ class SensitivityStep(Step):
     quantization: Quantization
     kind: ClassVar[str] = "sensitivity"
     expected_seconds: ClassVar[float] = 10.0
+    memory_hint: ClassVar[float] = 4.5
     fresh_process: ClassVar[bool] = True
     id: ClassVar[str] = SENSITIVITY_STEP  # type: ignore[misc]
 

@@ -19,6 +19,7 @@ class SimplifyStep(Step):
     inputs: tuple[TensorSpec, ...] = ()  # to feed both graphs one example and compare
     kind: ClassVar[str] = "simplify"
     expected_seconds: ClassVar[float] = 0.5
+    memory_hint: ClassVar[float] = 5.0
     fresh_process: ClassVar[bool] = True  # onnx, onnxsim and onnxruntime are imported once, by the fork server
     id: ClassVar[str] = SIMPLIFY_STEP  # type: ignore[misc]
     needs: ClassVar[tuple[str, ...]] = (EXPORT_STEP,)  # type: ignore[misc]

@@ -57,6 +57,7 @@ class ReferenceStep(Step):
     decoded: str | None = None  # the decode step whose batches it reads (None: reads the data itself)
     kind: ClassVar[str] = "reference"
     fresh_process: ClassVar[bool] = True
+    memory_hint: ClassVar[float] = 2.5
     id: ClassVar[str] = REFERENCE_STEP  # type: ignore[misc]
 
     @property
@@ -150,6 +151,11 @@ class VerifyStep(Step):
     decoded: str | None = None  # the decode step whose batches it reads (None: reads the data itself)
     kind: ClassVar[str] = "verify"
     fresh_process: ClassVar[bool] = True
+
+    @property
+    def memory_peak_hint(self) -> float:
+        """An emulated check holds the artifact natively once (its outputs are compared there)."""
+        return 1.0 if self.setting.emulate else self.memory_hint
 
     @property
     def cost_hint(self) -> float:
