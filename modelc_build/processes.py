@@ -59,15 +59,23 @@ def reset_peak_memory() -> None:
         pass
 
 
-def peak_memory_bytes() -> int | None:
-    """This process's peak resident memory (VmHWM on Linux; ru_maxrss elsewhere), None if unknown."""
+def _proc_kilobytes(path: str, field: str) -> int | None:
+    """A `FIELD: N kB` line of a /proc file, in bytes (Linux), None if absent."""
     try:
-        with open("/proc/self/status") as handle:
+        with open(path) as handle:
             for line in handle:
-                if line.startswith("VmHWM:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def peak_memory_bytes() -> int | None:
+    """This process's peak resident memory (VmHWM on Linux; ru_maxrss elsewhere), None if unknown."""
+    peak = _proc_kilobytes("/proc/self/status", "VmHWM")
+    if peak is not None:
+        return peak
     try:
         import resource
 
@@ -79,14 +87,7 @@ def peak_memory_bytes() -> int | None:
 
 def available_memory_bytes() -> int | None:
     """Memory this machine can give without swapping (MemAvailable; Linux), None if unknown."""
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return _proc_kilobytes("/proc/meminfo", "MemAvailable")
 
 
 STEP_THREADS_ENV = "MODELC_STEP_THREADS"

@@ -323,41 +323,37 @@ def test_the_plain_log_writes_each_line_whole_from_any_thread(monkeypatch: pytes
 
 
 @dataclass(frozen=True)
-class CostlyStep(WriteStep):
-    """A step that declares what it is expected to cost (as an emulated check does)."""
+class HintedStep(WriteStep):
+    """A step that declares what it is expected to cost in time (as an emulated check does) and
+    to hold in memory, in FP32 model sizes (as a calibration does)."""
 
     cost: float = 1.0
+    hint: float = 4.0
 
     @property
     def cost_hint(self) -> float:
         return self.cost
+
+    @property
+    def memory_peak_hint(self) -> float:
+        return self.hint
 
 
 def test_the_longest_chain_of_expected_work_starts_first(tmp_path: Path) -> None:
     """One worker, two ready chains: the cheap steps many others wait for used to go first; now
     the compile whose long check follows it runs first, and the check as soon as it can."""
     steps: list[Step] = [WriteStep("graph", "G"),
-                         CostlyStep("compile-int8", "I", ("graph",), cost=3.0),
-                         CostlyStep("compile-fp32", "F", ("graph",), cost=0.5),
-                         CostlyStep("verify-fp32", "VF", ("compile-fp32",), cost=0.5),
-                         CostlyStep("verify-fp32-again", "VF2", ("compile-fp32",), cost=0.5),
-                         CostlyStep("check-int8-emulated", "E", ("compile-int8",), cost=7.0),
-                         CostlyStep("verify-int8", "VI", ("compile-int8",), cost=0.5)]
+                         HintedStep("compile-int8", "I", ("graph",), cost=3.0),
+                         HintedStep("compile-fp32", "F", ("graph",), cost=0.5),
+                         HintedStep("verify-fp32", "VF", ("compile-fp32",), cost=0.5),
+                         HintedStep("verify-fp32-again", "VF2", ("compile-fp32",), cost=0.5),
+                         HintedStep("check-int8-emulated", "E", ("compile-int8",), cost=7.0),
+                         HintedStep("verify-int8", "VI", ("compile-int8",), cost=0.5)]
     log = Recorder()
     Engine(Cache(tmp_path / "cache"), log, jobs=1).run(steps)
     assert started(log) == ["graph", "compile-int8", "check-int8-emulated", "compile-fp32", "verify-fp32",
                             "verify-fp32-again", "verify-int8"]
 
-
-@dataclass(frozen=True)
-class HeavyStep(WriteStep):
-    """A step expected to hold `hint` times the model's size."""
-
-    hint: float = 4.0
-
-    @property
-    def memory_peak_hint(self) -> float:
-        return self.hint
 
 
 def spans(log: Recorder) -> dict[str, tuple[float, float]]:
@@ -375,8 +371,8 @@ def test_steps_side_by_side_stay_within_the_memory_limit(tmp_path: Path) -> None
     from modelc_build.engine import MemoryBudget
 
     mib = 2**20
-    steps: list[Step] = [HeavyStep("heavy-a", "A", seconds=0.4), HeavyStep("heavy-b", "B", seconds=0.4),
-                         HeavyStep("small", "S", seconds=0.4, hint=0.2)]
+    steps: list[Step] = [HintedStep("heavy-a", "A", seconds=0.4), HintedStep("heavy-b", "B", seconds=0.4),
+                         HintedStep("small", "S", seconds=0.4, hint=0.2)]
     budget = MemoryBudget(limit_bytes=0, model_bytes=100 * mib)
     heavy, small = budget.expected(steps[0]), budget.expected(steps[2])
     limit = MemoryBudget.BUILD_BYTES + heavy + small + mib  # one heavy and the small one fit; two heavy do not
