@@ -17,7 +17,7 @@ from modelc_build.recipe import Recipe, Target
 from modelc_build.steps import Step
 from modelc_build.steps.autocast import AUTOCAST_STEP, AutocastStep
 from modelc_build.steps.compile import AccuracyControlSpec, CompileStep, compile_step_id
-from modelc_build.steps.decode import DecodeStep, decode_step_id
+from modelc_build.steps.decode import DecodeStep, decodes
 from modelc_build.steps.export import EXPORT_STEP, ExportStep
 from modelc_build.steps.golden import GoldenStep
 from modelc_build.steps.latency import LatencyStep
@@ -109,24 +109,21 @@ def make_plan(recipe: Recipe) -> Plan:
     for target in recipe.targets:
         steps.append(_compile_step(recipe, target, graph))
     evaluation = data_source(recipe, "evaluation")
-    decoded = None
-    if evaluation.dataset is not None and evaluation.dataset.format != "python":  # a function's output is kept as it came
+    if decodes(evaluation):
         steps.append(DecodeStep(evaluation))
-        decoded = decode_step_id(evaluation)
-    steps.append(ReferenceStep(model, evaluation, decoded))
+    steps.append(ReferenceStep(model, evaluation))
     golden = recipe.verify.golden_samples > 0
     if golden:
         steps.append(GoldenStep(evaluation, model.outputs, recipe.verify.golden_samples,
-                                int(recipe.verify.golden_max_mb * 2**20), decoded))
+                                int(recipe.verify.golden_max_mb * 2**20)))
     for target in recipe.targets:
         for setting in verify_settings(recipe, target):
-            steps.append(VerifyStep(target, evaluation, recipe.task, model.outputs, setting, golden and setting.name == "deploy",
-                                    decoded))
+            steps.append(VerifyStep(target, evaluation, recipe.task, model.outputs, setting, golden and setting.name == "deploy"))
     if recipe.latency.runs > 0:
-        steps.append(LatencyStep(None, model, evaluation, recipe.latency, decoded=decoded))
+        steps.append(LatencyStep(None, model, evaluation, recipe.latency))
         for target in recipe.targets:
             if measures_latency(target):
-                steps.append(LatencyStep(target, model, evaluation, recipe.latency, deploy_config(recipe, target), decoded))
+                steps.append(LatencyStep(target, model, evaluation, recipe.latency, deploy_config(recipe, target)))
     return Plan(recipe.name, recipe.version, tuple(steps), graph)
 
 

@@ -28,6 +28,18 @@ def decode_step_id(source: DataSource) -> str:
     return f"decode:{source.role}"
 
 
+def decodes(source: DataSource) -> bool:
+    """Whether a build decodes this data set once for the steps that read it: files are; a data
+    function's output is already kept as it came (fingerprint.py), and seeded random inputs are
+    made where they are read."""
+    return source.dataset is not None and source.dataset.format != "python"
+
+
+def decoded_needs(source: DataSource) -> tuple[str, ...]:
+    """What a step that reads `source` needs for it: its decode step, where there is one."""
+    return (decode_step_id(source),) if decodes(source) else ()
+
+
 @dataclass(frozen=True)
 class DecodeStep(Step):
     source: DataSource

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from modelc_build.fingerprint import DataSource
 from modelc_build.steps import Step, StepInputs, tool_versions
+from modelc_build.steps.decode import decoded_needs
 from modelc_build.steps.verify import GOLDEN_STEP, REFERENCE_STEP, one_sample_at_a_time, stored_reference_outputs
 
 
@@ -27,7 +28,6 @@ class GoldenStep(Step):
     outputs: tuple[str, ...]
     samples: int
     max_bytes: int
-    decoded: str | None = None  # the decode step whose batches it reads (None: reads the data itself)
     kind: ClassVar[str] = "golden"
     expected_seconds: ClassVar[float] = 0.2
     memory_hint: ClassVar[float] = 0.2
@@ -35,7 +35,7 @@ class GoldenStep(Step):
 
     @property
     def needs(self) -> tuple[str, ...]:  # type: ignore[override]
-        return (REFERENCE_STEP,) + ((self.decoded,) if self.decoded else ())
+        return (REFERENCE_STEP,) + decoded_needs(self.evaluation)
 
     @property
     def description(self) -> str:  # type: ignore[override]

@@ -15,6 +15,7 @@ from modelc_build.fingerprint import DataSource
 from modelc_build.recipe import Latency, ModelSource, Target
 from modelc_build.steps import Step, StepInputs, tool_versions
 from modelc_build.steps.compile import BACKEND_TOOLS, compile_step_id
+from modelc_build.steps.decode import decoded_needs
 from modelc_build.steps.verify import MEASURE_TOOLS, reference_runner
 
 LATENCY_FILE = "latency.json"
@@ -38,7 +39,6 @@ class LatencyStep(Step):
     data: DataSource  # the first sample of it is timed
     settings: Latency
     config: tuple[tuple[str, str], ...] = ()  # the runtime settings it is deployed with
-    decoded: str | None = None  # the decode step whose first sample it times (None: reads the data itself)
     kind: ClassVar[str] = "latency"
     expected_seconds: ClassVar[float] = 0.3
     fresh_process: ClassVar[bool] = True
@@ -51,7 +51,7 @@ class LatencyStep(Step):
     @property
     def needs(self) -> tuple[str, ...]:  # type: ignore[override]
         return (((compile_step_id(self.target),) if self.target is not None else ())
-                + ((self.decoded,) if self.decoded else ()))
+                + decoded_needs(self.data))
 
     @property
     def description(self) -> str:  # type: ignore[override]

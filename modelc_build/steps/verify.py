@@ -19,6 +19,7 @@ from modelc_build.fingerprint import DataSource
 from modelc_build.recipe import ModelSource, Target, Task
 from modelc_build.steps import Step, StepInputs, tool_versions
 from modelc_build.steps.compile import compile_step_id
+from modelc_build.steps.decode import decoded_needs
 
 if TYPE_CHECKING:
     import numpy as np
@@ -54,7 +55,6 @@ def reference_runner(model: ModelSource) -> tuple[Runner, str]:
 class ReferenceStep(Step):
     model: ModelSource
     evaluation: DataSource
-    decoded: str | None = None  # the decode step whose batches it reads (None: reads the data itself)
     kind: ClassVar[str] = "reference"
     fresh_process: ClassVar[bool] = True
     memory_hint: ClassVar[float] = 2.5
@@ -62,7 +62,7 @@ class ReferenceStep(Step):
 
     @property
     def needs(self) -> tuple[str, ...]:  # type: ignore[override]
-        return (self.decoded,) if self.decoded else ()
+        return decoded_needs(self.evaluation)
 
     @property
     def description(self) -> str:  # type: ignore[override]
@@ -148,7 +148,6 @@ class VerifyStep(Step):
     outputs: tuple[str, ...]
     setting: Setting = DEPLOY
     golden: bool = False  # also run the release's golden-set check, as a deploy machine will
-    decoded: str | None = None  # the decode step whose batches it reads (None: reads the data itself)
     kind: ClassVar[str] = "verify"
     fresh_process: ClassVar[bool] = True
 
@@ -174,7 +173,7 @@ class VerifyStep(Step):
     @property
     def needs(self) -> tuple[str, ...]:  # type: ignore[override]
         return ((compile_step_id(self.target), REFERENCE_STEP) + ((GOLDEN_STEP,) if self.golden else ())
-                + ((self.decoded,) if self.decoded else ()))
+                + decoded_needs(self.evaluation))
 
     @property
     def description(self) -> str:  # type: ignore[override]
