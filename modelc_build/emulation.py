@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from modelc_build.host import EMULATED_CLASSES
 
@@ -228,7 +228,7 @@ SERVICE_UNAVAILABLE = "no emulation service answered"  # run_emulated then start
 
 def _run_once(found: str, cpu: str, work: Path, log: Path, budget_s: float) -> str | None:
     """The request in `work`, in an emulated process of its own; None, or why it gave nothing."""
-    command = [found, "-cpu", cpu, os.path.realpath(sys.executable), "-m", "modelc_build.emulation", str(work)]
+    command = _emulated_python(found, cpu, str(work))
     try:
         with log.open("wb") as handle:
             completed = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, timeout=budget_s + STARTUP_ALLOWANCE_S,
@@ -238,6 +238,11 @@ def _run_once(found: str, cpu: str, work: Path, log: Path, budget_s: float) -> s
     if completed.returncode != 0:
         return f"the emulated process exited with code {completed.returncode}"
     return None
+
+
+def _emulated_python(emulator_path: str, cpu: str, *arguments: str) -> list[str]:
+    """This interpreter running this module under `emulator -cpu CPU` (a request or a service)."""
+    return [emulator_path, "-cpu", cpu, os.path.realpath(sys.executable), "-m", "modelc_build.emulation", *arguments]
 
 
 def _run_in_service(address: str, work: Path, budget_s: float) -> str | None:
@@ -263,7 +268,7 @@ def _run_in_service(address: str, work: Path, budget_s: float) -> str | None:
         connection.close()
 
 
-def _lines(connection: Any) -> Any:
+def _lines(connection: Any) -> Iterator[str]:
     """The newline-ended words a service sends, one at a time, until it closes the connection."""
     pending = b""
     while True:
@@ -294,22 +299,12 @@ class EmulationServices:
         self.wanted = sorted(set(wanted))  # (emulator executable, CPU model, backend)
         self.threads = threads
         self.folder: Path | None = None
+        self.sockets: dict[tuple[str, str, str], str] = {}  # each started service's socket
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def address(self, emulator_path: str, cpu: str, backend: str) -> str | None:
-        """The socket of the service for these, once started (None: none planned or started)."""
-        if self.folder is None or (emulator_path, cpu, backend) not in self.wanted:
-            return None
-        return str(self.folder / f"{self.wanted.index((emulator_path, cpu, backend))}.sock")
-
     def addresses(self) -> dict[str, str]:
-        """Each service's socket, keyed as VerifyStep looks it up (service_name)."""
-        found = {}
-        for emulator_path, cpu, backend in self.wanted:
-            address = self.address(emulator_path, cpu, backend)
-            if address:
-                found[service_name(emulator_path, cpu, backend)] = address
-        return found
+        """Each started service's socket, keyed as VerifyStep looks it up (service_name)."""
+        return {service_name(*wanted): socket for wanted, socket in self.sockets.items()}
 
     def start(self) -> None:
         import tempfile
@@ -322,9 +317,9 @@ class EmulationServices:
             from modelc_build.processes import STEP_THREADS_ENV
 
             environment[STEP_THREADS_ENV] = environment["OMP_NUM_THREADS"] = str(self.threads)
-        for emulator_path, cpu, backend in self.wanted:
-            address = self.address(emulator_path, cpu, backend)
-            assert address is not None
+        for number, (emulator_path, cpu, backend) in enumerate(self.wanted):
+            address = str(self.folder / f"{number}.sock")
+            self.sockets[(emulator_path, cpu, backend)] = address
             self._start_one(emulator_path, cpu, backend, address, environment)
 
     def _start_one(self, emulator_path: str, cpu: str, backend: str, address: str, environment: dict[str, str]) -> None:
@@ -336,8 +331,7 @@ class EmulationServices:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(address)
         listener.listen(16)
-        command = [emulator_path, "-cpu", cpu, os.path.realpath(sys.executable), "-m", "modelc_build.emulation",
-                   "--serve", str(listener.fileno()), backend]
+        command = _emulated_python(emulator_path, cpu, "--serve", str(listener.fileno()), backend)
         try:
             with open(f"{address}.log", "wb") as log:
                 self.processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment,
@@ -355,6 +349,7 @@ class EmulationServices:
         for process in self.processes:
             process.wait()
         self.processes = []
+        self.sockets = {}
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
