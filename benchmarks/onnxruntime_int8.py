@@ -37,7 +37,8 @@ from modelc_build.emulation import emulator, run_emulated  # noqa: E402
 from modelc_build.feeds import ModelCaller  # noqa: E402
 from modelc_build.host import cpu_info  # noqa: E402
 from modelc_build.plan import data_source  # noqa: E402
-from modelc_build.recipe import Target, load_recipe  # noqa: E402
+from modelc_build.recipe import load_recipe  # noqa: E402
+from modelc_build.recipe_types import Target  # noqa: E402
 from modelc_build.steps.verify import one_sample_at_a_time  # noqa: E402
 
 

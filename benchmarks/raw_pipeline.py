@@ -43,7 +43,8 @@ sys.path.insert(0, str(repo))
 from models.tiny_yolo import build_model
 from modelc_build.accuracy import task_metric
 from modelc_build.data import DataReader
-from modelc_build.preprocess import Preprocess, preprocess_image
+from modelc_build.preprocess import preprocess_image
+from modelc_build.recipe_types import Preprocess
 from modelc_build.recipe import load_recipe
 recipe = load_recipe(repo / "recipes/yolo.yaml")
 model = build_model(); model.load_state_dict(torch.load(repo / "models/tiny_yolo.pt", weights_only=True)); model.eval()

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from modelc_build.recipe import Gate, Task, TensorSpec
+from modelc_build.recipe_types import Gate, Task, TensorSpec
 
 if TYPE_CHECKING:  # numpy and the runners load only when something is measured
     import numpy as np

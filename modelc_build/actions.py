@@ -18,16 +18,14 @@ import argparse
 import glob
 import json
 import os
-import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelc_build.api import BuildRequest, BuildResult, build_recipe
+from modelc_build.errors import VersionTaken
 from modelc_build.recipe import key_locations
-
-GATE_KEYS = ("min_cosine", "max_abs_error", "max_mean_abs_error", "min_snr_db", "max_metric_drop", "min_metric",
-             "min_top5_containment", "min_reference_map50")
 
 
 def escape(value: str, property_value: bool = False) -> str:
@@ -58,128 +56,77 @@ def set_outputs(values: dict[str, str]) -> None:
             handle.write(f"{name}<<{delimiter}\n{value}\n{delimiter}\n")
 
 
-# --- locating what a message is about in the recipe ---------------------------------------------
-
-def gate_location(marks: dict[tuple[Any, ...], tuple[int, int]], recipe: dict[str, Any], target: str,
-                  gate: str) -> tuple[int, int] | None:
-    """The line of the gate that was missed: gates.<precision>.<gate>, gates.default.<gate>, or —
-    for a default gate the recipe does not write — the target's entry."""
-    backend, _, precision = target.rpartition("-")
-    for section in (precision, "default"):
-        if ("gates", section, gate) in marks:
-            return marks[("gates", section, gate)]
-    for index, entry in enumerate(recipe.get("targets") or []):
-        if entry.get("backend") == backend and precision in (entry.get("precisions") or []):
-            return marks.get(("targets", index, "backend")) or marks.get(("targets",))
-    return marks.get(("targets",))
-
-
-def missed_gate_annotations(recipe_path: Path, report: dict[str, Any]) -> list[str]:
-    import yaml
-
-    data = yaml.safe_load(recipe_path.read_text()) or {}
-    marks = key_locations(recipe_path)
-    found = []
-    for artifact in report.get("artifacts", []):
-        checks = [(artifact["target"], g, "") for g in artifact.get("gates") or []]
-        checks += [(artifact["target"], g, f" on {m.get('emulate') or m.get('setting')}")
-                   for m in artifact.get("measurements") or [] if m.get("gated") for g in m.get("gates") or []]
-        for target, gate, where in checks:
-            if gate["passed"]:
-                continue
-            line, column = gate_location(marks, data, target, gate["gate"]) or (None, None)
-            output = f" on output '{gate['output']}'" if gate.get("output") else ""
-            found.append(annotation("error", f"{target}{where}: {gate['gate']}{output} {gate['observed']} vs threshold "
-                                             f"{gate['threshold']} ({gate.get('source', 'recipe')} gate)",
-                                    str(recipe_path), line, column))
-    return found
-
-
-def recipe_error_annotations(stderr: str) -> list[str]:
-    """`error: FILE:LINE:COL: KEY: MESSAGE` lines (modelc's recipe problems) as annotations; any
-    other error line as an annotation without a place."""
-    import re
-
-    found = []
-    for line in stderr.splitlines():
-        if not line.startswith("error: "):
-            continue
-        text = line[len("error: "):]
-        placed = re.match(r"^(?P<file>[^:]+\.ya?ml):(?P<line>\d+):(?P<col>\d+): (?P<message>.*)$", text)
-        if placed:
-            found.append(annotation("error", placed["message"], placed["file"], int(placed["line"]), int(placed["col"])))
-        else:
-            found.append(annotation("error", text))
-    return found
-
-
 # --- build ----------------------------------------------------------------------------------------
+
+def build_request(recipe: Path, options: argparse.Namespace) -> BuildRequest:
+    """The Action's inputs as the typed request `modelc build` makes from its options."""
+    key = Path(options.signing_key) if options.sign == "key" and options.signing_key and not os.environ.get("MODELC_SIGNING_KEY") \
+        else None
+    return BuildRequest(recipe, store=options.store, cache=Path(options.cache), reports_dir=Path(options.reports_dir),
+                        targets=tuple(t.strip() for t in (options.targets or "").split(",") if t.strip()),
+                        push=options.push, share_steps=options.share_steps, compare_to=options.compare or None,
+                        signing_key=key, sigstore=options.sign == "sigstore")
+
 
 @dataclass
 class Built:
-    recipe: str
+    """One recipe's build as the Action reports it: the result, the exit code it counts as (a
+    version already released is a warning where the recipe did not change) and the report folder."""
+
+    result: BuildResult
     exit_code: int
-    summary: dict[str, Any] = field(default_factory=dict)
     report_folder: str | None = None
 
 
-def _modelc(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "modelc_build", *args], capture_output=True, text=True)
-
-
 def build_one(recipe: Path, options: argparse.Namespace, print_line: Any = print) -> Built:
-    import yaml
+    """Build one recipe in this process, its log in a `::group::`; then annotations on the recipe's
+    lines for what went wrong."""
+    from modelc_build.progress import BuildLog
 
-    data = yaml.safe_load(recipe.read_text()) if recipe.is_file() else {}
-    name, version = str((data or {}).get("name", "")), str((data or {}).get("version", ""))
-    args = ["build", str(recipe), "--store", options.store, "--json", "--reports-dir", options.reports_dir,
-            "--cache", options.cache]
-    for target in filter(None, (options.targets or "").split(",")):
-        args += ["--target", target.strip()]
-    if options.push:
-        args.append("--push")
-    if options.share_steps:
-        args.append("--share-steps")
-    if options.sign == "sigstore":
-        args.append("--sigstore")
-    elif options.sign == "key" and not os.environ.get("MODELC_SIGNING_KEY") and options.signing_key:
-        args += ["--signing-key", options.signing_key]
-    if options.compare:
-        args += ["--compare-to", options.compare]
     print_line(f"::group::modelc build {recipe}")
-    done = _modelc(*args)
-    for line in done.stderr.splitlines():
-        if not line.startswith("error: "):
-            print_line(line)
+    sys.stdout.flush()
+    result = build_recipe(build_request(recipe, options), BuildLog())
+    sys.stderr.flush()
     print_line("::endgroup::")
-    built = Built(str(recipe), done.returncode)
-    if done.returncode == 0 and done.stdout.strip():
-        built.summary = json.loads(done.stdout)
-        if built.summary.get("released"):
-            built.report_folder = _keep_reports(options.store, name, version, Path(options.reports_dir))
-    failed_reports = Path(options.reports_dir) / name / version
-    if done.returncode != 0 and failed_reports.is_dir():
-        built.report_folder = str(failed_reports.resolve())
-    for line in recipe_error_annotations(done.stderr):
-        if "accuracy gate(s) missed" in line or "already stored" in line:
-            continue  # said below, on the gate's line / as the version rule says
+    built = Built(result, result.exit_code)
+    if result.released:  # its reports alone, beside the failed ones, to upload pass or fail
+        built.report_folder = _keep_reports(options.store, result.name, result.version, Path(options.reports_dir))
+    elif result.report_folder is not None:  # a failed build's kept report
+        built.report_folder = str(result.report_folder.resolve())
+    for line in problem_annotations(result, options):
         print_line(line)
-    if done.returncode == 4 and (failed_reports / "report.json").is_file():
-        for line in missed_gate_annotations(recipe, json.loads((failed_reports / "report.json").read_text())):
-            print_line(line)
-    if done.returncode == 5 and "with different content" in done.stderr:
-        # --changed given (empty too): the recipes this push changed; not given: assume this one did
-        changed = str(recipe) in set(filter(None, options.changed.split("\n"))) if options.changed not in (None, "-") else True
-        line = (f"{name} {version} is already released with other content: the recipe changed without a version "
-                "bump; bump version") if changed else (
-            f"{name} {version} is already released; this change (to modelc or the models, not the recipe) would give it "
-            "other content: bump version in the recipe to release it")
-        if changed:
-            print_line(annotation("error", line, str(recipe), *(key_locations(recipe).get(("version",)) or (None, None))))
-        else:
-            print_line(annotation("warning", line, str(recipe)))
-            built.exit_code = 0
+    if isinstance(result.error, VersionTaken) and not _recipe_changed(recipe, options):
+        built.exit_code = 0
     return built
+
+
+def problem_annotations(result: BuildResult, options: argparse.Namespace) -> list[str]:
+    """What went wrong, each on its recipe line where it has one: a recipe's problems, each missed
+    gate, a version released already with other content; anything else as a line without a place."""
+    error = result.error
+    if error is None:
+        return []
+    if result.problems:
+        return [annotation("error", p.message if not p.key_path else f"{p.key_path}: {p.message}", p.file, p.line, p.column)
+                for p in result.problems]
+    if result.missed_gates:
+        return [annotation("error", miss.words(), str(result.recipe), miss.line, miss.column) for miss in result.missed_gates]
+    if isinstance(error, VersionTaken):
+        where = key_locations(result.recipe).get(("version",)) or (None, None)
+        if _recipe_changed(result.recipe, options):
+            return [annotation("error", f"{result.name} {result.version} is already released with other content: the "
+                                        "recipe changed without a version bump; bump version", str(result.recipe), *where)]
+        return [annotation("warning", f"{result.name} {result.version} is already released; this change (to modelc or "
+                                      "the models, not the recipe) would give it other content: bump version in the "
+                                      "recipe to release it", str(result.recipe))]
+    return [annotation("error", error.message)]
+
+
+def _recipe_changed(recipe: Path, options: argparse.Namespace) -> bool:
+    """--changed given (empty too): whether this push changed the recipe; not given: assume it did."""
+    if options.changed in (None, "-"):
+        return True
+    return str(recipe) in set(filter(None, options.changed.split("\n")))
 
 
 def _keep_reports(store_url: str, name: str, version: str, folder: Path) -> str | None:
@@ -218,25 +165,28 @@ def command_build(options: argparse.Namespace) -> int:
         set_outputs({"releases": "[]", "report": "", "passed": "false", "upload": ""})
         return 3
     results = [build_one(recipe, options) for recipe in recipes]
-    releases = [{"recipe": r.recipe, "name": r.summary["name"], "version": r.summary["version"],
-                 "store": r.summary["location"], "passed": r.summary["passed"],
-                 "manifest_digest": _manifest_digest(r.summary["location"])}
-                for r in results if r.summary.get("released")]
+    releases = [{"recipe": str(r.result.recipe), "name": r.result.name, "version": r.result.version,
+                 "store": r.result.location, "passed": r.result.passed, "manifest_digest": r.result.manifest_digest}
+                for r in results if r.result.released]
     folders = [r.report_folder for r in results if r.report_folder]
     set_outputs({"releases": json.dumps(releases), "report": folders[0] if folders else "",
                  "passed": "true" if all(r.exit_code == 0 for r in results) else "false",
                  "upload": "\n".join(folders)})
+    write_job_summary([r.result for r in results])
     return max((r.exit_code for r in results), default=0)
 
 
-def _manifest_digest(location: str) -> str | None:
-    """sha256 of a local release's manifest.json (a registry location names its own digest)."""
-    manifest = Path(location) / "manifest.json"
-    if manifest.is_file():
-        import hashlib
+def write_job_summary(results: list[BuildResult]) -> None:
+    """Each built recipe's report (report.md), passed or failed, as the job's summary."""
+    from modelc_build.report import to_markdown
 
-        return f"sha256:{hashlib.sha256(manifest.read_bytes()).hexdigest()}"
-    return None
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not summary:
+        return
+    with open(summary, "a", encoding="utf-8") as handle:
+        for result in results:
+            if result.report is not None:
+                handle.write(to_markdown(result.report))
 
 
 # --- the step cache key -------------------------------------------------------------------------
@@ -249,14 +199,15 @@ def command_cache_key(options: argparse.Namespace) -> int:
     from modelc_build.cache import Cache
     from modelc_build.engine import Engine
     from modelc_build.fingerprint import Fingerprints
-    from modelc_build.plan import make_plan
+    from modelc_build.plan import make_plan, probe_host
     from modelc_build.progress import BuildLog
     from modelc_build.recipe import load_recipe
 
     digest = hashlib.sha256()
     cache = Cache(Path(options.cache))
+    host = probe_host()
     for recipe in recipe_files(options.recipes):
-        plan = make_plan(load_recipe(recipe))
+        plan = make_plan(load_recipe(recipe), host)
         keys = Engine(cache, BuildLog()).step_keys(plan.steps, Fingerprints(cache, run_code=False))
         digest.update(json.dumps(keys, sort_keys=True).encode())
     key = f"modelc-steps-{os.environ.get('RUNNER_OS', 'local')}-{digest.hexdigest()[:32]}"

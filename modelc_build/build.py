@@ -20,11 +20,11 @@ from modelc_build.emulation import EmulationServices
 from modelc_build.engine import Engine, MemoryBudget, RunSummary, start_fresh_process_server
 from modelc_build.errors import InputError, ModelcError
 from modelc_build.fingerprint import Fingerprints, check_disjoint
-from modelc_build.plan import Plan, checked_cpus, data_source, make_plan, target_step_ids, verify_settings
+from modelc_build.host import HostFacts
+from modelc_build.plan import Plan, buildable, checked_cpus, data_source, make_plan, target_step_ids, verify_settings
 from modelc_build.progress import BuildLog
-from modelc_build.recipe import Recipe
+from modelc_build.recipe_types import Recipe
 from modelc_build.release import CompiledArtifact, Measured, Released, make_report, release, summary_lines
-from modelc_build.report import Report
 from modelc_build.steps import Step
 from modelc_build.steps.compile import compile_step_id
 from modelc_build.steps.qdq import QDQ_STEP
@@ -35,10 +35,13 @@ if TYPE_CHECKING:
     from modelc_build.signing import Signer
     from modelc_build.stores import Store
 
-# What the fresh-process server imports once, so a step's process starts without paying for it.
-PRELOAD = ("modelc_build.plan", "modelc_build.accuracy", "modelc_build.data", "modelc_build.tasks", "modelc_build.backends.openvino",
-           "modelc_build.backends.onnxruntime", "modelc_build.backends.torchscript", "modelc_build.sources", "onnxruntime",
-           "openvino", "torch", "PIL.Image", "onnx", "onnxsim")
+# What the fresh-process server imports once, so a step's process starts without paying for it: these,
+# then each target's backend module and its runtimes (its table's `preload`), then LIBRARIES. The
+# runtimes come first: OpenVINO starts a thread at import that imports more, and a fork while it
+# holds an import lock deadlocks the child.
+PRELOAD = ("modelc_build.plan", "modelc_build.accuracy", "modelc_build.data", "modelc_build.tasks", "modelc_build.sources",
+           "modelc_build.backends.onnxruntime")
+LIBRARIES = ("onnxruntime", "torch", "PIL.Image", "onnx", "onnxsim")
 
 
 @dataclass(frozen=True)
@@ -54,26 +57,13 @@ class BuildOptions:
 
 
 @dataclass(frozen=True)
-class BuildResult:
-    released: Released
+class BuildRun:
+    """What the story did: the release (None when only some targets' steps were asked for) and the
+    steps that ran or came from a cache. `modelc_build.api.BuildResult` is what callers see."""
+
+    released: Released | None
     steps_run: int
     steps_cached: int
-
-    @property
-    def location(self) -> str:
-        return self.released.location
-
-    @property
-    def created(self) -> bool:
-        return self.released.created
-
-    @property
-    def report(self) -> Report:
-        return self.released.report
-
-    @property
-    def manifest(self) -> dict[str, Any]:
-        return self.released.manifest
 
 
 BUILD_MODULES = ("numpy", "PIL", "onnx", "onnxsim", "onnxruntime")
@@ -92,13 +82,13 @@ def check_build_extra(recipe: Recipe) -> None:
                                  "`pip install torch==2.13.0 'modelc-build[build]'` (the core install pulls and verifies only)")
 
 
-def build(recipe: Recipe, store: Store, log: BuildLog, cache: Cache, options: BuildOptions) -> BuildResult | None:
-    """Run the plan and release it; returns None when only some targets' steps were asked for."""
+def build(recipe: Recipe, store: Store, log: BuildLog, cache: Cache, options: BuildOptions, host: HostFacts) -> BuildRun:
+    """Run the plan made for `host` and release it (unless only some targets' steps were asked for)."""
     check_build_extra(recipe)
-    recipe, skipped = buildable_here(recipe, options.skip_unavailable)
+    recipe, skipped = buildable(recipe, host, options.skip_unavailable)
     for line in skipped:
         log(f"  skipped: {line}")
-    plan = make_plan(recipe)
+    plan = make_plan(recipe, host)
     steps = plan.steps
     if options.only_targets:
         unknown = [t for t in options.only_targets if t not in {target.id for target in recipe.targets}]
@@ -110,14 +100,14 @@ def build(recipe: Recipe, store: Store, log: BuildLog, cache: Cache, options: Bu
         raise InputError("--share-steps: this store keeps no step cache")
     facts = Fingerprints(cache)
     _check_data(recipe, facts, log)
-    engine = Engine(cache, log, jobs=options.jobs, force=options.force, shared=shared, preload=PRELOAD,
+    engine = Engine(cache, log, jobs=options.jobs, force=options.force, shared=shared, preload=preload(recipe),
                     memory=memory_budget(recipe, options.max_memory))
     services = EmulationServices(emulated_checks(steps), engine.shared_threads())
     try:
         engine.before_first_run = lambda: _start_helpers(engine, services, steps)
         done = engine.run(steps, facts)
     except ModelcError as error:
-        raise _logs_kept(error, options.failed_reports_dir / recipe.name / recipe.version) from error
+        raise _logs_kept(error, engine.failures, options.failed_reports_dir / recipe.name / recipe.version) from error
     finally:
         services.stop()
         if shared is not None and hasattr(shared, "close"):
@@ -126,15 +116,26 @@ def build(recipe: Recipe, store: Store, log: BuildLog, cache: Cache, options: Bu
     counts = f"{len(done.ran)} step(s) run, {len(done.cached)} cached"
     if options.only_targets:
         log(f"✓ built {', '.join(options.only_targets)}: {counts}; verification and release happen in a full build")
-        return None
-    return _release(recipe, plan, done, store, log, options, counts, cache, facts, skipped)
+        return BuildRun(None, len(done.ran), len(done.cached))
+    return BuildRun(_release(recipe, plan, done, store, log, options, counts, cache, facts, skipped), len(done.ran),
+                    len(done.cached))
+
+
+def preload(recipe: Recipe) -> tuple[str, ...]:
+    """The fresh-process server's imports: the build's own, and each target's backend's."""
+    from modelc_build.backends import backend_class, capabilities
+
+    backends = {target.backend for target in recipe.targets}
+    modules = [backend_class(name).__module__ for name in sorted(backends)]
+    runtimes = [module for name in sorted(backends) for module in capabilities(name).preload]
+    return tuple(dict.fromkeys((*PRELOAD, *modules, *runtimes, *LIBRARIES)))
 
 
 def _start_helpers(engine: Engine, services: EmulationServices, steps: Sequence[Step]) -> None:
     """Once some step is about to run: the fork server (its imports overlap with the first step's
     work) and the warm emulated processes the plan's CPU checks will use."""
     if any(step.fresh_process for step in steps):
-        start_fresh_process_server(PRELOAD)
+        start_fresh_process_server(engine.preload)
     services.start()
     engine.services.update(services.addresses())
 
@@ -158,12 +159,9 @@ def emulated_checks(steps: Sequence[Step]) -> list[tuple[str, str, str]]:
             if isinstance(step, VerifyStep) and step.setting.emulate and step.setting.emulator]
 
 
-def _logs_kept(error: ModelcError, folder: Path) -> ModelcError:
-    """Long logs a failed step left (an exporter's IR dump) go to files beside the failed report,
-    and the one-line message names the file."""
-    from modelc_build.engine import StepsFailed
-
-    failures = error.failures if isinstance(error, StepsFailed) else [(getattr(error, "step_id", ""), error)]
+def _logs_kept(error: ModelcError, failures: list[tuple[str, BaseException]], folder: Path) -> ModelcError:
+    """Long logs the failed steps left (an exporter's IR dump) go to files beside the failed report,
+    and the one-line message names the files."""
     pointers = []
     for step_id, failure in failures:
         details = getattr(failure, "details", None)
@@ -174,47 +172,15 @@ def _logs_kept(error: ModelcError, folder: Path) -> ModelcError:
             pointers.append(str(log))
     if not pointers:
         return error
-    error.message = f"{error.message} (full log: {', '.join(pointers)})"
-    error.args = (error.message,)
-    return error
-
-
-def buildable_here(recipe: Recipe, skip_unavailable: bool) -> tuple[Recipe, list[str]]:
-    """The recipe with only the engines this machine can build. A GPU generation nobody here can
-    build (or engines that must be verified on a GPU this machine lacks) is exit 6 naming it and
-    where it can be built; with `skip_unavailable` it is left out and listed instead."""
-    from modelc_build.errors import BackendUnavailable
-    from modelc_build.gpus import engine_builder, not_run_reason, runnable_here
-
-    targets, problems = [], []
-    for target in recipe.targets:
-        if target.backend != "tensorrt":
-            targets.append(target)
-            continue
-        unbuildable = {gpu: engine_builder(gpu).reason for gpu in target.gpus if engine_builder(gpu).flavour is None}
-        problems += [f"{target.id}: {reason}" for reason in unbuildable.values()]
-        kept = tuple(gpu for gpu in target.gpus if gpu not in unbuildable)
-        if kept and target.verify_on_gpu and runnable_here(kept) is None:
-            problems.append(f"{target.id}: the recipe requires its engines verified on their GPU (verify_on_gpu), and "
-                            f"{not_run_reason(kept)}: build it on the GPU runner, or leave it out with --skip-unavailable")
-            kept = ()
-        if kept:
-            targets.append(replace(target, gpus=kept))
-    if problems and not skip_unavailable:
-        raise BackendUnavailable("; ".join(problems))
-    if len(targets) == len(recipe.targets) and not problems:
-        return recipe, []
-    if not targets:
-        raise BackendUnavailable("nothing left to build here: " + "; ".join(problems))
-    return replace(recipe, targets=tuple(targets)), problems
+    return error.amended(f" (full log: {', '.join(pointers)})")
 
 
 def _release(recipe: Recipe, plan: Plan, done: RunSummary, store: Store, log: BuildLog, options: BuildOptions,
-             counts: str, cache: Cache, facts: Fingerprints, skipped: list[str]) -> BuildResult:
+             counts: str, cache: Cache, facts: Fingerprints, skipped: list[str]) -> Released:
     measured = Measured(graph=done.entries[plan.graph], qdq=done.entries.get(QDQ_STEP), golden=done.entries.get(GOLDEN_STEP),
                         artifacts=[CompiledArtifact(t, done.entries[compile_step_id(t)]) for t in recipe.targets],
-                        entries=done.entries, settings={t.id: verify_settings(recipe, t) for t in recipe.targets},
-                        cpus=checked_cpus(recipe), skipped=skipped)
+                        entries=done.entries, settings={t.id: verify_settings(recipe, t, plan.host) for t in recipe.targets},
+                        cpus=checked_cpus(recipe, plan.host), skipped=skipped)
     report = replace(make_report(recipe, measured, SENSITIVITY_STEP, data_summary(recipe, facts)),
                      steps=step_costs(plan, done))
     for line in summary_lines(report):
@@ -225,7 +191,7 @@ def _release(recipe: Recipe, plan: Plan, done: RunSummary, store: Store, log: Bu
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log(f"{'✓ release' if released.created else '✓ release (identical version already stored)'}: {counts}")
-    return BuildResult(released, len(done.ran), len(done.cached))
+    return released
 
 
 def step_costs(plan: Plan, done: RunSummary) -> dict[str, Any]:

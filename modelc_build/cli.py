@@ -359,7 +359,7 @@ def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool
     from modelc_build.cache import Cache
     from modelc_build.engine import Engine
     from modelc_build.fingerprint import Fingerprints
-    from modelc_build.plan import RELEASE_STEP, ci_matrix, make_plan
+    from modelc_build.plan import RELEASE_STEP, ci_matrix, make_plan, probe_host
     from modelc_build.progress import BuildLog
     from modelc_build.recipe import load_recipe
 
@@ -369,7 +369,7 @@ def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool
         click.echo(json.dumps(ci_matrix(loaded), separators=(",", ":")))
         return
     loaded_recipe = _guarded(debug, lambda: load_recipe(recipe))
-    the_plan = make_plan(loaded_recipe)
+    the_plan = make_plan(loaded_recipe, probe_host())
     cache = _guarded(debug, lambda: Cache(Path(cache_dir)))
     # never runs recipe code (factories, data functions): plan and validate run on untrusted pull requests
     status = _guarded(debug, lambda: Engine(cache, BuildLog()).dry_run(the_plan.steps, Fingerprints(cache, run_code=False)))
@@ -419,68 +419,32 @@ def build(recipe: Path, store_url: str, timeout: float | None, reports_dir: Path
           share_steps: bool, jobs: int, max_memory: int | None, push: bool, compare_to: str | None, skip_unavailable: bool, signing_key: Path | None,
           certificate_chain: tuple[Path, ...], sigstore: bool, quiet: bool, verbose: bool, as_json: bool, debug: bool) -> None:
     """Build every target of RECIPE, check accuracy, sign (when a key is given) and store the release."""
-    from modelc_build.build import BuildOptions
-    from modelc_build.build import build as run_build
-    from modelc_build.cache import Cache
-    from modelc_build.recipe import load_recipe
-    from modelc_build.stores import open_store
+    from modelc_build.api import BuildRequest, Outcome, build_recipe
+    from modelc_build.progress import build_log
 
-    opened: dict[str, Any] = {}
-
-    def action() -> Any:
-        from modelc_build.progress import build_log
-        from modelc_build.signing import signer_from_options
-
-        signer = signer_from_options(signing_key, certificate_chain, sigstore)
-        remote = store_url.startswith("oci://")
-        if remote and not push and not targets:
-            raise click.UsageError(f"--store {store_url} is a registry: add --push to publish there")
-        if push and not remote:
-            raise click.UsageError("--push publishes to a registry: give --store oci://HOST/REPOSITORY")
-        if push and signer is None and not targets:
-            raise click.UsageError("--push publishes signed releases only: give --signing-key FILE (or MODELC_SIGNING_KEY), "
-                                   "or --sigstore in GitHub Actions; `modelc keygen` makes a key pair")
-        Cache(Path(cache_dir)).ensure_writable()
-        loaded = load_recipe(recipe, passed_schema_memo=Path(cache_dir) / "schema-passed")
-        store = opened["store"] = open_store(store_url, timeout)
-        options = BuildOptions(reports_dir, force=force, share_steps=share_steps, only_targets=targets, jobs=jobs,
-                               signer=signer, skip_unavailable=skip_unavailable, max_memory=max_memory)
-        log = build_log(quiet=quiet, plain=verbose or debug)
-        try:
-            return run_build(loaded, store, log, Cache(Path(cache_dir)), options)
-        finally:
-            log.close()
-
-    result = _guarded(debug, action)
-    comparison = _compared(opened.get("store"), result, compare_to, debug) if compare_to and result is not None else None
+    request = BuildRequest(recipe, store=store_url, cache=Path(cache_dir), reports_dir=reports_dir, timeout=timeout, force=force,
+                           targets=targets, jobs=jobs, max_memory=max_memory, share_steps=share_steps, push=push,
+                           compare_to=compare_to, skip_unavailable=skip_unavailable, signing_key=signing_key,
+                           certificate_chain=certificate_chain, sigstore=sigstore)
+    log = build_log(quiet=quiet, plain=verbose or debug)
+    try:
+        result = _guarded(debug, lambda: build_recipe(request, log))
+    finally:
+        log.close()
+    if result.error is not None:
+        _fail(result.error, debug)
     if as_json:
-        _json({**_build_summary(result, targets), **({"comparison": comparison} if comparison is not None else {})})
+        _json(_build_summary(result))
         return
-    if result is None:
+    if result.outcome is Outcome.TARGETS_BUILT:
         return
-    name, version = result.manifest["name"], result.manifest["version"]
-    if result.created:
-        click.echo(f"stored {name} {version} at {result.location}")
-    elif result.steps_run == 0:
-        click.echo(f"{name} {version} is up to date at {result.location}: every step cached, nothing to do")
-    else:
-        click.echo(f"{name} {version} is already stored with identical content at {result.location}: nothing to do")
-    if comparison is not None:
-        click.echo(comparison["markdown"] if comparison.get("markdown") else comparison["note"])
-
-
-def _compared(store: Any, result: Any, compare_to: str, debug: bool) -> dict[str, Any]:
-    """The new release against another version of it in the store (`latest`: the newest older one)."""
-    from modelc_build.compare import changes, markdown, previous_version, report_of
-    from modelc_build.report import to_json
-
-    name, version = result.manifest["name"], result.manifest["version"]
-    other = previous_version(store, name, version) if compare_to == "latest" else compare_to
-    if other is None:
-        return {"against": None, "note": f"no older version of {name} in the store to compare with", "changes": []}
-    before, after = _guarded(debug, lambda: report_of(store, name, other)), to_json(result.report)
-    return {"against": f"{name}:{other}", "changes": [c.to_json() for c in changes(before, after)],
-            "markdown": markdown(before, after)}
+    click.echo({Outcome.RELEASED: f"stored {result.name} {result.version} at {result.location}",
+                Outcome.UP_TO_DATE: f"{result.name} {result.version} is up to date at {result.location}: every step cached, "
+                                    "nothing to do",
+                Outcome.IDENTICAL: f"{result.name} {result.version} is already stored with identical content at "
+                                   f"{result.location}: nothing to do"}[result.outcome])
+    if result.comparison is not None:
+        click.echo(result.comparison.markdown or result.comparison.note)
 
 
 @main.command()
@@ -506,18 +470,20 @@ def diff(older: str, newer: str, store_url: str, timeout: float | None, debug: b
     click.echo(markdown(before, after))
 
 
-def _build_summary(result: Any, targets: tuple[str, ...]) -> dict[str, Any]:
+def _build_summary(result: Any) -> dict[str, Any]:
     """`modelc build --json` (docs/cli-json.md)."""
-    if result is None:
-        return {"targets_built": list(targets), "released": False}
+    comparison = {"comparison": result.comparison.to_json()} if result.comparison is not None else {}
+    if not result.released:
+        return {"targets_built": list(result.targets), "released": False}
     report = result.report
-    return {"name": result.manifest["name"], "version": result.manifest["version"], "location": result.location,
-            "created": result.created, "passed": report.passed, "steps_run": result.steps_run,
-            "steps_cached": result.steps_cached, "flags": report.flags(), "released": True,
+    return {"name": result.name, "version": result.version, "location": result.location,
+            "created": result.created, "passed": report.passed,
+            "steps_run": result.steps_run, "steps_cached": result.steps_cached, "flags": report.flags(), "released": True,
             "artifacts": [{"target": a.target, "passed": a.passed, "latency_ms": a.latency_ms,
                            "cosine": min((m.cosine for m in a.evaluation.outputs), default=None),
                            "task_metric": None if a.evaluation.task is None else
-                           {"name": a.evaluation.task.name, "value": a.evaluation.task.value}} for a in report.artifacts]}
+                           {"name": a.evaluation.task.name, "value": a.evaluation.task.value}} for a in report.artifacts],
+            **comparison}
 
 
 @main.group()

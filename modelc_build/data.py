@@ -19,8 +19,8 @@ import numpy as np
 
 from modelc_build.errors import InputError
 from modelc_build.feeds import data_inputs, sample_shape
-from modelc_build.preprocess import Placement, Preprocess, preprocess_image
-from modelc_build.recipe import Dataset, Recipe, TensorSpec
+from modelc_build.preprocess import Placement, preprocess_image
+from modelc_build.recipe_types import Dataset, Preprocess, Recipe, TensorSpec
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from modelc_build.host import EMULATED_CLASSES
 if TYPE_CHECKING:
     import numpy as np
 
-    from modelc_build.recipe import TensorSpec
+    from modelc_build.recipe_types import TensorSpec
 
 EMULATOR_VARIABLE = "MODELC_EMULATOR"  # another emulator (or a stand-in) with qemu-x86_64's arguments
 INSTALL_HINT = "apt-get install qemu-user"
@@ -144,16 +144,10 @@ def canary_input() -> dict[str, np.ndarray]:
 
 def _canary_runner(backend: str, path: Path) -> Any:
     """The canary runs in the artifact's own runtime, on its float kernels."""
-    from modelc_build.recipe import TensorSpec
+    from modelc_build.backends import get_backend
+    from modelc_build.recipe_types import TensorSpec
 
-    spec = (TensorSpec("x", (1, 3, 16, 16)),)
-    if backend == "openvino":
-        from modelc_build.backends.openvino import OpenVinoRunner
-
-        return OpenVinoRunner(path, spec, ("y",), {"INFERENCE_PRECISION_HINT": "f32"})
-    from modelc_build.backends.onnxruntime import OnnxRuntimeRunner
-
-    return OnnxRuntimeRunner(path, spec, ("y",))
+    return get_backend(backend).float_runner(path, (TensorSpec("x", (1, 3, 16, 16)),), ("y",))
 
 
 def run_canary(backend: str, path: Path) -> np.ndarray:
@@ -177,7 +171,7 @@ def judge_canary(native: np.ndarray, emulated: np.ndarray | None) -> Canary:
 
 def run_emulated(found: str, cpu: str, backend: str, files: list[Path], config: dict[str, str], inputs: tuple[TensorSpec, ...],
                  outputs: tuple[str, ...], samples: list[dict[str, np.ndarray]], budget_s: float, work: Path,
-                 service: str | None = None) -> EmulatedRun:
+                 service: str | None = None, threads: int | None = None) -> EmulatedRun:
     """Run `samples` (sample-first, one sample each, in order: a model with state carries it) on
     the artifact under `qemu-x86_64 -cpu CPU`, for as many as fit in `budget_s` (at least two).
     `service`: the socket of a warm emulated process for this CPU and backend (EmulationServices),
@@ -191,7 +185,7 @@ def run_emulated(found: str, cpu: str, backend: str, files: list[Path], config: 
         np.savez(work / f"sample-{number:06d}.npz", **sample)  # type: ignore[arg-type]
     request = {"backend": backend, "files": [str(f) for f in files], "config": config,
                "inputs": [spec.to_json() for spec in inputs], "outputs": list(outputs),
-               "samples": len(samples), "budget_s": budget_s, "canary": str(canary)}
+               "samples": len(samples), "budget_s": budget_s, "canary": str(canary), "threads": threads}
     (work / "request.json").write_text(json.dumps(request, indent=2))
     log = work / "emulator.log"
     started = time.monotonic()
@@ -313,10 +307,8 @@ class EmulationServices:
             return
         self.folder = Path(tempfile.mkdtemp(prefix="modelc-emu-"))  # short: a socket path has ~100 bytes
         environment = _child_environment()
-        if self.threads is not None:
-            from modelc_build.processes import STEP_THREADS_ENV
-
-            environment[STEP_THREADS_ENV] = environment["OMP_NUM_THREADS"] = str(self.threads)
+        if self.threads is not None:  # what the service's libraries start with; each request names its runner's threads
+            environment["OMP_NUM_THREADS"] = str(self.threads)
         for number, (emulator_path, cpu, backend) in enumerate(self.wanted):
             address = str(self.folder / f"{number}.sock")
             self.sockets[(emulator_path, cpu, backend)] = address
@@ -408,7 +400,7 @@ def run_request(work: Path, started: float) -> None:
 
     from modelc_build.backends import get_backend
     from modelc_build.feeds import ModelCaller
-    from modelc_build.recipe import TensorSpec
+    from modelc_build.recipe_types import TensorSpec
 
     request = json.loads((work / "request.json").read_text())
     result: dict[str, Any] = {"features": _features(), "samples_done": 0}
@@ -417,7 +409,7 @@ def run_request(work: Path, started: float) -> None:
         emulated_canary = run_canary(request["backend"], Path(request["canary"]))
         np.savez(work / "canary-output.npz", y=emulated_canary)
         runner = get_backend(request["backend"]).runner([Path(f) for f in request["files"]], inputs,
-                                                        tuple(request["outputs"]), request["config"])
+                                                        tuple(request["outputs"]), request["config"], request.get("threads"))
         runner.record_kernels = True
         with runner:
             caller = ModelCaller(inputs, runner.infer)
@@ -463,23 +455,13 @@ def serve(listening_fd: int, backend: str) -> int:
 
 
 def _warm_up(backend: str) -> None:
-    """Import what a request of this backend imports, and load OpenVINO's CPU plugin (a first
-    compile costs ~1 s under emulation)."""
+    """Import what a request of this backend imports, and load its runtime's CPU kernels."""
     import numpy  # noqa: F401
 
     from modelc_build.backends import get_backend
     from modelc_build.feeds import ModelCaller  # noqa: F401
 
-    get_backend(backend)
-    if backend == "openvino":
-        import numpy as np
-        import openvino as ov
-        import openvino.opset13 as ops
-
-        parameter = ops.parameter([1, 4], np.float32)
-        ov.Core().compile_model(ov.Model([ops.relu(parameter)], [parameter]), "CPU")
-    elif backend == "onnxruntime":
-        import onnxruntime  # noqa: F401
+    get_backend(backend).warm_up()
 
 
 if __name__ == "__main__":

@@ -82,15 +82,15 @@ class RunSummary:
     skipped: list[str] = field(default_factory=list)
 
 
-def _child(step: Step, inputs: StepInputs, out: Path, answer: Any, build_pid: int, threads: int | None) -> None:
+def _child(step: Step, inputs: StepInputs, out: Path, answer: Any, build_pid: int) -> None:
     """In the fresh process: run the step and send back None or the exception it raised. It is a
     child of the fork server, not of the build, so it watches the build's process and ends within
     a second of it, whatever killed it (SIGKILL included)."""
     from modelc_build.processes import end_with, peak_memory_bytes, reset_peak_memory, share_cores
 
     end_with(build_pid)
-    if threads is not None:
-        share_cores(threads)
+    if inputs.threads is not None:
+        share_cores(inputs.threads)
     reset_peak_memory()  # the step's peak, not the fork server's
     outcome: BaseException | None = None
     try:
@@ -105,16 +105,14 @@ def _child(step: Step, inputs: StepInputs, out: Path, answer: Any, build_pid: in
         answer.close()
 
 
-def run_in_fresh_process(step: Step, inputs: StepInputs, out: Path, preload: tuple[str, ...],
-                         threads: int | None = None) -> int | None:
+def run_in_fresh_process(step: Step, inputs: StepInputs, out: Path, preload: tuple[str, ...]) -> int | None:
     """One process per step, forked from the preloaded server. A process that ends without an
     answer (a crash in a library, `os._exit` in the model's code) fails this step alone, with the
     error the step names for it; it can never end modelc itself. Returns the process's peak
-    resident memory in bytes (None where the platform does not say). `threads`: how many threads
-    its kernels may use (None: the runtimes' defaults)."""
+    resident memory in bytes (None where the platform does not say)."""
     context = fresh_process_context(preload)
     receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(step, inputs, out, send, os.getpid(), threads), name=f"modelc {step.id}")
+    process = context.Process(target=_child, args=(step, inputs, out, send, os.getpid()), name=f"modelc {step.id}")
     process.start()
     send.close()
     try:
@@ -141,6 +139,7 @@ class Engine:
         self.before_first_run: Callable[[], None] | None = None  # called once, before a step first runs
         self._costs: dict[str, StepCost] = {}  # written by worker threads, one key each
         self.services: dict[str, str] = {}  # helper processes steps may use (StepInputs.services), by name
+        self.failures: list[tuple[str, BaseException]] = []  # the last run's failed steps, one per cause, in plan order
 
     # --- dry run -------------------------------------------------------------------------
 
@@ -198,6 +197,7 @@ class Engine:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         failures = _distinct([(s.id, summary.failed[s.id]) for s in steps if s.id in summary.failed])
+        self.failures = failures
         if len(failures) == 1:
             raise failures[0][1]
         if failures:
@@ -234,7 +234,8 @@ class Engine:
                 pending.remove(step)
                 progress = True
                 try:
-                    inputs = StepInputs({need: summary.entries[need] for need in step.needs}, facts, dict(self.services))
+                    inputs = StepInputs({need: summary.entries[need] for need in step.needs}, facts, dict(self.services),
+                                        self._threads(step))
                     key = step_key(step, inputs)
                     entry, reason = self._lookup(step, key)
                 except Exception as error:  # noqa: BLE001 - a step's failure is reported with the others
@@ -280,7 +281,7 @@ class Engine:
                                     f"at {started - self._clock:.1f} s")
             peak = None
             if step.fresh_process:
-                peak = run_in_fresh_process(step, inputs, out, self.preload, self._threads(step))
+                peak = run_in_fresh_process(step, inputs, out, self.preload)
             else:
                 step.run(inputs, out)
             entry = self.cache.put(key, step.id, out)
@@ -321,8 +322,6 @@ class Engine:
         if not isinstance(error, ModelcError):  # a full disk, a read-only folder: said as such, not as a bug
             error = write_problem(error, f"the {step.id} step could not write its output") or error
         summary.failed[step.id] = error
-        if isinstance(error, ModelcError):
-            error.step_id = step.id  # type: ignore[attr-defined]  # where a kept log says it came from
         self.log.done(step.id, f"✗ {step.id} failed: {first_line(RuntimeError(_message(error)), 500)}")
 
 

@@ -40,6 +40,15 @@ class ModelcError(Exception):
         self.message = message
         self.details = details
 
+    def amended(self, note: str) -> ModelcError:
+        """A copy of this error whose message ends with `note` (the raised error stays as it was)."""
+        import copy
+
+        longer = copy.copy(self)
+        longer.message = f"{self.message}{note}"
+        longer.args = (longer.message,)
+        return longer
+
 
 @dataclass(frozen=True)
 class RecipeProblem:
@@ -81,15 +90,26 @@ class InputError(ModelcError):
 
 
 class GateFailed(ModelcError):
-    """At least one accuracy gate was missed; the report is written before this is raised."""
+    """At least one accuracy gate was missed; the report is written before this is raised.
+    `report` (a report.Report) and `report_folder` (where its files were kept) come with it when a
+    build raised it, so that callers read the verdicts rather than the message."""
 
     exit_code = 4
+
+    def __init__(self, message: str, report: object | None = None, report_folder: object | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+        self.report_folder = report_folder
 
 
 class StoreError(ModelcError):
     """The artifact store refused or failed to take a release."""
 
     exit_code = 5
+
+
+class VersionTaken(StoreError):
+    """The version is stored already with other content (or judged otherwise): a version is immutable."""
 
 
 class NetworkError(StoreError):

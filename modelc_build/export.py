@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 from modelc_build.errors import CompileError, InputError, first_line
 from modelc_build.feeds import example_inputs
-from modelc_build.recipe import ExportOptions, TensorSpec
+from modelc_build.recipe_types import ExportOptions, TensorSpec
 
 
 def check_model_accepts_inputs(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...]) -> None:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from modelc_build.recipe import TensorSpec
+from modelc_build.recipe_types import TensorSpec
 
 Infer = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 

@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from modelc_build.errors import InputError
 from modelc_build.manifest import sha256_file, tree_digest
-from modelc_build.preprocess import Preprocess
-from modelc_build.recipe import Dataset, ModelSource, Task, TensorSpec
+from modelc_build.recipe_types import Dataset, ModelSource, Preprocess, Task, TensorSpec
 
 if TYPE_CHECKING:
     from modelc_build.cache import Cache

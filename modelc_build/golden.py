@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from modelc_build.accuracy import OutputAccumulator, OutputMetrics
-from modelc_build.recipe import Gate, TensorSpec
+from modelc_build.recipe_types import Gate, TensorSpec
 
 if TYPE_CHECKING:
     import numpy as np

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 import platform
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from modelc_build.gpus import EngineBuilder
 
 ISA_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI",
              "avx512_bf16": "AVX-512 BF16", "amx_int8": "AMX-INT8", "amx_bf16": "AMX-BF16"}
@@ -97,3 +100,27 @@ def class_words(name: str) -> str:
     words = {"amx": "AMX", "avx512-vnni": "AVX-512 VNNI", "avx-vnni": "AVX-VNNI", "avx512": "AVX-512, no VNNI",
              "avx2": "AVX2, no AVX-512, no VNNI", "avx": "AVX, no AVX2", "sse4": "SSE4.2, no AVX"}.get(name, name)
     return words + (" (pre-VNNI INT8 kernels)" if name in PRE_VNNI else "")
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What a plan may depend on about the machine it is made on, read once and passed in
+    explicitly: a plan is a function of the recipe and these facts (`modelc_build.plan.probe_host`
+    reads them; a test states them)."""
+
+    cpu_class: str = "unknown"  # the INT8 kernel class (KERNEL_CLASSES)
+    vnni: bool = False  # VNNI INT8 kernels: a VNNI-only layout can be verified here
+    low_precision_float: bool = False  # OpenVINO runs FP32 IR in bf16 by default here
+    emulator: str | None = None  # the emulator executable (qemu-x86_64), None: not installed
+    gpus: tuple[str, ...] = ()  # GPU generations whose engines can run here (a TensorRT runtime beside the GPU)
+    engine_builders: tuple[EngineBuilder, ...] = ()  # who builds an engine for each GPU generation here, or why nobody
+
+    @classmethod
+    def of_cpu(cls, emulator: str | None, gpus: tuple[str, ...], engine_builders: tuple[EngineBuilder, ...]) -> HostFacts:
+        info = cpu_info()
+        return cls(str(info["kernel_class"]), bool(info["vnni"]), bool(info["low_precision_float"]), emulator, gpus,
+                   engine_builders)
+
+    def engine_builder(self, gpu: str) -> EngineBuilder:
+        found = next((builder for builder in self.engine_builders if builder.gpu == gpu), None)
+        return found or EngineBuilder(gpu, None, f"no engine builder for {gpu} is known on this machine")

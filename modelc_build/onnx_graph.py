@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from modelc_build.errors import InputError
-from modelc_build.recipe import Quantization
+from modelc_build.recipe_types import Quantization
 
 WEIGHTED_LAYERS = ("Conv", "Gemm", "MatMul")  # the layers INT8 is for
 

@@ -7,13 +7,20 @@ export ─ simplify ─┬─ compile:<target> ──────┬─ verify:<
                    ├─ sensitivity             └─ latency:<target> ┘
 reference ─────────┴── (every verify)          latency:reference
 ```
+
+A plan is a function of the recipe, the backends' tables (modelc_build/backends/) and the host
+facts it is given (`probe_host()` reads this machine's): what a target compiles from, whether its
+INT8 is checked on emulated CPUs, which runtime settings it is measured under, all come from the
+target's backend table, never from a list of backend names here.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from modelc_build.backends import Capabilities, capabilities
 from modelc_build.fingerprint import DataSource
-from modelc_build.recipe import Recipe, Target
+from modelc_build.host import EMULATED_CLASSES, HostFacts
+from modelc_build.recipe_types import Recipe, Target
 from modelc_build.steps import Step
 from modelc_build.steps.autocast import AUTOCAST_STEP, AutocastStep
 from modelc_build.steps.compile import AccuracyControlSpec, CompileStep, compile_step_id
@@ -26,9 +33,6 @@ from modelc_build.steps.sensitivity import SENSITIVITY_STEP, SensitivityStep
 from modelc_build.steps.simplify import SIMPLIFY_STEP, SimplifyStep
 from modelc_build.steps.verify import ReferenceStep, Setting, VerifyStep
 
-QDQ_BACKENDS = {"tensorrt"}  # their int8 is ModelOpt's Q/DQ graph (placed where TensorRT fuses)
-AUTOCAST_BACKENDS = {"tensorrt"}  # their fp16 is ModelOpt AutoCast's mixed-precision graph
-GPU_BACKENDS = {"tensorrt"}
 RELEASE_STEP = "release"
 
 
@@ -38,6 +42,7 @@ class Plan:
     version: str
     steps: tuple[Step, ...]
     graph: str  # the id of the step whose model.onnx is the release's ONNX graph
+    host: HostFacts = HostFacts()  # the facts it was made with
 
     def by_id(self, step_id: str) -> Step:
         return next(step for step in self.steps if step.id == step_id)
@@ -54,19 +59,35 @@ class Plan:
         return tuple(step for step in self.steps if step.id in wanted)
 
 
+def probe_host() -> HostFacts:
+    """This machine's facts, for a plan made here."""
+    from modelc_build.emulation import emulator
+    from modelc_build.gpus import FULL, GENERATIONS, RTX, engine_builder, installed, local_gpus
+
+    runtime = installed(FULL) or installed(RTX)
+    return HostFacts.of_cpu(emulator(), local_gpus() if runtime else (), tuple(engine_builder(gpu) for gpu in GENERATIONS))
+
+
+def table(target: Target) -> Capabilities:
+    return capabilities(target.backend)
+
+
+def source_graph(target: Target) -> str:
+    """What the target compiles from: onnx (the simplified graph), qdq, autocast, or torch."""
+    return table(target).graph(target.precision)
+
+
 def uses_qdq_graph(target: Target) -> bool:
-    return target.precision == "int8" and target.backend in QDQ_BACKENDS
+    return source_graph(target) == "qdq"
 
 
 def uses_autocast_graph(target: Target) -> bool:
-    return target.precision == "fp16" and target.backend in AUTOCAST_BACKENDS
+    return source_graph(target) == "autocast"
 
 
-def measures_latency(target: Target) -> bool:
+def measures_latency(target: Target, host: HostFacts) -> bool:
     """GPU engines are timed only where their GPU is (their source graph's CPU speed says nothing)."""
-    from modelc_build.gpus import runnable_here
-
-    return target.backend not in GPU_BACKENDS or runnable_here(target.gpus) is not None
+    return not table(target).gpu or any(gpu in host.gpus for gpu in target.gpus)
 
 
 VALIDATION_SPLIT = 4  # without data.validation, tuning reads every 4th calibration sample
@@ -83,15 +104,16 @@ def data_source(recipe: Recipe, role: str) -> DataSource:
 
 
 def accuracy_controlled(recipe: Recipe, target: Target) -> bool:
-    """OpenVINO int8 whose recipe gates the task-metric drop is quantized with accuracy control,
-    tuned on labelled validation data (never the evaluation set)."""
+    """An int8 target whose backend can tune to the task metric, and whose recipe gates the
+    metric's drop, is quantized with accuracy control, on labelled validation data (never the
+    evaluation set)."""
     gate = recipe.gate_for(target.precision)
     tuning = data_source(recipe, "validation").dataset
-    return (target.backend == "openvino" and target.precision == "int8" and gate.max_metric_drop is not None
+    return (table(target).accuracy_control and target.precision == "int8" and gate.max_metric_drop is not None
             and recipe.task.type in ("classification", "detection") and tuning is not None and tuning.labels != "none")
 
 
-def make_plan(recipe: Recipe) -> Plan:
+def make_plan(recipe: Recipe, host: HostFacts) -> Plan:
     model = recipe.model
     steps: list[Step] = [ExportStep(model, recipe.export)]
     graph = EXPORT_STEP
@@ -107,7 +129,7 @@ def make_plan(recipe: Recipe) -> Plan:
     if any(uses_autocast_graph(t) for t in recipe.targets):
         steps.append(AutocastStep(graph))
     for target in recipe.targets:
-        steps.append(_compile_step(recipe, target, graph))
+        steps.append(_compile_step(recipe, target, graph, host))
     evaluation = data_source(recipe, "evaluation")
     if decodes(evaluation):
         steps.append(DecodeStep(evaluation))
@@ -117,86 +139,71 @@ def make_plan(recipe: Recipe) -> Plan:
         steps.append(GoldenStep(evaluation, model.outputs, recipe.verify.golden_samples,
                                 int(recipe.verify.golden_max_mb * 2**20)))
     for target in recipe.targets:
-        for setting in verify_settings(recipe, target):
+        for setting in verify_settings(recipe, target, host):
             steps.append(VerifyStep(target, evaluation, recipe.task, model.outputs, setting, golden and setting.name == "deploy"))
     if recipe.latency.runs > 0:
         steps.append(LatencyStep(None, model, evaluation, recipe.latency))
         for target in recipe.targets:
-            if measures_latency(target):
+            if measures_latency(target, host):
                 steps.append(LatencyStep(target, model, evaluation, recipe.latency, deploy_config(recipe, target)))
-    return Plan(recipe.name, recipe.version, tuple(steps), graph)
+    return Plan(recipe.name, recipe.version, tuple(steps), graph, host)
 
 
 def deploy_config(recipe: Recipe, target: Target) -> tuple[tuple[str, str], ...]:
     """The runtime settings a deploy stage passes with this artifact (recorded in the manifest)."""
     precision = recipe.verify.openvino_inference_precision
-    if target.backend == "openvino" and precision != "default":
+    if table(target).precision_hint and precision != "default":
         return (("INFERENCE_PRECISION_HINT", precision),)
     return ()
 
 
-EMULATED_BACKENDS = ("onnxruntime", "openvino")  # CPU runtimes whose INT8 kernels differ by CPU class
-
-
-def emulated_cpus(recipe: Recipe, target: Target) -> list[tuple[str, str]]:
+def emulated_cpus(recipe: Recipe, target: Target, host: HostFacts) -> list[tuple[str, str]]:
     """Each CPU model of `verify.cpus` with what happens for this target: `emulate`, `native` (the
-    build machine is of that class: its native run is that check), or `not int8`."""
-    from modelc_build.host import EMULATED_CLASSES, host_class
-
-    if target.precision != "int8" or target.backend not in EMULATED_BACKENDS:
+    build machine is of that class: its native run is that check), or none (not an INT8 artifact
+    whose kernels differ by CPU class)."""
+    if target.precision != "int8" or not table(target).emulated_int8:
         return []
-    here = host_class()
-    return [(cpu, "native" if EMULATED_CLASSES.get(cpu) == here and not recipe.verify.emulate_host_class else "emulate")
-            for cpu in recipe.verify.cpus]
+    return [(cpu, "native" if EMULATED_CLASSES.get(cpu) == host.cpu_class and not recipe.verify.emulate_host_class
+             else "emulate") for cpu in recipe.verify.cpus]
 
 
-def checked_cpus(recipe: Recipe) -> list[dict[str, str]] | None:
+def checked_cpus(recipe: Recipe, host: HostFacts) -> list[dict[str, str]] | None:
     """verify.cpus as this build treats them, for the report: emulated, or covered by the build
     machine's own class."""
-    from modelc_build.host import EMULATED_CLASSES, host_class
-
     seen: dict[str, str] = {}
     for target in recipe.targets:
-        seen.update(emulated_cpus(recipe, target))
+        seen.update(emulated_cpus(recipe, target, host))
     if not seen:
         return None
-    return [{"cpu": cpu, "class": EMULATED_CLASSES.get(cpu, "unknown"), "how": how, "build_machine_class": host_class()}
+    return [{"cpu": cpu, "class": EMULATED_CLASSES.get(cpu, "unknown"), "how": how, "build_machine_class": host.cpu_class}
             for cpu, how in seen.items()]
 
 
-def verify_settings(recipe: Recipe, target: Target) -> list[Setting]:
-    """As deployed (gated); OpenVINO IR also under the other precision setting where this CPU
-    would compute differently (its bf16 default beside a pinned f32, or f32 beside the plugin's
-    default), reported beside; INT8 also on each emulated CPU of `verify.cpus`, gated."""
-    from modelc_build.host import cpu_info
-
+def verify_settings(recipe: Recipe, target: Target, host: HostFacts) -> list[Setting]:
+    """As deployed (gated); a runtime whose CPU plugin may compute FP32 in lower precision also
+    under the other precision setting where this CPU would compute differently (its bf16 default
+    beside a pinned f32, or f32 beside the plugin's default), reported beside; INT8 also on each
+    emulated CPU of `verify.cpus`, gated."""
     deploy = Setting("deploy", deploy_config(recipe, target))
     settings = [deploy]
     precision = recipe.verify.openvino_inference_precision
-    if target.backend == "openvino":
-        low_precision_float = bool(cpu_info()["low_precision_float"])
-        if precision == "f32" and low_precision_float:
+    if table(target).precision_hint:
+        if precision == "f32" and host.low_precision_float:
             settings.append(Setting("runtime-default"))
-        elif precision != "f32" and (precision != "default" or low_precision_float):
+        elif precision != "f32" and (precision != "default" or host.low_precision_float):
             settings.append(Setting("f32", (("INFERENCE_PRECISION_HINT", "f32"),)))
-    for cpu, how in emulated_cpus(recipe, target):
+    for cpu, how in emulated_cpus(recipe, target, host):
         if how == "emulate":
-            from modelc_build.emulation import emulator
-
-            settings.append(Setting(cpu.lower(), deploy.config, cpu, emulator(), recipe.verify.emulated_samples,
+            settings.append(Setting(cpu.lower(), deploy.config, cpu, host.emulator, recipe.verify.emulated_samples,
                                     recipe.verify.emulation_budget_s))
     return settings
 
 
-def _compile_step(recipe: Recipe, target: Target, graph: str) -> CompileStep:
-    if target.backend == "torchscript":
-        source = EXPORT_STEP  # made from the torch model; waits for the export's input checks
-    elif uses_qdq_graph(target):
-        source = QDQ_STEP
-    elif uses_autocast_graph(target):
-        source = AUTOCAST_STEP
-    else:
-        source = graph
+GRAPH_STEPS = {"torch": EXPORT_STEP, "qdq": QDQ_STEP, "autocast": AUTOCAST_STEP}  # "torch": waits for the export's input checks
+
+
+def _compile_step(recipe: Recipe, target: Target, graph: str, host: HostFacts) -> CompileStep:
+    source = GRAPH_STEPS.get(source_graph(target), graph)
     calibration = None
     if target.precision == "int8" and not uses_qdq_graph(target):
         calibration = data_source(recipe, "calibration")
@@ -206,16 +213,47 @@ def _compile_step(recipe: Recipe, target: Target, graph: str) -> CompileStep:
         assert max_drop is not None
         control = AccuracyControlSpec(max_drop, recipe.task, recipe.task.output or recipe.model.outputs[0],
                                       data_source(recipe, "validation"))
-    return CompileStep(target, source, recipe.model, calibration, recipe.quantization, control, cpu_variants(recipe, target))
+    return CompileStep(target, source, recipe.model, calibration, recipe.quantization, control,
+                       cpu_variants(recipe, target, host))
 
 
-def cpu_variants(recipe: Recipe, target: Target) -> tuple[str, ...]:
-    """onnxruntime int8 gets a VNNI layout beside the portable one where the build machine can
-    verify it (it has VNNI; QEMU cannot emulate VNNI)."""
-    from modelc_build.host import cpu_info
+def cpu_variants(recipe: Recipe, target: Target, host: HostFacts) -> tuple[str, ...]:
+    """An int8 target gets its backend's VNNI layout beside the portable one where the build
+    machine can verify it (it has VNNI; QEMU cannot emulate VNNI) and the recipe wants it."""
+    wanted = "vnni" in table(target).cpu_variants and target.precision == "int8" and recipe.quantization.onnxruntime_vnni
+    return ("vnni",) if wanted and host.vnni else ()
 
-    wanted = target.backend == "onnxruntime" and target.precision == "int8" and recipe.quantization.onnxruntime_vnni
-    return ("vnni",) if wanted and cpu_info()["vnni"] else ()
+
+def buildable(recipe: Recipe, host: HostFacts, skip_unavailable: bool) -> tuple[Recipe, list[str]]:
+    """The recipe with only the engines this machine can build. A GPU generation nobody here can
+    build (or engines that must be verified on a GPU this machine lacks) is exit 6 naming it and
+    where it can be built; with `skip_unavailable` it is left out and listed instead."""
+    from dataclasses import replace
+
+    from modelc_build.errors import BackendUnavailable
+    from modelc_build.gpus import not_run_reason
+
+    targets, problems = [], []
+    for target in recipe.targets:
+        if not table(target).gpu:
+            targets.append(target)
+            continue
+        unbuildable = {gpu: host.engine_builder(gpu).reason for gpu in target.gpus if host.engine_builder(gpu).flavour is None}
+        problems += [f"{target.id}: {reason}" for reason in unbuildable.values()]
+        kept = tuple(gpu for gpu in target.gpus if gpu not in unbuildable)
+        if kept and target.verify_on_gpu and not any(gpu in host.gpus for gpu in kept):
+            problems.append(f"{target.id}: the recipe requires its engines verified on their GPU (verify_on_gpu), and "
+                            f"{not_run_reason(kept)}: build it on the GPU runner, or leave it out with --skip-unavailable")
+            kept = ()
+        if kept:
+            targets.append(replace(target, gpus=kept))
+    if problems and not skip_unavailable:
+        raise BackendUnavailable("; ".join(problems))
+    if len(targets) == len(recipe.targets) and not problems:
+        return recipe, []
+    if not targets:
+        raise BackendUnavailable("nothing left to build here: " + "; ".join(problems))
+    return replace(recipe, targets=tuple(targets)), problems
 
 
 def target_step_ids(recipe: Recipe, target_ids: tuple[str, ...]) -> list[str]:
@@ -239,7 +277,7 @@ def ci_matrix(recipes: list[tuple[str, Recipe]]) -> dict[str, list[dict[str, str
 def needs_gpu_runner(target: Target) -> bool:
     from modelc_build.gpus import RTX_TARGETS
 
-    return target.backend in GPU_BACKENDS and (target.verify_on_gpu or any(g not in RTX_TARGETS for g in target.gpus))
+    return table(target).gpu and (target.verify_on_gpu or any(g not in RTX_TARGETS for g in target.gpus))
 
 
-__all__ = ["Plan", "make_plan", "ci_matrix", "uses_qdq_graph", "RELEASE_STEP", "SENSITIVITY_STEP", "QDQ_STEP"]
+__all__ = ["Plan", "make_plan", "probe_host", "ci_matrix", "uses_qdq_graph", "RELEASE_STEP", "SENSITIVITY_STEP", "QDQ_STEP"]

@@ -9,24 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the recipe imports Preprocess; image work loads NumPy and Pillow when it runs
+from modelc_build.recipe_types import Preprocess
+
+if TYPE_CHECKING:  # image work loads NumPy and Pillow when it runs
     import numpy as np
     from PIL import Image
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How an image file becomes one model input tensor (without the batch axis)."""
-
-    height: int
-    width: int
-    resize: str = "stretch"  # stretch | letterbox
-    pad_value: int = 114
-    color: str = "rgb"  # rgb | bgr
-    scale: float = 1.0 / 255.0
-    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
-    std: tuple[float, ...] = (1.0, 1.0, 1.0)
-    layout: str = "nchw"  # nchw | nhwc
 
 
 @dataclass(frozen=True)

@@ -90,23 +90,13 @@ def available_memory_bytes() -> int | None:
     return _proc_kilobytes("/proc/meminfo", "MemAvailable")
 
 
-STEP_THREADS_ENV = "MODELC_STEP_THREADS"
-
-
 def share_cores(threads: int) -> None:
-    """Run this step's kernels on `threads` threads: steps side by side on a few cores each
+    """Run this step's process on `threads` threads: steps side by side on a few cores each
     spinning up a thread per core slow each other down (two MobileNetV2 reference runs at once:
-    14.7 s with 2 threads each, 8.8 s with 1, on 2 cores). torch is told now; onnxruntime and
-    OpenVINO runners read `step_threads()` when they open a model; libraries that start later read
-    OMP_NUM_THREADS. Subprocesses (an emulator) inherit the setting."""
-    os.environ[STEP_THREADS_ENV] = str(threads)
+    14.7 s with 2 threads each, 8.8 s with 1, on 2 cores). torch is told now, and libraries that
+    start later read OMP_NUM_THREADS; onnxruntime and OpenVINO runners are given the count by the
+    step (StepInputs.threads -> Backend.runner)."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_num_threads(threads)
-
-
-def step_threads() -> int | None:
-    """The threads this step may use (None: the runtime's own default, all cores)."""
-    value = os.environ.get(STEP_THREADS_ENV, "")
-    return int(value) if value.isdigit() and int(value) > 0 else None

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 from modelc_build.errors import BackendUnavailable, CompileError, ModelcError, first_line
 from modelc_build.feeds import FeedReader
 from modelc_build.onnx_graph import WEIGHTED_LAYERS, excluded_nodes, output_head  # noqa: F401 - one place for callers
-from modelc_build.recipe import Quantization, TensorSpec
+from modelc_build.recipe_types import Quantization, TensorSpec
 
 INSTALL_HINT = "pip install 'modelc-build[modelopt]'"
 

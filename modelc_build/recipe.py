@@ -10,7 +10,7 @@ import difflib
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -18,265 +18,43 @@ from typing import Any, Callable
 
 import yaml
 
+from modelc_build.backends import Capabilities, backend_names, capabilities
 from modelc_build.errors import InputError, RecipeError, RecipeProblem
-from modelc_build.preprocess import Preprocess
-
-Precision = str  # "fp32" | "fp16"
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One model input (see modelc_build/feeds.py for how samples become calls)."""
-
-    name: str
-    shape: tuple[int | str, ...]
-    dtype: str = "float32"
-    batch_axis: int | None = 0  # None: no batch axis (a scalar)
-    value: Any = None  # a fixed value fed on every call (a number, a bool or nested tuples)
-    state_from: str | None = None  # a recurrent state: the output it is carried from
-    examples: tuple[tuple[str, int], ...] = ()  # sizes named non-batch axes take in example inputs
-
-    def to_json(self) -> dict[str, Any]:
-        """For files this process writes for another (an emulated run, a release's golden set)."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> TensorSpec:
-        def frozen(value: Any) -> Any:
-            return tuple(frozen(v) for v in value) if isinstance(value, list) else value
-
-        return cls(str(data["name"]), tuple(data["shape"]), str(data.get("dtype", "float32")), data.get("batch_axis", 0),
-                   frozen(data.get("value")), data.get("state_from"),
-                   tuple((str(name), int(size)) for name, size in data.get("examples", ())))
-
-    @property
-    def dynamic_axes(self) -> dict[int, str]:
-        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
-
-    def concrete_shape(self, dynamic_size: int = 1) -> tuple[int, ...]:
-        """The shape with the batch axis at `dynamic_size` and other named axes at their example
-        size (an image's height and width from data.preprocess, else one no fixed axis has)."""
-        sizes = dict(self.examples)
-        return tuple(d if isinstance(d, int) else dynamic_size if axis == self.batch_axis else sizes.get(d, dynamic_size)
-                     for axis, d in enumerate(self.shape))
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    kind: str  # torch | onnx | torchscript
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[str, ...]
-    factory: str | None = None
-    factory_args: tuple[tuple[str, Any], ...] = ()
-    weights: Path | None = None
-    path: Path | None = None
-    base_dir: Path = Path(".")
-    strict: bool = True  # torch: unexpected checkpoint entries are an error
-    ignore_weights: tuple[str, ...] = ()  # torch: checkpoint entries dropped before loading (regexes)
-    arguments: tuple[tuple[str, Any], ...] = ()  # torch/torchscript: Python values passed to forward by keyword
-
-
-@dataclass(frozen=True)
-class ExportOptions:
-    exporter: str = "auto"  # auto | dynamo | torchscript
-    opset: int = 18
-    simplify: bool = True
-
-
-@dataclass(frozen=True)
-class Dataset:
-    path: Path
-    format: str  # images | npy | npz | tokens | python
-    labels: str = "none"
-    samples: int | None = None
-    batch_size: int = 16
-    shuffle: bool = False
-    seed: int = 0
-    function: str | None = None  # python only: the function in `path` that yields batches
-    labels_path: Path | None = None  # csv, coco, ultralytics: the labels file
-    tokens: TokenFields | None = None  # tokens: which inputs the token file feeds
-
-    def sample_files(self) -> list[Path]:
-        """A folder's files that hold one sample each (its images, or its .npy/.npz files), in name
-        order, sub-folders included; a file data set is its one file."""
-        if not self.path.is_dir():
-            return [self.path] if self.path.is_file() else []
-        wanted = IMAGE_SUFFIXES if self.format == "images" else {f".{self.format}"}
-        return sorted(p for p in self.path.rglob("*") if p.suffix.lower() in wanted and p.is_file())
-
-
-@dataclass(frozen=True)
-class TokenFields:
-    """A tokenized text file's inputs: ids (and optionally a mask and zero type ids), padded per batch."""
-
-    ids: str | None = None  # default: the model's first input
-    mask: str | None = None
-    type_ids: str | None = None
-    pad_id: int = 0
-    max_length: int | None = None
-
-
-@dataclass(frozen=True)
-class Task:
-    type: str = "generic"
-    output: str | None = None
-    classes: tuple[str, ...] = ()
-    confidence_threshold: float = 0.001
-    nms_iou: float = 0.6
-    match_iou: float = 0.5
-    layout: str = "yolov5"  # detection: yolov5 | yolov8 | boxes | separate
-    boxes_output: str | None = None  # detection, layout separate: [B, N, 4] x1, y1, x2, y2
-    scores_output: str | None = None  # detection, layout separate: [B, N, classes]
-    metric: str | None = None  # custom: FILE.py:FUNCTION, resolved against `base_dir`
-    higher_is_better: bool = True
-    base_dir: Path = Path(".")
-
-    def settings(self) -> dict[str, Any]:
-        """What the task judges by, without where the recipe lies (a moved checkout is the same task)."""
-        return {key: value for key, value in asdict(self).items() if key != "base_dir"}
-
-
-@dataclass(frozen=True)
-class Target:
-    backend: str
-    precision: Precision
-    mode: str | None = None
-    gpus: tuple[str, ...] = ()  # tensorrt: the GPU generations engines are built for (sm86, …)
-    max_batch: int = 32  # tensorrt: the optimization profile's batch range (min 1)
-    opt_batch: int = 8
-    verify_on_gpu: bool = False  # tensorrt: a build without a GPU that runs the engines fails
-
-    @property
-    def id(self) -> str:
-        """The artifact folder name, e.g. `openvino-fp16`."""
-        return f"{self.backend}-{self.precision}"
-
-    def material(self) -> dict[str, Any]:
-        """What of the target a step's key depends on (engine options only where they exist)."""
-        found = asdict(self)
-        if self.backend != "tensorrt":
-            for key in ("gpus", "max_batch", "opt_batch", "verify_on_gpu"):
-                del found[key]
-        return found
-
-
-@dataclass(frozen=True)
-class Gate:
-    min_cosine: float | None = None
-    max_abs_error: float | None = None
-    max_mean_abs_error: float | None = None
-    min_snr_db: float | None = None
-    max_metric_drop: float | None = None
-    min_metric: float | None = None
-    min_top5_containment: float | None = None  # classification, percent
-    min_reference_map50: float | None = None  # detection, percent
-
-
-# Gates every recipe gets, per precision, unless it sets its own (docs/recipe.md). INT8: healthy
-# artifacts of a real ImageNet classifier measured 0.97-0.99 output cosine, every broken one at or
-# below 0.93; the reference's top-1 class within the artifact's top-5 for >= 95 % of samples.
-DEFAULT_GATES: dict[str, Gate] = {
-    "fp32": Gate(min_cosine=0.999, min_top5_containment=99.0, min_reference_map50=95.0),
-    "fp16": Gate(min_cosine=0.99, min_top5_containment=98.0, min_reference_map50=90.0),
-    "int8": Gate(min_cosine=0.95, min_top5_containment=95.0, min_reference_map50=60.0),
-}
-LOWER_IS_STRICTER = {"max_abs_error", "max_mean_abs_error", "max_metric_drop"}
-
-
-@dataclass(frozen=True)
-class Quantization:
-    preset: str = "performance"
-    subset_size: int = 300
-    fast_bias_correction: bool = True
-    model_type: str = "cnn"
-    calibration_method: str = "entropy"  # Q/DQ graphs: how activation ranges are chosen
-    sensitivity_layers: int = 0  # list this many of the most sensitive layers; 0: do not measure
-    ignore_names: tuple[str, ...] = ()
-    ignore_types: tuple[str, ...] = ()
-    ignore_patterns: tuple[str, ...] = ()
-    overflow_fix: str = "enable"  # openvino int8: enable | first_layer | disable
-    onnxruntime_weights: str = "uint8"  # onnxruntime int8: uint8 (exact everywhere) | int8 (7-bit, faster)
-    onnxruntime_vnni: bool = True  # onnxruntime int8: also a u8s8 variant for CPUs with VNNI (built on one)
-    allow_unquantized: bool = False  # an int8 artifact with no INT8 layer is stored instead of failing
-    float_input_layers: bool = True  # onnxruntime int8: layers reading a model input stay float
-    float_output_head: bool = False  # nodes after the last Conv/Gemm/MatMul stay float (default: detection)
-
-
-@dataclass(frozen=True)
-class VerifyOptions:
-    openvino_inference_precision: str = "f32"  # the deploy setting the gates judge (see the schema)
-    cpus: tuple[str, ...] = ("Haswell",)  # QEMU CPU models every onnxruntime/openvino int8 artifact is checked on
-    emulated_samples: int = 16
-    emulation_budget_s: float = 30.0
-    emulate_host_class: bool = False
-    golden_samples: int = 8  # shipped with the release for `modelc verify --run`
-    golden_max_mb: float = 4.0
-
-    @classmethod
-    def from_data(cls, data: dict[str, Any]) -> VerifyOptions:
-        return cls(**{**data, **({"cpus": tuple(data["cpus"])} if "cpus" in data else {})})
-
-
-@dataclass(frozen=True)
-class Latency:
-    runs: int = 30
-    warmup: int = 5
-
-
-@dataclass(frozen=True)
-class Recipe:
-    path: Path
-    digest: str  # sha256 of the recipe file's bytes
-    name: str
-    version: str
-    description: str
-    model: ModelSource
-    export: ExportOptions
-    preprocess: Preprocess | None
-    calibration: Dataset | None
-    evaluation: Dataset | None
-    task: Task
-    targets: tuple[Target, ...]
-    gates: dict[str, Gate] = field(hash=False)
-    latency: Latency
-    quantization: Quantization = Quantization()
-    explicit_gate_keys: dict[str, frozenset[str]] = field(default_factory=dict, hash=False)
-    verify: VerifyOptions = VerifyOptions()
-    validation: Dataset | None = None
-
-    def gate_for(self, precision: Precision) -> Gate:
-        """modelc's default gate for the precision, with the recipe's `default` and per-precision
-        keys on top."""
-        return Gate(**{key: value for key, (value, _, _) in self._gate_keys(precision).items()})
-
-    def gate_sources(self, precision: Precision) -> dict[str, tuple[str, float | None]]:
-        """Per gate key: recipe | default | relaxed (looser than modelc's default), and that default."""
-        return {key: (source, default) for key, (_, source, default) in self._gate_keys(precision).items()
-                if source != "unset"}
-
-    def _gate_keys(self, precision: Precision) -> dict[str, tuple[float | None, str, float | None]]:
-        default = DEFAULT_GATES.get(precision, Gate())
-        chosen = self.gates.get(precision, self.gates.get("default", Gate()))
-        explicit = self.explicit_gate_keys.get(precision, self.explicit_gate_keys.get("default", frozenset()))
-        keys: dict[str, tuple[float | None, str, float | None]] = {}
-        for name in Gate.__dataclass_fields__:
-            ours, theirs = getattr(default, name), getattr(chosen, name)
-            if name not in explicit:
-                keys[name] = (ours, "default" if ours is not None else "unset", None)
-                continue
-            looser = ours is not None and theirs is not None and (
-                theirs > ours if name in LOWER_IS_STRICTER else theirs < ours)
-            keys[name] = (theirs, "relaxed" if looser else "recipe", ours if looser else None)
-        return keys
-
+from modelc_build.recipe_types import (
+    IMAGE_SUFFIXES,
+    Dataset,
+    ExportOptions,
+    Gate,
+    Latency,
+    ModelSource,
+    Preprocess,
+    Quantization,
+    Recipe,
+    Target,
+    Task,
+    TensorSpec,
+    TokenFields,
+    VerifyOptions,
+)
 
 # --- loading ---------------------------------------------------------------------------------
 
 @lru_cache(maxsize=1)
 def recipe_schema() -> dict[str, Any]:
-    text = resources.files("modelc_build.schema").joinpath("recipe.schema.json").read_text()
-    return json.loads(text)
+    """The shipped schema, with the backends and precisions the registered backends' tables name
+    (the shipped file lists the built-in ones: a test holds the two together)."""
+    schema: dict[str, Any] = json.loads(resources.files("modelc_build.schema").joinpath("recipe.schema.json").read_text())
+    target = schema["$defs"]["target"]["properties"]
+    tables = backend_tables()
+    target["backend"]["enum"] = _extended(target["backend"]["enum"], tables)
+    offered = {p for table in tables.values() for p in (*table.precisions, *table.refused)}
+    target["precisions"]["items"]["enum"] = _extended(target["precisions"]["items"]["enum"], offered)
+    return schema
+
+
+def _extended(listed: list[str], names: Any) -> list[str]:
+    """The shipped list in its order, then any name it lacks."""
+    return [*listed, *sorted(set(names) - set(listed))]
 
 
 @dataclass(frozen=True)
@@ -412,19 +190,6 @@ def _explain(path: Path, located: _Located, error: Any) -> list[RecipeProblem]:
     return [RecipeProblem(str(path), line, column, _key_path(at), error.message)]
 
 
-# Which backends can produce which precision today, and why not otherwise.
-TORCHSCRIPT_INT8_REMOVED = (
-    "torchscript int8 is not offered: PyTorch FX post-training quantization collapsed on a real ImageNet "
-    "MobileNetV2 (output cosine 0.63-0.82 against FP32) and PyTorch 2.13 deprecates quantized tensors; build "
-    "openvino int8 or onnxruntime int8 instead (docs/recipe.md)")
-SUPPORTED_PRECISIONS = {
-    "openvino": {"fp32", "fp16", "int8"},
-    "onnxruntime": {"fp32", "int8"},
-    "torchscript": {"fp32"},
-    "tensorrt": {"fp32", "fp16", "int8"},
-}
-
-
 def _not_finite(value: Any, at: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], float]]:
     """Every .nan / .inf in the document (JSON Schema's minimum and maximum let NaN through)."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -439,11 +204,12 @@ def _not_finite(value: Any, at: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, .
 def _target(entry: dict[str, Any], precision: str) -> Target:
     from modelc_build.gpus import DEFAULT_GPUS, canonical
 
-    if entry["backend"] != "tensorrt":
-        return Target(entry["backend"], precision, entry.get("mode"))
+    backend = entry["backend"]
+    if not capabilities(backend).gpu:
+        return Target(backend, precision, entry.get("mode"))
     gpus = tuple(dict.fromkeys(canonical(g) or g for g in entry.get("gpus", DEFAULT_GPUS)))
     max_batch = int(entry.get("max_batch", 32))
-    return Target("tensorrt", precision, None, gpus, max_batch, int(entry.get("opt_batch", min(8, max_batch))),
+    return Target(backend, precision, None, gpus, max_batch, int(entry.get("opt_batch", min(8, max_batch))),
                   bool(entry.get("verify_on_gpu", False)))
 
 
@@ -469,6 +235,11 @@ def _cross_field_problems(path: Path, located: _Located) -> list[RecipeProblem]:
     _check_task(data, add)
     _check_gates(data, add)
     return problems
+
+
+def backend_tables() -> dict[str, Capabilities]:
+    """Every registered backend's table (modelc_build/backends/): the recipe's checks read these."""
+    return {name: capabilities(name) for name in backend_names()}
 
 
 def _target_ids(data: dict[str, Any]) -> list[tuple[Any, Any]]:
@@ -497,7 +268,7 @@ def _check_model_source(data: dict[str, Any], add: Add) -> None:
         if source == "onnx":
             add(("model", "arguments"), "an ONNX graph takes tensors only: declare the value as an input with value: …")
         for index, target in enumerate(data.get("targets", [])):
-            if target.get("backend") == "torchscript" and target.get("mode") == "script":
+            if target.get("mode") == "script":
                 add(("targets", index, "mode"), "model.arguments are fixed by tracing; scripting keeps forward's "
                     "parameters: use mode: trace")
     export = data.get("export", {})
@@ -510,26 +281,29 @@ def _check_model_source(data: dict[str, Any], add: Add) -> None:
 def _check_targets(data: dict[str, Any], add: Add) -> None:
     """Each backend's precisions and options; int8 needs calibration data; no target twice."""
     source = data.get("model", {}).get("source")
+    tables = backend_tables()
     for index, target in enumerate(data.get("targets", [])):
         backend = target.get("backend")
+        table = tables.get(backend)
+        if table is None:  # not registered here (a plug-in that is not installed): the schema says so
+            continue
         for p_index, precision in enumerate(target.get("precisions", [])):
-            if backend == "torchscript" and precision == "int8":
-                add(("targets", index, "precisions", p_index), TORCHSCRIPT_INT8_REMOVED)
-            elif backend in SUPPORTED_PRECISIONS and precision not in SUPPORTED_PRECISIONS[backend]:
-                add(("targets", index, "precisions", p_index),
-                    f"{backend} {precision} is not supported; {backend} supports {', '.join(sorted(SUPPORTED_PRECISIONS[backend]))}")
-        if backend == "torchscript" and source == "onnx":
-            add(("targets", index, "backend"), "a TorchScript target needs a torch or torchscript source, not an ONNX file")
-        if "mode" in target and backend != "torchscript":
-            add(("targets", index, "mode"), "'mode' applies to torchscript targets only; remove it")
-        for key in ("gpus", "max_batch", "opt_batch", "verify_on_gpu"):
-            if key in target and backend != "tensorrt":
-                add(("targets", index, key), f"'{key}' applies to tensorrt targets only; remove it")
+            refusal = table.refusal(precision)
+            if refusal is not None:
+                add(("targets", index, "precisions", p_index), refusal if precision in table.refused else
+                    f"{backend} {precision} is not supported; {backend} {refusal}")
+        if source == "onnx" and any(table.graph(p) == "torch" for p in target.get("precisions", [])):
+            add(("targets", index, "backend"), f"a {backend} target is made from the torch model: it needs a torch or "
+                "torchscript source, not an ONNX file")
+        for key in target:
+            if key not in ("backend", "precisions") and key not in table.options:
+                takers = [name for name, other in tables.items() if key in other.options]
+                add(("targets", index, key), f"'{key}' applies to {' and '.join(takers)} targets only; remove it")
         if isinstance(target.get("opt_batch"), int) and isinstance(target.get("max_batch", 32), int) \
                 and target["opt_batch"] > target.get("max_batch", 32):
             add(("targets", index, "opt_batch"), f"opt_batch {target['opt_batch']} is above max_batch "
                 f"{target.get('max_batch', 32)}: the engines are tuned for a batch inside their range")
-        if backend == "torchscript" and source == "torchscript" and target.get("mode") == "script":
+        if source == "torchscript" and target.get("mode") == "script":
             add(("targets", index, "mode"), "the source is already TorchScript; remove 'mode'")
     ids = _target_ids(data)
     if any(p == "int8" for _, p in ids) and "calibration" not in data.get("data", {}):

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from modelc_build.accuracy import Evaluation, GateCheck, apply_gates, evaluation_from_dict
 from modelc_build.cache import CacheEntry
-from modelc_build.errors import GateFailed, StoreError
+from modelc_build.errors import GateFailed, VersionTaken
 from modelc_build.golden import FOLDER as GOLDEN_FOLDER
 from modelc_build.manifest import QUANTIZATION_NOTES, REPORT_FILES, ArtifactEntry, FileEntry, build_manifest, content_digest, file_entries
-from modelc_build.recipe import Recipe, Target
+from modelc_build.recipe_types import Recipe, Target
 from modelc_build.report import ArtifactReport, CalibrationData, Measurement, Report, to_json_text, to_markdown
 from modelc_build.steps.export import EXPORT_NOTES, EXPORT_STEP
 from modelc_build.steps.latency import LATENCY_FILE, REFERENCE_LATENCY_STEP, latency_step_id
@@ -244,20 +244,19 @@ def release(recipe: Recipe, measured: Measured, report: Report, store: Store, st
         stored = store.stored_manifest(recipe.name, recipe.version)
         if stored is not None and stored.get("content_digest") == content_digest(artifact_files):
             if stored.get("measurement_digest") != judged_by:
-                raise StoreError(f"{recipe.name} {recipe.version} is stored with the same model files but was judged "
+                raise VersionTaken(f"{recipe.name} {recipe.version} is stored with the same model files but was judged "
                                  "differently (task, gates, data or verification settings changed): its report would "
                                  "no longer match the release; bump version")
             return Released(store.location(recipe.name, recipe.version), False, report, stored)
     folder = staging / "release"
     _assemble(folder, measured, report, _history(store, recipe.name, recipe.version))
-    _append_step_summary(folder / "report.md")
     if not report.passed:
         kept = failed_reports / recipe.name / recipe.version
         kept.mkdir(parents=True, exist_ok=True)
         for name in REPORT_FILES:
             shutil.copyfile(folder / name, kept / name)
         raise GateFailed(f"{len(report.failures())} accuracy gate(s) missed, nothing was stored: "
-                         + "; ".join(report.failures()) + f". Report: {kept / 'report.md'}")
+                         + "; ".join(report.failures()) + f". Report: {kept / 'report.md'}", report, kept)
     manifest = _manifest(recipe, folder, measured, artifact_files, judged_by, report)
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     if signer is not None:  # after every gate passed; the signature covers every file above
@@ -443,10 +442,3 @@ def _verified_on(artifact: ArtifactReport, report: Report) -> list[dict[str, Any
                           **({"problem": m.problem} if m.problem else {})})
     return found
 
-
-def _append_step_summary(markdown: Path) -> None:
-    """In GitHub Actions, the report becomes the job summary."""
-    summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if summary:
-        with open(summary, "a", encoding="utf-8") as handle:
-            handle.write(markdown.read_text())

@@ -27,11 +27,16 @@ if TYPE_CHECKING:
 
     from modelc_build.accuracy import OutputMetrics
     from modelc_build.backends import Runner
-    from modelc_build.recipe import TensorSpec
+    from modelc_build.recipe_types import TensorSpec
     from modelc_build.signing import Trust
 
-RUNNABLE = ("onnxruntime", "openvino", "torchscript", "tensorrt")  # backends modelc can run an artifact of
-EXTRAS = {"onnxruntime": "onnxruntime", "openvino": "openvino-runtime", "torchscript": "build", "tensorrt": "tensorrt-rtx"}
+
+
+def runnable(backend: str) -> bool:
+    """Whether modelc runs artifacts of `backend` (its table says; an unknown backend: no)."""
+    from modelc_build.backends import backend_names, capabilities
+
+    return backend in backend_names() and capabilities(backend).runnable
 
 
 @dataclass(frozen=True)
@@ -107,16 +112,17 @@ def load(folder: Path | str, target: str, check: bool = False, trust: Trust | No
     manifest = read_manifest(folder)
     entry = artifact_entry(manifest, target)
     backend = str(entry.get("backend"))
-    if backend not in RUNNABLE:
-        raise BackendUnavailable(f"{target}: modelc runs {', '.join(RUNNABLE)} artifacts; a {backend} artifact is "
+    if not runnable(backend):
+        raise BackendUnavailable(f"{target}: modelc does not run {backend} artifacts; a {backend} artifact is "
                                  "loaded by its own runtime")
-    if backend == "tensorrt":
+    gpu = _capabilities(backend).gpu
+    if gpu:
         _gpu_here(target, entry)
     listed = {f["path"]: f["sha256"] for f in manifest.get("files", []) if isinstance(f, dict)}
     files = []
     for name in entry.get("files", []):
         path = folder / safe_relative_path(name)
-        if backend == "tensorrt" and not path.exists() and name.endswith((".engine", ".onnx")):
+        if gpu and not path.exists() and name.endswith((".engine", ".onnx")):
             continue  # a pull for one GPU (--gpu) brings that generation's engine only
         if not path.is_file() or sha256_file(path) != listed.get(name):
             raise VerificationError(f"{folder}: {name} is missing or differs from the sha256 the manifest lists: refused")
@@ -144,7 +150,7 @@ def _gpu_here(target: str, entry: dict[str, Any]) -> str:
 
 def model_interface(manifest: dict[str, Any]) -> tuple[tuple[TensorSpec, ...], tuple[str, ...]]:
     """The model's inputs (names, shapes, dtypes, how they are fed) and outputs, as the manifest records them."""
-    from modelc_build.recipe import TensorSpec
+    from modelc_build.recipe_types import TensorSpec
 
     model = manifest.get("model")
     if not isinstance(model, dict):
@@ -152,20 +158,23 @@ def model_interface(manifest: dict[str, Any]) -> tuple[tuple[TensorSpec, ...], t
     return tuple(TensorSpec.from_json(spec) for spec in model["inputs"]), tuple(model["outputs"])
 
 
-RUNTIME_MODULES = {"onnxruntime": ("numpy", "onnxruntime"), "openvino": ("numpy", "openvino"), "torchscript": ("numpy", "torch"),
-                   "tensorrt": ("numpy", "polygraphy")}
+def _capabilities(backend: str) -> Any:
+    from modelc_build.backends import capabilities
+
+    return capabilities(backend)
 
 
 def _backend(name: str) -> Any:
     """The backend that runs `name` artifacts, or BackendUnavailable naming the deploy extra."""
     import importlib.util
 
-    missing = [module for module in RUNTIME_MODULES.get(name, ()) if importlib.util.find_spec(module) is None]
+    from modelc_build.backends import get_backend
+
+    table = _capabilities(name)
+    missing = [module for module in table.runtime_modules if importlib.util.find_spec(module) is None]
     if missing:
         raise BackendUnavailable(f"the {name} runtime is not installed here ({', '.join(missing)} missing): "
-                                 f"pip install 'modelc-build[{EXTRAS.get(name, name)}]'")
-    from modelc_build.backends import get_backend  # NumPy from here on
-
+                                 f"pip install 'modelc-build[{table.deploy_extra}]'")
     return get_backend(name)
 
 
@@ -202,7 +211,7 @@ def check_release(folder: Path, targets: list[str] | None = None) -> tuple[list[
     from modelc_build.manifest import read_manifest
 
     manifest = read_manifest(folder)
-    names = targets or [a["target"] for a in manifest.get("artifacts", []) if a.get("backend") in RUNNABLE]
+    names = targets or [a["target"] for a in manifest.get("artifacts", []) if runnable(str(a.get("backend")))]
     results, skipped = [], []
     for name in names:
         try:

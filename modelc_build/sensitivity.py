@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
-from modelc_build.recipe import Quantization, Task, TensorSpec
+from modelc_build.recipe_types import Quantization, Task, TensorSpec
 
 if TYPE_CHECKING:
     from modelc_build.accuracy import TaskMetric

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from modelc_build.errors import InputError, first_line
-from modelc_build.recipe import ModelSource
+from modelc_build.recipe_types import ModelSource
 
 
 def resolve_factory(spec: str, base_dir: Path, key: str = "model.factory") -> Callable[..., Any]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from modelc_build.data import GroundTruthBox
-from modelc_build.recipe import Task
+from modelc_build.recipe_types import Task
 
 
 @dataclass

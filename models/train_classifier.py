@@ -11,7 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from modelc_build.preprocess import Preprocess, preprocess_image
+from modelc_build.preprocess import preprocess_image
+from modelc_build.recipe_types import Preprocess
 from models.shapes import classification_image
 from models.tiny_classifier import build_model
 

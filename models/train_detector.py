@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from modelc_build.preprocess import Preprocess, preprocess_image
+from modelc_build.preprocess import preprocess_image
+from modelc_build.recipe_types import Preprocess
 from models.shapes import detection_image
 from models.tiny_yolo import TinyYolo, build_model
 from models.tiny_yolov8 import build_model as build_yolov8

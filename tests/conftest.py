@@ -96,10 +96,10 @@ def host_dependent_steps(recipe: Path) -> list[str]:
     """The measurement steps a build of `recipe` runs on this machine's CPU and on no other kind:
     OpenVINO under this CPU's own bf16 default (CPUs with AVX-512 BF16 or AMX), INT8 on an emulated
     CPU of another class than this one. Tests that count steps add these."""
-    from modelc_build.plan import make_plan
+    from modelc_build.plan import make_plan, probe_host
     from modelc_build.recipe import load_recipe
 
-    return [step.id for step in make_plan(load_recipe(recipe)).steps if "@" in step.id]
+    return [step.id for step in make_plan(load_recipe(recipe), probe_host()).steps if "@" in step.id]
 
 
 @pytest.fixture
@@ -199,7 +199,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 def _tiny_inputs() -> tuple[Any, ...]:
-    from modelc_build.recipe import TensorSpec
+    from modelc_build.recipe_types import TensorSpec
 
     return (TensorSpec("images", ("batch", 3, 16, 16)),)
 
@@ -211,7 +211,7 @@ TINY_INPUTS = _tiny_inputs()  # the tiny net's one input
 def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny net exported to ONNX once per session (TorchScript exporter, opset 17)."""
     from modelc_build.export import export_onnx
-    from modelc_build.recipe import ExportOptions
+    from modelc_build.recipe_types import ExportOptions
     from tests.fixtures.tiny_net import build_model
 
     path = tmp_path_factory.mktemp("onnx") / "model.onnx"

@@ -7,7 +7,7 @@ import pytest
 
 from modelc_build.accuracy import Evaluation, OutputAccumulator, OutputMetrics, TaskMetric, apply_gates
 from modelc_build.data import GroundTruthBox
-from modelc_build.recipe import Gate, Task
+from modelc_build.recipe_types import Gate, Task
 from modelc_build.tasks import Detection, DetectionScorer, average_precision, decode_detections, iou_matrix, non_max_suppression
 
 

@@ -9,7 +9,7 @@ import torch
 
 from modelc_build.backends import CompileRequest, get_backend
 from modelc_build.errors import BackendUnavailable
-from modelc_build.recipe import Target
+from modelc_build.recipe_types import Target
 from tests.conftest import TINY_INPUTS as INPUTS
 from tests.fixtures.tiny_net import build_model
 
@@ -134,7 +134,7 @@ def test_onnxruntime_int8_is_quantized_for_its_cpu_kernels(tmp_path: Path, onnx_
     weights (the faster kernel), close to the float graph."""
     import onnx
 
-    from modelc_build.recipe import Quantization
+    from modelc_build.recipe_types import Quantization
 
     rng = np.random.default_rng(4)
     feeds = [{"images": rng.random((4, 3, 16, 16), dtype=np.float32)} for _ in range(4)]
@@ -161,7 +161,7 @@ def test_onnxruntime_int8_is_quantized_for_its_cpu_kernels(tmp_path: Path, onnx_
 
 
 def test_openvino_int8_keeps_ignored_layer_types_in_float(tmp_path: Path, onnx_file: Path) -> None:
-    from modelc_build.recipe import Quantization
+    from modelc_build.recipe_types import Quantization
 
     rng = np.random.default_rng(5)
     feeds = [{"images": rng.random((4, 3, 16, 16), dtype=np.float32)} for _ in range(2)]
@@ -178,7 +178,7 @@ def test_openvino_int8_keeps_ignored_layer_types_in_float(tmp_path: Path, onnx_f
 @pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
 def test_an_unknown_ignored_name_is_an_input_error_on_every_backend(tmp_path: Path, onnx_file: Path, backend: str) -> None:
     from modelc_build.errors import InputError
-    from modelc_build.recipe import Quantization
+    from modelc_build.recipe_types import Quantization
 
     feeds = [{"images": np.zeros((2, 3, 16, 16), np.float32)}]
     with pytest.raises(InputError, match="quantization.ignore.names: no_such_layer not in the ONNX graph"):
@@ -193,7 +193,7 @@ def test_onnxruntime_int8_ships_a_vnni_layout_that_runs_only_where_the_cpu_has_v
     import onnx
 
     from modelc_build import host
-    from modelc_build.recipe import Quantization
+    from modelc_build.recipe_types import Quantization
 
     rng = np.random.default_rng(4)
     feeds = [{"images": rng.random((4, 3, 16, 16), dtype=np.float32)} for _ in range(4)]

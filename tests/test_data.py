@@ -9,8 +9,8 @@ from PIL import Image
 
 from modelc_build.data import DataReader
 from modelc_build.errors import InputError
-from modelc_build.preprocess import Preprocess, preprocess_image
-from modelc_build.recipe import Dataset, TensorSpec
+from modelc_build.preprocess import preprocess_image
+from modelc_build.recipe_types import Dataset, Preprocess, TensorSpec
 from tests.conftest import REPO, write_images
 
 INPUT = (TensorSpec("images", ("batch", 3, 16, 16)),)
@@ -173,7 +173,7 @@ TOKEN_INPUTS = (TensorSpec("input_ids", ("batch", "seq"), "int64"), TensorSpec("
 
 
 def token_reader(tmp_path: Path, text: str, inputs: tuple[TensorSpec, ...] = TOKEN_INPUTS, **fields: object) -> DataReader:
-    from modelc_build.recipe import TokenFields
+    from modelc_build.recipe_types import TokenFields
 
     path = tmp_path / "tokens.txt"
     path.write_text(text)

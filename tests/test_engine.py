@@ -239,7 +239,7 @@ def test_each_step_that_ran_has_its_seconds_and_its_own_peak_memory(tmp_path: Pa
 
 @dataclass(frozen=True)
 class ThreadsStep(FreshStep):
-    """Writes the threads it was given: the step setting, OMP's and torch's."""
+    """Writes the threads it was given: its input, OMP's and torch's."""
 
     def run(self, inputs: StepInputs, out: Path) -> None:
         import json
@@ -247,10 +247,8 @@ class ThreadsStep(FreshStep):
 
         import torch
 
-        from modelc_build.processes import step_threads
-
         super().run(inputs, out)
-        (out / "threads.json").write_text(json.dumps([step_threads(), os.environ.get("OMP_NUM_THREADS"),
+        (out / "threads.json").write_text(json.dumps([inputs.threads, os.environ.get("OMP_NUM_THREADS"),
                                                       torch.get_num_threads()]))
 
 

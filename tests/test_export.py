@@ -13,7 +13,7 @@ import torch
 from modelc_build.backends.onnxruntime import OnnxRuntimeRunner
 from modelc_build.errors import InputError
 from modelc_build.export import check_model_accepts_inputs, export_onnx, simplify_onnx
-from modelc_build.recipe import ExportOptions, TensorSpec
+from modelc_build.recipe_types import ExportOptions, TensorSpec
 from tests.fixtures.tiny_net import build_model, build_two_outputs
 
 INPUTS = (TensorSpec("images", ("batch", 3, 16, 16)),)
@@ -51,7 +51,7 @@ def test_output_count_must_match() -> None:
 SAVE_IN_A_FRESH_PROCESS = """
 import sys
 from modelc_build.backends.torch_convert import export_torchscript
-from modelc_build.recipe import TensorSpec
+from modelc_build.recipe_types import TensorSpec
 from tests.fixtures.tiny_net import build_model
 export_torchscript(build_model().eval(), (TensorSpec("images", ("batch", 3, 16, 16)),), sys.argv[1], __import__("pathlib").Path(sys.argv[2]))
 """

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from modelc_build.feeds import ModelCaller, data_inputs, model_feed, samples_per_call, split
-from modelc_build.recipe import TensorSpec
+from modelc_build.recipe_types import TensorSpec
 
 X = TensorSpec("x", ("batch", 3))
 STATE = TensorSpec("state", (2, "batch", 4), batch_axis=1, state_from="state_out")

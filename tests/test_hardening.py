@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from modelc_build.preprocess import Preprocess
-from modelc_build.recipe import Dataset, Gate, Task, VerifyOptions, load_recipe, recipe_schema
+from modelc_build.recipe import load_recipe, recipe_schema
+from modelc_build.recipe_types import Dataset, Gate, Preprocess, Task, VerifyOptions
 from modelc_build.release import measurement_material
 
 SCHEMA_TO_FIELDS = {"preprocess": {"size": {"width", "height"}}}
@@ -140,7 +140,7 @@ def test_an_object_array_in_an_npz_is_refused_without_unpickling(tmp_path: Path)
 
     from modelc_build.data import DataReader
     from modelc_build.errors import InputError
-    from modelc_build.recipe import TensorSpec
+    from modelc_build.recipe_types import TensorSpec
 
     np.savez(tmp_path / "data.npz", x=np.array([{"a": 1}, None], dtype=object))
     with pytest.raises(InputError, match="array 'x' holds Python objects"):

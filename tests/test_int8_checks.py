@@ -9,7 +9,8 @@ import pytest
 from modelc_build.accuracy import Evaluation, OutputMetrics, TaskMetric, apply_gates, compare
 from modelc_build.backends import Runner
 from modelc_build.data import Batch
-from modelc_build.recipe import DEFAULT_GATES, Task, TensorSpec
+from modelc_build.host import HostFacts
+from modelc_build.recipe_types import DEFAULT_GATES, Task, TensorSpec
 from modelc_build.report import ArtifactReport, Report
 
 INPUTS = (TensorSpec("x", ("batch", 4)),)
@@ -76,7 +77,7 @@ def test_tuning_never_reads_the_evaluation_set(tmp_path: Path, tiny_recipe) -> N
     base["targets"] = [{"backend": "openvino", "precisions": ["int8"]}, {"backend": "onnxruntime", "precisions": ["int8"]}]
     base["gates"] = {"int8": {"max_metric_drop": 5}}  # gates the task metric: accuracy-controlled
     base["quantization"] = {"sensitivity_layers": 2}
-    plan = make_plan(load_recipe(tiny_recipe(base, name="tune.yaml")))
+    plan = make_plan(load_recipe(tiny_recipe(base, name="tune.yaml")), HostFacts("avx512-vnni"))
     readers: dict[str, set[str]] = {}
     for step in plan.steps:
         for value in vars(step).values():
@@ -90,19 +91,17 @@ def test_tuning_never_reads_the_evaluation_set(tmp_path: Path, tiny_recipe) -> N
     assert tuning.every == 4 and "data.calibration" in tuning.note  # no data.validation: a split, said so
 
 
-def plan_ids(recipe, monkeypatch, kernel_class: str, bf16: bool) -> list[str]:
-    """The plan's step ids as a build on a CPU of `kernel_class` (with or without bf16) makes it."""
-    from modelc_build import host
+def plan_ids(recipe, kernel_class: str, bf16: bool) -> list[str]:
+    """The plan's step ids as a build on a CPU of `kernel_class` (with or without bf16) makes it:
+    a plan is a function of the recipe and the host facts it is given."""
     from modelc_build.plan import make_plan
 
-    measured = host.cpu_info()
-    monkeypatch.setattr(host, "cpu_info", lambda: {**measured, "kernel_class": kernel_class, "low_precision_float": bf16})
-    return [s.id for s in make_plan(recipe).steps]
+    return [s.id for s in make_plan(recipe, HostFacts(kernel_class, low_precision_float=bf16, emulator="qemu-x86_64")).steps]
 
 
 @pytest.mark.parametrize("kernel_class", ["avx512-vnni", "amx", "avx512", "avx2"])
 def test_int8_is_checked_on_an_emulated_haswell_unless_the_build_machine_is_that_class(
-        tiny_recipe, monkeypatch, kernel_class: str) -> None:
+        tiny_recipe, kernel_class: str) -> None:
     import yaml
 
     from modelc_build.recipe import load_recipe
@@ -113,7 +112,7 @@ def test_int8_is_checked_on_an_emulated_haswell_unless_the_build_machine_is_that
     base["gates"] = None
     base["verify"] = {"openvino_inference_precision": "f32"}  # verify.cpus left to its default, [Haswell]
     recipe = load_recipe(tiny_recipe(base, name="cpus.yaml"))
-    ids = plan_ids(recipe, monkeypatch, kernel_class, bf16=False)
+    ids = plan_ids(recipe, kernel_class, bf16=False)
     emulated = {i for i in ids if i.endswith("@haswell")}
     if kernel_class == "avx2":  # the build machine is itself the Haswell class: its native run is that check
         assert emulated == set()
@@ -121,16 +120,16 @@ def test_int8_is_checked_on_an_emulated_haswell_unless_the_build_machine_is_that
         assert emulated == {"verify:openvino-int8@haswell", "verify:onnxruntime-int8@haswell"}
     forced = load_recipe(tiny_recipe({**base, "verify": {"emulate_host_class": True, "cpus": ["Haswell", "SandyBridge"]}},
                                      name="forced.yaml"))
-    ids = plan_ids(forced, monkeypatch, kernel_class, bf16=False)
+    ids = plan_ids(forced, kernel_class, bf16=False)
     assert {"verify:openvino-int8@haswell", "verify:openvino-int8@sandybridge"} <= set(ids)
     assert not any(i.startswith("verify:openvino-fp32@") for i in ids)  # float artifacts are not emulated
     nothing = load_recipe(tiny_recipe({**base, "verify": {"cpus": []}}, name="none.yaml"))
-    assert not any("@" in i for i in plan_ids(nothing, monkeypatch, kernel_class, bf16=False))
+    assert not any("@" in i for i in plan_ids(nothing, kernel_class, bf16=False))
 
 
 @pytest.mark.parametrize("precision", ["f32", "default", "bf16"])
 def test_openvino_is_also_measured_under_the_other_precision_where_the_cpu_computes_differently(
-        tiny_recipe, monkeypatch, precision: str) -> None:
+        tiny_recipe, precision: str) -> None:
     import yaml
 
     from modelc_build.plan import deploy_config
@@ -142,7 +141,7 @@ def test_openvino_is_also_measured_under_the_other_precision_where_the_cpu_compu
     target = next(t for t in recipe.targets if t.backend == "openvino")
     assert deploy_config(recipe, target) == (() if precision == "default" else (("INFERENCE_PRECISION_HINT", precision),))
     for bf16 in (False, True):
-        ids = plan_ids(recipe, monkeypatch, "avx512-vnni", bf16)
+        ids = plan_ids(recipe, "avx512-vnni", bf16)
         extra = {i.split("@")[1] for i in ids if i.startswith(f"verify:{target.id}@")}
         if precision == "f32":  # pinned, as deployed: this CPU's own bf16 default is reported beside
             assert extra == ({"runtime-default"} if bf16 else set())
@@ -153,11 +152,9 @@ def test_openvino_is_also_measured_under_the_other_precision_where_the_cpu_compu
 
 
 @pytest.mark.parametrize("vnni", [True, False])
-def test_onnxruntime_int8_gets_a_vnni_layout_only_where_the_build_machine_can_verify_it(tiny_recipe, monkeypatch,
-                                                                                         vnni: bool) -> None:
+def test_onnxruntime_int8_gets_a_vnni_layout_only_where_the_build_machine_can_verify_it(tiny_recipe, vnni: bool) -> None:
     import yaml
 
-    from modelc_build import host
     from modelc_build.plan import make_plan
     from modelc_build.recipe import load_recipe
 
@@ -166,13 +163,12 @@ def test_onnxruntime_int8_gets_a_vnni_layout_only_where_the_build_machine_can_ve
     base["targets"] = [{"backend": "onnxruntime", "precisions": ["int8"]}, {"backend": "openvino", "precisions": ["int8"]}]
     base["gates"] = None
     recipe = load_recipe(tiny_recipe(base, name="variants.yaml"))
-    measured = host.cpu_info()
-    monkeypatch.setattr(host, "cpu_info", lambda: {**measured, "vnni": vnni, "kernel_class": "avx512-vnni" if vnni else "avx2"})
-    steps = {s.id: s for s in make_plan(recipe).steps}
+    facts = HostFacts("avx512-vnni" if vnni else "avx2", vnni=vnni)
+    steps = {s.id: s for s in make_plan(recipe, facts).steps}
     assert steps["compile:onnxruntime-int8"].cpu_variants == (("vnni",) if vnni else ())
     assert steps["compile:openvino-int8"].cpu_variants == ()  # one IR, right on every class (overflow fix)
     off = load_recipe(tiny_recipe({**base, "quantization": {"onnxruntime_vnni": False}}, name="off.yaml"))
-    assert {s.id: s for s in make_plan(off).steps}["compile:onnxruntime-int8"].cpu_variants == ()
+    assert {s.id: s for s in make_plan(off, facts).steps}["compile:onnxruntime-int8"].cpu_variants == ()
 
 
 def test_a_recipe_without_verify_deploys_openvino_pinned_to_f32(tiny_recipe) -> None:

@@ -19,7 +19,8 @@ FORBIDDEN = {
     "modelc_build.engine": {"modelc_build.steps.", "modelc_build.plan", "modelc_build.recipe", "modelc_build.build", "modelc_build.release",
                         "modelc_build.backends", "modelc_build.cli"},
     "modelc_build.steps": {"modelc_build.plan", "modelc_build.build", "modelc_build.release", "modelc_build.cli"},
-    "modelc_build.plan": {"modelc_build.engine", "modelc_build.build", "modelc_build.release", "modelc_build.backends", "modelc_build.cli"},
+    # the plan reads the backends' tables (modelc_build.backends), never a backend's module
+    "modelc_build.plan": {"modelc_build.engine", "modelc_build.build", "modelc_build.release", "modelc_build.backends.", "modelc_build.cli"},
     "modelc_build.release": {"modelc_build.engine", "modelc_build.plan", "modelc_build.build", "modelc_build.backends", "modelc_build.cli"},
     "modelc_build.runtime": {"modelc_build.plan", "modelc_build.engine", "modelc_build.build", "modelc_build.release",
                              "modelc_build.steps", "modelc_build.export", "modelc_build.sources", "modelc_build.cli"},
@@ -34,7 +35,11 @@ FORBIDDEN = {
                              "modelc_build.steps", "modelc_build.backends", "modelc_build.recipe"},
 }
 ENTRY_POINTS = {"modelc_build.cli": ("modelc_build.cli", "modelc_build.__main__"),  # module: who may import it
-                "modelc_build.actions": ("modelc_build.actions",)}
+                "modelc_build.actions": ("modelc_build.actions",),
+                # the recipe's parser: read by the entry points and the build API; every other layer reads the
+                # recipe's types (modelc_build.recipe_types), never the parser
+                "modelc_build.recipe": ("modelc_build.recipe", "modelc_build.cli", "modelc_build.actions", "modelc_build.api")}
+BOTTOM = "modelc_build.recipe_types"  # the recipe's vocabulary: imports nothing of the package
 
 
 def module_name(path: Path) -> str:
@@ -82,3 +87,54 @@ def test_the_checker_sees_imports_inside_functions(tmp_path: Path) -> None:
     source.write_text("def f():\n    from modelc_build.accuracy import task_metric\n")
     assert "modelc_build.accuracy" in imports(source)
     assert violates("modelc_build.steps.compile", "modelc_build.steps.") and not violates("modelc_build.steps", "modelc_build.steps.")
+
+
+def test_the_recipes_types_sit_at_the_bottom() -> None:
+    path = PACKAGE / "recipe_types.py"
+    assert imports(path) == set(), f"{BOTTOM} imports {sorted(imports(path))}: it must import nothing of the package"
+
+
+def component(name: str) -> str:
+    """A module, or the package it belongs to (a package and its own modules are one component: a
+    package may load its plug-ins, and they its base classes)."""
+    parts = name.split(".")
+    return ".".join(parts[:2])
+
+
+def first_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A loop of imports in `graph` (node -> what it imports), as the list of its nodes; None if none."""
+    state: dict[str, str] = {}
+
+    def visit(node: str, trail: list[str]) -> list[str] | None:
+        if state.get(node) == "open":
+            return trail[trail.index(node):] + [node]
+        if state.get(node) == "done":
+            return None
+        state[node] = "open"
+        for imported in sorted(graph.get(node, ())):
+            found = visit(imported, trail + [node])
+            if found:
+                return found
+        state[node] = "done"
+        return None
+
+    return next((found for node in sorted(graph) if (found := visit(node, []))), None)
+
+
+def test_no_import_cycle_between_modules() -> None:
+    """Every import, those inside functions too, between the package's modules and packages: no
+    loop, so the layers can be drawn (each module above everything it imports)."""
+    graph: dict[str, set[str]] = {}
+    for path in MODULES:
+        here = component(module_name(path))
+        graph.setdefault(here, set()).update(component(i) for i in imports(path) if component(i) != here)
+    cycle = first_cycle(graph)
+    assert cycle is None, f"import cycle: {' -> '.join(cycle)}"
+
+
+def test_the_cycle_check_sees_a_cycle_through_an_import_inside_a_function(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.py", tmp_path / "b.py"
+    first.write_text("def f():\n    import modelc_build.recipe\n")
+    second.write_text("from modelc_build.tasks import layout_hint\n")
+    graph = {"modelc_build.tasks": imports(first), "modelc_build.recipe": imports(second), "modelc_build.errors": set()}
+    assert first_cycle(graph) == ["modelc_build.recipe", "modelc_build.tasks", "modelc_build.recipe"]

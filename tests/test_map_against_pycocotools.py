@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from modelc_build.data import GroundTruthBox
-from modelc_build.recipe import Task
+from modelc_build.recipe_types import Task
 from modelc_build.tasks import Detection, DetectionScorer
 
 pycocotools = pytest.importorskip("pycocotools")

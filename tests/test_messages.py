@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 
 from modelc_build.data import DataReader
 from modelc_build.errors import InputError
-from modelc_build.recipe import Dataset, ModelSource, Task, TensorSpec, TokenFields
+from modelc_build.recipe_types import Dataset, ModelSource, Task, TensorSpec, TokenFields
 
 
 def two_inputs(path: Path) -> Path:

@@ -12,7 +12,7 @@ from onnx import numpy_helper
 
 from modelc_build.backends import get_backend
 from modelc_build.errors import BackendUnavailable, InputError
-from modelc_build.recipe import Quantization
+from modelc_build.recipe_types import Quantization
 from tests.fixtures.tiny_net import build_model
 
 pytest.importorskip("modelopt.onnx.quantization", reason="the modelopt extra is not installed")
@@ -98,7 +98,7 @@ def test_missing_modelopt_names_the_extra(tmp_path: Path, onnx_file: Path, monke
 
 def test_sensitivity_scores_each_quantized_layer_alone(onnx_file: Path) -> None:
     from modelc_build.data import Batch
-    from modelc_build.recipe import Task
+    from modelc_build.recipe_types import Task
     from modelc_build.sensitivity import measure_sensitivity
 
     evaluation = [Batch(f, [f"x{i}" for i in range(4)]) for f in feeds(2, seed=11)]
@@ -118,7 +118,7 @@ def test_a_fixed_batch_streaming_model_with_state_and_a_scalar_input(tmp_path: P
     import onnxruntime
 
     from modelc_build.feeds import ModelCaller, with_carried_state
-    from modelc_build.recipe import TensorSpec
+    from modelc_build.recipe_types import TensorSpec
     from models.tiny_stream import ScalarRateStream, make_stream
 
     model = ScalarRateStream()

@@ -94,7 +94,7 @@ def test_torch_source_needs_weights(tmp_path: Path) -> None:
 def test_onnx_source_rejects_torchscript_target(tmp_path: Path) -> None:
     text = with_file_source(GOOD, "onnx", "m.onnx").replace("backend: openvino\n    precisions: [fp32, fp16]", "backend: torchscript\n    precisions: [fp32]")
     found = problems_of(tmp_path, text)
-    assert any("a TorchScript target needs a torch or torchscript source" in p for p in found)
+    assert any("a torchscript target is made from the torch model: it needs a torch or torchscript source" in p for p in found)
 
 
 def test_unsupported_precision_for_backend(tmp_path: Path) -> None:

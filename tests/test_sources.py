@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from modelc_build.errors import InputError
-from modelc_build.recipe import ModelSource, TensorSpec
+from modelc_build.recipe_types import ModelSource, TensorSpec
 from modelc_build.sources import load_torch_model, resolve_factory
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Iterator
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Mapping
 
 from modelc_build.errors import BackendUnavailable, InputError
 from modelc_build.manifest import QUANTIZATION_NOTES
-from modelc_build.recipe import Quantization, Target, Task, TensorSpec
+from modelc_build.recipe_types import Quantization, Target, Task, TensorSpec
+
+if TYPE_CHECKING:  # NumPy loads when an artifact runs: the backend's table is read without it
+    import numpy as np
 
 
 class Runner(ABC):
@@ -54,6 +56,8 @@ class Runner(ABC):
         missing = [name for name in self.outputs if name not in result]
         if missing:
             raise RuntimeError(f"runner {type(self).__name__} returned no output named {missing}")
+        import numpy as np
+
         return {name: np.asarray(result[name]) for name in self.outputs}
 
     @abstractmethod
@@ -121,8 +125,45 @@ def pick(files: list[Path], suffix: str) -> Path:
     return next(f for f in files if f.suffix == suffix)
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, in the one table it owns (its class's `capabilities`): the recipe's
+    checks and schema, the plan, the compile step, the runtime and the emulated checks read it, and
+    keep no list of backends of their own. Reading it imports no runtime (a core install reads it).
+    """
+
+    precisions: frozenset[str]  # what a recipe may ask of it
+    deploy_extra: str  # the pip extra that installs its runtime (`pip install 'modelc-build[EXTRA]'`)
+    runtime_modules: tuple[str, ...]  # what must import to run one of its artifacts (NumPy and the runtime)
+    tools: tuple[str, ...]  # distributions whose versions are part of its compile step's cache key
+    refused: Mapping[str, str] = field(default_factory=dict)  # precision -> why it is not offered and what to ask instead
+    options: tuple[str, ...] = ()  # target keys it takes beyond backend and precisions (the schema lists them)
+    graphs: Mapping[str, str] = field(default_factory=dict)  # precision -> the graph it compiles: onnx (default), qdq, autocast, torch
+    calibration_tools: tuple[str, ...] = ()  # more key tools when it calibrates int8 itself
+    runnable: bool = True  # modelc loads and runs its artifacts (verify, `verify --run`, runtime.load)
+    in_process_float: bool = False  # a float compile is cheap (a copy): it runs in the build's process
+    emulated_int8: bool = False  # its INT8 kernels differ by CPU class: checked on verify.cpus under QEMU
+    cpu_variants: tuple[str, ...] = ()  # int8 layouts it adds for CPU classes the build machine can verify ("vnni")
+    precision_hint: bool = False  # its CPU runtime may compute an FP32 artifact in bf16: the deploy setting pins it
+    accuracy_control: bool = False  # its int8 can be tuned to the task metric on validation data
+    gpu: bool = False  # engines per GPU generation (target.gpus), run only where that GPU is
+    gpu_precisions: Mapping[str, Mapping[str, frozenset[str]]] = field(default_factory=dict)  # flavour -> generation -> precisions
+    preload: tuple[str, ...] = ()  # modules a build's fork server imports once for its steps
+    check_cost: float = 0.7  # a check of one of its artifacts, relative to others (the engine's order)
+
+    def graph(self, precision: str) -> str:
+        return self.graphs.get(precision, self.graphs.get("*", "onnx"))
+
+    def refusal(self, precision: str) -> str | None:
+        """Why a recipe may not ask this backend for `precision` (None: it may)."""
+        if precision in self.precisions:
+            return None
+        return self.refused.get(precision) or f"supports {', '.join(sorted(self.precisions))}"
+
+
 class Backend(ABC):
     name: str = ""
+    capabilities: ClassVar[Capabilities]
 
     @abstractmethod
     def compile(self, request: CompileRequest) -> list[Path]:
@@ -130,34 +171,64 @@ class Backend(ABC):
 
     @abstractmethod
     def runner(self, files: list[Path], inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...],
-               config: dict[str, str] | None = None) -> Runner:
+               config: dict[str, str] | None = None, threads: int | None = None) -> Runner:
         """`config`: runtime settings as a deploy stage would pass them (OpenVINO compile_model
-        properties); None or {} is the runtime's own defaults."""
+        properties); None or {} is the runtime's own defaults. `threads`: how many threads it may
+        use beside other work (a build's share of the cores; None: the runtime's default)."""
 
     def versions(self) -> dict[str, str]:
         """Versions of the libraries this backend used, for the manifest."""
         return {}
 
+    def float_runner(self, model: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...]) -> Runner:
+        """A plain FP32 ONNX model in this runtime, on its float kernels (the emulation's canary)."""
+        raise BackendUnavailable(f"{self.name} runs no ONNX canary: it is not checked under emulation")
 
+    def warm_up(self) -> None:
+        """Import the runtime and load its CPU kernels once (a warm emulated service does this
+        before its first request)."""
+
+
+# One line per backend: name -> the module and class that implement it and own its table.
+# Backends installed as plug-ins register the same way under the `modelc_build.backends` entry-point group.
 _REGISTRY: dict[str, str] = {
     "onnxruntime": "modelc_build.backends.onnxruntime:OnnxRuntimeBackend",
     "openvino": "modelc_build.backends.openvino:OpenVinoBackend",
     "torchscript": "modelc_build.backends.torchscript:TorchScriptBackend",
     "tensorrt": "modelc_build.backends.tensorrt:TensorRtBackend",
 }
+ENTRY_POINT_GROUP = "modelc_build.backends"
+
+
+@lru_cache(maxsize=1)
+def _registry() -> dict[str, str]:
+    """The built-in backends and the installed plug-ins (a plug-in cannot replace a built-in)."""
+    from importlib.metadata import entry_points
+
+    found = {point.name: point.value for point in entry_points(group=ENTRY_POINT_GROUP)}
+    return {**found, **_REGISTRY}
 
 
 def backend_names() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(_registry())
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The class of backend `name` (imports its module, which loads no runtime)."""
+    registry = _registry()
+    if name not in registry:
+        raise BackendUnavailable(f"no backend named '{name}'; known backends: {', '.join(backend_names())}")
+    module_name, _, class_name = registry[name].partition(":")
+    found: type[Backend] = getattr(importlib.import_module(module_name), class_name)
+    return found
+
+
+def capabilities(name: str) -> Capabilities:
+    return backend_class(name).capabilities
 
 
 def get_backend(name: str) -> Backend:
-    if name not in _REGISTRY:
-        raise BackendUnavailable(f"no backend named '{name}'; known backends: {', '.join(backend_names())}")
-    module_name, _, class_name = _REGISTRY[name].partition(":")
-    module = importlib.import_module(module_name)
-    backend: Backend = getattr(module, class_name)()
-    return backend
+    return backend_class(name)()
 
 
 def require(module: str, backend: str, extra: str) -> Any:

@@ -18,17 +18,18 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from modelc_build.backends import Backend, CompileRequest, Runner, require, write_quantization_notes
+from modelc_build.backends import Backend, Capabilities, CompileRequest, Runner, require, write_quantization_notes
 from modelc_build.errors import CompileError, ModelcError, first_line
-from modelc_build.recipe import Quantization, TensorSpec
+from modelc_build.recipe_types import Quantization, TensorSpec
+
+if TYPE_CHECKING:  # NumPy loads when an artifact runs: the backend's table is read without it
+    import numpy as np
 
 
 class OnnxRuntimeRunner(Runner):
-    def __init__(self, model: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...], threads: int = 0,
+    def __init__(self, model: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...], threads: int | None = None,
                  variant: str | None = None) -> None:
         super().__init__(inputs, outputs)
         self.model = model
@@ -41,11 +42,8 @@ class OnnxRuntimeRunner(Runner):
         ort = require("onnxruntime", "onnxruntime", "onnxruntime")
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        from modelc_build.processes import step_threads
-
-        threads = self.threads or step_threads()  # a step beside others: its share of the cores
-        if threads:
-            options.intra_op_num_threads = threads
+        if self.threads:  # a step beside others: its share of the cores
+            options.intra_op_num_threads = self.threads
         if self.record_kernels:
             self._profile_folder = tempfile.mkdtemp(prefix="modelc-ort-profile-")
             options.enable_profiling = True
@@ -83,6 +81,10 @@ class OnnxRuntimeRunner(Runner):
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    capabilities = Capabilities(
+        precisions=frozenset({"fp32", "int8"}), deploy_extra="onnxruntime", runtime_modules=("numpy", "onnxruntime"),
+        tools=("onnxruntime",), in_process_float=True, emulated_int8=True, cpu_variants=("vnni",),
+        preload=("onnxruntime",))
 
     def compile(self, request: CompileRequest) -> list[Path]:
         require("onnxruntime", self.name, "onnxruntime")
@@ -102,12 +104,18 @@ class OnnxRuntimeBackend(Backend):
         return [destination]
 
     def runner(self, files: list[Path], inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...],
-               config: dict[str, str] | None = None) -> Runner:
+               config: dict[str, str] | None = None, threads: int | None = None) -> Runner:
         path, variant = variant_file(files, config)
-        return OnnxRuntimeRunner(path, inputs, outputs, variant=variant)
+        return OnnxRuntimeRunner(path, inputs, outputs, threads, variant=variant)
 
     def versions(self) -> dict[str, str]:
         return {"onnxruntime": require("onnxruntime", self.name, "onnxruntime").__version__}
+
+    def float_runner(self, model: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...]) -> Runner:
+        return OnnxRuntimeRunner(model, inputs, outputs)
+
+    def warm_up(self) -> None:
+        require("onnxruntime", self.name, "onnxruntime")
 
 
 MOVING_AVERAGE_MIN_SAMPLES = 8
@@ -248,6 +256,8 @@ def _calibrate(model: Path, reader: Any, op_types: list[str] | None, moving_aver
 def _pieces(feed: dict[str, Any], size: int) -> list[dict[str, Any]]:
     """A feed cut along axis 0 into pieces of `size` samples; a feed whose inputs disagree on
     their first axis is run whole."""
+    import numpy as np
+
     counts = {np.shape(value)[0] if np.ndim(value) else None for value in feed.values()}
     if len(counts) != 1 or None in counts:
         return [feed]
@@ -258,6 +268,8 @@ def _pieces(feed: dict[str, Any], size: int) -> list[dict[str, Any]]:
 
 def _extreme(name: str, values: list[np.ndarray]) -> np.ndarray:
     """The ReduceMin/ReduceMax outputs of the pieces of one feed, combined into the feed's."""
+    import numpy as np
+
     if name.endswith("_ReduceMin"):
         return np.minimum.reduce(values)
     if name.endswith("_ReduceMax"):

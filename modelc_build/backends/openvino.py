@@ -10,22 +10,24 @@ import contextlib
 import io
 import logging
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-import numpy as np
-
-from modelc_build.backends import Backend, CompileRequest, Runner, pick, require, write_quantization_notes
+from modelc_build.backends import Backend, Capabilities, CompileRequest, Runner, pick, require, write_quantization_notes
 from modelc_build.errors import CompileError, ModelcError, first_line
-from modelc_build.recipe import TensorSpec
+from modelc_build.recipe_types import TensorSpec
+
+if TYPE_CHECKING:  # NumPy loads when an artifact runs: the backend's table is read without it
+    import numpy as np
 
 KERNELS_KEPT = 5
 
 
 class OpenVinoRunner(Runner):
     def __init__(self, xml: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...],
-                 config: dict[str, str] | None = None) -> None:
+                 config: dict[str, str] | None = None, threads: int | None = None) -> None:
         super().__init__(inputs, outputs)
         self.xml = xml
+        self.threads = threads  # a step beside others: its share of the cores (not a deploy setting)
         self.config = dict(config or {})  # {}: the CPU plugin's defaults (bf16 on CPUs that have it)
         self._compiled: Any = None
         self._request: Any = None
@@ -33,12 +35,9 @@ class OpenVinoRunner(Runner):
     def activate(self) -> None:
         ov = require("openvino", "openvino", "openvino")
         core = ov.Core()
-        from modelc_build.processes import step_threads
-
         config: dict[str, Any] = {**self.config, **({"PERF_COUNT": True} if self.record_kernels else {})}
-        threads = step_threads()  # a step beside others: its share of the cores (not a deploy setting)
-        if threads and "INFERENCE_NUM_THREADS" not in config:
-            config["INFERENCE_NUM_THREADS"] = threads
+        if self.threads and "INFERENCE_NUM_THREADS" not in config:
+            config["INFERENCE_NUM_THREADS"] = self.threads
         self._compiled = core.compile_model(str(self.xml), "CPU", config)
         self._request = self._compiled.create_infer_request()
 
@@ -66,6 +65,8 @@ class OpenVinoRunner(Runner):
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self._request is not None
         self._request.infer(feed)
+        import numpy as np
+
         return {name: np.array(self._request.get_tensor(name).data) for name in self.outputs}
 
     def kernel_profile(self, feed: dict[str, np.ndarray], runs: int = 10) -> list[dict[str, Any]] | None:
@@ -87,6 +88,10 @@ class OpenVinoRunner(Runner):
 
 class OpenVinoBackend(Backend):
     name = "openvino"
+    capabilities = Capabilities(
+        precisions=frozenset({"fp32", "fp16", "int8"}), deploy_extra="openvino-runtime", runtime_modules=("numpy", "openvino"),
+        tools=("openvino",), calibration_tools=("nncf",), emulated_int8=True, precision_hint=True, accuracy_control=True,
+        preload=("openvino",))
 
     def compile(self, request: CompileRequest) -> list[Path]:
         ov = require("openvino", self.name, "openvino")
@@ -144,11 +149,24 @@ class OpenVinoBackend(Backend):
         return quantized, notes
 
     def runner(self, files: list[Path], inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...],
-               config: dict[str, str] | None = None) -> Runner:
-        return OpenVinoRunner(pick(files, ".xml"), inputs, outputs, config)
+               config: dict[str, str] | None = None, threads: int | None = None) -> Runner:
+        return OpenVinoRunner(pick(files, ".xml"), inputs, outputs, config, threads)
 
     def versions(self) -> dict[str, str]:
         return {"openvino": require("openvino", self.name, "openvino").__version__}
+
+    def float_runner(self, model: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...]) -> Runner:
+        return OpenVinoRunner(model, inputs, outputs, {"INFERENCE_PRECISION_HINT": "f32"})
+
+    def warm_up(self) -> None:
+        """Load the CPU plugin (a first compile costs ~1 s under emulation)."""
+        import numpy as np
+
+        ov = require("openvino", self.name, "openvino-runtime")
+        import openvino.opset13 as ops
+
+        parameter = ops.parameter([1, 4], np.float32)
+        ov.Core().compile_model(ov.Model([ops.relu(parameter)], [parameter]), "CPU")
 
 
 def _advanced(overflow_fix: str) -> Any:
@@ -200,6 +218,8 @@ def _quantize_with_accuracy_control(nncf: Any, model: Any, calibration: Any, req
     def validate(compiled: Any, batches: Any) -> float:
         def infer(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             result = compiled(feed)
+            import numpy as np
+
             return {port.get_any_name(): np.asarray(result[port]) for port in compiled.outputs}
 
         return control.metric(infer, batches) / 100.0

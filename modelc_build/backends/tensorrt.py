@@ -20,20 +20,26 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from modelc_build.backends import Backend, CompileRequest, Runner, pick, require
+from modelc_build.backends import Backend, Capabilities, CompileRequest, Runner, pick, require
 from modelc_build.backends.onnxruntime import OnnxRuntimeRunner
 from modelc_build.errors import BackendUnavailable, CompileError
 from modelc_build.manifest import package_version, sha256_file
-from modelc_build.recipe import TensorSpec
+from modelc_build.recipe_types import TensorSpec
+
+if TYPE_CHECKING:  # NumPy loads when an artifact runs: the backend's table is read without it
+    import numpy as np
 
 ENGINES_FILE = "engines.json"
 FORMAT_VERSION = 1
 RTX_PACKAGES = ("tensorrt-rtx-cu13-libs", "tensorrt-rtx-cu12-libs", "tensorrt-rtx-cu13", "tensorrt-rtx-cu12")
 FULL_PACKAGES = ("tensorrt-cu13-libs", "tensorrt-cu12-libs", "tensorrt-cu13", "tensorrt-cu12", "tensorrt")
+# flavour -> GPU generation -> the precisions an engine may be asked for there
+PRECISIONS_BY_GENERATION = {
+    flavour: {gpu: frozenset({"fp32", "fp16", "int8"}) for gpu in generations}
+    for flavour, generations in (("tensorrt-rtx", ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121")),
+                                 ("tensorrt", ("sm75", "sm80", "sm86", "sm89", "sm90", "sm100", "sm120", "sm121")))}
 
 
 def _module(flavour: str) -> Any:
@@ -115,8 +121,9 @@ class GraphOnCpuRunner(OnnxRuntimeRunner):
     """The engines' source graph on onnxruntime's CPU provider: what a machine without their GPU
     can measure. It says so, so that nobody mistakes it for the engines."""
 
-    def __init__(self, graph: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...], why: str) -> None:
-        super().__init__(graph, inputs, outputs)
+    def __init__(self, graph: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...], why: str,
+                 threads: int | None = None) -> None:
+        super().__init__(graph, inputs, outputs, threads)
         self.why = why
 
     def effective_settings(self) -> dict[str, str]:
@@ -154,6 +161,8 @@ class TensorRtRunner(Runner):
 
     def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         assert self._runner is not None
+        import numpy as np
+
         return {name: np.asarray(value) for name, value in self._runner.infer(feed).items()}
 
     def effective_settings(self) -> dict[str, str]:
@@ -170,6 +179,11 @@ def read_engines(files: list[Path]) -> dict[str, Any]:
 
 class TensorRtBackend(Backend):
     name = "tensorrt"
+    capabilities = Capabilities(
+        precisions=frozenset({"fp32", "fp16", "int8"}), deploy_extra="tensorrt-rtx", runtime_modules=("numpy", "polygraphy"),
+        tools=("tensorrt", "tensorrt-rtx-cu13", "tensorrt-rtx-cu12", "polygraphy"),
+        options=("gpus", "max_batch", "opt_batch", "verify_on_gpu"), graphs={"int8": "qdq", "fp16": "autocast"}, gpu=True,
+        gpu_precisions=PRECISIONS_BY_GENERATION)
 
     def compile(self, request: CompileRequest) -> list[Path]:
         from modelc_build.gpus import engine_builder, words
@@ -199,7 +213,7 @@ class TensorRtBackend(Backend):
         return files + [request.out_dir / ENGINES_FILE]
 
     def runner(self, files: list[Path], inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...],
-               config: dict[str, str] | None = None) -> Runner:
+               config: dict[str, str] | None = None, threads: int | None = None) -> Runner:
         from modelc_build.gpus import not_run_reason, runnable_here
 
         stamps = read_engines(files)
@@ -208,7 +222,7 @@ class TensorRtBackend(Backend):
         if here is not None:
             engine = built[here]
             return TensorRtRunner(next(f for f in files if f.name == engine["file"]), engine["flavour"], here, inputs, outputs)
-        return GraphOnCpuRunner(pick(files, ".onnx"), inputs, outputs, not_run_reason(tuple(built)))
+        return GraphOnCpuRunner(pick(files, ".onnx"), inputs, outputs, not_run_reason(tuple(built)), threads)
 
     def versions(self) -> dict[str, str]:
         from modelc_build.gpus import FULL, RTX, installed

@@ -8,7 +8,7 @@ from typing import Any
 
 from modelc_build.errors import CompileError, first_line
 from modelc_build.feeds import example_inputs
-from modelc_build.recipe import TensorSpec
+from modelc_build.recipe_types import TensorSpec
 
 
 def export_torchscript(model: Any, inputs: tuple[TensorSpec, ...], mode: str, destination: Path) -> None:

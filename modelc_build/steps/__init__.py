@@ -33,8 +33,9 @@ class StepInputs:
     """What a step may read: the outputs of the steps it needs, and the build's input digests."""
 
     entries: Mapping[str, CacheEntry]
-    facts: Fingerprints | None = None
+    known: Fingerprints | None = None  # the build's input digests (None: a step that needs none, in a test)
     services: Mapping[str, str] = field(default_factory=dict)  # warm helpers by name (emulation), never key material
+    threads: int | None = None  # threads its runtimes may use beside other steps (None: their defaults); never key material
 
     def entry(self, step_id: str) -> CacheEntry:
         return self.entries[step_id]
@@ -47,8 +48,8 @@ class StepInputs:
 
     @property
     def fingerprints(self) -> Fingerprints:
-        assert self.facts is not None, "this step needs the build's fingerprints"
-        return self.facts
+        assert self.known is not None, "this step needs the build's fingerprints"
+        return self.known
 
     def batches(self, source: DataSource) -> Iterator[Batch]:
         """A data set's batches: decoded once by its decode step where this step needs it

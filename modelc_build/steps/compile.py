@@ -6,20 +6,32 @@ import json
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from modelc_build.fingerprint import DataSource
-from modelc_build.recipe import ModelSource, Quantization, Target, Task
+from modelc_build.recipe_types import ModelSource, Quantization, Target, Task
 from modelc_build.steps import Step, StepInputs, tool_versions
 from modelc_build.steps.qdq import warn_shortfall
 
-BACKEND_TOOLS = {"onnxruntime": ("onnxruntime",), "openvino": ("openvino",), "torchscript": ("torch",),
-                 "tensorrt": ("tensorrt", "tensorrt-rtx-cu13", "tensorrt-rtx-cu12", "polygraphy")}
-IN_PROCESS_BACKENDS = {"onnxruntime"}  # fp32 compile = copy a file; the others run in a fresh process
+if TYPE_CHECKING:
+    from modelc_build.backends import Capabilities
+
 
 
 def compile_step_id(target: Target) -> str:
     return f"compile:{target.id}"
+
+
+def table(target: Target) -> Capabilities:
+    from modelc_build.backends import capabilities
+
+    return capabilities(target.backend)
+
+
+def backend_tools(target: Target, calibrating: bool = False) -> tuple[str, ...]:
+    """The distributions whose versions key the target's artifact (its backend's table)."""
+    found = table(target)
+    return found.tools + (found.calibration_tools if calibrating else ())
 
 
 @dataclass(frozen=True)
@@ -49,16 +61,16 @@ class CompileStep(Step):
         calibration session, one quantizer per layout); a float compile about twice."""
         if self.calibration is None:
             return 2.0
-        return 4.5 if self.target.backend == "onnxruntime" else 4.0
+        return 4.5 if table(self.target).cpu_variants else 4.0
 
     @property
     def cost_hint(self) -> float:
         """Calibrating is the slow part; OpenVINO's NNCF more so, with accuracy control most."""
         if self.calibration is None:
             return 0.7
-        if self.target.backend == "openvino":
-            return 5.0 if self.accuracy_control is not None else 3.5
-        return 2.0
+        if self.accuracy_control is not None:
+            return 5.0
+        return 3.5 if table(self.target).calibration_tools else 2.0
 
     @property
     def id(self) -> str:  # type: ignore[override]
@@ -70,11 +82,11 @@ class CompileStep(Step):
 
     @property
     def fresh_process(self) -> bool:  # type: ignore[override]
-        return self.target.backend not in IN_PROCESS_BACKENDS or self.calibration is not None
+        return not table(self.target).in_process_float or self.calibration is not None
 
     @property
     def description(self) -> str:  # type: ignore[override]
-        if self.target.backend == "torchscript":
+        if table(self.target).graph(self.target.precision) == "torch":
             source = f"the torch model ({self.target.mode or 'trace'})"
         elif self.graph.startswith("quantize"):
             source = "the Q/DQ ONNX graph"
@@ -82,27 +94,26 @@ class CompileStep(Step):
             source = "the AutoCast FP16 ONNX graph"
         else:
             source = "the ONNX graph"
-        what = f"engines for {', '.join(self.target.gpus)}" if self.target.backend == "tensorrt" else ""
+        what = f"engines for {', '.join(self.target.gpus)}" if self.target.gpus else ""
         return f"build {self.target.backend} {self.target.precision} {what + ' ' if what else ''}from {source}"
 
     def material(self, inputs: StepInputs) -> dict[str, Any]:
         """TorchScript is made from the torch model, so its input is the source, not the graph; an
         int8 build that calibrates itself also depends on the data and how it is read."""
         facts = inputs.fingerprints
-        graph: Any = facts.source(self.model) if self.target.backend == "torchscript" else inputs.digest(self.graph, "model.onnx")
-        tools: tuple[str, ...] = BACKEND_TOOLS[self.target.backend]
+        from_torch = table(self.target).graph(self.target.precision) == "torch"
+        graph: Any = facts.source(self.model) if from_torch else inputs.digest(self.graph, "model.onnx")
         material: dict[str, Any] = {"target": self.target.material(), "graph": graph}
         if self.calibration is not None:
             material["calibration"] = facts.data(self.calibration)
             material["quantization"] = asdict(self.quantization)
-            tools = tools + (("nncf",) if self.target.backend == "openvino" else ())
         if self.cpu_variants:
             material["cpu_variants"] = list(self.cpu_variants)
         if self.accuracy_control is not None:
             control = self.accuracy_control
             material["accuracy_control"] = {"max_drop": control.max_drop, "task": facts.task(control.task),
                                             "output": control.output, "data": facts.data(control.data)}
-        material["tools"] = tool_versions(tools)
+        material["tools"] = tool_versions(backend_tools(self.target, calibrating=self.calibration is not None))
         return material
 
     def run(self, inputs: StepInputs, out: Path) -> None:
@@ -128,7 +139,7 @@ class CompileStep(Step):
             _note_samples_available(out, len(reader))
         if self.target.precision == "int8":
             _check_coverage(self.target, files, out, self.quantization)
-        _check_it_runs(self.target, backend, files, self.model.inputs, self.model.outputs)
+        _check_it_runs(self.target, backend, files, self.model.inputs, self.model.outputs, inputs.threads)
 
     def _accuracy_control(self, inputs: StepInputs) -> Any:
         if self.accuracy_control is None:
@@ -191,7 +202,8 @@ def _check_coverage(target: Target, files: list[Path], out: Path, quantization: 
                            "or set quantization.allow_unquantized: true to ship it as it is")
 
 
-def _check_it_runs(target: Target, backend: Any, files: list[Path], inputs: Any, outputs: tuple[str, ...]) -> None:
+def _check_it_runs(target: Target, backend: Any, files: list[Path], inputs: Any, outputs: tuple[str, ...],
+                   threads: int | None) -> None:
     """Every artifact is loaded in the runtime that will run it and run once on an example, where
     it is made: a file the runtime refuses fails here, naming this step, not later in verify."""
     from modelc_build.errors import CompileError, ModelcError, first_line
@@ -202,7 +214,7 @@ def _check_it_runs(target: Target, backend: Any, files: list[Path], inputs: Any,
         configs = [{"variant": "portable"}, {"variant": "vnni"}]
     for config in configs:
         try:
-            with backend.runner(files, inputs, outputs, config) as runner:
+            with backend.runner(files, inputs, outputs, config, threads) as runner:
                 ModelCaller(inputs, runner.infer)(random_samples(inputs, 1, seed=5))
         except ModelcError:
             raise

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from modelc_build.errors import InputError, first_line
-from modelc_build.recipe import ExportOptions, ModelSource
+from modelc_build.recipe_types import ExportOptions, ModelSource
 from modelc_build.steps import Step, StepInputs, tool_versions
 
 EXPORT_STEP = "export"

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from modelc_build.fingerprint import DataSource
-from modelc_build.recipe import Latency, ModelSource, Target
+from modelc_build.recipe_types import Latency, ModelSource, Target
 from modelc_build.steps import Step, StepInputs, tool_versions
-from modelc_build.steps.compile import BACKEND_TOOLS, compile_step_id
+from modelc_build.steps.compile import backend_tools, compile_step_id
 from modelc_build.steps.decode import decoded_needs
 from modelc_build.steps.verify import MEASURE_TOOLS, reference_runner
 
@@ -66,7 +66,7 @@ class LatencyStep(Step):
         else:
             what = {"artifact": inputs.entry(compile_step_id(self.target)).files, "target": self.target.material(),
                     "config": list(self.config)}
-            tools = BACKEND_TOOLS[self.target.backend]
+            tools = backend_tools(self.target)
         return {**what, "data": facts.data(self.data), "settings": asdict(self.settings), "machine": machine(),
                 "tools": tool_versions(tools)}
 

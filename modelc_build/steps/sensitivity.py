@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from modelc_build.fingerprint import DataSource
-from modelc_build.recipe import Quantization, Task
+from modelc_build.recipe_types import Quantization, Task
 from modelc_build.steps import Step, StepInputs, tool_versions
 
 SENSITIVITY_STEP = "sensitivity"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from modelc_build.recipe import TensorSpec
+from modelc_build.recipe_types import TensorSpec
 from modelc_build.steps import Step, StepInputs, tool_versions
 from modelc_build.steps.export import EXPORT_STEP
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 from modelc_build.fingerprint import DataSource
-from modelc_build.recipe import ModelSource, Target, Task
+from modelc_build.recipe_types import ModelSource, Target, Task
 from modelc_build.steps import Step, StepInputs, tool_versions
 from modelc_build.steps.compile import compile_step_id
 from modelc_build.steps.decode import decoded_needs
@@ -37,13 +37,13 @@ def verify_step_id(target: Target) -> str:
     return f"verify:{target.id}"
 
 
-def reference_runner(model: ModelSource) -> tuple[Runner, str]:
+def reference_runner(model: ModelSource, threads: int | None = None) -> tuple[Runner, str]:
     """The model every artifact is measured against, and how the report names it."""
     if model.kind == "onnx":
         from modelc_build.backends.onnxruntime import OnnxRuntimeRunner
 
         assert model.path is not None
-        return OnnxRuntimeRunner(model.path, model.inputs, model.outputs), f"onnxruntime FP32 on {model.path.name}"
+        return OnnxRuntimeRunner(model.path, model.inputs, model.outputs, threads), f"onnxruntime FP32 on {model.path.name}"
     from modelc_build.backends.torchscript import TorchModuleRunner
     from modelc_build.sources import load_torch_model
 
@@ -82,7 +82,7 @@ class ReferenceStep(Step):
 
         from modelc_build.feeds import ModelCaller
 
-        runner, label = reference_runner(self.model)
+        runner, label = reference_runner(self.model, inputs.threads)
         samples = 0
         shapes: dict[str, list[int]] = {}
         with runner:
@@ -164,7 +164,9 @@ class VerifyStep(Step):
         OpenVINO FP32), so it starts before them rather than alone at the end."""
         if self.setting.emulate:
             return 7.0
-        return 1.5 if self.target.backend == "torchscript" else 0.7
+        from modelc_build.backends import capabilities
+
+        return capabilities(self.target.backend).check_cost
 
     @property
     def id(self) -> str:  # type: ignore[override]
@@ -200,7 +202,8 @@ class VerifyStep(Step):
 
         artifact = inputs.entry(compile_step_id(self.target))
         files = [artifact.file(name) for name in artifact.files]
-        return get_backend(self.target.backend).runner(files, self.evaluation.inputs, self.outputs, dict(self.setting.config))
+        return get_backend(self.target.backend).runner(files, self.evaluation.inputs, self.outputs, dict(self.setting.config),
+                                                       inputs.threads)
 
     def measure(self, inputs: StepInputs) -> dict[str, Any]:
         from modelc_build.accuracy import compare, evaluation_to_dict
@@ -242,7 +245,8 @@ class VerifyStep(Step):
             run = run_emulated(self.setting.emulator, cpu, self.target.backend, [artifact.file(name) for name in artifact.files],
                                dict(self.setting.config), self.evaluation.inputs, self.outputs,
                                [batch.inputs for batch, _ in pairs], self.setting.budget_s, Path(scratch),
-                               inputs.services.get(service_name(self.setting.emulator, cpu, self.target.backend)))
+                               inputs.services.get(service_name(self.setting.emulator, cpu, self.target.backend)),
+                               inputs.threads)
         emulation = {"cpu": cpu, "features": run.features, "class": run.seen_class, "kernels": run.kernels[:8],
                      "samples": len(run.outputs), "samples_asked": self.setting.samples, "budget_s": self.setting.budget_s,
                      "startup_s": round(run.startup_s, 2), "inference_s": round(run.inference_s, 2),

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from modelc_build.cache import Cache
-from modelc_build.errors import StoreError, VerificationError
+from modelc_build.errors import StoreError, VerificationError, VersionTaken
 from modelc_build.manifest import SIGNATURE_FILE, read_manifest
 from modelc_build.stores import PushResult, Store, check_release_id, version_order
 
@@ -74,7 +74,7 @@ class LocalStore(Store):
     def _same_or_refuse(final: Path, name: str, version: str, existing: str, wanted: str) -> PushResult:
         if existing == wanted:
             return PushResult(str(final), created=False)
-        raise StoreError(f"{name} {version} is already stored at {final} with different content "
+        raise VersionTaken(f"{name} {version} is already stored at {final} with different content "
                          f"(content digest {existing[:12]} there, {wanted[:12]} now); a version is immutable: "
                          "bump `version` in the recipe")
 

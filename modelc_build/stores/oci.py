@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import urljoin, urlparse
 
-from modelc_build.errors import NetworkError, StoreError, VerificationError
+from modelc_build.errors import NetworkError, StoreError, VerificationError, VersionTaken
 from modelc_build.manifest import SIGNATURE_FILE, safe_relative_path
 from modelc_build.stores import PushResult, Store, check_release_id, version_order
 
@@ -508,7 +508,7 @@ class OciStore(Store):
             theirs = (existing[0].get("annotations") or {}).get(CONTENT_DIGEST)
             if theirs == content_digest:
                 return PushResult(location, created=False)
-            raise StoreError(f"{name} {version} is already in {self.url} with different content (content digest "
+            raise VersionTaken(f"{name} {version} is already in {self.url} with different content (content digest "
                              f"{str(theirs)[:12]} there, {content_digest[:12]} now); a version is immutable: bump "
                              "`version` in the recipe")
         release_manifest = json.loads((staged / RELEASE_MANIFEST).read_text())

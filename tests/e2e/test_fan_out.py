@@ -25,7 +25,7 @@ def test_matrix_lists_recipe_by_target_jobs(run_cli) -> None:
 def test_matrix_sends_to_gpu_runners_only_the_tensorrt_jobs_that_need_one(tiny_recipe, run_cli) -> None:
     """TensorRT for RTX builds sm86/sm89 engines on a CPU runner; sm90 needs full TensorRT on its GPU."""
     from modelc_build.plan import needs_gpu_runner
-    from modelc_build.recipe import Target
+    from modelc_build.recipe_types import Target
 
     recipe = tiny_recipe({"targets": [{"backend": "tensorrt", "precisions": ["fp16"], "gpus": ["ada"]},
                                       {"backend": "tensorrt", "precisions": ["fp32"], "gpus": ["ada", "hopper"]},
