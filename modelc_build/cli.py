@@ -177,7 +177,7 @@ def _trust(public_key: Path | None, certificate_chain: tuple[Path, ...], certifi
     given = sum(bool(x) for x in (public_key, certificate_chain, sigstore_identity))
     if given != 1:
         raise click.UsageError("give exactly one of --public-key, --certificate-chain (with --certificate-identity) "
-                               "or --sigstore-identity")
+                               "or --sigstore-identity (or --unsigned, for a release built without a key)")
     return Trust(public_key, tuple(certificate_chain), certificate_identity, sigstore_identity, sigstore_issuer)
 
 
@@ -247,20 +247,31 @@ def pull(reference: str, store_url: str, timeout: float | None, target: str | No
               "installed. Without: every artifact whose runtime is installed.")
 @click.option("--expect", "expected", metavar="NAME:VERSION", help="The release the folder must hold: the signed "
               "manifest's name and version are compared with it (exit 8 when they differ).")
+@click.option("--unsigned", is_flag=True, help="A release built without a signing key (your own local build): check "
+              "every file against the sha256 its manifest lists, and nothing extra, without a signature. It proves the "
+              "folder is what its manifest says, not who built it; never use it for a release you pulled.")
 @global_options
 def verify(release: Path, public_key: Path | None, certificate_chain: tuple[Path, ...], certificate_identity: str | None,
            sigstore_identity: str | None, sigstore_issuer: str, run_golden: bool, targets: tuple[str, ...],
-           expected: str | None, as_json: bool, debug: bool) -> None:
+           expected: str | None, unsigned: bool, as_json: bool, debug: bool) -> None:
     """Check a release folder on disk against its signature: every file, nothing extra, the signer;
     with --run, prove its artifacts on this machine."""
-    from modelc_build.deploy import parse_reference, verify_folder
+    from modelc_build.deploy import parse_reference, verify_folder, verify_unsigned
 
-    trust = _trust(public_key, certificate_chain, certificate_identity, sigstore_identity, sigstore_issuer)
     identity = _guarded(debug, lambda: parse_reference(expected)) if expected else None
-    _guarded(debug, lambda: verify_folder(release, trust, identity=identity))
-    document: dict[str, Any] = {"release": str(release), "verified": True, "verified_with": trust.describe()}
+    if unsigned:
+        if public_key or certificate_chain or sigstore_identity:
+            raise click.UsageError("--unsigned checks a release without a signature: leave out --public-key, "
+                                   "--certificate-chain and --sigstore-identity")
+        _guarded(debug, lambda: verify_unsigned(release, identity))
+        how = "unsigned: the manifest's sha256 list, no signature"
+    else:
+        trust = _trust(public_key, certificate_chain, certificate_identity, sigstore_identity, sigstore_issuer)
+        _guarded(debug, lambda: verify_folder(release, trust, identity=identity))
+        how = trust.describe()
+    document: dict[str, Any] = {"release": str(release), "verified": True, "verified_with": how}
     if not as_json:
-        click.echo(f"{release}: every file matches the signature ({trust.describe()})")
+        click.echo(f"{release}: every file matches {'its manifest' if unsigned else 'the signature'} ({how})")
     failure = None
     if run_golden:
         document["checks"], failure = _golden_checks(release, list(targets) or None, as_json, debug)
@@ -346,6 +357,31 @@ def validate(recipes: tuple[Path, ...], as_json: bool, debug: bool) -> None:
         _fail(RecipeError(problems), debug)
     for path in recipes:
         click.echo(f"{path}: ok")
+
+
+@main.command()
+@click.argument("recipes", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--write", "-w", is_flag=True, help="Rewrite each recipe in place (comments kept) instead of printing it.")
+@global_options
+def migrate(recipes: tuple[Path, ...], write: bool, as_json: bool, debug: bool) -> None:
+    """Rewrite keys older modelc versions took into what replaced them (e.g. verify.second_isa ->
+    verify.cpus). Without --write, prints the migrated recipe; each change is listed on stderr."""
+    from modelc_build.migrate import migrate_file
+
+    done = [(path, _guarded(debug, functools.partial(migrate_file, path, write))) for path in recipes]
+    if as_json:
+        _json({"recipes": [{"path": str(path), "changed": m.changed, "notes": m.notes, "written": write and m.changed}
+                           for path, m in done]})
+        return
+    for path, migration in done:
+        for note in migration.notes:
+            _stderr(f"{path}: {note}")
+        if not migration.changed:
+            _stderr(f"{path}: nothing to migrate")
+        elif write:
+            _stderr(f"{path}: rewritten")
+        if not write:
+            click.echo(migration.text, nl=False)
 
 
 @main.command()

@@ -139,6 +139,22 @@ def verify_folder(folder: Path, trust: Trust, expected: set[str] | None = None, 
     check_identity(folder, identity)
 
 
+def verify_unsigned(folder: Path, identity: tuple[str, str] | None = None) -> None:
+    """A release checked without a signature, as asked for explicitly (`verify --unsigned`): every
+    file its manifest lists is there with that sha256, and nothing else is. This proves the folder
+    is what its manifest says, not who built it: for a developer's own unsigned local build."""
+    _refuse_links(folder)
+    listed = {}
+    for entry in read_manifest(folder).get("files", []):
+        if isinstance(entry, dict):
+            listed[safe_relative_path(str(entry.get("path", ""))).as_posix()] = str(entry.get("sha256"))
+    listed["manifest.json"] = sha256_file(folder / "manifest.json")  # nothing vouches for it but itself
+    problems = _mismatches(folder, listed, only=set(listed))
+    if problems:
+        raise VerificationError(f"{folder}: " + "; ".join(problems))
+    check_identity(folder, identity)
+
+
 def _partial_selection(folder: Path) -> set[str]:
     try:
         listed = json.loads((folder / PARTIAL_FILE).read_text())["files"]

@@ -20,6 +20,7 @@ import yaml
 
 from modelc_build.backends import Capabilities, backend_names, capabilities
 from modelc_build.errors import InputError, RecipeError, RecipeProblem
+from modelc_build.migrate import change_at
 from modelc_build.recipe_types import (
     IMAGE_SUFFIXES,
     Dataset,
@@ -168,6 +169,10 @@ def _explain(path: Path, located: _Located, error: Any) -> list[RecipeProblem]:
         problems = []
         for key in sorted(set(error.instance) - set(allowed)):
             kline, kcol = located.key_marks.get(at + (key,), (line, column))
+            change = change_at(at + (key,))
+            if change is not None:  # a key an older modelc took: what replaced it, and the command that rewrites it
+                problems.append(RecipeProblem(str(path), kline, kcol, _key_path(at + (key,)), change.message()))
+                continue
             close = difflib.get_close_matches(str(key), allowed, n=1)
             hint = f"did you mean '{close[0]}'?" if close else f"allowed keys here: {', '.join(allowed)}"
             problems.append(RecipeProblem(str(path), kline, kcol, _key_path(at + (key,)), f"unknown key '{key}': {hint}"))
