@@ -491,13 +491,6 @@ def task_metric(infer: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
     return scorer.value()
 
 
-def reference_task_metric(evaluations: dict[str, Evaluation]) -> float | None:
-    for evaluation in evaluations.values():
-        if evaluation.task is not None:
-            return evaluation.task.reference
-    return None
-
-
 def apply_gates(evaluation: Evaluation, gate: Gate, sources: dict[str, tuple[str, float | None]] | None = None) -> list[GateCheck]:
     """Every gate that applies to what was measured; `sources` says per gate key where its
     threshold came from (recipe | default | relaxed, and the default it relaxed)."""

@@ -227,10 +227,6 @@ def compared(store: Store, name: str, version: str, report: Report, against: str
     return Comparison(f"{name}:{other}", [c.to_json() for c in changes(before, after)], markdown(before, after))
 
 
-GATE_KEYS = ("min_cosine", "max_abs_error", "max_mean_abs_error", "min_snr_db", "max_metric_drop", "min_metric",
-             "min_top5_containment", "min_reference_map50")
-
-
 def missed_gates(recipe_path: Path, report: Report) -> tuple[MissedGate, ...]:
     """Every missed gate of a report, located on the recipe line that set it."""
     import yaml

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from modelc_build.cache import Cache
 from modelc_build.emulation import EmulationServices
-from modelc_build.engine import Engine, MemoryBudget, RunSummary, start_fresh_process_server
+from modelc_build.engine import Engine, MemoryBudget, RunSummary
 from modelc_build.errors import InputError, ModelcError
 from modelc_build.fingerprint import Fingerprints, check_disjoint
 from modelc_build.host import HostFacts
@@ -30,6 +30,7 @@ from modelc_build.steps.compile import compile_step_id
 from modelc_build.steps.qdq import QDQ_STEP
 from modelc_build.steps.sensitivity import SENSITIVITY_STEP
 from modelc_build.steps.verify import GOLDEN_STEP, VerifyStep
+from modelc_build.workers import start_fresh_process_server
 
 if TYPE_CHECKING:
     from modelc_build.signing import Signer
@@ -112,7 +113,6 @@ def build(recipe: Recipe, store: Store, log: BuildLog, cache: Cache, options: Bu
         services.stop()
         if shared is not None and hasattr(shared, "close"):
             shared.close()
-    _note_export(done, log)
     counts = f"{len(done.ran)} step(s) run, {len(done.cached)} cached"
     if options.only_targets:
         log(f"✓ built {', '.join(options.only_targets)}: {counts}; verification and release happen in a full build")
@@ -210,21 +210,6 @@ def step_costs(plan: Plan, done: RunSummary) -> dict[str, Any]:
         rows.append({"id": step.id, "ran": cost is not None, "seconds": None if cost is None else round(cost.seconds, 2),
                      "peak_rss_mib": None if cost is None else mib(cost.peak_rss_bytes)})
     return {"steps": rows, "build_process_peak_rss_mib": mib(peak_memory_bytes())}
-
-
-def _note_export(done: RunSummary, log: BuildLog) -> None:
-    """Say when exporter auto fell back, and why (the export step runs in its own process)."""
-    import json
-
-    from modelc_build.steps.export import EXPORT_NOTES, EXPORT_STEP
-
-    entry = done.entries.get(EXPORT_STEP)
-    if entry is None or EXPORT_NOTES not in entry.files:
-        return
-    reason = json.loads(entry.file(EXPORT_NOTES).read_text()).get("fallback_reason")
-    if reason:
-        log(f"note: torch.export could not capture the model ({reason}); exported with the TorchScript-based "
-            "exporter instead (export.exporter: auto)")
 
 
 MIN_CALIBRATION_SAMPLES = 32  # NNCF's statistics degraded visibly at 8 samples

@@ -16,7 +16,6 @@ from typing import Any, Iterator
 WEIGHTED_ONNX = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 INTEGER_ONNX = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm")
 WEIGHTED_OPENVINO = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData", "MatMul")
-CONTROL_FLOW = ("If", "Loop", "Scan")
 
 
 @dataclass(frozen=True)

@@ -29,11 +29,12 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterable, Sequence
 
 from modelc_build.cache import Cache, CacheEntry, cache_key
 from modelc_build.errors import ModelcError, first_line
 from modelc_build.steps import KEY_FORMAT, Step, StepInputs
+from modelc_build.workers import run_in_fresh_process
 
 if TYPE_CHECKING:
     from modelc_build.fingerprint import Fingerprints
@@ -80,52 +81,6 @@ class RunSummary:
     cached: list[str] = field(default_factory=list)
     failed: dict[str, BaseException] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
-
-
-def _child(step: Step, inputs: StepInputs, out: Path, answer: Any, build_pid: int) -> None:
-    """In the fresh process: run the step and send back None or the exception it raised. It is a
-    child of the fork server, not of the build, so it watches the build's process and ends within
-    a second of it, whatever killed it (SIGKILL included)."""
-    from modelc_build.processes import end_with, peak_memory_bytes, reset_peak_memory, share_cores
-
-    end_with(build_pid)
-    if inputs.threads is not None:
-        share_cores(inputs.threads)
-    reset_peak_memory()  # the step's peak, not the fork server's
-    outcome: BaseException | None = None
-    try:
-        step.run(inputs, out)
-    except BaseException as error:  # noqa: BLE001 - every outcome goes back to the parent
-        outcome = error
-    try:
-        answer.send((outcome, peak_memory_bytes()))
-    except Exception:  # noqa: BLE001 - an exception that cannot be pickled: its text goes back
-        answer.send((RuntimeError(f"{type(outcome).__name__}: {outcome}"), None))
-    finally:
-        answer.close()
-
-
-def run_in_fresh_process(step: Step, inputs: StepInputs, out: Path, preload: tuple[str, ...]) -> int | None:
-    """One process per step, forked from the preloaded server. A process that ends without an
-    answer (a crash in a library, `os._exit` in the model's code) fails this step alone, with the
-    error the step names for it; it can never end modelc itself. Returns the process's peak
-    resident memory in bytes (None where the platform does not say)."""
-    context = fresh_process_context(preload)
-    receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(step, inputs, out, send, os.getpid()), name=f"modelc {step.id}")
-    process.start()
-    send.close()
-    try:
-        outcome, peak = receive.recv()
-    except EOFError:  # the child ended without sending anything
-        process.join()
-        raise step.crashed(process.exitcode) from None
-    finally:
-        receive.close()
-    process.join()
-    if outcome is not None:
-        raise outcome
-    return peak
 
 
 class Engine:
@@ -325,7 +280,6 @@ class Engine:
         self.log.done(step.id, f"✗ {step.id} failed: {first_line(RuntimeError(_message(error)), 500)}")
 
 
-
 @dataclass(frozen=True)
 class MemoryBudget:
     """Steps side by side stay within `limit_bytes`: a step starts beside others only when the
@@ -389,22 +343,3 @@ def _check_graph(steps: Sequence[Step]) -> None:
         if unknown:
             raise ValueError(f"step {step.id!r} needs {unknown}, which do not come before it")
         seen.add(step.id)
-
-
-def fresh_process_context(preload: tuple[str, ...]) -> Any:
-    """Processes forked from a server that has imported `preload` once: every task starts from the
-    same state as a new process without paying the imports of torch and OpenVINO per step."""
-    import multiprocessing
-
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["modelc_build.fork_server", "modelc_build.engine", *preload])
-    return context
-
-
-def start_fresh_process_server(preload: tuple[str, ...]) -> None:
-    """Start the server early, so its imports overlap with work done in this process."""
-    from multiprocessing import forkserver
-
-    fresh_process_context(preload)
-    forkserver.ensure_running()
-

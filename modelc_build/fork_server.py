@@ -1,4 +1,4 @@
-"""Imported by the fresh-process server alone (engine.fresh_process_context's preload list): it
+"""Imported by the fresh-process server alone (workers.fresh_process_context's preload list): it
 makes that server end at once when the build ends.
 
 The server holds torch, OpenVINO and onnxruntime; an interpreter that has loaded them spends ~0.5 s

@@ -51,14 +51,19 @@ def _cpu_flags() -> tuple[str, set[str]]:
     return model, flags
 
 
-# numpy's CPUID probe name -> the /proc/cpuinfo flag it confirms
-CPUID_FLAGS = {"AVX2": "avx2", "AVX512F": "avx512f", "AVX512VNNI": "avx512_vnni", "AVX512BF16": "avx512_bf16"}
+# numpy's CPUID probe name -> the /proc/cpuinfo flag it confirms (the vector extensions a pre-VNNI
+# Haswell lacks tell an emulated Haswell from its host even where the host has no AVX-512)
+CPUID_FLAGS = {"AVX2": "avx2", "AVX512F": "avx512f", "AVX512VNNI": "avx512_vnni", "AVX512BF16": "avx512_bf16",
+               "GFNI": "gfni", "VAES": "vaes", "VPCLMULQDQ": "vpclmulqdq"}
+UNPROBED = ("avx_vnni", "amx_int8", "amx_bf16", "amx_tile", "amx_fp16")  # numpy cannot confirm these; QEMU emulates none
 
 
 def _as_executed(flags: set[str]) -> tuple[set[str], bool]:
     """The flags as this process's CPUID answers, where they differ from /proc/cpuinfo: under QEMU
     user mode /proc/cpuinfo is the host's while the CPU the program runs on is the emulated one.
-    Returns the corrected flags and whether a correction was made (numpy's probe, when installed)."""
+    Returns the corrected flags and whether a correction was made (numpy's probe, when installed).
+    An emulated process keeps no flag numpy cannot confirm (AVX-VNNI, AMX): QEMU's TCG plays none
+    of them, and a host's AVX-VNNI seen through /proc/cpuinfo made an emulated Haswell a VNNI CPU."""
     try:
         import numpy as np
 
@@ -70,10 +75,9 @@ def _as_executed(flags: set[str]) -> tuple[set[str], bool]:
     missing = {flag for name, flag in CPUID_FLAGS.items() if flag in flags and not probe.get(name)}
     if not missing:
         return flags, False
-    if "avx512f" in missing:  # no AVX-512 at all: none of its extensions either, nor AMX
-        missing |= {f for f in flags if f.startswith(("avx512", "amx"))}
-    if "avx2" in missing:
-        missing |= {"avx_vnni"}
+    if "avx512f" in missing:  # no AVX-512 at all: none of its extensions either
+        missing |= {f for f in flags if f.startswith("avx512")}
+    missing |= {f for f in flags if f in UNPROBED}
     return flags - missing, True
 
 
@@ -93,13 +97,6 @@ def cpu_info() -> dict[str, Any]:
 
 def host_class() -> str:
     return str(cpu_info()["kernel_class"])
-
-
-def class_words(name: str) -> str:
-    """A CPU class for people: 'AVX2, no VNNI (pre-VNNI INT8 kernels)'."""
-    words = {"amx": "AMX", "avx512-vnni": "AVX-512 VNNI", "avx-vnni": "AVX-VNNI", "avx512": "AVX-512, no VNNI",
-             "avx2": "AVX2, no AVX-512, no VNNI", "avx": "AVX, no AVX2", "sse4": "SSE4.2, no AVX"}.get(name, name)
-    return words + (" (pre-VNNI INT8 kernels)" if name in PRE_VNNI else "")
 
 
 @dataclass(frozen=True)

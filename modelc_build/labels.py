@@ -22,9 +22,6 @@ from typing import Any
 
 from modelc_build.errors import InputError
 
-CLASSIFICATION_FORMATS = ("folders", "csv")
-DETECTION_FORMATS = ("yolo", "ultralytics", "coco")
-
 
 @dataclass(frozen=True)
 class PixelBox:

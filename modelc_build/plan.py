@@ -44,12 +44,6 @@ class Plan:
     graph: str  # the id of the step whose model.onnx is the release's ONNX graph
     host: HostFacts = HostFacts()  # the facts it was made with
 
-    def by_id(self, step_id: str) -> Step:
-        return next(step for step in self.steps if step.id == step_id)
-
-    def has(self, step_id: str) -> bool:
-        return any(step.id == step_id for step in self.steps)
-
     def only(self, step_ids: list[str]) -> tuple[Step, ...]:
         """These steps and everything they need, in plan order."""
         wanted = set(step_ids)

@@ -232,6 +232,10 @@ def summary_lines(report: Report) -> list[str]:
             task += f"; source graph on onnxruntime CPU, engines for {', '.join(e['gpu'] for e in (a.engines or {}).get('engines', []))} {engines}"
         lines.append(f"  {a.target}: cosine {worst:.6f}{task}{latency} [{verdict}]")
     lines += [f"  warning: {flag}" for flag in report.flags()]
+    fallback = (report.export or {}).get("fallback_reason")
+    if fallback:  # exporter auto fell back (the export step ran in its own process)
+        lines.append(f"note: torch.export could not capture the model ({fallback}); exported with the TorchScript-based "
+                     "exporter instead (export.exporter: auto)")
     return lines
 
 

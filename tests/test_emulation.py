@@ -71,3 +71,28 @@ def test_services_are_one_per_emulator_cpu_and_backend_and_leave_nothing_behind(
     finally:
         services.stop()
     assert folder is not None and not folder.exists() and services.processes == []
+
+
+SAPPHIRE_RAPIDS = {"avx2", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "amx_bf16", "amx_tile",
+                   "gfni", "vaes", "vpclmulqdq", "fma"}
+ALDER_LAKE = {"avx2", "avx_vnni", "gfni", "vaes", "vpclmulqdq", "fma"}  # AVX-VNNI without AVX-512
+HASWELL_PROBE = {"AVX2": True, "FMA3": True, "AVX512F": False, "AVX512VNNI": False, "AVX512BF16": False, "GFNI": False,
+                 "VAES": False, "VPCLMULQDQ": False}
+
+
+@pytest.mark.parametrize("host", [SAPPHIRE_RAPIDS, ALDER_LAKE], ids=["sapphire-rapids", "alder-lake"])
+def test_an_emulated_haswell_is_pre_vnni_whatever_the_host_lists(monkeypatch, host: set[str]) -> None:
+    """Under QEMU /proc/cpuinfo is the host's; CPUID (numpy's probe) is the emulated CPU's. A host's
+    AVX-VNNI or AMX, which numpy cannot probe, must not make an emulated Haswell a VNNI CPU (it
+    picked the u8s8 VNNI layout there, which saturates on pre-VNNI kernels)."""
+    import numpy as np
+
+    from modelc_build import host as host_module
+
+    monkeypatch.setattr(np._core._multiarray_umath, "__cpu_features__", HASWELL_PROBE, raising=False)
+    flags, emulated = host_module._as_executed(set(host))
+    assert emulated and host_module.kernel_class(flags) == "avx2"
+    assert not flags & {"avx_vnni", "avx512_vnni", "amx_int8"}
+    native = {name: True for name in HASWELL_PROBE}
+    monkeypatch.setattr(np._core._multiarray_umath, "__cpu_features__", native, raising=False)
+    assert host_module._as_executed(set(host)) == (set(host), False)  # natively, /proc/cpuinfo stands
