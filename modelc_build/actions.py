@@ -1,16 +1,20 @@
-"""The GitHub Action's script part (`action.yml` runs `python -m modelc_build.actions ...`).
+"""The GitHub Action's script part (`action.yml` and the workflows run `python -m modelc_build.actions ...`).
 
-    build     build every recipe the glob names, each in a `::group::`; recipe errors become
-              `::error file=…,line=…::` annotations on the recipe line, missed gates on the gate's
-              line (or the target's, for a default gate); writes the step outputs (`releases`,
-              `report`, `passed`, `upload`: the report folders to upload, pass or fail)
-    cache-key the key of modelc's step cache for actions/cache: a digest of every step key the
-              recipes' plans compute (no recipe code runs), so a restored cache matches its builds
-    comment   the pull-request comment: each built recipe against its last released version, one
-              comment per pull request, found by its marker and updated in place
+    plan      which recipes a run builds (a pull request: the recipes it changes, all of them when
+              modelc, the models or the data change; a push: the recipes it changes and every recipe
+              whose version the store lacks, so a cancelled run's work is not lost; a dispatch: all),
+              validated with annotations on the recipe lines; the matrix of their target jobs
+    build     build every recipe the glob names, in this process (modelc_build.api), each in a
+              `::group::`; annotations on recipe lines for recipe errors and missed gates, warnings
+              for what the report flags; step outputs `results` (every recipe, failed ones too),
+              `releases`, `manifest-digest`, `report`, `passed`, `upload`; the job summary
+    cache-key the key of modelc's step cache for actions/cache: a digest of the step keys this job
+              computes (its targets' steps, or the whole plan), so each job's cache holds its own work
+    comment   the pull-request comment (modelc_build/github.py): failures first, then each built
+              recipe against its last released version; one comment, found by marker and author
 
 Everything is driven by the `GITHUB_*` variables and files a runner sets, so the same commands
-run in a test with those pointed at temporary files.
+run in a test with those pointed at temporary files, and under a workflow runner (act) in CI.
 """
 from __future__ import annotations
 
@@ -18,14 +22,18 @@ import argparse
 import glob
 import json
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from modelc_build.api import BuildRequest, BuildResult, build_recipe
-from modelc_build.errors import VersionTaken
+from modelc_build.errors import ModelcError, RecipeError, VersionTaken
 from modelc_build.recipe import key_locations
+
+# Changes to these rebuild every recipe on a pull request (its tests are the builds)
+EVERYTHING = ("modelc_build", "models", "calibration", "pyproject.toml", "action.yml")
 
 
 def escape(value: str, property_value: bool = False) -> str:
@@ -56,6 +64,98 @@ def set_outputs(values: dict[str, str]) -> None:
             handle.write(f"{name}<<{delimiter}\n{value}\n{delimiter}\n")
 
 
+def write_summary(text: str) -> None:
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as handle:
+            handle.write(text if text.endswith("\n") else text + "\n")
+
+
+def recipe_files(patterns: str) -> list[Path]:
+    """The recipe files the space-separated glob patterns name, each once, in order."""
+    return sorted({Path(p) for pattern in patterns.split() for p in glob.glob(pattern)})
+
+
+# --- plan -----------------------------------------------------------------------------------------
+
+def changed_files(base: str | None) -> list[str] | None:
+    """Files changed (added or modified; deleted ones are gone) between `base` and HEAD; None when
+    there is no base to compare with (a first push, a base outside this clone)."""
+    if not base or set(base) == {"0"}:
+        return None
+    known = subprocess.run(["git", "cat-file", "-e", f"{base}^{{commit}}"], capture_output=True)
+    if known.returncode != 0:
+        return None
+    listed = subprocess.run(["git", "diff", "--name-only", "--diff-filter=d", base, "HEAD"], capture_output=True, text=True,
+                            check=True).stdout
+    return [line for line in listed.splitlines() if line]
+
+
+def chosen_recipes(event: str, recipes: list[Path], changed: list[str] | None, lacking: list[Path]) -> list[Path]:
+    """A pull request builds what it changes (everything when modelc, the models or the data
+    change); a push releases what it changes and what the store lacks; anything else builds all."""
+    if changed is None or event not in ("pull_request", "push"):
+        return recipes
+    touched = [r for r in recipes if r.as_posix() in changed]
+    if event == "pull_request":
+        everything = any(f == top or f.startswith(top + "/") for f in changed for top in EVERYTHING)
+        return recipes if everything else touched
+    return sorted(set(touched) | set(lacking))
+
+
+def store_lacks(store_url: str, recipes: list[tuple[Path, Any]]) -> list[Path]:
+    """The recipes whose name and version the store does not hold (raises the store's error)."""
+    from modelc_build.stores import open_store
+
+    store = open_store(store_url)
+    return [path for path, recipe in recipes if store.release_digest(recipe.name, recipe.version) is None]
+
+
+def command_plan(options: argparse.Namespace) -> int:
+    from modelc_build.plan import ci_matrix, needs_gpu_runner
+    from modelc_build.recipe import load_recipe, path_problems
+
+    recipes = recipe_files(options.recipes)
+    loaded, failed = [], 0
+    for path in recipes:
+        try:
+            loaded.append((path, load_recipe(path)))
+        except RecipeError as error:
+            failed += 1
+            for problem in error.problems:
+                print(annotation("error", f"{problem.key_path}: {problem.message}" if problem.key_path else problem.message,
+                                 problem.file, problem.line, problem.column))
+    lacking: list[Path] = []
+    if options.event == "push":
+        try:
+            lacking = store_lacks(options.store, loaded)
+        except ModelcError as error:
+            print(annotation("error", f"the store {options.store} could not be read to plan this release: {error.message}"))
+            return error.exit_code
+    chosen = chosen_recipes(options.event, recipes, changed_files(options.base), lacking)
+    ready = []
+    for path, recipe in loaded:
+        if path not in chosen:
+            continue
+        missing = path_problems(path)
+        if missing:
+            print(annotation("warning", f"{recipe.name} is not built: its inputs are missing ({missing[0].message}); make "
+                                        "them in a prepare step (the workflow's `prepare` input, vars.MODELC_PREPARE)",
+                             str(path), missing[0].line, missing[0].column))
+            continue
+        ready.append((path.as_posix(), recipe))
+    matrix = ci_matrix(ready)
+    listed = [{"recipe": path, "name": recipe.name, "version": recipe.version,
+               "runner": "gpu" if any(needs_gpu_runner(t) for t in recipe.targets) else "cpu"} for path, recipe in ready]
+    set_outputs({"targets": json.dumps(matrix), "recipes": json.dumps(listed), "any": "true" if listed else "false",
+                 "changed": "\n".join(p for p in (changed_files(options.base) or []) if p.startswith("recipes/"))})
+    names = ", ".join(f"{r['name']} {r['version']}" for r in listed) or "nothing"
+    print(f"plan ({options.event}): {names}; {len(matrix['include'])} target job(s)")
+    write_summary(f"### modelc plan ({options.event})\n\n" + ("\n".join(f"- `{r['recipe']}`: {r['name']} {r['version']}"
+                                                                         for r in listed) or "Nothing to build.") + "\n")
+    return 2 if failed else 0
+
+
 # --- build ----------------------------------------------------------------------------------------
 
 def build_request(recipe: Path, options: argparse.Namespace) -> BuildRequest:
@@ -63,9 +163,12 @@ def build_request(recipe: Path, options: argparse.Namespace) -> BuildRequest:
     key = Path(options.signing_key) if options.sign == "key" and options.signing_key and not os.environ.get("MODELC_SIGNING_KEY") \
         else None
     return BuildRequest(recipe, store=options.store, cache=Path(options.cache), reports_dir=Path(options.reports_dir),
-                        targets=tuple(t.strip() for t in (options.targets or "").split(",") if t.strip()),
-                        push=options.push, share_steps=options.share_steps, compare_to=options.compare or None,
-                        signing_key=key, sigstore=options.sign == "sigstore")
+                        targets=targets_of(options), push=options.push, share_steps=options.share_steps,
+                        compare_to=options.compare or None, signing_key=key, sigstore=options.sign == "sigstore")
+
+
+def targets_of(options: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(t.strip() for t in (options.targets or "").split(",") if t.strip())
 
 
 @dataclass
@@ -77,10 +180,19 @@ class Built:
     exit_code: int
     report_folder: str | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        """One entry of the `results` output (the pull-request comment reads it)."""
+        result = self.result
+        return {"recipe": str(result.recipe), "name": result.name, "version": result.version, "passed": self.exit_code == 0,
+                "outcome": result.outcome.value, "exit_code": self.exit_code,
+                "error": None if result.error is None else result.error.message.splitlines()[0][:500],
+                "missed_gates": [vars(miss) for miss in result.missed_gates], "report": self.report_folder,
+                "store": result.location, "manifest_digest": result.manifest_digest}
+
 
 def build_one(recipe: Path, options: argparse.Namespace, print_line: Any = print) -> Built:
     """Build one recipe in this process, its log in a `::group::`; then annotations on the recipe's
-    lines for what went wrong."""
+    lines for what went wrong, and warnings for what its report flags."""
     from modelc_build.progress import BuildLog
 
     print_line(f"::group::modelc build {recipe}")
@@ -95,6 +207,8 @@ def build_one(recipe: Path, options: argparse.Namespace, print_line: Any = print
         built.report_folder = str(result.report_folder.resolve())
     for line in problem_annotations(result, options):
         print_line(line)
+    for flag in result.report.flags() if result.report is not None else []:
+        print_line(annotation("warning", f"{result.name} {result.version}: {flag}", str(recipe)))
     if isinstance(result.error, VersionTaken) and not _recipe_changed(recipe, options):
         built.exit_code = 0
     return built
@@ -102,7 +216,8 @@ def build_one(recipe: Path, options: argparse.Namespace, print_line: Any = print
 
 def problem_annotations(result: BuildResult, options: argparse.Namespace) -> list[str]:
     """What went wrong, each on its recipe line where it has one: a recipe's problems, each missed
-    gate, a version released already with other content; anything else as a line without a place."""
+    gate (one line per artifact, gate and setting, with its worst output), a version released
+    already with other content; anything else as a line without a place."""
     error = result.error
     if error is None:
         return []
@@ -110,16 +225,34 @@ def problem_annotations(result: BuildResult, options: argparse.Namespace) -> lis
         return [annotation("error", p.message if not p.key_path else f"{p.key_path}: {p.message}", p.file, p.line, p.column)
                 for p in result.problems]
     if result.missed_gates:
-        return [annotation("error", miss.words(), str(result.recipe), miss.line, miss.column) for miss in result.missed_gates]
+        grouped: dict[tuple[str, str | None, str], list[Any]] = {}
+        for miss in result.missed_gates:
+            grouped.setdefault((miss.target, miss.setting, miss.gate), []).append(miss)
+        lines = []
+        for (target, setting, gate), misses in grouped.items():
+            lower = gate.startswith("max_")
+            worst = max(misses, key=lambda m: m.observed if lower else -m.observed) if all(
+                isinstance(m.observed, (int, float)) for m in misses) else misses[0]
+            outputs = f" (worst of {len(misses)} outputs: '{worst.output}')" if len(misses) > 1 else (
+                f" on output '{worst.output}'" if worst.output else "")
+            where = f" on {setting}" if setting else ""
+            lines.append(annotation("error", f"{target}{where}: {gate} {_short(worst.observed)} "
+                                             f"{'>' if lower else '<'} {_short(worst.threshold)}{outputs} "
+                                             f"({worst.source} gate)", str(result.recipe), worst.line, worst.column))
+        return lines
     if isinstance(error, VersionTaken):
-        where = key_locations(result.recipe).get(("version",)) or (None, None)
+        line = key_locations(result.recipe).get(("version",)) or (None, None)
         if _recipe_changed(result.recipe, options):
             return [annotation("error", f"{result.name} {result.version} is already released with other content: the "
-                                        "recipe changed without a version bump; bump version", str(result.recipe), *where)]
+                                        "recipe changed without a version bump; bump version", str(result.recipe), *line)]
         return [annotation("warning", f"{result.name} {result.version} is already released; this change (to modelc or "
                                       "the models, not the recipe) would give it other content: bump version in the "
                                       "recipe to release it", str(result.recipe))]
-    return [annotation("error", error.message)]
+    return [annotation("error", f"{result.recipe}: {error.message}")]
+
+
+def _short(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def _recipe_changed(recipe: Path, options: argparse.Namespace) -> bool:
@@ -153,127 +286,108 @@ def _keep_reports(store_url: str, name: str, version: str, folder: Path) -> str 
     return str(destination.resolve())
 
 
-def recipe_files(patterns: str) -> list[Path]:
-    """The recipe files the space-separated glob patterns name, each once, in order."""
-    return sorted({Path(p) for pattern in patterns.split() for p in glob.glob(pattern)})
-
-
 def command_build(options: argparse.Namespace) -> int:
     recipes = recipe_files(options.recipes)
     if not recipes:
         print(annotation("error", f"no recipe matches {options.recipes!r}"))
-        set_outputs({"releases": "[]", "report": "", "passed": "false", "upload": ""})
+        set_outputs({"results": "[]", "releases": "[]", "report": "", "passed": "false", "upload": "", "manifest-digest": ""})
         return 3
-    results = [build_one(recipe, options) for recipe in recipes]
-    releases = [{"recipe": str(r.result.recipe), "name": r.result.name, "version": r.result.version,
-                 "store": r.result.location, "passed": r.result.passed, "manifest_digest": r.result.manifest_digest}
-                for r in results if r.result.released]
-    folders = [r.report_folder for r in results if r.report_folder]
-    set_outputs({"releases": json.dumps(releases), "report": folders[0] if folders else "",
-                 "passed": "true" if all(r.exit_code == 0 for r in results) else "false",
-                 "upload": "\n".join(folders)})
-    write_job_summary([r.result for r in results])
-    return max((r.exit_code for r in results), default=0)
+    built = [build_one(recipe, options) for recipe in recipes]
+    releases = [{"recipe": str(b.result.recipe), "name": b.result.name, "version": b.result.version,
+                 "store": b.result.location, "passed": b.result.passed, "manifest_digest": b.result.manifest_digest}
+                for b in built if b.result.released]
+    folders = [b.report_folder for b in built if b.report_folder]
+    digests = [str(b.result.manifest_digest) for b in built if b.result.released and b.result.manifest_digest]
+    set_outputs({"results": json.dumps([b.to_json() for b in built]), "releases": json.dumps(releases),
+                 "report": folders[0] if folders else "", "passed": "true" if all(b.exit_code == 0 for b in built) else "false",
+                 "upload": "\n".join(folders), "manifest-digest": digests[0] if len(digests) == 1 else ""})
+    write_summary("\n".join(job_summary(b, options) for b in built))
+    return max((b.exit_code for b in built), default=0)
 
 
-def write_job_summary(results: list[BuildResult]) -> None:
-    """Each built recipe's report (report.md), passed or failed, as the job's summary."""
+def job_summary(built: Built, options: argparse.Namespace) -> str:
+    """The verdict and the comparison first; the full report folded below."""
+    from modelc_build.api import Outcome
     from modelc_build.report import to_markdown
 
-    summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if not summary:
-        return
-    with open(summary, "a", encoding="utf-8") as handle:
-        for result in results:
-            if result.report is not None:
-                handle.write(to_markdown(result.report))
+    result = built.result
+    title = f"## modelc: {result.name or result.recipe} {result.version}".rstrip()
+    if result.outcome is Outcome.TARGETS_BUILT:
+        return (f"{title}\n\n✅ built {', '.join(result.targets)} ({result.steps_run} step(s) run, {result.steps_cached} "
+                "cached): verified and released by the release job\n")
+    if result.error is None:
+        verdict = {Outcome.RELEASED: f"✅ released at {result.location}", Outcome.IDENTICAL: "✅ already released (same content)",
+                   Outcome.UP_TO_DATE: "✅ up to date"}.get(result.outcome, "✅")
+    else:  # a version released already counts as a warning where only modelc or the models changed
+        verdict = f"{'⚠️' if built.exit_code == 0 else '❌'} {result.error.message.splitlines()[0]}"
+    parts = [title, "", verdict, ""]
+    if result.comparison is not None:
+        parts += [result.comparison.markdown or result.comparison.note or "", ""]
+    if result.report is not None:
+        parts += ["<details><summary>Full report</summary>", "", to_markdown(result.report), "</details>", ""]
+    return "\n".join(parts)
 
 
 # --- the step cache key -------------------------------------------------------------------------
 
 def command_cache_key(options: argparse.Namespace) -> int:
-    """A key that changes with any step key of the recipes' plans (computed without running recipe
-    code; steps only a build can key count by their description)."""
+    """A key of this job's own work: a digest of the step keys it computes (its targets' steps
+    with --targets, else every step of the recipes' plans), without running recipe code (a step
+    only a build can key counts by its description). Jobs of one run that build different targets
+    get different keys, so none freezes the cache of another's work; restore-keys fall back to this
+    job's kind, then to any modelc cache."""
     import hashlib
 
     from modelc_build.cache import Cache
     from modelc_build.engine import Engine
     from modelc_build.fingerprint import Fingerprints
-    from modelc_build.plan import make_plan, probe_host
+    from modelc_build.plan import make_plan, probe_host, target_step_ids
     from modelc_build.progress import BuildLog
     from modelc_build.recipe import load_recipe
 
     digest = hashlib.sha256()
     cache = Cache(Path(options.cache))
     host = probe_host()
-    for recipe in recipe_files(options.recipes):
-        plan = make_plan(load_recipe(recipe), host)
-        keys = Engine(cache, BuildLog()).step_keys(plan.steps, Fingerprints(cache, run_code=False))
+    targets = targets_of(options)
+    for recipe_path in recipe_files(options.recipes):
+        recipe = load_recipe(recipe_path)
+        plan = make_plan(recipe, host)
+        steps = plan.only(target_step_ids(recipe, targets)) if targets else plan.steps
+        keys = Engine(cache, BuildLog()).step_keys(steps, Fingerprints(cache, run_code=False))
         digest.update(json.dumps(keys, sort_keys=True).encode())
-    key = f"modelc-steps-{os.environ.get('RUNNER_OS', 'local')}-{digest.hexdigest()[:32]}"
-    set_outputs({"key": key, "restore-keys": f"modelc-steps-{os.environ.get('RUNNER_OS', 'local')}-"})
+    kind = "-".join(sorted(targets)) if targets else "full"
+    prefix = f"modelc-steps-{os.environ.get('RUNNER_OS', 'local')}-"
+    key = f"{prefix}{kind}-{digest.hexdigest()[:32]}"
+    set_outputs({"key": key, "restore-keys": f"{prefix}{kind}-\n{prefix}"})
     print(key)
     return 0
 
 
 # --- the pull-request comment -----------------------------------------------------------------
 
-def comment_text(store_url: str, releases: list[dict[str, Any]]) -> str:
-    """Each built recipe against its last released version in the store."""
-    from modelc_build.compare import MARKER, markdown, previous_version, report_of
-    from modelc_build.stores import open_store
-
-    store = open_store(store_url)
-    parts = [MARKER]
-    for release in releases:
-        name, version = release["name"], release["version"]
-        built_here = Path(str(release.get("store", ""))) / "report.json"  # a dry run's local release
-        after = json.loads(built_here.read_text()) if built_here.is_file() else report_of(store, name, version)
-        older = previous_version(store, name, version)
-        if older is None:
-            parts.append(f"### modelc: {name} {version}\n\nNo earlier release of {name} in the store to compare with.\n")
-            continue
-        parts.append(markdown(report_of(store, name, older), after).replace(MARKER + "\n", ""))
-    return "\n".join(parts)
-
-
-def post_comment(body: str) -> str:
-    """Create or update the one modelc comment on the pull request (GitHub's REST API)."""
-    import requests
-
-    api = os.environ.get("GITHUB_API_URL", "https://api.github.com")
-    repository = os.environ["GITHUB_REPOSITORY"]
-    event = json.loads(Path(os.environ["GITHUB_EVENT_PATH"]).read_text())
-    number = (event.get("pull_request") or {}).get("number") or event.get("number")
-    headers = {"Authorization": f"Bearer {os.environ['GITHUB_TOKEN']}", "Accept": "application/vnd.github+json"}
-    listed = requests.get(f"{api}/repos/{repository}/issues/{number}/comments", headers=headers, timeout=30,
-                          params={"per_page": 100})
-    listed.raise_for_status()
-    from modelc_build.compare import MARKER
-
-    mine = next((c for c in listed.json() if MARKER in (c.get("body") or "")), None)
-    if mine is not None:
-        answer = requests.patch(f"{api}/repos/{repository}/issues/comments/{mine['id']}", headers=headers,
-                                json={"body": body}, timeout=30)
-    else:
-        answer = requests.post(f"{api}/repos/{repository}/issues/{number}/comments", headers=headers,
-                               json={"body": body}, timeout=30)
-    answer.raise_for_status()
-    return "updated" if mine is not None else "created"
-
-
 def command_comment(options: argparse.Namespace) -> int:
-    releases = json.loads(options.releases)
-    body = comment_text(options.store, releases)
-    summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if summary:
-        with open(summary, "a", encoding="utf-8") as handle:
-            handle.write(body + "\n")
-    if options.post:
-        print(f"pull-request comment {post_comment(body)}")
-    else:
+    """The comment for the build step's `results`: posted (created or updated) with --post; where
+    GitHub refuses it (a fork's read-only token) it goes to the job summary with a warning. Store
+    errors met while comparing are errors of this step."""
+    from modelc_build.github import CommentRefused, PullRequest, comment_body
+
+    results = json.loads(options.results or "[]")
+    body, store_errors = comment_body(results, options.store)
+    for error in store_errors:
+        print(annotation("error", error))
+    if not options.post:
         print(body)
-    return 0
+        return 5 if store_errors else 0
+    try:
+        print(f"pull-request comment {PullRequest.from_environment(options.author).post(body)}")
+    except CommentRefused as refused:
+        print(annotation("warning", f"{refused.message}: the comment is in this job's summary instead"))
+        write_summary(body)
+    except ModelcError as error:
+        print(annotation("error", error.message))
+        write_summary(body)
+        return error.exit_code
+    return 5 if store_errors else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,13 +407,22 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--cache", default=os.environ.get("MODELC_CACHE", ".modelc/cache"))
     key = commands.add_parser("cache-key")
     key.add_argument("--recipes", default="recipes/*.yaml")
+    key.add_argument("--targets", default="")
     key.add_argument("--cache", default=os.environ.get("MODELC_CACHE", ".modelc/cache"))
+    plan = commands.add_parser("plan")
+    plan.add_argument("--recipes", default="recipes/*.yaml")
+    plan.add_argument("--event", default=os.environ.get("GITHUB_EVENT_NAME", "workflow_dispatch"))
+    plan.add_argument("--base", default="", help="the commit to diff against: the pull request's base, or the push's before")
+    plan.add_argument("--store", default=os.environ.get("MODELC_STORE", "artifacts"))
     comment = commands.add_parser("comment")
     comment.add_argument("--store", default=os.environ.get("MODELC_STORE", "artifacts"))
-    comment.add_argument("--releases", required=True, help="the build step's `releases` output (JSON)")
+    comment.add_argument("--results", default="", help="the build step's `results` output (JSON)")
+    comment.add_argument("--author", default="github-actions[bot]", help="who wrote the comment to update")
     comment.add_argument("--post", action="store_true")
     options = parser.parse_args(argv)
-    return {"build": command_build, "cache-key": command_cache_key, "comment": command_comment}[options.command](options)
+    commands_by_name = {"build": command_build, "cache-key": command_cache_key, "comment": command_comment,
+                        "plan": command_plan}
+    return commands_by_name[options.command](options)
 
 
 if __name__ == "__main__":

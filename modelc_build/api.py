@@ -114,6 +114,7 @@ class BuildResult:
     steps_run: int = 0
     steps_cached: int = 0
     targets: tuple[str, ...] = ()
+    manifest_digest: str | None = None  # sha256:… of the stored release's manifest (an OCI manifest digest in a registry)
 
     @property
     def exit_code(self) -> int:
@@ -131,15 +132,6 @@ class BuildResult:
     @property
     def released(self) -> bool:
         return self.outcome in (Outcome.RELEASED, Outcome.IDENTICAL, Outcome.UP_TO_DATE)
-
-    @property
-    def manifest_digest(self) -> str | None:
-        """sha256 of the stored manifest.json where the store is a folder (a registry names its own)."""
-        if self.location is None or not (Path(self.location) / "manifest.json").is_file():
-            return None
-        import hashlib
-
-        return f"sha256:{hashlib.sha256((Path(self.location) / 'manifest.json').read_bytes()).hexdigest()}"
 
 
 def build_recipe(request: BuildRequest, log: BuildLog | None = None, host: HostFacts | None = None) -> BuildResult:
@@ -190,7 +182,7 @@ def _build(request: BuildRequest, log: BuildLog, host: HostFacts | None, identit
     folder = Path(released.location) if (Path(released.location) / "report.json").is_file() else None
     return BuildResult(request.recipe, outcome, recipe.name, recipe.version, location=released.location,
                        manifest=released.manifest, report=released.report, report_folder=folder, comparison=comparison,
-                       steps_run=run.steps_run, steps_cached=run.steps_cached)
+                       steps_run=run.steps_run, steps_cached=run.steps_cached, manifest_digest=released.digest)
 
 
 def _check_publishing(request: BuildRequest, signed: bool) -> None:

@@ -63,6 +63,7 @@ class Released:
     created: bool
     report: Report
     manifest: dict[str, Any]
+    digest: str | None = None  # sha256:… of the stored release's manifest
 
 
 def make_report(recipe: Recipe, measured: Measured, sensitivity_step: str, data: dict[str, Any] | None = None) -> Report:
@@ -251,7 +252,8 @@ def release(recipe: Recipe, measured: Measured, report: Report, store: Store, st
                 raise VersionTaken(f"{recipe.name} {recipe.version} is stored with the same model files but was judged "
                                  "differently (task, gates, data or verification settings changed): its report would "
                                  "no longer match the release; bump version")
-            return Released(store.location(recipe.name, recipe.version), False, report, stored)
+            return Released(store.location(recipe.name, recipe.version), False, report, stored,
+                            store.release_digest(recipe.name, recipe.version))
     folder = staging / "release"
     _assemble(folder, measured, report, _history(store, recipe.name, recipe.version))
     if not report.passed:
@@ -269,7 +271,7 @@ def release(recipe: Recipe, measured: Measured, report: Report, store: Store, st
         sign_release(folder, signer)
         log(f"✓ signed with {signer.describe()}")
     result: PushResult = store.push(folder, recipe.name, recipe.version, content_digest(artifact_files))
-    return Released(result.location, result.created, report, manifest)
+    return Released(result.location, result.created, report, manifest, result.digest)
 
 
 def measurement_digest(recipe: Recipe, report: Report) -> str:

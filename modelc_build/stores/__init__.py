@@ -24,6 +24,7 @@ class StepCache(Protocol):
 class PushResult:
     location: str
     created: bool  # False: the identical version was already stored (a no-op)
+    digest: str | None = None  # sha256:… of the release's manifest as stored (an OCI manifest, or manifest.json)
 
 
 class Store(ABC):
@@ -52,6 +53,11 @@ class Store(ABC):
     @abstractmethod
     def location(self, name: str, version: str) -> str:
         """Where a version is (or would be) stored, for messages."""
+
+    @abstractmethod
+    def release_digest(self, name: str, version: str) -> str | None:
+        """sha256:… of the stored version's manifest (what a provenance attestation names), None if
+        the version is not stored."""
 
     def step_cache(self) -> StepCache | None:
         """A cache of step outputs kept in the store, shared by the jobs of a fanned-out build."""

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from modelc_build.cache import Cache
 from modelc_build.errors import StoreError, VerificationError, VersionTaken
-from modelc_build.manifest import SIGNATURE_FILE, read_manifest
+from modelc_build.manifest import SIGNATURE_FILE, read_manifest, sha256_file
 from modelc_build.stores import PushResult, Store, check_release_id, version_order
 
 
@@ -29,6 +29,10 @@ class LocalStore(Store):
 
     def location(self, name: str, version: str) -> str:
         return str(self.release_path(name, version))
+
+    def release_digest(self, name: str, version: str) -> str | None:
+        manifest = self.release_path(name, version) / "manifest.json"
+        return f"sha256:{sha256_file(manifest)}" if manifest.is_file() else None
 
     def push(self, staged: Path, name: str, version: str, content_digest: str) -> PushResult:
         final = self.release_path(name, version)
@@ -51,7 +55,7 @@ class LocalStore(Store):
 
             raise write_problem(exc, f"{final}: cannot write the release") or StoreError(
                 f"{final}: cannot write the release ({exc.strerror or type(exc).__name__}): check the store folder") from exc
-        return PushResult(str(final), created=True)
+        return PushResult(str(final), created=True, digest=self.release_digest(name, version))
 
     @staticmethod
     def _stored(final: Path) -> dict[str, Any] | None:
@@ -73,7 +77,7 @@ class LocalStore(Store):
     @staticmethod
     def _same_or_refuse(final: Path, name: str, version: str, existing: str, wanted: str) -> PushResult:
         if existing == wanted:
-            return PushResult(str(final), created=False)
+            return PushResult(str(final), created=False, digest=f"sha256:{sha256_file(final / 'manifest.json')}")
         raise VersionTaken(f"{name} {version} is already stored at {final} with different content "
                          f"(content digest {existing[:12]} there, {wanted[:12]} now); a version is immutable: "
                          "bump `version` in the recipe")

@@ -483,6 +483,12 @@ class OciStore(Store):
         return OciStepCache(self)
 
     @bounded
+    def release_digest(self, name: str, version: str) -> str | None:
+        check_release_id(name, version)
+        found = self.get_manifest(self.repository(name), version)
+        return None if found is None else found[1]
+
+    @bounded
     def stored_manifest(self, name: str, version: str) -> dict[str, Any] | None:
         """The config blob of the tagged release (small; checked against its digest)."""
         check_release_id(name, version)
@@ -507,7 +513,7 @@ class OciStore(Store):
         if existing is not None:
             theirs = (existing[0].get("annotations") or {}).get(CONTENT_DIGEST)
             if theirs == content_digest:
-                return PushResult(location, created=False)
+                return PushResult(location, created=False, digest=existing[1])
             raise VersionTaken(f"{name} {version} is already in {self.url} with different content (content digest "
                              f"{str(theirs)[:12]} there, {content_digest[:12]} now); a version is immutable: bump "
                              "`version` in the recipe")
@@ -532,7 +538,7 @@ class OciStore(Store):
         if (staged / SIGNATURE_FILE).is_file():
             self._push_signature(repository, staged / SIGNATURE_FILE, Descriptor(MANIFEST_TYPE, release_digest, len(body)))
         self.put_manifest(repository, version, manifest, MANIFEST_TYPE)  # the tag last: complete when visible
-        return PushResult(location, created=True)
+        return PushResult(location, created=True, digest=release_digest)
 
     def _push_signature(self, repository: str, signature: Path, subject: Descriptor) -> None:
         bundle = self.upload_bytes(repository, signature.read_bytes())
