@@ -56,6 +56,7 @@ class Bench:
         sys.path.insert(0, str(REPO))
         from tests.services.registry import start_registry
 
+        (work / "registry").mkdir()
         self._registry = start_registry(work / "registry")
         self.registry = next(self._registry)
         self.store = self.registry.url("models")
