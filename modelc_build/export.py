@@ -149,6 +149,32 @@ def _export_with(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[str,
         raise CompileError(f"torch.onnx.export ({exporter} exporter) failed: {_first_lines(exc)}", details) from exc
     if not destination.is_file():
         raise CompileError(f"torch.onnx.export ({exporter} exporter) wrote no file at {destination}")
+    _without_source_locations(destination)
+
+
+def _without_source_locations(path: Path) -> None:
+    """The exporters record where each node's code lay (torch.export's stack traces, with the
+    model file's absolute path, and node doc strings): the same model exported from another
+    folder (another checkout, another CI job) would give other bytes, and every step after the
+    export other keys. They are dropped; what the node computes is untouched."""
+    import onnx
+
+    model = onnx.load(str(path))
+    changed = False
+    graphs = [model.graph, *(function for function in model.functions)]
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            kept = [prop for prop in node.metadata_props if not prop.key.endswith("stack_trace")]
+            if len(kept) != len(node.metadata_props) or node.doc_string:
+                changed = True
+                del node.metadata_props[:]
+                node.metadata_props.extend(kept)
+                node.doc_string = ""
+            graphs += [attribute.g for attribute in node.attribute if attribute.HasField("g")]
+            graphs += [g for attribute in node.attribute for g in attribute.graphs]
+    if changed:
+        onnx.save(model, str(path))
 
 
 def _single_assignment(path: Path) -> None:

@@ -72,8 +72,11 @@ def test_recipe_errors_and_missed_gates_are_annotated_on_their_lines(tmp_path: P
     done, outputs = action(tmp_path, "build", "--recipes", str(gated), "--store", str(tmp_path / "store"))
     assert done.returncode == 4 and outputs["passed"] == "false"
     gate_line = next(i for i, text in enumerate(gated.read_text().splitlines(), start=1) if "max_abs_error: 0.0" in text)
-    assert any(a.startswith(f"::error file={gated},line={gate_line},") and "openvino-fp16: max_abs_error on output 'logits'" in a
-               for a in done.stdout.splitlines()), done.stdout
+    import re
+
+    assert any(a.startswith(f"::error file={gated},line={gate_line},") and re.search(
+        r"openvino-fp16: max_abs_error [0-9.e+-]+ > 0 on output 'logits' \(recipe gate\)$", a)
+        for a in done.stdout.splitlines()), done.stdout
     assert outputs["upload"] == str(tmp_path / ".modelc/reports/tiny/0.1.0")  # the failed report goes up too
     assert (tmp_path / ".modelc/reports/tiny/0.1.0/report.html").is_file()
 
@@ -93,9 +96,10 @@ def test_an_existing_version_with_other_content_is_an_error_only_when_the_recipe
 class FakeGitHub:
     """The two REST calls the comment makes, recorded."""
 
-    def __init__(self) -> None:
-        self.comments: list[dict[str, Any]] = []
+    def __init__(self, comments: list[dict[str, Any]] | None = None, refuse: bool = False) -> None:
+        self.comments: list[dict[str, Any]] = comments or []
         self.calls: list[str] = []
+        self.refuse = refuse
         github = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -109,19 +113,24 @@ class FakeGitHub:
 
             def do_GET(self) -> None:  # noqa: N802
                 github.calls.append(f"GET {self.path.split('?')[0]}")
-                self._json(200, github.comments)
+                if github.refuse:
+                    self._json(403, {"message": "Resource not accessible by integration"})
+                    return
+                page = int(dict(p.split("=") for p in self.path.split("?")[1].split("&")).get("page", 1))
+                self._json(200, github.comments[(page - 1) * 100:page * 100])
 
             def do_POST(self) -> None:  # noqa: N802
                 github.calls.append(f"POST {self.path}")
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                github.comments.append({"id": 7, "body": body["body"]})
+                github.comments.append({"id": 7, "body": body["body"], "user": {"login": "github-actions[bot]"}})
                 self._json(201, github.comments[-1])
 
             def do_PATCH(self) -> None:  # noqa: N802
                 github.calls.append(f"PATCH {self.path}")
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                github.comments[0]["body"] = body["body"]
-                self._json(200, github.comments[0])
+                mine = next(c for c in github.comments if str(c["id"]) == self.path.rsplit("/", 1)[1])
+                mine["body"] = body["body"]
+                self._json(200, mine)
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -157,7 +166,7 @@ def test_the_pull_request_comment_shows_deltas_against_the_last_release(tmp_path
     env = {"GITHUB_API_URL": github.url, "GITHUB_REPOSITORY": "org/models", "GITHUB_EVENT_PATH": str(event),
            "GITHUB_TOKEN": "test-token"}
     for _ in range(2):  # a second run updates the one comment
-        done, _ = action(tmp_path, "comment", "--store", store, "--releases", outputs["releases"], "--post", env=env)
+        done, _ = action(tmp_path, "comment", "--store", store, "--results", outputs["results"], "--post", env=env)
         assert done.returncode == 0, done.stderr
     assert github.calls == ["GET /repos/org/models/issues/12/comments", "POST /repos/org/models/issues/12/comments",
                             "GET /repos/org/models/issues/12/comments", "PATCH /repos/org/models/issues/comments/7"]
@@ -171,3 +180,96 @@ def test_the_pull_request_comment_shows_deltas_against_the_last_release(tmp_path
     changes = json.loads(listed.stdout)["changes"]
     size = next(c for c in changes if c["target"] == "onnxruntime-int8" and c["figure"] == "size_bytes")
     assert size["before"] != size["after"]
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def recipe_repository(tmp_path: Path, tiny_recipe) -> tuple[Path, str]:
+    """A git repository with two recipes (tiny and a copy named other) and a base commit."""
+    repo = tmp_path / "repo"
+    (repo / "recipes").mkdir(parents=True)
+    git(repo, "init", "-q")
+    git(repo, "config", "user.email", "t@t")
+    git(repo, "config", "user.name", "t")
+    data = yaml.safe_load(tiny_recipe().read_text())
+    (repo / "recipes" / "tiny.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    (repo / "recipes" / "other.yaml").write_text(yaml.safe_dump({**data, "name": "other"}, sort_keys=False))
+    (repo / "README").write_text("x\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "base")
+    return repo, git(repo, "rev-parse", "HEAD")
+
+
+def plan(repo: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, str]]:
+    done, outputs = action(repo, "plan", "--recipes", "recipes/*.yaml", *args)
+    return done, outputs
+
+
+def test_plan_builds_what_a_pull_request_changes_and_survives_a_deleted_recipe(tmp_path: Path, tiny_recipe) -> None:
+    repo, base = recipe_repository(tmp_path, tiny_recipe)
+    (repo / "recipes" / "other.yaml").unlink()  # a deletion is not an error
+    data = yaml.safe_load((repo / "recipes" / "tiny.yaml").read_text())
+    (repo / "recipes" / "tiny.yaml").write_text(yaml.safe_dump({**data, "version": "0.2.0"}, sort_keys=False))
+    git(repo, "commit", "-qam", "tiny 0.2.0, other gone")
+    done, outputs = plan(repo, "--event", "pull_request", "--base", base)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [r["name"] for r in json.loads(outputs["recipes"])] == ["tiny"] and outputs["any"] == "true"
+    assert {job["target"] for job in json.loads(outputs["targets"])["include"]} == {"onnxruntime-fp32", "openvino-fp32",
+                                                                                   "openvino-fp16", "torchscript-fp32"}
+    (repo / "README").write_text("y\n")
+    git(repo, "commit", "-qam", "docs only")
+    done, outputs = plan(repo, "--event", "pull_request", "--base", git(repo, "rev-parse", "HEAD~1"))
+    assert done.returncode == 0 and outputs["any"] == "false" and json.loads(outputs["recipes"]) == []
+
+
+def test_plan_releases_what_the_store_lacks_and_annotates_invalid_recipes(tmp_path: Path, tiny_recipe) -> None:
+    repo, base = recipe_repository(tmp_path, tiny_recipe)
+    store = tmp_path / "store"
+    (store / "other" / "0.1.0").mkdir(parents=True)
+    (store / "other" / "0.1.0" / "manifest.json").write_text("{}")  # other 0.1.0 is released; tiny is not
+    done, outputs = plan(repo, "--event", "push", "--base", base, "--store", str(store))  # nothing changed since base
+    assert done.returncode == 0, done.stdout
+    assert [r["name"] for r in json.loads(outputs["recipes"])] == ["tiny"]  # a cancelled run's work is not lost
+    data = yaml.safe_load((repo / "recipes" / "other.yaml").read_text())
+    (repo / "recipes" / "other.yaml").write_text(yaml.safe_dump({**data, "version": "banana"}, sort_keys=False))
+    done, outputs = plan(repo, "--event", "workflow_dispatch", "--store", str(store))
+    line = next(i for i, text in enumerate((repo / "recipes/other.yaml").read_text().splitlines(), 1) if text.startswith("version"))
+    assert done.returncode == 2 and f"::error file=recipes/other.yaml,line={line}," in done.stdout
+    assert [r["name"] for r in json.loads(outputs["recipes"])] == ["tiny"]
+    done, _ = plan(repo, "--event", "push", "--base", base, "--store", "oci://127.0.0.1:9/nowhere")
+    assert done.returncode == 9 and "::error::the store oci://127.0.0.1:9/nowhere could not be read" in done.stdout
+
+
+def test_a_failed_build_is_first_in_the_comment_with_its_gates_and_a_refused_token_is_a_warning(tmp_path: Path,
+                                                                                                tiny_recipe) -> None:
+    strict = yaml.safe_load(tiny_recipe().read_text())
+    strict["gates"]["fp16"]["max_abs_error"] = 0.0
+    gated = tiny_recipe(strict, name="gated.yaml")
+    passing = tiny_recipe({"name": "fine"}, name="fine.yaml")
+    store = str(tmp_path / "store")
+    done, outputs = action(tmp_path, "build", "--recipes", f"{gated} {passing}", "--store", store)
+    assert done.returncode == 4
+    results = json.loads(outputs["results"])
+    assert [(r["name"], r["passed"]) for r in results] == [("fine", True), ("tiny", False)]
+    summary = (tmp_path / "step_summary").read_text()
+    assert summary.index("## modelc: fine") < summary.index("<details>")  # verdict first, the report folded
+    event = tmp_path / "event.json"
+    event.write_text(json.dumps({"pull_request": {"number": 3}}))
+    others = [{"id": n, "body": "lgtm", "user": {"login": "someone"}} for n in range(1, 131)]  # the bot's is on page 2
+    others.append({"id": 500, "body": "<!-- modelc-report -->\nold", "user": {"login": "github-actions[bot]"}})
+    github = FakeGitHub(others)
+    env = {"GITHUB_API_URL": github.url, "GITHUB_REPOSITORY": "org/models", "GITHUB_EVENT_PATH": str(event), "GITHUB_TOKEN": "t"}
+    done, _ = action(tmp_path, "comment", "--store", store, "--results", outputs["results"], "--post", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert github.calls[-1] == "PATCH /repos/org/models/issues/comments/500" and len(github.comments) == 131
+    body = github.comments[-1]["body"]
+    assert body.index("❌ tiny 0.1.0") < body.index("✅ fine 0.1.0")
+    assert "max_abs_error (`logits`)" in body and "| `openvino-fp16` |" in body
+    assert "No earlier release of fine" in body
+    refused = FakeGitHub(refuse=True)
+    done, _ = action(tmp_path, "comment", "--store", store, "--results", outputs["results"], "--post",
+                     env={**env, "GITHUB_API_URL": refused.url})
+    assert done.returncode == 0 and "::warning::GitHub refused" in done.stdout
+    assert "❌ tiny 0.1.0" in (tmp_path / "step_summary").read_text()

@@ -230,3 +230,37 @@ def test_a_data_function_runs_once_per_build_and_every_step_reads_its_output(tmp
     again = run_cli("build", recipe, "--store", tmp_path / "s1")
     assert again.exit_code == 0 and steps_run(again.stderr) == []
     assert calls.read_text().count("called") == 2  # a no-op rebuild runs it once more, for its digest
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_the_same_model_in_two_checkouts_exports_the_same_bytes_under_the_same_keys(tmp_path: Path, tiny_recipe,
+                                                                                     exporter: str) -> None:
+    """Two CI jobs check the repository out in different folders and share steps through the
+    store: their export must give the same bytes, so that every later key agrees (the exporters
+    record the model file's absolute path in stack traces and doc strings)."""
+    import shutil
+
+    from tests.conftest import FIXTURES
+
+    data = yaml.safe_load(tiny_recipe().read_text())
+    keys, graphs = [], []
+    for checkout in ("job-a/checkout", "job-b/work/repo"):
+        folder = tmp_path / checkout
+        folder.mkdir(parents=True)
+        shutil.copyfile(FIXTURES / "tiny_net.py", folder / "tiny_net.py")
+        shutil.copyfile(data["model"]["weights"], folder / "tiny.pt")
+        recipe = {**data, "model": {**data["model"], "factory": "tiny_net.py:build_model", "weights": "tiny.pt"},
+                  "export": {"exporter": exporter, "opset": 18}, "targets": [{"backend": "onnxruntime", "precisions": ["fp32"]}],
+                  "gates": {"fp32": data["gates"]["fp32"]}}
+        (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+        cache = folder / "cache"
+        done = subprocess.run([sys.executable, "-m", "modelc_build", "build", "recipe.yaml", "--target", "onnxruntime-fp32",
+                               "--cache", str(cache), "--store", str(folder / "store"), "-v"],
+                              cwd=folder, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        keys.append(re.findall(r"▶ (export|simplify): .* key ([0-9a-f]{12})\]", done.stderr))
+        entry = next(e for e in Cache(cache).entries() if e.step == "export")
+        graphs.append((Cache(cache).root / entry.key[:2] / entry.key / "model.onnx").read_bytes())
+        assert str(folder) not in graphs[-1].decode("latin-1")
+    assert keys[0] == keys[1] and len(keys[0]) == 2
+    assert graphs[0] == graphs[1]
