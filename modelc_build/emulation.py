@@ -235,8 +235,24 @@ def _run_once(found: str, cpu: str, work: Path, log: Path, budget_s: float) -> s
 
 
 def _emulated_python(emulator_path: str, cpu: str, *arguments: str) -> list[str]:
-    """This interpreter running this module under `emulator -cpu CPU` (a request or a service)."""
-    return [emulator_path, "-cpu", cpu, os.path.realpath(sys.executable), "-m", "modelc_build.emulation", *arguments]
+    """This interpreter running this module under `emulator -cpu CPU` (a request or a service).
+
+    The interpreter is named as this process was started (a virtual environment's `bin/python`),
+    not resolved to the base interpreter it links to: Python finds its environment (pyvenv.cfg, the
+    site-packages and the .pth files an installed or editable modelc is found through) from that
+    path, and QEMU runs the binary the link points at."""
+    return [emulator_path, "-cpu", cpu, interpreter(), "-m", "modelc_build.emulation", *arguments]
+
+
+def interpreter() -> str:
+    """sys.executable, unless it is no ELF binary QEMU can run (then the file it resolves to)."""
+    try:
+        with open(sys.executable, "rb") as handle:
+            if handle.read(4) == b"\x7fELF":
+                return sys.executable
+    except OSError:
+        pass
+    return os.path.realpath(sys.executable)
 
 
 def _run_in_service(address: str, work: Path, budget_s: float) -> str | None:
