@@ -206,7 +206,7 @@ def scenario_pr_change(bench: Bench) -> None:
         data["version"] = "1.1.0"
         data["quantization"] = {"sensitivity_layers": 0, "onnxruntime_weights": "int8"}
     head = bench.commit("classifier 1.1.0: 7-bit int8 weights", edit_recipe(newer))
-    run = bench.act("pr-change", "pull_request", pull_request(7, base, head), "-j", "pull-request")
+    run = bench.act("pr-change", "pull_request", pull_request(7, base, head))  # the whole workflow: the jobs a PR skips too
     bench.expect("pr-change", "act succeeded", run.code == 0)
     bodies = [(c.get("body") or {}).get("body", "") for c in run.comments() if c.get("method") in ("POST", "PATCH")]
     body = bodies[-1] if bodies else ""
@@ -222,7 +222,7 @@ def scenario_pr_gate(bench: Bench) -> None:
         data["version"] = "1.2.0"
         data["gates"]["int8"] = {"min_cosine": 0.99999999}
     head = bench.commit("classifier 1.2.0: a gate no int8 artifact meets", edit_recipe(strict))
-    run = bench.act("pr-gate", "pull_request", pull_request(8, base, head), "-j", "pull-request")
+    run = bench.act("pr-gate", "pull_request", pull_request(8, base, head))
     bench.expect("pr-gate", "the job failed", run.code != 0)
     line = next(i for i, text in enumerate((bench.repo / RECIPE).read_text().splitlines(), start=1) if "0.99999999" in text)
     bench.expect("pr-gate", f"the missed gate is annotated on {RECIPE} line {line}",

@@ -151,8 +151,12 @@ def build_recipe(request: BuildRequest, log: BuildLog | None = None, host: HostF
                            missed_gates=missed_gates(request.recipe, report) if report is not None else ())
     except RecipeError as error:
         return BuildResult(request.recipe, Outcome.FAILED, *identity, error=error, problems=tuple(error.problems))
-    except ModelcError as error:
-        return BuildResult(request.recipe, Outcome.FAILED, *identity, error=error)
+    except ModelcError as error:  # a release whose gates passed and that could not be stored keeps its report
+        from modelc_build.report import Report
+
+        return BuildResult(request.recipe, Outcome.FAILED, *identity, error=error,
+                           report=error.report if isinstance(error.report, Report) else None,
+                           report_folder=Path(str(error.report_folder)) if error.report_folder else None)
 
 
 def _build(request: BuildRequest, log: BuildLog, host: HostFacts | None, identity: tuple[str, str]) -> BuildResult:

@@ -34,6 +34,8 @@ class ModelcError(Exception):
     names the file (instance attributes survive the trip back from a step's process)."""
 
     exit_code = 1
+    report: object | None = None  # a build's report.Report, where the build got that far
+    report_folder: object | None = None  # the folder its report files were kept in
 
     def __init__(self, message: str, details: str | None = None) -> None:
         super().__init__(message)
@@ -48,6 +50,14 @@ class ModelcError(Exception):
         longer.message = f"{self.message}{note}"
         longer.args = (longer.message,)
         return longer
+
+    def with_report(self, report: object, folder: object) -> ModelcError:
+        """A copy of this error that carries the build's report and where its files were kept."""
+        import copy
+
+        carrying = copy.copy(self)
+        carrying.report, carrying.report_folder = report, folder
+        return carrying
 
 
 @dataclass(frozen=True)
@@ -98,8 +108,7 @@ class GateFailed(ModelcError):
 
     def __init__(self, message: str, report: object | None = None, report_folder: object | None = None) -> None:
         super().__init__(message)
-        self.report = report
-        self.report_folder = report_folder
+        self.report, self.report_folder = report, report_folder
 
 
 class StoreError(ModelcError):

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from modelc_build.accuracy import Evaluation, GateCheck, apply_gates, evaluation_from_dict
 from modelc_build.cache import CacheEntry
-from modelc_build.errors import GateFailed, VersionTaken
+from modelc_build.errors import GateFailed, ModelcError, VersionTaken
 from modelc_build.golden import FOLDER as GOLDEN_FOLDER
 from modelc_build.manifest import QUANTIZATION_NOTES, REPORT_FILES, ArtifactEntry, FileEntry, build_manifest, content_digest, file_entries
 from modelc_build.recipe_types import Recipe, Target
@@ -242,36 +242,54 @@ def summary_lines(report: Report) -> list[str]:
 
 def release(recipe: Recipe, measured: Measured, report: Report, store: Store, staging: Path, failed_reports: Path,
             signer: Signer | None, log: Callable[[str], None]) -> Released:
-    """Gates → files → manifest → signature → store. An identical stored version is left alone."""
+    """Gates → files → manifest → signature → store. An identical stored version is left alone.
+    Whatever stops a release after its gates were applied (the store, the signer), its report is
+    kept in `failed_reports` and comes with the error."""
     artifact_files = _artifact_files(measured)
     judged_by = measurement_digest(recipe, report)
-    if report.passed:
-        stored = store.stored_manifest(recipe.name, recipe.version)
-        if stored is not None and stored.get("content_digest") == content_digest(artifact_files):
-            if stored.get("measurement_digest") != judged_by:
-                raise VersionTaken(f"{recipe.name} {recipe.version} is stored with the same model files but was judged "
-                                 "differently (task, gates, data or verification settings changed): its report would "
-                                 "no longer match the release; bump version")
-            return Released(store.location(recipe.name, recipe.version), False, report, stored,
-                            store.release_digest(recipe.name, recipe.version))
     folder = staging / "release"
-    _assemble(folder, measured, report, _history(store, recipe.name, recipe.version))
-    if not report.passed:
-        kept = failed_reports / recipe.name / recipe.version
-        kept.mkdir(parents=True, exist_ok=True)
-        for name in REPORT_FILES:
-            shutil.copyfile(folder / name, kept / name)
-        raise GateFailed(f"{len(report.failures())} accuracy gate(s) missed, nothing was stored: "
-                         + "; ".join(report.failures()) + f". Report: {kept / 'report.md'}", report, kept)
-    manifest = _manifest(recipe, folder, measured, artifact_files, judged_by, report)
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    if signer is not None:  # after every gate passed; the signature covers every file above
-        from modelc_build.signing import sign_release
+    try:
+        if report.passed:
+            stored = store.stored_manifest(recipe.name, recipe.version)
+            if stored is not None and stored.get("content_digest") == content_digest(artifact_files):
+                if stored.get("measurement_digest") != judged_by:
+                    raise VersionTaken(f"{recipe.name} {recipe.version} is stored with the same model files but was "
+                                       "judged differently (task, gates, data or verification settings changed): its "
+                                       "report would no longer match the release; bump version")
+                return Released(store.location(recipe.name, recipe.version), False, report, stored,
+                                store.release_digest(recipe.name, recipe.version))
+        _assemble(folder, measured, report, _history(store, recipe.name, recipe.version))
+        if not report.passed:
+            kept = _keep_reports(folder, failed_reports / recipe.name / recipe.version)
+            raise GateFailed(f"{len(report.failures())} accuracy gate(s) missed, nothing was stored: "
+                             + "; ".join(report.failures()) + f". Report: {kept / 'report.md'}", report, kept)
+        manifest = _manifest(recipe, folder, measured, artifact_files, judged_by, report)
+        (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        if signer is not None:  # after every gate passed; the signature covers every file above
+            from modelc_build.signing import sign_release
 
-        sign_release(folder, signer)
-        log(f"✓ signed with {signer.describe()}")
-    result: PushResult = store.push(folder, recipe.name, recipe.version, content_digest(artifact_files))
+            sign_release(folder, signer)
+            log(f"✓ signed with {signer.describe()}")
+        result: PushResult = store.push(folder, recipe.name, recipe.version, content_digest(artifact_files))
+    except GateFailed:
+        raise
+    except ModelcError as error:  # the gates were applied: the report says how, wherever the release failed to go
+        try:
+            if not folder.exists():
+                _assemble(folder, measured, report)
+            kept = _keep_reports(folder, failed_reports / recipe.name / recipe.version)
+        except OSError:  # a disk that failed the release fails this too: the release's own error is the one to see
+            raise error from None
+        raise error.with_report(report, kept) from error
     return Released(result.location, result.created, report, manifest, result.digest)
+
+
+def _keep_reports(folder: Path, kept: Path) -> Path:
+    """A release's report files copied where a build that stored nothing keeps them."""
+    kept.mkdir(parents=True, exist_ok=True)
+    for name in REPORT_FILES:
+        shutil.copyfile(folder / name, kept / name)
+    return kept
 
 
 def measurement_digest(recipe: Recipe, report: Report) -> str:

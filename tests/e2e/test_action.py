@@ -273,3 +273,15 @@ def test_a_failed_build_is_first_in_the_comment_with_its_gates_and_a_refused_tok
                      env={**env, "GITHUB_API_URL": refused.url})
     assert done.returncode == 0 and "::warning::GitHub refused" in done.stdout
     assert "❌ tiny 0.1.0" in (tmp_path / "step_summary").read_text()
+
+
+def test_a_release_that_passed_its_gates_but_could_not_be_stored_keeps_and_uploads_its_report(tmp_path: Path,
+                                                                                              tiny_recipe, signed) -> None:
+    recipe = tiny_recipe()
+    done, outputs = action(tmp_path, "build", "--recipes", str(recipe), "--store", "oci://127.0.0.1:9/gone", "--push",
+                           "--sign", "key", "--signing-key", str(signed["key"]), env={"MODELC_REGISTRY_TIMEOUT": "3"})
+    assert done.returncode == 9, done.stdout + done.stderr  # the registry is unreachable
+    [result] = json.loads(outputs["results"])
+    assert result["error"].startswith("oci://127.0.0.1:9/gone") and result["missed_gates"] == []
+    assert outputs["upload"] == str(tmp_path / ".modelc/reports/tiny/0.1.0")
+    assert json.loads((tmp_path / ".modelc/reports/tiny/0.1.0/report.json").read_text())["passed"]
