@@ -164,7 +164,8 @@ def build_request(recipe: Path, options: argparse.Namespace) -> BuildRequest:
         else None
     return BuildRequest(recipe, store=options.store, cache=Path(options.cache), reports_dir=Path(options.reports_dir),
                         targets=targets_of(options), push=options.push, share_steps=options.share_steps,
-                        compare_to=options.compare or None, signing_key=key, sigstore=options.sign == "sigstore")
+                        compare_to=options.compare or None, signing_key=key, sigstore=options.sign == "sigstore",
+                        require_cpus=options.require_cpus)
 
 
 def targets_of(options: argparse.Namespace) -> tuple[str, ...]:
@@ -404,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--compare", default="")
     build.add_argument("--changed", default=None, help="recipes this push changed, one per line (empty: none)")
     build.add_argument("--reports-dir", default=".modelc/reports")
+    build.add_argument("--require-cpus", action=argparse.BooleanOptionalAction, default=True,
+                       help="an emulated CPU check that cannot run fails the artifact (default in CI)")
     build.add_argument("--cache", default=os.environ.get("MODELC_CACHE", ".modelc/cache"))
     key = commands.add_parser("cache-key")
     key.add_argument("--recipes", default="recipes/*.yaml")

@@ -51,6 +51,7 @@ class BuildRequest:
     signing_key: Path | None = None  # or PEM text in MODELC_SIGNING_KEY
     certificate_chain: tuple[Path, ...] = ()
     sigstore: bool = False
+    require_cpus: bool = False  # an emulated check that cannot run fails the artifact (verify.require_cpus)
 
 
 class Outcome(Enum):
@@ -172,6 +173,10 @@ def _build(request: BuildRequest, log: BuildLog, host: HostFacts | None, identit
     cache = Cache(request.cache)
     cache.ensure_writable()
     recipe = load_recipe(request.recipe, passed_schema_memo=request.cache / "schema-passed")
+    if request.require_cpus:
+        from dataclasses import replace
+
+        recipe = replace(recipe, verify=replace(recipe.verify, require_cpus=True))
     store = open_store(request.store, request.timeout)
     options = BuildOptions(request.reports_dir, force=request.force, share_steps=request.share_steps,
                            only_targets=request.targets, jobs=request.jobs, signer=signer,

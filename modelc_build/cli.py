@@ -444,6 +444,8 @@ def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool
 @click.option("--compare-to", "compare_to", metavar="latest|VERSION", help="After the build, compare the release with "
               "another version of it in the store (latest: the newest older one): accuracy, latency and size per "
               "artifact, printed as a table (and under `comparison` with --json).")
+@click.option("--require-cpus", is_flag=True, help="An emulated CPU check that cannot run (no qemu-x86_64) fails the "
+              "artifact instead of a warning (verify.require_cpus; the GitHub Action sets it).")
 @click.option("--skip-unavailable", is_flag=True, help="Leave out TensorRT engines this machine cannot build (a GPU "
               "generation TensorRT for RTX does not target, without that GPU here) instead of failing; the report "
               "lists what was left out.")
@@ -452,7 +454,8 @@ def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool
 @click.option("-v", "--verbose", is_flag=True, help="One plain line per event, also on a terminal (no live lines).")
 @global_options
 def build(recipe: Path, store_url: str, timeout: float | None, reports_dir: Path, cache_dir: Path, force: bool, targets: tuple[str, ...],
-          share_steps: bool, jobs: int, max_memory: int | None, push: bool, compare_to: str | None, skip_unavailable: bool, signing_key: Path | None,
+          share_steps: bool, jobs: int, max_memory: int | None, push: bool, compare_to: str | None, require_cpus: bool,
+          skip_unavailable: bool, signing_key: Path | None,
           certificate_chain: tuple[Path, ...], sigstore: bool, quiet: bool, verbose: bool, as_json: bool, debug: bool) -> None:
     """Build every target of RECIPE, check accuracy, sign (when a key is given) and store the release."""
     from modelc_build.api import BuildRequest, Outcome, build_recipe
@@ -461,7 +464,7 @@ def build(recipe: Path, store_url: str, timeout: float | None, reports_dir: Path
     request = BuildRequest(recipe, store=store_url, cache=Path(cache_dir), reports_dir=reports_dir, timeout=timeout, force=force,
                            targets=targets, jobs=jobs, max_memory=max_memory, share_steps=share_steps, push=push,
                            compare_to=compare_to, skip_unavailable=skip_unavailable, signing_key=signing_key,
-                           certificate_chain=certificate_chain, sigstore=sigstore)
+                           certificate_chain=certificate_chain, sigstore=sigstore, require_cpus=require_cpus)
     log = build_log(quiet=quiet, plain=verbose or debug)
     try:
         result = _guarded(debug, lambda: build_recipe(request, log))

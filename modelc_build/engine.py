@@ -241,7 +241,7 @@ class Engine:
                 step.run(inputs, out)
             entry = self.cache.put(key, step.id, out)
             if self.shared is not None:
-                self.shared.put(key, step.id, out)
+                self._share(step, key, out)
             shutil.rmtree(out, ignore_errors=True)
             finished = time.perf_counter()
             self._costs[step.id] = StepCost(finished - started, peak)
@@ -249,6 +249,16 @@ class Engine:
             self.log.done(step.id, f"✓ {step.id} ({finished - started:.1f} s, "
                                    f"{started - self._clock:.1f}–{finished - self._clock:.1f} s{memory})")
             return entry
+
+    def _share(self, step: Step, key: str, out: Path) -> None:
+        """Put a step's output in the store's step cache. It is an optimisation for the other jobs
+        of a pipeline (which otherwise make the step themselves): a failure is said, not fatal."""
+        assert self.shared is not None
+        try:
+            self.shared.put(key, step.id, out)
+        except ModelcError as error:
+            self.log(f"warning: {step.id} was built but not shared through the store's step cache ({first_line(error)}); "
+                     "other jobs make it themselves")
 
     def _threads(self, step: Step) -> int | None:
         """A step that may share the machine gets its share of the cores (steps side by side with a

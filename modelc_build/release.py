@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from modelc_build.accuracy import Evaluation, GateCheck, apply_gates, evaluation_from_dict
 from modelc_build.cache import CacheEntry
+from modelc_build.emulation import MIN_SAMPLES
 from modelc_build.errors import GateFailed, ModelcError, VersionTaken
 from modelc_build.golden import FOLDER as GOLDEN_FOLDER
 from modelc_build.manifest import QUANTIZATION_NOTES, REPORT_FILES, ArtifactEntry, FileEntry, build_manifest, content_digest, file_entries
@@ -162,7 +163,12 @@ def _measurement(recipe: Recipe, target: Target, setting: Setting, measured: dic
     if measured.get("emulation_broken"):
         problem = f"the emulation is broken, so the artifact was not judged on this CPU: {measured['emulation_broken']}"
     evaluation = evaluation_from_dict(measured)
-    if setting.gated and problem is None:
+    if setting.emulate and (measured.get("emulation_broken") or problem and recipe.verify.require_cpus):
+        # a CPU the artifact ships for on which it was judged on no sample: a broken emulator is a
+        # setup defect, not a pass; no emulator at all is one where the recipe requires the check
+        evaluation.gates = [GateCheck("min_emulated_samples", MIN_SAMPLES, 0.0, False, None,
+                                      "default" if measured.get("emulation_broken") else "recipe")]
+    elif setting.gated and problem is None:
         gate = recipe.gate_for(target.precision)
         if setting.emulate:
             evaluation.gates = _emulated_gates(recipe, target, evaluation, measured)

@@ -385,3 +385,22 @@ def test_steps_side_by_side_stay_within_the_memory_limit(tmp_path: Path) -> None
     Engine(Cache(tmp_path / "unlimited"), log, jobs=3).run(steps)
     ran = spans(log)
     assert max(start for start, _ in ran.values()) < min(end for _, end in ran.values())  # all at once
+
+
+def test_a_step_cache_that_refuses_a_put_costs_sharing_not_the_build(tmp_path: Path) -> None:
+    """The store's step cache is how the jobs of a pipeline share work; a push it refuses (a
+    registry race, a full quota) is said, and the build goes on with the step made here."""
+    from modelc_build.errors import StoreError
+
+    class Refusing:
+        def get(self, key: str) -> tuple[Any, str]:
+            return None, "not shared"
+
+        def put(self, key: str, step: str, produced: Path) -> Any:
+            raise StoreError("PUT step-… answered HTTP 400: MANIFEST_BLOB_UNKNOWN")
+
+    log = Recorder()
+    summary = Engine(Cache(tmp_path / "cache"), log, shared=Refusing()).run(graph())
+    assert sorted(summary.ran) == ["a", "b", "c", "d"]
+    assert any(line.startswith("warning: a was built but not shared through the store's step cache (PUT step-")
+               for line in log.lines)

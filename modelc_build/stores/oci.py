@@ -701,8 +701,18 @@ class OciStepCache:
             return self.local.put(key, step, folder), ""
 
     def put(self, key: str, step: str, produced: Path) -> None:
+        """Jobs of one pipeline push the same key with the same bytes at the same moment (the export
+        every target job starts from): distribution then refuses the later manifest (a blob the
+        other upload was finishing). The entry is there when the other job's push completes, so a
+        refused push looks again, then pushes once more."""
         with self.store.operation("step cache put"):
-            self._upload(key, step, produced)
+            try:
+                self._upload(key, step, produced)
+            except StoreError:
+                if self.store.get_manifest(self.repository, self._tag(key)) is not None:
+                    return
+                time.sleep(1.0)
+                self._upload(key, step, produced)
 
     def _upload(self, key: str, step: str, produced: Path) -> None:
         if self.store.get_manifest(self.repository, self._tag(key)) is not None:

@@ -86,15 +86,18 @@ def test_a_broken_emulator_is_reported_as_such_not_as_a_broken_artifact(tmp_path
     base = yaml.safe_load(tiny_recipe().read_text())
     base["data"]["calibration"] = {"path": str(tmp_path / "calibration")}
     base.update(targets=INT8_ONLY, gates=None, verify={**EMULATE_ANYWHERE, "emulated_samples": 3})
-    result = run_cli("build", tiny_recipe(base, name="broken-emulator.yaml"), "--store", tmp_path / "store")
-    assert result.exit_code == 0, result.stderr  # the artifacts are fine; the emulator is not
+    result = run_cli("build", tiny_recipe(base, name="broken-emulator.yaml"), "--store", tmp_path / "store",
+                     "--reports-dir", tmp_path / "failed")
+    assert result.exit_code == 4, result.stderr  # a setup defect is not a pass: judged on no sample of a CPU it ships for
     assert "emulated Haswell (QEMU): not judged" in result.stderr, result.stderr
     assert "warning: onnxruntime-int8 (emulated Haswell (QEMU)): the emulation is broken, so the artifact was not " \
            "judged on this CPU: the canary model (a tiny float CNN) differs from its native outputs" in result.stderr
-    report = json.loads((tmp_path / "store/tiny/0.1.0/report.json").read_text())
+    assert "min_emulated_samples: 0 vs threshold 2 (MISSED by 2, default gate)" in result.stderr
+    assert not (tmp_path / "store/tiny/0.1.0").exists()
+    report = json.loads((tmp_path / "failed/tiny/0.1.0/report.json").read_text())
     for artifact in report["artifacts"]:
         haswell = next(m for m in artifact["measurements"] if m["emulate"] == "Haswell")
-        assert artifact["passed"] and not haswell["passed"] and haswell["gates"] == []
+        assert not artifact["passed"] and not haswell["passed"] and [g["gate"] for g in haswell["gates"]] == ["min_emulated_samples"]
         assert haswell["problem"].startswith("the emulation is broken")
         assert haswell["emulation"]["process"] == "own"  # its service was gone: the check ran in a process of its own
     assert any("the emulation is broken" in flag for flag in report["flags"])
@@ -117,3 +120,6 @@ def test_without_an_emulator_the_check_is_said_not_run_with_the_install_command(
             "(qemu-x86_64) on this machine; install it (apt-get install qemu-user) and build again") in result.stderr
     markdown = (tmp_path / "store/tiny/0.1.0/report.md").read_text()
     assert "⚠️ the Haswell check did not run" in markdown
+    required = run_cli("build", tiny_recipe({**base, "version": "0.2.0"}, name="no-emulator.yaml"), "--store",
+                       tmp_path / "store", "--require-cpus", "--reports-dir", tmp_path / "failed")
+    assert required.exit_code == 4 and "min_emulated_samples: 0 vs threshold 2 (MISSED by 2)" in required.stderr
