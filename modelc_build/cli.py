@@ -87,8 +87,14 @@ def _fail(error: ModelcError, debug: bool) -> None:
         for problem in error.problems:
             click.echo(f"{prefix} {_capped(str(problem))}", err=True, color=color)
     else:
-        click.echo(f"{prefix} {_capped(error.message)}", err=True, color=color)
+        click.echo(f"{prefix} {_capped(one_line(error.message))}", err=True, color=color)
     sys.exit(error.exit_code)
+
+
+def one_line(message: str) -> str:
+    """An error as one line: a library's multi-line text joined with '; ' (--debug prints it whole)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return "; ".join(lines)
 
 
 MAX_LINE = 1000  # an error is one readable line: a 100 kB value in it is cut, not echoed

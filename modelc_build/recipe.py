@@ -561,6 +561,7 @@ def recipe_warnings(recipe_path: Path) -> list[RecipeProblem]:
                 "batch_axis: null for a scalar) or give the input a fixed value; if it is and the model allows it, "
                 "name it (e.g. batch)"))
     warnings += _layout_hints(recipe_path, located)
+    warnings += _gates_that_cannot_fail(recipe_path, located)
     for role in ("calibration", "validation", "evaluation"):
         dataset = (located.data.get("data") or {}).get(role)
         if isinstance(dataset, dict) and isinstance(dataset.get("path"), str) and ".py:" not in dataset["path"]:
@@ -571,6 +572,19 @@ def recipe_warnings(recipe_path: Path) -> list[RecipeProblem]:
                                               f"{folder.resolve()} is an empty folder: a build reads no samples from "
                                               "it and stops; put the data there or fix the path"))
     return warnings
+
+
+def _gates_that_cannot_fail(recipe_path: Path, located: _Located) -> list[RecipeProblem]:
+    """Top-5 containment on a classifier of five classes or fewer always holds: say so, and what
+    judges such a model."""
+    task = located.data.get("task") or {}
+    classes = task.get("classes") or []
+    if task.get("type") != "classification" or not classes or len(classes) > 5:
+        return []
+    line, column = located.value_marks.get(("task", "classes"), (1, 1))
+    return [RecipeProblem(str(recipe_path), line, column, "task.classes",
+                          f"{len(classes)} classes: the top-5 containment gate (min_top5_containment) cannot fail; "
+                          "top-1 agreement and max_metric_drop judge this model")]
 
 
 def _layout_hints(recipe_path: Path, located: _Located) -> list[RecipeProblem]:

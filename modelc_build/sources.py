@@ -78,7 +78,11 @@ def load_torch_model(source: ModelSource) -> Any:
     if not isinstance(model, torch.nn.Module):
         raise InputError(f"model.factory '{source.factory}' returned {type(model).__name__}, not a torch.nn.Module")
     state = load_state_dict(source.weights)
-    dropped = [key for key in state if any(re.fullmatch(pattern, key) for pattern in source.ignore_weights)]
+    dropped = [key for key in state if any(re.search(pattern, key) for pattern in source.ignore_weights)]
+    for pattern in source.ignore_weights:  # a regular expression found anywhere in the key (^ and $ anchor it)
+        if not any(re.search(pattern, key) for key in state):
+            print(f"warning: model.ignore_weights: {pattern!r} matches no entry of {source.weights.name} "
+                  f"(e.g. {next(iter(state), 'none')!r}): fix the pattern or remove it", file=sys.stderr, flush=True)
     for key in dropped:
         del state[key]
     try:

@@ -332,3 +332,47 @@ def test_example_sizes_of_named_axes(tmp_path: Path) -> None:
     - {name: extra, shape: [batch, 8, 9, other]}"""))
     ids, extra = load_recipe(path).model.inputs
     assert ids.concrete_shape(2) == (2, 10) and extra.concrete_shape(2) == (2, 8, 9, 11)
+
+
+def test_a_top5_gate_that_cannot_fail_is_a_warning_at_validate(tmp_path: Path) -> None:
+    import yaml
+
+    from modelc_build.recipe import recipe_warnings
+
+    path = tmp_path / "r.yaml"
+    path.write_text(GOOD)
+    data = yaml.safe_load(GOOD)
+    for classes, expected in ((["a", "b", "c", "d"], True), ([f"c{i}" for i in range(6)], False)):
+        data["task"] = {"type": "classification", "classes": classes}
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        said = [w for w in recipe_warnings(path) if w.key_path == "task.classes"]
+        assert bool(said) == expected
+        if expected:
+            assert "4 classes: the top-5 containment gate (min_top5_containment) cannot fail" in said[0].message
+
+
+def test_every_key_of_the_schema_is_documented() -> None:
+    """docs/recipe.md names every key a recipe may hold (an error that suggests a key points at
+    something the reference explains)."""
+    import json
+    import re
+
+    from tests.conftest import REPO
+
+    schema = json.loads((REPO / "modelc_build/schema/recipe.schema.json").read_text())
+    docs = (REPO / "docs/recipe.md").read_text()
+    keys: set[str] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            keys.update(node.get("properties", {}))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    missing = sorted(key for key in keys if not re.search(rf"`{re.escape(key)}`|\\b{re.escape(key)}:", docs)
+                     and f"`{key}" not in docs and f".{key}`" not in docs and f"{key}`" not in docs)
+    assert missing == []

@@ -58,3 +58,22 @@ def test_factory_errors(tiny_weights: Path) -> None:
         resolve_factory("no_such_pkg.mod:build", FIXTURES)
     with pytest.raises(InputError, match="returned str, not a torch.nn.Module"):
         load_torch_model(source(tiny_weights, "tiny_net.py:not_a_module"))
+
+
+def test_ignore_weights_are_regular_expressions_found_anywhere_and_one_that_matches_nothing_is_said(
+        tmp_path: Path, tiny_weights: Path, capsys) -> None:
+    import dataclasses
+
+    import torch
+
+    state = torch.load(tiny_weights, weights_only=True)
+    state["similarity_head.weight"] = torch.zeros(2)  # a stale entry the model does not have
+    stale = tmp_path / "stale.pt"
+    torch.save(state, stale)
+    with pytest.raises(InputError, match="unexpected"):
+        load_torch_model(source(stale))
+    model = load_torch_model(dataclasses.replace(source(stale), ignore_weights=("^similarity_", "no_such_entry")))
+    assert model is not None
+    said = capsys.readouterr().err
+    assert "warning: model.ignore_weights: 'no_such_entry' matches no entry of stale.pt" in said
+    assert "'^similarity_'" not in said
