@@ -102,3 +102,10 @@ def test_yolo_labels_without_label_files_are_named_by_validate_and_build(tmp_pat
     assert "data.evaluation.labels: yolo, but none of the 4 images in" in validated.stderr
     built = run_cli("build", recipe, "--store", tmp_path / "store")
     assert built.exit_code == 3 and "labels: yolo, but none of its 4 images has a label file" in built.stderr
+
+
+def test_an_error_with_a_library_s_lines_is_printed_as_one_line() -> None:
+    from modelc_build.cli import one_line
+
+    assert one_line("onnxruntime failed:\n  [ONNXRuntimeError] : 1 : FAIL\n\n  Load model failed") == \
+        "onnxruntime failed:; [ONNXRuntimeError] : 1 : FAIL; Load model failed"
