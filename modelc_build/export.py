@@ -103,6 +103,42 @@ def export_onnx(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[str, 
     return Exported("auto", "torchscript", reason)
 
 
+def check_exported_interface(path: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...]) -> None:
+    """The exported graph has the recipe's inputs and outputs, and every axis the recipe names is
+    still dynamic: an exporter that specialised one to the size it was exported with (torch.export
+    does where the model's code reads the size) gave a graph that runs at that size only, and every
+    later step failed with a runtime's multi-line error. Here it is one line naming the axis."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {initializer.name for initializer in graph.initializer}
+    found = {value.name: value for value in graph.input if value.name not in weights}
+    for index, spec in enumerate(inputs):
+        if spec.value is not None and spec.name not in found:
+            continue  # a fixed value the exporter folded into the graph
+        if spec.name not in found:
+            raise CompileError(f"the exported graph has no input '{spec.name}' (it has {', '.join(found) or 'none'}): "
+                               f"check model.inputs[{index}].name against the model's forward")
+        dims = found[spec.name].type.tensor_type.shape.dim
+        if len(dims) != len(spec.shape):
+            raise CompileError(f"the exported input '{spec.name}' has {len(dims)} axes, model.inputs[{index}].shape "
+                               f"{list(spec.shape)} has {len(spec.shape)}: fix the declared shape")
+        sizes = dict(spec.examples)
+        for axis, (declared, dim) in enumerate(zip(spec.shape, dims)):
+            if isinstance(declared, str) and dim.HasField("dim_value"):
+                example = 2 if axis == spec.batch_axis else sizes.get(declared)
+                raise CompileError(
+                    f"the export fixed axis {axis} ('{declared}') of input '{spec.name}' at {dim.dim_value}"
+                    f"{f' (the example size it was exported with, {example})' if example == dim.dim_value else ''}: the "
+                    f"model's code specialises it; make the model accept any {declared}, give another example size "
+                    f"(model.inputs[{index}].examples: {{{declared}: N}}), or declare the axis fixed")
+    names = {value.name for value in graph.output}
+    missing = [name for name in outputs if name not in names]
+    if missing:
+        raise CompileError(f"the exported graph has no output {', '.join(map(repr, missing))} (it has "
+                           f"{', '.join(sorted(names))}): check model.outputs")
+
+
 def _export_with(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...], opset: int, exporter: str,
                  destination: Path) -> None:
     """One exporter. The example input gives dynamic axes size 2: at size 1 torch.export

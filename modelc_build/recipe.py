@@ -460,6 +460,11 @@ def _check_inputs(model: dict[str, Any], add: Callable[[tuple[Any, ...], str], N
         shape = spec.get("shape", [])
         axis = spec.get("batch_axis", 0)
         fixed = _fixed_batch(spec)
+        named = [d for position, d in enumerate(shape) if isinstance(d, str) and position != axis]
+        for name in spec.get("examples") or {}:
+            if name not in named:
+                add((*at, "examples", name), f"'{name}' is not a named axis of '{spec.get('name')}' other than its batch "
+                    f"(named: {', '.join(named) or 'none'}): name one of those")
         if stateful and fixed not in (None, 1):
             add((*at, "shape"), f"a model with state is stepped one sample per call; the batch axis of "
                 f"'{spec.get('name')}' is fixed at {fixed}: make it 1 or a name")
@@ -695,6 +700,8 @@ def _example_sizes(inputs: list[dict[str, Any]], preprocess: dict[str, Any] | No
         for name, size in zip(_spatial(inputs[0]["shape"], preprocess.get("layout", "nchw")), preprocess["size"]):
             if isinstance(name, str):
                 sizes.setdefault(name, int(size))
+    for spec in inputs:  # the recipe's own example sizes win
+        sizes.update({str(name): int(size) for name, size in (spec.get("examples") or {}).items()})
     free = 8
     for spec in inputs:
         for axis, name in enumerate(spec.get("shape", [])):

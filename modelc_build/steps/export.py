@@ -48,13 +48,14 @@ class ExportStep(Step):
             (out / EXPORT_NOTES).write_text(json.dumps({"requested": "none", "used": "none", "fallback_reason": None},
                                                       indent=2, sort_keys=True) + "\n")
             return
-        from modelc_build.export import check_model_accepts_inputs, export_onnx
+        from modelc_build.export import check_exported_interface, check_model_accepts_inputs, export_onnx
         from modelc_build.sources import load_torch_model
 
         model = load_torch_model(self.model)
         check_model_accepts_inputs(model, self.model.inputs, self.model.outputs)
         exported = export_onnx(model, self.model.inputs, self.model.outputs, self.options, destination,
                                scripted=self.model.kind == "torchscript")
+        check_exported_interface(destination, self.model.inputs, self.model.outputs)
         (out / EXPORT_NOTES).write_text(json.dumps(asdict(exported), indent=2, sort_keys=True) + "\n")
 
 
