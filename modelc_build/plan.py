@@ -23,7 +23,7 @@ from modelc_build.host import EMULATED_CLASSES, HostFacts
 from modelc_build.recipe_types import Recipe, Target
 from modelc_build.steps import Step
 from modelc_build.steps.autocast import AUTOCAST_STEP, AutocastStep
-from modelc_build.steps.compile import AccuracyControlSpec, CompileStep, compile_step_id
+from modelc_build.steps.compile import AccuracyControlSpec, CompileStep, FallbackSpec, compile_step_id
 from modelc_build.steps.decode import DecodeStep, decodes
 from modelc_build.steps.export import EXPORT_STEP, ExportStep
 from modelc_build.steps.golden import GoldenStep
@@ -208,7 +208,17 @@ def _compile_step(recipe: Recipe, target: Target, graph: str, host: HostFacts) -
         control = AccuracyControlSpec(max_drop, recipe.task, recipe.task.output or recipe.model.outputs[0],
                                       data_source(recipe, "validation"))
     return CompileStep(target, source, recipe.model, calibration, recipe.quantization, control,
-                       cpu_variants(recipe, target, host))
+                       cpu_variants(recipe, target, host), fallback_spec(recipe, target))
+
+
+def fallback_spec(recipe: Recipe, target: Target) -> FallbackSpec | None:
+    """An int8 target of a backend that can keep layers in float, whose recipe gates the output
+    cosine, tunes a mixed graph on the validation data where full INT8 misses that gate."""
+    min_cosine = recipe.gate_for(target.precision).min_cosine
+    if (target.precision != "int8" or not table(target).mixed_precision or recipe.quantization.fallback != "auto"
+            or min_cosine is None or data_source(recipe, "validation").dataset is None):
+        return None
+    return FallbackSpec(min_cosine, data_source(recipe, "validation"), recipe.quantization.fallback_layers)
 
 
 def cpu_variants(recipe: Recipe, target: Target, host: HostFacts) -> tuple[str, ...]:

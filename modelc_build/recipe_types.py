@@ -207,6 +207,8 @@ class Quantization:
     allow_unquantized: bool = False  # an int8 artifact with no INT8 layer is stored instead of failing
     float_input_layers: bool = True  # onnxruntime int8: layers reading a model input stay float
     float_output_head: bool = False  # nodes after the last Conv/Gemm/MatMul stay float (default: detection)
+    fallback: str = "auto"  # int8: auto (mixed precision where full INT8 misses min_cosine) | off
+    fallback_layers: int = 8  # the most layers the fallback keeps in float
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,17 @@ class AccuracyControl:
 
 
 @dataclass(frozen=True)
+class Fallback:
+    """Mixed precision where full INT8 misses: keep the layers that cost most in float until every
+    output holds `min_cosine` against the float graph on the tuning (validation) data, with at most
+    `max_float_layers` in float; refuse the artifact when the mixed graph is no faster than FP32."""
+
+    min_cosine: float
+    tuning: Callable[[], Iterator[dict[str, np.ndarray]]]  # validation feeds (input name -> batch), never evaluation
+    max_float_layers: int = 8
+
+
+@dataclass(frozen=True)
 class CompileRequest:
     """Everything a backend may use: a step sees only these typed inputs."""
 
@@ -108,6 +119,7 @@ class CompileRequest:
     quantization: Quantization = Quantization()
     accuracy_control: AccuracyControl | None = None
     cpu_variants: tuple[str, ...] = ()  # onnxruntime int8: extra layouts for CPU classes ("vnni")
+    fallback: Fallback | None = None  # int8: mixed precision where full INT8 misses (backends with mixed_precision)
 
 
 def write_quantization_notes(out_dir: Path, notes: dict[str, Any]) -> Path:
@@ -150,6 +162,7 @@ class Capabilities:
     gpu_precisions: Mapping[str, Mapping[str, frozenset[str]]] = field(default_factory=dict)  # flavour -> generation -> precisions
     preload: tuple[str, ...] = ()  # modules a build's fork server imports once for its steps
     check_cost: float = 0.7  # a check of one of its artifacts, relative to others (the engine's order)
+    mixed_precision: bool = False  # its int8 can keep the layers that cost most in float (CompileRequest.fallback)
 
     def graph(self, precision: str) -> str:
         return self.graphs.get(precision, self.graphs.get("*", "onnx"))

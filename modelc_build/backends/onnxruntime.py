@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from modelc_build.backends import Backend, Capabilities, CompileRequest, Runner, require, write_quantization_notes
 from modelc_build.errors import CompileError, ModelcError, first_line
@@ -84,7 +84,7 @@ class OnnxRuntimeBackend(Backend):
     capabilities = Capabilities(
         precisions=frozenset({"fp32", "int8"}), deploy_extra="onnxruntime", runtime_modules=("numpy", "onnxruntime"),
         tools=("onnxruntime",), in_process_float=True, emulated_int8=True, cpu_variants=("vnni",),
-        preload=("onnxruntime",))
+        preload=("onnxruntime",), mixed_precision=True)
 
     def compile(self, request: CompileRequest) -> list[Path]:
         require("onnxruntime", self.name, "onnxruntime")
@@ -166,59 +166,106 @@ INT8_FORMATS = {f.name: f for f in (
 def quantize_for_cpu(request: CompileRequest, destinations: dict[str, Path]) -> dict[str, Any]:
     """onnxruntime `quantize_static` on the recipe's calibration data, once, written in each of
     `destinations`' formats (format name -> file): the calibration ranges are computed once and
-    kept in a cache file the other formats reuse."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    kept in a cache file the other formats reuse. Where the request asks for it (`fallback`) and
+    full INT8 misses the cosine it must hold on the validation data, the layers that cost most are
+    kept in float until it holds (modelc_build/backends/mixed_precision.py)."""
+    with Int8Writer(request) as writer:
+        notes = writer.write(destinations)
+        if request.fallback is not None:
+            from modelc_build.backends.mixed_precision import find_mixed_precision
 
-    from modelc_build.feeds import FeedReader
-    from modelc_build.onnx_graph import excluded_nodes
+            notes["fallback"] = find_mixed_precision(writer, destinations, request.fallback)
+            notes["kept_in_float"]["nodes"] = writer.exclude + notes["fallback"]["kept_in_float"]
+    return notes
 
-    if request.calibration is None:
-        raise CompileError("an int8 target needs data.calibration")
-    options = request.quantization
-    reader = FeedReader(request.calibration, options.subset_size, request.inputs)
-    exclude = excluded_nodes(request.onnx_model, options)
-    if options.float_input_layers:
-        exclude += [name for name in _input_layers(request.onnx_model) if name not in exclude]
-    if options.float_output_head:
-        from modelc_build.onnx_graph import output_head
 
-        exclude += [name for name in output_head(request.onnx_model) if name not in exclude]
-    # a moving average of each feed's extremes narrows the ranges when feeds are small (a model
-    # with a fixed batch of 1: a streaming model's INT8 lost every positive decision that way)
-    per_feed = reader.samples_per_feed()  # reads one batch (runs the float model for a stateful one): once
-    moving_average = per_feed >= MOVING_AVERAGE_MIN_SAMPLES
-    try:
-        with tempfile.TemporaryDirectory() as scratch, contextlib.redirect_stdout(io.StringIO()):
-            prepared = Path(scratch) / "prepared.onnx"
-            ranges = Path(scratch) / "ranges.json"
-            quant_pre_process(str(request.onnx_model), str(prepared), skip_symbolic_shape=True)
-            converted = _at_least_opset(prepared, PER_CHANNEL_OPSET)
-            op_types = _quantized_op_types(prepared, options)
+class Int8Writer:
+    """One calibration of a graph, then as many INT8 graphs from it as asked for (each format, and
+    each set of layers kept in float): quantize_static reads the ranges from a cache file."""
+
+    def __init__(self, request: CompileRequest) -> None:
+        self.request = request
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
+
+    def __enter__(self) -> Int8Writer:
+        from modelc_build.feeds import FeedReader
+        from modelc_build.onnx_graph import excluded_nodes
+
+        request = self.request
+        if request.calibration is None:
+            raise CompileError("an int8 target needs data.calibration")
+        options = request.quantization
+        self.reader = FeedReader(request.calibration, options.subset_size, request.inputs)
+        self.exclude = excluded_nodes(request.onnx_model, options)
+        if options.float_input_layers:
+            self.exclude += [name for name in _input_layers(request.onnx_model) if name not in self.exclude]
+        if options.float_output_head:
+            from modelc_build.onnx_graph import output_head
+
+            self.exclude += [name for name in output_head(request.onnx_model) if name not in self.exclude]
+        # a moving average of each feed's extremes narrows the ranges when feeds are small (a model
+        # with a fixed batch of 1: a streaming model's INT8 lost every positive decision that way)
+        self.per_feed = self.reader.samples_per_feed()  # reads one batch (runs the float model for a stateful one): once
+        self.moving_average = self.per_feed >= MOVING_AVERAGE_MIN_SAMPLES
+        self._scratch = tempfile.TemporaryDirectory(prefix="modelc-ort-int8-")
+        folder = Path(self._scratch.name)
+        self.prepared, self.ranges = folder / "prepared.onnx", folder / "ranges.json"
+        with self._failures():
+            quant_pre_process = _quantization_module("shape_inference").quant_pre_process
+            with contextlib.redirect_stdout(io.StringIO()):
+                quant_pre_process(str(request.onnx_model), str(self.prepared), skip_symbolic_shape=True)
+            self.converted = _at_least_opset(self.prepared, PER_CHANNEL_OPSET)
+            self.op_types = _quantized_op_types(self.prepared, options)
             # pieces only where every input keeps its samples on axis 0 and none is a fixed value
             chunk = CALIBRATION_CHUNK if all(spec.batch_axis == 0 and spec.value is None for spec in request.inputs) else None
-            _calibrate(prepared, reader, op_types, moving_average, ranges, Path(scratch), chunk)
-            for name, destination in destinations.items():
-                layout = INT8_FORMATS[name]
-                quantize_static(str(prepared), str(destination), None, quant_format=QuantFormat.QDQ,
-                                per_channel=True, activation_type=getattr(QuantType, layout.activations),
-                                weight_type=getattr(QuantType, layout.weights), reduce_range=layout.reduce_range,
-                                calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude,
-                                op_types_to_quantize=op_types, calibration_cache_path=str(ranges),
-                                extra_options={"CalibMovingAverage": moving_average})
-    except ModelcError:  # e.g. bad calibration data: its own message and exit code
-        raise
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise CompileError(f"onnxruntime static quantization of {request.onnx_model.name} failed: {first}") from exc
-    ranges_words = "MinMax, moving average" if moving_average else f"MinMax over all feeds ({per_feed} per feed)"
-    if converted:
-        ranges_words += f"; the graph converted from opset {converted} to {PER_CHANNEL_OPSET} for per-channel Q/DQ"
-    return {"method": f"onnxruntime static quantization (QDQ, {ranges_words})",
-            "formats": {name: INT8_FORMATS[name].words() for name in destinations},
-            "calibration_samples": reader.samples,
-            "quantized_op_types": op_types or "onnxruntime's default list",
-            "kept_in_float": {"nodes": exclude, "op_types": list(options.ignore_types)}}
+            with contextlib.redirect_stdout(io.StringIO()):
+                _calibrate(self.prepared, self.reader, self.op_types, self.moving_average, self.ranges, folder, chunk)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._scratch is not None:
+            self._scratch.cleanup()
+
+    @contextlib.contextmanager
+    def _failures(self) -> Iterator[None]:
+        try:
+            yield
+        except ModelcError:  # e.g. bad calibration data: its own message and exit code
+            raise
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise CompileError(f"onnxruntime static quantization of {self.request.onnx_model.name} failed: {first}") from exc
+
+    def quantize(self, layout_name: str, destination: Path, also_float: tuple[str, ...] = ()) -> None:
+        """The graph in `layout_name`'s format with the recipe's float layers and `also_float` kept in float."""
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        layout = INT8_FORMATS[layout_name]
+        with self._failures(), contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(str(self.prepared), str(destination), None, quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=getattr(QuantType, layout.activations),
+                            weight_type=getattr(QuantType, layout.weights), reduce_range=layout.reduce_range,
+                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=self.exclude + list(also_float),
+                            op_types_to_quantize=self.op_types, calibration_cache_path=str(self.ranges),
+                            extra_options={"CalibMovingAverage": self.moving_average})
+
+    def write(self, destinations: dict[str, Path], also_float: tuple[str, ...] = ()) -> dict[str, Any]:
+        for name, destination in destinations.items():
+            self.quantize(name, destination, also_float)
+        ranges_words = "MinMax, moving average" if self.moving_average else f"MinMax over all feeds ({self.per_feed} per feed)"
+        if self.converted:
+            ranges_words += f"; the graph converted from opset {self.converted} to {PER_CHANNEL_OPSET} for per-channel Q/DQ"
+        return {"method": f"onnxruntime static quantization (QDQ, {ranges_words})",
+                "formats": {name: INT8_FORMATS[name].words() for name in destinations},
+                "calibration_samples": self.reader.samples,
+                "quantized_op_types": self.op_types or "onnxruntime's default list",
+                "kept_in_float": {"nodes": self.exclude + list(also_float), "op_types": list(self.request.quantization.ignore_types)}}
+
+
+def _quantization_module(name: str) -> Any:
+    import importlib
+
+    return importlib.import_module(f"onnxruntime.quantization.{name}")
 
 
 CALIBRATION_CHUNK = 1  # samples per calibration run (peak memory grows by a sample's activations per sample; time does not fall)

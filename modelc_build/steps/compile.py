@@ -45,6 +45,15 @@ class AccuracyControlSpec:
 
 
 @dataclass(frozen=True)
+class FallbackSpec:
+    """Mixed precision where full INT8 misses `min_cosine`, tuned on `data` (the validation role)."""
+
+    min_cosine: float
+    data: DataSource
+    max_float_layers: int
+
+
+@dataclass(frozen=True)
 class CompileStep(Step):
     target: Target
     graph: str  # id of the step whose model.onnx is compiled; `export` for TorchScript (made from torch)
@@ -53,6 +62,7 @@ class CompileStep(Step):
     quantization: Quantization = Quantization()
     accuracy_control: AccuracyControlSpec | None = None
     cpu_variants: tuple[str, ...] = ()  # onnxruntime int8: extra layouts for CPU classes ("vnni")
+    fallback: FallbackSpec | None = None  # int8: mixed precision where full INT8 misses the gate's cosine
     kind = "compile"
 
     @property
@@ -109,6 +119,9 @@ class CompileStep(Step):
             material["quantization"] = asdict(self.quantization)
         if self.cpu_variants:
             material["cpu_variants"] = list(self.cpu_variants)
+        if self.fallback is not None:
+            material["fallback"] = {"min_cosine": self.fallback.min_cosine, "data": facts.data(self.fallback.data),
+                                    "max_float_layers": self.fallback.max_float_layers}
         if self.accuracy_control is not None:
             control = self.accuracy_control
             material["accuracy_control"] = {"max_drop": control.max_drop, "task": facts.task(control.task),
@@ -132,7 +145,7 @@ class CompileStep(Step):
             calibration = with_carried_state(reader.feeds, inputs.file(self.graph, "model.onnx"), self.model.inputs)
         request = CompileRequest(self.target, inputs.file(self.graph, "model.onnx"), self.model.inputs,
                                  self.model.outputs, out, torch_model, calibration, self.quantization,
-                                 self._accuracy_control(inputs), self.cpu_variants)
+                                 self._accuracy_control(inputs), self.cpu_variants, self._fallback(inputs))
         backend = get_backend(self.target.backend)
         files = backend.compile(request)
         if reader is not None:
@@ -140,6 +153,16 @@ class CompileStep(Step):
         if self.target.precision == "int8":
             _check_coverage(self.target, files, out, self.quantization)
         _check_it_runs(self.target, backend, files, self.model.inputs, self.model.outputs, inputs.threads)
+
+    def _fallback(self, inputs: StepInputs) -> Any:
+        if self.fallback is None:
+            return None
+        from modelc_build.backends import Fallback
+        from modelc_build.feeds import with_carried_state
+
+        reader = inputs.fingerprints.reader(self.fallback.data)
+        tuning = with_carried_state(reader.feeds, inputs.file(self.graph, "model.onnx"), self.model.inputs)
+        return Fallback(self.fallback.min_cosine, tuning, self.fallback.max_float_layers)
 
     def _accuracy_control(self, inputs: StepInputs) -> Any:
         if self.accuracy_control is None:

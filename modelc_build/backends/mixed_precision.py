@@ -1,0 +1,154 @@
+"""Mixed precision for onnxruntime INT8, where full INT8 misses: find the few layers that cost most
+and keep them in float.
+
+1. Full INT8 (the recipe's own float layers apart) is scored on the tuning data (the validation
+   set; the evaluation set stays for the gates): the lowest cosine of any output against the float
+   graph. If it holds `min_cosine`, nothing changes.
+2. Else each quantized layer is put back in float alone and scored: how much of the loss it
+   carries (one quantize_static per layer, from the ranges calibrated once).
+3. The worst 1, 2, 4, … layers (at most `max_float_layers`) go back to float together until the
+   graph holds `min_cosine`.
+4. The mixed graph is timed against the FP32 graph (batch 1, interleaved runs, the least of each):
+   one that is not faster is refused in one line — INT8 is not worth it here. One that holds the
+   cosine on no budget goes to the gates as the best found (they judge it on the evaluation data).
+
+Everything is recorded in the artifact's quantization notes: full INT8's cosine, each layer's
+cost, the layers kept in float and their share of the multiply-accumulates, the speed kept.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modelc_build.errors import CompileError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from modelc_build.backends import Fallback
+    from modelc_build.backends.onnxruntime import Int8Writer
+
+TIMED_RUNS = 15
+
+
+def find_mixed_precision(writer: Int8Writer, destinations: dict[str, Path], fallback: Fallback) -> dict[str, Any]:
+    """Rewrite `destinations` with the fewest layers in float that make the graph hold
+    `fallback.min_cosine` on the tuning data; notes of what was tried and kept."""
+    request = writer.request
+    feeds = list(_feeds(fallback, request.inputs))
+    if not feeds:
+        raise CompileError("quantization.fallback: the validation data gave no sample to tune on: add data.validation")
+    portable_name, portable = next(iter(destinations.items()))
+    reference = [_run(request.onnx_model, feed, request.outputs) for feed in feeds]
+    full = _cosine(portable, feeds, reference, request.outputs)
+    notes: dict[str, Any] = {"min_cosine": fallback.min_cosine, "tuned_on": f"{sum(_count(f) for f in feeds)} validation samples",
+                             "full_int8_cosine": round(full, 6), "kept_in_float": []}
+    if full >= fallback.min_cosine:
+        notes["verdict"] = "full INT8 holds the gate: nothing kept in float"
+        return notes
+    with tempfile.TemporaryDirectory(prefix="modelc-mixed-") as scratch:
+        trial = Path(scratch) / "trial.onnx"
+        costs = []
+        for layer in _quantized_layers(portable):
+            writer.quantize(portable_name, trial, (layer,))
+            costs.append((_cosine(trial, feeds, reference, request.outputs) - full, layer))
+        costs.sort(reverse=True)
+        notes["layer_costs"] = [{"layer": layer, "cosine_gained_in_float": round(gain, 6)} for gain, layer in costs[:16]]
+        chosen: tuple[str, ...] = ()
+        cosine = full
+        limit = min(fallback.max_float_layers, len(costs) - 1)  # one layer in INT8 at least, or it is no INT8
+        for count in sorted({min(2 ** step, limit) for step in range(limit.bit_length() + 1)} - {0}):
+            chosen = tuple(layer for _, layer in costs[:count])
+            writer.quantize(portable_name, trial, chosen)
+            cosine = _cosine(trial, feeds, reference, request.outputs)
+            notes.setdefault("rounds", []).append({"in_float": len(chosen), "cosine": round(cosine, 6)})
+            if cosine >= fallback.min_cosine:
+                break
+    writer.write(destinations, chosen)
+    here = destinations.get("u8s8", portable)  # the layout this CPU runs (a VNNI one is built only where it runs)
+    ratio = _latency_ratio(here, request.onnx_model, feeds[0], request.outputs)
+    notes.update(mixed_cosine=round(cosine, 6), latency_vs_fp32=round(ratio, 3), timed=here.name, kept_in_float=list(chosen))
+    words = f"best mixed INT8 {ratio:.2f}× FP32 latency at cosine {cosine:.4f} with {len(chosen)} layer(s) in float"
+    if cosine < fallback.min_cosine:  # the gates judge the best it found, on the evaluation data
+        notes["verdict"] = (f"no mixed graph within quantization.fallback_layers ({fallback.max_float_layers}) holds "
+                            f"min_cosine {fallback.min_cosine} on the validation data; shipped to the gates: {words}")
+        return notes
+    if ratio >= 1.0:
+        raise CompileError(f"{request.target.id}: INT8 is not worth it here: {words} (full INT8 cosine {full:.4f}): "
+                           "build fp32 for this runtime, or set quantization.fallback: off to see full INT8 judged")
+    notes["verdict"] = f"mixed INT8: {words}"
+    return notes
+
+
+TUNING_SAMPLES = 64  # validation samples each trial is scored on (a trial is a quantize_static and a pass)
+
+
+def _feeds(fallback: Fallback, inputs: Any) -> list[dict[str, np.ndarray]]:
+    """The tuning data as the model's feeds, cut to its batch where that is fixed."""
+    from modelc_build.feeds import FeedReader
+
+    reader = FeedReader(fallback.tuning, TUNING_SAMPLES, inputs)
+    feeds = []
+    while (feed := reader.get_next()) is not None:
+        feeds.append(feed)
+    return feeds
+
+
+def _count(feed: dict[str, Any]) -> int:
+    first = next(iter(feed.values()))
+    return int(first.shape[0]) if getattr(first, "ndim", 0) else 1
+
+
+def _session(model: Path) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+
+
+def _run(model: Path, feed: dict[str, np.ndarray], outputs: tuple[str, ...]) -> list[np.ndarray]:
+    return list(_session(model).run(list(outputs), feed))
+
+
+def _cosine(model: Path, feeds: list[dict[str, np.ndarray]], reference: list[list[np.ndarray]], outputs: tuple[str, ...]) -> float:
+    """The lowest cosine of any output, over all tuning samples flattened, against the float graph."""
+    import numpy as np
+
+    session = _session(model)
+    got = [session.run(list(outputs), feed) for feed in feeds]
+    worst = 1.0
+    for index in range(len(outputs)):
+        a = np.concatenate([np.asarray(run[index], dtype=np.float64).ravel() for run in got])
+        b = np.concatenate([np.asarray(run[index], dtype=np.float64).ravel() for run in reference])
+        norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+        worst = min(worst, float(a @ b) / norm if norm else (1.0 if np.allclose(a, b) else 0.0))
+    return worst
+
+
+def _quantized_layers(model: Path) -> list[str]:
+    """The weighted nodes of a QDQ graph that read a DequantizeLinear (those running in INT8)."""
+    import onnx
+
+    from modelc_build.onnx_graph import WEIGHTED_LAYERS
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    dequantized = {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    return [node.name for node in graph.node if node.op_type in WEIGHTED_LAYERS and dequantized & set(node.input)]
+
+
+def _latency_ratio(mixed: Path, fp32: Path, feed: dict[str, np.ndarray], outputs: tuple[str, ...]) -> float:
+    """Mixed INT8 over FP32, batch 1 (the first sample), the least of interleaved runs of each."""
+    one = {name: value[:1] if getattr(value, "ndim", 0) else value for name, value in feed.items()}
+    sessions = {"mixed": _session(mixed), "fp32": _session(fp32)}
+    best = {name: float("inf") for name in sessions}
+    for session in sessions.values():
+        session.run(list(outputs), one)  # warm up
+    for _ in range(TIMED_RUNS):
+        for name, session in sessions.items():
+            started = time.perf_counter()
+            session.run(list(outputs), one)
+            best[name] = min(best[name], time.perf_counter() - started)
+    return best["mixed"] / best["fp32"]
