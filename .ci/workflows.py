@@ -220,17 +220,17 @@ def scenario_pr_gate(bench: Bench) -> None:
 
     def strict(data: dict[str, Any]) -> None:
         data["version"] = "1.2.0"
-        data["gates"]["int8"] = {"min_cosine": 0.99999999}
-    head = bench.commit("classifier 1.2.0: a gate no int8 artifact meets", edit_recipe(strict))
+        data["gates"]["fp32"] = {"max_abs_error": 1.0e-12}  # no runtime computes the reference to the last bit
+    head = bench.commit("classifier 1.2.0: a gate no artifact meets", edit_recipe(strict))
     run = bench.act("pr-gate", "pull_request", pull_request(8, base, head))
     bench.expect("pr-gate", "the job failed", run.code != 0)
-    line = next(i for i, text in enumerate((bench.repo / RECIPE).read_text().splitlines(), start=1) if "0.99999999" in text)
+    line = next(i for i, text in enumerate((bench.repo / RECIPE).read_text().splitlines(), start=1) if "1.0e-12" in text)
     bench.expect("pr-gate", f"the missed gate is annotated on {RECIPE} line {line}",
-                 any(f"file={RECIPE},line={line}" in a and "min_cosine" in a for a in run.annotations("error")))
+                 any(f"file={RECIPE},line={line}" in a and "max_abs_error" in a for a in run.annotations("error")))
     bodies = [(c.get("body") or {}).get("body", "") for c in run.comments() if c.get("method") in ("POST", "PATCH")]
     body = bodies[-1] if bodies else ""
     bench.expect("pr-gate", "the comment lists the failure first, with the gate and its recipe line",
-                 body.find("❌") != -1 and "min_cosine" in body and f"| {line} |" in body)
+                 body.find("❌") != -1 and "max_abs_error" in body and f"| {line} |" in body)
     bench.expect("pr-gate", "the report was uploaded", "modelc-pull-request" in run.artifacts())
     print("  comment:\n" + "\n".join("    " + line for line in body.splitlines()), flush=True)
 
