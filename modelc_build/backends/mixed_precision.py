@@ -20,15 +20,24 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from modelc_build.errors import CompileError
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from modelc_build.backends import Fallback
-    from modelc_build.backends.onnxruntime import Int8Writer
+    from modelc_build.backends import CompileRequest, Fallback
+
+
+class Int8Writer(Protocol):
+    """What the search needs of a runtime's calibrated quantizer (onnxruntime's Int8Writer)."""
+
+    request: CompileRequest
+
+    def quantize(self, layout_name: str, destination: Path, also_float: tuple[str, ...] = ()) -> None: ...
+
+    def write(self, destinations: dict[str, Path], also_float: tuple[str, ...] = ()) -> dict[str, Any]: ...
 
 TIMED_RUNS = 15
 
