@@ -16,6 +16,10 @@ from typing import Any, Iterator
 WEIGHTED_ONNX = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 INTEGER_ONNX = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm")
 WEIGHTED_OPENVINO = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData", "MatMul")
+# recurrent layers: (index of W, index of R) among their inputs; their MACs are steps x directions x
+# gates*hidden x (input + hidden) per sample, which for an LSTM model is nearly all of them
+RECURRENT_ONNX = {"LSTM": (1, 2), "GRU": (1, 2), "RNN": (1, 2), "DynamicQuantizeLSTM": (1, 2)}
+RECURRENT_OPENVINO = {"LSTMSequence": (4, 5), "GRUSequence": (3, 4), "RNNSequence": (3, 4)}
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,7 @@ class Coverage:
     def why_none(self) -> str:
         """Why nothing was quantized, as far as the graph tells."""
         if self.layers == 0:
-            return "the graph has no convolution or matrix product to quantize"
+            return "the graph has no convolution, matrix product or recurrent layer to quantize"
         if self.in_subgraphs == self.layers:
             return (f"all {self.layers} weighted layers sit inside If/Loop bodies, which the quantizer does not enter: "
                     "export the model with the branch it takes fixed (for a torch source, pass the condition as a "
@@ -86,6 +90,9 @@ def onnx_coverage(path: Path) -> Coverage:
         for node in graph.node:
             for sub in _subgraphs(node):
                 visit(sub, True)
+            if node.op_type in RECURRENT_ONNX:
+                recurrent(node, initializers, producers, inside)
+                continue
             integer = node.op_type in INTEGER_ONNX
             if node.op_type not in WEIGHTED_ONNX and not integer:
                 continue
@@ -104,16 +111,55 @@ def onnx_coverage(path: Path) -> Coverage:
             weight_shape = initializers.get(weight) or initializers.get(producer.input[0] if producer is not None else "")
             out_shape = shapes.get(node.output[0], [])
             if weight_shape and out_shape and all(out_shape[1:]):
-                per_output = weight_shape[1:] if node.op_type in ("Conv", "QLinearConv", "ConvInteger") else weight_shape[:1]
+                per_output = _summed_dims(node, weight_shape)
                 layer = _macs(per_output, out_shape[1:])
                 macs["all"] += layer
                 macs["int8"] += layer if quantized else 0
             else:
                 macs["unknown"] = True
 
+    def recurrent(node: Any, initializers: dict[str, list[int]], producers: dict[str, Any], inside: bool) -> None:
+        """An LSTM/GRU/RNN: quantized where its weights come through a DequantizeLinear (or it is
+        onnxruntime's integer LSTM); its MACs from W, R and the steps of its output."""
+        w_index, r_index = RECURRENT_ONNX[node.op_type]
+        weight = node.input[w_index] if len(node.input) > w_index else ""
+        producer = producers.get(weight)
+        quantized = node.op_type.startswith("DynamicQuantize") or (producer is not None and producer.op_type == "DequantizeLinear")
+        counts["layers"] += 1
+        counts["quantized"] += quantized
+        counts["sub"] += inside
+        counts["sub_q"] += inside and quantized
+        if not quantized and len(floats) < 8:
+            floats.append(f"{node.name or node.op_type} ({node.op_type})")
+        w = initializers.get(weight) or initializers.get(producer.input[0] if producer is not None else "")
+        recurrence = node.input[r_index] if len(node.input) > r_index else ""
+        r = initializers.get(recurrence) or initializers.get((producers.get(recurrence) or node).input[0])
+        steps = (shapes.get(node.output[0]) or [0])[0]  # Y: [steps, directions, batch, hidden]
+        if w and r and steps:
+            layer = steps * _recurrent_macs(w, r)
+            macs["all"] += layer
+            macs["int8"] += layer if quantized else 0
+        else:
+            macs["unknown"] = True
+
     visit(model.graph, False)
     share = 100.0 * macs["int8"] / macs["all"] if macs["all"] and not macs["unknown"] else None
     return Coverage(counts["layers"], counts["quantized"], counts["sub"], counts["sub_q"], share, floats)
+
+
+def _summed_dims(node: Any, weight: list[int]) -> list[int]:
+    """The weight dimensions one output value sums over: a convolution's [in/groups, kh, kw]; a
+    MatMul's [in, out] weight its first; a Gemm's by its transB ([out, in] when set)."""
+    if node.op_type in ("Conv", "QLinearConv", "ConvInteger"):
+        return weight[1:]
+    transposed = any(attribute.name == "transB" and attribute.i for attribute in node.attribute)
+    return weight[1:2] if node.op_type in ("Gemm", "QGemm") and transposed else weight[:1]
+
+
+def _recurrent_macs(w: list[int], r: list[int]) -> int:
+    """One step of a recurrent layer, per sample: W [directions, gates*hidden, input] and R
+    [directions, gates*hidden, hidden] each multiply their vector once per step."""
+    return w[0] * w[1] * w[2] + r[0] * r[1] * r[2]
 
 
 # Ops OpenVINO's low-precision transformations run in the precision of their input (data in input
@@ -148,13 +194,24 @@ def openvino_coverage(xml: Path) -> Coverage:
     unknown = False
     floats: list[str] = []
     for op in model.get_ordered_ops():
-        if op.get_type_name() not in WEIGHTED_OPENVINO:
+        kind = op.get_type_name()
+        if kind not in WEIGHTED_OPENVINO and kind not in RECURRENT_OPENVINO:
             continue
         layers += 1
         is_int8 = _fed_by_fake_quantize(op.input_value(0).get_node())
         quantized += is_int8
         if not is_int8 and len(floats) < 8:
             floats.append(op.get_friendly_name())
+        if kind in RECURRENT_OPENVINO:
+            w_index, r_index = RECURRENT_OPENVINO[kind]
+            w, r, x = (op.input(i).get_partial_shape() for i in (w_index, r_index, 0))  # X: [batch, steps, input]
+            if w.is_static and r.is_static and x.rank.is_static and x[1].is_static:
+                layer = x[1].get_length() * _recurrent_macs([d.get_length() for d in w], [d.get_length() for d in r])
+                macs_all += layer
+                macs_int8 += layer if is_int8 else 0
+            else:
+                unknown = True
+            continue
         weights, out = op.input(1).get_partial_shape(), op.output(0).get_partial_shape()
         if weights.is_static and out.rank.is_static and all(d.is_static for d in list(out)[1:]):
             dims = [d.get_length() for d in weights]

@@ -55,3 +55,57 @@ def test_openvino_coverage_counts_what_the_cpu_plugin_runs_in_int8(tmp_path: Pat
     assert coverage.layers == len(runtime) == 5
     assert coverage.quantized == sum(precision in ("u8", "i8") for precision in runtime)
     assert coverage.quantized == 5  # the split halves, the concats and the pooled branch included
+
+
+def lstm_onnx(path: Path) -> None:
+    """A speaker-encoder-like model: a 2-layer LSTM over 20 steps, then a linear head."""
+    import torch
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm = torch.nn.LSTM(16, 32, num_layers=2, batch_first=True)
+            self.head = torch.nn.Linear(32, 8)
+
+        def forward(self, frames: torch.Tensor) -> torch.Tensor:
+            out, _ = self.lstm(frames)
+            return self.head(out[:, -1])
+
+    torch.manual_seed(0)
+    torch.onnx.export(Encoder().eval(), (torch.rand(2, 20, 16),), str(path), input_names=["frames"], output_names=["embedding"],
+                      dynamic_axes={"frames": {0: "batch"}}, dynamo=False)
+
+
+def test_recurrent_layers_count_with_their_multiply_accumulates(tmp_path: Path) -> None:
+    """The LSTMs hold ~99 % of such a model's MACs; onnxruntime's static Q/DQ leaves them in float,
+    so its INT8 covers the head alone, and coverage says so instead of "1 of 1 layers, 100 %"."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    from modelc_build.coverage import onnx_coverage
+
+    float_model, int8_model = tmp_path / "lstm.onnx", tmp_path / "lstm-int8.onnx"
+    lstm_onnx(float_model)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter([{"frames": np.random.default_rng(i).random((2, 20, 16), dtype=np.float32)} for i in range(4)])
+
+        def get_next(self):  # type: ignore[no-untyped-def]
+            return next(self.feeds, None)
+
+    quantize_static(str(float_model), str(int8_model), Reader(), quant_format=QuantFormat.QDQ)
+    coverage = onnx_coverage(int8_model)
+    assert coverage.layers == 3 and coverage.quantized == 1  # two LSTMs in float, the head in INT8
+    assert sum("(LSTM)" in name for name in coverage.float_layers) == 2
+    macs_lstm = 20 * (4 * 32 * 16 + 4 * 32 * 32) + 20 * (4 * 32 * 32 + 4 * 32 * 32)
+    assert coverage.mac_share == pytest.approx(100.0 * 32 * 8 / (macs_lstm + 32 * 8), rel=1e-6)
+    assert "3 weighted layers" in coverage.words() and coverage.mac_share < 1.0
+
+    import openvino as ov
+
+    from modelc_build.coverage import openvino_coverage
+
+    xml = tmp_path / "lstm.xml"
+    ov.save_model(ov.convert_model(str(float_model)), str(xml))
+    ir = openvino_coverage(xml)
+    assert ir.layers >= 3 and ir.quantized == 0 and ir.mac_share == 0.0  # the LSTMSequences are counted, in float
