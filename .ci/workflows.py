@@ -243,6 +243,10 @@ def main(names: list[str]) -> int:
         print(f"workflows: WARNING: the act harness is not at {RUN_SH} (set MODELC_ACT_RUN, or MODELC_ACT_REQUIRED=1 "
               "to fail here): the workflow scenarios did NOT run", file=sys.stderr)
         return 1 if os.environ.get("MODELC_ACT_REQUIRED") else 0
+    if subprocess.run(["git", "rev-parse", "--git-dir"], cwd=REPO, capture_output=True).returncode != 0:
+        print(f"workflows: WARNING: {REPO} is not a git checkout (the scenarios clone it and diff its history): "
+              "the workflow scenarios did NOT run", file=sys.stderr)
+        return 1 if os.environ.get("MODELC_ACT_REQUIRED") else 0
     work = Path(tempfile.mkdtemp(prefix="modelc-workflows-"))
     bench = Bench(work)
     started = time.monotonic()
