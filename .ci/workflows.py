@@ -248,7 +248,13 @@ def main(names: list[str]) -> int:
               "the workflow scenarios did NOT run", file=sys.stderr)
         return 1 if os.environ.get("MODELC_ACT_REQUIRED") else 0
     work = Path(tempfile.mkdtemp(prefix="modelc-workflows-"))
-    bench = Bench(work)
+    try:
+        bench = Bench(work)
+    except BaseException as missing:  # noqa: BLE001 - pytest.skip's Skipped: no docker-registry here
+        if type(missing).__name__ != "Skipped":
+            raise
+        print(f"workflows: WARNING: {missing}: the workflow scenarios did NOT run", file=sys.stderr)
+        return 1 if os.environ.get("MODELC_ACT_REQUIRED") else 0
     started = time.monotonic()
     try:
         for name in names or list(SCENARIOS):
