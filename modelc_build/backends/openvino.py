@@ -91,7 +91,7 @@ class OpenVinoBackend(Backend):
     capabilities = Capabilities(
         precisions=frozenset({"fp32", "fp16", "int8"}), deploy_extra="openvino-runtime", runtime_modules=("numpy", "openvino"),
         tools=("openvino",), calibration_tools=("nncf",), emulated_int8=True, precision_hint=True, accuracy_control=True,
-        preload=("openvino",))
+        preload=("openvino",), mixed_precision=True)
 
     def compile(self, request: CompileRequest) -> list[Path]:
         ov = require("openvino", self.name, "openvino")
@@ -139,6 +139,8 @@ class OpenVinoBackend(Backend):
             with contextlib.redirect_stdout(io.StringIO()):  # NNCF draws progress bars on stdout
                 if request.accuracy_control is None:
                     quantized = nncf.quantize(model, dataset, **settings)
+                    if request.fallback is not None:
+                        quantized = _cosine_fallback(nncf, model, quantized, dataset, request, settings, notes)
                 else:
                     quantized = _quantize_with_accuracy_control(nncf, model, dataset, request, settings, notes)
         except ModelcError:  # e.g. bad calibration data: its own message and exit code
@@ -249,6 +251,119 @@ def _quantize_with_accuracy_control(nncf: Any, model: Any, calibration: Any, req
                                  "reverted_to_float": _reverted_layers(log.lines),
                                  "log": [line for line in log.lines if line.strip() and "Elapsed" not in line][-30:]}
     return quantized
+
+
+class _ReferenceOutputs:
+    """The float model's outputs on the tuning feeds, and the lowest output cosine of another
+    compiled model against them (the measure the int8 gate's min_cosine applies)."""
+
+    def __init__(self, ov: Any, model: Any, feeds: list[dict[str, Any]], outputs: tuple[str, ...]) -> None:
+        self.ov, self.feeds, self.outputs = ov, feeds, outputs
+        self.expected = [self.run(self.compile(model), feed) for feed in feeds]
+
+    def compile(self, model: Any) -> Any:
+        return self.ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+
+    def run(self, compiled: Any, feed: dict[str, Any]) -> list[Any]:
+        import numpy as np
+
+        result = compiled(feed)
+        by_name = {port.get_any_name(): np.asarray(result[port], dtype=np.float64) for port in compiled.outputs}
+        return [by_name[name].ravel() for name in self.outputs]
+
+    def cosine(self, compiled: Any, indices: Any = None) -> float:
+        import numpy as np
+
+        chosen = list(range(len(self.feeds))) if indices is None else list(indices)
+        got = [self.run(compiled, self.feeds[i]) for i in chosen]
+        worst = 1.0
+        for output in range(len(self.outputs)):
+            a = np.concatenate([run[output] for run in got])
+            b = np.concatenate([self.expected[i][output] for i in chosen])
+            norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+            worst = min(worst, float(a @ b) / norm if norm else 1.0)
+        return worst
+
+
+def _cosine_fallback(nncf: Any, model: Any, quantized: Any, calibration: Any, request: CompileRequest,
+                     settings: dict[str, Any], notes: dict[str, Any]) -> Any:
+    """Full INT8 that misses the int8 gate's min_cosine on the tuning (validation) data goes back to
+    NNCF's accuracy-aware quantization with that cosine as its metric: it ranks the quantizers and
+    reverts the worst to float until the cosine holds (at most quantization.fallback_layers). A mixed
+    IR no faster than FP32 is refused in one line."""
+    import openvino as ov
+
+    from modelc_build.feeds import FeedReader
+
+    fallback = request.fallback
+    assert fallback is not None
+    reader = FeedReader(fallback.tuning, 64, request.inputs)
+    feeds = []
+    while (feed := reader.get_next()) is not None:
+        feeds.append(feed)
+    if not feeds:
+        raise CompileError("quantization.fallback: the validation data gave no sample to tune on: add data.validation")
+    reference = _ReferenceOutputs(ov, model, feeds, request.outputs)
+    full = reference.cosine(reference.compile(quantized))
+    record: dict[str, Any] = {"min_cosine": fallback.min_cosine, "tuned_on": f"{reader.samples} validation samples",
+                              "full_int8_cosine": round(full, 6), "kept_in_float": []}
+    notes["fallback"] = record
+    if full >= fallback.min_cosine:
+        record["verdict"] = "full INT8 holds the gate: nothing kept in float"
+        return quantized
+    names = [spec.name for spec in request.inputs]
+    validation = nncf.Dataset(list(range(len(feeds))), lambda index: feeds[index][names[0]] if len(names) == 1
+                              else tuple(feeds[index][n] for n in names))
+    log = _NncfLog()
+    nncf_logger = logging.getLogger("nncf")
+    nncf_logger.addHandler(log)
+    level = nncf_logger.level
+    nncf_logger.setLevel(logging.INFO)
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    try:
+        tuned = {**settings, "advanced_quantization_parameters": settings["advanced_parameters"],
+                 "advanced_accuracy_restorer_parameters": AdvancedAccuracyRestorerParameters(
+                     max_num_iterations=fallback.max_float_layers)}
+        del tuned["advanced_parameters"]
+        mixed = nncf.quantize_with_accuracy_control(
+            model, calibration, validation, validation_fn=lambda compiled, indices: reference.cosine(compiled, indices),
+            max_drop=1.0 - fallback.min_cosine, drop_type=nncf.DropType.ABSOLUTE, **tuned)
+    finally:
+        nncf_logger.removeHandler(log)
+        nncf_logger.setLevel(level)
+    compiled = reference.compile(mixed)
+    cosine = reference.cosine(compiled)
+    ratio = _latency_ratio(compiled, reference.compile(model), feeds[0])
+    kept = _reverted_layers(log.lines)
+    record.update(mixed_cosine=round(cosine, 6), latency_vs_fp32=round(ratio, 3), kept_in_float=kept)
+    words = f"best mixed INT8 {ratio:.2f}× FP32 latency at cosine {cosine:.4f} with {len(kept)} layer(s) in float"
+    if cosine < fallback.min_cosine:
+        record["verdict"] = (f"NNCF's accuracy control found no IR within quantization.fallback_layers "
+                             f"({fallback.max_float_layers}) that holds min_cosine {fallback.min_cosine}; shipped to the "
+                             f"gates: {words}")
+        return mixed
+    if ratio >= 1.0:
+        raise CompileError(f"{request.target.id}: INT8 is not worth it here: {words} (full INT8 cosine {full:.4f}): "
+                           "build fp32 for this runtime, or set quantization.fallback: off to see full INT8 judged")
+    record["verdict"] = f"mixed INT8: {words}"
+    return mixed
+
+
+def _latency_ratio(mixed: Any, fp32: Any, feed: dict[str, Any], runs: int = 15) -> float:
+    """Mixed INT8 over FP32, batch 1, the least of interleaved runs of each."""
+    import time
+
+    one = {name: value[:1] if getattr(value, "ndim", 0) else value for name, value in feed.items()}
+    best = {"mixed": float("inf"), "fp32": float("inf")}
+    for compiled in (mixed, fp32):
+        compiled(one)
+    for _ in range(runs):
+        for name, compiled in (("mixed", mixed), ("fp32", fp32)):
+            started = time.perf_counter()
+            compiled(one)
+            best[name] = min(best[name], time.perf_counter() - started)
+    return best["mixed"] / best["fp32"]
 
 
 def _reverted_layers(lines: list[str]) -> list[str]:

@@ -124,28 +124,37 @@ def test_mobilenet_v2_int8_keeps_its_accuracy_on_every_path(tmp_path: Path, run_
 @pytest.mark.xdist_group("mobilenet")
 def test_full_int8_that_misses_its_cosine_keeps_the_layers_that_cost_most_in_float(tmp_path: Path, run_cli,
                                                                                  mobilenet_v2: Path) -> None:
-    """The real ImageNet MobileNetV2 under a stricter int8 gate (min_cosine 0.99; full INT8 scores
-    ~0.985 on the validation photos): the fallback ranks every layer by what it costs, keeps the
-    worst in float until the gate holds on the validation data, and the evaluation set judges the
-    mixed graph. Where even that graph is no faster than FP32 on this CPU, the artifact is refused
-    in one line instead; either way the decision matches the figures it records."""
-    recipe = shipped_recipe(mobilenet_v2.name, tmp_path, targets=[{"backend": "onnxruntime", "precisions": ["fp32", "int8"]}],
+    """The real ImageNet MobileNetV2 under a stricter int8 gate (min_cosine 0.99): full INT8 misses it
+    (onnxruntime ~0.986 on the validation photos; OpenVINO ~0.992 there but 0.989 on the evaluation
+    set). Each runtime keeps the layers that cost most in float until the gate holds on the
+    validation data with a quarter of its allowance to spare (onnxruntime: its own ranking; OpenVINO:
+    NNCF's accuracy control on the cosine), and the evaluation set judges the mixed graph. Where a
+    mixed graph is no faster than FP32 on this CPU the artifact is refused in one line instead;
+    either way the decision matches the figures it records."""
+    recipe = shipped_recipe(mobilenet_v2.name, tmp_path, targets=[{"backend": "onnxruntime", "precisions": ["fp32", "int8"]},
+                                                                  {"backend": "openvino", "precisions": ["fp32", "int8"]}],
                             gates={"int8": {"min_cosine": 0.99}}, verify={"cpus": []}, latency={"runs": 20, "warmup": 3})
     result = run_cli("build", recipe, "--store", tmp_path / "store", "-j", "2", "--reports-dir", tmp_path / "failed")
-    if result.exit_code == 7:  # refused: the mixed graph was not faster than FP32 here
-        assert "onnxruntime-int8: INT8 is not worth it here: best mixed INT8 " in result.stderr, result.stderr
+    if result.exit_code == 7:  # refused: a mixed graph was not faster than FP32 here
+        assert "INT8 is not worth it here: best mixed INT8 " in result.stderr, result.stderr
         ratio = float(result.stderr.split("best mixed INT8 ")[1].split("×")[0])
         assert ratio >= 1.0
         return
     assert result.exit_code == 0, result.stderr
     report = json.loads((tmp_path / "store/mobilenet-v2-imagenet/1.0.0/report.json").read_text())
-    int8 = next(a for a in report["artifacts"] if a["target"] == "onnxruntime-int8")
-    fallback = int8["quantization"]["fallback"]
-    assert fallback["full_int8_cosine"] < 0.99 <= fallback["mixed_cosine"]  # on the validation data
-    assert 1 <= len(fallback["kept_in_float"]) <= 8 and fallback["latency_vs_fp32"] < 1.0
-    assert set(fallback["kept_in_float"]) <= set(int8["quantization"]["kept_in_float"]["nodes"])
-    assert fallback["layer_costs"][0]["layer"] == fallback["kept_in_float"][0]  # the worst layer first
-    assert int8["outputs"][0]["cosine"] >= 0.99 and int8["passed"]  # judged again on the evaluation data
+    for target in ("onnxruntime-int8", "openvino-int8"):
+        int8 = next(a for a in report["artifacts"] if a["target"] == target)
+        fallback = int8["quantization"]["fallback"]
+        assert fallback["min_cosine"] == 0.9925  # the gate, with a quarter of its allowance to spare
+        if fallback["kept_in_float"]:
+            assert fallback["full_int8_cosine"] < 0.9925 <= fallback["mixed_cosine"], (target, fallback)
+            assert len(fallback["kept_in_float"]) <= 8 and fallback["latency_vs_fp32"] < 1.0, (target, fallback)
+        else:
+            assert fallback["full_int8_cosine"] >= 0.9925, (target, fallback)
+        assert int8["outputs"][0]["cosine"] >= 0.99 and int8["passed"], target  # judged again on the evaluation data
+    ranked = next(a for a in report["artifacts"] if a["target"] == "onnxruntime-int8")["quantization"]["fallback"]
+    assert ranked["layer_costs"][0]["layer"] == ranked["kept_in_float"][0]  # the worst layer first
+    assert "is mixed precision: full INT8 scored cosine" in (tmp_path / "store/mobilenet-v2-imagenet/1.0.0/report.md").read_text()
 
 
 def test_a_fallback_that_cannot_pay_for_itself_is_refused_in_one_line(tmp_path: Path, tiny_recipe, run_cli) -> None:
