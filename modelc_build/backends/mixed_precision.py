@@ -40,6 +40,7 @@ class Int8Writer(Protocol):
     def write(self, destinations: dict[str, Path], also_float: tuple[str, ...] = ()) -> dict[str, Any]: ...
 
 TIMED_RUNS = 15
+MIN_TIMED_MS = 1.0  # below this FP32 latency, batch-1 timings are noise: INT8's worth is not judged (the gates are)
 
 
 def find_mixed_precision(writer: Int8Writer, destinations: dict[str, Path], fallback: Fallback) -> dict[str, Any]:
@@ -77,18 +78,25 @@ def find_mixed_precision(writer: Int8Writer, destinations: dict[str, Path], fall
                 break
     writer.write(destinations, chosen)
     here = destinations.get("u8s8", portable)  # the layout this CPU runs (a VNNI one is built only where it runs)
-    ratio = _latency_ratio(here, request.onnx_model, feeds[0], request.outputs)
-    notes.update(mixed_cosine=round(cosine, 6), latency_vs_fp32=round(ratio, 3), timed=here.name, kept_in_float=list(chosen))
+    ratio, fp32_ms = _latency_ratio(here, request.onnx_model, feeds[0], request.outputs)
+    notes.update(mixed_cosine=round(cosine, 6), latency_vs_fp32=round(ratio, 3), fp32_ms=round(fp32_ms, 3), timed=here.name,
+                 kept_in_float=list(chosen))
     words = f"best mixed INT8 {ratio:.2f}× FP32 latency at cosine {cosine:.4f} with {len(chosen)} layer(s) in float"
     if cosine < fallback.min_cosine:  # the gates judge the best it found, on the evaluation data
         notes["verdict"] = (f"no mixed graph within quantization.fallback_layers ({fallback.max_float_layers}) holds "
                             f"min_cosine {fallback.min_cosine} on the validation data; shipped to the gates: {words}")
         return notes
-    if ratio >= 1.0:
-        raise CompileError(f"{request.target.id}: INT8 is not worth it here: {words} (full INT8 cosine {full:.4f}): "
-                           "build fp32 for this runtime, or set quantization.fallback: off to see full INT8 judged")
+    refuse_if_not_worth_it(request.target.id, ratio, fp32_ms, words, full)
     notes["verdict"] = f"mixed INT8: {words}"
     return notes
+
+
+def refuse_if_not_worth_it(target: str, ratio: float, fp32_ms: float, words: str, full: float) -> None:
+    """A mixed INT8 graph no faster than FP32 is refused, where FP32 is slow enough to time (a model
+    that runs in well under a millisecond times as noise: the gates judge it as it is)."""
+    if ratio >= 1.0 and fp32_ms >= MIN_TIMED_MS:
+        raise CompileError(f"{target}: INT8 is not worth it here: {words} (full INT8 cosine {full:.4f}): "
+                           "build fp32 for this runtime, or set quantization.fallback: off to see full INT8 judged")
 
 
 TUNING_SAMPLES = 64  # validation samples each trial is scored on (a trial is a quantize_static and a pass)
@@ -148,8 +156,9 @@ def _quantized_layers(model: Path) -> list[str]:
     return [node.name for node in graph.node if node.op_type in WEIGHTED_LAYERS and dequantized & set(node.input)]
 
 
-def _latency_ratio(mixed: Path, fp32: Path, feed: dict[str, np.ndarray], outputs: tuple[str, ...]) -> float:
-    """Mixed INT8 over FP32, batch 1 (the first sample), the least of interleaved runs of each."""
+def _latency_ratio(mixed: Path, fp32: Path, feed: dict[str, np.ndarray], outputs: tuple[str, ...]) -> tuple[float, float]:
+    """Mixed INT8 over FP32, batch 1 (the first sample), the least of interleaved runs of each; and
+    FP32's time in milliseconds."""
     one = {name: value[:1] if getattr(value, "ndim", 0) else value for name, value in feed.items()}
     sessions = {"mixed": _session(mixed), "fp32": _session(fp32)}
     best = {name: float("inf") for name in sessions}
@@ -160,4 +169,4 @@ def _latency_ratio(mixed: Path, fp32: Path, feed: dict[str, np.ndarray], outputs
             started = time.perf_counter()
             session.run(list(outputs), one)
             best[name] = min(best[name], time.perf_counter() - started)
-    return best["mixed"] / best["fp32"]
+    return best["mixed"] / best["fp32"], best["fp32"] * 1000.0

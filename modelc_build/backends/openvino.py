@@ -334,24 +334,24 @@ def _cosine_fallback(nncf: Any, model: Any, quantized: Any, calibration: Any, re
         nncf_logger.setLevel(level)
     compiled = reference.compile(mixed)
     cosine = reference.cosine(compiled)
-    ratio = _latency_ratio(compiled, reference.compile(model), feeds[0])
+    ratio, fp32_ms = _latency_ratio(compiled, reference.compile(model), feeds[0])
     kept = _reverted_layers(log.lines)
-    record.update(mixed_cosine=round(cosine, 6), latency_vs_fp32=round(ratio, 3), kept_in_float=kept)
+    record.update(mixed_cosine=round(cosine, 6), latency_vs_fp32=round(ratio, 3), fp32_ms=round(fp32_ms, 3), kept_in_float=kept)
     words = f"best mixed INT8 {ratio:.2f}× FP32 latency at cosine {cosine:.4f} with {len(kept)} layer(s) in float"
     if cosine < fallback.min_cosine:
         record["verdict"] = (f"NNCF's accuracy control found no IR within quantization.fallback_layers "
                              f"({fallback.max_float_layers}) that holds min_cosine {fallback.min_cosine}; shipped to the "
                              f"gates: {words}")
         return mixed
-    if ratio >= 1.0:
-        raise CompileError(f"{request.target.id}: INT8 is not worth it here: {words} (full INT8 cosine {full:.4f}): "
-                           "build fp32 for this runtime, or set quantization.fallback: off to see full INT8 judged")
+    from modelc_build.backends.mixed_precision import refuse_if_not_worth_it
+
+    refuse_if_not_worth_it(request.target.id, ratio, fp32_ms, words, full)
     record["verdict"] = f"mixed INT8: {words}"
     return mixed
 
 
-def _latency_ratio(mixed: Any, fp32: Any, feed: dict[str, Any], runs: int = 15) -> float:
-    """Mixed INT8 over FP32, batch 1, the least of interleaved runs of each."""
+def _latency_ratio(mixed: Any, fp32: Any, feed: dict[str, Any], runs: int = 15) -> tuple[float, float]:
+    """Mixed INT8 over FP32, batch 1, the least of interleaved runs of each; and FP32's milliseconds."""
     import time
 
     one = {name: value[:1] if getattr(value, "ndim", 0) else value for name, value in feed.items()}
@@ -363,7 +363,7 @@ def _latency_ratio(mixed: Any, fp32: Any, feed: dict[str, Any], runs: int = 15) 
             started = time.perf_counter()
             compiled(one)
             best[name] = min(best[name], time.perf_counter() - started)
-    return best["mixed"] / best["fp32"]
+    return best["mixed"] / best["fp32"], best["fp32"] * 1000.0
 
 
 def _reverted_layers(lines: list[str]) -> list[str]:

@@ -160,26 +160,25 @@ def test_full_int8_that_misses_its_cosine_keeps_the_layers_that_cost_most_in_flo
     assert "is mixed precision: full INT8 scored cosine" in (tmp_path / "store/mobilenet-v2-imagenet/1.0.0/report.md").read_text()
 
 
-def test_a_fallback_that_cannot_pay_for_itself_is_refused_in_one_line(tmp_path: Path, tiny_recipe, run_cli) -> None:
-    """A tiny net under a gate INT8 cannot hold: either its mixed graph is no faster than FP32 (a
-    16x16 net's Q/DQ nodes cost more than they save: refused, exit 7) or no budget reaches the gate
-    (the best goes to the gates: exit 4). With fallback off, full INT8 is judged as it is."""
+def test_a_fallback_that_reaches_no_gate_sends_its_best_to_the_gates(tmp_path: Path, tiny_recipe, run_cli) -> None:
+    """A tiny net under a cosine INT8 cannot hold: the fallback keeps what its budget allows in float,
+    no graph reaches the gate, and the best one found goes to the gates, which fail it on the
+    evaluation data (exit 4), the notes saying so. The net runs in well under a millisecond, too
+    fast to time against FP32: no refusal on a timing. With fallback off, full INT8 is judged as it is."""
     write_images(tmp_path / "calibration", 12, size=(24, 20), seed=3)
     base = yaml.safe_load(tiny_recipe().read_text())
     base["data"]["calibration"] = {"path": str(tmp_path / "calibration")}
     base["targets"] = [{"backend": "onnxruntime", "precisions": ["fp32", "int8"]}]
     base["gates"] = {"int8": {"min_cosine": 0.9999999}}
-    base["quantization"] = {"fallback_layers": 2}
+    base["quantization"] = {"fallback_layers": 2, "float_input_layers": False}  # two layers quantized, one may go back
     result = run_cli("build", tiny_recipe(base, name="strict.yaml"), "--store", tmp_path / "store",
                      "--reports-dir", tmp_path / "failed")
-    assert result.exit_code in (4, 7), result.stderr
-    if result.exit_code == 7:
-        assert "error: onnxruntime-int8: INT8 is not worth it here: best mixed INT8 " in result.stderr
-        assert "layer(s) in float (full INT8 cosine " in result.stderr and result.stderr.count("error:") == 1
-    else:
-        report = json.loads((tmp_path / "failed/tiny/0.1.0/report.json").read_text())
-        fallback = next(a for a in report["artifacts"] if a["target"] == "onnxruntime-int8")["quantization"]["fallback"]
-        assert fallback["verdict"].startswith("no mixed graph within quantization.fallback_layers (2)")
+    assert result.exit_code == 4, result.stderr
+    report = json.loads((tmp_path / "failed/tiny/0.1.0/report.json").read_text())
+    fallback = next(a for a in report["artifacts"] if a["target"] == "onnxruntime-int8")["quantization"]["fallback"]
+    assert fallback["verdict"].startswith("no mixed graph within quantization.fallback_layers (2) holds min_cosine")
+    assert len(fallback["kept_in_float"]) == 1 and "mixed_cosine" in fallback
+    assert fallback["fp32_ms"] < 1.0  # timed, but too fast for its timing to refuse anything
     off = run_cli("build", tiny_recipe({**base, "quantization": {"fallback": "off"}}, name="off.yaml"), "--store",
                   tmp_path / "store", "--reports-dir", tmp_path / "failed")
     assert off.exit_code == 4 and "onnxruntime-int8: min_cosine" in off.stderr
