@@ -233,24 +233,31 @@ def _quantize_with_accuracy_control(nncf: Any, model: Any, calibration: Any, req
         return complete[names[0]] if len(names) == 1 else tuple(complete[n] for n in names)
 
     validation = nncf.Dataset(_Batches(control.evaluation), feed)
+    quantized, lines = _accuracy_aware(nncf, model, calibration, validation, validate, control.max_drop / 100.0, settings)
+    notes["accuracy_control"] = {"max_drop_points": control.max_drop, "metric": control.task.type,
+                                 "reverted_to_float": _reverted_layers(lines),
+                                 "log": [line for line in lines if line.strip() and "Elapsed" not in line][-30:]}
+    return quantized
+
+
+def _accuracy_aware(nncf: Any, model: Any, calibration: Any, validation: Any, validate: Any, max_drop: float,
+                    settings: dict[str, Any], **more: Any) -> tuple[Any, list[str]]:
+    """`nncf.quantize_with_accuracy_control` (absolute drop), with NNCF's log kept: it names the
+    quantizers it reverted to float nowhere else."""
     log = _NncfLog()
     nncf_logger = logging.getLogger("nncf")
     nncf_logger.addHandler(log)
     level = nncf_logger.level
     nncf_logger.setLevel(logging.INFO)
     try:
-        tuned = {**settings, "advanced_quantization_parameters": settings["advanced_parameters"]}
+        tuned = {**settings, "advanced_quantization_parameters": settings["advanced_parameters"], **more}
         del tuned["advanced_parameters"]
-        quantized = nncf.quantize_with_accuracy_control(
-            model, calibration, validation, validation_fn=validate, max_drop=control.max_drop / 100.0,
-            drop_type=nncf.DropType.ABSOLUTE, **tuned)
+        quantized = nncf.quantize_with_accuracy_control(model, calibration, validation, validation_fn=validate,
+                                                        max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, **tuned)
     finally:
         nncf_logger.removeHandler(log)
         nncf_logger.setLevel(level)
-    notes["accuracy_control"] = {"max_drop_points": control.max_drop, "metric": control.task.type,
-                                 "reverted_to_float": _reverted_layers(log.lines),
-                                 "log": [line for line in log.lines if line.strip() and "Elapsed" not in line][-30:]}
-    return quantized
+    return quantized, log.lines
 
 
 class _ReferenceOutputs:
@@ -314,28 +321,15 @@ def _cosine_fallback(nncf: Any, model: Any, quantized: Any, calibration: Any, re
     names = [spec.name for spec in request.inputs]
     validation = nncf.Dataset(list(range(len(feeds))), lambda index: feeds[index][names[0]] if len(names) == 1
                               else tuple(feeds[index][n] for n in names))
-    log = _NncfLog()
-    nncf_logger = logging.getLogger("nncf")
-    nncf_logger.addHandler(log)
-    level = nncf_logger.level
-    nncf_logger.setLevel(logging.INFO)
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
-    try:
-        tuned = {**settings, "advanced_quantization_parameters": settings["advanced_parameters"],
-                 "advanced_accuracy_restorer_parameters": AdvancedAccuracyRestorerParameters(
-                     max_num_iterations=fallback.max_float_layers)}
-        del tuned["advanced_parameters"]
-        mixed = nncf.quantize_with_accuracy_control(
-            model, calibration, validation, validation_fn=lambda compiled, indices: reference.cosine(compiled, indices),
-            max_drop=1.0 - fallback.min_cosine, drop_type=nncf.DropType.ABSOLUTE, **tuned)
-    finally:
-        nncf_logger.removeHandler(log)
-        nncf_logger.setLevel(level)
+    mixed, lines = _accuracy_aware(nncf, model, calibration, validation, lambda compiled, indices: reference.cosine(compiled, indices),
+                                   1.0 - fallback.min_cosine, settings, advanced_accuracy_restorer_parameters=
+                                   AdvancedAccuracyRestorerParameters(max_num_iterations=fallback.max_float_layers))
     compiled = reference.compile(mixed)
     cosine = reference.cosine(compiled)
     ratio, fp32_ms = _latency_ratio(compiled, reference.compile(model), feeds[0])
-    kept = _reverted_layers(log.lines)
+    kept = _reverted_layers(lines)
     record.update(mixed_cosine=round(cosine, 6), latency_vs_fp32=round(ratio, 3), fp32_ms=round(fp32_ms, 3), kept_in_float=kept)
     words = f"best mixed INT8 {ratio:.2f}× FP32 latency at cosine {cosine:.4f} with {len(kept)} layer(s) in float"
     if cosine < fallback.min_cosine:
