@@ -109,3 +109,35 @@ def test_recurrent_layers_count_with_their_multiply_accumulates(tmp_path: Path) 
     ov.save_model(ov.convert_model(str(float_model)), str(xml))
     ir = openvino_coverage(xml)
     assert ir.layers >= 3 and ir.quantized == 0 and ir.mac_share == 0.0  # the LSTMSequences are counted, in float
+
+
+def test_an_int8_embedding_feeding_a_convolution_is_counted_as_the_cpu_plugin_runs_it(tmp_path: Path) -> None:
+    """A byte classifier (int32 input → Embedding → Conv1d → max → Linear): NNCF compresses the
+    embedding to int8 and the CPU plugin runs the convolution on i8 data with no FakeQuantize before
+    it; coverage asks the plugin's runtime model, so the IR is not refused as "no INT8 layer"."""
+    import nncf
+    import openvino as ov
+    import torch
+
+    class Bytes(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embedding = torch.nn.Embedding(256, 16)
+            self.conv = torch.nn.Conv1d(16, 32, 3, padding=1)
+            self.head = torch.nn.Linear(32, 4)
+
+        def forward(self, data: torch.Tensor) -> torch.Tensor:
+            features = torch.relu(self.conv(self.embedding(data).transpose(1, 2)))
+            return self.head(torch.amax(features, dim=2))
+
+    torch.manual_seed(0)
+    onnx_path = tmp_path / "bytes.onnx"
+    torch.onnx.export(Bytes().eval(), (torch.randint(0, 256, (2, 64), dtype=torch.int32),), str(onnx_path),
+                      input_names=["bytes"], output_names=["logits"], dynamic_axes={"bytes": {0: "batch"}}, dynamo=False)
+    rng = np.random.default_rng(0)
+    samples = [rng.integers(0, 256, (1, 64), dtype=np.int32) for _ in range(16)]
+    quantized = nncf.quantize(ov.convert_model(str(onnx_path)), nncf.Dataset(samples), subset_size=16)
+    xml = tmp_path / "bytes.xml"
+    ov.save_model(quantized, str(xml))
+    coverage = openvino_coverage(xml)
+    assert coverage.layers == 2 and coverage.quantized == 2, coverage
