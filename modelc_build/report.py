@@ -433,10 +433,13 @@ def _quantization_lines(report: Report) -> list[str]:
         lines.append(f"| `{a.target}` | {method} | {q.get('calibration_samples', '—')} | {coverage} | {'; '.join(kept) or '—'} |")
     for a in quantized:
         fallback = (a.quantization or {}).get("fallback")
-        if fallback and fallback.get("kept_in_float"):
+        if fallback and (fallback.get("kept_in_float") or fallback.get("op_kinds_in_float")):
+            kept = [f"`{layer}`" for layer in fallback["kept_in_float"]]
+            if fallback.get("op_kinds_in_float"):
+                kept.insert(0, fallback["op_kinds_in_float"])
             lines += ["", f"`{a.target}` is mixed precision: full INT8 scored cosine {fallback['full_int8_cosine']:.4f} on "
                       f"{fallback['tuned_on']} (the int8 gate asks {fallback['min_cosine']:g}); with "
-                      + ", ".join(f"`{layer}`" for layer in fallback["kept_in_float"])
+                      + ", ".join(kept)
                       + f" in float it scored {fallback['mixed_cosine']:.4f}, at {fallback['latency_vs_fp32']:.2f}× "
                       "FP32's latency (batch 1, this machine). The evaluation set judged it as any artifact."]
     return lines

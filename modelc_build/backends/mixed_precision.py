@@ -4,11 +4,14 @@ and keep them in float.
 1. Full INT8 (the recipe's own float layers apart) is scored on the tuning data (the validation
    set; the evaluation set stays for the gates): the lowest cosine of any output against the float
    graph. If it holds `min_cosine`, nothing changes.
-2. Else each quantized layer is put back in float alone and scored: how much of the loss it
-   carries (one quantize_static per layer, from the ranges calibrated once).
-3. The worst 1, 2, 4, … layers (at most `max_float_layers`) go back to float together until the
+2. Else the op kinds onnxruntime quantizes poorly go back to float first: every node that is not a
+   weighted layer (the element-wise Mul/Add/Div/Sqrt of a decomposed LayerNorm, Softmax, an
+   attention mask's Add) — one trial; kept when it gains.
+3. Then each quantized weighted layer is put back in float alone and scored: how much of the loss
+   it carries (one quantize_static per layer, from the ranges calibrated once).
+4. The worst 1, 2, 4, … layers (at most `max_float_layers`) go back to float together until the
    graph holds `min_cosine`.
-4. The mixed graph is timed against the FP32 graph (batch 1, interleaved runs, the least of each):
+5. The mixed graph is timed against the FP32 graph (batch 1, interleaved runs, the least of each):
    one that is not faster is refused in one line — INT8 is not worth it here. One that holds the
    cosine on no budget goes to the gates as the best found (they judge it on the evaluation data).
 
@@ -34,6 +37,9 @@ class Int8Writer(Protocol):
     """What the search needs of a runtime's calibrated quantizer (onnxruntime's Int8Writer)."""
 
     request: CompileRequest
+    op_types: list[str] | None
+
+    def weighted_only(self) -> list[str] | None: ...
 
     def quantize(self, layout_name: str, destination: Path, also_float: tuple[str, ...] = ()) -> None: ...
 
@@ -60,28 +66,67 @@ def find_mixed_precision(writer: Int8Writer, destinations: dict[str, Path], fall
         return notes
     with tempfile.TemporaryDirectory(prefix="modelc-mixed-") as scratch:
         trial = Path(scratch) / "trial.onnx"
-        costs = []
-        for layer in _quantized_layers(portable):
-            writer.quantize(portable_name, trial, (layer,))
-            costs.append((_cosine(trial, feeds, reference, request.outputs) - full, layer))
-        costs.sort(reverse=True)
-        notes["layer_costs"] = [{"layer": layer, "cosine_gained_in_float": round(gain, 6)} for gain, layer in costs[:16]]
+        cosine = _weighted_layers_only(writer, portable_name, trial, feeds, reference, full, notes)
         chosen: tuple[str, ...] = ()
-        cosine = full
-        limit = min(fallback.max_float_layers, len(costs) - 1)  # one layer in INT8 at least, or it is no INT8
-        for count in sorted({min(2 ** step, limit) for step in range(limit.bit_length() + 1)} - {0}):
-            chosen = tuple(layer for _, layer in costs[:count])
-            writer.quantize(portable_name, trial, chosen)
-            cosine = _cosine(trial, feeds, reference, request.outputs)
-            notes.setdefault("rounds", []).append({"in_float": len(chosen), "cosine": round(cosine, 6)})
-            if cosine >= fallback.min_cosine:
-                break
+        if cosine < fallback.min_cosine:
+            chosen, cosine = _layers_in_float(writer, portable_name, portable, trial, feeds, reference, cosine, fallback, notes)
+    return _finish(writer, destinations, chosen, cosine, feeds, fallback, notes, full)
+
+
+def _layers_in_float(writer: Int8Writer, layout: str, portable: Path, trial: Path, feeds: list[dict[str, np.ndarray]],
+                     reference: list[list[np.ndarray]], start: float, fallback: Fallback,
+                     notes: dict[str, Any]) -> tuple[tuple[str, ...], float]:
+    """The worst 1, 2, 4, … weighted layers by their cost alone, in float together, until the graph
+    holds the aim or the budget is spent."""
+    outputs = writer.request.outputs
+    costs = []
+    for layer in _quantized_layers(portable):
+        writer.quantize(layout, trial, (layer,))
+        costs.append((_cosine(trial, feeds, reference, outputs) - start, layer))
+    costs.sort(reverse=True)
+    notes["layer_costs"] = [{"layer": layer, "cosine_gained_in_float": round(gain, 6)} for gain, layer in costs[:16]]
+    chosen: tuple[str, ...] = ()
+    cosine = start
+    limit = min(fallback.max_float_layers, len(costs) - 1)  # one layer in INT8 at least, or it is no INT8
+    for count in sorted({min(2 ** step, limit) for step in range(limit.bit_length() + 1)} - {0}):
+        chosen = tuple(layer for _, layer in costs[:count])
+        writer.quantize(layout, trial, chosen)
+        cosine = _cosine(trial, feeds, reference, outputs)
+        notes.setdefault("rounds", []).append({"in_float": len(chosen), "cosine": round(cosine, 6)})
+        if cosine >= fallback.min_cosine:
+            break
+    return chosen, cosine
+
+
+def _weighted_layers_only(writer: Int8Writer, layout: str, trial: Path, feeds: list[dict[str, np.ndarray]],
+                          reference: list[list[np.ndarray]], full: float, notes: dict[str, Any]) -> float:
+    """One trial with Q/DQ on the weighted layers alone; kept (on the writer) when it gains. Returns
+    the cosine the layer search starts from."""
+    weighted = writer.weighted_only()
+    if weighted is None:
+        return full
+    before = writer.op_types
+    writer.op_types = weighted
+    writer.quantize(layout, trial)
+    cosine = _cosine(trial, feeds, reference, writer.request.outputs)
+    notes["weighted_layers_only_cosine"] = round(cosine, 6)
+    if cosine > full:
+        notes["op_kinds_in_float"] = f"every op kind but {', '.join(weighted)}"
+        return cosine
+    writer.op_types = before
+    return full
+
+
+def _finish(writer: Int8Writer, destinations: dict[str, Path], chosen: tuple[str, ...], cosine: float,
+            feeds: list[dict[str, np.ndarray]], fallback: Fallback, notes: dict[str, Any], full: float) -> dict[str, Any]:
+    request = writer.request
     writer.write(destinations, chosen)
-    here = destinations.get("u8s8", portable)  # the layout this CPU runs (a VNNI one is built only where it runs)
+    here = destinations.get("u8s8", next(iter(destinations.values())))  # the layout this CPU runs (a VNNI one is built only where it runs)
     ratio, fp32_ms = _latency_ratio(here, request.onnx_model, feeds[0], request.outputs)
     notes.update(mixed_cosine=round(cosine, 6), latency_vs_fp32=round(ratio, 3), fp32_ms=round(fp32_ms, 3), timed=here.name,
                  kept_in_float=list(chosen))
-    words = f"best mixed INT8 {ratio:.2f}× FP32 latency at cosine {cosine:.4f} with {len(chosen)} layer(s) in float"
+    kinds = " and every op kind but weighted layers" if "op_kinds_in_float" in notes else ""
+    words = f"best mixed INT8 {ratio:.2f}× FP32 latency at cosine {cosine:.4f} with {len(chosen)} layer(s){kinds} in float"
     if cosine < fallback.min_cosine:  # the gates judge the best it found, on the evaluation data
         notes["verdict"] = (f"no mixed graph within quantization.fallback_layers ({fallback.max_float_layers}) holds "
                             f"min_cosine {fallback.min_cosine} on the validation data; shipped to the gates: {words}")

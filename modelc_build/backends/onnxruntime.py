@@ -215,6 +215,7 @@ class Int8Writer:
             with contextlib.redirect_stdout(io.StringIO()):
                 quant_pre_process(str(request.onnx_model), str(self.prepared), skip_symbolic_shape=True)
             self.converted = _at_least_opset(self.prepared, PER_CHANNEL_OPSET)
+            self.flattened_biases = _flatten_gemm_biases(self.prepared)
             self.op_types = _quantized_op_types(self.prepared, options)
             # pieces only where every input keeps its samples on axis 0 and none is a fixed value
             chunk = CALIBRATION_CHUNK if all(spec.batch_axis == 0 and spec.value is None for spec in request.inputs) else None
@@ -249,6 +250,18 @@ class Int8Writer:
                             op_types_to_quantize=self.op_types, calibration_cache_path=str(self.ranges),
                             extra_options={"CalibMovingAverage": self.moving_average})
 
+    def weighted_only(self) -> list[str] | None:
+        """Q/DQ on the weighted layers alone (every other op kind kept in float), or None where that
+        is what is quantized already (a transformer, or a graph with nothing else to quantize)."""
+        import onnx
+
+        from modelc_build.onnx_graph import WEIGHTED_LAYERS
+
+        present = {node.op_type for node in onnx.load(str(self.prepared), load_external_data=False).graph.node}
+        weighted = sorted(present & set(WEIGHTED_LAYERS) - set(self.request.quantization.ignore_types))
+        current = set(self.op_types) if self.op_types is not None else present
+        return weighted if weighted and current - set(weighted) else None
+
     def write(self, destinations: dict[str, Path], also_float: tuple[str, ...] = ()) -> dict[str, Any]:
         for name, destination in destinations.items():
             self.quantize(name, destination, also_float)
@@ -260,6 +273,34 @@ class Int8Writer:
                 "calibration_samples": self.reader.samples,
                 "quantized_op_types": self.op_types or "onnxruntime's default list",
                 "kept_in_float": {"nodes": self.exclude + list(also_float), "op_types": list(self.request.quantization.ignore_types)}}
+
+
+def _flatten_gemm_biases(model: Path) -> int:
+    """Gemm biases of shape [1, N] rewritten as [N] (the same under Gemm's broadcasting); returns
+    how many. onnxruntime's pre-processing fuses MatMul + Add into such Gemms (a JAX export's dense
+    layers), and its QDQ quantizer's int32-bias check then indexes the 2-D bias per channel and
+    fails ("The truth value of an array with more than one element is ambiguous": magika 1.0)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(model))
+    initializers = {tensor.name: tensor for tensor in graph.graph.initializer}
+    users: dict[str, int] = {}
+    for node in graph.graph.node:
+        for name in node.input:
+            users[name] = users.get(name, 0) + 1
+    flattened = 0
+    for node in graph.graph.node:
+        bias = initializers.get(node.input[2]) if node.op_type == "Gemm" and len(node.input) > 2 else None
+        if bias is not None and len(bias.dims) == 2 and bias.dims[0] == 1 and users[bias.name] == 1:
+            bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias).reshape(-1), bias.name))
+            flattened += 1
+            stale = [info for info in graph.graph.value_info if info.name == bias.name]
+            for info in stale:
+                graph.graph.value_info.remove(info)
+    if flattened:
+        onnx.save(graph, str(model))
+    return flattened
 
 
 def _quantization_module(name: str) -> Any:
