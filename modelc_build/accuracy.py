@@ -491,6 +491,38 @@ def task_metric(infer: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
     return scorer.value()
 
 
+class TaskDrop:
+    """How far a candidate model's task metric falls below the float model's on the tuning data
+    (validation), each scored against the float model's own outputs (and labels where the data has
+    them): what mixed-precision search checks beside the cosine when the recipe gates the drop.
+    The float model's outputs are computed once."""
+
+    def __init__(self, batches: Callable[[], Iterable[Batch]], inputs: tuple[TensorSpec, ...], task: Task, output: str,
+                 reference: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], limit: int = 64) -> None:
+        from modelc_build.feeds import ModelCaller
+
+        self.inputs, self.task, self.output = inputs, task, output
+        self.batches: list[Batch] = []
+        for batch in batches():
+            self.batches.append(batch)
+            if sum(len(b) for b in self.batches) >= limit:
+                break
+        call = ModelCaller(inputs, reference)
+        self.expected = [call(batch.inputs) for batch in self.batches]
+        self.reference = _TaskScorer(task, output)
+        for batch, expected in zip(self.batches, self.expected):
+            self.reference.update(expected, expected, batch)
+
+    def __call__(self, infer: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> float:
+        from modelc_build.feeds import ModelCaller
+
+        scorer = _TaskScorer(self.task, self.output)
+        call = ModelCaller(self.inputs, infer)
+        for batch, expected in zip(self.batches, self.expected):
+            scorer.update(call(batch.inputs), expected, batch)
+        return scorer.metric(self.reference).drop
+
+
 def apply_gates(evaluation: Evaluation, gate: Gate, sources: dict[str, tuple[str, float | None]] | None = None) -> list[GateCheck]:
     """Every gate that applies to what was measured; `sources` says per gate key where its
     threshold came from (recipe | default | relaxed, and the default it relaxed)."""

@@ -24,12 +24,12 @@ from modelc_build.host import HostFacts
 from modelc_build.plan import Plan, buildable, checked_cpus, data_source, make_plan, target_step_ids, verify_settings
 from modelc_build.progress import BuildLog
 from modelc_build.recipe_types import Recipe
-from modelc_build.release import CompiledArtifact, Measured, Released, make_report, release, summary_lines
+from modelc_build.release import CompiledArtifact, Measured, Released, assemble_report, keep_reports, make_report, release, summary_lines
 from modelc_build.steps import Step
 from modelc_build.steps.compile import compile_step_id
 from modelc_build.steps.qdq import QDQ_STEP
 from modelc_build.steps.sensitivity import SENSITIVITY_STEP
-from modelc_build.steps.verify import GOLDEN_STEP, VerifyStep
+from modelc_build.steps.verify import GOLDEN_STEP, REFERENCE_STEP, VerifyStep
 from modelc_build.workers import start_fresh_process_server
 
 if TYPE_CHECKING:
@@ -108,7 +108,10 @@ def build(recipe: Recipe, store: Store, log: BuildLog, cache: Cache, options: Bu
         engine.before_first_run = lambda: _start_helpers(engine, services, steps)
         done = engine.run(steps, facts)
     except ModelcError as error:
-        raise _logs_kept(error, engine.failures, options.failed_reports_dir / recipe.name / recipe.version) from error
+        error = _logs_kept(error, engine.failures, options.failed_reports_dir / recipe.name / recipe.version)
+        if not options.only_targets:
+            error = _partial_report(recipe, plan, engine.summary, engine.failures, options, log, facts, skipped, error)
+        raise error from None
     finally:
         services.stop()
         if shared is not None and hasattr(shared, "close"):
@@ -119,6 +122,39 @@ def build(recipe: Recipe, store: Store, log: BuildLog, cache: Cache, options: Bu
         return BuildRun(None, len(done.ran), len(done.cached))
     return BuildRun(_release(recipe, plan, done, store, log, options, counts, cache, facts, skipped), len(done.ran),
                     len(done.cached))
+
+
+def _partial_report(recipe: Recipe, plan: Plan, done: RunSummary, failures: list[tuple[str, BaseException]],
+                    options: BuildOptions, log: BuildLog, facts: Fingerprints, skipped: list[str], error: ModelcError) -> ModelcError:
+    """A step of some target failed: the targets whose steps all finished still get their verdicts
+    printed and a report kept beside the failed build (the failure listed in it), so that one broken
+    target does not hide what the others measured. Nothing is released."""
+    measured_targets = [t for t in recipe.targets
+                        if all(step.id in done.entries for step in plan.steps if getattr(step, "target", None) == t)]
+    if not measured_targets or plan.graph not in done.entries or REFERENCE_STEP not in done.entries:
+        return error
+    unmeasured = [f"{step_id}: {str(failure).splitlines()[0] if str(failure) else type(failure).__name__}"
+                  for step_id, failure in failures]
+    partial = replace(recipe, targets=tuple(measured_targets))
+    measured = Measured(graph=done.entries[plan.graph], qdq=done.entries.get(QDQ_STEP), golden=done.entries.get(GOLDEN_STEP),
+                        artifacts=[CompiledArtifact(t, done.entries[compile_step_id(t)]) for t in measured_targets],
+                        entries=done.entries, settings={t.id: verify_settings(recipe, t, plan.host) for t in measured_targets},
+                        cpus=checked_cpus(recipe, plan.host), skipped=skipped)
+    try:
+        report = replace(make_report(partial, measured, SENSITIVITY_STEP, data_summary(recipe, facts)),
+                         steps=step_costs(plan, done), failed_steps=unmeasured)
+        for line in summary_lines(report):
+            log(line)
+        staging = Path(tempfile.mkdtemp(prefix=f"partial-{recipe.name}-", dir=Path(tempfile.gettempdir())))
+        try:
+            folder = staging / "release"
+            assemble_report(folder, measured, report)
+            kept = keep_reports(folder, options.failed_reports_dir / recipe.name / recipe.version)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except (ModelcError, OSError, KeyError, ValueError):  # the failure is what to see, not a second one
+        return error
+    return error.with_report(report, kept).amended(f" (the other targets' report: {kept / 'report.md'})")
 
 
 def preload(recipe: Recipe) -> tuple[str, ...]:

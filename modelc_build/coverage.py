@@ -68,12 +68,21 @@ def _subgraphs(node: Any) -> Iterator[Any]:
             yield from attribute.graphs
 
 
-def onnx_coverage(path: Path) -> Coverage:
+def onnx_coverage(path: Path, sample_shapes: dict[str, tuple[int, ...]] | None = None) -> Coverage:
     """Q/DQ (a DequantizeLinear feeds the layer's weight) or QOperator (integer ops) layouts, the
-    main graph and every subgraph."""
+    main graph and every subgraph. `sample_shapes` (a calibration sample's input shapes) fixes the
+    graph's dynamic axes so that MACs are known for a model with a dynamic width or length.
+    Products of two activations (attention's QK^T and AV) count as layers with their MACs."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
+    for graph_input in model.graph.input:
+        shape = (sample_shapes or {}).get(graph_input.name)
+        dims = graph_input.type.tensor_type.shape.dim
+        if shape is not None and len(shape) == len(dims):
+            for dim, size in zip(dims, shape):
+                dim.Clear()
+                dim.dim_value = int(size)
     try:
         shaped = onnx.shape_inference.infer_shapes(model)
     except Exception:  # noqa: BLE001 - shapes are a nicety here
@@ -100,8 +109,10 @@ def onnx_coverage(path: Path) -> Coverage:
             weight = node.input[weight_index] if len(node.input) > weight_index else ""
             producer = producers.get(weight)
             quantized = integer or (producer is not None and producer.op_type == "DequantizeLinear")
-            if node.op_type == "MatMul" and not quantized and weight not in initializers and producer is None:
-                continue  # a product of two activations (attention): not a weighted layer
+            source = producer.input[0] if producer is not None and producer.op_type == "DequantizeLinear" else weight
+            if node.op_type in ("MatMul", "QLinearMatMul", "MatMulInteger") and source not in initializers:
+                product(node, quantized, inside)  # two activations (attention): no weight
+                continue
             counts["layers"] += 1
             counts["quantized"] += quantized
             counts["sub"] += inside
@@ -117,6 +128,23 @@ def onnx_coverage(path: Path) -> Coverage:
                 macs["int8"] += layer if quantized else 0
             else:
                 macs["unknown"] = True
+
+    def product(node: Any, quantized: bool, inside: bool) -> None:
+        """A MatMul of two activations: in INT8 where both sides come through DequantizeLinear
+        (or it is an integer op); its MACs from the output and the inner dimension."""
+        counts["layers"] += 1
+        counts["quantized"] += quantized
+        counts["sub"] += inside
+        counts["sub_q"] += inside and quantized
+        if not quantized and len(floats) < 8:
+            floats.append(f"{node.name or node.op_type} (activation product)")
+        left, out_shape = shapes.get(node.input[0], []), shapes.get(node.output[0], [])
+        if left and out_shape and all(out_shape[1:]) and left[-1]:
+            layer = _macs([left[-1]], out_shape[1:])
+            macs["all"] += layer
+            macs["int8"] += layer if quantized else 0
+        else:
+            macs["unknown"] = True
 
     def recurrent(node: Any, initializers: dict[str, list[int]], producers: dict[str, Any], inside: bool) -> None:
         """An LSTM/GRU/RNN: quantized where its weights come through a DequantizeLinear (or it is
@@ -205,13 +233,22 @@ def _runs_int8(name: str, runtime: set[str]) -> bool:
     return name in runtime or any(original.startswith(name + "/") for original in runtime)
 
 
-def openvino_coverage(xml: Path) -> Coverage:
+def openvino_coverage(xml: Path, sample_shapes: dict[str, tuple[int, ...]] | None = None) -> Coverage:
     """NNCF's INT8 IR: a layer runs on integers where the CPU plugin's runtime model says it does,
     or where a FakeQuantize feeds its activations, directly or through ops that keep their input's
-    precision (both agree on the YOLOv8 and MobileNetV2 IRs tested)."""
+    precision (both agree on the YOLOv8 and MobileNetV2 IRs tested). `sample_shapes` fixes the
+    dynamic axes (a calibration sample's shapes) so that MACs are known."""
     import openvino as ov
 
     model = ov.Core().read_model(str(xml))
+    fixed = {port.get_any_name(): ov.PartialShape(list(sample_shapes[port.get_any_name()]))
+             for port in model.inputs if sample_shapes and port.get_any_name() in sample_shapes
+             and port.get_partial_shape().rank.get_length() == len(sample_shapes[port.get_any_name()])}
+    if fixed:
+        try:
+            model.reshape(fixed)
+        except Exception:  # noqa: BLE001 - a model that cannot be reshaped keeps its dynamic axes (MACs unknown)
+            model = ov.Core().read_model(str(xml))
     runtime = _runtime_int8(model) or set()
     layers = quantized = 0
     macs_all = macs_int8 = 0
@@ -239,7 +276,8 @@ def openvino_coverage(xml: Path) -> Coverage:
         weights, out = op.input(1).get_partial_shape(), op.output(0).get_partial_shape()
         if weights.is_static and out.rank.is_static and all(d.is_static for d in list(out)[1:]):
             dims = [d.get_length() for d in weights]
-            per_output = dims[1:] if "Convolution" in op.get_type_name() else dims[-2:-1] or dims[:1]
+            transposed = bool(op.get_attributes().get("transpose_b")) if kind == "MatMul" else False
+            per_output = dims[1:] if "Convolution" in kind else dims[-1:] if transposed else dims[-2:-1] or dims[:1]
             layer = _macs(per_output, [d.get_length() for d in list(out)[1:]])
             macs_all += layer
             macs_int8 += layer if is_int8 else 0

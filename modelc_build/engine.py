@@ -95,6 +95,7 @@ class Engine:
         self._costs: dict[str, StepCost] = {}  # written by worker threads, one key each
         self.services: dict[str, str] = {}  # helper processes steps may use (StepInputs.services), by name
         self.failures: list[tuple[str, BaseException]] = []  # the last run's failed steps, one per cause, in plan order
+        self.summary = RunSummary()  # the last run's, kept when it raised (what the other targets measured)
 
     # --- dry run -------------------------------------------------------------------------
 
@@ -153,6 +154,7 @@ class Engine:
             shutil.rmtree(scratch, ignore_errors=True)
         failures = _distinct([(s.id, summary.failed[s.id]) for s in steps if s.id in summary.failed])
         self.failures = failures
+        self.summary = summary
         if len(failures) == 1:
             raise failures[0][1]
         if failures:

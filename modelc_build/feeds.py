@@ -90,6 +90,17 @@ def sample_first(inputs: tuple[TensorSpec, ...], outputs: dict[str, np.ndarray])
     return moved
 
 
+def batch_first(output: np.ndarray, samples: int) -> np.ndarray:
+    """An output whose axis 0 is not the call's sample count, with the one axis that is moved to 0:
+    a time-major `[steps, batch, classes]` CTC or sequence output (a CRNN's) becomes sample-first like
+    every other output, so that padding is cut, samples are counted and task metrics read samples,
+    not time steps. An output with no such axis (no batch axis), or several, is left as it is."""
+    if output.ndim < 2 or output.shape[0] == samples:
+        return output
+    matching = [axis for axis, size in enumerate(output.shape) if size == samples]
+    return np.moveaxis(output, matching[0], 0) if len(matching) == 1 else output
+
+
 def split(data: dict[str, np.ndarray], size: int | None, pad: bool) -> Iterator[tuple[dict[str, np.ndarray], int]]:
     """Sample-first arrays cut into calls of `size` samples, with how many of each are real; a short
     last call is padded with its last sample (`pad`) or dropped."""
@@ -123,6 +134,8 @@ class ModelCaller:
         parts = []
         for call, real in split(self.provided(data), self.per_call, pad=True):
             outputs = sample_first(self.inputs, self.infer(model_feed(self.inputs, {**call, **self.state})))
+            if not self.state:
+                outputs = {name: batch_first(array, self.per_call or real) for name, array in outputs.items()}
             for spec in self.inputs:
                 if spec.state_from is not None:
                     self.state[spec.name] = outputs[spec.state_from]

@@ -224,7 +224,13 @@ def fallback_spec(recipe: Recipe, target: Target) -> FallbackSpec | None:
             or min_cosine is None or data_source(recipe, "validation").dataset is None):
         return None
     aim = min(1.0, min_cosine + FALLBACK_MARGIN * (1.0 - min_cosine))
-    return FallbackSpec(round(aim, 6), data_source(recipe, "validation"), recipe.quantization.fallback_layers)
+    max_drop = recipe.gate_for(target.precision).max_metric_drop
+    if max_drop is None or recipe.task.type in ("generic", "none") or accuracy_controlled(recipe, target):
+        return FallbackSpec(round(aim, 6), data_source(recipe, "validation"), recipe.quantization.fallback_layers)
+    # the recipe gates the task metric's drop too: the search holds both (a CTC recogniser's INT8
+    # kept cosine 0.989 and lost 21 points of line identity)
+    return FallbackSpec(round(aim, 6), data_source(recipe, "validation"), recipe.quantization.fallback_layers,
+                        recipe.task, recipe.task.output or recipe.model.outputs[0], round(max_drop * (1.0 - FALLBACK_MARGIN), 6))
 
 
 def cpu_variants(recipe: Recipe, target: Target, host: HostFacts) -> tuple[str, ...]:

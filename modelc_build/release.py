@@ -264,9 +264,9 @@ def release(recipe: Recipe, measured: Measured, report: Report, store: Store, st
                                        "report would no longer match the release; bump version")
                 return Released(store.location(recipe.name, recipe.version), False, report, stored,
                                 store.release_digest(recipe.name, recipe.version))
-        _assemble(folder, measured, report, _history(store, recipe.name, recipe.version))
+        assemble_report(folder, measured, report, _history(store, recipe.name, recipe.version))
         if not report.passed:
-            kept = _keep_reports(folder, failed_reports / recipe.name / recipe.version)
+            kept = keep_reports(folder, failed_reports / recipe.name / recipe.version)
             raise GateFailed(f"{len(report.failures())} accuracy gate(s) missed, nothing was stored: "
                              + "; ".join(report.failures()) + f". Report: {kept / 'report.md'}", report, kept)
         manifest = _manifest(recipe, folder, measured, artifact_files, judged_by, report)
@@ -282,15 +282,15 @@ def release(recipe: Recipe, measured: Measured, report: Report, store: Store, st
     except ModelcError as error:  # the gates were applied: the report says how, wherever the release failed to go
         try:
             if not folder.exists():
-                _assemble(folder, measured, report)
-            kept = _keep_reports(folder, failed_reports / recipe.name / recipe.version)
+                assemble_report(folder, measured, report)
+            kept = keep_reports(folder, failed_reports / recipe.name / recipe.version)
         except OSError:  # a disk that failed the release fails this too: the release's own error is the one to see
             raise error from None
         raise error.with_report(report, kept) from error
     return Released(result.location, result.created, report, manifest, result.digest)
 
 
-def _keep_reports(folder: Path, kept: Path) -> Path:
+def keep_reports(folder: Path, kept: Path) -> Path:
     """A release's report files copied where a build that stored nothing keeps them."""
     kept.mkdir(parents=True, exist_ok=True)
     for name in REPORT_FILES:
@@ -351,7 +351,7 @@ def _history(store: Store, name: str, version: str) -> list[dict[str, Any]]:
         return []
 
 
-def _assemble(folder: Path, measured: Measured, report: Report, history: list[dict[str, Any]] | None = None) -> None:
+def assemble_report(folder: Path, measured: Measured, report: Report, history: list[dict[str, Any]] | None = None) -> None:
     (folder / "onnx").mkdir(parents=True)
     shutil.copyfile(measured.graph.file("model.onnx"), folder / "onnx" / "model.onnx")
     if measured.qdq is not None:  # the Q/DQ graph, for TensorRT builds elsewhere

@@ -117,10 +117,11 @@ class Report:
     skipped: list[str] | None = None  # what --skip-unavailable left out, and why
     hints: list[str] | None = None  # what the recipe could declare to be measured better (a detector layout)
     steps: dict[str, Any] | None = None  # this build's steps: ran or cached, seconds, peak memory (build_costs)
+    failed_steps: list[str] | None = None  # a build some of whose steps failed: each failed step and its error
 
     @property
     def passed(self) -> bool:
-        return all(a.passed for a in self.artifacts)
+        return all(a.passed for a in self.artifacts) and not self.failed_steps
 
     def failures(self) -> list[str]:
         return [line for a in self.artifacts for line in a.failures()]
@@ -208,6 +209,7 @@ def to_json(report: Report) -> dict[str, Any]:
         "cpus": report.cpus,
         "golden": report.golden,
         "skipped": report.skipped,
+        "failed_steps": report.failed_steps,
         "hints": report.hints,
         "steps": report.steps,
     }
@@ -249,7 +251,8 @@ def to_markdown(report: Report) -> str:
              "reference_map50": "mAP@0.5 vs reference detections", "mean_sample_cosine": "mean per-sample cosine × 100"}
     first = next((a.evaluation.task for a in report.artifacts if a.evaluation.task is not None), None)
     metric_name = names.get(first.name, first.name) if first is not None else None
-    verdict = "✅ all gates passed" if report.passed else "❌ gates missed"
+    verdict = ("✅ all gates passed" if report.passed else "❌ a step failed: nothing released" if report.failed_steps
+               else "❌ gates missed")
     lines = [f"## modelc: {report.name} {report.version} — {verdict}", "",
              f"Reference: {report.reference}. Evaluation data: {report.evaluation_data} ({report.samples} samples)."]
     if report.task in ("none", "generic"):
@@ -376,6 +379,9 @@ def _engine_lines(report: Report) -> list[str]:
                      f"{a.runtime.get('measured', 'as deployed')} |")
     if report.skipped:
         lines += ["", "Left out (--skip-unavailable): " + "; ".join(report.skipped) + "."]
+    if report.failed_steps:
+        lines += ["", "**Not measured: a step failed, nothing was released.** The targets above are those whose steps "
+                  "all finished; these failed: " + "; ".join(f"`{line}`" for line in report.failed_steps) + "."]
     return lines
 
 

@@ -172,7 +172,8 @@ def _history_chart(history: list[dict[str, Any]], current: dict[str, Any]) -> st
 def to_html(report: dict[str, Any], history: list[dict[str, Any]] | None = None) -> str:
     """The report (report.json's document) as a page; `history`: older versions' reports, oldest first."""
     artifacts = report.get("artifacts", [])
-    verdict = "all gates passed" if report.get("passed") else "gates missed"
+    verdict = ("all gates passed" if report.get("passed") else "a step failed: nothing released" if report.get("failed_steps")
+               else "gates missed")
     rows = []
     for a in artifacts:
         metric = a.get("task_metric") or {}

@@ -26,10 +26,15 @@ def _child(step: Step, inputs: StepInputs, out: Path, answer: Any, build_pid: in
     if inputs.threads is not None:
         share_cores(inputs.threads)
     reset_peak_memory()  # the step's peak, not the fork server's
+    _quiet_onnxruntime()
     outcome: BaseException | None = None
     try:
         step.run(inputs, out)
     except BaseException as error:  # noqa: BLE001 - every outcome goes back to the parent
+        import traceback
+
+        # the traceback stays in this process; its text travels as a note (`--debug` prints it)
+        error.add_note("in the step's own process:\n" + "".join(traceback.format_exception(error)).rstrip())
         outcome = error
     try:
         answer.send((outcome, peak_memory_bytes()))
@@ -37,6 +42,15 @@ def _child(step: Step, inputs: StepInputs, out: Path, answer: Any, build_pid: in
         answer.send((RuntimeError(f"{type(outcome).__name__}: {outcome}"), None))
     finally:
         answer.close()
+
+
+def _quiet_onnxruntime() -> None:
+    """onnxruntime's own warnings (a graph whose declared output shape is not what it computes
+    prints one line per run) would drown the build's log; its errors still reach the step."""
+    import sys
+
+    if "onnxruntime" in sys.modules:
+        sys.modules["onnxruntime"].set_default_logger_severity(3)
 
 
 def run_in_fresh_process(step: Step, inputs: StepInputs, out: Path, preload: tuple[str, ...]) -> int | None:

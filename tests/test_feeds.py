@@ -76,3 +76,30 @@ def test_random_samples_are_sample_first_and_take_the_example_sizes() -> None:
     arrays = random_samples((image, STATE, RATE), count=8)
     assert set(arrays) == {"images"} and arrays["images"].shape == (8, 3, 48, 40)
     assert random_samples((TensorSpec("s", (2, "batch", 4), batch_axis=1),), count=5)["s"].shape == (5, 2, 4)
+
+
+def test_a_time_major_output_is_read_sample_first_and_its_padding_cut() -> None:
+    """A CRNN's [steps, batch, classes] output with a fixed batch of 1: each call's output gets its
+    batch axis moved to the front, so calls stack by sample (not by time step)."""
+    from modelc_build.feeds import ModelCaller
+    from modelc_build.recipe_types import TensorSpec
+
+    spec = TensorSpec("x", (1, 4))
+
+    def time_major(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        steps = np.stack([feed["x"] * step for step in range(1, 6)])  # [5 steps, 1, 4]
+        return {"scores": steps}
+
+    samples = np.arange(12, dtype=np.float32).reshape(3, 4)
+    out = ModelCaller((spec,), time_major)({"x": samples})["scores"]
+    assert out.shape == (3, 5, 4)
+    np.testing.assert_array_equal(out[2, 4], samples[2] * 5)
+
+
+def test_batch_first_leaves_outputs_without_one_batch_axis_alone() -> None:
+    from modelc_build.feeds import batch_first
+
+    assert batch_first(np.zeros((8, 3)), 8).shape == (8, 3)  # already sample-first
+    assert batch_first(np.zeros((20, 8, 5)), 8).shape == (8, 20, 5)
+    assert batch_first(np.zeros((4, 4, 6)), 1).shape == (4, 4, 6)  # no axis of the call's size: no batch axis
+    assert batch_first(np.zeros((2, 3, 3)), 3).shape == (2, 3, 3)  # two candidates: left alone

@@ -102,6 +102,17 @@ class Fallback:
     min_cosine: float
     tuning: Callable[[], Iterator[dict[str, np.ndarray]]]  # validation feeds (input name -> batch), never evaluation
     max_float_layers: int = 8
+    # where the recipe gates the task metric: a model's drop below the float graph on the tuning
+    # data (accuracy.TaskDrop: called with the model's infer), held at most `max_drop`
+    task_drop: Callable[[Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]], float] | None = None
+    max_drop: float | None = None
+
+    def task_holds(self, infer: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> tuple[bool, float | None]:
+        """Whether a candidate holds the task-metric aim, and its drop (None where it is not gated)."""
+        if self.task_drop is None or self.max_drop is None:
+            return True, None
+        drop = self.task_drop(infer)
+        return drop <= self.max_drop, drop
 
 
 @dataclass(frozen=True)

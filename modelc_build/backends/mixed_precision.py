@@ -61,14 +61,16 @@ def find_mixed_precision(writer: Int8Writer, destinations: dict[str, Path], fall
     full = _cosine(portable, feeds, reference, request.outputs)
     notes: dict[str, Any] = {"min_cosine": fallback.min_cosine, "tuned_on": f"{sum(_count(f) for f in feeds)} validation samples",
                              "full_int8_cosine": round(full, 6), "kept_in_float": []}
-    if full >= fallback.min_cosine:
+    if fallback.max_drop is not None:
+        notes["max_task_drop"] = fallback.max_drop
+    if _holds(fallback, portable, full, request.outputs, notes, "full_int8_task_drop"):
         notes["verdict"] = "full INT8 holds the gate: nothing kept in float"
         return notes
     with tempfile.TemporaryDirectory(prefix="modelc-mixed-") as scratch:
         trial = Path(scratch) / "trial.onnx"
         cosine = _weighted_layers_only(writer, portable_name, trial, feeds, reference, full, notes)
         chosen: tuple[str, ...] = ()
-        if cosine < fallback.min_cosine:
+        if not _holds(fallback, trial if "op_kinds_in_float" in notes else portable, cosine, request.outputs, notes, "task_drop"):
             chosen, cosine = _layers_in_float(writer, portable_name, portable, trial, feeds, reference, cosine, fallback, notes)
     return _finish(writer, destinations, chosen, cosine, feeds, fallback, notes, full)
 
@@ -93,9 +95,21 @@ def _layers_in_float(writer: Int8Writer, layout: str, portable: Path, trial: Pat
         writer.quantize(layout, trial, chosen)
         cosine = _cosine(trial, feeds, reference, outputs)
         notes.setdefault("rounds", []).append({"in_float": len(chosen), "cosine": round(cosine, 6)})
-        if cosine >= fallback.min_cosine:
+        if _holds(fallback, trial, cosine, outputs, notes["rounds"][-1], "task_drop"):
             break
     return chosen, cosine
+
+
+def _holds(fallback: Fallback, model: Path, cosine: float, outputs: tuple[str, ...], record: dict[str, Any], key: str) -> bool:
+    """The candidate holds the cosine aim and, where the recipe gates it, the task-metric aim (its
+    drop recorded under `key`)."""
+    if cosine < fallback.min_cosine:
+        return False
+    session = _session(model)
+    holds, drop = fallback.task_holds(lambda feed: dict(zip(outputs, session.run(list(outputs), feed))))
+    if drop is not None:
+        record[key] = round(drop, 4)
+    return holds
 
 
 def _weighted_layers_only(writer: Int8Writer, layout: str, trial: Path, feeds: list[dict[str, np.ndarray]],
@@ -121,15 +135,19 @@ def _finish(writer: Int8Writer, destinations: dict[str, Path], chosen: tuple[str
             feeds: list[dict[str, np.ndarray]], fallback: Fallback, notes: dict[str, Any], full: float) -> dict[str, Any]:
     request = writer.request
     writer.write(destinations, chosen)
-    here = destinations.get("u8s8", next(iter(destinations.values())))  # the layout this CPU runs (a VNNI one is built only where it runs)
+    portable = next(iter(destinations.values()))
+    holds = _holds(fallback, portable, cosine, request.outputs, notes, "task_drop")
+    here = destinations.get("u8s8", portable)  # the layout this CPU runs (a VNNI one is built only where it runs)
     ratio, fp32_ms = _latency_ratio(here, request.onnx_model, feeds[0], request.outputs)
     notes.update(mixed_cosine=round(cosine, 6), latency_vs_fp32=round(ratio, 3), fp32_ms=round(fp32_ms, 3), timed=here.name,
                  kept_in_float=list(chosen))
     kinds = " and every op kind but weighted layers" if "op_kinds_in_float" in notes else ""
     words = f"best mixed INT8 {ratio:.2f}× FP32 latency at cosine {cosine:.4f} with {len(chosen)} layer(s){kinds} in float"
-    if cosine < fallback.min_cosine:  # the gates judge the best it found, on the evaluation data
+    if not holds:  # the gates judge the best it found, on the evaluation data
+        aims = f"min_cosine {fallback.min_cosine}" + (f" and a task-metric drop of at most {fallback.max_drop:g}"
+                                                      if fallback.max_drop is not None else "")
         notes["verdict"] = (f"no mixed graph within quantization.fallback_layers ({fallback.max_float_layers}) holds "
-                            f"min_cosine {fallback.min_cosine} on the validation data; shipped to the gates: {words}")
+                            f"{aims} on the validation data; shipped to the gates: {words}")
         return notes
     refuse_if_not_worth_it(request.target.id, ratio, fp32_ms, words, full)
     notes["verdict"] = f"mixed INT8: {words}"

@@ -9,10 +9,11 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from modelc_build.backends import Backend, Capabilities, CompileRequest, Runner, pick, require, write_quantization_notes
+from modelc_build.backends import Backend, Capabilities, CompileRequest, Fallback, Runner, pick, require, write_quantization_notes
 from modelc_build.errors import CompileError, ModelcError, first_line
 from modelc_build.recipe_types import TensorSpec
 
@@ -278,6 +279,16 @@ class _ReferenceOutputs:
         by_name = {port.get_any_name(): np.asarray(result[port], dtype=np.float64) for port in compiled.outputs}
         return [by_name[name].ravel() for name in self.outputs]
 
+    def infer(self, compiled: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        """The compiled model as a feed -> outputs-by-name function (for the task metric)."""
+        import numpy as np
+
+        def run(feed: dict[str, Any]) -> dict[str, Any]:
+            result = compiled(feed)
+            return {port.get_any_name(): np.asarray(result[port]) for port in compiled.outputs}
+
+        return run
+
     def cosine(self, compiled: Any, indices: Any = None) -> float:
         import numpy as np
 
@@ -315,33 +326,101 @@ def _cosine_fallback(nncf: Any, model: Any, quantized: Any, calibration: Any, re
     record: dict[str, Any] = {"min_cosine": fallback.min_cosine, "tuned_on": f"{reader.samples} validation samples",
                               "full_int8_cosine": round(full, 6), "kept_in_float": []}
     notes["fallback"] = record
-    if full >= fallback.min_cosine:
+    if fallback.max_drop is not None:
+        record["max_task_drop"] = fallback.max_drop
+    if _holds(fallback, reference, reference.compile(quantized), full, record, "full_int8_task_drop"):
         record["verdict"] = "full INT8 holds the gate: nothing kept in float"
         return quantized
-    names = [spec.name for spec in request.inputs]
-    validation = nncf.Dataset(list(range(len(feeds))), lambda index: feeds[index][names[0]] if len(names) == 1
-                              else tuple(feeds[index][n] for n in names))
-    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
-
-    mixed, lines = _accuracy_aware(nncf, model, calibration, validation, lambda compiled, indices: reference.cosine(compiled, indices),
-                                   1.0 - fallback.min_cosine, settings, advanced_accuracy_restorer_parameters=
-                                   AdvancedAccuracyRestorerParameters(max_num_iterations=fallback.max_float_layers))
+    mixed, kept = _recurrent_in_float(nncf, model, calibration, settings, fallback, reference, record)
+    if mixed is None:
+        mixed, kept = _search(nncf, model, calibration, settings, fallback, reference, feeds, request.inputs, record)
+        if mixed is None:  # NNCF's search failed: the gates judge full INT8
+            mixed, kept = quantized, []
     compiled = reference.compile(mixed)
     cosine = reference.cosine(compiled)
+    holds = _holds(fallback, reference, compiled, cosine, record, "task_drop")
     ratio, fp32_ms = _latency_ratio(compiled, reference.compile(model), feeds[0])
-    kept = _reverted_layers(lines)
     record.update(mixed_cosine=round(cosine, 6), latency_vs_fp32=round(ratio, 3), fp32_ms=round(fp32_ms, 3), kept_in_float=kept)
-    words = f"best mixed INT8 {ratio:.2f}× FP32 latency at cosine {cosine:.4f} with {len(kept)} layer(s) in float"
-    if cosine < fallback.min_cosine:
-        record["verdict"] = (f"NNCF's accuracy control found no IR within quantization.fallback_layers "
-                             f"({fallback.max_float_layers}) that holds min_cosine {fallback.min_cosine}; shipped to the "
-                             f"gates: {words}")
+    kinds = f" and {record['op_kinds_in_float']}" if "op_kinds_in_float" in record else ""
+    words = f"best mixed INT8 {ratio:.2f}× FP32 latency at cosine {cosine:.4f} with {len(kept)} layer(s){kinds} in float"
+    if not holds:
+        aims = f"min_cosine {fallback.min_cosine}" + (f" and a task-metric drop of at most {fallback.max_drop:g}"
+                                                      if fallback.max_drop is not None else "")
+        searched = (record["search_failed"] if "search_failed" in record else "NNCF's accuracy control found no IR within "
+                    f"quantization.fallback_layers ({fallback.max_float_layers}) that holds {aims}")
+        record["verdict"] = f"{searched}; shipped to the gates: {words}"
         return mixed
     from modelc_build.backends.mixed_precision import refuse_if_not_worth_it
 
     refuse_if_not_worth_it(request.target.id, ratio, fp32_ms, words, full)
     record["verdict"] = f"mixed INT8: {words}"
     return mixed
+
+
+RECURRENT_OPS = ("LSTMSequence", "GRUSequence", "RNNSequence", "LSTMCell", "GRUCell", "RNNCell")
+
+
+def _recurrent_in_float(nncf: Any, model: Any, calibration: Any, settings: dict[str, Any], fallback: Fallback,
+                        reference: _ReferenceOutputs, record: dict[str, Any]) -> tuple[Any, list[str]]:
+    """The op kind OpenVINO quantizes worst, first: a model with recurrent layers quantized again
+    with them in float (one NNCF pass). Returns the IR where that holds every aim, else None."""
+    present = sorted({op.get_type_name() for op in model.get_ops()} & set(RECURRENT_OPS))
+    if not present:
+        return None, []
+    scope = settings["ignored_scope"]
+    trial = {**settings, "ignored_scope": nncf.IgnoredScope(names=list(scope.names), types=list(scope.types) + present,
+                                                             patterns=list(scope.patterns), validate=False)}
+    candidate = nncf.quantize(model, calibration, **trial)
+    compiled = reference.compile(candidate)
+    cosine = reference.cosine(compiled)
+    round_record: dict[str, Any] = {"op_kinds": present, "cosine": round(cosine, 6)}
+    record["recurrent_in_float"] = round_record
+    if not _holds(fallback, reference, compiled, cosine, round_record, "task_drop"):
+        return None, []
+    record["op_kinds_in_float"] = f"every {', '.join(present)}"
+    return candidate, []
+
+
+def _search(nncf: Any, model: Any, calibration: Any, settings: dict[str, Any], fallback: Fallback, reference: _ReferenceOutputs,
+            feeds: list[dict[str, Any]], inputs: tuple[TensorSpec, ...], record: dict[str, Any]) -> tuple[Any, list[str]]:
+    """NNCF's accuracy-aware search on the aims; (None, []) where NNCF itself fails on the graph
+    (its quantizer-removal walk raised KeyError on a bidirectional LSTM's IR), recorded."""
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    names = [spec.name for spec in inputs]
+    validation = nncf.Dataset(list(range(len(feeds))), lambda index: feeds[index][names[0]] if len(names) == 1
+                              else tuple(feeds[index][n] for n in names))
+    try:
+        mixed, lines = _accuracy_aware(nncf, model, calibration, validation, partial(_aims_met, fallback, reference), 1.0, settings,
+                                       advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+                                           max_num_iterations=fallback.max_float_layers))
+    except Exception as exc:  # noqa: BLE001 - a library failure inside the search: the artifact goes to the gates
+        record["search_failed"] = f"NNCF's accuracy control failed: {first_line(exc) or type(exc).__name__}"
+        return None, []
+    return mixed, _reverted_layers(lines)
+
+
+def _holds(fallback: Fallback, reference: _ReferenceOutputs, compiled: Any, cosine: float, record: dict[str, Any], key: str) -> bool:
+    """The IR holds the cosine aim and, where the recipe gates it, the task-metric aim (its drop
+    recorded under `key`)."""
+    if cosine < fallback.min_cosine:
+        return False
+    holds, drop = fallback.task_holds(reference.infer(compiled))
+    if drop is not None:
+        record[key] = round(drop, 4)
+    return holds
+
+
+def _aims_met(fallback: Fallback, reference: _ReferenceOutputs, compiled: Any, indices: Any = None) -> float:
+    """NNCF's metric for the search: 1 for the float model, 0 where the candidate just meets every
+    aim (the cosine, and the task-metric drop where gated), lower the further it misses one; NNCF
+    reverts quantizers until the drop from 1 is at most 1 (not centred on 0: NNCF divides by the
+    float model's value)."""
+    cosine = reference.cosine(compiled, indices)
+    score = (cosine - 1.0) / max(1.0 - fallback.min_cosine, 1e-9)
+    if fallback.task_drop is not None and fallback.max_drop is not None:
+        score = min(score, -fallback.task_drop(reference.infer(compiled)) / max(fallback.max_drop, 1e-9))
+    return 1.0 + score
 
 
 def _latency_ratio(mixed: Any, fp32: Any, feed: dict[str, Any], runs: int = 15) -> tuple[float, float]:

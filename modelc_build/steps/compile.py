@@ -51,6 +51,9 @@ class FallbackSpec:
     min_cosine: float
     data: DataSource
     max_float_layers: int
+    task: Task | None = None  # where the recipe gates the task metric's drop: held too, at most max_drop
+    output: str | None = None
+    max_drop: float | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,9 @@ class CompileStep(Step):
         if self.fallback is not None:
             material["fallback"] = {"min_cosine": self.fallback.min_cosine, "data": facts.data(self.fallback.data),
                                     "max_float_layers": self.fallback.max_float_layers}
+            if self.fallback.task is not None:
+                material["fallback"].update(task=facts.task(self.fallback.task), output=self.fallback.output,
+                                            max_drop=self.fallback.max_drop)
         if self.accuracy_control is not None:
             control = self.accuracy_control
             material["accuracy_control"] = {"max_drop": control.max_drop, "task": facts.task(control.task),
@@ -151,7 +157,7 @@ class CompileStep(Step):
         if reader is not None:
             _note_samples_available(out, len(reader))
         if self.target.precision == "int8":
-            _check_coverage(self.target, files, out, self.quantization)
+            _check_coverage(self.target, files, out, self.quantization, _sample_shapes(calibration, self.model.inputs))
         _check_it_runs(self.target, backend, files, self.model.inputs, self.model.outputs, inputs.threads)
 
     def _fallback(self, inputs: StepInputs) -> Any:
@@ -161,8 +167,18 @@ class CompileStep(Step):
         from modelc_build.feeds import with_carried_state
 
         reader = inputs.fingerprints.reader(self.fallback.data)
-        tuning = with_carried_state(reader.feeds, inputs.file(self.graph, "model.onnx"), self.model.inputs)
-        return Fallback(self.fallback.min_cosine, tuning, self.fallback.max_float_layers)
+        graph = inputs.file(self.graph, "model.onnx")
+        tuning = with_carried_state(reader.feeds, graph, self.model.inputs)
+        spec = self.fallback
+        task_drop = None
+        if spec.task is not None and spec.output is not None and spec.max_drop is not None:
+            from modelc_build.accuracy import TaskDrop
+            from modelc_build.backends import get_backend
+
+            float_graph = get_backend(self.target.backend).float_runner(graph, self.model.inputs, self.model.outputs)
+            float_graph.activate()
+            task_drop = TaskDrop(reader.batches, self.model.inputs, spec.task, spec.output, float_graph.infer_impl)
+        return Fallback(spec.min_cosine, tuning, spec.max_float_layers, task_drop, spec.max_drop)
 
     def _accuracy_control(self, inputs: StepInputs) -> Any:
         if self.accuracy_control is None:
@@ -197,7 +213,24 @@ def _note_samples_available(out: Path, available: int) -> None:
         notes_file.write_text(json.dumps(notes, indent=2, sort_keys=True) + "\n")
 
 
-def _check_coverage(target: Target, files: list[Path], out: Path, quantization: Quantization) -> None:
+def _sample_shapes(calibration: Callable[[], Any] | None, inputs: Any) -> dict[str, tuple[int, ...]] | None:
+    """One calibration sample's input shapes (batch 1 where the batch is on axis 0): the sizes a
+    model with dynamic axes (a text line's width) is counted at."""
+    if calibration is None:
+        return None
+    feed = next(iter(calibration()), None)
+    if not feed:
+        return None
+    axis0 = {spec.name for spec in inputs if spec.batch_axis == 0}
+    shapes = {}
+    for name, value in feed.items():
+        shape = tuple(int(size) for size in getattr(value, "shape", ()))
+        shapes[name] = (1, *shape[1:]) if name in axis0 and shape else shape
+    return shapes
+
+
+def _check_coverage(target: Target, files: list[Path], out: Path, quantization: Quantization,
+                    sample_shapes: dict[str, tuple[int, ...]] | None = None) -> None:
     """How much of an int8 artifact runs in INT8 (into its quantization.json); none at all fails
     the build unless the recipe accepts it (quantization.allow_unquantized)."""
     from modelc_build.coverage import onnx_coverage, openvino_coverage
@@ -207,9 +240,9 @@ def _check_coverage(target: Target, files: list[Path], out: Path, quantization: 
     measured = {}
     for file in files:
         if file.suffix == ".xml":
-            measured[file.name] = openvino_coverage(file)
+            measured[file.name] = openvino_coverage(file, sample_shapes)
         elif file.suffix == ".onnx":
-            measured[file.name] = onnx_coverage(file)
+            measured[file.name] = onnx_coverage(file, sample_shapes)
     if not measured:
         return
     notes_file = out / QUANTIZATION_NOTES

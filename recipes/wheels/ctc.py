@@ -3,8 +3,8 @@ dropped) of the artifact against the reference's decoding of the same line.
 
 `identity`: the share of lines (%) whose decoded text equals the reference's (the headline);
 `char_accuracy`: 100 × (1 − edit distance / reference length), averaged over lines.
-`batch_first` reads `[batch, steps, classes]` (PaddleOCR); `time_major` `[steps, batch, classes]`
-(ddddocr).
+Outputs arrive sample-first, `[batch, steps, classes]`: modelc moves a time-major output's batch axis
+(ddddocr's `[steps, 1, classes]`) to the front.
 """
 from __future__ import annotations
 
@@ -34,11 +34,7 @@ def _score(artifact: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     return {"identity": float(np.mean(same)), "char_accuracy": float(np.mean(characters))}
 
 
-def batch_first(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], labels: list) -> dict[str, float]:
+def identity(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], labels: list) -> dict[str, float]:
+    """Outputs `[batch, steps, classes]` (modelc hands a time-major output over sample-first)."""
     name = next(iter(reference))
     return _score(outputs[name], reference[name])
-
-
-def time_major(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray], labels: list) -> dict[str, float]:
-    name = next(iter(reference))
-    return _score(np.moveaxis(outputs[name], 1, 0), np.moveaxis(reference[name], 1, 0))

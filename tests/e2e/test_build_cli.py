@@ -492,3 +492,27 @@ def test_inputs_of_every_declared_dtype_build_end_to_end(tmp_path: Path, run_cli
     assert set(cosines) == {"onnxruntime-fp32", "onnxruntime-int8", "openvino-fp32", "openvino-int8"}
     assert min(cosines["onnxruntime-fp32"], cosines["openvino-fp32"]) > 0.9999
     assert min(cosines["onnxruntime-int8"], cosines["openvino-int8"]) > 0.95
+
+
+def test_a_failed_target_leaves_the_others_verdicts_printed_and_a_report_kept(tmp_path: Path, run_cli, tiny_recipe) -> None:
+    """One target's compile fails (an unknown layer name to keep in float): the build exits with
+    that failure's code, yet the other target's verdict is printed and a report of what was
+    measured is kept, listing the failed step; nothing is released."""
+    import json
+
+    images = tmp_path / "calibration"
+    write_images(images, 8, seed=7)
+    recipe = tiny_recipe({"targets": [{"backend": "onnxruntime", "precisions": ["fp32", "int8"]}],
+                          "data": {"preprocess": {"size": [16, 16]}, "calibration": {"path": str(images)},
+                                   "evaluation": {"path": str(tmp_path / "images"), "labels": "folders", "batch_size": 4}},
+                          "quantization": {"ignore": {"names": ["no_such_layer"]}}, "gates": None})
+    result = run_cli("build", recipe, "--store", tmp_path / "store", "--cache", tmp_path / "cache",
+                     "--reports-dir", tmp_path / "failed")
+    assert result.exit_code == 3, result.output
+    assert "onnxruntime-fp32: cosine 1.000000" in result.output  # the other target's verdict
+    assert "no_such_layer" in result.stderr and "the other targets' report" in result.stderr
+    report = json.loads((tmp_path / "failed/tiny/0.1.0/report.json").read_text())
+    assert [a["target"] for a in report["artifacts"]] == ["onnxruntime-fp32"] and not report["passed"]
+    assert report["failed_steps"][0].startswith("compile:onnxruntime-int8: ")
+    assert "a step failed" in (tmp_path / "failed/tiny/0.1.0/report.md").read_text()
+    assert not (tmp_path / "store/tiny").exists()
