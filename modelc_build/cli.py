@@ -401,7 +401,7 @@ def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool
     from modelc_build.cache import Cache
     from modelc_build.engine import Engine
     from modelc_build.fingerprint import Fingerprints
-    from modelc_build.plan import RELEASE_STEP, ci_matrix, make_plan, probe_host
+    from modelc_build.plan import RELEASE_STEP, ci_matrix, gpu_engine_verdicts, make_plan, probe_host
     from modelc_build.progress import BuildLog
     from modelc_build.recipe import load_recipe
 
@@ -419,15 +419,25 @@ def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool
     rows.append((RELEASE_STEP, "release", [s.id for s in the_plan.steps if s.kind in ("verify", "latency")],
                  f"apply gates; write manifest and reports; store {the_plan.recipe_name} {the_plan.version}",
                  "runs every build (gates, manifest, store)"))
+    engines = gpu_engine_verdicts(loaded_recipe, the_plan.host)
     if as_json:
         click.echo(json.dumps({"name": the_plan.recipe_name, "version": the_plan.version,
                                "steps": [{"id": i, "kind": k, "depends_on": d, "description": text, "status": state}
-                                         for i, k, d, text, state in rows]}, indent=2))
+                                         for i, k, d, text, state in rows], "gpu_engines": engines}, indent=2))
         return
     click.echo(f"{the_plan.recipe_name} {the_plan.version}")
     for step_id, _, needs, text, state in rows:
         after = f" (after {', '.join(needs)})" if needs else ""
         click.echo(f"  {step_id:<26} [{state}] {text}{after}")
+    if engines:
+        from modelc_build.gpus import TABLE_SOURCE
+
+        click.echo(f"GPU engines (precisions per flavour and generation: {TABLE_SOURCE}):")
+        for row in engines:
+            runs = "runs it" if row["runs"] else f"does NOT run it: {row['why_not']}"
+            here = ("built here" if row["built_here"] else f"not built here: {row['build_problem']}")
+            ran = "run here" if row["run_here"] else "not run here (no such GPU): built, not run"
+            click.echo(f"  {row['target']} {row['gpu']:<6} {row['flavour']}: {runs}; {here}; {ran}")
 
 
 @main.command()

@@ -29,6 +29,37 @@ RTX_TARGETS = ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121")  # TensorRT for
 DEFAULT_GPUS = ("sm86", "sm89")  # Ampere and Ada: the A10/L4 class of inference servers and RTX 30/40 cards
 RTX = "tensorrt-rtx"
 FULL = "tensorrt"
+FLAVOURS = ("auto", FULL, RTX)  # a tensorrt target's `flavour`: who builds its engines
+
+# What each TensorRT flavour runs on each generation, in modelc's precision names (`int8`: INT8
+# activations and weights, the Q/DQ convolutions and GEMMs of a ModelOpt graph; `int8-wo`/`int4-wo`:
+# weight-only GEMM; `fp8`, `fp4`). Sources:
+# - TensorRT for RTX 1.0-1.5 support matrices, "GPU Architecture and Precision Support" (identical
+#   rows in each): 12.0/12.1 FP32 FP16 BF16, INT8 WoQ GEMM, INT4 WoQ GEMM, FP8, FP4 GEMM; 8.9 the same
+#   without FP4; 8.6 without FP8 and FP4; 7.5 FP32 and FP16 only. No INT8 convolution (nor INT8
+#   activations) on any generation; its guide calls it "optimized for 16-bit floating point types".
+#   8.0 (A100) is not in the matrix although the 1.7 wheel targets it: the Ampere row (8.6) is used.
+# - TensorRT 10.x support matrix: INT8 (activations) from 7.5 on, BF16 from 8.0, FP8 from 8.9, FP4
+#   from 10.0; INT4/INT8 weight-only GEMM from 7.5 (ModelOpt's weight-only paths).
+_RTX_AMPERE = frozenset({"fp32", "fp16", "bf16", "int8-wo", "int4-wo"})
+PRECISION_TABLE: dict[str, dict[str, frozenset[str]]] = {
+    RTX: {
+        "sm75": frozenset({"fp32", "fp16"}),
+        "sm80": _RTX_AMPERE,
+        "sm86": _RTX_AMPERE,
+        "sm89": _RTX_AMPERE | {"fp8"},
+        "sm120": _RTX_AMPERE | {"fp8", "fp4"},
+        "sm121": _RTX_AMPERE | {"fp8", "fp4"},
+    },
+    FULL: {
+        "sm75": frozenset({"fp32", "fp16", "int8", "int8-wo", "int4-wo"}),
+        **{gpu: frozenset({"fp32", "fp16", "bf16", "int8", "int8-wo", "int4-wo"}) for gpu in ("sm80", "sm86")},
+        **{gpu: frozenset({"fp32", "fp16", "bf16", "int8", "int8-wo", "int4-wo", "fp8"}) for gpu in ("sm89", "sm90")},
+        **{gpu: frozenset({"fp32", "fp16", "bf16", "int8", "int8-wo", "int4-wo", "fp8", "fp4"})
+           for gpu in ("sm100", "sm120", "sm121")},
+    },
+}
+TABLE_SOURCE = "TensorRT for RTX 1.0-1.5 and TensorRT 10.x support matrices"
 
 
 def canonical(name: str) -> str | None:
@@ -72,22 +103,54 @@ class EngineBuilder:
     gpu: str
     flavour: str | None  # tensorrt-rtx | tensorrt | None
     reason: str = ""  # when flavour is None: what is missing and where it can be built
+    asked: str = "auto"  # the flavour the recipe asked for
 
 
-def engine_builder(gpu: str) -> EngineBuilder:
+def planned_flavour(gpu: str, flavour: str = "auto") -> str:
+    """Who builds this generation's engine as the recipe asks, wherever it is built: `auto` is
+    TensorRT for RTX where it targets the generation (no GPU needed), full TensorRT elsewhere."""
+    if flavour != "auto":
+        return flavour
+    return RTX if gpu in RTX_TARGETS else FULL
+
+
+def precision_verdict(gpu: str, precision: str, flavour: str = "auto") -> str | None:
+    """None where the flavour that builds `gpu`'s engine runs `precision` there; else why not and
+    what to ask for instead, in one line."""
+    builder = planned_flavour(gpu, flavour)
+    table = PRECISION_TABLE.get(builder, {})
+    if gpu not in table:
+        return None if builder == FULL else f"TensorRT for RTX does not target {words(gpu)}: use flavour: tensorrt"
+    if precision in table[gpu]:
+        return None
+    name = "TensorRT for RTX" if builder == RTX else "TensorRT"
+    if builder == RTX and precision == "int8":
+        return (f"{name} lists no INT8 convolution for {gpu} (its 1.0-1.5 support matrices list INT8 only as weight-only "
+                "GEMM): use fp16, or full TensorRT on a GPU runner for INT8 engines (flavour: tensorrt)")
+    runs = ", ".join(sorted(table[gpu]))
+    return f"{name} does not run {precision} on {words(gpu)} ({TABLE_SOURCE}; it runs {runs}): ask for one of those"
+
+
+def engine_builder(gpu: str, flavour: str = "auto") -> EngineBuilder:
     """Full TensorRT where this machine has that GPU and TensorRT installed (it builds for the GPU it
-    runs on); else TensorRT for RTX for the generations it targets (no GPU needed)."""
-    if gpu in local_gpus() and installed(FULL):
-        return EngineBuilder(gpu, FULL)
+    runs on); else TensorRT for RTX for the generations it targets (no GPU needed). A recipe that
+    names its flavour gets that one or a reason."""
+    if flavour != RTX and gpu in local_gpus() and installed(FULL):
+        return EngineBuilder(gpu, FULL, asked=flavour)
+    if flavour == FULL:
+        where = f"this machine has {', '.join(local_gpus())}" if local_gpus() else "this machine has no NVIDIA GPU"
+        installed_words = "" if installed(FULL) else "; full TensorRT is not installed (`pip install 'modelc-build[tensorrt]'`)"
+        return EngineBuilder(gpu, None, f"{words(gpu)} with flavour: tensorrt needs full TensorRT on a machine with that "
+                                        f"GPU ({where}{installed_words}): build it on the GPU runner", flavour)
     if gpu in RTX_TARGETS:
         if installed(RTX):
-            return EngineBuilder(gpu, RTX)
+            return EngineBuilder(gpu, RTX, asked=flavour)
         return EngineBuilder(gpu, None, f"{words(gpu)} is built by TensorRT for RTX, which is not installed: "
-                                        "pip install 'modelc-build[tensorrt-rtx]'")
+                                        "pip install 'modelc-build[tensorrt-rtx]'", flavour)
     where = f"this machine has {', '.join(local_gpus())}" if local_gpus() else "this machine has no NVIDIA GPU"
     return EngineBuilder(gpu, None, f"{words(gpu)} needs full TensorRT on a machine with that GPU (TensorRT for RTX "
                                     f"builds {', '.join(RTX_TARGETS)} only; {where}): build it on the GPU runner "
-                                    "(`pip install 'modelc-build[tensorrt]'` there), or leave it out with --skip-unavailable")
+                                    "(`pip install 'modelc-build[tensorrt]'` there), or leave it out with --skip-unavailable", flavour)
 
 
 def runnable_here(gpus: tuple[str, ...]) -> str | None:

@@ -118,6 +118,6 @@ class HostFacts:
         return cls(str(info["kernel_class"]), bool(info["vnni"]), bool(info["low_precision_float"]), emulator, gpus,
                    engine_builders)
 
-    def engine_builder(self, gpu: str) -> EngineBuilder:
-        found = next((builder for builder in self.engine_builders if builder.gpu == gpu), None)
+    def engine_builder(self, gpu: str, flavour: str = "auto") -> EngineBuilder:
+        found = next((builder for builder in self.engine_builders if builder.gpu == gpu and builder.asked == flavour), None)
         return found or EngineBuilder(gpu, None, f"no engine builder for {gpu} is known on this machine")

@@ -16,6 +16,7 @@ target's backend table, never from a list of backend names here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from modelc_build.backends import Capabilities, capabilities
 from modelc_build.fingerprint import DataSource
@@ -56,10 +57,11 @@ class Plan:
 def probe_host() -> HostFacts:
     """This machine's facts, for a plan made here."""
     from modelc_build.emulation import emulator
-    from modelc_build.gpus import FULL, GENERATIONS, RTX, engine_builder, installed, local_gpus
+    from modelc_build.gpus import FLAVOURS, FULL, GENERATIONS, RTX, engine_builder, installed, local_gpus
 
     runtime = installed(FULL) or installed(RTX)
-    return HostFacts.of_cpu(emulator(), local_gpus() if runtime else (), tuple(engine_builder(gpu) for gpu in GENERATIONS))
+    return HostFacts.of_cpu(emulator(), local_gpus() if runtime else (),
+                            tuple(engine_builder(gpu, flavour) for gpu in GENERATIONS for flavour in FLAVOURS))
 
 
 def table(target: Target) -> Capabilities:
@@ -254,7 +256,8 @@ def buildable(recipe: Recipe, host: HostFacts, skip_unavailable: bool) -> tuple[
         if not table(target).gpu:
             targets.append(target)
             continue
-        unbuildable = {gpu: host.engine_builder(gpu).reason for gpu in target.gpus if host.engine_builder(gpu).flavour is None}
+        builders = {gpu: host.engine_builder(gpu, target.flavour) for gpu in target.gpus}
+        unbuildable = {gpu: builder.reason for gpu, builder in builders.items() if builder.flavour is None}
         problems += [f"{target.id}: {reason}" for reason in unbuildable.values()]
         kept = tuple(gpu for gpu in target.gpus if gpu not in unbuildable)
         if kept and target.verify_on_gpu and not any(gpu in host.gpus for gpu in kept):
@@ -270,6 +273,25 @@ def buildable(recipe: Recipe, host: HostFacts, skip_unavailable: bool) -> tuple[
     if not targets:
         raise BackendUnavailable("nothing left to build here: " + "; ".join(problems))
     return replace(recipe, targets=tuple(targets)), problems
+
+
+def gpu_engine_verdicts(recipe: Recipe, host: HostFacts) -> list[dict[str, Any]]:
+    """Per GPU target and generation: the flavour that builds its engine, whether that flavour runs
+    the precision there (modelc_build.gpus.PRECISION_TABLE), whether this machine builds it, and
+    whether it can run it here (its GPU present)."""
+    from modelc_build.gpus import planned_flavour, precision_verdict
+
+    rows = []
+    for target in recipe.targets:
+        if not table(target).gpu:
+            continue
+        for gpu in target.gpus:
+            builder = host.engine_builder(gpu, target.flavour)
+            verdict = precision_verdict(gpu, target.precision, target.flavour)
+            rows.append({"target": target.id, "gpu": gpu, "flavour": planned_flavour(gpu, target.flavour),
+                         "runs": verdict is None, "why_not": verdict, "built_here": builder.flavour is not None,
+                         "build_problem": builder.reason or None, "run_here": gpu in host.gpus})
+    return rows
 
 
 def target_step_ids(recipe: Recipe, target_ids: tuple[str, ...]) -> list[str]:
@@ -293,7 +315,8 @@ def ci_matrix(recipes: list[tuple[str, Recipe]]) -> dict[str, list[dict[str, str
 def needs_gpu_runner(target: Target) -> bool:
     from modelc_build.gpus import RTX_TARGETS
 
-    return table(target).gpu and (target.verify_on_gpu or any(g not in RTX_TARGETS for g in target.gpus))
+    return table(target).gpu and (target.verify_on_gpu or target.flavour == "tensorrt"
+                                  or any(g not in RTX_TARGETS for g in target.gpus))
 
 
 __all__ = ["Plan", "make_plan", "probe_host", "ci_matrix", "uses_qdq_graph", "RELEASE_STEP", "SENSITIVITY_STEP", "QDQ_STEP"]

@@ -215,7 +215,7 @@ def _target(entry: dict[str, Any], precision: str) -> Target:
     gpus = tuple(dict.fromkeys(canonical(g) or g for g in entry.get("gpus", DEFAULT_GPUS)))
     max_batch = int(entry.get("max_batch", 32))
     return Target(backend, precision, None, gpus, max_batch, int(entry.get("opt_batch", min(8, max_batch))),
-                  bool(entry.get("verify_on_gpu", False)))
+                  bool(entry.get("verify_on_gpu", False)), str(entry.get("flavour", "auto")))
 
 
 Add = Callable[[tuple[Any, ...], str], None]  # report a problem at a key path
@@ -304,6 +304,11 @@ def _check_targets(data: dict[str, Any], add: Add) -> None:
             if key not in ("backend", "precisions") and key not in table.options:
                 takers = [name for name, other in tables.items() if key in other.options]
                 add(("targets", index, key), f"'{key}' applies to {' and '.join(takers)} targets only; remove it")
+        if table.gpu_precisions and backend is not None:
+            for p_index, precision in enumerate(target.get("precisions", [])):
+                verdict = _gpu_precision_problem(target, precision)
+                if verdict is not None and table.refusal(precision) is None:
+                    add(("targets", index, "precisions", p_index), f"{backend} {precision}: {verdict}")
         if isinstance(target.get("opt_batch"), int) and isinstance(target.get("max_batch", 32), int) \
                 and target["opt_batch"] > target.get("max_batch", 32):
             add(("targets", index, "opt_batch"), f"opt_batch {target['opt_batch']} is above max_batch "
@@ -317,6 +322,20 @@ def _check_targets(data: dict[str, Any], add: Add) -> None:
         add(("quantization",), "no target builds int8: remove this section or add an int8 target")
     for duplicate in sorted({i for i in ids if ids.count(i) > 1}, key=str):
         add(("targets",), f"target {duplicate[0]}-{duplicate[1]} is listed twice")
+
+
+def _gpu_precision_problem(target: dict[str, Any], precision: str) -> str | None:
+    """The first generation of a GPU target whose engine builder does not run `precision` there
+    (modelc_build.gpus.PRECISION_TABLE), in one line; None where every one does."""
+    from modelc_build.gpus import DEFAULT_GPUS, canonical, precision_verdict
+
+    flavour = target.get("flavour", "auto")
+    for gpu in target.get("gpus", DEFAULT_GPUS):
+        name = canonical(gpu) if isinstance(gpu, str) else None
+        verdict = precision_verdict(name, precision, flavour) if name is not None and isinstance(flavour, str) else None
+        if verdict is not None:
+            return verdict
+    return None
 
 
 def _check_datasets(data: dict[str, Any], add: Add) -> None:

@@ -152,6 +152,7 @@ class Target:
     max_batch: int = 32  # tensorrt: the optimization profile's batch range (min 1)
     opt_batch: int = 8
     verify_on_gpu: bool = False  # tensorrt: a build without a GPU that runs the engines fails
+    flavour: str = "auto"  # tensorrt: who builds the engines (auto | tensorrt | tensorrt-rtx)
 
     @property
     def id(self) -> str:
@@ -161,9 +162,11 @@ class Target:
     def material(self) -> dict[str, Any]:
         """What of the target a step's key depends on (engine options only where they exist)."""
         found = asdict(self)
+        if self.flavour == "auto":  # keys of recipes written before `flavour` existed stay as they were
+            del found["flavour"]
         if not self.gpus:  # only GPU targets (TensorRT engines) have generations and engine options
-            for key in ("gpus", "max_batch", "opt_batch", "verify_on_gpu"):
-                del found[key]
+            for key in ("gpus", "max_batch", "opt_batch", "verify_on_gpu", "flavour"):
+                found.pop(key, None)
         return found
 
 

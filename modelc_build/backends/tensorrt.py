@@ -35,11 +35,18 @@ ENGINES_FILE = "engines.json"
 FORMAT_VERSION = 1
 RTX_PACKAGES = ("tensorrt-rtx-cu13-libs", "tensorrt-rtx-cu12-libs", "tensorrt-rtx-cu13", "tensorrt-rtx-cu12")
 FULL_PACKAGES = ("tensorrt-cu13-libs", "tensorrt-cu12-libs", "tensorrt-cu13", "tensorrt-cu12", "tensorrt")
-# flavour -> GPU generation -> the precisions an engine may be asked for there
-PRECISIONS_BY_GENERATION = {
-    flavour: {gpu: frozenset({"fp32", "fp16", "int8"}) for gpu in generations}
-    for flavour, generations in (("tensorrt-rtx", ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121")),
-                                 ("tensorrt", ("sm75", "sm80", "sm86", "sm89", "sm90", "sm100", "sm120", "sm121")))}
+PRECISIONS = frozenset({"fp32", "fp16", "int8"})  # what a recipe may ask a tensorrt target for
+
+
+def _by_generation() -> dict[str, dict[str, frozenset[str]]]:
+    """flavour -> GPU generation -> the recipe precisions its engines run (modelc_build.gpus holds
+    NVIDIA's table, with its sources)."""
+    from modelc_build.gpus import PRECISION_TABLE
+
+    return {flavour: {gpu: runs & PRECISIONS for gpu, runs in generations.items()} for flavour, generations in PRECISION_TABLE.items()}
+
+
+PRECISIONS_BY_GENERATION = _by_generation()
 
 
 def _module(flavour: str) -> Any:
@@ -182,7 +189,7 @@ class TensorRtBackend(Backend):
     capabilities = Capabilities(
         precisions=frozenset({"fp32", "fp16", "int8"}), deploy_extra="tensorrt-rtx", runtime_modules=("numpy", "polygraphy"),
         tools=("tensorrt", "tensorrt-rtx-cu13", "tensorrt-rtx-cu12", "polygraphy"),
-        options=("gpus", "max_batch", "opt_batch", "verify_on_gpu"), graphs={"int8": "qdq", "fp16": "autocast"}, gpu=True,
+        options=("gpus", "max_batch", "opt_batch", "verify_on_gpu", "flavour"), graphs={"int8": "qdq", "fp16": "autocast"}, gpu=True,
         gpu_precisions=PRECISIONS_BY_GENERATION)
 
     def compile(self, request: CompileRequest) -> list[Path]:
@@ -194,7 +201,7 @@ class TensorRtBackend(Backend):
         shapes = profile(request.inputs, target.opt_batch, target.max_batch)
         engines, files = [], [graph]
         for gpu in target.gpus:
-            builder = engine_builder(gpu)
+            builder = engine_builder(gpu, target.flavour)
             if builder.flavour is None:
                 raise BackendUnavailable(f"{target.id}: {builder.reason}")
             started = time.perf_counter()

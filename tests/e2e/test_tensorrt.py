@@ -18,7 +18,8 @@ from tests.conftest import shipped_recipe
 pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX is not installed (pip install 'modelc-build[tensorrt-rtx]')")
 pytest.importorskip("modelopt.onnx.quantization", reason="the modelopt extra is not installed")
 
-ENGINES = [{"backend": "tensorrt", "precisions": ["fp32", "fp16", "int8"], "gpus": ["ampere", "ada"], "max_batch": 16}]
+# fp32 and fp16 only: TensorRT for RTX, which builds these with no GPU, lists no INT8 convolution
+ENGINES = [{"backend": "tensorrt", "precisions": ["fp32", "fp16"], "gpus": ["ampere", "ada"], "max_batch": 16}]
 FAST = {"latency": {"runs": 2, "warmup": 1}, "gates": None}
 
 
@@ -64,22 +65,15 @@ def test_engines_for_two_generations_are_built_stamped_measured_and_reproducible
             assert engine["flavour"] == "tensorrt-rtx" and engine["version"].startswith("1.") and engine["cuda_major"] in (12, 13)
             assert (release / engine["file"]).stat().st_size == engine["size"] > 100_000
     graphs = {t: artifacts[t]["engines"]["graph"]["precision_in_graph"] for t in artifacts if t.startswith("tensorrt")}
-    assert graphs == {"tensorrt-fp32": "fp32 (the simplified graph)", "tensorrt-fp16": "mixed fp16 (NVIDIA ModelOpt AutoCast)",
-                      "tensorrt-int8": "int8 Q/DQ (NVIDIA ModelOpt)"}
+    assert graphs == {"tensorrt-fp32": "fp32 (the simplified graph)", "tensorrt-fp16": "mixed fp16 (NVIDIA ModelOpt AutoCast)"}
     markdown = (release / "report.md").read_text()
-    assert "### TensorRT engines" in markdown and "| `tensorrt-int8` | sm89 (Ada: L4, L40, RTX 40) | tensorrt-rtx" in markdown
+    assert "### TensorRT engines" in markdown and "| `tensorrt-fp16` | sm89 (Ada: L4, L40, RTX 40) | tensorrt-rtx" in markdown
 
     second = run_cli("build", recipe, "--store", tmp_path / "b", "--cache", tmp_path / "cache-b")  # cold again
     assert second.exit_code == 0, second.stderr
     again = tmp_path / "b/tiny-yolo-shapes/1.0.0"
     exact, other = engine_digests(release), engine_digests(again)
-    assert len(exact) == 9 and {k for k in exact if exact[k] != other[k]} <= {"tensorrt-int8/sm86.engine", "tensorrt-int8/sm89.engine"}
-    # the graphs and the fp32/fp16 engines are byte-identical. TensorRT's INT8 engines differ in the
-    # names Myelin gives its generated kernels (NVIDIA/TensorRT#3316), which modelc cannot pin, and on
-    # a loaded machine also in more than those (seen 2026-12-06 with TensorRT for RTX 1.7: the
-    # builder's timing picks other tactics); reproducible INT8 engines are issue 32's
-    blank, blank_again = engine_digests(release, myelin_names=False), engine_digests(again, myelin_names=False)
-    assert {k: v for k, v in blank.items() if "int8" not in k} == {k: v for k, v in blank_again.items() if "int8" not in k}
+    assert len(exact) == 6 and exact == other  # two graphs and four engines, byte-identical from separate cold caches
 
     # a deploy stage on an Ada GPU takes that generation's engines only (and the golden set)
     from modelc_build.signing import Signer, sign_release
@@ -93,15 +87,34 @@ def test_engines_for_two_generations_are_built_stamped_measured_and_reproducible
         if wanted:
             assert pulled.stderr.strip() == (
                 "error: --gpu sm90: no engine in tiny-yolo-shapes:1.0.0 was built for sm90; it holds tensorrt-fp32 for "
-                "sm86, sm89; tensorrt-fp16 for sm86, sm89; tensorrt-int8 for sm86, sm89")
+                "sm86, sm89; tensorrt-fp16 for sm86, sm89")
             assert not dest.exists()
             continue
         files = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
-        assert [f for f in files if f.endswith(".engine")] == [f"tensorrt-{p}/sm89.engine" for p in ("fp16", "fp32", "int8")]
+        assert [f for f in files if f.endswith(".engine")] == [f"tensorrt-{p}/sm89.engine" for p in ("fp16", "fp32")]
         assert not any(f.endswith(".onnx") for f in files) and "golden/inputs.npz" in files
-    checked = run_cli("verify", release, "--public-key", signed["pub"], "--run", "--target", "tensorrt-int8")
+    checked = run_cli("verify", release, "--public-key", signed["pub"], "--run", "--target", "tensorrt-fp16")
     if not local_gpus():
         assert checked.exit_code == 6 and "no SM86/SM89 GPU on this machine" in checked.stderr, checked.stderr
+
+
+def test_int8_engines_need_full_tensorrt_on_their_gpu(tmp_path: Path, run_cli) -> None:
+    """TensorRT for RTX lists no INT8 convolution: an int8 target it would build is refused at
+    validate in one line; asked of full TensorRT (flavour: tensorrt), it builds only on a machine
+    with that GPU (exit 6 here, naming where)."""
+    refused = run_cli("validate", detector(tmp_path, targets=[{"backend": "tensorrt", "precisions": ["int8"], "gpus": ["ada"]}]))
+    assert refused.exit_code == 2
+    assert refused.stderr.strip().endswith("targets[0].precisions[0]: tensorrt int8: TensorRT for RTX lists no INT8 convolution "
+                                           "for sm89 (its 1.0-1.5 support matrices list INT8 only as weight-only GEMM): use "
+                                           "fp16, or full TensorRT on a GPU runner for INT8 engines (flavour: tensorrt)")
+    if "sm89" in local_gpus():
+        return
+    full = detector(tmp_path, targets=[{"backend": "tensorrt", "precisions": ["int8"], "gpus": ["ada"], "flavour": "tensorrt"}])
+    assert run_cli("validate", full).exit_code == 0
+    built = run_cli("build", full, "--store", tmp_path / "store")
+    assert built.exit_code == 6
+    assert "tensorrt-int8: sm89 (Ada: L4, L40, RTX 40) with flavour: tensorrt needs full TensorRT on a machine with that GPU" \
+        in built.stderr
 
 
 def test_a_generation_tensorrt_for_rtx_cannot_build_is_named_or_left_out(tmp_path: Path, run_cli) -> None:
