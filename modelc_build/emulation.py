@@ -36,6 +36,11 @@ if TYPE_CHECKING:
 EMULATOR_VARIABLE = "MODELC_EMULATOR"  # another emulator (or a stand-in) with qemu-x86_64's arguments
 INSTALL_HINT = "apt-get install qemu-user"
 STARTUP_ALLOWANCE_S = 180.0  # interpreter + runtime start under emulation (about 9 s here)
+# A check is broken when it makes no progress (no canary, no sample's output written) for this long;
+# a slow one that keeps writing outputs is waited for: one sample of a CNN + LSTM text recogniser's
+# INT8 graph took 55 s under emulation here, a transformer recogniser's longer.
+STALL_S = 300.0
+HARD_LIMIT_S = 1800.0  # and never longer than this in all
 MIN_SAMPLES = 2
 CANARY_TOLERANCE = 1e-3  # relative to the canary output's largest magnitude
 
@@ -223,15 +228,51 @@ SERVICE_UNAVAILABLE = "no emulation service answered"  # run_emulated then start
 def _run_once(found: str, cpu: str, work: Path, log: Path, budget_s: float) -> str | None:
     """The request in `work`, in an emulated process of its own; None, or why it gave nothing."""
     command = _emulated_python(found, cpu, str(work))
-    try:
-        with log.open("wb") as handle:
-            completed = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, timeout=budget_s + STARTUP_ALLOWANCE_S,
-                                       env=_child_environment(), preexec_fn=_die_with_parent)
-    except subprocess.TimeoutExpired:
-        return f"the emulated process did not finish within {budget_s + STARTUP_ALLOWANCE_S:.0f} s"
-    if completed.returncode != 0:
-        return f"the emulated process exited with code {completed.returncode}"
+    with log.open("wb") as handle:
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=_child_environment(),
+                                   preexec_fn=_die_with_parent)
+        stalled = _wait_while_progressing(lambda window: _exited(process, window), work, budget_s)
+        if stalled is not None:
+            process.kill()
+            process.wait()
+            return f"the emulated process {stalled}"
+    if process.returncode != 0:
+        return f"the emulated process exited with code {process.returncode}"
     return None
+
+
+def _exited(process: subprocess.Popen[bytes], window: float) -> bool:
+    try:
+        process.wait(timeout=window)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def _progress(work: Path) -> float:
+    """When the emulated run last wrote something (its canary's output, a sample's output)."""
+    written = [path.stat().st_mtime for path in work.glob("output-*.npz")]
+    canary = work / "canary-output.npz"
+    if canary.is_file():
+        written.append(canary.stat().st_mtime)
+    return max(written, default=0.0)
+
+
+def _wait_while_progressing(finished: Any, work: Path, budget_s: float) -> str | None:
+    """Wait for `finished(window)` (True when the run ended) for as long as the run makes progress:
+    None when it ended, else why it was given up (no progress within STALL_S, or HARD_LIMIT_S)."""
+    started = time.monotonic()
+    last, seen = started, _progress(work)
+    while True:
+        if finished(min(30.0, STALL_S)):
+            return None
+        now = time.monotonic()
+        if (progress := _progress(work)) > seen:
+            seen, last = progress, now
+        if now - last > max(STALL_S, budget_s + STARTUP_ALLOWANCE_S):
+            return f"made no progress for {now - last:.0f} s (no canary or sample output written)"
+        if now - started > HARD_LIMIT_S:
+            return f"did not finish within {HARD_LIMIT_S:.0f} s"
 
 
 def _emulated_python(emulator_path: str, cpu: str, *arguments: str) -> list[str]:
@@ -266,16 +307,49 @@ def _run_in_service(address: str, work: Path, budget_s: float) -> str | None:
         connection.connect(address)  # refused (or not found) when the service is gone
         connection.settimeout(budget_s + STARTUP_ALLOWANCE_S)
         connection.sendall(f"{work}\n".encode())
-        replies = _lines(connection)
-        if next(replies, None) != "started":
+        replies = _Replies(connection)
+        if replies.next(budget_s + STARTUP_ALLOWANCE_S) != "started":
             return SERVICE_UNAVAILABLE
-        return None if next(replies, None) == "done" else "the emulation service ended while it ran this check"
+        answer: list[str | None] = []
+
+        def finished(window: float) -> bool:
+            try:
+                answer.append(replies.next(window))
+                return True
+            except TimeoutError:
+                return False
+
+        stalled = _wait_while_progressing(finished, work, budget_s)
+        if stalled is not None:
+            return f"the emulation service {stalled}"
+        return None if answer[0] == "done" else "the emulation service ended while it ran this check"
     except TimeoutError:
-        return f"the emulation service did not finish within {budget_s + STARTUP_ALLOWANCE_S:.0f} s"
+        return f"the emulation service did not start this check within {budget_s + STARTUP_ALLOWANCE_S:.0f} s"
     except OSError:
         return SERVICE_UNAVAILABLE
     finally:
         connection.close()
+
+
+class _Replies:
+    """The newline-ended words a service sends, one at a time, each awaited at most a window (a
+    TimeoutError leaves what was received so far for the next call)."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection, self.pending, self.closed = connection, b"", False
+
+    def next(self, window: float) -> str | None:
+        while b"\n" not in self.pending:
+            if self.closed:
+                return None
+            self.connection.settimeout(window)
+            chunk = self.connection.recv(256)
+            if not chunk:
+                self.closed = True
+                return None
+            self.pending += chunk
+        line, self.pending = self.pending.split(b"\n", 1)
+        return line.decode()
 
 
 def _lines(connection: Any) -> Iterator[str]:

@@ -96,3 +96,30 @@ def test_an_emulated_haswell_is_pre_vnni_whatever_the_host_lists(monkeypatch, ho
     native = {name: True for name in HASWELL_PROBE}
     monkeypatch.setattr(np._core._multiarray_umath, "__cpu_features__", native, raising=False)
     assert host_module._as_executed(set(host)) == (set(host), False)  # natively, /proc/cpuinfo stands
+
+
+def test_a_slow_emulated_run_that_keeps_writing_outputs_is_waited_for_and_a_stalled_one_is_not(tmp_path, monkeypatch) -> None:
+    """A heavy model's samples can take a minute each under emulation: slow is not broken. The run
+    is given up only when it writes nothing (no canary, no output) for STALL_S."""
+    import threading
+    import time
+
+    from modelc_build import emulation
+
+    monkeypatch.setattr(emulation, "STALL_S", 0.6)
+    monkeypatch.setattr(emulation, "STARTUP_ALLOWANCE_S", 0.0)
+    done = threading.Event()
+
+    def slow_run() -> None:
+        for number in range(6):  # 1.8 s in all, longer than STALL_S, with progress every 0.3 s
+            time.sleep(0.3)
+            (tmp_path / f"output-{number:06d}.npz").write_bytes(b"x")
+        done.set()
+
+    threading.Thread(target=slow_run).start()
+    assert emulation._wait_while_progressing(lambda window: done.wait(min(window, 0.1)), tmp_path, 0.0) is None
+    stalled = tmp_path / "stalled"
+    stalled.mkdir()
+    started = time.monotonic()
+    problem = emulation._wait_while_progressing(lambda window: time.sleep(min(window, 0.1)) or False, stalled, 0.0)
+    assert problem is not None and problem.startswith("made no progress for") and time.monotonic() - started < 3
