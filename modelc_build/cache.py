@@ -23,6 +23,10 @@ from modelc_build.manifest import sha256_file
 
 CACHE_FORMAT_VERSION = 1
 ENTRY_FILE = "entry.json"
+# A step whose result must not be reused by a later build (a check that could not run: a broken or
+# stalled emulator is a setup defect, not a property of the artifact) writes its reason here: the
+# entry serves the build that made it and is a miss for every later one (never shared).
+TRANSIENT_FILE = "transient.txt"
 SCRATCH_PREFIXES = {"build", "release", "data"}  # temporary folders a build makes under the cache root
 STALE_SECONDS = 3600  # no build keeps a scratch folder untouched this long
 
@@ -94,6 +98,8 @@ class Cache:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             self._drop(path)
             return None, f"cache entry was corrupted ({exc}); dropped"
+        if TRANSIENT_FILE in files:
+            return None, f"the last result is not reused ({(path / TRANSIENT_FILE).read_text().strip()[:120]})"
         return self._entry(path, record), ""
 
     def put(self, key: str, step: str, produced: Path) -> CacheEntry:

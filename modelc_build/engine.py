@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ClassVar, Iterable, Sequence
 
-from modelc_build.cache import Cache, CacheEntry, cache_key
+from modelc_build.cache import TRANSIENT_FILE, Cache, CacheEntry, cache_key
 from modelc_build.errors import ModelcError, first_line
 from modelc_build.steps import KEY_FORMAT, Step, StepInputs
 from modelc_build.workers import run_in_fresh_process
@@ -242,7 +242,7 @@ class Engine:
             else:
                 step.run(inputs, out)
             entry = self.cache.put(key, step.id, out)
-            if self.shared is not None:
+            if self.shared is not None and not (out / TRANSIENT_FILE).is_file():
                 self._share(step, key, out)
             shutil.rmtree(out, ignore_errors=True)
             finished = time.perf_counter()

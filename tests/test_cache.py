@@ -84,3 +84,20 @@ def test_gc_removes_a_killed_builds_scratch_folders(tmp_path: Path) -> None:
     stale_and_fresh_folders(old, fresh)
     cache.gc(keep_days=30)
     assert not old.exists() and fresh.exists()  # a running build's scratch stays
+
+
+def test_a_transient_result_serves_its_build_and_is_a_miss_for_the_next(tmp_path: Path) -> None:
+    """A check that could not run (a broken emulator) is reported by the build that made it and
+    tried again by the next one, never served from the cache as if it were the artifact's verdict."""
+    from modelc_build.cache import TRANSIENT_FILE
+
+    cache = Cache(tmp_path / "cache")
+    key = cache_key({"x": 2})
+    out = produced(tmp_path, b"result")
+    (out / TRANSIENT_FILE).write_text("the emulated check could not run: it stalled\n")
+    entry = cache.put(key, "verify:x@haswell", out)
+    assert entry.file("model.onnx").read_bytes() == b"result"  # this build reads it
+    got, reason = cache.get(key)
+    assert got is None and reason == "the last result is not reused (the emulated check could not run: it stalled)"
+    again = cache.put(key, "verify:x@haswell", produced(tmp_path, b"judged"))  # the next build's run replaces it
+    assert cache.get(key)[0] is not None and again.file("model.onnx").read_bytes() == b"judged"

@@ -251,7 +251,10 @@ class VerifyStep(Step):
                      "samples": len(run.outputs), "samples_asked": self.setting.samples, "budget_s": self.setting.budget_s,
                      "startup_s": round(run.startup_s, 2), "inference_s": round(run.inference_s, 2),
                      "canary": run.canary.detail, "log": run.log_tail, "runtime": run.runtime, "process": run.process}
-        if run.broken:
+        if run.broken:  # a setup defect: this build reports it; the next one tries again
+            from modelc_build.cache import TRANSIENT_FILE
+
+            (out / TRANSIENT_FILE).write_text(f"the emulated check could not run: {run.broken}\n")
             return {**_empty(), "emulation": emulation, "emulation_broken": run.broken}
         done = pairs[:len(run.outputs)]
         runner = self._runner(inputs)
