@@ -29,7 +29,7 @@ from modelc_build.steps.decode import DecodeStep, decodes
 from modelc_build.steps.export import EXPORT_STEP, ExportStep
 from modelc_build.steps.golden import GoldenStep
 from modelc_build.steps.latency import LatencyStep
-from modelc_build.steps.qdq import QDQ_STEP, QdqStep
+from modelc_build.steps.qdq import MODES, QDQ_STEP, QdqStep, qdq_step_id
 from modelc_build.steps.sensitivity import SENSITIVITY_STEP, SensitivityStep
 from modelc_build.steps.simplify import SIMPLIFY_STEP, SimplifyStep
 from modelc_build.steps.verify import ReferenceStep, Setting, VerifyStep
@@ -120,8 +120,9 @@ def make_plan(recipe: Recipe, host: HostFacts) -> Plan:
     if recipe.quantization.sensitivity_layers and int8:
         steps.append(SensitivityStep(graph, data_source(recipe, "calibration"), data_source(recipe, "validation"),
                                      recipe.task, model.outputs, recipe.quantization))
-    if any(uses_qdq_graph(t) for t in recipe.targets):
-        steps.append(QdqStep(graph, data_source(recipe, "calibration"), recipe.quantization))
+    for kind, mode in MODES.items():
+        if any(source_graph(t) == kind for t in recipe.targets):
+            steps.append(QdqStep(graph, data_source(recipe, "calibration"), recipe.quantization, mode))
     if any(uses_autocast_graph(t) for t in recipe.targets):
         steps.append(AutocastStep(graph))
     for target in recipe.targets:
@@ -195,7 +196,8 @@ def verify_settings(recipe: Recipe, target: Target, host: HostFacts) -> list[Set
     return settings
 
 
-GRAPH_STEPS = {"torch": EXPORT_STEP, "qdq": QDQ_STEP, "autocast": AUTOCAST_STEP}  # "torch": waits for the export's input checks
+# "torch": waits for the export's input checks
+GRAPH_STEPS = {"torch": EXPORT_STEP, "autocast": AUTOCAST_STEP, **{kind: qdq_step_id(mode) for kind, mode in MODES.items()}}
 
 
 def _compile_step(recipe: Recipe, target: Target, graph: str, host: HostFacts) -> CompileStep:

@@ -39,8 +39,20 @@ def _modelopt_quantize() -> Callable[..., None]:
     return quantize
 
 
+MODE_SETTINGS: dict[str, dict[str, Any]] = {
+    "int8": {"quantize_mode": "int8", "dq_only": True},
+    "fp8": {"quantize_mode": "fp8", "dq_only": True},  # TensorRT runs FP8 on sm89 and later
+    # weight-only INT4 on the MatMuls (blocks of 128 along the input axis), round-to-nearest with
+    # double quantization: no activation is quantized (ModelOpt's default AWQ calibration gave a
+    # graph TensorRT for RTX could not parse and onnxruntime could not run: a block scale per Gemm)
+    "int4-wo": {"quantize_mode": "int4", "calibration_method": "rtn_dq", "op_types_to_quantize": ["MatMul"]},
+}
+METHOD_WORDS = {"int8": "Q/DQ, int8 weights per channel", "fp8": "FP8 E4M3 Q/DQ", "int4-wo": "weight-only INT4 MatMul, RTN"}
+
+
 def quantize_qdq(onnx_model: Path, inputs: tuple[TensorSpec, ...], feeds: Callable[[], Iterator[dict[str, Any]]],
-                 options: Quantization, destination: Path, nodes_to_quantize: list[str] | None = None) -> dict[str, Any]:
+                 options: Quantization, destination: Path, nodes_to_quantize: list[str] | None = None,
+                 mode: str = "int8") -> dict[str, Any]:
     """Write the Q/DQ graph to `destination`; returns its notes (samples used, what stayed float)."""
     quantize = _modelopt_quantize()
     reader = FeedReader(feeds, options.subset_size, inputs)
@@ -51,10 +63,10 @@ def quantize_qdq(onnx_model: Path, inputs: tuple[TensorSpec, ...], feeds: Callab
         # intermediate graphs beside its input: the input is a private copy, never a cache entry.
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
                 _private_copy(onnx_model) as private:
-            quantize(str(private), quantize_mode="int8", calibration_data_reader=reader,
-                     calibration_method=options.calibration_method, calibration_eps=["cpu"],
+            settings = {"calibration_method": options.calibration_method, **MODE_SETTINGS[mode]}
+            quantize(str(private), calibration_data_reader=reader, calibration_eps=["cpu"],
                      nodes_to_quantize=nodes_to_quantize, nodes_to_exclude=exclude or None, op_types_to_exclude=list(options.ignore_types) or None,
-                     high_precision_dtype="fp32", dq_only=True, output_path=str(destination), log_level="ERROR")
+                     high_precision_dtype="fp32", output_path=str(destination), log_level="ERROR", **settings)
     except ModelcError:  # e.g. bad calibration data: its own message and exit code
         raise
     except Exception as exc:
@@ -62,8 +74,8 @@ def quantize_qdq(onnx_model: Path, inputs: tuple[TensorSpec, ...], feeds: Callab
                            f"{first_line(exc)}") from exc
     if not destination.is_file():
         raise CompileError(f"ModelOpt wrote no Q/DQ graph for {onnx_model.name}")
-    return {"method": "NVIDIA ModelOpt ONNX post-training quantization (Q/DQ, int8 weights per channel)",
-            "calibration_method": options.calibration_method, "calibration_samples": reader.samples,
+    return {"method": f"NVIDIA ModelOpt ONNX post-training quantization ({METHOD_WORDS[mode]})",
+            "calibration_method": MODE_SETTINGS[mode].get("calibration_method", options.calibration_method), "calibration_samples": reader.samples,
             "kept_in_float": {"nodes": exclude, "op_types": list(options.ignore_types)}}
 
 
@@ -86,11 +98,16 @@ def autocast_fp16(onnx_model: Path, destination: Path) -> dict[str, Any]:
                                                    providers=["cpu"])
     except Exception as exc:
         raise CompileError(f"ModelOpt AutoCast (fp16) of {onnx_model.name} failed: {first_line(exc)}") from exc
-    onnx.save(converted, str(destination))
     float16 = onnx.TensorProto.FLOAT16
     kinds = [node for node in converted.graph.node if node.op_type != "Cast"]
     typed = {v.name: v.type.tensor_type.elem_type for v in list(converted.graph.value_info) + list(converted.graph.output)}
     in_fp16 = sum(1 for node in kinds if any(typed.get(o) == float16 for o in node.output))
+    # AutoCast's shape annotations of intermediate values hold sizes of the sample it ran (a
+    # transformer's attention reshapes came out fixed); onnxruntime's buffer reuse trusts them and
+    # failed at any other batch ("Shape mismatch attempting to re-use buffer"). Dropped: every
+    # consumer infers shapes itself.
+    del converted.graph.value_info[:]
+    onnx.save(converted, str(destination))
     return {"method": "NVIDIA ModelOpt AutoCast (fp16, inputs and outputs kept fp32)", "nodes": len(kinds),
             "nodes_in_fp16": in_fp16}
 

@@ -22,6 +22,7 @@ from modelc_build.backends import Capabilities, backend_names, capabilities
 from modelc_build.errors import InputError, RecipeError, RecipeProblem
 from modelc_build.migrate import change_at
 from modelc_build.recipe_types import (
+    CALIBRATED,
     IMAGE_SUFFIXES,
     Dataset,
     ExportOptions,
@@ -316,8 +317,9 @@ def _check_targets(data: dict[str, Any], add: Add) -> None:
         if source == "torchscript" and target.get("mode") == "script":
             add(("targets", index, "mode"), "the source is already TorchScript; remove 'mode'")
     ids = _target_ids(data)
-    if any(p == "int8" for _, p in ids) and "calibration" not in data.get("data", {}):
-        add(("targets",), "an int8 target is calibrated on representative data: add data.calibration")
+    if any(p in CALIBRATED for _, p in ids) and "calibration" not in data.get("data", {}):
+        quantized = next(p for _, p in ids if p in CALIBRATED)
+        add(("targets",), f"an {quantized} target is calibrated on representative data: add data.calibration")
     if "quantization" in data and not any(p == "int8" for _, p in ids):
         add(("quantization",), "no target builds int8: remove this section or add an int8 target")
     for duplicate in sorted({i for i in ids if ids.count(i) > 1}, key=str):

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-Precision = str  # "fp32" | "fp16" | "int8"
+Precision = str  # "fp32" | "fp16" | "int8" | "fp8" | "int4-wo" (tensorrt: FP8 Q/DQ; weight-only INT4 MatMuls)
+CALIBRATED = ("int8", "fp8", "int4-wo")  # precisions made from representative data
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 
 
@@ -189,6 +190,8 @@ DEFAULT_GATES: dict[str, Gate] = {
     "fp32": Gate(min_cosine=0.999, min_top5_containment=99.0, min_reference_map50=95.0),
     "fp16": Gate(min_cosine=0.99, min_top5_containment=98.0, min_reference_map50=90.0),
     "int8": Gate(min_cosine=0.95, min_top5_containment=95.0, min_reference_map50=60.0),
+    "fp8": Gate(min_cosine=0.95, min_top5_containment=95.0, min_reference_map50=60.0),
+    "int4-wo": Gate(min_cosine=0.95, min_top5_containment=95.0, min_reference_map50=60.0),
 }
 LOWER_IS_STRICTER = {"max_abs_error", "max_mean_abs_error", "max_metric_drop"}
 

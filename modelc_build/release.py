@@ -327,14 +327,21 @@ def measurement_material(recipe: Recipe, data_digests: dict[str, Any]) -> dict[s
     metric_file = recipe.task.base_dir / metric.rsplit(":", 1)[0] if metric else None
     return {"task": recipe.task.settings(),
             "metric_code": sha256_file(metric_file) if metric_file is not None and metric_file.is_file() else None,
-            "gates": {p: asdict(recipe.gate_for(p)) for p in ("fp32", "fp16", "int8")},
-            "gate_sources": {p: recipe.gate_sources(p) for p in ("fp32", "fp16", "int8")},
+            "gates": {p: asdict(recipe.gate_for(p)) for p in _judged_precisions(recipe)},
+            "gate_sources": {p: recipe.gate_sources(p) for p in _judged_precisions(recipe)},
             "data": data_digests, "preprocess": asdict(recipe.preprocess) if recipe.preprocess else None,
             "reading": {role: how_read(getattr(recipe, role)) for role in ("calibration", "validation", "evaluation")},
             "verify": asdict(recipe.verify)}
 
 
 HISTORY_VERSIONS = 10  # older versions the HTML report plots beside this one
+
+
+def _judged_precisions(recipe: Recipe) -> tuple[str, ...]:
+    """fp32, fp16 and int8 always (what a measurement digest held before fp8 existed), and any
+    other precision a target asks for."""
+    extra = sorted({t.precision for t in recipe.targets} - {"fp32", "fp16", "int8"})
+    return ("fp32", "fp16", "int8", *extra)
 
 
 def _history(store: Store, name: str, version: str) -> list[dict[str, Any]]:

@@ -48,7 +48,8 @@ def test_the_backend_offers_what_the_table_says() -> None:
     from modelc_build.backends import capabilities
 
     table = capabilities("tensorrt").gpu_precisions
-    assert table[RTX]["sm89"] == {"fp32", "fp16"} and table[FULL]["sm89"] == {"fp32", "fp16", "int8"}
+    assert table[RTX]["sm89"] == {"fp32", "fp16", "fp8", "int4-wo"} and table[RTX]["sm86"] == {"fp32", "fp16", "int4-wo"}
+    assert table[FULL]["sm89"] == {"fp32", "fp16", "int8", "fp8", "int4-wo"} and table[RTX]["sm75"] == {"fp32", "fp16"}
 
 
 def test_validate_refuses_int8_for_tensorrt_for_rtx_in_one_line(tmp_path: Path, run_cli, onnx_file: Path) -> None:
@@ -73,3 +74,18 @@ def test_validate_refuses_int8_for_tensorrt_for_rtx_in_one_line(tmp_path: Path, 
 
 def test_the_shipped_gpu_recipe_asks_only_for_what_its_generations_run(run_cli) -> None:
     assert run_cli("validate", Path(__file__).parents[1] / "recipes/mobilenet_v2_gpu.yaml").exit_code == 0
+
+
+def test_fp8_is_refused_where_the_generation_has_none(tmp_path: Path, run_cli) -> None:
+    recipe = yaml.safe_load((Path(__file__).parents[1] / "recipes/text_encoder_gpu.yaml").read_text())
+    base = Path(__file__).parents[1] / "recipes"
+    recipe["model"]["factory"] = str(base / recipe["model"]["factory"])
+    recipe["model"]["weights"] = str(base / recipe["model"]["weights"])
+    for role in ("calibration", "evaluation"):
+        recipe["data"][role]["path"] = str(base / recipe["data"][role]["path"])
+    recipe["targets"] = [{"backend": "tensorrt", "precisions": ["fp8"], "gpus": ["ampere"]}]
+    path = tmp_path / "fp8.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    refused = run_cli("validate", path)
+    assert refused.exit_code == 2
+    assert "tensorrt fp8: TensorRT for RTX does not run fp8 on sm86 (Ampere: A10, A40, RTX 30)" in refused.stderr

@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelc_build.backends import Backend, Capabilities, CompileRequest, Runner, pick, require
+from modelc_build.backends import Backend, Capabilities, CompileRequest, Runner, pick
+from modelc_build.backends.engine_process import build_in_own_process
+from modelc_build.backends.engine_process import tensorrt_module as _module
 from modelc_build.backends.onnxruntime import OnnxRuntimeRunner
 from modelc_build.errors import BackendUnavailable, CompileError
 from modelc_build.manifest import package_version, sha256_file
@@ -35,7 +37,7 @@ ENGINES_FILE = "engines.json"
 FORMAT_VERSION = 1
 RTX_PACKAGES = ("tensorrt-rtx-cu13-libs", "tensorrt-rtx-cu12-libs", "tensorrt-rtx-cu13", "tensorrt-rtx-cu12")
 FULL_PACKAGES = ("tensorrt-cu13-libs", "tensorrt-cu12-libs", "tensorrt-cu13", "tensorrt-cu12", "tensorrt")
-PRECISIONS = frozenset({"fp32", "fp16", "int8"})  # what a recipe may ask a tensorrt target for
+PRECISIONS = frozenset({"fp32", "fp16", "int8", "fp8", "int4-wo"})  # what a recipe may ask a tensorrt target for
 
 
 def _by_generation() -> dict[str, dict[str, frozenset[str]]]:
@@ -47,14 +49,6 @@ def _by_generation() -> dict[str, dict[str, frozenset[str]]]:
 
 
 PRECISIONS_BY_GENERATION = _by_generation()
-
-
-def _module(flavour: str) -> Any:
-    from modelc_build.gpus import RTX
-
-    if flavour == RTX:
-        return require("tensorrt_rtx", "tensorrt (TensorRT for RTX)", "tensorrt-rtx")
-    return require("tensorrt", "tensorrt", "tensorrt")
 
 
 def cuda_major(flavour: str) -> int | None:
@@ -76,52 +70,6 @@ def profile(inputs: tuple[TensorSpec, ...], opt_batch: int, max_batch: int) -> d
         sizes = (1, opt_batch, max_batch) if dynamic else (1, 1, 1)
         shapes[spec.name] = {name: list(spec.concrete_shape(size)) for name, size in zip(("min", "opt", "max"), sizes)}
     return shapes
-
-
-class _Log:
-    """A TensorRT logger that keeps its warnings and errors for the message of a failure."""
-
-    def __init__(self, trt: Any) -> None:
-        outer = self
-
-        class Logger(trt.ILogger):
-            def __init__(self) -> None:
-                trt.ILogger.__init__(self)
-
-            def log(self, severity: Any, message: str) -> None:
-                if severity <= trt.ILogger.Severity.WARNING:
-                    outer.lines.append(message)
-
-        self.lines: list[str] = []
-        self.logger = Logger()
-
-
-def build_engine(flavour: str, graph: Path, gpu: str, shapes: dict[str, dict[str, list[int]]]) -> bytes:
-    """One serialized engine for one GPU generation from a graph that carries its precision."""
-    from modelc_build.gpus import RTX
-
-    trt = _module(flavour)
-    log = _Log(trt)
-    builder = trt.Builder(log.logger)
-    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None) if flavour != RTX else None
-    network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
-    parser = trt.OnnxParser(network, log.logger)
-    if not parser.parse_from_file(str(graph)):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise CompileError(f"{flavour} could not parse {graph.name}: " + "; ".join(errors[:3]))
-    config = builder.create_builder_config()
-    optimization = builder.create_optimization_profile()
-    for name, shape in shapes.items():
-        optimization.set_shape(name, shape["min"], shape["opt"], shape["max"])
-    config.add_optimization_profile(optimization)
-    if flavour == RTX:  # ahead of time, for a named generation; full TensorRT builds for its own GPU
-        config.num_compute_capabilities = 1
-        config.set_compute_capability(getattr(trt.ComputeCapability, gpu.upper()), 0)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise CompileError(f"{flavour} could not build an engine for {gpu} from {graph.name}: "
-                           + ("; ".join(log.lines[-3:]) or "no message"))
-    return bytes(serialized)
 
 
 class GraphOnCpuRunner(OnnxRuntimeRunner):
@@ -187,9 +135,10 @@ def read_engines(files: list[Path]) -> dict[str, Any]:
 class TensorRtBackend(Backend):
     name = "tensorrt"
     capabilities = Capabilities(
-        precisions=frozenset({"fp32", "fp16", "int8"}), deploy_extra="tensorrt-rtx", runtime_modules=("numpy", "polygraphy"),
+        precisions=PRECISIONS, deploy_extra="tensorrt-rtx", runtime_modules=("numpy", "polygraphy"),
         tools=("tensorrt", "tensorrt-rtx-cu13", "tensorrt-rtx-cu12", "polygraphy"),
-        options=("gpus", "max_batch", "opt_batch", "verify_on_gpu", "flavour"), graphs={"int8": "qdq", "fp16": "autocast"}, gpu=True,
+        options=("gpus", "max_batch", "opt_batch", "verify_on_gpu", "flavour"), gpu=True,
+        graphs={"int8": "qdq", "fp16": "autocast", "fp8": "qdq-fp8", "int4-wo": "qdq-int4-wo"},
         gpu_precisions=PRECISIONS_BY_GENERATION)
 
     def compile(self, request: CompileRequest) -> list[Path]:
@@ -205,14 +154,17 @@ class TensorRtBackend(Backend):
             if builder.flavour is None:
                 raise BackendUnavailable(f"{target.id}: {builder.reason}")
             started = time.perf_counter()
-            data = build_engine(builder.flavour, graph, gpu, shapes)
-            seconds = time.perf_counter() - started
             engine = request.out_dir / f"{gpu}.engine"
-            engine.write_bytes(data)
+            try:
+                built = build_in_own_process(builder.flavour, graph, gpu, shapes, engine)
+            except CompileError as error:
+                raise CompileError(f"{target.id}: {error}") from None
+            seconds = time.perf_counter() - started
             files.append(engine)
             engines.append({"file": engine.name, "gpu": gpu, "generation": words(gpu), "flavour": builder.flavour,
                             "version": _module(builder.flavour).__version__, "cuda_major": cuda_major(builder.flavour),
-                            "sha256": sha256_file(engine), "size": engine.stat().st_size, "build_s": round(seconds, 2)})
+                            "sha256": sha256_file(engine), "size": engine.stat().st_size, "build_s": round(seconds, 2),
+                            "reproducible_layout": bool(built.get("fixed_layout"))})
         stamps = {"format_version": FORMAT_VERSION, "precision": target.precision,
                   "graph": {"file": graph.name, "sha256": sha256_file(graph), "precision_in_graph": _graph_kind(target.precision)},
                   "profile": shapes, "engines": engines}
@@ -239,4 +191,5 @@ class TensorRtBackend(Backend):
 
 def _graph_kind(precision: str) -> str:
     return {"fp32": "fp32 (the simplified graph)", "fp16": "mixed fp16 (NVIDIA ModelOpt AutoCast)",
-            "int8": "int8 Q/DQ (NVIDIA ModelOpt)"}[precision]
+            "int8": "int8 Q/DQ (NVIDIA ModelOpt)", "fp8": "fp8 Q/DQ (NVIDIA ModelOpt)",
+            "int4-wo": "int4 weight-only MatMul (NVIDIA ModelOpt, RTN)"}[precision]

@@ -166,3 +166,38 @@ def test_gpu_names_and_options_are_checked_in_the_recipe(tmp_path: Path, tiny_re
     messages = [p.message for p in error.value.problems]
     assert "'gpus' applies to tensorrt targets only; remove it" in messages
     assert any("opt_batch 64 is above max_batch 8" in m for m in messages)
+
+
+@pytest.mark.slow
+def test_fp8_and_weight_only_int4_engines_rebuild_to_the_same_bytes_under_load(tmp_path: Path, run_cli) -> None:
+    """The shipped transformer's engines in the precisions each generation runs: fp16, FP8 Q/DQ
+    (sm89, sm120) and weight-only INT4 (sm86, sm89), each graph measured on the CPU and gated. Two
+    cold builds with separate caches, the second with -j 2 beside a busy process, give the same
+    bytes: TensorRT for RTX orders some choices by memory address, so each engine is built in a
+    process with address randomization off (two or three different engines otherwise)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    recipe = REPO / "recipes/text_encoder_gpu.yaml"
+    first = run_cli("build", recipe, "--store", tmp_path / "a", "--cache", tmp_path / "cache-a")
+    assert first.exit_code == 0, first.stderr
+    busy = subprocess.Popen([sys.executable, "-c", "while True: sum(i * i for i in range(10000))"])
+    try:
+        second = run_cli("build", recipe, "--store", tmp_path / "b", "--cache", tmp_path / "cache-b", "-j", "2")
+    finally:
+        busy.kill()
+    assert second.exit_code == 0, second.stderr
+    release = tmp_path / "a/tiny-encoder-text-gpu/1.0.0"
+    exact, other = engine_digests(release), engine_digests(tmp_path / "b/tiny-encoder-text-gpu/1.0.0")
+    assert len(exact) == 9 and exact == other
+    manifest = json.loads((release / "manifest.json").read_text())
+    stamps = {a["target"]: a["engines"] for a in manifest["artifacts"] if a["target"].startswith("tensorrt")}
+    assert [e["gpu"] for e in stamps["tensorrt-fp8"]["engines"]] == ["sm89", "sm120"]
+    assert stamps["tensorrt-fp8"]["graph"]["precision_in_graph"] == "fp8 Q/DQ (NVIDIA ModelOpt)"
+    assert stamps["tensorrt-int4-wo"]["graph"]["precision_in_graph"].startswith("int4 weight-only MatMul")
+    assert all(e["reproducible_layout"] for s in stamps.values() for e in s["engines"])
+    report = json.loads((release / "report.json").read_text())
+    for artifact in report["artifacts"]:
+        assert artifact["passed"] and artifact["outputs"][0]["cosine"] > 0.99, artifact["target"]

@@ -53,26 +53,33 @@ def test_magika_int32_input_quantizes_on_both_runtimes_with_mixed_precision(tmp_
 def test_ctc_recogniser_with_time_major_lstm_output(tmp_path: Path, run_cli, wheel_models: Path) -> None:
     """ddddocr's output is [steps, 1, classes]: read sample-first, its CTC identity is a real
     metric (it was computed on the first time steps of one line). The search holds the task metric
-    as well as the cosine: onnxruntime INT8 kept cosine 0.99 and lost 20 points of identity in full."""
+    as well as the cosine (full INT8 kept cosine 0.99 and lost 20 points of identity); what it finds
+    either passes the gates or is refused as not worth it (no faster than FP32)."""
     result = build(run_cli, wheel_models / "ddddocr.yaml", tmp_path)
     report = report_of(tmp_path, "ddddocr-common")
-    ort = artifact(report, "onnxruntime-int8")
-    search = ort["quantization"]["fallback"]
-    assert search["full_int8_task_drop"] > search["max_task_drop"], search
-    assert ort["passed"] and ort["task_metric"]["drop"] <= 2.0
     assert report["samples"] == 195  # lines, not time steps
-    openvino = artifact(report, "openvino-int8")
-    if not openvino["passed"]:  # honest: OpenVINO's INT8 of this model misses, and the search says why
-        assert result.exit_code == 4
-        assert "verdict" in openvino["quantization"]["fallback"]
+    assert artifact(report, "onnxruntime-fp32")["task_metric"]["value"] == 100.0
+    targets = {a["target"]: a for a in report["artifacts"]}
+    if "onnxruntime-int8" in targets:
+        search = targets["onnxruntime-int8"]["quantization"]["fallback"]
+        assert search["full_int8_task_drop"] > search["max_task_drop"], search
+        assert targets["onnxruntime-int8"]["passed"] and targets["onnxruntime-int8"]["task_metric"]["drop"] <= 2.0
+    else:
+        assert result.exit_code == 7 and "onnxruntime-int8: INT8 is not worth it here" in result.stderr
+    openvino = targets["openvino-int8"]
+    assert openvino["passed"] or "verdict" in openvino["quantization"]["fallback"]
 
 
 @pytest.mark.heavy
 @pytest.mark.xdist_group("wheel-models")
 def test_transformer_ctc_recogniser(tmp_path: Path, run_cli, wheel_models: Path) -> None:
+    """PP-OCRv4 (attention blocks): onnxruntime's mixed graph that holds the aims is no faster than
+    FP32 and is refused in one line; OpenVINO's is judged by the gates."""
     result = build(run_cli, wheel_models / "ppocr_rec.yaml", tmp_path)
     report = report_of(tmp_path, "ppocr-v4-rec")
-    for target in ("onnxruntime-int8", "openvino-int8"):
-        a = artifact(report, target)
-        assert a["passed"] or "verdict" in a["quantization"]["fallback"], a["quantization"]
-    assert result.exit_code in (0, 4), result.output
+    targets = {a["target"]: a for a in report["artifacts"]}
+    if "onnxruntime-int8" not in targets:
+        assert result.exit_code == 7 and "onnxruntime-int8: INT8 is not worth it here" in result.stderr
+        assert report["failed_steps"][0].startswith("compile:onnxruntime-int8: ")
+    openvino = targets["openvino-int8"]
+    assert openvino["passed"] or "verdict" in openvino["quantization"]["fallback"], openvino["quantization"]
