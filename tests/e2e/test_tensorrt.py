@@ -201,3 +201,10 @@ def test_fp8_and_weight_only_int4_engines_rebuild_to_the_same_bytes_under_load(t
     report = json.loads((release / "report.json").read_text())
     for artifact in report["artifacts"]:
         assert artifact["passed"] and artifact["outputs"][0]["cosine"] > 0.99, artifact["target"]
+    lane = subprocess.run([sys.executable, str(REPO / "benchmarks/gpu_lane.py"), str(release), "--runs", "20"],
+                          capture_output=True, text=True)
+    if not local_gpus():  # the lane says it did not run, in one line, and writes nothing beside the release
+        assert lane.returncode == 6 and lane.stderr.strip() == "error: no NVIDIA GPU on this machine (nvidia-smi finds none)"
+        assert not list(release.parent.glob("*.gpu-lane-*"))
+    else:
+        assert lane.returncode in (0, 6), lane.stderr
