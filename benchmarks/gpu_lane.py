@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +23,9 @@ def engine_targets(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     return [a for a in manifest.get("artifacts", []) if isinstance(a, dict) and a.get("engines")]
 
 
-def time_batch_one(deployed: Any, feed: dict[str, Any], runs: int, warmup: int) -> float:
-    for _ in range(warmup):
-        deployed.infer(feed)
-    samples = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        deployed.infer(feed)
-        samples.append(time.perf_counter() - started)
-    return 1000.0 * statistics.median(samples)
-
-
 def lane(release: Path, runs: int, warmup: int) -> tuple[int, dict[str, Any]]:
     from modelc_build import runtime
+    from modelc_build.accuracy import measure_latency
     from modelc_build.errors import BackendUnavailable, GateFailed
     from modelc_build.golden import GoldenSet
     from modelc_build.gpus import FULL, RTX, installed, local_gpus
@@ -74,7 +62,8 @@ def lane(release: Path, runs: int, warmup: int) -> tuple[int, dict[str, Any]]:
         try:
             with runtime.load(release, target) as deployed:
                 result = deployed.check()
-                latency = time_batch_one(deployed, feed, runs, warmup)
+                timing = measure_latency(deployed.runner, feed, max(runs, 1), warmup)
+                latency = timing["p50"] if timing else float("nan")
         except GateFailed as failed:
             rows.append({"target": target, "verdict": f"FAIL: {failed}"})
             code = 4

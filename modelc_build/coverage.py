@@ -93,6 +93,21 @@ def onnx_coverage(path: Path, sample_shapes: dict[str, tuple[int, ...]] | None =
     macs = {"all": 0, "int8": 0, "unknown": False}
     floats: list[str] = []
 
+    def layer(label: str, quantized: bool, inside: bool, layer_macs: int | None) -> None:
+        """One weighted layer counted: in INT8 or float (a few float ones named), and its MACs
+        (None: its shapes are unknown)."""
+        counts["layers"] += 1
+        counts["quantized"] += quantized
+        counts["sub"] += inside
+        counts["sub_q"] += inside and quantized
+        if not quantized and len(floats) < 8:
+            floats.append(label)
+        if layer_macs is None:
+            macs["unknown"] = True
+            return
+        macs["all"] += layer_macs
+        macs["int8"] += layer_macs if quantized else 0
+
     def visit(graph: Any, inside: bool) -> None:
         initializers = {i.name: list(i.dims) for i in graph.initializer}
         producers = {out: node for node in graph.node for out in node.output}
@@ -113,38 +128,19 @@ def onnx_coverage(path: Path, sample_shapes: dict[str, tuple[int, ...]] | None =
             if node.op_type in ("MatMul", "QLinearMatMul", "MatMulInteger") and source not in initializers:
                 product(node, quantized, inside)  # two activations (attention): no weight
                 continue
-            counts["layers"] += 1
-            counts["quantized"] += quantized
-            counts["sub"] += inside
-            counts["sub_q"] += inside and quantized
-            if not quantized and len(floats) < 8:
-                floats.append(node.name or node.op_type)
             weight_shape = initializers.get(weight) or initializers.get(producer.input[0] if producer is not None else "")
             out_shape = shapes.get(node.output[0], [])
-            if weight_shape and out_shape and all(out_shape[1:]):
-                per_output = _summed_dims(node, weight_shape)
-                layer = _macs(per_output, out_shape[1:])
-                macs["all"] += layer
-                macs["int8"] += layer if quantized else 0
-            else:
-                macs["unknown"] = True
+            known = bool(weight_shape and out_shape and all(out_shape[1:]))
+            layer(node.name or node.op_type, quantized, inside,
+                  _macs(_summed_dims(node, weight_shape), out_shape[1:]) if known and weight_shape else None)
 
     def product(node: Any, quantized: bool, inside: bool) -> None:
         """A MatMul of two activations: in INT8 where both sides come through DequantizeLinear
         (or it is an integer op); its MACs from the output and the inner dimension."""
-        counts["layers"] += 1
-        counts["quantized"] += quantized
-        counts["sub"] += inside
-        counts["sub_q"] += inside and quantized
-        if not quantized and len(floats) < 8:
-            floats.append(f"{node.name or node.op_type} (activation product)")
         left, out_shape = shapes.get(node.input[0], []), shapes.get(node.output[0], [])
-        if left and out_shape and all(out_shape[1:]) and left[-1]:
-            layer = _macs([left[-1]], out_shape[1:])
-            macs["all"] += layer
-            macs["int8"] += layer if quantized else 0
-        else:
-            macs["unknown"] = True
+        known = bool(left and out_shape and all(out_shape[1:]) and left[-1])
+        layer(f"{node.name or node.op_type} (activation product)", quantized, inside,
+              _macs([left[-1]], out_shape[1:]) if known else None)
 
     def recurrent(node: Any, initializers: dict[str, list[int]], producers: dict[str, Any], inside: bool) -> None:
         """An LSTM/GRU/RNN: quantized where its weights come through a DequantizeLinear (or it is
@@ -153,22 +149,12 @@ def onnx_coverage(path: Path, sample_shapes: dict[str, tuple[int, ...]] | None =
         weight = node.input[w_index] if len(node.input) > w_index else ""
         producer = producers.get(weight)
         quantized = node.op_type.startswith("DynamicQuantize") or (producer is not None and producer.op_type == "DequantizeLinear")
-        counts["layers"] += 1
-        counts["quantized"] += quantized
-        counts["sub"] += inside
-        counts["sub_q"] += inside and quantized
-        if not quantized and len(floats) < 8:
-            floats.append(f"{node.name or node.op_type} ({node.op_type})")
         w = initializers.get(weight) or initializers.get(producer.input[0] if producer is not None else "")
         recurrence = node.input[r_index] if len(node.input) > r_index else ""
         r = initializers.get(recurrence) or initializers.get((producers.get(recurrence) or node).input[0])
         steps = (shapes.get(node.output[0]) or [0])[0]  # Y: [steps, directions, batch, hidden]
-        if w and r and steps:
-            layer = steps * _recurrent_macs(w, r)
-            macs["all"] += layer
-            macs["int8"] += layer if quantized else 0
-        else:
-            macs["unknown"] = True
+        layer(f"{node.name or node.op_type} ({node.op_type})", quantized, inside,
+              steps * _recurrent_macs(w, r) if w and r and steps else None)
 
     visit(model.graph, False)
     share = 100.0 * macs["int8"] / macs["all"] if macs["all"] and not macs["unknown"] else None
