@@ -42,6 +42,8 @@ class BuildRequest:
     timeout: float | None = None  # seconds one registry operation may take
     force: bool = False
     targets: tuple[str, ...] = ()  # only these targets' steps; no verification, no release
+    stage: str | None = None  # a fanned-out pipeline's job: prepare | target (with targets) | release
+    expect_class: str | None = None  # the CPU class the job was routed to: another one fails
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
     max_memory: int | None = None
     share_steps: bool = False
@@ -179,7 +181,8 @@ def _build(request: BuildRequest, log: BuildLog, host: HostFacts | None, identit
         recipe = replace(recipe, verify=replace(recipe.verify, require_cpus=True))
     store = open_store(request.store, request.timeout)
     options = BuildOptions(request.reports_dir, force=request.force, share_steps=request.share_steps,
-                           only_targets=request.targets, jobs=request.jobs, signer=signer,
+                           only_targets=request.targets, jobs=request.jobs, signer=signer, stage=request.stage,
+                           expect_class=request.expect_class,
                            skip_unavailable=request.skip_unavailable, max_memory=request.max_memory)
     run = build(recipe, store, log, cache, options, host or probe_host())
     if run.released is None:
@@ -196,7 +199,7 @@ def _build(request: BuildRequest, log: BuildLog, host: HostFacts | None, identit
 
 def _check_publishing(request: BuildRequest, signed: bool) -> None:
     remote = request.store.startswith("oci://")
-    if remote and not request.push and not request.targets:
+    if remote and not request.push and not request.targets and request.stage in (None, "release"):
         raise UsageError(f"--store {request.store} is a registry: add --push to publish there")
     if request.push and not remote:
         raise UsageError("--push publishes to a registry: give --store oci://HOST/REPOSITORY")

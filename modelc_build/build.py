@@ -21,7 +21,7 @@ from modelc_build.engine import Engine, MemoryBudget, RunSummary
 from modelc_build.errors import InputError, ModelcError
 from modelc_build.fingerprint import Fingerprints, check_disjoint
 from modelc_build.host import HostFacts
-from modelc_build.plan import Plan, buildable, checked_cpus, data_source, make_plan, target_step_ids, verify_settings
+from modelc_build.plan import Plan, buildable, checked_cpus, data_source, make_plan, stage_steps, target_step_ids, verify_settings
 from modelc_build.progress import BuildLog
 from modelc_build.recipe_types import Recipe
 from modelc_build.release import CompiledArtifact, Measured, Released, assemble_report, keep_reports, make_report, release, summary_lines
@@ -51,6 +51,8 @@ class BuildOptions:
     force: bool = False
     share_steps: bool = False  # pull and push step outputs through the store's step cache
     only_targets: tuple[str, ...] = ()  # build just these targets' steps; no verify, no release
+    stage: str | None = None  # a fanned-out pipeline's job: prepare | target (with only_targets) | release
+    expect_class: str | None = None  # the CPU class this job was routed to (a runner label): another one fails
     jobs: int = 1  # steps run side by side
     signer: Signer | None = None  # sign the release before it goes to the store
     skip_unavailable: bool = False  # leave out engines this machine cannot build (the report lists them)
@@ -84,8 +86,11 @@ def check_build_extra(recipe: Recipe) -> None:
 
 
 def build(recipe: Recipe, store: Store, log: BuildLog, cache: Cache, options: BuildOptions, host: HostFacts) -> BuildRun:
-    """Run the plan made for `host` and release it (unless only some targets' steps were asked for)."""
-    check_build_extra(recipe)
+    """Run the plan made for `host` and release it (unless only some targets' steps were asked for,
+    or a prepare or target job of a fanned-out pipeline)."""
+    _check_class(host, options.expect_class)
+    if options.stage in (None, "prepare"):  # later jobs read the model's graphs from the cache
+        check_build_extra(recipe)
     recipe, skipped = buildable(recipe, host, options.skip_unavailable)
     for line in skipped:
         log(f"  skipped: {line}")
@@ -95,14 +100,21 @@ def build(recipe: Recipe, store: Store, log: BuildLog, cache: Cache, options: Bu
         unknown = [t for t in options.only_targets if t not in {target.id for target in recipe.targets}]
         if unknown:
             raise InputError(f"--target {', '.join(unknown)}: the recipe builds {', '.join(t.id for t in recipe.targets)}")
-        steps = plan.only(target_step_ids(recipe, options.only_targets))
+        if options.stage is None:
+            steps = plan.only(target_step_ids(recipe, options.only_targets))
+    made_elsewhere: dict[str, str] = {}
+    if options.stage is not None:
+        if options.stage == "target" and not options.only_targets:
+            raise InputError("--stage target needs --target: the target this job measures")
+        steps, made_elsewhere = stage_steps(plan, options.stage, options.only_targets)
     shared = store.step_cache() if options.share_steps else None
     if options.share_steps and shared is None:
         raise InputError("--share-steps: this store keeps no step cache")
     facts = Fingerprints(cache)
     _check_data(recipe, facts, log)
-    engine = Engine(cache, log, jobs=options.jobs, force=options.force, shared=shared, preload=preload(recipe),
-                    memory=memory_budget(recipe, options.max_memory))
+    engine = Engine(cache, log, jobs=options.jobs, force=options.force and not made_elsewhere, shared=shared,
+                    preload=preload(recipe), memory=memory_budget(recipe, options.max_memory))
+    engine.made_elsewhere = made_elsewhere
     services = EmulationServices(emulated_checks(steps), engine.shared_threads())
     try:
         engine.before_first_run = lambda: _start_helpers(engine, services, steps)
@@ -117,7 +129,11 @@ def build(recipe: Recipe, store: Store, log: BuildLog, cache: Cache, options: Bu
         if shared is not None and hasattr(shared, "close"):
             shared.close()
     counts = f"{len(done.ran)} step(s) run, {len(done.cached)} cached"
-    if options.only_targets:
+    if options.stage in ("prepare", "target"):
+        what = "prepare" if options.stage == "prepare" else f"target {', '.join(options.only_targets)}"
+        log(f"✓ {what} job: {counts}; the release job reads them from the step cache")
+        return BuildRun(None, len(done.ran), len(done.cached))
+    if options.only_targets and options.stage is None:
         log(f"✓ built {', '.join(options.only_targets)}: {counts}; verification and release happen in a full build")
         return BuildRun(None, len(done.ran), len(done.cached))
     return BuildRun(_release(recipe, plan, done, store, log, options, counts, cache, facts, skipped), len(done.ran),
@@ -155,6 +171,18 @@ def _partial_report(recipe: Recipe, plan: Plan, done: RunSummary, failures: list
     except (ModelcError, OSError, KeyError, ValueError):  # the failure is what to see, not a second one
         return error
     return error.with_report(report, kept).amended(f" (the other targets' report: {kept / 'report.md'})")
+
+
+def _check_class(host: HostFacts, expected: str | None) -> None:
+    """A job routed to a CPU class (its runner label) that landed on another fails in one line:
+    its native checks would be filed under the wrong class."""
+    from modelc_build.errors import BackendUnavailable
+    from modelc_build.host import cpu_info
+
+    if expected is not None and host.cpu_class != expected:
+        raise BackendUnavailable(f"this job was routed to CPU class {expected} but runs on {host.cpu_class} "
+                                 f"({cpu_info()['cpu']}): fix the runner label of class {expected} "
+                                 "(vars.MODELC_RUNNERS), or drop --expect-class")
 
 
 def preload(recipe: Recipe) -> tuple[str, ...]:

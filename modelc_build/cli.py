@@ -401,14 +401,22 @@ def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool
     from modelc_build.cache import Cache
     from modelc_build.engine import Engine
     from modelc_build.fingerprint import Fingerprints
-    from modelc_build.plan import RELEASE_STEP, ci_matrix, gpu_engine_verdicts, make_plan, probe_host
+    from modelc_build.plan import RELEASE_STEP, ci_matrix, critical_path, gpu_engine_verdicts, make_plan, pipeline_jobs, probe_host
     from modelc_build.progress import BuildLog
     from modelc_build.recipe import load_recipe
 
     if matrix:
         paths = sorted(recipe.glob("*.yaml")) + sorted(recipe.glob("*.yml")) if recipe.is_dir() else [recipe]
         loaded = _guarded(debug, lambda: [(p.as_posix(), load_recipe(p)) for p in paths])
-        click.echo(json.dumps(ci_matrix(loaded), separators=(",", ":")))
+        if not as_json:
+            click.echo(json.dumps(ci_matrix(loaded), separators=(",", ":")))
+            return
+        host = probe_host()
+        pipelines = []
+        for path, one in loaded:
+            jobs = pipeline_jobs(make_plan(one, host), one, _model_mib(one))
+            pipelines.append({"recipe": path, "name": one.name, "version": one.version, "jobs": jobs, **critical_path(jobs)})
+        click.echo(json.dumps({"matrix": ci_matrix(loaded), "pipelines": pipelines}, indent=2))
         return
     loaded_recipe = _guarded(debug, lambda: load_recipe(recipe))
     the_plan = make_plan(loaded_recipe, probe_host())
@@ -440,6 +448,11 @@ def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool
             click.echo(f"  {row['target']} {row['gpu']:<6} {row['flavour']}: {runs}; {here}; {ran}")
 
 
+def _model_mib(recipe: Any) -> float | None:
+    source = recipe.model.weights if recipe.model.kind == "torch" else recipe.model.path
+    return source.stat().st_size / 2**20 if source is not None and source.is_file() else None
+
+
 @main.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
 @store_options("Where releases go: a folder, file:// URL or oci://HOST/REPOSITORY (env MODELC_STORE).")
@@ -449,6 +462,13 @@ def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool
 @click.option("--force", is_flag=True, help="Run every step again, ignoring cached results.")
 @click.option("--target", "targets", multiple=True, help="Build only this target's steps (e.g. openvino-fp16); "
               "repeatable; no verification or release. For fanned-out CI jobs.")
+@click.option("--stage", type=click.Choice(["prepare", "target", "release"]), help="One job of a fanned-out pipeline: "
+              "prepare (export, simplify, decoding, reference, golden set, shared graphs), target (with --target: its "
+              "compile, verification natively and on emulated CPUs, latency) or release (gates, report, signature, "
+              "store, from cached steps only). A step another job makes must be in the step cache (--share-steps): "
+              "it is never recomputed (exit 3 naming it).")
+@click.option("--expect-class", "expect_class", metavar="CLASS", help="The CPU class this job was routed to (amx, "
+              "avx512-vnni, avx-vnni, avx512, avx2): a runner of another class fails the job in one line (exit 6).")
 @click.option("-j", "--jobs", type=click.IntRange(1, 64), default=lambda: os.cpu_count() or 1, show_default="CPU count",
               help="Independent steps run side by side, up to this many.")
 @click.option("--max-memory", "max_memory", type=MemorySize(), envvar="MODELC_MAX_MEMORY", metavar="SIZE",
@@ -470,7 +490,7 @@ def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool
 @click.option("-v", "--verbose", is_flag=True, help="One plain line per event, also on a terminal (no live lines).")
 @global_options
 def build(recipe: Path, store_url: str, timeout: float | None, reports_dir: Path, cache_dir: Path, force: bool, targets: tuple[str, ...],
-          share_steps: bool, jobs: int, max_memory: int | None, push: bool, compare_to: str | None, require_cpus: bool,
+          stage: str | None, expect_class: str | None, share_steps: bool, jobs: int, max_memory: int | None, push: bool, compare_to: str | None, require_cpus: bool,
           skip_unavailable: bool, signing_key: Path | None,
           certificate_chain: tuple[Path, ...], sigstore: bool, quiet: bool, verbose: bool, as_json: bool, debug: bool) -> None:
     """Build every target of RECIPE, check accuracy, sign (when a key is given) and store the release."""
@@ -478,7 +498,8 @@ def build(recipe: Path, store_url: str, timeout: float | None, reports_dir: Path
     from modelc_build.progress import build_log
 
     request = BuildRequest(recipe, store=store_url, cache=Path(cache_dir), reports_dir=reports_dir, timeout=timeout, force=force,
-                           targets=targets, jobs=jobs, max_memory=max_memory, share_steps=share_steps, push=push,
+                           targets=targets, stage=stage, expect_class=expect_class, jobs=jobs, max_memory=max_memory,
+                           share_steps=share_steps, push=push,
                            compare_to=compare_to, skip_unavailable=skip_unavailable, signing_key=signing_key,
                            certificate_chain=certificate_chain, sigstore=sigstore, require_cpus=require_cpus)
     log = build_log(quiet=quiet, plain=verbose or debug)

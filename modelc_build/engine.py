@@ -96,6 +96,9 @@ class Engine:
         self.services: dict[str, str] = {}  # helper processes steps may use (StepInputs.services), by name
         self.failures: list[tuple[str, BaseException]] = []  # the last run's failed steps, one per cause, in plan order
         self.summary = RunSummary()  # the last run's, kept when it raised (what the other targets measured)
+        # step id -> the job that makes it: such steps must come from a cache (a job of a fanned-out
+        # pipeline never recomputes another job's step)
+        self.made_elsewhere: dict[str, str] = {}
 
     # --- dry run -------------------------------------------------------------------------
 
@@ -201,6 +204,9 @@ class Engine:
                 if entry is not None:
                     summary.entries[step.id] = entry
                     summary.cached.append(step.id)
+                    continue
+                if step.id in self.made_elsewhere:
+                    self._fail(step, _missing(step, key, reason, self.made_elsewhere[step.id]), summary)
                     continue
                 if self.before_first_run is not None:
                     self.before_first_run()
@@ -355,3 +361,11 @@ def _check_graph(steps: Sequence[Step]) -> None:
         if unknown:
             raise ValueError(f"step {step.id!r} needs {unknown}, which do not come before it")
         seen.add(step.id)
+
+
+def _missing(step: Step, key: str, reason: str, job: str) -> Exception:
+    from modelc_build.errors import MissingStep
+
+    return MissingStep(f"{step.id} is not in the step cache (key {key[:12]}: {reason}): the {job} job makes it and this "
+                       "job never recomputes it; run that job first, with --share-steps on the same store (a native check "
+                       "is keyed by the runner's CPU class: it must run on the class of the job that made it)")

@@ -99,6 +99,11 @@ class InputError(ModelcError):
     exit_code = 3
 
 
+class MissingStep(InputError):
+    """A job of a fanned-out pipeline needs a step another job makes, and the step cache lacks it:
+    the job never recomputes it (a step key runs in one job per pipeline)."""
+
+
 class GateFailed(ModelcError):
     """At least one accuracy gate was missed; the report is written before this is raised.
     `report` (a report.Report) and `report_folder` (where its files were kept) come with it when a

@@ -277,6 +277,81 @@ def buildable(recipe: Recipe, host: HostFacts, skip_unavailable: bool) -> tuple[
     return replace(recipe, targets=tuple(targets)), problems
 
 
+STAGES = ("prepare", "target", "release")  # the job kinds of a fanned-out pipeline (`modelc build --stage`)
+
+
+def job_of(step: Step) -> str:
+    """The job of a fanned-out pipeline that makes a step: its target's job, else prepare (export,
+    simplify, decoding, the reference, the golden set, graphs several targets share)."""
+    target = getattr(step, "target", None)
+    return f"target {target.id}" if target is not None else "prepare"
+
+
+def stage_steps(plan: Plan, stage: str, targets: tuple[str, ...] = ()) -> tuple[tuple[Step, ...], dict[str, str]]:
+    """The steps a job of `stage` walks, and of them those another job makes (id -> that job),
+    which must come from the step cache: prepare runs the shared steps; target runs its targets'
+    steps (compile, verification natively and on emulated CPUs, latency) on what prepare made;
+    release runs nothing, reading every measurement from the cache."""
+    if stage == "prepare":
+        steps = tuple(step for step in plan.steps if job_of(step) == "prepare")
+        return steps, {}
+    if stage == "target":
+        mine = {step.id for step in plan.steps if job_of(step) in {f"target {t}" for t in targets}}
+        steps = plan.only(sorted(mine))
+    else:
+        mine, steps = set(), plan.steps
+    return steps, {step.id: job_of(step) for step in steps if step.id not in mine}
+
+
+def job_extras(recipe: Recipe, job: str) -> list[str]:
+    """What a job installs beyond modelc's core: prepare loads the model (torch for a torch source)
+    and makes the shared graphs (ModelOpt for Q/DQ and AutoCast); a target job compiles from cached
+    graphs (`graph`: NumPy, ONNX, onnxruntime, no torch) with its backend's extra; release needs the
+    core alone."""
+    if job == "release":
+        return []
+    if job == "prepare":
+        extras = ["build"] if recipe.model.kind != "onnx" else ["graph"]
+        if any(source_graph(t) != "onnx" and source_graph(t) != "torch" for t in recipe.targets):
+            extras.append("modelopt")
+        return extras
+    target = next(t for t in recipe.targets if f"target {t.id}" == job)
+    extra = {"torch": "build"}.get(source_graph(target)) or {"openvino": "openvino", "tensorrt": "tensorrt-rtx"}.get(target.backend)
+    return ["graph", *([extra] if extra else [])]
+
+
+def pipeline_jobs(plan: Plan, recipe: Recipe, model_mib: float | None) -> list[dict[str, Any]]:
+    """The prepare, target and release jobs of one recipe with the steps each runs, the expected
+    step-seconds and peak memory (from the steps' hints: seconds on a small model on 2 cores,
+    multiples of the model's size) and the extras each installs."""
+    jobs: dict[str, list[Step]] = {"prepare": []}
+    for target in recipe.targets:
+        jobs[f"target {target.id}"] = []
+    for step in plan.steps:
+        jobs[job_of(step)].append(step)
+    rows = []
+    for job, steps in [*jobs.items(), ("release", [])]:
+        peak = max((step.memory_peak_hint for step in steps), default=0.0)
+        rows.append({"job": job, "kind": job.split()[0], "target": job.split()[1] if " " in job else None,
+                     "steps": [step.id for step in steps], "expected_step_seconds": round(sum(s.cost_hint for s in steps), 1),
+                     "expected_peak_mib": round(peak * model_mib, 1) if model_mib else None,
+                     "extras": job_extras(recipe, job)})
+    return rows
+
+
+def critical_path(jobs: list[dict[str, Any]]) -> dict[str, float]:
+    """Prepare, then the longest target job, then release (each job's steps run one after the
+    other at worst): what N runners can bring the pipeline down to, against the sum of all jobs."""
+    seconds = {job["kind"]: 0.0 for job in jobs}
+    for job in jobs:
+        seconds[job["kind"]] = max(seconds[job["kind"]], job["expected_step_seconds"]) if job["kind"] == "target" \
+            else seconds[job["kind"]] + job["expected_step_seconds"]
+    total = sum(job["expected_step_seconds"] for job in jobs)
+    longest = sum(seconds.values())
+    return {"total_step_seconds": round(total, 1), "critical_path_seconds": round(longest, 1),
+            "speedup_with_a_runner_per_job": round(total / longest, 2) if longest else 1.0}
+
+
 def gpu_engine_verdicts(recipe: Recipe, host: HostFacts) -> list[dict[str, Any]]:
     """Per GPU target and generation: the flavour that builds its engine, whether that flavour runs
     the precision there (modelc_build.gpus.PRECISION_TABLE), whether this machine builds it, and
