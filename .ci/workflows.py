@@ -6,15 +6,16 @@ of GitHub's REST API for the pull-request comment.
 The scenarios run in a clone of this checkout's HEAD (commit first) whose recipes are cut to the
 small classifier (so the clone's first push is also a push that deletes recipes):
 
-  push        a push to main: plan (the deleted recipes are not an error), one job per target, the
-              release signed with the key, pushed to the registry, then the deploy check pulls,
-              verifies and proves it
+  push        a push to main: plan (the deleted recipes are not an error), a prepare job, one job
+              per target, the release from cached steps only (no step key runs in two jobs), signed
+              with the key, pushed to the registry, then the deploy check pulls, verifies and proves it
   dispatch    a workflow_dispatch of every recipe, run again: every job restores its step cache
               (an exact hit, nothing saved again); the release is a no-op (identical content)
   pr-change   a pull request that changes the recipe: the comment compares it with 1.0.0 in the
               registry
   pr-gate     a pull request whose gate fails: the job is red, the missed gate is annotated on its
               recipe line, the comment lists it first, the report is uploaded
+  wrong-class a dispatch routed to a CPU class this machine is not: the first job fails in one line
 
     python .ci/workflows.py [SCENARIO ...]     # all by default; exit 1 when one fails
 
@@ -132,6 +133,15 @@ class Run:
         path = self.folder / "github-api.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
+    def steps_run(self) -> dict[str, list[str]]:
+        """Each step that ran, and the jobs it ran in (a step's `▶` line in a job's log)."""
+        ran: dict[str, list[str]] = {}
+        for line in self.log.splitlines():
+            match = re.match(r"^\[(?P<job>[^\]]+)\].*?▶ (?P<step>\S+): ", line.strip())
+            if match:
+                ran.setdefault(match["step"], []).append(match["job"])
+        return ran
+
     def artifacts(self) -> list[str]:
         root = self.folder / "artifacts"
         return sorted(p.name for p in root.glob("*/*")) if root.is_dir() else []
@@ -176,9 +186,14 @@ def scenario_push(bench: Bench) -> None:
     run = bench.act("push", "push", {"ref": "refs/heads/main", "before": before, "after": after, "deleted": False})
     jobs = run.jobs()
     bench.expect("push", "act succeeded", run.code == 0)
-    bench.expect("push", "plan, three target jobs, release, deploy check", all(
+    bench.expect("push", "plan, prepare, three target jobs, release, deploy check", all(
         sum(job.split("/")[1 if job.startswith("models/") else 0].strip().startswith(kind) for job in jobs) >= count
-        for kind, count in (("plan", 1), ("targets", 3), ("release", 1), ("deploy-check", 1))))
+        for kind, count in (("plan", 1), ("prepare", 1), ("targets", 3), ("release", 1), ("deploy-check", 1))))
+    ran = run.steps_run()
+    twice = {step: where for step, where in ran.items() if len(set(where)) > 1}
+    bench.expect("push", f"no step ran in two jobs ({len(ran)} steps ran{': ' + str(twice) if twice else ''})", ran and not twice)
+    bench.expect("push", "the release job ran no step: every measurement came from the step cache",
+                 not any("release" in job for where in ran.values() for job in where) and "✓ release: 0 step(s) run" in run.log)
     bench.expect("push", "every job succeeded", jobs and all(state == "succeeded" for state in jobs.values()))
     from modelc_build.stores import open_store
 
@@ -235,7 +250,21 @@ def scenario_pr_gate(bench: Bench) -> None:
     print("  comment:\n" + "\n".join("    " + line for line in body.splitlines()), flush=True)
 
 
-SCENARIOS = {"push": scenario_push, "dispatch": scenario_dispatch, "pr-change": scenario_pr_change, "pr-gate": scenario_pr_gate}
+def scenario_wrong_class(bench: Bench) -> None:
+    from modelc_build.host import host_class
+
+    other = "avx2" if host_class() != "avx2" else "amx"
+    run = bench.act("wrong-class", "workflow_dispatch", {"inputs": {}}, "--var", f"MODELC_CPU_CLASS={other}",
+                    "--var", f"MODELC_RUNNERS={json.dumps({other: 'ubuntu-latest'})}")
+    bench.expect("wrong-class", "the run failed", run.code != 0)
+    bench.expect("wrong-class", f"the prepare job failed in one line: routed to {other}, runs on {host_class()}",
+                 f"this job was routed to CPU class {other} but runs on {host_class()}" in run.log
+                 and any(job.startswith("models/prepare") or job.startswith("prepare") for job, state in run.jobs().items()
+                         if state == "failed"))
+
+
+SCENARIOS = {"push": scenario_push, "dispatch": scenario_dispatch, "pr-change": scenario_pr_change, "pr-gate": scenario_pr_gate,
+             "wrong-class": scenario_wrong_class}
 
 
 def main(names: list[str]) -> int:

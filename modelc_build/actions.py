@@ -24,7 +24,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +111,34 @@ def store_lacks(store_url: str, recipes: list[tuple[Path, Any]]) -> list[Path]:
     return [path for path, recipe in recipes if store.release_digest(recipe.name, recipe.version) is None]
 
 
+@dataclass(frozen=True)
+class Routes:
+    """Which runner label a job goes to: the one of `cpu_class` in `runners` (a CPU class -> label
+    mapping: hosted or self-hosted runners, Actions Runner Controller scale sets), else
+    ubuntu-latest (whatever CPU the pool hands out; the report says which class it was); GPU jobs
+    to `gpu_runner`. A job routed to a class passes it as --expect-class and fails on another."""
+
+    cpu_class: str = ""
+    runners: dict[str, str] = field(default_factory=dict)
+    gpu_runner: str = ""
+
+    @classmethod
+    def of(cls, options: argparse.Namespace) -> Routes:
+        runners = json.loads(options.runners) if options.runners.strip() else {}
+        if not isinstance(runners, dict):
+            raise SystemExit(f"error: vars.MODELC_RUNNERS is not a JSON object of CPU class -> runner label: {options.runners!r}")
+        return cls(options.cpu_class.strip(), {str(k): str(v) for k, v in runners.items()}, options.gpu_runner.strip())
+
+    def label(self, gpu: bool) -> tuple[str, str]:
+        if gpu:
+            return self.gpu_runner or "ubuntu-latest", ""
+        if self.cpu_class and self.cpu_class in self.runners:
+            return self.runners[self.cpu_class], self.cpu_class
+        return "ubuntu-latest", ""
+
+
 def command_plan(options: argparse.Namespace) -> int:
-    from modelc_build.plan import ci_matrix, needs_gpu_runner
+    from modelc_build.plan import ci_matrix, job_extras, needs_gpu_runner
     from modelc_build.recipe import load_recipe, path_problems
 
     recipes = recipe_files(options.recipes)
@@ -145,8 +171,19 @@ def command_plan(options: argparse.Namespace) -> int:
             continue
         ready.append((path.as_posix(), recipe))
     matrix = ci_matrix(ready)
-    listed = [{"recipe": path, "name": recipe.name, "version": recipe.version,
-               "runner": "gpu" if any(needs_gpu_runner(t) for t in recipe.targets) else "cpu"} for path, recipe in ready]
+    routes = Routes.of(options)
+    by_path = dict(ready)
+    for job in matrix["include"]:
+        recipe = by_path[job["recipe"]]
+        job["extras"] = ",".join(job_extras(recipe, f"target {job['target']}"))
+        job["label"], job["class"] = routes.label(job["runner"] == "gpu")
+    listed = []
+    for recipe_path, recipe in ready:
+        gpu = any(needs_gpu_runner(t) for t in recipe.targets)
+        label, cpu_class = routes.label(gpu)
+        listed.append({"recipe": recipe_path, "name": recipe.name, "version": recipe.version, "runner": "gpu" if gpu else "cpu",
+                       "label": label, "class": cpu_class, "prepare_extras": ",".join(job_extras(recipe, "prepare")),
+                       "release_extras": ",".join(job_extras(recipe, "release"))})
     set_outputs({"targets": json.dumps(matrix), "recipes": json.dumps(listed), "any": "true" if listed else "false",
                  "changed": "\n".join(p for p in (changed_files(options.base) or []) if p.startswith("recipes/"))})
     names = ", ".join(f"{r['name']} {r['version']}" for r in listed) or "nothing"
@@ -165,7 +202,9 @@ def build_request(recipe: Path, options: argparse.Namespace) -> BuildRequest:
     return BuildRequest(recipe, store=options.store, cache=Path(options.cache), reports_dir=Path(options.reports_dir),
                         targets=targets_of(options), push=options.push, share_steps=options.share_steps,
                         compare_to=options.compare or None, signing_key=key, sigstore=options.sign == "sigstore",
-                        require_cpus=options.require_cpus)
+                        require_cpus=options.require_cpus, stage=options.stage or None,
+                        expect_class=options.expect_class or None,
+                        job_records=Path(options.job_records) if options.job_records and options.stage else None)
 
 
 def targets_of(options: argparse.Namespace) -> tuple[str, ...]:
@@ -408,6 +447,11 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--require-cpus", action=argparse.BooleanOptionalAction, default=True,
                        help="an emulated CPU check that cannot run fails the artifact (default in CI)")
     build.add_argument("--cache", default=os.environ.get("MODELC_CACHE", ".modelc/cache"))
+    build.add_argument("--stage", default="", choices=("", "prepare", "target", "release"),
+                       help="one job of a fanned-out pipeline (modelc build --stage)")
+    build.add_argument("--expect-class", default="", help="the CPU class this job was routed to")
+    build.add_argument("--job-records", default="", help="with --stage: the folder of the pipeline's job records (earlier "
+                       "jobs' step keys and CPU read, this job's written)")
     key = commands.add_parser("cache-key")
     key.add_argument("--recipes", default="recipes/*.yaml")
     key.add_argument("--targets", default="")
@@ -417,6 +461,11 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("--event", default=os.environ.get("GITHUB_EVENT_NAME", "workflow_dispatch"))
     plan.add_argument("--base", default="", help="the commit to diff against: the pull request's base, or the push's before")
     plan.add_argument("--store", default=os.environ.get("MODELC_STORE", "artifacts"))
+    plan.add_argument("--cpu-class", default=os.environ.get("MODELC_CPU_CLASS", ""),
+                      help="the CPU class every CPU job runs on (vars.MODELC_CPU_CLASS)")
+    plan.add_argument("--runners", default=os.environ.get("MODELC_RUNNERS", ""),
+                      help='runner labels per CPU class, JSON (vars.MODELC_RUNNERS), e.g. {"avx512-vnni": "vnni-runners"}')
+    plan.add_argument("--gpu-runner", default=os.environ.get("MODELC_GPU_RUNNER", ""), help="the GPU jobs' runner label")
     comment = commands.add_parser("comment")
     comment.add_argument("--store", default=os.environ.get("MODELC_STORE", "artifacts"))
     comment.add_argument("--results", default="", help="the build step's `results` output (JSON)")

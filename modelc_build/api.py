@@ -44,6 +44,7 @@ class BuildRequest:
     targets: tuple[str, ...] = ()  # only these targets' steps; no verification, no release
     stage: str | None = None  # a fanned-out pipeline's job: prepare | target (with targets) | release
     expect_class: str | None = None  # the CPU class the job was routed to: another one fails
+    job_records: Path | None = None  # a fanned-out pipeline's job records: earlier jobs' keys and CPU read, this job's written
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
     max_memory: int | None = None
     share_steps: bool = False
@@ -182,7 +183,7 @@ def _build(request: BuildRequest, log: BuildLog, host: HostFacts | None, identit
     store = open_store(request.store, request.timeout)
     options = BuildOptions(request.reports_dir, force=request.force, share_steps=request.share_steps,
                            only_targets=request.targets, jobs=request.jobs, signer=signer, stage=request.stage,
-                           expect_class=request.expect_class,
+                           expect_class=request.expect_class, job_records=request.job_records,
                            skip_unavailable=request.skip_unavailable, max_memory=request.max_memory)
     run = build(recipe, store, log, cache, options, host or probe_host())
     if run.released is None:

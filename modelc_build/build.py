@@ -52,6 +52,7 @@ class BuildOptions:
     share_steps: bool = False  # pull and push step outputs through the store's step cache
     only_targets: tuple[str, ...] = ()  # build just these targets' steps; no verify, no release
     stage: str | None = None  # a fanned-out pipeline's job: prepare | target (with only_targets) | release
+    job_records: Path | None = None  # a folder of the pipeline's job records: read (earlier jobs' keys), this job's written
     expect_class: str | None = None  # the CPU class this job was routed to (a runner label): another one fails
     jobs: int = 1  # steps run side by side
     signer: Signer | None = None  # sign the release before it goes to the store
@@ -89,6 +90,10 @@ def build(recipe: Recipe, store: Store, log: BuildLog, cache: Cache, options: Bu
     """Run the plan made for `host` and release it (unless only some targets' steps were asked for,
     or a prepare or target job of a fanned-out pipeline)."""
     _check_class(host, options.expect_class)
+    if options.stage == "release" and options.job_records is not None:
+        measured = measured_on(options.job_records)
+        if measured is not None:  # plan the native checks' keys of the CPU the target jobs measured on
+            host = host.with_cpu_facts(measured)
     if options.stage in (None, "prepare"):  # later jobs read the model's graphs from the cache
         check_build_extra(recipe)
     recipe, skipped = buildable(recipe, host, options.skip_unavailable)
@@ -115,6 +120,7 @@ def build(recipe: Recipe, store: Store, log: BuildLog, cache: Cache, options: Bu
     engine = Engine(cache, log, jobs=options.jobs, force=options.force and not made_elsewhere, shared=shared,
                     preload=preload(recipe), memory=memory_budget(recipe, options.max_memory))
     engine.made_elsewhere = made_elsewhere
+    engine.recorded_keys = read_job_keys(options.job_records) if options.job_records else {}
     services = EmulationServices(emulated_checks(steps), engine.shared_threads())
     try:
         engine.before_first_run = lambda: _start_helpers(engine, services, steps)
@@ -129,6 +135,9 @@ def build(recipe: Recipe, store: Store, log: BuildLog, cache: Cache, options: Bu
         if shared is not None and hasattr(shared, "close"):
             shared.close()
     counts = f"{len(done.ran)} step(s) run, {len(done.cached)} cached"
+    if options.stage is not None and options.job_records is not None:
+        write_job_record(options.job_records, options.stage, options.only_targets, host,
+                         {step.id: done.entries[step.id].key for step in steps if step.id not in made_elsewhere})
     if options.stage in ("prepare", "target"):
         what = "prepare" if options.stage == "prepare" else f"target {', '.join(options.only_targets)}"
         log(f"✓ {what} job: {counts}; the release job reads them from the step cache")
@@ -171,6 +180,47 @@ def _partial_report(recipe: Recipe, plan: Plan, done: RunSummary, failures: list
     except (ModelcError, OSError, KeyError, ValueError):  # the failure is what to see, not a second one
         return error
     return error.with_report(report, kept).amended(f" (the other targets' report: {kept / 'report.md'})")
+
+
+def job_record_name(stage: str, targets: tuple[str, ...]) -> str:
+    return stage if stage != "target" else f"target-{'-'.join(targets)}"
+
+
+def write_job_record(folder: Path, stage: str, targets: tuple[str, ...], host: HostFacts, keys: dict[str, str]) -> Path:
+    """What a job of a fanned-out pipeline did, for the jobs after it: the CPU it measured on and
+    the key of each step it made (a later job, with other extras installed, looks its steps up
+    by these keys)."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{job_record_name(stage, targets)}.json"
+    path.write_text(json.dumps({"job": job_record_name(stage, targets), "cpu": host.cpu_facts(), "keys": keys},
+                               indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_job_records(folder: Path) -> list[dict[str, Any]]:
+    import json
+
+    return [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+
+def read_job_keys(folder: Path) -> dict[str, str]:
+    return {step: key for record in read_job_records(folder) for step, key in record.get("keys", {}).items()}
+
+
+def measured_on(folder: Path) -> dict[str, Any] | None:
+    """The CPU facts the target jobs measured on (their records): one set, or an error naming the
+    jobs that disagree (one release is judged on one CPU class)."""
+    from modelc_build.errors import BackendUnavailable
+
+    found = {record["job"]: record["cpu"] for record in read_job_records(folder) if record.get("job", "").startswith("target")}
+    distinct = {tuple(sorted(facts.items())) for facts in found.values()}
+    if len(distinct) > 1:
+        classes = ", ".join(f"{job}: {facts['cpu_class']}" for job, facts in found.items())
+        raise BackendUnavailable(f"the target jobs measured on different CPUs ({classes}): route them to one class "
+                                 "(vars.MODELC_CPU_CLASS and vars.MODELC_RUNNERS) so that one release can be judged")
+    return next(iter(found.values()), None)
 
 
 def _check_class(host: HostFacts, expected: str | None) -> None:

@@ -467,6 +467,10 @@ def _model_mib(recipe: Any) -> float | None:
               "compile, verification natively and on emulated CPUs, latency) or release (gates, report, signature, "
               "store, from cached steps only). A step another job makes must be in the step cache (--share-steps): "
               "it is never recomputed (exit 3 naming it).")
+@click.option("--job-records", "job_records", type=click.Path(path_type=Path), help="With --stage: a folder of the "
+              "pipeline's job records. Read: the keys earlier jobs filed their steps under (a job with other extras "
+              "installed could not compute them) and, for release, the CPU the target jobs measured on; written: this "
+              "job's record.")
 @click.option("--expect-class", "expect_class", metavar="CLASS", help="The CPU class this job was routed to (amx, "
               "avx512-vnni, avx-vnni, avx512, avx2): a runner of another class fails the job in one line (exit 6).")
 @click.option("-j", "--jobs", type=click.IntRange(1, 64), default=lambda: os.cpu_count() or 1, show_default="CPU count",
@@ -490,15 +494,16 @@ def _model_mib(recipe: Any) -> float | None:
 @click.option("-v", "--verbose", is_flag=True, help="One plain line per event, also on a terminal (no live lines).")
 @global_options
 def build(recipe: Path, store_url: str, timeout: float | None, reports_dir: Path, cache_dir: Path, force: bool, targets: tuple[str, ...],
-          stage: str | None, expect_class: str | None, share_steps: bool, jobs: int, max_memory: int | None, push: bool, compare_to: str | None, require_cpus: bool,
-          skip_unavailable: bool, signing_key: Path | None,
+          stage: str | None, job_records: Path | None, expect_class: str | None, share_steps: bool, jobs: int,
+          max_memory: int | None, push: bool, compare_to: str | None, require_cpus: bool, skip_unavailable: bool, signing_key: Path | None,
           certificate_chain: tuple[Path, ...], sigstore: bool, quiet: bool, verbose: bool, as_json: bool, debug: bool) -> None:
     """Build every target of RECIPE, check accuracy, sign (when a key is given) and store the release."""
     from modelc_build.api import BuildRequest, Outcome, build_recipe
     from modelc_build.progress import build_log
 
     request = BuildRequest(recipe, store=store_url, cache=Path(cache_dir), reports_dir=reports_dir, timeout=timeout, force=force,
-                           targets=targets, stage=stage, expect_class=expect_class, jobs=jobs, max_memory=max_memory,
+                           targets=targets, stage=stage, job_records=job_records, expect_class=expect_class, jobs=jobs,
+                           max_memory=max_memory,
                            share_steps=share_steps, push=push,
                            compare_to=compare_to, skip_unavailable=skip_unavailable, signing_key=signing_key,
                            certificate_chain=certificate_chain, sigstore=sigstore, require_cpus=require_cpus)

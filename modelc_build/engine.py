@@ -99,6 +99,9 @@ class Engine:
         # step id -> the job that makes it: such steps must come from a cache (a job of a fanned-out
         # pipeline never recomputes another job's step)
         self.made_elsewhere: dict[str, str] = {}
+        # step id -> the key the job that made it filed it under (its tools may not be installed in
+        # this job, so this job could not compute the same key)
+        self.recorded_keys: dict[str, str] = {}
 
     # --- dry run -------------------------------------------------------------------------
 
@@ -196,7 +199,8 @@ class Engine:
                 try:
                     inputs = StepInputs({need: summary.entries[need] for need in step.needs}, facts, dict(self.services),
                                         self._threads(step))
-                    key = step_key(step, inputs)
+                    key = self.recorded_keys.get(step.id) if step.id in self.made_elsewhere else None
+                    key = key or step_key(step, inputs)
                     entry, reason = self._lookup(step, key)
                 except Exception as error:  # noqa: BLE001 - a step's failure is reported with the others
                     self._fail(step, error, summary)

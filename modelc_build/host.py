@@ -118,6 +118,19 @@ class HostFacts:
         return cls(str(info["kernel_class"]), bool(info["vnni"]), bool(info["low_precision_float"]), emulator, gpus,
                    engine_builders)
 
+    CPU_FACTS = ("cpu_class", "vnni", "low_precision_float")
+
+    def cpu_facts(self) -> dict[str, object]:
+        """What of this machine a native check's key depends on: a job that measured on one runner
+        hands these to the release job on another, which then plans the same keys."""
+        return {key: getattr(self, key) for key in self.CPU_FACTS}
+
+    def with_cpu_facts(self, facts: dict[str, object]) -> HostFacts:
+        from dataclasses import replace
+
+        return replace(self, cpu_class=str(facts["cpu_class"]), vnni=bool(facts["vnni"]),
+                       low_precision_float=bool(facts["low_precision_float"]))
+
     def engine_builder(self, gpu: str, flavour: str = "auto") -> EngineBuilder:
         found = next((builder for builder in self.engine_builders if builder.gpu == gpu and builder.asked == flavour), None)
         return found or EngineBuilder(gpu, None, f"no engine builder for {gpu} is known on this machine")

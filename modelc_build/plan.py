@@ -306,10 +306,10 @@ def stage_steps(plan: Plan, stage: str, targets: tuple[str, ...] = ()) -> tuple[
 def job_extras(recipe: Recipe, job: str) -> list[str]:
     """What a job installs beyond modelc's core: prepare loads the model (torch for a torch source)
     and makes the shared graphs (ModelOpt for Q/DQ and AutoCast); a target job compiles from cached
-    graphs (`graph`: NumPy, ONNX, onnxruntime, no torch) with its backend's extra; release needs the
-    core alone."""
+    graphs (`graph`: NumPy, ONNX, onnxruntime, no torch) with its backend's extra; release needs
+    NumPy beside the core (`release`)."""
     if job == "release":
-        return []
+        return ["release"]
     if job == "prepare":
         extras = ["build"] if recipe.model.kind != "onnx" else ["graph"]
         if any(source_graph(t) != "onnx" and source_graph(t) != "torch" for t in recipe.targets):

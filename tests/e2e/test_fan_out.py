@@ -124,7 +124,7 @@ def test_the_plan_gives_each_job_its_steps_costs_and_extras(run_cli) -> None:
     assert result.exit_code == 0, result.stderr
     pipeline = json.loads(result.stdout)["pipelines"][0]
     jobs = {job["job"]: job for job in pipeline["jobs"]}
-    assert jobs["prepare"]["extras"] == ["build"] and jobs["release"]["extras"] == [] and jobs["release"]["steps"] == []
+    assert jobs["prepare"]["extras"] == ["build"] and jobs["release"]["extras"] == ["release"] and jobs["release"]["steps"] == []
     assert jobs["target openvino-int8"]["extras"] == ["graph", "openvino"] and "torch" not in json.dumps(jobs["target openvino-int8"])
     assert {"compile:openvino-int8", "verify:openvino-int8", "latency:openvino-int8"} <= set(jobs["target openvino-int8"]["steps"])
     every = [step for job in pipeline["jobs"] for step in job["steps"]]
