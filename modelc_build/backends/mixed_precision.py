@@ -155,13 +155,13 @@ def _finish(writer: Int8Writer, destinations: dict[str, Path], chosen: tuple[str
                  kept_in_float=list(chosen))
     kinds = " and every op kind but weighted layers" if "op_kinds_in_float" in notes else ""
     words = f"best mixed INT8 {ratio:.2f}× FP32 latency at cosine {cosine:.4f} with {len(chosen)} layer(s){kinds} in float"
-    if not holds:  # the gates judge the best it found, on the evaluation data
+    refuse_if_not_worth_it(request.target.id, ratio, fp32_ms, words, full)  # slower than FP32: never shipped
+    if not holds:  # faster: the gates judge the best it found, on the evaluation data
         aims = f"min_cosine {fallback.min_cosine}" + (f" and a task-metric drop of at most {fallback.max_drop:g}"
                                                       if fallback.max_drop is not None else "")
         notes["verdict"] = (f"no mixed graph within quantization.fallback_layers ({fallback.max_float_layers}) holds "
                             f"{aims} on the validation data; shipped to the gates: {words}")
         return notes
-    refuse_if_not_worth_it(request.target.id, ratio, fp32_ms, words, full)
     notes["verdict"] = f"mixed INT8: {words}"
     return notes
 

@@ -343,16 +343,16 @@ def _cosine_fallback(nncf: Any, model: Any, quantized: Any, calibration: Any, re
     record.update(mixed_cosine=round(cosine, 6), latency_vs_fp32=round(ratio, 3), fp32_ms=round(fp32_ms, 3), kept_in_float=kept)
     kinds = f" and {record['op_kinds_in_float']}" if "op_kinds_in_float" in record else ""
     words = f"best mixed INT8 {ratio:.2f}× FP32 latency at cosine {cosine:.4f} with {len(kept)} layer(s){kinds} in float"
-    if not holds:
+    from modelc_build.backends.mixed_precision import refuse_if_not_worth_it
+
+    refuse_if_not_worth_it(request.target.id, ratio, fp32_ms, words, full)  # slower than FP32: never shipped
+    if not holds:  # faster: the gates judge the best it found
         aims = f"min_cosine {fallback.min_cosine}" + (f" and a task-metric drop of at most {fallback.max_drop:g}"
                                                       if fallback.max_drop is not None else "")
         searched = (record["search_failed"] if "search_failed" in record else "NNCF's accuracy control found no IR within "
                     f"quantization.fallback_layers ({fallback.max_float_layers}) that holds {aims}")
         record["verdict"] = f"{searched}; shipped to the gates: {words}"
         return mixed
-    from modelc_build.backends.mixed_precision import refuse_if_not_worth_it
-
-    refuse_if_not_worth_it(request.target.id, ratio, fp32_ms, words, full)
     record["verdict"] = f"mixed INT8: {words}"
     return mixed
 

@@ -285,3 +285,18 @@ def test_a_release_that_passed_its_gates_but_could_not_be_stored_keeps_and_uploa
     assert result["error"].startswith("oci://127.0.0.1:9/gone") and result["missed_gates"] == []
     assert outputs["upload"] == str(tmp_path / ".modelc/reports/tiny/0.1.0")
     assert json.loads((tmp_path / ".modelc/reports/tiny/0.1.0/report.json").read_text())["passed"]
+
+
+def test_plan_routes_each_job_to_its_class_runner_with_the_extras_it_needs(tmp_path: Path, tiny_recipe) -> None:
+    repo, _ = recipe_repository(tmp_path, tiny_recipe)
+    done, outputs = plan(repo, "--event", "workflow_dispatch", "--cpu-class", "avx512-vnni",
+                         "--runners", '{"avx512-vnni": "vnni-runners", "avx2": "ubuntu-latest"}')
+    assert done.returncode == 0, done.stdout + done.stderr
+    jobs = {job["target"]: job for job in json.loads(outputs["targets"])["include"] if job["name"] == "tiny"}
+    assert {(job["label"], job["class"]) for job in jobs.values()} == {("vnni-runners", "avx512-vnni")}
+    assert jobs["openvino-fp32"]["extras"] == "graph,openvino" and jobs["onnxruntime-fp32"]["extras"] == "graph"
+    assert jobs["torchscript-fp32"]["extras"] == "graph,build"  # TorchScript is made from the torch model
+    recipe = next(r for r in json.loads(outputs["recipes"]) if r["name"] == "tiny")
+    assert recipe["prepare_extras"] == "build" and recipe["release_extras"] == "release" and recipe["label"] == "vnni-runners"
+    unrouted, outputs = plan(repo, "--event", "workflow_dispatch")
+    assert {(job["label"], job["class"]) for job in json.loads(outputs["targets"])["include"]} == {("ubuntu-latest", "")}

@@ -60,10 +60,15 @@ def test_ctc_recogniser_with_time_major_lstm_output(tmp_path: Path, run_cli, whe
     assert report["samples"] == 195  # lines, not time steps
     assert artifact(report, "onnxruntime-fp32")["task_metric"]["value"] == 100.0
     targets = {a["target"]: a for a in report["artifacts"]}
-    if "onnxruntime-int8" in targets:
-        search = targets["onnxruntime-int8"]["quantization"]["fallback"]
-        assert search["full_int8_task_drop"] > search["max_task_drop"], search
-        assert targets["onnxruntime-int8"]["passed"] and targets["onnxruntime-int8"]["task_metric"]["drop"] <= 2.0
+    if "onnxruntime-int8" in targets:  # the search ran on the task metric, and the gates judged what it found
+        ort = targets["onnxruntime-int8"]
+        search = ort["quantization"]["fallback"]
+        assert search["full_int8_task_drop"] > search["max_task_drop"] and search["kept_in_float"], search
+        assert search["latency_vs_fp32"] <= 0.95, search  # a mixed graph no faster than FP32 is never shipped
+        # 64 validation lines tune it (one line is 1.6 identity points): it passes, or misses the
+        # evaluation gate by a line or two, and the build says so (exit 4)
+        assert ort["passed"] == (ort["task_metric"]["drop"] <= 2.0)
+        assert ort["passed"] or (result.exit_code == 4 and ort["task_metric"]["drop"] < 4.0)
     else:
         assert result.exit_code == 7 and "onnxruntime-int8: INT8 is not worth it here" in result.stderr
     openvino = targets["openvino-int8"]
