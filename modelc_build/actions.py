@@ -115,8 +115,9 @@ def store_lacks(store_url: str, recipes: list[tuple[Path, Any]]) -> list[Path]:
 class Routes:
     """Which runner label a job goes to: the one of `cpu_class` in `runners` (a CPU class -> label
     mapping: hosted or self-hosted runners, Actions Runner Controller scale sets), else
-    ubuntu-latest (whatever CPU the pool hands out; the report says which class it was); GPU jobs
-    to `gpu_runner`. A job routed to a class passes it as --expect-class and fails on another."""
+    ubuntu-latest (whatever CPU the pool hands out; the report says which class it was); a GPU job
+    to the label of its generation in `runners` (`gpu-sm90`), else `gpu_runner`. A job routed to a
+    CPU class passes it as --expect-class and fails on another."""
 
     cpu_class: str = ""
     runners: dict[str, str] = field(default_factory=dict)
@@ -129,9 +130,10 @@ class Routes:
             raise SystemExit(f"error: vars.MODELC_RUNNERS is not a JSON object of CPU class -> runner label: {options.runners!r}")
         return cls(options.cpu_class.strip(), {str(k): str(v) for k, v in runners.items()}, options.gpu_runner.strip())
 
-    def label(self, gpu: bool) -> tuple[str, str]:
+    def label(self, gpu: bool, generations: tuple[str, ...] = ()) -> tuple[str, str]:
         if gpu:
-            return self.gpu_runner or "ubuntu-latest", ""
+            by_generation = next((self.runners[f"gpu-{g}"] for g in generations if f"gpu-{g}" in self.runners), None)
+            return by_generation or self.gpu_runner or "ubuntu-latest", ""
         if self.cpu_class and self.cpu_class in self.runners:
             return self.runners[self.cpu_class], self.cpu_class
         return "ubuntu-latest", ""
@@ -176,11 +178,12 @@ def command_plan(options: argparse.Namespace) -> int:
     for job in matrix["include"]:
         recipe = by_path[job["recipe"]]
         job["extras"] = ",".join(job_extras(recipe, f"target {job['target']}"))
-        job["label"], job["class"] = routes.label(job["runner"] == "gpu")
+        target = next(t for t in recipe.targets if t.id == job["target"])
+        job["label"], job["class"] = routes.label(job["runner"] == "gpu", target.gpus)
     listed = []
     for recipe_path, recipe in ready:
         gpu = any(needs_gpu_runner(t) for t in recipe.targets)
-        label, cpu_class = routes.label(gpu)
+        label, cpu_class = routes.label(gpu, tuple(g for t in recipe.targets if needs_gpu_runner(t) for g in t.gpus))
         listed.append({"recipe": recipe_path, "name": recipe.name, "version": recipe.version, "runner": "gpu" if gpu else "cpu",
                        "label": label, "class": cpu_class, "prepare_extras": ",".join(job_extras(recipe, "prepare")),
                        "release_extras": ",".join(job_extras(recipe, "release"))})
@@ -464,7 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("--cpu-class", default=os.environ.get("MODELC_CPU_CLASS", ""),
                       help="the CPU class every CPU job runs on (vars.MODELC_CPU_CLASS)")
     plan.add_argument("--runners", default=os.environ.get("MODELC_RUNNERS", ""),
-                      help='runner labels per CPU class, JSON (vars.MODELC_RUNNERS), e.g. {"avx512-vnni": "vnni-runners"}')
+                      help='runner labels per CPU class and GPU generation, JSON (vars.MODELC_RUNNERS), e.g. '
+                           '{"avx512-vnni": "vnni-runners", "gpu-sm90": "h100-runners"}')
     plan.add_argument("--gpu-runner", default=os.environ.get("MODELC_GPU_RUNNER", ""), help="the GPU jobs' runner label")
     comment = commands.add_parser("comment")
     comment.add_argument("--store", default=os.environ.get("MODELC_STORE", "artifacts"))

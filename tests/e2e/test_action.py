@@ -300,3 +300,19 @@ def test_plan_routes_each_job_to_its_class_runner_with_the_extras_it_needs(tmp_p
     assert recipe["prepare_extras"] == "build" and recipe["release_extras"] == "release" and recipe["label"] == "vnni-runners"
     unrouted, outputs = plan(repo, "--event", "workflow_dispatch")
     assert {(job["label"], job["class"]) for job in json.loads(outputs["targets"])["include"]} == {("ubuntu-latest", "")}
+
+
+def test_a_gpu_job_goes_to_its_generations_runner(tmp_path: Path, tiny_recipe) -> None:
+    repo, _ = recipe_repository(tmp_path, tiny_recipe)
+    data = yaml.safe_load((repo / "recipes" / "tiny.yaml").read_text())
+    data["targets"] = [{"backend": "tensorrt", "precisions": ["fp32"], "gpus": ["hopper"]},
+                       {"backend": "onnxruntime", "precisions": ["fp32"]}]
+    data["gates"] = None
+    (repo / "recipes" / "tiny.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    git(repo, "commit", "-qam", "tiny on Hopper")
+    done, outputs = plan(repo, "--event", "workflow_dispatch", "--runners", '{"gpu-sm90": "h100-runners"}',
+                         "--gpu-runner", "any-gpu")
+    assert done.returncode == 0, done.stdout + done.stderr
+    jobs = {job["target"]: job["label"] for job in json.loads(outputs["targets"])["include"] if job["name"] == "tiny"}
+    assert jobs == {"tensorrt-fp32": "h100-runners", "onnxruntime-fp32": "ubuntu-latest"}
+
