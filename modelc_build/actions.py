@@ -355,20 +355,47 @@ def job_summary(built: Built, options: argparse.Namespace) -> str:
 
     result = built.result
     title = f"## modelc: {result.name or result.recipe} {result.version}".rstrip()
+    costs = job_costs(result, options)
     if result.outcome is Outcome.TARGETS_BUILT:
-        return (f"{title}\n\n✅ built {', '.join(result.targets)} ({result.steps_run} step(s) run, {result.steps_cached} "
-                "cached): verified and released by the release job\n")
+        what = (f"the {options.stage} job" if options.stage == "prepare" else f"{', '.join(result.targets)}")
+        return (f"{title}\n\n✅ built {what} ({result.steps_run} step(s) run, {result.steps_cached} cached): released by the "
+                f"release job\n\n{costs}")
     if result.error is None:
         verdict = {Outcome.RELEASED: f"✅ released at {result.location}", Outcome.IDENTICAL: "✅ already released (same content)",
                    Outcome.UP_TO_DATE: "✅ up to date"}.get(result.outcome, "✅")
     else:  # a version released already counts as a warning where only modelc or the models changed
         verdict = f"{'⚠️' if built.exit_code == 0 else '❌'} {result.error.message.splitlines()[0]}"
-    parts = [title, "", verdict, ""]
+    parts = [title, "", verdict, "", costs] if costs else [title, "", verdict, ""]
     if result.comparison is not None:
         parts += [result.comparison.markdown or result.comparison.note or "", ""]
     if result.report is not None:
         parts += ["<details><summary>Full report</summary>", "", to_markdown(result.report), "</details>", ""]
     return "\n".join(parts)
+
+
+def job_costs(result: BuildResult, options: argparse.Namespace) -> str:
+    """A pipeline job's expected cost (the plan's step hints) beside what it measured, as a table;
+    '' outside a fanned-out pipeline or where the recipe cannot be planned here."""
+    if not options.stage or result.error is not None:
+        return ""
+    from modelc_build.plan import make_plan, pipeline_jobs, probe_host
+    from modelc_build.recipe import load_recipe
+
+    try:
+        recipe = load_recipe(result.recipe)
+    except ModelcError:
+        return ""
+    source = recipe.model.weights if recipe.model.kind == "torch" else recipe.model.path
+    model_mib = source.stat().st_size / 2**20 if source is not None and source.is_file() else None
+    name = options.stage if options.stage != "target" else f"target {','.join(targets_of(options))}"
+    job = next((j for j in pipeline_jobs(make_plan(recipe, probe_host()), recipe, model_mib) if j["job"] == name), None)
+    if job is None:
+        return ""
+    peak = f"{result.peak_mib:.0f}" if result.peak_mib is not None else "—"
+    expected_peak = f"{job['expected_peak_mib']:.0f}" if job["expected_peak_mib"] is not None else "—"
+    return ("| job | step-seconds expected (hints) | measured | peak MiB above a worker (hints) | measured peak MiB |\n"
+            "|---|---:|---:|---:|---:|\n"
+            f"| {name} | {job['expected_step_seconds']:.1f} | {result.step_seconds:.1f} | {expected_peak} | {peak} |\n")
 
 
 # --- the step cache key -------------------------------------------------------------------------

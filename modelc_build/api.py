@@ -119,6 +119,8 @@ class BuildResult:
     steps_cached: int = 0
     targets: tuple[str, ...] = ()
     manifest_digest: str | None = None  # sha256:… of the stored release's manifest (an OCI manifest digest in a registry)
+    step_seconds: float = 0.0  # the wall seconds of the steps this build ran, summed
+    peak_mib: float | None = None  # the largest peak of a step process it ran
 
     @property
     def exit_code(self) -> int:
@@ -188,14 +190,16 @@ def _build(request: BuildRequest, log: BuildLog, host: HostFacts | None, identit
     run = build(recipe, store, log, cache, options, host or probe_host())
     if run.released is None:
         return BuildResult(request.recipe, Outcome.TARGETS_BUILT, *identity, steps_run=run.steps_run,
-                           steps_cached=run.steps_cached, targets=request.targets)
+                           steps_cached=run.steps_cached, targets=request.targets, step_seconds=run.step_seconds,
+                           peak_mib=run.peak_mib)
     released = run.released
     outcome = Outcome.RELEASED if released.created else Outcome.UP_TO_DATE if run.steps_run == 0 else Outcome.IDENTICAL
     comparison = compared(store, recipe.name, recipe.version, released.report, request.compare_to) if request.compare_to else None
     folder = Path(released.location) if (Path(released.location) / "report.json").is_file() else None
     return BuildResult(request.recipe, outcome, recipe.name, recipe.version, location=released.location,
                        manifest=released.manifest, report=released.report, report_folder=folder, comparison=comparison,
-                       steps_run=run.steps_run, steps_cached=run.steps_cached, manifest_digest=released.digest)
+                       steps_run=run.steps_run, steps_cached=run.steps_cached, manifest_digest=released.digest,
+                       step_seconds=run.step_seconds, peak_mib=run.peak_mib)
 
 
 def _check_publishing(request: BuildRequest, signed: bool) -> None:

@@ -68,6 +68,8 @@ class BuildRun:
     released: Released | None
     steps_run: int
     steps_cached: int
+    step_seconds: float = 0.0  # the wall seconds of the steps this build ran, summed
+    peak_mib: float | None = None  # the largest peak of a step process it ran
 
 
 BUILD_MODULES = ("numpy", "PIL", "onnx", "onnxsim", "onnxruntime")
@@ -138,15 +140,18 @@ def build(recipe: Recipe, store: Store, log: BuildLog, cache: Cache, options: Bu
     if options.stage is not None and options.job_records is not None:
         write_job_record(options.job_records, options.stage, options.only_targets, host,
                          {step.id: done.entries[step.id].key for step in steps if step.id not in made_elsewhere})
+    seconds = round(sum(cost.seconds for cost in done.costs.values()), 2)
+    peaks = [cost.peak_rss_bytes for cost in done.costs.values() if cost.peak_rss_bytes is not None]
+    peak = round(max(peaks) / 2**20, 1) if peaks else None
     if options.stage in ("prepare", "target"):
         what = "prepare" if options.stage == "prepare" else f"target {', '.join(options.only_targets)}"
         log(f"✓ {what} job: {counts}; the release job reads them from the step cache")
-        return BuildRun(None, len(done.ran), len(done.cached))
+        return BuildRun(None, len(done.ran), len(done.cached), seconds, peak)
     if options.only_targets and options.stage is None:
         log(f"✓ built {', '.join(options.only_targets)}: {counts}; verification and release happen in a full build")
-        return BuildRun(None, len(done.ran), len(done.cached))
+        return BuildRun(None, len(done.ran), len(done.cached), seconds, peak)
     return BuildRun(_release(recipe, plan, done, store, log, options, counts, cache, facts, skipped), len(done.ran),
-                    len(done.cached))
+                    len(done.cached), seconds, peak)
 
 
 def _partial_report(recipe: Recipe, plan: Plan, done: RunSummary, failures: list[tuple[str, BaseException]],

@@ -316,3 +316,15 @@ def test_a_gpu_job_goes_to_its_generations_runner(tmp_path: Path, tiny_recipe) -
     jobs = {job["target"]: job["label"] for job in json.loads(outputs["targets"])["include"] if job["name"] == "tiny"}
     assert jobs == {"tensorrt-fp32": "h100-runners", "onnxruntime-fp32": "ubuntu-latest"}
 
+
+
+def test_pipeline_jobs_print_their_expected_costs_beside_the_measured_ones(tmp_path: Path, tiny_recipe) -> None:
+    recipe, store = tiny_recipe(), tmp_path / "store"
+    done, _ = action(tmp_path, "build", "--recipes", str(recipe), "--store", str(store), "--share-steps", "--stage", "prepare",
+                     "--job-records", str(tmp_path / "jobs"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = (tmp_path / "step_summary").read_text()
+    row = next(line for line in summary.splitlines() if line.startswith("| prepare |"))
+    expected, measured = (float(cell) for cell in row.split("|")[2:4])
+    assert expected > 0 and measured > 0  # the plan's hints beside what the job's steps took
+    assert (tmp_path / "jobs/prepare.json").is_file()
