@@ -355,7 +355,10 @@ def job_summary(built: Built, options: argparse.Namespace) -> str:
 
     result = built.result
     title = f"## modelc: {result.name or result.recipe} {result.version}".rstrip()
-    costs = job_costs(result, options)
+    try:
+        costs = job_costs(result, options)
+    except (ModelcError, ImportError, OSError) as error:  # a nicety of the summary never fails the job
+        costs = f"(expected costs not computed here: {error})\n"
     if result.outcome is Outcome.TARGETS_BUILT:
         what = (f"the {options.stage} job" if options.stage == "prepare" else f"{', '.join(result.targets)}")
         return (f"{title}\n\n✅ built {what} ({result.steps_run} step(s) run, {result.steps_cached} cached): released by the "
