@@ -107,12 +107,23 @@ class Fallback:
     task_drop: Callable[[Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]], float] | None = None
     max_drop: float | None = None
 
-    def task_holds(self, infer: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> tuple[bool, float | None]:
-        """Whether a candidate holds the task-metric aim, and its drop (None where it is not gated)."""
+    def holds(self, cosine: float, infer: Callable[[], Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]],
+              record: dict[str, Any], key: str) -> bool:
+        """Whether a candidate holds the cosine aim and, where the recipe gates it, the task-metric
+        aim (its drop recorded under `key`). `infer` makes the candidate's infer function: it is
+        made and run only where the cosine holds."""
+        if cosine < self.min_cosine:
+            return False
         if self.task_drop is None or self.max_drop is None:
-            return True, None
-        drop = self.task_drop(infer)
-        return drop <= self.max_drop, drop
+            return True
+        drop = self.task_drop(infer())
+        record[key] = round(drop, 4)
+        return drop <= self.max_drop
+
+    def aims(self) -> str:
+        """The aims in words, for a verdict."""
+        return f"min_cosine {self.min_cosine}" + (f" and a task-metric drop of at most {self.max_drop:g}"
+                                                  if self.max_drop is not None else "")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from modelc_build.errors import CompileError
 
@@ -57,9 +57,7 @@ def find_mixed_precision(writer: Int8Writer, destinations: dict[str, Path], fall
     """Rewrite `destinations` with the fewest layers in float that make the graph hold
     `fallback.min_cosine` on the tuning data; notes of what was tried and kept."""
     request = writer.request
-    feeds = list(_feeds(fallback, request.inputs))
-    if not feeds:
-        raise CompileError("quantization.fallback: the validation data gave no sample to tune on: add data.validation")
+    feeds, _ = tuning_feeds(fallback, request.inputs)
     portable_name, portable = next(iter(destinations.items()))
     reference = [_run(request.onnx_model, feed, request.outputs) for feed in feeds]
     full = _cosine(portable, feeds, reference, request.outputs)
@@ -67,23 +65,26 @@ def find_mixed_precision(writer: Int8Writer, destinations: dict[str, Path], fall
                              "full_int8_cosine": round(full, 6), "kept_in_float": []}
     if fallback.max_drop is not None:
         notes["max_task_drop"] = fallback.max_drop
-    if _holds(fallback, portable, full, request.outputs, notes, "full_int8_task_drop"):
+    if fallback.holds(full, lambda: _infer(portable, request.outputs), notes, "full_int8_task_drop"):
         notes["verdict"] = "full INT8 holds the gate: nothing kept in float"
         return notes
     with tempfile.TemporaryDirectory(prefix="modelc-mixed-") as scratch:
         trial = Path(scratch) / "trial.onnx"
         cosine = _weighted_layers_only(writer, portable_name, trial, feeds, reference, full, notes)
+        start = trial if "op_kinds_in_float" in notes else portable
         chosen: tuple[str, ...] = ()
-        if not _holds(fallback, trial if "op_kinds_in_float" in notes else portable, cosine, request.outputs, notes, "task_drop"):
-            chosen, cosine = _layers_in_float(writer, portable_name, portable, trial, feeds, reference, cosine, fallback, notes)
-    return _finish(writer, destinations, chosen, cosine, feeds, fallback, notes, full)
+        holds = fallback.holds(cosine, lambda: _infer(start, request.outputs), notes, "task_drop")
+        if not holds:
+            chosen, cosine, holds = _layers_in_float(writer, portable_name, portable, trial, feeds, reference, cosine, fallback,
+                                                     notes)
+    return _finish(writer, destinations, chosen, cosine, holds, feeds, fallback, notes, full)
 
 
 def _layers_in_float(writer: Int8Writer, layout: str, portable: Path, trial: Path, feeds: list[dict[str, np.ndarray]],
                      reference: list[list[np.ndarray]], start: float, fallback: Fallback,
-                     notes: dict[str, Any]) -> tuple[tuple[str, ...], float]:
+                     notes: dict[str, Any]) -> tuple[tuple[str, ...], float, bool]:
     """The worst 1, 2, 4, … weighted layers by their cost alone, in float together, until the graph
-    holds the aim or the budget is spent. A layer's cost is the task metric it loses where the
+    holds the aim or the budget is spent; the layers, the last round's cosine and whether it held. A layer's cost is the task metric it loses where the
     recipe gates that (the cosine breaks ties), else the cosine: a CTC recogniser's cosine barely
     moves while its line identity falls."""
     outputs = writer.request.outputs
@@ -101,27 +102,20 @@ def _layers_in_float(writer: Int8Writer, layout: str, portable: Path, trial: Pat
                              **({"task_drop_with_it_in_float": round(-drop, 4)} if fallback.task_drop is not None else {})}
                             for (drop, gain), layer in costs[:16]]
     chosen: tuple[str, ...] = ()
-    cosine = start
+    cosine, holds = start, False
     limit = min(fallback.max_float_layers, len(costs) - 1)  # one layer in INT8 at least, or it is no INT8
     for count in sorted({min(2 ** step, limit) for step in range(limit.bit_length() + 1)} - {0}):
         chosen = tuple(layer for _, layer in costs[:count])
         writer.quantize(layout, trial, chosen)
         cosine = _cosine(trial, feeds, reference, outputs)
-        notes.setdefault("rounds", []).append({"in_float": len(chosen), "cosine": round(cosine, 6)})
-        if _holds(fallback, trial, cosine, outputs, notes["rounds"][-1], "task_drop"):
+        round_record: dict[str, Any] = {"in_float": len(chosen), "cosine": round(cosine, 6)}
+        notes.setdefault("rounds", []).append(round_record)
+        holds = fallback.holds(cosine, lambda: _infer(trial, outputs), round_record, "task_drop")
+        if "task_drop" in round_record:  # the graph the destinations are written as
+            notes["task_drop"] = round_record["task_drop"]
+        if holds:
             break
-    return chosen, cosine
-
-
-def _holds(fallback: Fallback, model: Path, cosine: float, outputs: tuple[str, ...], record: dict[str, Any], key: str) -> bool:
-    """The candidate holds the cosine aim and, where the recipe gates it, the task-metric aim (its
-    drop recorded under `key`)."""
-    if cosine < fallback.min_cosine:
-        return False
-    holds, drop = fallback.task_holds(_infer(model, outputs))
-    if drop is not None:
-        record[key] = round(drop, 4)
-    return holds
+    return chosen, cosine, holds
 
 
 def _weighted_layers_only(writer: Int8Writer, layout: str, trial: Path, feeds: list[dict[str, np.ndarray]],
@@ -143,24 +137,24 @@ def _weighted_layers_only(writer: Int8Writer, layout: str, trial: Path, feeds: l
     return full
 
 
-def _finish(writer: Int8Writer, destinations: dict[str, Path], chosen: tuple[str, ...], cosine: float,
+def _finish(writer: Int8Writer, destinations: dict[str, Path], chosen: tuple[str, ...], cosine: float, holds: bool,
             feeds: list[dict[str, np.ndarray]], fallback: Fallback, notes: dict[str, Any], full: float) -> dict[str, Any]:
+    """Write the graph the search settled on (the last one it scored: `cosine`, `holds`), time it
+    against FP32 and give the verdict."""
     request = writer.request
     writer.write(destinations, chosen)
-    portable = next(iter(destinations.values()))
-    holds = _holds(fallback, portable, cosine, request.outputs, notes, "task_drop")
-    here = destinations.get("u8s8", portable)  # the layout this CPU runs (a VNNI one is built only where it runs)
-    ratio, fp32_ms = _latency_ratio(here, request.onnx_model, feeds[0], request.outputs)
+    here = destinations.get("u8s8", next(iter(destinations.values())))  # the layout this CPU runs (VNNI only where it runs)
+    mixed, fp32 = _session(here), _session(request.onnx_model)
+    one = batch_one(feeds[0])
+    ratio, fp32_ms = interleaved_ratio(lambda: mixed.run(list(request.outputs), one), lambda: fp32.run(list(request.outputs), one))
     notes.update(mixed_cosine=round(cosine, 6), latency_vs_fp32=round(ratio, 3), fp32_ms=round(fp32_ms, 3), timed=here.name,
                  kept_in_float=list(chosen))
     kinds = " and every op kind but weighted layers" if "op_kinds_in_float" in notes else ""
     words = f"best mixed INT8 {ratio:.2f}× FP32 latency at cosine {cosine:.4f} with {len(chosen)} layer(s){kinds} in float"
     refuse_if_not_worth_it(request.target.id, ratio, fp32_ms, words, full)  # slower than FP32: never shipped
     if not holds:  # faster: the gates judge the best it found, on the evaluation data
-        aims = f"min_cosine {fallback.min_cosine}" + (f" and a task-metric drop of at most {fallback.max_drop:g}"
-                                                      if fallback.max_drop is not None else "")
         notes["verdict"] = (f"no mixed graph within quantization.fallback_layers ({fallback.max_float_layers}) holds "
-                            f"{aims} on the validation data; shipped to the gates: {words}")
+                            f"{fallback.aims()} on the validation data; shipped to the gates: {words}")
         return notes
     notes["verdict"] = f"mixed INT8: {words}"
     return notes
@@ -178,15 +172,18 @@ def refuse_if_not_worth_it(target: str, ratio: float, fp32_ms: float, words: str
 TUNING_SAMPLES = 64  # validation samples each trial is scored on (a trial is a quantize_static and a pass)
 
 
-def _feeds(fallback: Fallback, inputs: Any) -> list[dict[str, np.ndarray]]:
-    """The tuning data as the model's feeds, cut to its batch where that is fixed."""
+def tuning_feeds(fallback: Fallback, inputs: Any) -> tuple[list[dict[str, np.ndarray]], int]:
+    """The tuning data as the model's feeds (at most TUNING_SAMPLES samples), cut to its batch where
+    that is fixed, and how many samples they hold; none is an error saying what to add."""
     from modelc_build.feeds import FeedReader
 
     reader = FeedReader(fallback.tuning, TUNING_SAMPLES, inputs)
     feeds = []
     while (feed := reader.get_next()) is not None:
         feeds.append(feed)
-    return feeds
+    if not feeds:
+        raise CompileError("quantization.fallback: the validation data gave no sample to tune on: add data.validation")
+    return feeds, reader.samples
 
 
 def _count(feed: dict[str, Any]) -> int:
@@ -238,17 +235,21 @@ def _quantized_layers(model: Path) -> list[str]:
     return [node.name for node in graph.node if node.op_type in WEIGHTED_LAYERS and dequantized & set(node.input)]
 
 
-def _latency_ratio(mixed: Path, fp32: Path, feed: dict[str, np.ndarray], outputs: tuple[str, ...]) -> tuple[float, float]:
-    """Mixed INT8 over FP32, batch 1 (the first sample), the least of interleaved runs of each; and
-    FP32's time in milliseconds."""
-    one = {name: value[:1] if getattr(value, "ndim", 0) else value for name, value in feed.items()}
-    sessions = {"mixed": _session(mixed), "fp32": _session(fp32)}
-    best = {name: float("inf") for name in sessions}
-    for session in sessions.values():
-        session.run(list(outputs), one)  # warm up
-    for _ in range(TIMED_RUNS):
-        for name, session in sessions.items():
+def batch_one(feed: dict[str, Any]) -> dict[str, Any]:
+    """The first sample of a feed (what the latency comparison times)."""
+    return {name: value[:1] if getattr(value, "ndim", 0) else value for name, value in feed.items()}
+
+
+def interleaved_ratio(mixed: Callable[[], object], fp32: Callable[[], object], runs: int = TIMED_RUNS) -> tuple[float, float]:
+    """Mixed INT8 over FP32 (each a call that runs one inference), the least of interleaved runs of
+    each after a warm-up; and FP32's time in milliseconds. Both runtimes' searches time this way."""
+    calls = {"mixed": mixed, "fp32": fp32}
+    best = {name: float("inf") for name in calls}
+    for call in calls.values():
+        call()
+    for _ in range(runs):
+        for name, call in calls.items():
             started = time.perf_counter()
-            session.run(list(outputs), one)
+            call()
             best[name] = min(best[name], time.perf_counter() - started)
     return best["mixed"] / best["fp32"], best["fp32"] * 1000.0

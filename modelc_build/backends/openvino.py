@@ -267,7 +267,8 @@ class _ReferenceOutputs:
 
     def __init__(self, ov: Any, model: Any, feeds: list[dict[str, Any]], outputs: tuple[str, ...]) -> None:
         self.ov, self.feeds, self.outputs = ov, feeds, outputs
-        self.expected = [self.run(self.compile(model), feed) for feed in feeds]
+        self.float_model = self.compile(model)  # compiled once: the reference outputs, and FP32's timing
+        self.expected = [self.run(self.float_model, feed) for feed in feeds]
 
     def compile(self, model: Any) -> Any:
         return self.ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
@@ -275,9 +276,8 @@ class _ReferenceOutputs:
     def run(self, compiled: Any, feed: dict[str, Any]) -> list[Any]:
         import numpy as np
 
-        result = compiled(feed)
-        by_name = {port.get_any_name(): np.asarray(result[port], dtype=np.float64) for port in compiled.outputs}
-        return [by_name[name].ravel() for name in self.outputs]
+        by_name = self.infer(compiled)(feed)
+        return [np.asarray(by_name[name], dtype=np.float64).ravel() for name in self.outputs]
 
     def infer(self, compiled: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
         """The compiled model as a feed -> outputs-by-name function (for the task metric)."""
@@ -311,24 +311,20 @@ def _cosine_fallback(nncf: Any, model: Any, quantized: Any, calibration: Any, re
     IR no faster than FP32 is refused in one line."""
     import openvino as ov
 
-    from modelc_build.feeds import FeedReader
+    from modelc_build.backends.mixed_precision import batch_one, interleaved_ratio, refuse_if_not_worth_it, tuning_feeds
 
     fallback = request.fallback
     assert fallback is not None
-    reader = FeedReader(fallback.tuning, 64, request.inputs)
-    feeds = []
-    while (feed := reader.get_next()) is not None:
-        feeds.append(feed)
-    if not feeds:
-        raise CompileError("quantization.fallback: the validation data gave no sample to tune on: add data.validation")
+    feeds, samples = tuning_feeds(fallback, request.inputs)
     reference = _ReferenceOutputs(ov, model, feeds, request.outputs)
-    full = reference.cosine(reference.compile(quantized))
-    record: dict[str, Any] = {"min_cosine": fallback.min_cosine, "tuned_on": f"{reader.samples} validation samples",
+    full_int8 = reference.compile(quantized)
+    full = reference.cosine(full_int8)
+    record: dict[str, Any] = {"min_cosine": fallback.min_cosine, "tuned_on": f"{samples} validation samples",
                               "full_int8_cosine": round(full, 6), "kept_in_float": []}
     notes["fallback"] = record
     if fallback.max_drop is not None:
         record["max_task_drop"] = fallback.max_drop
-    if _holds(fallback, reference, reference.compile(quantized), full, record, "full_int8_task_drop"):
+    if fallback.holds(full, lambda: reference.infer(full_int8), record, "full_int8_task_drop"):
         record["verdict"] = "full INT8 holds the gate: nothing kept in float"
         return quantized
     mixed, kept = _recurrent_in_float(nncf, model, calibration, settings, fallback, reference, record)
@@ -338,19 +334,16 @@ def _cosine_fallback(nncf: Any, model: Any, quantized: Any, calibration: Any, re
             mixed, kept = quantized, []
     compiled = reference.compile(mixed)
     cosine = reference.cosine(compiled)
-    holds = _holds(fallback, reference, compiled, cosine, record, "task_drop")
-    ratio, fp32_ms = _latency_ratio(compiled, reference.compile(model), feeds[0])
+    holds = fallback.holds(cosine, lambda: reference.infer(compiled), record, "task_drop")
+    one = batch_one(feeds[0])
+    ratio, fp32_ms = interleaved_ratio(lambda: compiled(one), lambda: reference.float_model(one))
     record.update(mixed_cosine=round(cosine, 6), latency_vs_fp32=round(ratio, 3), fp32_ms=round(fp32_ms, 3), kept_in_float=kept)
     kinds = f" and {record['op_kinds_in_float']}" if "op_kinds_in_float" in record else ""
     words = f"best mixed INT8 {ratio:.2f}× FP32 latency at cosine {cosine:.4f} with {len(kept)} layer(s){kinds} in float"
-    from modelc_build.backends.mixed_precision import refuse_if_not_worth_it
-
     refuse_if_not_worth_it(request.target.id, ratio, fp32_ms, words, full)  # slower than FP32: never shipped
     if not holds:  # faster: the gates judge the best it found
-        aims = f"min_cosine {fallback.min_cosine}" + (f" and a task-metric drop of at most {fallback.max_drop:g}"
-                                                      if fallback.max_drop is not None else "")
         searched = (record["search_failed"] if "search_failed" in record else "NNCF's accuracy control found no IR within "
-                    f"quantization.fallback_layers ({fallback.max_float_layers}) that holds {aims}")
+                    f"quantization.fallback_layers ({fallback.max_float_layers}) that holds {fallback.aims()}")
         record["verdict"] = f"{searched}; shipped to the gates: {words}"
         return mixed
     record["verdict"] = f"mixed INT8: {words}"
@@ -375,7 +368,7 @@ def _recurrent_in_float(nncf: Any, model: Any, calibration: Any, settings: dict[
     cosine = reference.cosine(compiled)
     round_record: dict[str, Any] = {"op_kinds": present, "cosine": round(cosine, 6)}
     record["recurrent_in_float"] = round_record
-    if not _holds(fallback, reference, compiled, cosine, round_record, "task_drop"):
+    if not fallback.holds(cosine, lambda: reference.infer(compiled), round_record, "task_drop"):
         return None, []
     record["op_kinds_in_float"] = f"every {', '.join(present)}"
     return candidate, []
@@ -400,17 +393,6 @@ def _search(nncf: Any, model: Any, calibration: Any, settings: dict[str, Any], f
     return mixed, _reverted_layers(lines)
 
 
-def _holds(fallback: Fallback, reference: _ReferenceOutputs, compiled: Any, cosine: float, record: dict[str, Any], key: str) -> bool:
-    """The IR holds the cosine aim and, where the recipe gates it, the task-metric aim (its drop
-    recorded under `key`)."""
-    if cosine < fallback.min_cosine:
-        return False
-    holds, drop = fallback.task_holds(reference.infer(compiled))
-    if drop is not None:
-        record[key] = round(drop, 4)
-    return holds
-
-
 def _aims_met(fallback: Fallback, reference: _ReferenceOutputs, compiled: Any, indices: Any = None) -> float:
     """NNCF's metric for the search: 1 for the float model, 0 where the candidate just meets every
     aim (the cosine, and the task-metric drop where gated), lower the further it misses one; NNCF
@@ -421,22 +403,6 @@ def _aims_met(fallback: Fallback, reference: _ReferenceOutputs, compiled: Any, i
     if fallback.task_drop is not None and fallback.max_drop is not None:
         score = min(score, -fallback.task_drop(reference.infer(compiled)) / max(fallback.max_drop, 1e-9))
     return 1.0 + score
-
-
-def _latency_ratio(mixed: Any, fp32: Any, feed: dict[str, Any], runs: int = 15) -> tuple[float, float]:
-    """Mixed INT8 over FP32, batch 1, the least of interleaved runs of each; and FP32's milliseconds."""
-    import time
-
-    one = {name: value[:1] if getattr(value, "ndim", 0) else value for name, value in feed.items()}
-    best = {"mixed": float("inf"), "fp32": float("inf")}
-    for compiled in (mixed, fp32):
-        compiled(one)
-    for _ in range(runs):
-        for name, compiled in (("mixed", mixed), ("fp32", fp32)):
-            started = time.perf_counter()
-            compiled(one)
-            best[name] = min(best[name], time.perf_counter() - started)
-    return best["mixed"] / best["fp32"], best["fp32"] * 1000.0
 
 
 def _reverted_layers(lines: list[str]) -> list[str]:
