@@ -388,10 +388,8 @@ def job_costs(result: BuildResult, options: argparse.Namespace) -> str:
         recipe = load_recipe(result.recipe)
     except ModelcError:
         return ""
-    source = recipe.model.weights if recipe.model.kind == "torch" else recipe.model.path
-    model_mib = source.stat().st_size / 2**20 if source is not None and source.is_file() else None
     name = options.stage if options.stage != "target" else f"target {','.join(targets_of(options))}"
-    job = next((j for j in pipeline_jobs(make_plan(recipe, probe_host()), recipe, model_mib) if j["job"] == name), None)
+    job = next((j for j in pipeline_jobs(make_plan(recipe, probe_host()), recipe) if j["job"] == name), None)
     if job is None:
         return ""
     peak = f"{result.peak_mib:.0f}" if result.peak_mib is not None else "—"

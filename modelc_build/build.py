@@ -166,10 +166,7 @@ def _partial_report(recipe: Recipe, plan: Plan, done: RunSummary, failures: list
     unmeasured = [f"{step_id}: {str(failure).splitlines()[0] if str(failure) else type(failure).__name__}"
                   for step_id, failure in failures]
     partial = replace(recipe, targets=tuple(measured_targets))
-    measured = Measured(graph=done.entries[plan.graph], qdq=done.entries.get(QDQ_STEP), golden=done.entries.get(GOLDEN_STEP),
-                        artifacts=[CompiledArtifact(t, done.entries[compile_step_id(t)]) for t in measured_targets],
-                        entries=done.entries, settings={t.id: verify_settings(recipe, t, plan.host) for t in measured_targets},
-                        cpus=checked_cpus(recipe, plan.host), skipped=skipped)
+    measured = _measured(partial, plan, done, skipped)
     try:
         report = replace(make_report(partial, measured, SENSITIVITY_STEP, data_summary(recipe, facts)),
                          steps=step_costs(plan, done), failed_steps=unmeasured)
@@ -264,8 +261,7 @@ def memory_budget(recipe: Recipe, max_memory: int | None) -> MemoryBudget | None
     None where the model's size or the machine's memory is unknown (a factory without weights)."""
     from modelc_build.processes import available_memory_bytes
 
-    model = recipe.model
-    source = model.weights if model.kind == "torch" else model.path
+    source = recipe.model.model_file
     limit = max_memory if max_memory is not None else available_memory_bytes()
     if source is None or not source.is_file() or limit is None:
         return None
@@ -296,10 +292,7 @@ def _logs_kept(error: ModelcError, failures: list[tuple[str, BaseException]], fo
 
 def _release(recipe: Recipe, plan: Plan, done: RunSummary, store: Store, log: BuildLog, options: BuildOptions,
              counts: str, cache: Cache, facts: Fingerprints, skipped: list[str]) -> Released:
-    measured = Measured(graph=done.entries[plan.graph], qdq=done.entries.get(QDQ_STEP), golden=done.entries.get(GOLDEN_STEP),
-                        artifacts=[CompiledArtifact(t, done.entries[compile_step_id(t)]) for t in recipe.targets],
-                        entries=done.entries, settings={t.id: verify_settings(recipe, t, plan.host) for t in recipe.targets},
-                        cpus=checked_cpus(recipe, plan.host), skipped=skipped)
+    measured = _measured(recipe, plan, done, skipped)
     report = replace(make_report(recipe, measured, SENSITIVITY_STEP, data_summary(recipe, facts)),
                      steps=step_costs(plan, done))
     for line in summary_lines(report):
@@ -311,6 +304,15 @@ def _release(recipe: Recipe, plan: Plan, done: RunSummary, store: Store, log: Bu
         shutil.rmtree(staging, ignore_errors=True)
     log(f"{'✓ release' if released.created else '✓ release (identical version already stored)'}: {counts}")
     return released
+
+
+def _measured(recipe: Recipe, plan: Plan, done: RunSummary, skipped: list[str]) -> Measured:
+    """What the engine produced for the recipe's targets, as a release (or a failed build's report)
+    is made of."""
+    return Measured(graph=done.entries[plan.graph], qdq=done.entries.get(QDQ_STEP), golden=done.entries.get(GOLDEN_STEP),
+                    artifacts=[CompiledArtifact(t, done.entries[compile_step_id(t)]) for t in recipe.targets],
+                    entries=done.entries, settings={t.id: verify_settings(recipe, t, plan.host) for t in recipe.targets},
+                    cpus=checked_cpus(recipe, plan.host), skipped=skipped)
 
 
 def step_costs(plan: Plan, done: RunSummary) -> dict[str, Any]:

@@ -414,7 +414,7 @@ def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool
         host = probe_host()
         pipelines = []
         for path, one in loaded:
-            jobs = pipeline_jobs(make_plan(one, host), one, _model_mib(one))
+            jobs = pipeline_jobs(make_plan(one, host), one)
             pipelines.append({"recipe": path, "name": one.name, "version": one.version, "jobs": jobs, **critical_path(jobs)})
         click.echo(json.dumps({"matrix": ci_matrix(loaded), "pipelines": pipelines}, indent=2))
         return
@@ -446,11 +446,6 @@ def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool
             here = ("built here" if row["built_here"] else f"not built here: {row['build_problem']}")
             ran = "run here" if row["run_here"] else "not run here (no such GPU): built, not run"
             click.echo(f"  {row['target']} {row['gpu']:<6} {row['flavour']}: {runs}; {here}; {ran}")
-
-
-def _model_mib(recipe: Any) -> float | None:
-    source = recipe.model.weights if recipe.model.kind == "torch" else recipe.model.path
-    return source.stat().st_size / 2**20 if source is not None and source.is_file() else None
 
 
 @main.command()

@@ -15,7 +15,7 @@ target's backend table, never from a list of backend names here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from modelc_build.backends import Capabilities, capabilities
@@ -228,13 +228,14 @@ def fallback_spec(recipe: Recipe, target: Target) -> FallbackSpec | None:
             or min_cosine is None or data_source(recipe, "validation").dataset is None):
         return None
     aim = min(1.0, min_cosine + FALLBACK_MARGIN * (1.0 - min_cosine))
+    spec = FallbackSpec(round(aim, 6), data_source(recipe, "validation"), recipe.quantization.fallback_layers)
     max_drop = recipe.gate_for(target.precision).max_metric_drop
     if max_drop is None or recipe.task.type in ("generic", "none") or accuracy_controlled(recipe, target):
-        return FallbackSpec(round(aim, 6), data_source(recipe, "validation"), recipe.quantization.fallback_layers)
+        return spec
     # the recipe gates the task metric's drop too: the search holds both (a CTC recogniser's INT8
     # kept cosine 0.989 and lost 21 points of line identity)
-    return FallbackSpec(round(aim, 6), data_source(recipe, "validation"), recipe.quantization.fallback_layers,
-                        recipe.task, recipe.task.output or recipe.model.outputs[0], round(max_drop * (1.0 - FALLBACK_MARGIN), 6))
+    return replace(spec, task=recipe.task, output=recipe.task.output or recipe.model.outputs[0],
+                   max_drop=round(max_drop * (1.0 - FALLBACK_MARGIN), 6))
 
 
 def cpu_variants(recipe: Recipe, target: Target, host: HostFacts) -> tuple[str, ...]:
@@ -248,8 +249,6 @@ def buildable(recipe: Recipe, host: HostFacts, skip_unavailable: bool) -> tuple[
     """The recipe with only the engines this machine can build. A GPU generation nobody here can
     build (or engines that must be verified on a GPU this machine lacks) is exit 6 naming it and
     where it can be built; with `skip_unavailable` it is left out and listed instead."""
-    from dataclasses import replace
-
     from modelc_build.errors import BackendUnavailable
     from modelc_build.gpus import not_run_reason
 
@@ -320,10 +319,12 @@ def job_extras(recipe: Recipe, job: str) -> list[str]:
     return ["graph", *([extra] if extra else [])]
 
 
-def pipeline_jobs(plan: Plan, recipe: Recipe, model_mib: float | None) -> list[dict[str, Any]]:
+def pipeline_jobs(plan: Plan, recipe: Recipe) -> list[dict[str, Any]]:
     """The prepare, target and release jobs of one recipe with the steps each runs, the expected
     step-seconds and peak memory (from the steps' hints: seconds on a small model on 2 cores,
     multiples of the model's size) and the extras each installs."""
+    source = recipe.model.model_file
+    model_mib = source.stat().st_size / 2**20 if source is not None and source.is_file() else None
     jobs: dict[str, list[Step]] = {"prepare": []}
     for target in recipe.targets:
         jobs[f"target {target.id}"] = []

@@ -83,6 +83,11 @@ class ModelSource:
     ignore_weights: tuple[str, ...] = ()  # torch: checkpoint entries dropped before loading (regexes)
     arguments: tuple[tuple[str, Any], ...] = ()  # torch/torchscript: Python values passed to forward by keyword
 
+    @property
+    def model_file(self) -> Path | None:
+        """The file that holds the model: a torch source's weights, else the ONNX or TorchScript file."""
+        return self.weights if self.kind == "torch" else self.path
+
 
 @dataclass(frozen=True)
 class ExportOptions:
