@@ -130,9 +130,9 @@ def onnx_coverage(path: Path, sample_shapes: dict[str, tuple[int, ...]] | None =
                 continue
             weight_shape = initializers.get(weight) or initializers.get(producer.input[0] if producer is not None else "")
             out_shape = shapes.get(node.output[0], [])
-            known = bool(weight_shape and out_shape and all(out_shape[1:]))
             layer(node.name or node.op_type, quantized, inside,
-                  _macs(_summed_dims(node, weight_shape), out_shape[1:]) if known and weight_shape else None)
+                  _macs(_summed_dims(node, weight_shape), out_shape[1:]) if weight_shape and out_shape and all(out_shape[1:])
+                  else None)
 
     def product(node: Any, quantized: bool, inside: bool) -> None:
         """A MatMul of two activations: in INT8 where both sides come through DequantizeLinear

@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from modelc_build.host import EMULATED_CLASSES
 
@@ -332,13 +332,14 @@ def _run_in_service(address: str, work: Path, budget_s: float) -> str | None:
 
 
 class _Replies:
-    """The newline-ended words a service sends, one at a time, each awaited at most a window (a
-    TimeoutError leaves what was received so far for the next call)."""
+    """The newline-ended words the other side of a service's socket sends, one at a time, each
+    awaited at most a window (None: as long as it takes; a TimeoutError leaves what was received so
+    far for the next call)."""
 
     def __init__(self, connection: Any) -> None:
         self.connection, self.pending, self.closed = connection, b"", False
 
-    def next(self, window: float) -> str | None:
+    def next(self, window: float | None) -> str | None:
         while b"\n" not in self.pending:
             if self.closed:
                 return None
@@ -350,19 +351,6 @@ class _Replies:
             self.pending += chunk
         line, self.pending = self.pending.split(b"\n", 1)
         return line.decode()
-
-
-def _lines(connection: Any) -> Iterator[str]:
-    """The newline-ended words a service sends, one at a time, until it closes the connection."""
-    pending = b""
-    while True:
-        chunk = connection.recv(256)
-        if not chunk:
-            return
-        pending += chunk
-        while b"\n" in pending:
-            line, pending = pending.split(b"\n", 1)
-            yield line.decode()
 
 
 class EmulationServices:
@@ -533,7 +521,7 @@ def serve(listening_fd: int, backend: str) -> int:
         connection, _ = listener.accept()
         with connection:
             started = time.monotonic()
-            work = Path(next(_lines(connection), "") or ".")
+            work = Path(_Replies(connection).next(None) or ".")
             if not (work / "request.json").is_file():
                 continue
             connection.sendall(b"started\n")

@@ -137,8 +137,8 @@ def engine_builder(gpu: str, flavour: str = "auto") -> EngineBuilder:
     names its flavour gets that one or a reason."""
     if flavour != RTX and gpu in local_gpus() and installed(FULL):
         return EngineBuilder(gpu, FULL, asked=flavour)
+    where = f"this machine has {', '.join(local_gpus())}" if local_gpus() else "this machine has no NVIDIA GPU"
     if flavour == FULL:
-        where = f"this machine has {', '.join(local_gpus())}" if local_gpus() else "this machine has no NVIDIA GPU"
         installed_words = "" if installed(FULL) else "; full TensorRT is not installed (`pip install 'modelc-build[tensorrt]'`)"
         return EngineBuilder(gpu, None, f"{words(gpu)} with flavour: tensorrt needs full TensorRT on a machine with that "
                                         f"GPU ({where}{installed_words}): build it on the GPU runner", flavour)
@@ -147,7 +147,6 @@ def engine_builder(gpu: str, flavour: str = "auto") -> EngineBuilder:
             return EngineBuilder(gpu, RTX, asked=flavour)
         return EngineBuilder(gpu, None, f"{words(gpu)} is built by TensorRT for RTX, which is not installed: "
                                         "pip install 'modelc-build[tensorrt-rtx]'", flavour)
-    where = f"this machine has {', '.join(local_gpus())}" if local_gpus() else "this machine has no NVIDIA GPU"
     return EngineBuilder(gpu, None, f"{words(gpu)} needs full TensorRT on a machine with that GPU (TensorRT for RTX "
                                     f"builds {', '.join(RTX_TARGETS)} only; {where}): build it on the GPU runner "
                                     "(`pip install 'modelc-build[tensorrt]'` there), or leave it out with --skip-unavailable", flavour)

@@ -4,9 +4,9 @@ TensorRT for RTX's builder orders some of its choices by memory address: the sam
 the same generation gave 2-3 different engines across runs on this machine (a few bytes apart, or
 more), under load or not, one core or two; with randomization off (`setarch -R`) it gave the same
 bytes every time (5 of 5, each generation). So each engine is built by this module in a fresh
-interpreter that turns randomization off for itself (the `personality` call `setarch` makes) and
-re-executes. Where that is refused (a container whose seccomp profile forbids it), the engine is
-built anyway and its stamp says its bytes may differ from build to build.
+interpreter started with randomization off (the `personality` call `setarch` makes, in the child
+before it executes Python). Where that is refused (a container whose seccomp profile forbids it),
+the engine is built anyway and its stamp says its bytes may differ from build to build.
 
     python -m modelc_build.backends.engine_process REQUEST.json
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +24,6 @@ from modelc_build.errors import CompileError
 
 ADDR_NO_RANDOMIZE = 0x0040000
 QUERY = 0xFFFFFFFF
-TRIED = "MODELC_ENGINE_LAYOUT_TRIED"
 MODULE = "modelc_build.backends.engine_process"  # run as `python -m MODULE` (__name__ is then "__main__")
 
 
@@ -42,19 +40,15 @@ def fixed_layout() -> bool:
         return False
 
 
-def _relaunch_fixed(request: str) -> None:
-    """Turn randomization off and execute this module again (it takes effect at exec); returns only
-    where the kernel refused."""
-    if os.environ.get(TRIED) == "1":
-        return
+def _randomization_off() -> None:
+    """In the child, before it executes Python: address-space randomization off for what it runs
+    (it takes effect at exec). Where the kernel refuses, the child runs as it is."""
     try:
         current = _personality(QUERY)
-        if current < 0 or _personality(current | ADDR_NO_RANDOMIZE) < 0:
-            return
+        if current >= 0:
+            _personality(current | ADDR_NO_RANDOMIZE)
     except (OSError, AttributeError):
-        return
-    os.environ[TRIED] = "1"
-    os.execv(sys.executable, [sys.executable, "-m", MODULE, request])
+        pass
 
 
 def build_in_own_process(flavour: str, graph: Path, gpu: str, shapes: dict[str, Any], destination: Path) -> dict[str, Any]:
@@ -63,9 +57,9 @@ def build_in_own_process(flavour: str, graph: Path, gpu: str, shapes: dict[str, 
     request = destination.with_suffix(".request.json")
     request.write_text(json.dumps({"flavour": flavour, "graph": str(graph), "gpu": gpu, "shapes": shapes,
                                    "destination": str(destination)}))
-    environment = {key: value for key, value in os.environ.items() if key != TRIED}
     try:
-        done = subprocess.run([sys.executable, "-m", MODULE, str(request)], capture_output=True, text=True, env=environment)
+        done = subprocess.run([sys.executable, "-m", MODULE, str(request)], capture_output=True, text=True,
+                              preexec_fn=_randomization_off)
     finally:
         request.unlink(missing_ok=True)
     answer = done.stdout.strip().splitlines()[-1:] if done.stdout.strip() else []
@@ -134,9 +128,7 @@ def build_engine(flavour: str, graph: Path, gpu: str, shapes: dict[str, dict[str
 
 
 def main(argv: list[str]) -> int:
-    request_file = argv[1]
-    _relaunch_fixed(request_file)
-    request = json.loads(Path(request_file).read_text())
+    request = json.loads(Path(argv[1]).read_text())
     try:
         data = build_engine(request["flavour"], Path(request["graph"]), request["gpu"], request["shapes"])
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it as the step's error

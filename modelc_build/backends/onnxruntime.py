@@ -215,7 +215,7 @@ class Int8Writer:
             with contextlib.redirect_stdout(io.StringIO()):
                 quant_pre_process(str(request.onnx_model), str(self.prepared), skip_symbolic_shape=True)
             self.converted = _at_least_opset(self.prepared, PER_CHANNEL_OPSET)
-            self.flattened_biases = _flatten_gemm_biases(self.prepared)
+            _flatten_gemm_biases(self.prepared)
             self.op_types = _quantized_op_types(self.prepared, options)
             # pieces only where every input keeps its samples on axis 0 and none is a fixed value
             chunk = CALIBRATION_CHUNK if all(spec.batch_axis == 0 and spec.value is None for spec in request.inputs) else None
@@ -275,9 +275,9 @@ class Int8Writer:
                 "kept_in_float": {"nodes": self.exclude + list(also_float), "op_types": list(self.request.quantization.ignore_types)}}
 
 
-def _flatten_gemm_biases(model: Path) -> int:
-    """Gemm biases of shape [1, N] rewritten as [N] (the same under Gemm's broadcasting); returns
-    how many. onnxruntime's pre-processing fuses MatMul + Add into such Gemms (a JAX export's dense
+def _flatten_gemm_biases(model: Path) -> None:
+    """Gemm biases of shape [1, N] rewritten as [N] (the same under Gemm's broadcasting).
+    onnxruntime's pre-processing fuses MatMul + Add into such Gemms (a JAX export's dense
     layers), and its QDQ quantizer's int32-bias check then indexes the 2-D bias per channel and
     fails ("The truth value of an array with more than one element is ambiguous": magika 1.0)."""
     import onnx
@@ -300,7 +300,6 @@ def _flatten_gemm_biases(model: Path) -> int:
                 graph.graph.value_info.remove(info)
     if flattened:
         onnx.save(graph, str(model))
-    return flattened
 
 
 def _quantization_module(name: str) -> Any:
