@@ -34,7 +34,15 @@ def artifact(report: dict, target: str) -> dict:
 def test_magika_int32_input_quantizes_on_both_runtimes_with_mixed_precision(tmp_path: Path, run_cli, wheel_models: Path) -> None:
     """onnxruntime's quantizer crashed on magika's [1, 214] Gemm bias (exit 7); full INT8 then
     scored cosine ~0.4: the search keeps every op kind but the weighted layers in float and passes."""
+    from modelc_build.host import cpu_info
+
     result = build(run_cli, wheel_models / "magika.yaml", tmp_path)
+    if not cpu_info()["vnni"] and result.exit_code == 7:
+        # a pre-VNNI host runs the portable uint8 x uint8 layout, whose speed against FP32 was
+        # measured only on VNNI hosts: there the mixed graph may honestly be refused as no faster
+        assert "onnxruntime-int8: INT8 is not worth it here" in result.stderr, result.stderr
+        assert artifact(report_of(tmp_path, "magika-standard-v3-3"), "openvino-int8")["passed"]
+        return
     assert result.exit_code == 0, result.output
     report = report_of(tmp_path, "magika-standard-v3-3")
     ort = artifact(report, "onnxruntime-int8")["quantization"]["fallback"]
