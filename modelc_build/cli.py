@@ -424,7 +424,7 @@ def plan(recipe: Path, as_json: bool, matrix: bool, cache_dir: Path, debug: bool
     # never runs recipe code (factories, data functions): plan and validate run on untrusted pull requests
     status = _guarded(debug, lambda: Engine(cache, BuildLog()).dry_run(the_plan.steps, Fingerprints(cache, run_code=False)))
     rows = [(s.id, s.kind, list(s.needs), s.description, status[s.id]) for s in the_plan.steps]
-    rows.append((RELEASE_STEP, "release", [s.id for s in the_plan.steps if s.kind in ("verify", "latency")],
+    rows.append((RELEASE_STEP, "release", [s.id for s in the_plan.steps if s.kind in ("verify", "latency", "worth")],
                  f"apply gates; write manifest and reports; store {the_plan.recipe_name} {the_plan.version}",
                  "runs every build (gates, manifest, store)"))
     engines = gpu_engine_verdicts(loaded_recipe, the_plan.host)

@@ -4,8 +4,9 @@ the engine runs whatever this draws, and `modelc plan` shows it.
 ```
 export ─ simplify ─┬─ compile:<target> ──────┬─ verify:<target> ─┐
                    ├─ quantize:qdq ─ compile:<int8 target on the Q/DQ graph> ─ ... ├─ (release)
-                   ├─ sensitivity             └─ latency:<target> ┘
-reference ─────────┴── (every verify)          latency:reference
+                   ├─ sensitivity             ├─ latency:<target> ┤
+reference ─────────┴── (every verify)          └─ worth:<mixed int8> ┘
+                                               latency:reference
 ```
 
 A plan is a function of the recipe, the backends' tables (modelc_build/backends/) and the host
@@ -33,6 +34,7 @@ from modelc_build.steps.qdq import MODES, QDQ_STEP, QdqStep, qdq_step_id
 from modelc_build.steps.sensitivity import SENSITIVITY_STEP, SensitivityStep
 from modelc_build.steps.simplify import SIMPLIFY_STEP, SimplifyStep
 from modelc_build.steps.verify import ReferenceStep, Setting, VerifyStep
+from modelc_build.steps.worth import WorthStep
 
 RELEASE_STEP = "release"
 
@@ -125,8 +127,8 @@ def make_plan(recipe: Recipe, host: HostFacts) -> Plan:
             steps.append(QdqStep(graph, data_source(recipe, "calibration"), recipe.quantization, mode))
     if any(uses_autocast_graph(t) for t in recipe.targets):
         steps.append(AutocastStep(graph))
-    for target in recipe.targets:
-        steps.append(_compile_step(recipe, target, graph, host))
+    compiles = [_compile_step(recipe, target, graph, host) for target in recipe.targets]
+    steps += compiles
     evaluation = data_source(recipe, "evaluation")
     if decodes(evaluation):
         steps.append(DecodeStep(evaluation))
@@ -138,6 +140,8 @@ def make_plan(recipe: Recipe, host: HostFacts) -> Plan:
     for target in recipe.targets:
         for setting in verify_settings(recipe, target, host):
             steps.append(VerifyStep(target, evaluation, recipe.task, model.outputs, setting, golden and setting.name == "deploy"))
+    steps += [WorthStep(c.target, c.graph, model, evaluation, deploy_config(recipe, c.target)) for c in compiles
+              if c.fallback is not None]
     if recipe.latency.runs > 0:
         steps.append(LatencyStep(None, model, evaluation, recipe.latency))
         for target in recipe.targets:

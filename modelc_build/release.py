@@ -24,6 +24,7 @@ from modelc_build.recipe_types import Recipe, Target
 from modelc_build.report import ArtifactReport, CalibrationData, Measurement, Report, to_json_text, to_markdown
 from modelc_build.steps.export import EXPORT_NOTES, EXPORT_STEP
 from modelc_build.steps.latency import LATENCY_FILE, REFERENCE_LATENCY_STEP, latency_step_id
+from modelc_build.steps.worth import WORTH_FILE, worth_step_id
 from modelc_build.steps.verify import EVALUATION_FILE, GOLDEN_STEP, REFERENCE_STEP, Setting, verify_step_id
 
 GOLDEN_NOTES = "golden-step.json"
@@ -80,7 +81,8 @@ def make_report(recipe: Recipe, measured: Measured, sensitivity_step: str, data:
         others = [_measurement(recipe, target, setting, measured.json(verify_step_id(target) + setting.suffix, EVALUATION_FILE))
                   for setting in measured.settings[target.id][1:]]
         files = [(f"{target.id}/{name}", artifact.entry.file(name).stat().st_size) for name in artifact.entry.files]
-        notes = artifact.entry.files.get(QUANTIZATION_NOTES) and json.loads(artifact.entry.file(QUANTIZATION_NOTES).read_text())
+        notes = _with_speed(artifact.entry.files.get(QUANTIZATION_NOTES) and json.loads(artifact.entry.file(QUANTIZATION_NOTES).read_text()),
+                            measured.json(worth_step_id(target), WORTH_FILE))
         timing = measured.json(latency_step_id(target), LATENCY_FILE)
         engines = artifact.entry.files.get(ENGINES_FILE) and json.loads(artifact.entry.file(ENGINES_FILE).read_text())
         artifacts.append(ArtifactReport(target.id, target.backend, target.precision, files, evaluation,
@@ -95,6 +97,13 @@ def make_report(recipe: Recipe, measured: Measured, sensitivity_step: str, data:
                   _calibration(recipe, artifacts), _sensitivity(recipe, measured.json(sensitivity_step, "sensitivity.json")),
                   cpu_info(), data, _export_notes(measured), measured.cpus, measured.json(GOLDEN_STEP, GOLDEN_NOTES),
                   measured.skipped or None, _hints(recipe, reference))
+
+
+def _with_speed(notes: dict[str, Any] | None, worth: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A mixed graph's quantization notes with its speed against FP32, timed by its worth step."""
+    if not notes or not worth or not worth.get("judged") or "fallback" not in notes:
+        return notes
+    return {**notes, "fallback": {**notes["fallback"], "latency_vs_fp32": worth["latency_vs_fp32"], "fp32_ms": worth["fp32_ms"]}}
 
 
 def _hints(recipe: Recipe, reference: dict[str, Any]) -> list[str] | None:

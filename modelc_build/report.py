@@ -446,9 +446,15 @@ def _quantization_lines(report: Report) -> list[str]:
             lines += ["", f"`{a.target}` is mixed precision: full INT8 scored cosine {fallback['full_int8_cosine']:.4f} on "
                       f"{fallback['tuned_on']} (the int8 gate asks {fallback['min_cosine']:g}); with "
                       + ", ".join(kept)
-                      + f" in float it scored {fallback['mixed_cosine']:.4f}, at {fallback['latency_vs_fp32']:.2f}× "
-                      "FP32's latency (batch 1, this machine). The evaluation set judged it as any artifact."]
+                      + f" in float it scored {fallback['mixed_cosine']:.4f}{_speed_words(fallback)}. "
+                      "The evaluation set judged it as any artifact."]
     return lines
+
+
+def _speed_words(fallback: dict[str, Any]) -> str:
+    if "latency_vs_fp32" not in fallback:
+        return " (not timed against FP32: its worth step did not run)"
+    return f", at {fallback['latency_vs_fp32']:.2f}× FP32's latency (batch 1, this machine)"
 
 
 def _coverage_words(c: dict[str, Any]) -> str:

@@ -11,12 +11,13 @@ and keep them in float.
    it carries (one quantize_static per layer, from the ranges calibrated once).
 4. The worst 1, 2, 4, … layers (at most `max_float_layers`) go back to float together until the
    graph holds `min_cosine`.
-5. The mixed graph is timed against the FP32 graph (batch 1, interleaved runs, the least of each):
-   one that is not faster is refused in one line — INT8 is not worth it here. One that holds the
-   cosine on no budget goes to the gates as the best found (they judge it on the evaluation data).
+5. One that holds the cosine on no budget goes to the gates as the best found (they judge it on
+   the evaluation data). Whether the mixed graph is faster than FP32 is timed by the worth step
+   (steps/worth.py), with nothing beside it: one that is not is refused in one line — INT8 is
+   not worth it here.
 
 Everything is recorded in the artifact's quantization notes: full INT8's cosine, each layer's
-cost, the layers kept in float and their share of the multiply-accumulates, the speed kept.
+cost, the layers kept in float and their share of the multiply-accumulates.
 """
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def find_mixed_precision(writer: Int8Writer, destinations: dict[str, Path], fall
         if not holds:
             chosen, cosine, holds = _layers_in_float(writer, portable_name, portable, trial, feeds, reference, cosine, fallback,
                                                      notes)
-    return _finish(writer, destinations, chosen, cosine, holds, feeds, fallback, notes, full)
+    return _finish(writer, destinations, chosen, cosine, holds, fallback, notes)
 
 
 def _layers_in_float(writer: Int8Writer, layout: str, portable: Path, trial: Path, feeds: list[dict[str, np.ndarray]],
@@ -138,25 +139,18 @@ def _weighted_layers_only(writer: Int8Writer, layout: str, trial: Path, feeds: l
 
 
 def _finish(writer: Int8Writer, destinations: dict[str, Path], chosen: tuple[str, ...], cosine: float, holds: bool,
-            feeds: list[dict[str, np.ndarray]], fallback: Fallback, notes: dict[str, Any], full: float) -> dict[str, Any]:
-    """Write the graph the search settled on (the last one it scored: `cosine`, `holds`), time it
-    against FP32 and give the verdict."""
-    request = writer.request
+            fallback: Fallback, notes: dict[str, Any]) -> dict[str, Any]:
+    """Write the graph the search settled on (the last one it scored: `cosine`, `holds`) and give
+    the verdict; whether it is faster than FP32 is timed by the worth step (steps/worth.py)."""
     writer.write(destinations, chosen)
-    here = destinations.get("u8s8", next(iter(destinations.values())))  # the layout this CPU runs (VNNI only where it runs)
-    mixed, fp32 = _session(here), _session(request.onnx_model)
-    one = batch_one(feeds[0])
-    ratio, fp32_ms = interleaved_ratio(lambda: mixed.run(list(request.outputs), one), lambda: fp32.run(list(request.outputs), one))
-    notes.update(mixed_cosine=round(cosine, 6), latency_vs_fp32=round(ratio, 3), fp32_ms=round(fp32_ms, 3), timed=here.name,
-                 kept_in_float=list(chosen))
     kinds = " and every op kind but weighted layers" if "op_kinds_in_float" in notes else ""
-    words = f"best mixed INT8 {ratio:.2f}× FP32 latency at cosine {cosine:.4f} with {len(chosen)} layer(s){kinds} in float"
-    refuse_if_not_worth_it(request.target.id, ratio, fp32_ms, words, full)  # slower than FP32: never shipped
-    if not holds:  # faster: the gates judge the best it found, on the evaluation data
+    summary = f"at cosine {cosine:.4f} with {len(chosen)} layer(s){kinds} in float"
+    notes.update(mixed_cosine=round(cosine, 6), kept_in_float=list(chosen), summary=summary)
+    if not holds:  # the gates judge the best it found, on the evaluation data
         notes["verdict"] = (f"no mixed graph within quantization.fallback_layers ({fallback.max_float_layers}) holds "
-                            f"{fallback.aims()} on the validation data; shipped to the gates: {words}")
+                            f"{fallback.aims()} on the validation data; shipped to the gates: best mixed INT8 {summary}")
         return notes
-    notes["verdict"] = f"mixed INT8: {words}"
+    notes["verdict"] = f"mixed INT8 {summary}"
     return notes
 
 
@@ -233,11 +227,6 @@ def _quantized_layers(model: Path) -> list[str]:
     graph = onnx.load(str(model), load_external_data=False).graph
     dequantized = {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}
     return [node.name for node in graph.node if node.op_type in WEIGHTED_LAYERS and dequantized & set(node.input)]
-
-
-def batch_one(feed: dict[str, Any]) -> dict[str, Any]:
-    """The first sample of a feed (what the latency comparison times)."""
-    return {name: value[:1] if getattr(value, "ndim", 0) else value for name, value in feed.items()}
 
 
 def interleaved_ratio(mixed: Callable[[], object], fp32: Callable[[], object], runs: int = TIMED_RUNS) -> tuple[float, float]:

@@ -267,8 +267,8 @@ class _ReferenceOutputs:
 
     def __init__(self, ov: Any, model: Any, feeds: list[dict[str, Any]], outputs: tuple[str, ...]) -> None:
         self.ov, self.feeds, self.outputs = ov, feeds, outputs
-        self.float_model = self.compile(model)  # compiled once: the reference outputs, and FP32's timing
-        self.expected = [self.run(self.float_model, feed) for feed in feeds]
+        float_model = self.compile(model)
+        self.expected = [self.run(float_model, feed) for feed in feeds]
 
     def compile(self, model: Any) -> Any:
         return self.ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
@@ -307,11 +307,11 @@ def _cosine_fallback(nncf: Any, model: Any, quantized: Any, calibration: Any, re
                      settings: dict[str, Any], notes: dict[str, Any]) -> Any:
     """Full INT8 that misses the int8 gate's min_cosine on the tuning (validation) data goes back to
     NNCF's accuracy-aware quantization with that cosine as its metric: it ranks the quantizers and
-    reverts the worst to float until the cosine holds (at most quantization.fallback_layers). A mixed
-    IR no faster than FP32 is refused in one line."""
+    reverts the worst to float until the cosine holds (at most quantization.fallback_layers). Whether
+    the mixed IR is faster than FP32 is the worth step's question (steps/worth.py)."""
     import openvino as ov
 
-    from modelc_build.backends.mixed_precision import batch_one, interleaved_ratio, refuse_if_not_worth_it, tuning_feeds
+    from modelc_build.backends.mixed_precision import tuning_feeds
 
     fallback = request.fallback
     assert fallback is not None
@@ -335,18 +335,15 @@ def _cosine_fallback(nncf: Any, model: Any, quantized: Any, calibration: Any, re
     compiled = reference.compile(mixed)
     cosine = reference.cosine(compiled)
     holds = fallback.holds(cosine, lambda: reference.infer(compiled), record, "task_drop")
-    one = batch_one(feeds[0])
-    ratio, fp32_ms = interleaved_ratio(lambda: compiled(one), lambda: reference.float_model(one))
-    record.update(mixed_cosine=round(cosine, 6), latency_vs_fp32=round(ratio, 3), fp32_ms=round(fp32_ms, 3), kept_in_float=kept)
     kinds = f" and {record['op_kinds_in_float']}" if "op_kinds_in_float" in record else ""
-    words = f"best mixed INT8 {ratio:.2f}× FP32 latency at cosine {cosine:.4f} with {len(kept)} layer(s){kinds} in float"
-    refuse_if_not_worth_it(request.target.id, ratio, fp32_ms, words, full)  # slower than FP32: never shipped
-    if not holds:  # faster: the gates judge the best it found
+    summary = f"at cosine {cosine:.4f} with {len(kept)} layer(s){kinds} in float"
+    record.update(mixed_cosine=round(cosine, 6), kept_in_float=kept, summary=summary)
+    if not holds:  # the gates judge the best it found (the worth step times it against FP32)
         searched = (record["search_failed"] if "search_failed" in record else "NNCF's accuracy control found no IR within "
                     f"quantization.fallback_layers ({fallback.max_float_layers}) that holds {fallback.aims()}")
-        record["verdict"] = f"{searched}; shipped to the gates: {words}"
+        record["verdict"] = f"{searched}; shipped to the gates: best mixed INT8 {summary}"
         return mixed
-    record["verdict"] = f"mixed INT8: {words}"
+    record["verdict"] = f"mixed INT8 {summary}"
     return mixed
 
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from modelc_build.data import Batch
     from modelc_build.fingerprint import DataSource, Fingerprints
 
-KEY_FORMAT = 5  # 5: exports without source locations (the same bytes from any folder); bump when the meaning of key material or the shape of step outputs changes
+KEY_FORMAT = 6  # 5: exports without source locations (the same bytes from any folder); 6: a mixed graph's speed timed by its worth step, not in its compile notes; bump when the meaning of key material or the shape of step outputs changes
 
 
 @dataclass(frozen=True)

@@ -179,6 +179,10 @@ def test_a_fallback_that_reaches_no_gate_sends_its_best_to_the_gates(tmp_path: P
     assert fallback["verdict"].startswith("no mixed graph within quantization.fallback_layers (2) holds min_cosine")
     assert len(fallback["kept_in_float"]) == 1 and "mixed_cosine" in fallback
     assert fallback["fp32_ms"] < 1.0  # timed, but too fast for its timing to refuse anything
+    assert "▶ worth:onnxruntime-int8: time onnxruntime-int8 against the FP32 graph" in result.stderr  # alone, after compile
+    planned = {s["id"]: s for s in json.loads(run_cli("plan", tiny_recipe(base, name="strict.yaml"), "--json").stdout)["steps"]}
+    assert planned["worth:onnxruntime-int8"]["depends_on"] == ["compile:onnxruntime-int8", "simplify", "decode:evaluation"]
+    assert "worth:onnxruntime-fp32" not in planned and "worth:onnxruntime-int8" in planned["release"]["depends_on"]
     off = run_cli("build", tiny_recipe({**base, "quantization": {"fallback": "off"}}, name="off.yaml"), "--store",
                   tmp_path / "store", "--reports-dir", tmp_path / "failed")
     assert off.exit_code == 4 and "onnxruntime-int8: min_cosine" in off.stderr
