@@ -24,8 +24,8 @@ from modelc_build.recipe_types import Recipe, Target
 from modelc_build.report import ArtifactReport, CalibrationData, Measurement, Report, to_json_text, to_markdown
 from modelc_build.steps.export import EXPORT_NOTES, EXPORT_STEP
 from modelc_build.steps.latency import LATENCY_FILE, REFERENCE_LATENCY_STEP, latency_step_id
-from modelc_build.steps.worth import WORTH_FILE, worth_step_id
 from modelc_build.steps.verify import EVALUATION_FILE, GOLDEN_STEP, REFERENCE_STEP, Setting, verify_step_id
+from modelc_build.steps.worth import WORTH_FILE, worth_step_id
 
 GOLDEN_NOTES = "golden-step.json"
 ENGINES_FILE = "engines.json"  # a tensorrt artifact's engine stamps (modelc_build/backends/tensorrt.py)
@@ -81,8 +81,8 @@ def make_report(recipe: Recipe, measured: Measured, sensitivity_step: str, data:
         others = [_measurement(recipe, target, setting, measured.json(verify_step_id(target) + setting.suffix, EVALUATION_FILE))
                   for setting in measured.settings[target.id][1:]]
         files = [(f"{target.id}/{name}", artifact.entry.file(name).stat().st_size) for name in artifact.entry.files]
-        notes = _with_speed(artifact.entry.files.get(QUANTIZATION_NOTES) and json.loads(artifact.entry.file(QUANTIZATION_NOTES).read_text()),
-                            measured.json(worth_step_id(target), WORTH_FILE))
+        notes = json.loads(artifact.entry.file(QUANTIZATION_NOTES).read_text()) if QUANTIZATION_NOTES in artifact.entry.files else None
+        notes = _with_speed(notes, measured.json(worth_step_id(target), WORTH_FILE))
         timing = measured.json(latency_step_id(target), LATENCY_FILE)
         engines = artifact.entry.files.get(ENGINES_FILE) and json.loads(artifact.entry.file(ENGINES_FILE).read_text())
         artifacts.append(ArtifactReport(target.id, target.backend, target.precision, files, evaluation,

@@ -15,7 +15,7 @@ from modelc_build.cache import CacheEntry
 from modelc_build.errors import CompileError
 from modelc_build.fingerprint import DataSource, Fingerprints
 from modelc_build.manifest import QUANTIZATION_NOTES
-from modelc_build.recipe_types import ModelSource, TensorSpec, Target
+from modelc_build.recipe_types import ModelSource, Target, TensorSpec
 from modelc_build.steps import StepInputs
 from modelc_build.steps.worth import WORTH_FILE, WorthStep
 

@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     from modelc_build.data import Batch
     from modelc_build.fingerprint import DataSource, Fingerprints
 
-KEY_FORMAT = 6  # 5: exports without source locations (the same bytes from any folder); 6: a mixed graph's speed timed by its worth step, not in its compile notes; bump when the meaning of key material or the shape of step outputs changes
+# bump when the meaning of key material or the shape of step outputs changes. 5: exports without source
+# locations (the same bytes from any folder); 6: a mixed graph's speed timed by its worth step, not in its compile notes
+KEY_FORMAT = 6
 
 
 @dataclass(frozen=True)
