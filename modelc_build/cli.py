@@ -5,6 +5,7 @@ import functools
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -327,6 +328,27 @@ def _golden_checks(folder: Path, targets: list[str] | None, as_json: bool,
     return {"results": [{"target": r.target, "cpu": r.cpu, "class": r.cpu_class, "samples": r.samples, "passed": r.passed,
                          "misses": r.misses, "tolerances": r.tolerances, "runtime": r.runtime,
                          "outputs": [vars(m) for m in r.outputs]} for r in results], "skipped": skipped}, failure
+
+
+@main.command(name="prepare-cpus")
+@global_options
+def prepare_cpus(debug: bool, as_json: bool) -> None:
+    """Prepare the emulated ARM64 CPUs ahead of a build (the ARM64 root and its aarch64 wheels, once
+    per machine and runtime versions); a build prepares them on first use otherwise."""
+    from modelc_build import arm64
+
+    if arm64.emulator() is None:
+        _fail(arm64.ArmRootUnavailable("no qemu-aarch64 on this machine: apt-get install qemu-user"), debug)
+    started = time.monotonic()
+    was_ready = arm64.ready()
+    folder = _guarded(debug, lambda: arm64.prepare(_stderr))
+    views = {cpu: str(arm64.view(cpu)) for cpu in arm64.ARM_CORES}
+    seconds = round(time.monotonic() - started, 1)
+    if as_json:
+        _json({"root": str(folder), "key": arm64.root_key(), "was_ready": was_ready, "seconds": seconds, "cpus": views})
+        return
+    click.echo(f"ARM64 root {'was ready' if was_ready else f'prepared in {seconds} s'}: {folder} "
+               f"(emulated CPUs: {', '.join(arm64.ARM_CORES)})")
 
 
 @main.command()

@@ -69,9 +69,10 @@ def expected_class(cpu: str) -> str | None:
 
 
 def class_from_features(features: dict[str, bool]) -> str:
-    """The CPU class from numpy's CPUID feature probe (AMX and AVX-VNNI are not in it)."""
+    """The CPU class from numpy's CPU feature probe (CPUID on x86, the kernel's HWCAP on ARM64;
+    AMX and AVX-VNNI are not in it)."""
     for name, feature in (("avx512-vnni", "AVX512VNNI"), ("avx512", "AVX512F"), ("avx2", "AVX2"), ("avx", "AVX"),
-                          ("sse4", "SSE42")):
+                          ("sse4", "SSE42"), ("arm64-dotprod", "ASIMDDP"), ("arm64", "ASIMD")):
         if features.get(feature):
             return name
     return "unknown"
@@ -229,7 +230,7 @@ def _run_once(found: str, cpu: str, work: Path, log: Path, budget_s: float) -> s
     """The request in `work`, in an emulated process of its own; None, or why it gave nothing."""
     command = _emulated_python(found, cpu, str(work))
     with log.open("wb") as handle:
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=_child_environment(),
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=_child_environment(cpu),
                                    preexec_fn=_die_with_parent)
         stalled = _wait_while_progressing(lambda window: _exited(process, window), work, budget_s)
         if stalled is not None:
@@ -276,12 +277,17 @@ def _wait_while_progressing(finished: Any, work: Path, budget_s: float) -> str |
 
 
 def _emulated_python(emulator_path: str, cpu: str, *arguments: str) -> list[str]:
-    """This interpreter running this module under `emulator -cpu CPU` (a request or a service).
+    """This interpreter running this module under `emulator -cpu CPU` (a request or a service); for
+    an ARM64 core, the ARM64 root's interpreter (arm64.py).
 
     The interpreter is named as this process was started (a virtual environment's `bin/python`),
     not resolved to the base interpreter it links to: Python finds its environment (pyvenv.cfg, the
     site-packages and the .pth files an installed or editable modelc is found through) from that
     path, and QEMU runs the binary the link points at."""
+    from modelc_build import arm64
+
+    if arm64.is_arm(cpu):
+        return arm64.command(emulator_path, cpu, *arguments)
     return [emulator_path, "-cpu", cpu, interpreter(), "-m", "modelc_build.emulation", *arguments]
 
 
@@ -383,11 +389,15 @@ class EmulationServices:
 
         if not self.wanted or self.folder is not None:
             return
+        from modelc_build import arm64
+
         self.folder = Path(tempfile.mkdtemp(prefix="modelc-emu-"))  # short: a socket path has ~100 bytes
-        environment = _child_environment()
-        if self.threads is not None:  # what the service's libraries start with; each request names its runner's threads
-            environment["OMP_NUM_THREADS"] = str(self.threads)
         for number, (emulator_path, cpu, backend) in enumerate(self.wanted):
+            if arm64.is_arm(cpu) and not arm64.ready():
+                continue  # its first check prepares the ARM64 root (or says why it cannot), in a process of its own
+            environment = _child_environment(cpu)
+            if self.threads is not None:  # what the service's libraries start with; each request names its runner's threads
+                environment["OMP_NUM_THREADS"] = str(self.threads)
             address = str(self.folder / f"{number}.sock")
             self.sockets[(emulator_path, cpu, backend)] = address
             self._start_one(emulator_path, cpu, backend, address, environment)
@@ -434,9 +444,13 @@ def _die_with_parent_niced() -> None:
     os.nice(EmulationServices.NICENESS)
 
 
-def _child_environment() -> dict[str, str]:
+def _child_environment(cpu: str) -> dict[str, str]:
+    from modelc_build import arm64
+
     environment = dict(os.environ)
     environment.pop("ONEDNN_MAX_CPU_ISA", None)
+    if arm64.is_arm(cpu):  # the aarch64 wheels, then modelc
+        return arm64.environment(environment)
     environment["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # the same packages, found the same way
     return environment
 
@@ -462,7 +476,8 @@ def _features() -> dict[str, bool]:
     import numpy as np
 
     probe = getattr(np._core._multiarray_umath, "__cpu_features__", {})  # type: ignore[attr-defined]
-    wanted = ("SSE42", "AVX", "FMA3", "AVX2", "AVX512F", "AVX512BW", "AVX512VNNI", "AVX512BF16", "AVX512FP16")
+    wanted = ("SSE42", "AVX", "FMA3", "AVX2", "AVX512F", "AVX512BW", "AVX512VNNI", "AVX512BF16", "AVX512FP16",
+              "ASIMD", "ASIMDHP", "ASIMDDP", "ASIMDFHM")
     return {name: bool(probe.get(name)) for name in wanted}
 
 

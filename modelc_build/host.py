@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from modelc_build.arm64 import ARM_CORES
 from modelc_build.gpus import EngineBuilder
 
 ISA_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI",
@@ -22,14 +23,17 @@ ISA_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_vnni": "AVX-512 VNNI"
 
 # CPU classes by the INT8 kernels they run, newest first: (class, the /proc/cpuinfo flag that makes it)
 KERNEL_CLASSES = (("amx", "amx_int8"), ("avx512-vnni", "avx512_vnni"), ("avx-vnni", "avx_vnni"),
-                  ("avx512", "avx512f"), ("avx2", "avx2"), ("avx", "avx"), ("sse4", "sse4_2"))
+                  ("avx512", "avx512f"), ("avx2", "avx2"), ("avx", "avx"), ("sse4", "sse4_2"),
+                  # ARM64, by the `Features` of its /proc/cpuinfo: 8-bit matrix multiply, dot product, NEON
+                  ("arm64-i8mm", "i8mm"), ("arm64-dotprod", "asimddp"), ("arm64", "asimd"))
 PRE_VNNI = frozenset({"avx512", "avx2", "avx", "sse4"})  # 8-bit products summed in saturating int16
 
 # QEMU CPU models that QEMU 7.2's TCG emulates completely (up to AVX2), by the class they stand for.
 # Models that ask for AVX-512 or VNNI (Skylake-Server, Cascadelake-Server, ...) lose those under TCG.
 EMULATED_CLASSES = {"Haswell": "avx2", "Broadwell": "avx2", "Skylake-Client": "avx2", "EPYC": "avx2",
                     "EPYC-Rome": "avx2", "EPYC-Milan": "avx2", "SandyBridge": "avx", "IvyBridge": "avx",
-                    "Nehalem": "sse4", "Westmere": "sse4"}
+                    "Nehalem": "sse4", "Westmere": "sse4",
+                    **{cpu: core.kernel_class for cpu, core in ARM_CORES.items()}}  # qemu-aarch64 (arm64.py)
 
 
 def kernel_class(flags: set[str]) -> str:
@@ -44,7 +48,7 @@ def _cpu_flags() -> tuple[str, set[str]]:
             key, _, value = line.partition(":")
             if key.strip() == "model name" and model in ("unknown", platform.processor()):
                 model = value.strip()
-            elif key.strip() == "flags" and not flags:
+            elif key.strip() in ("flags", "Features") and not flags:  # x86, ARM64
                 flags = set(value.split())
     except OSError:
         pass
@@ -109,14 +113,22 @@ class HostFacts:
     vnni: bool = False  # VNNI INT8 kernels: a VNNI-only layout can be verified here
     low_precision_float: bool = False  # OpenVINO runs FP32 IR in bf16 by default here
     emulator: str | None = None  # the emulator executable (qemu-x86_64), None: not installed
+    arm_emulator: str | None = None  # qemu-aarch64, for the ARM64 CPUs of verify.cpus (arm64.py), None: not installed
     gpus: tuple[str, ...] = ()  # GPU generations whose engines can run here (a TensorRT runtime beside the GPU)
     engine_builders: tuple[EngineBuilder, ...] = ()  # who builds an engine for each GPU generation here, or why nobody
 
     @classmethod
-    def of_cpu(cls, emulator: str | None, gpus: tuple[str, ...], engine_builders: tuple[EngineBuilder, ...]) -> HostFacts:
+    def of_cpu(cls, emulator: str | None, gpus: tuple[str, ...], engine_builders: tuple[EngineBuilder, ...],
+               arm_emulator: str | None = None) -> HostFacts:
         info = cpu_info()
-        return cls(str(info["kernel_class"]), bool(info["vnni"]), bool(info["low_precision_float"]), emulator, gpus,
-                   engine_builders)
+        return cls(str(info["kernel_class"]), bool(info["vnni"]), bool(info["low_precision_float"]), emulator, arm_emulator,
+                   gpus, engine_builders)
+
+    def emulator_for(self, cpu: str) -> str | None:
+        """The emulator that plays a QEMU CPU model: qemu-aarch64 for an ARM64 core, else qemu-x86_64."""
+        from modelc_build.arm64 import is_arm
+
+        return self.arm_emulator if is_arm(cpu) else self.emulator
 
     CPU_FACTS = ("cpu_class", "vnni", "low_precision_float")
 

@@ -58,12 +58,13 @@ class Plan:
 
 def probe_host() -> HostFacts:
     """This machine's facts, for a plan made here."""
+    from modelc_build import arm64
     from modelc_build.emulation import emulator
     from modelc_build.gpus import FLAVOURS, FULL, GENERATIONS, RTX, engine_builder, installed, local_gpus
 
     runtime = installed(FULL) or installed(RTX)
     return HostFacts.of_cpu(emulator(), local_gpus() if runtime else (),
-                            tuple(engine_builder(gpu, flavour) for gpu in GENERATIONS for flavour in FLAVOURS))
+                            tuple(engine_builder(gpu, flavour) for gpu in GENERATIONS for flavour in FLAVOURS), arm64.emulator())
 
 
 def table(target: Target) -> Capabilities:
@@ -195,7 +196,7 @@ def verify_settings(recipe: Recipe, target: Target, host: HostFacts) -> list[Set
             settings.append(Setting("f32", (("INFERENCE_PRECISION_HINT", "f32"),)))
     for cpu, how in emulated_cpus(recipe, target, host):
         if how == "emulate":
-            settings.append(Setting(cpu.lower(), deploy.config, cpu, host.emulator, recipe.verify.emulated_samples,
+            settings.append(Setting(cpu.lower(), deploy.config, cpu, host.emulator_for(cpu), recipe.verify.emulated_samples,
                                     recipe.verify.emulation_budget_s))
     return settings
 

@@ -347,6 +347,9 @@ def _measurement_lines(report: Report) -> list[str]:
                      f"{', warm process' if e.get('process') == 'service' else ''}); CPU "
                      f"features seen {', '.join(e.get('features', []))}; kernels {', '.join(e.get('kernels', [])[:4]) or '—'}; "
                      f"against its native run: {versus}.")
+    if emulated:
+        lines.append("- Speed on an emulated CPU is not measured: QEMU's timings say nothing of the real CPU's (the "
+                     "latency figures are this build machine's).")
     for cpu in report.cpus or []:
         if cpu["how"] == "native":
             lines.append(f"- {cpu['cpu']} ({cpu['class']}): not emulated, the build machine is that class; its native "

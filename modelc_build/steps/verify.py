@@ -15,6 +15,8 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
+from modelc_build.arm64 import is_arm
+from modelc_build.arm64 import root_key as arm64_root_key
 from modelc_build.fingerprint import DataSource
 from modelc_build.recipe_types import ModelSource, Target, Task
 from modelc_build.steps import Step, StepInputs, tool_versions
@@ -186,6 +188,8 @@ class VerifyStep(Step):
 
         # a native measurement holds for this CPU class only; an emulated one for the emulator's
         where = {"emulator": _emulator_identity(self.setting.emulator)} if self.setting.emulate else {"cpu_class": host_class()}
+        if self.setting.emulate and is_arm(self.setting.emulate):  # and the ARM64 root's runtimes
+            where["arm64_root"] = arm64_root_key()
         golden = {"golden": inputs.entry(GOLDEN_STEP).files} if self.golden else {}
         return {"artifact": inputs.entry(compile_step_id(self.target)).files, **golden,
                 "reference": inputs.entry(REFERENCE_STEP).files, "data": inputs.fingerprints.data(self.evaluation),
@@ -236,8 +240,14 @@ class VerifyStep(Step):
         cpu = self.setting.emulate
         assert cpu is not None
         if self.setting.emulator is None:
-            return {**_empty(), "not_run": f"the {cpu} check did not run: no emulator (qemu-x86_64) on this machine; "
-                                           f"install it ({INSTALL_HINT}) and build again"}
+            return {**_empty(), "not_run": f"the {cpu} check did not run: no emulator ({'qemu-aarch64' if is_arm(cpu) else 'qemu-x86_64'}) "
+                                           f"on this machine; install it ({INSTALL_HINT}) and build again"}
+        problem = _arm64_root_problem(cpu)
+        if problem is not None:  # not cached: the next build tries again
+            from modelc_build.cache import TRANSIENT_FILE
+
+            (out / TRANSIENT_FILE).write_text(problem + "\n")
+            return {**_empty(), "not_run": f"the {cpu} check did not run: {problem}"}
         pairs = list(islice(one_sample_at_a_time(stored_reference_outputs(
             inputs.entry(REFERENCE_STEP).path, inputs.batches(self.evaluation))), self.setting.samples))
         artifact = inputs.entry(compile_step_id(self.target))
@@ -282,6 +292,20 @@ def mask_input(source: DataSource) -> str | None:
 
 def _empty() -> dict[str, Any]:
     return {"samples": 0, "outputs": [], "task": None}
+
+
+def _arm64_root_problem(cpu: str) -> str | None:
+    """An ARM64 core needs the ARM64 root (prepared here on first use): why it cannot be had, or None."""
+    if not is_arm(cpu):
+        return None
+    from modelc_build.arm64 import prepare
+    from modelc_build.errors import BackendUnavailable
+
+    try:
+        prepare()
+    except BackendUnavailable as error:
+        return error.message
+    return None
 
 
 @lru_cache(maxsize=4)
