@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -100,6 +101,7 @@ class EmulatedRun:
     log_tail: list[str] = field(default_factory=list)
     runtime: dict[str, str] = field(default_factory=dict)  # what the runtime ran with there (the variant it chose)
     process: str = "own"  # own: a process for this check alone; service: the build's warm one (EmulationServices)
+    fault: str | None = None  # the artifact itself cannot run on this CPU (an illegal instruction): a failed check
 
     @property
     def broken(self) -> str | None:
@@ -197,11 +199,13 @@ def run_emulated(found: str, cpu: str, backend: str, files: list[Path], config: 
     started = time.monotonic()
     problem = _run_in_service(service, work, budget_s) if service else SERVICE_UNAVAILABLE
     process = "service"
-    if problem == SERVICE_UNAVAILABLE:
+    if problem in (SERVICE_UNAVAILABLE, SERVICE_ENDED):  # a service that died on the check: alone, to learn why
         problem, process = _run_once(found, cpu, work, log, budget_s), "own"
     elapsed = time.monotonic() - started
     tail = _log_tail(log)
     result_file = work / "result.json"
+    if problem == ILLEGAL_INSTRUCTION and (work / "canary-output.npz").is_file():
+        return _faulted(cpu, native_canary, work, elapsed, tail, process)
     if problem is None and not result_file.is_file():
         problem = "the emulated process wrote no result"
     if problem is not None:
@@ -224,6 +228,23 @@ def run_emulated(found: str, cpu: str, backend: str, files: list[Path], config: 
 
 
 SERVICE_UNAVAILABLE = "no emulation service answered"  # run_emulated then starts a process of its own
+SERVICE_ENDED = "the emulation service ended while it ran this check"
+ILLEGAL_INSTRUCTION = "the emulated process was killed by SIGILL (an illegal instruction)"
+
+
+def _faulted(cpu: str, native_canary: np.ndarray, work: Path, elapsed: float, tail: list[str], process: str) -> EmulatedRun:
+    """The canary ran (the emulator is sound), then the artifact executed an instruction this CPU
+    does not have: the artifact's defect on this CPU, not the emulator's."""
+    import numpy as np
+
+    with np.load(work / "canary-output.npz", allow_pickle=False) as archive:
+        canary = judge_canary(native_canary, archive["y"] if "y" in archive.files else None)
+    if not canary.healthy:
+        return EmulatedRun(cpu, [], "unknown", [], [], elapsed, 0.0, canary, canary.detail, tail, process=process)
+    fault = (f"the artifact cannot run on {cpu}: it executed an instruction this CPU does not have (SIGILL, illegal "
+             "instruction); build it for an ISA every deploy CPU has")
+    return EmulatedRun(cpu, [], expected_class(cpu) or "unknown", [], [], elapsed, 0.0, canary, None, tail, process=process,
+                       fault=fault)
 
 
 def _run_once(found: str, cpu: str, work: Path, log: Path, budget_s: float) -> str | None:
@@ -237,6 +258,8 @@ def _run_once(found: str, cpu: str, work: Path, log: Path, budget_s: float) -> s
             process.kill()
             process.wait()
             return f"the emulated process {stalled}"
+    if process.returncode == -signal.SIGILL:
+        return ILLEGAL_INSTRUCTION
     if process.returncode != 0:
         return f"the emulated process exited with code {process.returncode}"
     return None
@@ -328,7 +351,7 @@ def _run_in_service(address: str, work: Path, budget_s: float) -> str | None:
         stalled = _wait_while_progressing(finished, work, budget_s)
         if stalled is not None:
             return f"the emulation service {stalled}"
-        return None if answer[0] == "done" else "the emulation service ended while it ran this check"
+        return None if answer[0] == "done" else SERVICE_ENDED
     except TimeoutError:
         return f"the emulation service did not start this check within {budget_s + STARTUP_ALLOWANCE_S:.0f} s"
     except OSError:

@@ -151,15 +151,9 @@ def _export_with(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[str,
     try:
         with _quiet_exporter(log), torch.no_grad():
             if exporter == "dynamo":
-                dims: dict[str, Any] = {}
-                # positional, so the forward's own argument names need not match the recipe's input names
-                dynamic_shapes: Any = tuple({axis: dims.setdefault(name, torch.export.Dim(name))
-                                             for axis, name in spec.dynamic_axes.items()} or None for spec in inputs)
-                if _takes_varargs(model):  # modelc's wrapper (sources.py): forward(*args) holds them all
-                    dynamic_shapes = (dynamic_shapes,)
                 torch.onnx.export(model, example, str(destination), input_names=names, output_names=list(outputs),
                                   opset_version=opset, dynamo=True, external_data=False, verbose=False,
-                                  dynamic_shapes=dynamic_shapes if any(dynamic_shapes) else None)
+                                  dynamic_shapes=dynamic_shapes(model, inputs))
                 _single_assignment(destination)
             else:
                 if _wraps_script_module(model):  # the exporter cannot trace into it: trace the whole first
@@ -186,6 +180,19 @@ def _export_with(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[str,
     if not destination.is_file():
         raise CompileError(f"torch.onnx.export ({exporter} exporter) wrote no file at {destination}")
     _without_source_locations(destination)
+
+
+def dynamic_shapes(model: Any, inputs: tuple[TensorSpec, ...]) -> Any:
+    """torch.export's dynamic_shapes for the recipe's named axes (None: every axis fixed), one Dim per
+    name; positional, so the forward's own argument names need not match the recipe's input names."""
+    import torch
+
+    dims: dict[str, Any] = {}
+    shapes: Any = tuple({axis: dims.setdefault(name, torch.export.Dim(name)) for axis, name in spec.dynamic_axes.items()}
+                        or None for spec in inputs)
+    if not any(shapes):
+        return None
+    return (shapes,) if _takes_varargs(model) else shapes  # modelc's wrapper (sources.py): forward(*args) holds them all
 
 
 def _without_source_locations(path: Path) -> None:

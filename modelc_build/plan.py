@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from modelc_build.arm64 import is_arm
 from modelc_build.backends import Capabilities, capabilities
 from modelc_build.fingerprint import DataSource
 from modelc_build.host import EMULATED_CLASSES, HostFacts
@@ -163,10 +164,12 @@ def emulated_cpus(recipe: Recipe, target: Target, host: HostFacts) -> list[tuple
     """Each CPU model of `verify.cpus` with what happens for this target: `emulate`, `native` (the
     build machine is of that class: its native run is that check), or none (not an INT8 artifact
     whose kernels differ by CPU class)."""
-    if target.precision != "int8" or not table(target).emulated_int8:
+    found = table(target)
+    if not found.emulated_code and (target.precision != "int8" or not found.emulated_int8):
         return []
+    cpus = [cpu for cpu in recipe.verify.cpus if not (found.x86_only and is_arm(cpu))]
     return [(cpu, "native" if EMULATED_CLASSES.get(cpu) == host.cpu_class and not recipe.verify.emulate_host_class
-             else "emulate") for cpu in recipe.verify.cpus]
+             else "emulate") for cpu in cpus]
 
 
 def checked_cpus(recipe: Recipe, host: HostFacts) -> list[dict[str, str]] | None:

@@ -211,6 +211,10 @@ def _target(entry: dict[str, Any], precision: str) -> Target:
     from modelc_build.gpus import DEFAULT_GPUS, canonical
 
     backend = entry["backend"]
+    if "isa" in capabilities(backend).options:
+        from modelc_build.backends.aoti import DEFAULT_ISA
+
+        return Target(backend, precision, isa=str(entry.get("isa", DEFAULT_ISA)))
     if not capabilities(backend).gpu:
         return Target(backend, precision, entry.get("mode"))
     gpus = tuple(dict.fromkeys(canonical(g) or g for g in entry.get("gpus", DEFAULT_GPUS)))

@@ -159,6 +159,7 @@ class Target:
     opt_batch: int = 8
     verify_on_gpu: bool = False  # tensorrt: a build without a GPU that runs the engines fails
     flavour: str = "auto"  # tensorrt: who builds the engines (auto | tensorrt | tensorrt-rtx)
+    isa: str | None = None  # aoti: the x86 ISA baseline the package is compiled for (x86-64-v3 | x86-64-v4 | native)
 
     @property
     def id(self) -> str:
@@ -170,6 +171,8 @@ class Target:
         found = asdict(self)
         if self.flavour == "auto":  # keys of recipes written before `flavour` existed stay as they were
             del found["flavour"]
+        if self.isa is None:  # likewise `isa` (aoti targets only)
+            del found["isa"]
         if not self.gpus:  # only GPU targets (TensorRT engines) have generations and engine options
             for key in ("gpus", "max_batch", "opt_batch", "verify_on_gpu", "flavour"):
                 found.pop(key, None)

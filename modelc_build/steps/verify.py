@@ -261,6 +261,8 @@ class VerifyStep(Step):
                      "samples": len(run.outputs), "samples_asked": self.setting.samples, "budget_s": self.setting.budget_s,
                      "startup_s": round(run.startup_s, 2), "inference_s": round(run.inference_s, 2),
                      "canary": run.canary.detail, "log": run.log_tail, "runtime": run.runtime, "process": run.process}
+        if run.fault is not None:  # the artifact's own defect on this CPU: judged, and failed
+            return {**_empty(), "emulation": emulation, "fault": run.fault}
         if run.broken:  # a setup defect: this build reports it; the next one tries again
             from modelc_build.cache import TRANSIENT_FILE
 
