@@ -179,6 +179,7 @@ class Capabilities:
     emulated_int8: bool = False  # its INT8 kernels differ by CPU class: checked on verify.cpus under QEMU
     emulated_code: bool = False  # its artifact is machine code for an ISA: checked on verify.cpus at every precision
     x86_only: bool = False  # its artifacts run on x86-64 only: the ARM64 CPUs of verify.cpus do not apply
+    no_arm_check: str = ""  # why its artifacts cannot be run on an emulated ARM64 CPU (the check is said not run)
     cpu_variants: tuple[str, ...] = ()  # int8 layouts it adds for CPU classes the build machine can verify ("vnni")
     precision_hint: bool = False  # its CPU runtime may compute an FP32 artifact in bf16: the deploy setting pins it
     accuracy_control: bool = False  # its int8 can be tuned to the task metric on validation data
@@ -234,6 +235,7 @@ _REGISTRY: dict[str, str] = {
     "torchscript": "modelc_build.backends.torchscript:TorchScriptBackend",
     "tensorrt": "modelc_build.backends.tensorrt:TensorRtBackend",
     "aoti": "modelc_build.backends.aoti:AotiBackend",
+    "executorch": "modelc_build.backends.executorch:ExecuTorchBackend",
 }
 ENTRY_POINT_GROUP = "modelc_build.backends"
 

@@ -242,7 +242,7 @@ class VerifyStep(Step):
         if self.setting.emulator is None:
             return {**_empty(), "not_run": f"the {cpu} check did not run: no emulator ({'qemu-aarch64' if is_arm(cpu) else 'qemu-x86_64'}) "
                                            f"on this machine; install it ({INSTALL_HINT}) and build again"}
-        problem = _arm64_root_problem(cpu)
+        problem = _arm64_root_problem(cpu, self.target)
         if problem is not None:  # not cached: the next build tries again
             from modelc_build.cache import TRANSIENT_FILE
 
@@ -296,10 +296,15 @@ def _empty() -> dict[str, Any]:
     return {"samples": 0, "outputs": [], "task": None}
 
 
-def _arm64_root_problem(cpu: str) -> str | None:
-    """An ARM64 core needs the ARM64 root (prepared here on first use): why it cannot be had, or None."""
+def _arm64_root_problem(cpu: str, target: Target) -> str | None:
+    """An ARM64 core needs the ARM64 root (prepared here on first use) and a runtime for the target
+    there: why it cannot be had, or None."""
     if not is_arm(cpu):
         return None
+    from modelc_build.backends import capabilities
+
+    if capabilities(target.backend).no_arm_check:
+        return capabilities(target.backend).no_arm_check
     from modelc_build.arm64 import prepare
     from modelc_build.errors import BackendUnavailable
 

@@ -1,0 +1,46 @@
+"""ExecuTorch targets (`backend: executorch`): XNNPACK programs, FP32 and PT2E INT8 calibrated on
+the recipe's data, run by executorch.runtime; INT8 checked on an emulated Haswell; the ARM64 check
+said not run, with why, where no ARM64 runtime can be had."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modelc_build.emulation import emulator
+from tests.conftest import write_images
+
+pytest.importorskip("executorch.runtime", reason="executorch is not installed (pip install 'modelc-build[executorch]')")
+
+
+@pytest.mark.slow
+def test_executorch_fp32_and_int8_programs_pass_their_gates_and_int8_runs_on_haswell(tmp_path: Path, tiny_recipe,
+                                                                                    run_cli) -> None:
+    write_images(tmp_path / "calibration", 16, size=(24, 20))
+    base = yaml.safe_load(tiny_recipe().read_text())
+    base["data"]["calibration"] = {"path": str(tmp_path / "calibration")}
+    cpus = ["Haswell", "neoverse-n1"] if emulator() is not None else []
+    base.update(targets=[{"backend": "executorch", "precisions": ["fp32", "int8"]}],
+                gates={"fp32": {"min_cosine": 0.9999}, "int8": {"min_cosine": 0.98}},
+                verify={"cpus": cpus, "emulate_host_class": True, "emulated_samples": 3, "emulation_budget_s": 60})
+    result = run_cli("build", tiny_recipe(base, name="et.yaml"), "--store", tmp_path / "store")
+    assert result.exit_code == 0, result.stderr
+    release = tmp_path / "store/tiny/0.1.0"
+    report = json.loads((release / "report.json").read_text())
+    by_target = {a["target"]: a for a in report["artifacts"]}
+    assert by_target["executorch-fp32"]["outputs"][0]["cosine"] > 0.9999
+    int8 = by_target["executorch-int8"]
+    assert int8["passed"], int8
+    coverage = int8["quantization"]["coverage"]["model.pte"]
+    assert coverage["quantized"] == coverage["layers"] > 0, coverage  # every convolution and the classifier in INT8
+    assert int8["quantization"]["calibration_samples"] == 16
+    if cpus:
+        haswell = next(m for m in int8["measurements"] if m["emulate"] == "Haswell")
+        assert haswell["passed"] and haswell["emulation"]["class"] == "avx2", haswell
+        arm = next(m for m in int8["measurements"] if m["emulate"] == "neoverse-n1")
+        assert not arm["passed"] and "ExecuTorch's Python runtime imports torch" in arm["problem"]
+        assert "warning: executorch-int8 (emulated neoverse-n1 (QEMU)): the neoverse-n1 check did not run" in result.stderr
+    proved = run_cli("verify", release, "--unsigned", "--run")
+    assert proved.exit_code == 0, proved.stderr
