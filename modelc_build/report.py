@@ -285,6 +285,8 @@ def to_markdown(report: Report) -> str:
             row += (f"{e.task.value:.2f} | {e.task.drop:+.2f} | {vs_fp32} | " if e.task else "— | — | — | ")
         row += ("✅" if a.passed else "❌") + f" {sum(g.passed for g in e.gates)}/{len(e.gates)} |"
         lines.append(row)
+    if any(a.backend == "torchscript" for a in report.artifacts):
+        lines += ["", TORCHSCRIPT_DEPRECATED]
     lines += _label_free_lines(report) + _measurement_lines(report) + _machine_lines(report) + _golden_lines(report)
     lines += ["", "### Agreement with the reference, per output", "",
               "| artifact | output | max abs error | mean abs error | cosine | SNR dB |", "|---|---|---:|---:|---:|---:|"]
@@ -452,6 +454,11 @@ def _quantization_lines(report: Report) -> list[str]:
                       + f" in float it scored {fallback['mixed_cosine']:.4f}{_speed_words(fallback)}. "
                       "The evaluation set judged it as any artifact."]
     return lines
+
+
+TORCHSCRIPT_DEPRECATED = ("TorchScript is deprecated upstream (torch 2.13: `torch.jit.trace` and `torch.jit.script` are "
+                          "deprecated): the `torchscript` targets stay for existing deployments; for new ones build `aoti` "
+                          "(an AOTInductor package, for servers) or `executorch` (XNNPACK programs, for phones and edge boards).")
 
 
 def _speed_words(fallback: dict[str, Any]) -> str:

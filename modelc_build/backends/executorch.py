@@ -150,7 +150,7 @@ def _coverage(module: Any) -> tuple[int, int]:
         if node.op == "call_function" and any(str(node.target).startswith(name) for name in WEIGHTED):
             layers += 1
             weight = node.args[1] if len(node.args) > 1 else None
-            if getattr(weight, "op", None) == "call_function" and "dequantize" in str(weight.target):
+            if getattr(weight, "op", None) == "call_function" and "dequantize" in str(getattr(weight, "target", "")):
                 quantized += 1
     return layers, quantized
 

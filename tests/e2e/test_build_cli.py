@@ -29,6 +29,7 @@ def test_tiny_build_stores_every_artifact_and_rebuild_is_a_no_op(tmp_path: Path,
     assert manifest["toolchain"]["torch"].startswith("2.")
     report = json.loads((release / "report.json").read_text())
     assert report["passed"] and report["samples"] == 6
+    assert "TorchScript is deprecated upstream" in (release / "report.md").read_text()  # pointing to aoti and executorch
     again = run_cli_process("build", recipe, "--store", store)
     assert again.returncode == 0, again.stderr
     assert again.stdout == f"tiny 0.1.0 is up to date at {release}: every step cached, nothing to do\n"
