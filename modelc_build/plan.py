@@ -323,8 +323,9 @@ def job_extras(recipe: Recipe, job: str) -> list[str]:
             extras.append("modelopt")
         return extras
     target = next(t for t in recipe.targets if f"target {t.id}" == job)
-    extra = {"torch": "build"}.get(source_graph(target)) or {"openvino": "openvino", "tensorrt": "tensorrt-rtx"}.get(target.backend)
-    return ["graph", *([extra] if extra else [])]
+    extras = ["graph", *(["build"] if source_graph(target) == "torch" else [])]
+    extra = {"openvino": "openvino", "tensorrt": "tensorrt-rtx", "executorch": "executorch"}.get(target.backend)
+    return extras + ([extra] if extra else [])
 
 
 def pipeline_jobs(plan: Plan, recipe: Recipe) -> list[dict[str, Any]]:

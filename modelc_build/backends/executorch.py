@@ -24,6 +24,7 @@ PROGRAM = "model.pte"
 NO_ARM_RUNTIME = ("ExecuTorch's Python runtime imports torch, and PyPI's ARM64 torch for this release is a CUDA build "
                   "that cannot be installed in the emulated ARM64 root: the program was not run on this CPU; run "
                   "`modelc verify --run` on the device (with executorch installed) to prove it there")
+ACTIVATION_AVERAGING = 0.01  # the moving average's weight of each new sample's range
 WEIGHTED = ("aten.conv1d", "aten.conv2d", "aten.conv3d", "aten.linear", "aten.conv_transpose2d")
 
 
@@ -120,14 +121,30 @@ class ExecuTorchBackend(Backend):
 
 def _quantized(program: Any, example: tuple[Any, ...], inputs: tuple[TensorSpec, ...],
                calibration: Callable[[], Iterator[dict[str, np.ndarray]]]) -> tuple[Any, dict[str, Any]]:
-    """PT2E: XNNPACK's quantizer (symmetric INT8, per-channel weights), observers calibrated on
-    every calibration sample, converted, exported again for lowering."""
+    """PT2E: XNNPACK's quantizer (symmetric per-channel INT8 weights; activations by a moving-average
+    MinMax, as onnxruntime's), observers calibrated on every calibration sample, converted,
+    exported again for lowering. XNNPACK's own activation observer (a histogram) scored cosine
+    0.936 on the shipped MobileNetV2 calibrated on its 212 photos (0.971 on 32 of them: it widens
+    with the data), the moving average 0.983. The layers whose outputs are the model's stay in float
+    (XNNPACK lowers no INT8 layer with a float output): logits in 256 levels tie the top classes
+    (top-1 agreement 50 % at cosine 0.983; 75 % with the classifier's output in float, as
+    onnxruntime's INT8 of the same model)."""
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils import QuantizationConfig
+    from torchao.quantization.pt2e.observer import MovingAverageMinMaxObserver
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import QuantizationSpec
 
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    prepared = prepare_pt2e(program.module(), quantizer)
+    xnnpack = get_symmetric_quantization_config(is_per_channel=True)
+    activations = QuantizationSpec(dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine,
+                                   is_dynamic=False, observer_or_fake_quant_ctr=MovingAverageMinMaxObserver.with_args(
+                                       averaging_constant=ACTIVATION_AVERAGING, eps=2**-12))
+    quantizer = XNNPACKQuantizer().set_global(QuantizationConfig(activations, activations, xnnpack.weight, xnnpack.bias))
+    module = program.module()
+    in_float = set(_output_layers(module))  # their outputs are the model's: those layers stay in float
+    quantizer.set_filter_function(lambda node: _module_of(node) not in in_float)
+    prepared = prepare_pt2e(module, quantizer)
     samples = 0
     for feed in calibration():
         for sample in _one_at_a_time(inputs, feed):
@@ -135,12 +152,29 @@ def _quantized(program: Any, example: tuple[Any, ...], inputs: tuple[TensorSpec,
             samples += 1
     converted = convert_pt2e(prepared)
     layers, quantized = _coverage(converted)
-    notes = {"method": "PT2E, XNNPACKQuantizer (symmetric INT8, per-channel weights)", "calibration_samples": samples,
+    notes = {"method": "PT2E, XNNPACKQuantizer (symmetric per-channel INT8 weights)", "calibration_samples": samples,
+             "calibration_method": f"moving-average MinMax activations ({ACTIVATION_AVERAGING})",
              "coverage": {PROGRAM: {"layers": layers, "quantized": quantized}}}
     if quantized == 0:
         raise CompileError(f"executorch-int8: no weighted layer was quantized (0 of {layers}): XNNPACK's quantizer "
                            "found no convolution or linear layer it takes")
     return torch.export.export(converted, example), notes
+
+
+def _module_of(node: Any) -> str | None:
+    """The qualified name of the innermost module whose call made `node` (None: the top level)."""
+    stack = getattr(node, "meta", {}).get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] or None if stack else None
+
+
+def _output_layers(module: Any) -> list[str]:
+    """The modules (by qualified name) whose calls produce the graph's outputs."""
+    names = []
+    for node in module.graph.nodes:
+        if node.op == "output":
+            results = node.args[0] if isinstance(node.args[0], (list, tuple)) else (node.args[0],)
+            names += [name for result in results if (name := _module_of(result))]
+    return list(dict.fromkeys(names))
 
 
 def _coverage(module: Any) -> tuple[int, int]:

@@ -44,3 +44,22 @@ def test_executorch_fp32_and_int8_programs_pass_their_gates_and_int8_runs_on_has
         assert "warning: executorch-int8 (emulated neoverse-n1 (QEMU)): the neoverse-n1 check did not run" in result.stderr
     proved = run_cli("verify", release, "--unsigned", "--run")
     assert proved.exit_code == 0, proved.stderr
+
+
+@pytest.mark.heavy
+def test_the_shipped_edge_recipe_builds_aoti_for_haswell_and_executorch_int8_within_the_default_gates(
+        tmp_path: Path, run_cli, mobilenet_v2: Path) -> None:
+    """recipes/mobilenet_v2_edge.yaml: ImageNet MobileNetV2 as an AOTInductor package for every AVX2
+    CPU (run on an emulated Haswell) and as ExecuTorch programs, INT8 under modelc's default gates."""
+    result = run_cli("build", mobilenet_v2.parent / "mobilenet_v2_edge.yaml", "--store", tmp_path / "store", "-j", "2")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "store/mobilenet-v2-edge/1.0.0/report.json").read_text())
+    by_target = {a["target"]: a for a in report["artifacts"]}
+    int8 = by_target["executorch-int8"]
+    assert int8["passed"] and {g["source"] for g in int8["gates"]} == {"default"}
+    assert int8["outputs"][0]["cosine"] >= 0.97 and int8["task_metric"]["label_free"]["top5_containment"] >= 95.0
+    aoti = by_target["aoti-fp32"]
+    assert aoti["outputs"][0]["cosine"] > 0.9999 and aoti["runtime"]["isa"] == "x86-64-v3"
+    if emulator() is not None:
+        haswell = next(m for m in aoti["measurements"] if m["emulate"] == "Haswell")
+        assert haswell["passed"] and haswell["samples"] >= 2, haswell

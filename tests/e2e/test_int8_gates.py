@@ -118,6 +118,16 @@ def test_mobilenet_v2_int8_keeps_its_accuracy_on_every_path(tmp_path: Path, run_
             assert haswell is not None and haswell["gated"] and haswell["passed"], haswell
             assert haswell["emulation"]["class"] == "avx2" and haswell["samples"] >= 2
             assert haswell["outputs"][0]["cosine"] >= 0.95, haswell
+    for target in ("openvino-int8", "onnxruntime-int8"):  # and on an ARM64 server core (the shipped verify.cpus)
+        arm = next(m for m in by_target[target]["measurements"] if m["emulate"] == "neoverse-n1")
+        if arm["problem"] is None:
+            assert arm["gated"] and arm["passed"] and arm["emulation"]["class"] == "arm64-dotprod", arm
+            assert "ASIMDDP" in arm["emulation"]["features"] and arm["outputs"][0]["cosine"] >= 0.95, arm
+        else:  # no qemu-aarch64, or no network to prepare the ARM64 root once: said, never passed
+            assert not arm["passed"] and "did not run" in arm["problem"], arm
+    openvino_arm = next(m for m in by_target["openvino-int8"]["measurements"] if m["emulate"] == "neoverse-n1")
+    if openvino_arm["problem"] is None:  # the same IR is another program there: ARM Compute Library kernels
+        assert any("acl" in kernel.lower() for kernel in openvino_arm["emulation"]["kernels"]), openvino_arm["emulation"]
     assert by_target["openvino-int8"]["quantization"]["overflow_fix"] == "enable"
     assert manifest["build_machine"]["isa"] == report["machine"]["isa"]
     assert all(a["latency"]["p10"] <= a["latency"]["p50"] <= a["latency"]["p90"] for a in report["artifacts"])
