@@ -30,6 +30,7 @@ from pathlib import Path
 from modelc_build.errors import BackendUnavailable
 
 ROOT_VARIABLE = "MODELC_ARM64_ROOT"  # where the prepared roots live (default ~/.cache/modelc/arm64)
+ROOTS_SERVICE = "arm64:roots"  # StepInputs.services: the roots folder as the build's process saw it
 EMULATOR_VARIABLE = "MODELC_ARM64_EMULATOR"  # another qemu-aarch64 (or a wrapper) with its arguments
 DEBIAN_SUITE = "bookworm"
 PYTHON = "3.11"  # Debian bookworm's python3, the wheels' tag
@@ -100,6 +101,12 @@ def root_key() -> str:
     return f"{DEBIAN_SUITE}-py{PYTHON}-{versions}".replace("+", "_")
 
 
+def use_roots(folder: str | None) -> None:
+    """In a step's process (forked from a server started earlier): the roots folder the build saw."""
+    if folder:
+        os.environ[ROOT_VARIABLE] = folder
+
+
 def roots_folder() -> Path:
     chosen = os.environ.get(ROOT_VARIABLE)
     return Path(chosen) if chosen else Path.home() / ".cache" / "modelc" / "arm64"
@@ -121,7 +128,11 @@ def prepare(say: object = None) -> Path:
     target = root()
     if (target / READY_FILE).is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ArmRootUnavailable(f"the ARM64 root could not be prepared: cannot create {target.parent} ({error.strerror}): "
+                                 f"set {ROOT_VARIABLE} to a writable folder") from None
     with FileLock(str(target) + ".lock"):
         if (target / READY_FILE).is_file():
             return target

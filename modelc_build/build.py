@@ -250,10 +250,13 @@ def preload(recipe: Recipe) -> tuple[str, ...]:
 def _start_helpers(engine: Engine, services: EmulationServices, steps: Sequence[Step]) -> None:
     """Once some step is about to run: the fork server (its imports overlap with the first step's
     work) and the warm emulated processes the plan's CPU checks will use."""
+    from modelc_build import arm64
+
     if any(step.fresh_process for step in steps):
         start_fresh_process_server(engine.preload)
     services.start()
     engine.services.update(services.addresses())
+    engine.services[arm64.ROOTS_SERVICE] = str(arm64.roots_folder())  # as this process sees it (steps run forked)
 
 
 def memory_budget(recipe: Recipe, max_memory: int | None) -> MemoryBudget | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from modelc_build.errors import CompileError, InputError, first_line
-from modelc_build.feeds import example_inputs
+from modelc_build.feeds import dynamic_shapes, example_inputs, takes_varargs
 from modelc_build.recipe_types import ExportOptions, TensorSpec
 
 
@@ -182,19 +182,6 @@ def _export_with(model: Any, inputs: tuple[TensorSpec, ...], outputs: tuple[str,
     _without_source_locations(destination)
 
 
-def dynamic_shapes(model: Any, inputs: tuple[TensorSpec, ...]) -> Any:
-    """torch.export's dynamic_shapes for the recipe's named axes (None: every axis fixed), one Dim per
-    name; positional, so the forward's own argument names need not match the recipe's input names."""
-    import torch
-
-    dims: dict[str, Any] = {}
-    shapes: Any = tuple({axis: dims.setdefault(name, torch.export.Dim(name)) for axis, name in spec.dynamic_axes.items()}
-                        or None for spec in inputs)
-    if not any(shapes):
-        return None
-    return (shapes,) if _takes_varargs(model) else shapes  # modelc's wrapper (sources.py): forward(*args) holds them all
-
-
 def _without_source_locations(path: Path) -> None:
     """The exporters record where each node's code lay (torch.export's stack traces, with the
     model file's absolute path, and node doc strings): the same model exported from another
@@ -293,17 +280,7 @@ def _wraps_script_module(model: Any) -> bool:
     import torch
 
     inner = getattr(model, "model", None)
-    return _takes_varargs(model) and isinstance(inner, torch.jit.ScriptModule)
-
-
-def _takes_varargs(model: Any) -> bool:
-    import inspect
-
-    try:
-        parameters = inspect.signature(model.forward).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters)
+    return takes_varargs(model) and isinstance(inner, torch.jit.ScriptModule)
 
 
 def _first_lines(exc: BaseException) -> str:

@@ -261,3 +261,27 @@ def _fitted(feeds: Iterator[dict[str, Any]], inputs: tuple[TensorSpec, ...]) -> 
     for feed in feeds:
         for call, _ in split(feed, size, pad=False):
             yield call
+
+
+def dynamic_shapes(model: Any, inputs: tuple[TensorSpec, ...]) -> Any:
+    """torch.export's dynamic_shapes for the recipe's named axes (None: every axis fixed), one Dim per
+    name; positional, so the forward's own argument names need not match the recipe's input names."""
+    import torch
+
+    dims: dict[str, Any] = {}
+    shapes: Any = tuple({axis: dims.setdefault(name, torch.export.Dim(name)) for axis, name in spec.dynamic_axes.items()}
+                        or None for spec in inputs)
+    if not any(shapes):
+        return None
+    return (shapes,) if takes_varargs(model) else shapes  # modelc's wrapper (sources.py): forward(*args) holds them all
+
+
+def takes_varargs(model: Any) -> bool:
+    """Whether the model's forward takes *args (modelc's wrapper of a source, sources.py)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters)

@@ -118,7 +118,7 @@ def _compile(model: Any, inputs: tuple[TensorSpec, ...], settings: dict[str, Any
     """torch.export with the recipe's dynamic axes, then AOTInductor with `settings`."""
     import torch
 
-    from modelc_build.export import dynamic_shapes, example_inputs
+    from modelc_build.feeds import dynamic_shapes, example_inputs
 
     example = tuple(torch.from_numpy(a) for a in example_inputs(inputs, dynamic_size=2))
     try:

@@ -154,6 +154,7 @@ def _quantized(program: Any, example: tuple[Any, ...], inputs: tuple[TensorSpec,
     layers, quantized = _coverage(converted)
     notes = {"method": "PT2E, XNNPACKQuantizer (symmetric per-channel INT8 weights)", "calibration_samples": samples,
              "calibration_method": f"moving-average MinMax activations ({ACTIVATION_AVERAGING})",
+             "kept_in_float": {"layers": sorted(in_float)},
              "coverage": {PROGRAM: {"layers": layers, "quantized": quantized}}}
     if quantized == 0:
         raise CompileError(f"executorch-int8: no weighted layer was quantized (0 of {layers}): XNNPACK's quantizer "

@@ -242,6 +242,10 @@ class VerifyStep(Step):
         if self.setting.emulator is None:
             return {**_empty(), "not_run": f"the {cpu} check did not run: no emulator ({'qemu-aarch64' if is_arm(cpu) else 'qemu-x86_64'}) "
                                            f"on this machine; install it ({INSTALL_HINT}) and build again"}
+        if is_arm(cpu):
+            from modelc_build.arm64 import ROOTS_SERVICE, use_roots
+
+            use_roots(inputs.services.get(ROOTS_SERVICE))
         problem = _arm64_root_problem(cpu, self.target)
         if problem is not None:  # not cached: the next build tries again
             from modelc_build.cache import TRANSIENT_FILE
