@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from modelc_build.backends import Backend, Capabilities, CompileRequest, Runner, pick, require
+from modelc_build.backends.torchscript import TorchModuleRunner
 from modelc_build.errors import CompileError
 from modelc_build.recipe_types import TensorSpec
-
-if TYPE_CHECKING:
-    import numpy as np
 
 # isa -> Inductor settings (cpp.march: the C++ compiler's -march; cpp.simdlen: the vector width in bits)
 ISAS: dict[str, dict[str, Any]] = {
@@ -39,14 +37,13 @@ INT8_REFUSED = ("aoti int8 is not offered: PyTorch's PT2E x86 INT8 lowering for 
                 "executorch int8 (XNNPACK) for ARM and edge CPUs")
 
 
-class AotiRunner(Runner):
-    """An AOTInductor package, loaded by torch (the outputs come back flattened, in order)."""
+class AotiRunner(TorchModuleRunner):
+    """An AOTInductor package, loaded by torch and called as a module (its outputs come back
+    flattened, in order)."""
 
     def __init__(self, path: Path, inputs: tuple[TensorSpec, ...], outputs: tuple[str, ...], threads: int | None = None) -> None:
-        super().__init__(inputs, outputs)
-        self.path = path
+        super().__init__(inputs, outputs, path=path)
         self.threads = threads
-        self.module: Any = None
 
     def activate(self) -> None:
         torch = require("torch", "aoti", "torch")
@@ -57,17 +54,8 @@ class AotiRunner(Runner):
     def deactivate(self) -> None:
         self.module = None
 
-    def infer_impl(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import numpy as np
-        import torch
-
-        args = [torch.from_numpy(np.ascontiguousarray(feed[spec.name])) for spec in self.inputs]
-        with torch.no_grad():
-            result = self.module(*args)
-        values = result if isinstance(result, (tuple, list)) else (result,)
-        return {name: value.detach().numpy() for name, value in zip(self.outputs, values)}
-
     def effective_settings(self) -> dict[str, str]:
+        assert self.path is not None
         notes = self.path.parent / BUILD_NOTES
         return {"isa": json.loads(notes.read_text())["isa"]} if notes.is_file() else {}
 
