@@ -123,3 +123,18 @@ def test_a_slow_emulated_run_that_keeps_writing_outputs_is_waited_for_and_a_stal
     started = time.monotonic()
     problem = emulation._wait_while_progressing(lambda window: time.sleep(min(window, 0.1)) or False, stalled, 0.0)
     assert problem is not None and problem.startswith("made no progress for") and time.monotonic() - started < 3
+
+
+def test_an_emulated_output_of_another_shape_is_the_artifacts_fault_naming_both_shapes() -> None:
+    """OpenVINO's INT8 MobileNetV2 on an emulated Cortex-A72 returned logits of shape [0, 1000]:
+    judged a failed check on that CPU, never scored as if it were a result."""
+    import numpy as np
+
+    from modelc_build.steps.verify import _shape_fault
+
+    native = [{"logits": np.zeros((1, 1000), np.float32)}]
+    assert _shape_fault("cortex-a72", [{"logits": np.zeros((1, 1000), np.float32)}], native) is None
+    fault = _shape_fault("cortex-a72", [{"logits": np.zeros((0, 1000), np.float32)}], native)
+    assert fault == ("the artifact gave shape [0, 1000] for 'logits' on cortex-a72 (sample 0), where this machine gives "
+                     "shape [1, 1000]: it does not compute this model on that CPU")
+    assert "no output for 'logits'" in (_shape_fault("cortex-a72", [{}], native) or "")

@@ -277,6 +277,9 @@ class VerifyStep(Step):
         with runner:
             call = ModelCaller(self.evaluation.inputs, runner.infer)
             native = [call(batch.inputs) for batch, _ in done]
+        wrong = _shape_fault(cpu, run.outputs, native)
+        if wrong is not None:  # the artifact ran there and gave outputs of another shape: judged, and failed
+            return {**_empty(), "emulation": emulation, "fault": wrong}
         produced = ((batch, expected, {"emulated": got, "native": here})
                     for (batch, expected), got, here in zip(done, run.outputs, native))
         evaluations = score(produced, ("emulated", "native"), self.outputs, self.task, whole_set=False,
@@ -298,6 +301,19 @@ def mask_input(source: DataSource) -> str | None:
 
 def _empty() -> dict[str, Any]:
     return {"samples": 0, "outputs": [], "task": None}
+
+
+def _shape_fault(cpu: str, emulated: list[dict[str, Any]], native: list[dict[str, Any]]) -> str | None:
+    """An output the emulated CPU gave in another shape than this machine (OpenVINO's INT8
+    MobileNetV2 on an emulated Cortex-A72 returned empty logits): what differs, or None."""
+    for number, (there, here) in enumerate(zip(emulated, native)):
+        for name, value in here.items():
+            got = there.get(name)
+            if got is None or tuple(got.shape) != tuple(value.shape):
+                shape = "no output" if got is None else f"shape {list(got.shape)}"
+                return (f"the artifact gave {shape} for '{name}' on {cpu} (sample {number}), where this machine gives "
+                        f"shape {list(value.shape)}: it does not compute this model on that CPU")
+    return None
 
 
 def _arm64_root_problem(cpu: str, target: Target) -> str | None:
