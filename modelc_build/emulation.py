@@ -205,7 +205,7 @@ def run_emulated(found: str, cpu: str, backend: str, files: list[Path], config: 
     tail = _log_tail(log)
     result_file = work / "result.json"
     if problem == ILLEGAL_INSTRUCTION and (work / "canary-output.npz").is_file():
-        return _faulted(cpu, native_canary, work, elapsed, tail, process)
+        return _faulted(cpu, judge_canary(native_canary, _emulated_canary(work)), elapsed, tail, process)
     if problem is None and not result_file.is_file():
         problem = "the emulated process wrote no result"
     if problem is not None:
@@ -217,14 +217,10 @@ def run_emulated(found: str, cpu: str, backend: str, files: list[Path], config: 
     for number in range(int(result.get("samples_done", 0))):
         with np.load(work / f"output-{number:06d}.npz", allow_pickle=False) as archive:
             emulated_outputs.append({name: archive[name] for name in archive.files})
-    emulated_canary = None
-    if (work / "canary-output.npz").is_file():
-        with np.load(work / "canary-output.npz", allow_pickle=False) as archive:
-            emulated_canary = archive["y"] if "y" in archive.files else None
     features = [name for name, present in result.get("features", {}).items() if present]
     return EmulatedRun(cpu, features, class_from_features(result.get("features", {})), result.get("kernels", []),
                        emulated_outputs, float(result.get("startup_s", elapsed)), float(result.get("inference_s", 0.0)),
-                       judge_canary(native_canary, emulated_canary), problem, tail, result.get("runtime") or {}, process)
+                       judge_canary(native_canary, _emulated_canary(work)), problem, tail, result.get("runtime") or {}, process)
 
 
 SERVICE_UNAVAILABLE = "no emulation service answered"  # run_emulated then starts a process of its own
@@ -232,13 +228,19 @@ SERVICE_ENDED = "the emulation service ended while it ran this check"
 ILLEGAL_INSTRUCTION = "the emulated process was killed by SIGILL (an illegal instruction)"
 
 
-def _faulted(cpu: str, native_canary: np.ndarray, work: Path, elapsed: float, tail: list[str], process: str) -> EmulatedRun:
-    """The canary ran (the emulator is sound), then the artifact executed an instruction this CPU
-    does not have: the artifact's defect on this CPU, not the emulator's."""
+def _emulated_canary(work: Path) -> np.ndarray | None:
+    """The canary's output the emulated process wrote, if it got that far."""
     import numpy as np
 
+    if not (work / "canary-output.npz").is_file():
+        return None
     with np.load(work / "canary-output.npz", allow_pickle=False) as archive:
-        canary = judge_canary(native_canary, archive["y"] if "y" in archive.files else None)
+        return archive["y"] if "y" in archive.files else None
+
+
+def _faulted(cpu: str, canary: Canary, elapsed: float, tail: list[str], process: str) -> EmulatedRun:
+    """The canary ran (the emulator is sound), then the artifact executed an instruction this CPU
+    does not have: the artifact's defect on this CPU, not the emulator's."""
     if not canary.healthy:
         return EmulatedRun(cpu, [], "unknown", [], [], elapsed, 0.0, canary, canary.detail, tail, process=process)
     fault = (f"the artifact cannot run on {cpu}: it executed an instruction this CPU does not have (SIGILL, illegal "

@@ -172,12 +172,13 @@ def _measurement(recipe: Recipe, target: Target, setting: Setting, measured: dic
     if measured.get("emulation_broken"):
         problem = f"the emulation is broken, so the artifact was not judged on this CPU: {measured['emulation_broken']}"
     problem = measured.get("fault") or problem
+    unjudged = measured.get("fault") or measured.get("emulation_broken")  # ran, but gave nothing to judge
     evaluation = evaluation_from_dict(measured)
-    if setting.emulate and (measured.get("fault") or measured.get("emulation_broken") or problem and recipe.verify.require_cpus):
+    if setting.emulate and (unjudged or problem and recipe.verify.require_cpus):
         # a CPU the artifact ships for on which it was judged on no sample: a broken emulator is a
         # setup defect, not a pass; no emulator at all is one where the recipe requires the check
         evaluation.gates = [GateCheck("min_emulated_samples", MIN_SAMPLES, 0.0, False, None,
-                                      "default" if measured.get("emulation_broken") or measured.get("fault") else "recipe")]
+                                      "default" if unjudged else "recipe")]
     elif setting.gated and problem is None:
         gate = recipe.gate_for(target.precision)
         if setting.emulate:
