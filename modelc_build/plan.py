@@ -323,9 +323,8 @@ def job_extras(recipe: Recipe, job: str) -> list[str]:
             extras.append("modelopt")
         return extras
     target = next(t for t in recipe.targets if f"target {t.id}" == job)
-    extras = ["graph", *(["build"] if source_graph(target) == "torch" else [])]
-    extra = {"openvino": "openvino", "tensorrt": "tensorrt-rtx", "executorch": "executorch"}.get(target.backend)
-    return extras + ([extra] if extra else [])
+    extra = table(target).build_extra
+    return ["graph", *(["build"] if source_graph(target) == "torch" else []), *([extra] if extra else [])]
 
 
 def pipeline_jobs(plan: Plan, recipe: Recipe) -> list[dict[str, Any]]:

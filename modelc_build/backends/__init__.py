@@ -188,6 +188,7 @@ class Capabilities:
     preload: tuple[str, ...] = ()  # modules a build's fork server imports once for its steps
     check_cost: float = 0.7  # a check of one of its artifacts, relative to others (the engine's order)
     mixed_precision: bool = False  # its int8 can keep the layers that cost most in float (CompileRequest.fallback)
+    build_extra: str = ""  # the pip extra a job that compiles its artifacts installs beyond `graph` (and `build` for torch)
 
     def graph(self, precision: str) -> str:
         return self.graphs.get(precision, self.graphs.get("*", "onnx"))

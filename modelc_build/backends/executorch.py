@@ -66,7 +66,7 @@ def _one_at_a_time(inputs: tuple[TensorSpec, ...], feed: dict[str, np.ndarray]) 
 class ExecuTorchBackend(Backend):
     name = "executorch"
     capabilities = Capabilities(
-        precisions=frozenset({"fp32", "int8"}), deploy_extra="executorch", runtime_modules=("numpy", "executorch"),
+        precisions=frozenset({"fp32", "int8"}), deploy_extra="executorch", build_extra="executorch", runtime_modules=("numpy", "executorch"),
         tools=("torch", "executorch"), calibration_tools=("torchao",), graphs={"*": "torch"}, preload=("torch",),
         check_cost=1.5, emulated_int8=True, no_arm_check=NO_ARM_RUNTIME)
 

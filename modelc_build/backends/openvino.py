@@ -90,7 +90,7 @@ class OpenVinoRunner(Runner):
 class OpenVinoBackend(Backend):
     name = "openvino"
     capabilities = Capabilities(
-        precisions=frozenset({"fp32", "fp16", "int8"}), deploy_extra="openvino-runtime", runtime_modules=("numpy", "openvino"),
+        precisions=frozenset({"fp32", "fp16", "int8"}), deploy_extra="openvino-runtime", build_extra="openvino", runtime_modules=("numpy", "openvino"),
         tools=("openvino",), calibration_tools=("nncf",), emulated_int8=True, precision_hint=True, accuracy_control=True,
         preload=("openvino",), mixed_precision=True)
 

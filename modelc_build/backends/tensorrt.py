@@ -135,7 +135,7 @@ def read_engines(files: list[Path]) -> dict[str, Any]:
 class TensorRtBackend(Backend):
     name = "tensorrt"
     capabilities = Capabilities(
-        precisions=PRECISIONS, deploy_extra="tensorrt-rtx", runtime_modules=("numpy", "polygraphy"),
+        precisions=PRECISIONS, deploy_extra="tensorrt-rtx", build_extra="tensorrt-rtx", runtime_modules=("numpy", "polygraphy"),
         tools=("tensorrt", "tensorrt-rtx-cu13", "tensorrt-rtx-cu12", "polygraphy"),
         options=("gpus", "max_batch", "opt_batch", "verify_on_gpu", "flavour"), gpu=True,
         graphs={"int8": "qdq", "fp16": "autocast", "fp8": "qdq-fp8", "int4-wo": "qdq-int4-wo"},
