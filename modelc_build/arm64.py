@@ -15,7 +15,7 @@ versions it holds) under ~/.cache/modelc/arm64/ (or $MODELC_ARM64_ROOT):
 
 modelc itself is pure Python: the emulated interpreter imports this checkout or installation
 (its parent folder goes on PYTHONPATH after the wheels). `modelc prepare-cpus` prepares ahead (the
-Action does, with its cache); a build prepares on first use.
+Action does not yet, nor caches it); a build prepares on first use.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from modelc_build.errors import BackendUnavailable
 
@@ -120,7 +121,7 @@ def ready() -> bool:
     return (root() / READY_FILE).is_file()
 
 
-def prepare(say: object = None) -> Path:
+def prepare(say: Callable[[str], None] | None = None) -> Path:
     """The ARM64 root for this machine's runtime versions, made once (a lock keeps two builds
     from making it twice); returns its folder. Raises ArmRootUnavailable saying what failed."""
     from filelock import FileLock
@@ -136,7 +137,7 @@ def prepare(say: object = None) -> Path:
     with FileLock(str(target) + ".lock"):
         if (target / READY_FILE).is_file():
             return target
-        if callable(say):
+        if say is not None:
             say(f"preparing the ARM64 root for emulated ARM CPUs in {target} (once per machine)")
         scratch = Path(tempfile.mkdtemp(prefix=".making-", dir=target.parent))
         try:
